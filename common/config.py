@@ -1,0 +1,76 @@
+"""The two configuration files, read into typed records.
+
+conf/server.yml: ports, frontends, socket addresses, timeouts and limits.
+conf/inference.yml: the model and vLLM's engine arguments (passed straight to EngineArgs).
+SERVER_CONFIG and INFERENCE_CONFIG name other files; unknown keys are an error.
+"""
+import os
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class EngineLink(msgspec.Struct, forbid_unknown_fields=True):
+    # Empty means ipc:// sockets in run_dir.
+    request_address: str = ""
+    output_address: str = ""
+    heartbeat_interval_s: float = 0.5
+    heartbeat_timeout_s: float = 2.5
+    hello_interval_s: float = 0.2
+    # Messages queued per peer before PUB drops (a gap the frontend detects) or PUSH blocks.
+    send_hwm: int = 100_000
+    receive_hwm: int = 100_000
+
+
+class ServerConfig(msgspec.Struct, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: int = 7080
+    frontends: int = 2
+    frontend_base_port: int = 7081
+    run_dir: str = ".run"
+    data_dir: str = ".data"
+    log_level: str = "info"
+    max_body_bytes: int = 1_048_576
+    engine: EngineLink = msgspec.field(default_factory=EngineLink)
+
+    def path(self, value: str) -> Path:
+        return (ROOT / value).resolve()
+
+    @property
+    def request_address(self) -> str:
+        return self.engine.request_address or f"ipc://{self.path(self.run_dir)}/engine-requests"
+
+    @property
+    def output_address(self) -> str:
+        return self.engine.output_address or f"ipc://{self.path(self.run_dir)}/engine-outputs"
+
+
+class InferenceConfig(msgspec.Struct, forbid_unknown_fields=True):
+    # A hub id or a directory in HF format; empty serves the embedded default model.
+    model: str = ""
+    # Pins the engine worker to these GPUs; empty leaves CUDA_VISIBLE_DEVICES as it is.
+    cuda_visible_devices: str = ""
+    # Gibibytes of memory for the KV cache when vLLM runs on the CPU.
+    cpu_kv_cache_gib: int = 2
+    engine_args: dict[str, Any] = {}
+
+
+def _load(kind: type, env: str, default: str):
+    file = Path(os.environ.get(env) or ROOT / "conf" / default)
+    data = yaml.safe_load(file.read_text()) or {}
+    try:
+        return msgspec.convert(data, kind)
+    except msgspec.ValidationError as error:
+        raise SystemExit(f"{file}: {error}") from None
+
+
+def load_server() -> ServerConfig:
+    return _load(ServerConfig, "SERVER_CONFIG", "server.yml")
+
+
+def load_inference() -> InferenceConfig:
+    return _load(InferenceConfig, "INFERENCE_CONFIG", "inference.yml")

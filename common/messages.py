@@ -1,0 +1,104 @@
+"""Every message that crosses a process boundary, and nothing else.
+
+Frontends PUSH `EngineRequest`s to the engine's PULL socket. The engine PUBlishes
+`EngineOutput`s: on each frontend's own topic (`topic_for(frontend_id)`) a `Welcome` and then one
+`StepOutput` per engine step that advanced any of that frontend's requests, numbered 1, 2, 3, …
+after the Welcome; on the broadcast topic a `Heartbeat` about once a second and a `Goodbye`
+when the engine shuts down. Each message is msgpack: a type tag first, then the fields in order.
+"""
+from typing import Any
+
+import msgspec
+
+
+class Add(msgspec.Struct, tag="add", array_like=True):
+    request_id: str
+    frontend_id: str
+    prompt_token_ids: list[int]
+    # Keyword arguments for vLLM's SamplingParams, passed through as they are.
+    sampling: dict[str, Any]
+
+
+class Abort(msgspec.Struct, tag="abort", array_like=True):
+    request_ids: list[str]
+
+
+class Hello(msgspec.Struct, tag="hello", array_like=True):
+    frontend_id: str
+
+
+EngineRequest = Add | Abort | Hello
+
+
+class TokenLogprob(msgspec.Struct, array_like=True):
+    token_id: int
+    logprob: float
+    rank: int | None = None
+
+
+class Delta(msgspec.Struct, array_like=True):
+    """What one request produced in one step: new token ids, and how it ended if it did."""
+
+    request_id: str
+    token_ids: list[int]
+    finish_reason: str | None = None  # "stop", "length", "abort" or "error"
+    error: str | None = None  # why the engine refused or failed the request
+    # One entry per new token: the sampled token first, then the top alternatives.
+    logprobs: list[list[TokenLogprob]] | None = None
+    prompt_logprobs: list[list[TokenLogprob] | None] | None = None
+
+
+class StepOutput(msgspec.Struct, tag="step", array_like=True):
+    engine_id: str
+    seq: int
+    deltas: list[Delta]
+
+
+class Welcome(msgspec.Struct, tag="welcome", array_like=True):
+    engine_id: str
+    frontend_id: str
+    model: str  # the name it is served under
+    tokenizer: str  # where the frontend loads the same tokenizer from
+    max_model_len: int
+
+
+class GpuLoad(msgspec.Struct, array_like=True):
+    index: int
+    name: str
+    utilization_pct: float
+    memory_used_bytes: int
+    memory_total_bytes: int
+    power_watts: float
+
+
+class EngineLoad(msgspec.Struct, array_like=True):
+    running: int = 0
+    waiting: int = 0
+    kv_cache_usage: float = 0.0
+    prompt_tokens_total: int = 0
+    generation_tokens_total: int = 0
+    gpus: list[GpuLoad] = []
+
+
+class Heartbeat(msgspec.Struct, tag="heartbeat", array_like=True):
+    engine_id: str
+    load: EngineLoad
+
+
+class Goodbye(msgspec.Struct, tag="goodbye", array_like=True):
+    engine_id: str
+
+
+EngineOutput = StepOutput | Welcome | Heartbeat | Goodbye
+
+BROADCAST_TOPIC = b"*|"
+
+
+def topic_for(frontend_id: str) -> bytes:
+    # The separator keeps SUB's prefix match exact: "fe-1|" is not a prefix of "fe-10|".
+    return frontend_id.encode() + b"|"
+
+
+encode = msgspec.msgpack.Encoder().encode
+request_decoder = msgspec.msgpack.Decoder(EngineRequest)
+output_decoder = msgspec.msgpack.Decoder(EngineOutput)

@@ -1,0 +1,70 @@
+"""The whole service under supervisord: `python -m common.service` renders conf/nginx.conf and
+conf/supervisord.conf into run_dir from conf/server.yml, starts supervisord in the foreground,
+and prints the URL once the service answers. Ctrl-C or SIGTERM stops every process."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from string import Template
+
+from common.config import ROOT, ServerConfig, load_server
+
+
+def render(server: ServerConfig) -> Path:
+    run_dir = server.path(server.run_dir)
+    for sub in ("nginx/body", "nginx/proxy", "nginx/fastcgi", "nginx/uwsgi", "nginx/scgi"):
+        (run_dir / sub).mkdir(parents=True, exist_ok=True)
+    values = {
+        "run_dir": run_dir,
+        "root": ROOT,
+        "python": sys.executable,
+        "nginx": shutil.which("nginx") or "/usr/sbin/nginx",
+        "server_config": Path(os.environ.get("SERVER_CONFIG") or ROOT / "conf/server.yml").resolve(),
+        "inference_config": Path(os.environ.get("INFERENCE_CONFIG") or ROOT / "conf/inference.yml").resolve(),
+        "frontends": server.frontends,
+        "host": server.host,
+        "port": server.port,
+        "max_body_bytes": server.max_body_bytes,
+        "user_directive": "user root;" if os.geteuid() == 0 else "",
+        "upstream_servers": "\n".join(
+            f"        server 127.0.0.1:{server.frontend_base_port + i} max_fails=0;" for i in range(server.frontends)
+        ),
+    }
+    for name in ("nginx.conf", "supervisord.conf"):
+        text = Template((ROOT / "conf" / name).read_text()).substitute(values)
+        (run_dir / name).write_text(text)
+    return run_dir / "supervisord.conf"
+
+
+def wait_until_healthy(url: str, supervisord: subprocess.Popen) -> bool:
+    while supervisord.poll() is None:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(1)
+    return False
+
+
+def main() -> int:
+    server = load_server()
+    conf = render(server)
+    supervisord = subprocess.Popen([sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(conf)])
+    signal.signal(signal.SIGTERM, lambda signum, frame: supervisord.terminate())
+    url = f"http://{server.host}:{server.port}"
+    try:
+        if wait_until_healthy(url, supervisord):
+            print(f"\n  serving on {url}  (POST /generate, GET /health; Ctrl-C stops)\n", flush=True)
+        return supervisord.wait()
+    except KeyboardInterrupt:  # supervisord got the same Ctrl-C and is stopping everything
+        return supervisord.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

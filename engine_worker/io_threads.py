@@ -1,0 +1,81 @@
+"""The engine's sockets, each owned by one thread, so the step loop never touches a socket.
+
+Requests: PULL socket -> decode -> inbox queue.
+Outputs: outbox queue -> number per frontend -> PUB socket, plus a heartbeat on the broadcast
+topic every interval, sent even while the step loop is inside a long step.
+"""
+import logging
+import queue
+import threading
+import time
+
+import msgspec
+import zmq
+
+from common.config import EngineLink
+from common.messages import (
+    BROADCAST_TOPIC, Heartbeat, StepOutput, Welcome, encode, request_decoder, topic_for,
+)
+from common.sockets import make_socket
+
+log = logging.getLogger(__name__)
+
+STOP = object()
+
+
+def start_request_reader(context, address: str, link: EngineLink, inbox: queue.Queue):
+    socket = make_socket(context, zmq.PULL, address, bind=True, link=link)
+
+    def read_forever():
+        while True:
+            frame = socket.recv()
+            try:
+                inbox.put(request_decoder.decode(frame))
+            except msgspec.DecodeError as error:
+                log.warning("dropped an undecodable request message: %s", error)
+
+    threading.Thread(target=read_forever, name="request-reader", daemon=True).start()
+
+
+class OutputPublisher:
+    def __init__(self, context, address: str, link: EngineLink, engine_id: str, load):
+        self.socket = make_socket(context, zmq.PUB, address, bind=True, link=link)
+        self.engine_id = engine_id
+        self.interval = link.heartbeat_interval_s
+        self.load = load
+        self.outbox: queue.Queue = queue.Queue()
+        self.seqs: dict[str, int] = {}
+        self.thread = threading.Thread(target=self.publish_forever, name="output-publisher", daemon=True)
+        self.thread.start()
+
+    def send(self, frontend_id: str | None, message) -> None:
+        """Queue a message for one frontend's topic (None: the broadcast topic)."""
+        self.outbox.put((frontend_id, message))
+
+    def close(self, timeout: float = 2.0) -> None:
+        self.outbox.put(STOP)
+        self.thread.join(timeout)
+
+    def publish_forever(self):
+        next_heartbeat = 0.0
+        while True:
+            try:
+                item = self.outbox.get(timeout=max(0.0, next_heartbeat - time.monotonic()))
+            except queue.Empty:
+                item = None
+            if item is STOP:
+                return
+            if item is not None:
+                self.publish(*item)
+            if time.monotonic() >= next_heartbeat:
+                self.publish(None, Heartbeat(self.engine_id, self.load.snapshot()))
+                next_heartbeat = time.monotonic() + self.interval
+
+    def publish(self, frontend_id: str | None, message) -> None:
+        if isinstance(message, Welcome):
+            self.seqs[frontend_id] = 0
+        elif isinstance(message, StepOutput):
+            self.seqs[frontend_id] = message.seq = self.seqs.get(frontend_id, 0) + 1
+        topic = BROADCAST_TOPIC if frontend_id is None else topic_for(frontend_id)
+        self.socket.send_multipart([topic, encode(message)])
+

@@ -1,0 +1,77 @@
+"""The engine's load as the heartbeat reports it: scheduler figures from vLLM, GPUs from NVML."""
+import logging
+
+from vllm.v1.metrics.loggers import StatLoggerBase
+
+from common.messages import EngineLoad, GpuLoad
+
+log = logging.getLogger(__name__)
+
+
+class LoadTracker:
+    """Holds the latest figures; the step loop writes them, the heartbeat reads them."""
+
+    def __init__(self):
+        self.load = EngineLoad()
+        self.gpus = GpuMonitor()
+
+    def stat_logger_factory(self):
+        tracker = self
+
+        class SchedulerStatsLogger(StatLoggerBase):
+            def __init__(self, vllm_config, engine_index=0):
+                pass
+
+            def record(self, scheduler_stats, iteration_stats, *args, **kwargs):
+                if scheduler_stats is not None:
+                    tracker.load.running = scheduler_stats.num_running_reqs
+                    tracker.load.waiting = scheduler_stats.num_waiting_reqs
+                    tracker.load.kv_cache_usage = scheduler_stats.kv_cache_usage
+
+            def log_engine_initialized(self):
+                pass
+
+        return SchedulerStatsLogger
+
+    def snapshot(self) -> EngineLoad:
+        load = self.load
+        return EngineLoad(
+            running=load.running,
+            waiting=load.waiting,
+            kv_cache_usage=load.kv_cache_usage,
+            prompt_tokens_total=load.prompt_tokens_total,
+            generation_tokens_total=load.generation_tokens_total,
+            gpus=self.gpus.read(),
+        )
+
+
+class GpuMonitor:
+    """Reads the GPUs this process may use; on a machine without one it reads nothing."""
+
+    def __init__(self):
+        self.handles = []
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self.nvml = pynvml
+            self.handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        except Exception as error:  # no driver, no library, no GPU: all mean "no GPU"
+            log.info("no GPU to monitor (%s)", error)
+
+    def read(self) -> list[GpuLoad]:
+        gpus = []
+        for index, handle in enumerate(self.handles):
+            nvml = self.nvml
+            memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+            gpus.append(
+                GpuLoad(
+                    index=index,
+                    name=str(nvml.nvmlDeviceGetName(handle)),
+                    utilization_pct=float(nvml.nvmlDeviceGetUtilizationRates(handle).gpu),
+                    memory_used_bytes=int(memory.used),
+                    memory_total_bytes=int(memory.total),
+                    power_watts=nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0,
+                )
+            )
+        return gpus

@@ -1,0 +1,92 @@
+"""POST /generate: the grps-vllm API.
+
+Body: {"prompt": "...", "temperature": 0.1, "top_p": 0.5, "max_tokens": 4096, ...vLLM sampling
+parameters}. Answer: the generated text; JSON with token counts when the client accepts
+application/json; with ?streaming=true the text as it is produced, each chunk the new text.
+"""
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+
+from frontend.engine_client import EngineLost
+from frontend.generation import EngineRefused, GenerationSpec, generate
+from frontend.http import error_body, read_json, unless_disconnected
+from frontend.state import FrontendState
+
+Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
+
+
+class GenerateRequest(msgspec.Struct, forbid_unknown_fields=True):
+    prompt: Annotated[str, Meta(min_length=1)]
+    max_tokens: Annotated[int, Meta(ge=1)] = 16
+    min_tokens: Annotated[int, Meta(ge=0)] = 0
+    temperature: Annotated[float, Meta(ge=0.0)] = 1.0
+    top_p: Annotated[float, Meta(gt=0.0, le=1.0)] = 1.0
+    top_k: Annotated[int, Meta(ge=-1)] = 0
+    min_p: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.0
+    presence_penalty: Penalty = 0.0
+    frequency_penalty: Penalty = 0.0
+    repetition_penalty: Annotated[float, Meta(gt=0.0)] = 1.0
+    seed: int | None = None
+    stop: str | list[str] = []
+    stop_token_ids: list[Annotated[int, Meta(ge=0)]] = []
+    include_stop_str_in_output: bool = False
+    ignore_eos: bool = False
+    skip_special_tokens: bool = True
+    bad_words: list[str] = []
+    allowed_token_ids: list[Annotated[int, Meta(ge=0)]] | None = None
+    logit_bias: dict[int, float] | None = None
+
+
+FRONTEND_ONLY = {"prompt", "stop", "include_stop_str_in_output", "skip_special_tokens"}
+
+
+def generation_spec(state: FrontendState, body: GenerateRequest) -> GenerationSpec:
+    prompt_ids = state.encode(body.prompt)
+    state.check_context(len(prompt_ids), body.max_tokens)
+    sampling = {
+        name: getattr(body, name)
+        for name in body.__struct_fields__
+        if name not in FRONTEND_ONLY and getattr(body, name) is not None
+    }
+    stop = [body.stop] if isinstance(body.stop, str) else body.stop
+    return GenerationSpec(prompt_ids, sampling, stop, body.include_stop_str_in_output, body.skip_special_tokens)
+
+
+async def generate_endpoint(request: Request) -> Response:
+    state: FrontendState = request.app.state.frontend
+    body = await read_json(request, GenerateRequest, state.server.max_body_bytes)
+    spec = generation_spec(state, body)
+    pieces = generate(state.client, state.tokenizer.backend, spec)
+    if request.query_params.get("streaming", "false").lower() in ("true", "1"):
+        first = await unless_disconnected(request, anext(pieces))
+        return StreamingResponse(stream_text(first, pieces), media_type="text/plain; charset=utf-8")
+    text, finish_reason, completion_tokens = [], None, 0
+    async def collect():
+        nonlocal finish_reason, completion_tokens
+        async for piece in pieces:
+            text.append(piece.text)
+            completion_tokens += len(piece.token_ids)
+            finish_reason = piece.finish_reason
+    await unless_disconnected(request, collect())
+    if "application/json" in request.headers.get("accept", ""):
+        usage = {"prompt_tokens": len(spec.prompt_token_ids), "completion_tokens": completion_tokens,
+                 "total_tokens": len(spec.prompt_token_ids) + completion_tokens}
+        return JSONResponse({"text": "".join(text), "finish_reason": finish_reason, "usage": usage})
+    return PlainTextResponse("".join(text))
+
+
+async def stream_text(first, pieces):
+    try:
+        yield first.text
+        async for piece in pieces:
+            if piece.text:
+                yield piece.text
+    except (EngineLost, EngineRefused) as error:
+        # The status line has gone out: the error becomes the stream's last chunk.
+        yield "\n" + msgspec.json.encode(error_body(503, str(error))).decode()
+    finally:
+        await pieces.aclose()

@@ -1,0 +1,68 @@
+"""One generation as the routes see it: token ids in, text pieces out.
+
+Sends the ADD, reads the request's Deltas, detokenizes, applies stop strings (sending an ABORT when
+one matches), and always leaves the engine clean: a generation that ends early for any reason
+(client gone, stop string, error) aborts its engine request.
+"""
+import uuid
+from dataclasses import dataclass, field
+
+from common.messages import TokenLogprob
+from frontend.detokenizer import Detokenizer
+from frontend.engine_client import EngineClient, EngineLost
+from frontend.stop_strings import StopStrings
+
+
+class EngineRefused(Exception):
+    """The engine's own validation refused the request (vLLM's SamplingParams, context length)."""
+
+
+@dataclass
+class Piece:
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None = None
+    logprobs: list[list[TokenLogprob]] | None = None
+
+
+@dataclass
+class GenerationSpec:
+    prompt_token_ids: list[int]
+    sampling: dict  # vLLM SamplingParams keyword arguments, without stop strings
+    stop: list[str] = field(default_factory=list)
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
+
+
+async def generate(client: EngineClient, tokenizer, spec: GenerationSpec):
+    """Yield Pieces until the request finishes; the last one has a finish_reason."""
+    request_id = uuid.uuid4().hex
+    queue = client.add(request_id, spec.prompt_token_ids, spec.sampling)
+    detokenizer = Detokenizer(tokenizer, spec.skip_special_tokens)
+    stops = StopStrings(spec.stop, spec.include_stop_str_in_output)
+    finished = False
+    try:
+        while not finished:
+            delta = await queue.get()
+            if isinstance(delta, EngineLost):
+                finished = True
+                raise delta
+            if delta.finish_reason == "error":
+                finished = True
+                raise EngineRefused(delta.error)
+            if delta.finish_reason == "abort":
+                finished = True
+                raise EngineLost(delta.error or "the engine aborted the request")
+            finished = delta.finish_reason is not None
+            text = detokenizer.add(delta.token_ids)
+            if finished:
+                text += detokenizer.flush()
+            text = stops.feed(text)
+            if stops.matched is not None:
+                yield Piece(text, delta.token_ids, "stop", delta.logprobs)
+                return
+            if finished:
+                text += stops.flush()
+            yield Piece(text, delta.token_ids, delta.finish_reason, delta.logprobs)
+    finally:
+        client.release(request_id, abort=not finished)

@@ -1,0 +1,73 @@
+"""HTTP plumbing every route shares: error bodies, bounded body reading, typed JSON decoding,
+and waiting on a client that may leave."""
+import asyncio
+import re
+
+import msgspec
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse
+
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+               413: "invalid_request_error", 415: "invalid_request_error", 503: "service_unavailable",
+               504: "timeout"}
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.headers = status, message, param, headers
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(error_body(self.status, self.message, self.param), self.status, headers=self.headers)
+
+
+def error_body(status: int, message: str, param: str | None = None) -> dict:
+    """OpenAI's error shape; `param` names the offending field."""
+    kind = ERROR_TYPES.get(status, "server_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": status}}
+
+
+async def read_json(request: Request, kind: type, max_bytes: int):
+    """Decode the body straight into `kind`; every problem is a 4xx that names the field."""
+    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        raise HTTPError(415, f"content-type must be application/json, not {content_type!r}", "content-type")
+    if int(request.headers.get("content-length") or 0) > max_bytes:
+        raise HTTPError(413, f"the body is larger than {max_bytes} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise HTTPError(413, f"the body is larger than {max_bytes} bytes")
+    try:
+        return msgspec.json.decode(bytes(body), type=kind)
+    except msgspec.ValidationError as error:
+        raise HTTPError(400, str(error), field_of(str(error))) from None
+    except msgspec.DecodeError as error:
+        raise HTTPError(400, f"the body is not valid JSON: {error}", "body") from None
+
+
+def field_of(message: str) -> str:
+    """The field a msgspec error names: '... - at `$.messages[0].role`' or 'unknown field `x`'."""
+    found = re.search(r"at `\$\.?([^`]*)`", message) or re.search(r"field `([^`]*)`", message)
+    return (found.group(1) if found else "") or "body"
+
+
+async def until_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def unless_disconnected(request: Request, awaitable):
+    """Await `awaitable`; if the client leaves first, cancel it (its cleanup runs) and raise."""
+    work = asyncio.ensure_future(awaitable)
+    watch = asyncio.ensure_future(until_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+    if work not in done:
+        work.cancel()
+        await asyncio.gather(work, return_exceptions=True)
+        raise ClientDisconnect()
+    return work.result()

@@ -1,0 +1,70 @@
+"""What one frontend process holds: its engine client and the model's tokenizer. Nothing in it
+outlives a request, so any number of frontends can run side by side."""
+import asyncio
+import logging
+
+from common.config import ServerConfig
+from frontend.engine_client import EngineClient, EngineUnavailable
+from frontend.http import HTTPError
+from frontend.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+class FrontendState:
+    def __init__(self, server: ServerConfig, frontend_id: str):
+        self.server = server
+        self.frontend_id = frontend_id
+        self.client = EngineClient(server, frontend_id)
+        self._tokenizer: Tokenizer | None = None
+        self.tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        self.client.start()
+        self.tasks.append(asyncio.create_task(self.follow_tokenizer()))
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await self.client.stop()
+
+    async def follow_tokenizer(self) -> None:
+        """Load the tokenizer of whatever model the engine that welcomed us serves."""
+        while True:
+            welcome = self.client.welcome
+            if welcome is not None and (self._tokenizer is None or self._tokenizer.source != welcome.tokenizer):
+                log.info("loading the tokenizer from %s", welcome.tokenizer)
+                self._tokenizer = await asyncio.to_thread(Tokenizer, welcome.tokenizer)
+            await asyncio.sleep(0.1)
+
+    @property
+    def ready(self) -> bool:
+        welcome = self.client.welcome
+        return (
+            self.client.heartbeat_fresh()
+            and self._tokenizer is not None
+            and self._tokenizer.source == welcome.tokenizer
+        )
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        if not self.ready:
+            raise EngineUnavailable("the engine is not available")
+        return self._tokenizer
+
+    @property
+    def max_model_len(self) -> int:
+        return self.client.welcome.max_model_len
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text)
+
+    def check_context(self, prompt_tokens: int, max_tokens: int, field: str = "max_tokens") -> None:
+        limit = self.max_model_len
+        if prompt_tokens + max_tokens > limit:
+            raise HTTPError(
+                400,
+                f"the prompt ({prompt_tokens} tokens) plus {field} ({max_tokens}) is more than the "
+                f"model's context of {limit} tokens",
+                field,
+            )
