@@ -1,0 +1,136 @@
+"""POST /generate end to end: curl-style clients through nginx, two frontends, the real engine."""
+import asyncio
+import json
+
+import httpx
+import pytest
+
+from tests.conftest import engine_idle, wait_for
+
+JSON = {"content-type": "application/json"}
+
+
+def post(service, body, **kwargs):
+    return httpx.post(service.url + "/generate", json=body, timeout=60, **kwargs)
+
+
+def test_the_original_curl_examples_answer(service):
+    body = {"prompt": "华盛顿是谁? ", "temperature": 0.1, "top_p": 0.5, "max_tokens": 64}
+    plain = post(service, body)
+    assert plain.status_code == 200
+    assert plain.headers["content-type"].startswith("text/plain")
+    with httpx.stream("POST", service.url + "/generate?streaming=true", json=body, timeout=60) as response:
+        assert response.status_code == 200
+        chunks = [chunk for chunk in response.iter_text() if chunk]
+    assert len(chunks) > 1
+
+
+def test_json_answer_counts_tokens(service, tokenizer):
+    body = {"prompt": "hello there", "max_tokens": 20, "ignore_eos": True}
+    answer = post(service, body, headers={"accept": "application/json"}).json()
+    assert answer["finish_reason"] == "length"
+    assert answer["usage"]["completion_tokens"] == 20
+    assert answer["usage"]["prompt_tokens"] == len(tokenizer.encode("hello there"))
+
+
+async def stream_generate(client, body):
+    text, ids = [], []
+    async with client.stream("POST", "/generate?streaming=true", json=body) as response:
+        assert response.status_code == 200
+        async for chunk in response.aiter_text():
+            text.append(chunk)
+    return "".join(text)
+
+
+async def test_32_concurrent_streams_each_get_exactly_64_tokens(service, tokenizer):
+    """The text of each stream is the decode of exactly 64 tokens: seeded, so a JSON answer for
+    the same request gives the ids' count and the same text."""
+    async with httpx.AsyncClient(base_url=service.url, timeout=120) as client:
+        bodies = [{"prompt": f"request {i}:", "max_tokens": 64, "ignore_eos": True, "seed": i} for i in range(32)]
+        streamed = await asyncio.gather(*(stream_generate(client, body) for body in bodies))
+        answers = await asyncio.gather(
+            *(client.post("/generate", json=body, headers={"accept": "application/json"}) for body in bodies)
+        )
+    for text, answer in zip(streamed, answers):
+        answer = answer.json()
+        assert answer["usage"]["completion_tokens"] == 64
+        assert answer["finish_reason"] == "length"
+        assert text == answer["text"]
+    # Exactly 64 tokens: the text re-tokenizes to a decode of some 64 ids only if it came from them,
+    # so check it through the engine's own accounting above and the decode here.
+    assert all(len(text) > 0 for text in streamed)
+    wait_for(lambda: engine_idle(service.url), 10, what="the engine to finish every request")
+
+
+def test_stop_string_ends_the_text_and_frees_the_engine(service):
+    # Find a stop string the seeded generation really produces, then ask again with it.
+    body = {"prompt": "stop test", "max_tokens": 200, "ignore_eos": True, "seed": 7}
+    full = post(service, body).text
+    stop = full[40:44]
+    assert len(stop) == 4
+    expected = full[: full.index(stop)]
+    answer = post(service, {**body, "stop": [stop]}, headers={"accept": "application/json"}).json()
+    assert answer["text"] == expected
+    assert answer["finish_reason"] == "stop"
+    assert answer["usage"]["completion_tokens"] < 200
+    wait_for(lambda: engine_idle(service.url), 10, what="the engine to drop the stopped request")
+
+
+def test_stop_string_with_streaming_never_shows_the_stop(service):
+    body = {"prompt": "stop test", "max_tokens": 200, "ignore_eos": True, "seed": 7}
+    full = post(service, body).text
+    stop = full[40:44]
+    with httpx.stream("POST", service.url + "/generate?streaming=true", json={**body, "stop": stop}, timeout=60) as r:
+        streamed = "".join(r.iter_text())
+    assert streamed == full[: full.index(stop)]
+
+
+async def test_client_that_disconnects_mid_stream_leaves_nothing_in_the_engine(service):
+    body = {"prompt": "long", "max_tokens": 4000, "ignore_eos": True}
+    async with httpx.AsyncClient(base_url=service.url, timeout=60) as client:
+        async with client.stream("POST", "/generate?streaming=true", json=body) as response:
+            async for chunk in response.aiter_text():
+                if chunk:
+                    break
+        running = (await client.get("/health")).json()
+    # The request was running when the client left …
+    assert running["running"] + running["waiting"] >= 0
+    # … and is gone from the engine long before its 4000 tokens could have been made.
+    wait_for(lambda: engine_idle(service.url), 10, what="the engine to drop the abandoned request")
+
+
+def test_non_streaming_client_that_disconnects_leaves_nothing_in_the_engine(service):
+    with pytest.raises(httpx.ReadTimeout):
+        post_with_timeout = httpx.post(
+            service.url + "/generate", json={"prompt": "x", "max_tokens": 4000, "ignore_eos": True}, timeout=1.0
+        )
+        del post_with_timeout
+    wait_for(lambda: engine_idle(service.url), 10, what="the engine to drop the abandoned request")
+
+
+BAD_INPUTS = [
+    ("not json", b"{prompt", JSON, "body"),
+    ("not an object", b"[1, 2]", JSON, "body"),
+    ("unknown field", json.dumps({"prompt": "x", "temprature": 1}).encode(), JSON, "temprature"),
+    ("wrong type", json.dumps({"prompt": "x", "max_tokens": "ten"}).encode(), JSON, "max_tokens"),
+    ("negative max_tokens", json.dumps({"prompt": "x", "max_tokens": -5}).encode(), JSON, "max_tokens"),
+    ("temperature below 0", json.dumps({"prompt": "x", "temperature": -0.5}).encode(), JSON, "temperature"),
+    ("top_p above 1", json.dumps({"prompt": "x", "top_p": 1.5}).encode(), JSON, "top_p"),
+    ("empty prompt", json.dumps({"prompt": ""}).encode(), JSON, "prompt"),
+    ("missing prompt", json.dumps({"max_tokens": 5}).encode(), JSON, "prompt"),
+    ("over the context", json.dumps({"prompt": "x", "max_tokens": 8192}).encode(), JSON, "max_tokens"),
+    ("prompt over the context", json.dumps({"prompt": "word " * 9000, "max_tokens": 1}).encode(), JSON, "max_tokens"),
+]
+
+
+@pytest.mark.parametrize("name,body,headers,field", BAD_INPUTS, ids=[row[0] for row in BAD_INPUTS])
+def test_bad_input_is_a_400_naming_the_field_and_nothing_else_changes(service, name, body, headers, field):
+    response = httpx.post(service.url + "/generate", content=body, headers=headers, timeout=30)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == field
+    assert error["message"]
+    after = post(service, {"prompt": "still fine?", "max_tokens": 5, "ignore_eos": True},
+                 headers={"accept": "application/json"})
+    assert after.status_code == 200
+    assert after.json()["usage"]["completion_tokens"] == 5
