@@ -24,8 +24,12 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; }
 
+# VLLM_TARGET=cuda|cpu overrides the detection (an image is built where no GPU is visible).
+if [ -z "${VLLM_TARGET:-}" ]; then
+    if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then VLLM_TARGET=cuda; else VLLM_TARGET=cpu; fi
+fi
 if ! "$VENV/bin/python" -c "import vllm" 2>/dev/null; then
-    if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
+    if [ "$VLLM_TARGET" = cuda ]; then
         echo "== installing vllm (CUDA)"
         pip install vllm
     else
