@@ -47,5 +47,11 @@ echo "== installing the service's dependencies"
 pip install -r requirements.txt
 if [ "${1:-}" = "--test" ]; then
     pip install -r requirements-test.txt
+    # The dashboard test drives Debian's headless Chromium through its ChromeDriver.
+    if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+        echo "== installing chromium and chromium-driver"
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+    fi
 fi
 echo "== setup done"

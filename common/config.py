@@ -6,7 +6,7 @@ SERVER_CONFIG and INFERENCE_CONFIG name other files; unknown keys are an error.
 """
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import yaml
@@ -24,6 +24,10 @@ class EngineLink(msgspec.Struct, forbid_unknown_fields=True):
     # Messages queued per peer before PUB drops (a gap the frontend detects) or PUSH blocks.
     send_hwm: int = 100_000
     receive_hwm: int = 100_000
+    # CURVE encryption and key authentication on both sockets; required for a tcp:// address
+    # that leaves the host. Keys: `python -m common.curve DIR`.
+    curve: bool = False
+    curve_keys_dir: str = ""
 
 
 class ServerConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -31,10 +35,24 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True):
     port: int = 7080
     frontends: int = 2
     frontend_base_port: int = 7081
+    # Every frontend binds host:port itself with SO_REUSEPORT (the kernel spreads connections) and
+    # no nginx runs: for hosts without nginx, such as the benchmark GPU host.
+    reuse_port: bool = False
     run_dir: str = ".run"
     data_dir: str = ".data"
     log_level: str = "info"
     max_body_bytes: int = 1_048_576
+    # When set, every route but /health needs "Authorization: Bearer <api_key>" (or API_KEY in the env).
+    api_key: str = ""
+    # Generations one frontend runs at once; past it, 503 with Retry-After at once.
+    max_in_flight: int = 1024
+    # A request still running after this is answered 504 and aborted in the engine.
+    request_timeout_s: float = 600.0
+    # On SIGTERM a frontend stops taking requests and lets running ones finish for this long.
+    drain_timeout_s: float = 30.0
+    # How /v1/chat/completions finds tool calls in the text under tool_choice "auto": "hermes"
+    # (<tool_call>{...}</tool_call>), "llama3_json" ({"name": ..., "parameters": ...}), or "" for none.
+    tool_parser: Literal["hermes", "llama3_json", ""] = "hermes"
     engine: EngineLink = msgspec.field(default_factory=EngineLink)
 
     def path(self, value: str) -> Path:

@@ -16,6 +16,7 @@ from common.config import ROOT, ServerConfig, load_server
 
 def render(server: ServerConfig) -> Path:
     run_dir = server.path(server.run_dir)
+    metrics_dir = fresh_metrics_dir(run_dir)
     for sub in ("nginx/body", "nginx/proxy", "nginx/fastcgi", "nginx/uwsgi", "nginx/scgi"):
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
     values = {
@@ -26,9 +27,11 @@ def render(server: ServerConfig) -> Path:
         "server_config": Path(os.environ.get("SERVER_CONFIG") or ROOT / "conf/server.yml").resolve(),
         "inference_config": Path(os.environ.get("INFERENCE_CONFIG") or ROOT / "conf/inference.yml").resolve(),
         "frontends": server.frontends,
+        "metrics_dir": metrics_dir,
         "host": server.host,
         "port": server.port,
         "max_body_bytes": server.max_body_bytes,
+        "nginx_autostart": "false" if server.reuse_port else "true",
         "user_directive": "user root;" if os.geteuid() == 0 else "",
         "upstream_servers": "\n".join(
             f"        server 127.0.0.1:{server.frontend_base_port + i} max_fails=0;" for i in range(server.frontends)
@@ -38,6 +41,14 @@ def render(server: ServerConfig) -> Path:
         text = Template((ROOT / "conf" / name).read_text()).substitute(values)
         (run_dir / name).write_text(text)
     return run_dir / "supervisord.conf"
+
+
+def fresh_metrics_dir(run_dir: Path) -> Path:
+    """The frontends' shared Prometheus files; a new service counts from zero."""
+    metrics_dir = run_dir / "prometheus"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    return metrics_dir
 
 
 def wait_until_healthy(url: str, supervisord: subprocess.Popen) -> bool:
@@ -60,7 +71,7 @@ def main() -> int:
     url = f"http://{server.host}:{server.port}"
     try:
         if wait_until_healthy(url, supervisord):
-            print(f"\n  serving on {url}  (POST /generate, GET /health; Ctrl-C stops)\n", flush=True)
+            print(f"\n  serving on {url}  (POST /generate, dashboard at /, GET /metrics; Ctrl-C stops)\n", flush=True)
         return supervisord.wait()
     except KeyboardInterrupt:  # supervisord got the same Ctrl-C and is stopping everything
         return supervisord.wait()

@@ -1,11 +1,19 @@
-"""ZeroMQ sockets as both sides make them: water marks set on purpose, no linger."""
+"""ZeroMQ sockets as both sides make them: water marks set on purpose, no linger, CURVE when asked."""
+from pathlib import Path
+
 import zmq
 
-from common.config import EngineLink
+from common.config import ROOT, EngineLink
+from common.curve import leaves_host, secure
 
 
 def make_socket(context: zmq.Context, kind: int, address: str, *, bind: bool, link: EngineLink):
+    if leaves_host(address) and not link.curve:
+        raise SystemExit(f"{address} leaves this host: set engine.curve: true (and curve_keys_dir)")
     socket = context.socket(kind)
+    if link.curve:
+        # The binding side is the engine: the CURVE server.
+        secure(socket, curve_keys_dir(link), server=bind)
     socket.setsockopt(zmq.LINGER, 0)
     socket.setsockopt(zmq.SNDHWM, link.send_hwm)
     socket.setsockopt(zmq.RCVHWM, link.receive_hwm)
@@ -18,3 +26,7 @@ def make_socket(context: zmq.Context, kind: int, address: str, *, bind: bool, li
     else:
         socket.connect(address)
     return socket
+
+
+def curve_keys_dir(link: EngineLink) -> Path:
+    return (ROOT / link.curve_keys_dir).resolve()

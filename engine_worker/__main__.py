@@ -6,10 +6,13 @@ import uuid
 
 from common import default_model
 from common.config import InferenceConfig, ServerConfig, load_inference, load_server
-from common.logs import setup_logging
+from common.logs import setup_logging, stage
 from common.messages import Goodbye
 
 log = logging.getLogger("engine_worker")
+
+WARM_UP_PROMPT = [1, 2, 3, 4]  # ids every vocabulary has
+WARM_UP_TOKENS = 4
 
 
 def model_path(server: ServerConfig, inference: InferenceConfig) -> str:
@@ -26,6 +29,17 @@ def build_engine(model: str, inference: InferenceConfig, stat_logger):
     return LLMEngine.from_engine_args(args, stat_loggers=[stat_logger])
 
 
+def warm_up(engine) -> None:
+    """One short generation, so the first request does not pay for what vLLM sets up lazily.
+    It bypasses the step loop, so the engine's token totals leave it out."""
+    from vllm import SamplingParams
+
+    params = SamplingParams(max_tokens=WARM_UP_TOKENS, ignore_eos=True, detokenize=False)
+    engine.add_request("warm-up", {"prompt_token_ids": WARM_UP_PROMPT}, params)
+    while engine.has_unfinished_requests():
+        engine.step()
+
+
 def run_engine_worker_process() -> None:
     server, inference = load_server(), load_inference()
     setup_logging(server.log_level)
@@ -36,15 +50,23 @@ def run_engine_worker_process() -> None:
 
     import zmq
 
+    from common.curve import start_authenticator
+    from common.sockets import curve_keys_dir
     from engine_worker.io_threads import OutputPublisher, start_request_reader
     from engine_worker.load import LoadTracker
     from engine_worker.step_loop import StepLoop
 
-    model = model_path(server, inference)
+    with stage(log, "start 1/3: model"):
+        model = model_path(server, inference)
     load = LoadTracker()
-    engine = build_engine(model, inference, load.stat_logger_factory())
+    with stage(log, "start 2/3: vLLM load (weights, KV cache, compilation)"):
+        engine = build_engine(model, inference, load.stat_logger_factory())
+    with stage(log, "start 3/3: warm-up generation"):
+        warm_up(engine)
     engine_id = uuid.uuid4().hex[:12]
     context = zmq.Context()
+    if server.engine.curve:
+        start_authenticator(context, curve_keys_dir(server.engine))
     publisher = OutputPublisher(context, server.output_address, server.engine, engine_id, load)
     loop = StepLoop(
         engine, engine_id, inference.model or default_model.NAME, model, publisher, load,

@@ -20,7 +20,7 @@ import queue
 from collections import defaultdict
 
 from vllm import SamplingParams
-from vllm.sampling_params import RequestOutputKind
+from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
 from common.messages import Abort, Add, Delta, Hello, StepOutput, TokenLogprob, Welcome
 
@@ -51,6 +51,7 @@ class StepLoop:
                 # vLLM reports its scheduler's figures only from a step; with nothing left there is
                 # no step to report that the last requests are gone.
                 self.load.load.running = self.load.load.waiting = 0
+                self.load.load.kv_cache_usage = 0.0
         self.abort_all("the engine is shutting down")
 
     def take_requests(self, block: bool) -> None:
@@ -70,7 +71,7 @@ class StepLoop:
         try:
             if request_id in self.owners:
                 raise ValueError(f"request id {request_id!r} is already running")
-            params = SamplingParams(**message.sampling, detokenize=False, output_kind=RequestOutputKind.DELTA)
+            params = sampling_params(message.sampling)
             self.engine.add_request(request_id, {"prompt_token_ids": message.prompt_token_ids}, params)
         except Exception as error:  # vLLM's own validation: the request is refused, nothing else
             log.info("refused request %s: %s", request_id, error)
@@ -126,10 +127,23 @@ class StepLoop:
         for request_id, frontend_id in self.owners.items():
             by_frontend[frontend_id].append(Delta(request_id, [], "abort", error=reason))
         if self.owners:
-            self.engine.abort_request(list(self.owners))
+            try:
+                self.engine.abort_request(list(self.owners))
+            except Exception as error:  # its core may already be gone with the same signal
+                log.warning("could not abort in the engine: %s", error)
         self.owners.clear()
         for frontend_id, deltas in by_frontend.items():
             self.send(frontend_id, deltas)
+
+
+def sampling_params(sampling: dict) -> SamplingParams:
+    """vLLM's SamplingParams from the frontend's keyword arguments. A structured-outputs spec
+    crosses the wire as a plain dict (json, regex, choice, grammar or json_object) and becomes
+    vLLM's object here."""
+    kwargs = dict(sampling)
+    if (structured := kwargs.pop("structured_outputs", None)) is not None:
+        kwargs["structured_outputs"] = StructuredOutputsParams(**structured)
+    return SamplingParams(**kwargs, detokenize=False, output_kind=RequestOutputKind.DELTA)
 
 
 def convert_logprobs(token_ids: list[int], logprobs) -> list[list[TokenLogprob]] | None:

@@ -6,6 +6,7 @@ import uvicorn
 
 from common.config import load_server
 from common.logs import setup_logging
+from frontend import metrics
 from frontend.app import build_app
 
 
@@ -15,8 +16,9 @@ def run_frontend_process() -> None:
     args = parser.parse_args()
     server = load_server()
     setup_logging(server.log_level)
+    metrics.forget_dead_processes()
     app = build_app(server, frontend_id=f"{socket.gethostname()}-{args.index}")
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host="127.0.0.1",
         port=server.frontend_base_port + args.index,
@@ -24,8 +26,29 @@ def run_frontend_process() -> None:
         http="httptools",
         log_level=server.log_level,
         access_log=False,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=server.drain_timeout_s,
     )
+    DrainingServer(config).run(sockets=[shared_socket(server.host, server.port)] if server.reuse_port else None)
+    metrics.forget_this_process()
+
+
+def shared_socket(host: str, port: int) -> socket.socket:
+    """The public port, bound by every frontend at once; the kernel balances new connections."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    return sock
+
+
+class DrainingServer(uvicorn.Server):
+    """On SIGTERM uvicorn stops listening (nginx moves on) and waits for running requests;
+    /health says 503 meanwhile."""
+
+    def handle_exit(self, sig, frame):
+        self.config.app.state.frontend.draining = True
+        super().handle_exit(sig, frame)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,20 @@
 """The frontend's Starlette app: routes, error handlers, and the engine client's lifetime."""
 import contextlib
+import os
 
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
+from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from common.config import ServerConfig
-from frontend.engine_client import EngineLost, EngineUnavailable
+from frontend.auth import ApiKeyMiddleware
+from frontend.dashboard import dashboard_routes
+from frontend.errors import HANDLED, as_http_error
 from frontend.generate_route import generate_endpoint
-from frontend.generation import EngineRefused
-from frontend.http import HTTPError
+from frontend.metrics import RouteMetricsMiddleware, metrics_endpoint
+from frontend.openai_routes import OPENAI_ROUTES
 from frontend.state import FrontendState
 
 
@@ -18,28 +22,26 @@ async def health(request: Request) -> Response:
     state: FrontendState = request.app.state.frontend
     load = state.client.load
     body = {
-        "status": "ok" if state.ready else "engine unavailable",
+        "status": "draining" if state.draining else "ok" if state.ready else "engine unavailable",
         "frontend": state.frontend_id,
         "engine": state.client.engine_id,
         "running": load.running,
         "waiting": load.waiting,
         "kv_cache_usage": load.kv_cache_usage,
+        "in_flight": len(state.client.streams),
     }
-    return JSONResponse(body, 200 if state.ready else 503)
+    return JSONResponse(body, 200 if state.ready and not state.draining else 503)
 
 
 def error_handlers() -> dict:
-    def unavailable(request, error):
-        return HTTPError(503, str(error), headers={"Retry-After": "1"}).response()
+    handlers = {kind: lambda request, error: as_http_error(error).response() for kind in HANDLED}
+    # Nobody reads this answer: the client has gone.
+    handlers[ClientDisconnect] = lambda request, error: Response(status_code=499)
+    return handlers
 
-    return {
-        HTTPError: lambda request, error: error.response(),
-        EngineUnavailable: unavailable,
-        EngineLost: unavailable,
-        EngineRefused: lambda request, error: HTTPError(400, str(error)).response(),
-        # Nobody reads this answer: the client has gone.
-        ClientDisconnect: lambda request, error: Response(status_code=499),
-    }
+
+def server_api_key(server: ServerConfig) -> str:
+    return os.environ.get("API_KEY") or server.api_key
 
 
 def build_app(server: ServerConfig, frontend_id: str) -> Starlette:
@@ -55,8 +57,14 @@ def build_app(server: ServerConfig, frontend_id: str) -> Starlette:
         routes=[
             Route("/health", health),
             Route("/generate", generate_endpoint, methods=["POST"]),
+            *OPENAI_ROUTES,
+            Route("/metrics", metrics_endpoint),
+            *dashboard_routes(),
         ],
         exception_handlers=error_handlers(),
+        # Outermost, so requests the API key turns away are counted too.
+        middleware=[Middleware(RouteMetricsMiddleware)]
+        + ([Middleware(ApiKeyMiddleware, api_key=api_key)] if (api_key := server_api_key(server)) else []),
         lifespan=lifespan,
     )
     app.state.frontend = state

@@ -33,15 +33,33 @@ class EngineLost(Exception):
     """The engine went away, or outputs were lost, while the request was running."""
 
 
+class Overloaded(Exception):
+    """This frontend already runs as many generations as it may."""
+
+
+class RequestTimeout(Exception):
+    """The request ran past the configured request timeout."""
+
+
+class RequestQueue(asyncio.Queue):
+    """Where one request's Deltas arrive, with the time by which it must be done."""
+
+    def __init__(self, deadline: float):
+        super().__init__()
+        self.deadline = deadline
+
+
 class EngineClient:
     def __init__(self, server: ServerConfig, frontend_id: str):
         self.frontend_id = frontend_id
         self.link = server.engine
+        self.max_in_flight = server.max_in_flight
+        self.request_timeout_s = server.request_timeout_s
         self.push = make_socket(zmq.Context.instance(), zmq.PUSH, server.request_address, bind=False, link=self.link)
         self.sub = make_socket(zmq.asyncio.Context.instance(), zmq.SUB, server.output_address, bind=False, link=self.link)
         self.sub.setsockopt(zmq.SUBSCRIBE, topic_for(frontend_id))
         self.sub.setsockopt(zmq.SUBSCRIBE, BROADCAST_TOPIC)
-        self.streams: dict[str, asyncio.Queue] = {}
+        self.streams: dict[str, RequestQueue] = {}
         self.engine_id: str | None = None
         self.seq = 0
         self.last_heartbeat = 0.0
@@ -66,11 +84,13 @@ class EngineClient:
         self.push.close()
         self.sub.close()
 
-    def add(self, request_id: str, prompt_token_ids: list[int], sampling: dict) -> asyncio.Queue:
+    def add(self, request_id: str, prompt_token_ids: list[int], sampling: dict) -> RequestQueue:
         """Send the request to the engine; its Deltas (or an EngineLost) arrive on the queue returned."""
         if not self.ready:
             raise EngineUnavailable("the engine is not available")
-        queue: asyncio.Queue = asyncio.Queue()
+        if len(self.streams) >= self.max_in_flight:
+            raise Overloaded(f"this server is at its limit of {self.max_in_flight} requests in flight")
+        queue = RequestQueue(time.monotonic() + self.request_timeout_s)
         self.streams[request_id] = queue
         if not self.send(Add(request_id, self.frontend_id, prompt_token_ids, sampling)):
             del self.streams[request_id]
@@ -101,7 +121,18 @@ class EngineClient:
                 self.send(Hello(self.frontend_id))
             elif time.monotonic() - self.last_heartbeat > self.link.heartbeat_timeout_s:
                 self.engine_lost("no heartbeat from the engine")
+            self.expire_overdue()
             await asyncio.sleep(self.link.hello_interval_s)
+
+    def expire_overdue(self) -> None:
+        now = time.monotonic()
+        overdue = [request_id for request_id, queue in self.streams.items() if queue.deadline < now]
+        for request_id in overdue:
+            self.streams.pop(request_id).put_nowait(
+                RequestTimeout(f"the request ran past the {self.request_timeout_s:g} s request timeout")
+            )
+        if overdue:
+            self.send(Abort(overdue))
 
     def on_welcome(self, message: Welcome) -> None:
         if message.frontend_id != self.frontend_id:

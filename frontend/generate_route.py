@@ -11,8 +11,8 @@ from msgspec import Meta
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
-from frontend.engine_client import EngineLost
-from frontend.generation import EngineRefused, GenerationSpec, generate
+from frontend.errors import GENERATION_ERRORS, as_http_error
+from frontend.generation import GenerationSpec, generate
 from frontend.http import error_body, read_json, unless_disconnected
 from frontend.state import FrontendState
 
@@ -85,8 +85,9 @@ async def stream_text(first, pieces):
         async for piece in pieces:
             if piece.text:
                 yield piece.text
-    except (EngineLost, EngineRefused) as error:
+    except GENERATION_ERRORS as error:
         # The status line has gone out: the error becomes the stream's last chunk.
-        yield "\n" + msgspec.json.encode(error_body(503, str(error))).decode()
+        error = as_http_error(error)
+        yield "\n" + msgspec.json.encode(error_body(error.status, error.message)).decode()
     finally:
         await pieces.aclose()

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 
 from common.messages import TokenLogprob
 from frontend.detokenizer import Detokenizer
-from frontend.engine_client import EngineClient, EngineLost
+from frontend.engine_client import EngineClient, EngineLost, RequestTimeout
+from frontend.metrics import GenerationMeter
 from frontend.stop_strings import StopStrings
 
 
@@ -23,6 +24,7 @@ class Piece:
     token_ids: list[int]
     finish_reason: str | None = None
     logprobs: list[list[TokenLogprob]] | None = None
+    prompt_logprobs: list[list[TokenLogprob] | None] | None = None
 
 
 @dataclass
@@ -38,13 +40,14 @@ async def generate(client: EngineClient, tokenizer, spec: GenerationSpec):
     """Yield Pieces until the request finishes; the last one has a finish_reason."""
     request_id = uuid.uuid4().hex
     queue = client.add(request_id, spec.prompt_token_ids, spec.sampling)
+    meter = GenerationMeter(len(spec.prompt_token_ids))
     detokenizer = Detokenizer(tokenizer, spec.skip_special_tokens)
     stops = StopStrings(spec.stop, spec.include_stop_str_in_output)
     finished = False
     try:
         while not finished:
             delta = await queue.get()
-            if isinstance(delta, EngineLost):
+            if isinstance(delta, (EngineLost, RequestTimeout)):
                 finished = True
                 raise delta
             if delta.finish_reason == "error":
@@ -53,16 +56,23 @@ async def generate(client: EngineClient, tokenizer, spec: GenerationSpec):
             if delta.finish_reason == "abort":
                 finished = True
                 raise EngineLost(delta.error or "the engine aborted the request")
+            meter.tokens_arrived(len(delta.token_ids))
             finished = delta.finish_reason is not None
             text = detokenizer.add(delta.token_ids)
             if finished:
                 text += detokenizer.flush()
             text = stops.feed(text)
             if stops.matched is not None:
-                yield Piece(text, delta.token_ids, "stop", delta.logprobs)
+                meter.finish_reason = "stop"
+                yield Piece(text, delta.token_ids, "stop", delta.logprobs, delta.prompt_logprobs)
                 return
             if finished:
                 text += stops.flush()
-            yield Piece(text, delta.token_ids, delta.finish_reason, delta.logprobs)
+            meter.finish_reason = delta.finish_reason
+            yield Piece(text, delta.token_ids, delta.finish_reason, delta.logprobs, delta.prompt_logprobs)
+    except Exception as error:
+        meter.failure = error
+        raise
     finally:
+        meter.end()
         client.release(request_id, abort=not finished)

@@ -17,6 +17,7 @@ class FrontendState:
         self.frontend_id = frontend_id
         self.client = EngineClient(server, frontend_id)
         self._tokenizer: Tokenizer | None = None
+        self.draining = False  # set on SIGTERM: running requests finish, /health says 503
         self.tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:

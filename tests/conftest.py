@@ -18,7 +18,11 @@ from common import default_model
 from common.config import ROOT
 
 OUTPUT_DIR = ROOT / "test-output"
-ENGINE_ARGS = {"max_model_len": 8192, "max_num_seqs": 64, "enforce_eager": True}
+ENGINE_ARGS = {
+    "max_model_len": 8192, "max_num_seqs": 64, "enforce_eager": True,
+    # As conf/inference.yml: grammar-made JSON without whitespace padding.
+    "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
+}
 CPU_KV_CACHE_GIB = 1
 
 
@@ -101,6 +105,9 @@ class Deployment:
             shutil.copy(log_path, OUTPUT_DIR / f"{self.dir.name}-{log_path.name}")
         shutil.rmtree(self.dir, ignore_errors=True)
 
+    def pid(self, program: str) -> int:
+        return int(self.supervisorctl("pid", program).strip())
+
     def supervisorctl(self, *args: str) -> str:
         conf = Path(self.server["run_dir"]) / "supervisord.conf"
         result = subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c", str(conf), *args],
@@ -128,6 +135,17 @@ def health(url: str) -> httpx.Response | None:
 def is_healthy(url: str) -> bool:
     response = health(url)
     return response is not None and response.status_code == 200
+
+
+def has_gpu() -> bool:
+    """NVML sees a GPU here, so the engine's heartbeat carries GPU figures."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return pynvml.nvmlDeviceGetCount() > 0
+    except Exception:  # no driver, no library: no GPU
+        return False
 
 
 def engine_idle(url: str) -> bool:

@@ -1,0 +1,174 @@
+"""Faults through nginx and supervisord on the real engine: nothing hangs, nothing is lost, and
+the service recovers without restarting what did not fail."""
+import asyncio
+import os
+import signal
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import Deployment, engine_idle, health, is_healthy, wait_for
+
+LONG = {"prompt": "a long answer", "max_tokens": 6000, "ignore_eos": True}
+
+
+@pytest.fixture(scope="module")
+def faults(model_dir):
+    deployment = Deployment("faults", server={"max_in_flight": 6, "request_timeout_s": 20, "drain_timeout_s": 20})
+    deployment.start("-m", "common.service", log="service")
+    try:
+        wait_until_whole(deployment)
+        yield deployment
+    finally:
+        deployment.close()
+
+
+def wait_until_whole(deployment, timeout=180):
+    wait_for(lambda: is_healthy(deployment.url), timeout, 0.5, "the service to turn healthy")
+    for i in range(2):
+        wait_for(lambda: is_healthy(deployment.frontend_url(i)), 60, 0.5, f"frontend {i} to turn healthy")
+    wait_for(lambda: engine_idle(deployment.url), 30, 0.5, "the engine to be idle")
+
+
+def short_request(url: str) -> httpx.Response:
+    return httpx.post(url + "/generate", json={"prompt": "after", "max_tokens": 8, "ignore_eos": True},
+                      headers={"accept": "application/json"}, timeout=60)
+
+
+class Stream(threading.Thread):
+    """A streaming /generate client in the background that records what it got and when it ended."""
+
+    def __init__(self, url: str, body: dict):
+        super().__init__(daemon=True)
+        self.url, self.body = url, body
+        self.chunks: list[str] = []
+        self.status = None
+        self.ended_at = None
+        self.error = None
+
+    def run(self):
+        try:
+            with httpx.stream("POST", self.url + "/generate?streaming=true", json=self.body, timeout=120) as response:
+                self.status = response.status_code
+                for chunk in response.iter_text():
+                    self.chunks.append(chunk)
+        except httpx.HTTPError as error:
+            self.error = error
+        self.ended_at = time.monotonic()
+
+    def started(self) -> bool:
+        return len("".join(self.chunks)) > 0
+
+
+def test_engine_killed_mid_stream_fails_requests_fast_and_recovers_without_frontend_restarts(faults):
+    frontends_before = [faults.pid(f"frontend:frontend-{i}") for i in range(2)]
+    engine = faults.pid("engine")
+    streams = [Stream(faults.url, LONG) for _ in range(2)]
+    for stream in streams:
+        stream.start()
+    wait_for(lambda: all(s.started() for s in streams), 60, what="both streams to start")
+    with httpx.Client(timeout=30) as client:
+        results = {}
+
+        def non_streaming():
+            results["answer"] = client.post(faults.url + "/generate", json=LONG)
+            results["at"] = time.monotonic()
+
+        waiter = threading.Thread(target=non_streaming, daemon=True)
+        waiter.start()
+        time.sleep(0.5)
+        os.kill(engine, signal.SIGKILL)
+        killed_at = time.monotonic()
+        for stream in streams:
+            stream.join(10)
+        waiter.join(10)
+    for stream in streams:
+        assert stream.ended_at is not None and stream.ended_at - killed_at < 3.5
+        assert stream.status == 200
+        assert '"error"' in stream.chunks[-1]
+    assert results["answer"].status_code == 503
+    assert results["at"] - killed_at < 3.5
+    assert "engine" in results["answer"].json()["error"]["message"]
+    assert health(faults.url).status_code == 503
+    wait_until_whole(faults)
+    assert short_request(faults.url).status_code == 200
+    assert [faults.pid(f"frontend:frontend-{i}") for i in range(2)] == frontends_before
+
+
+def test_frontend_killed_new_requests_go_to_the_other_and_it_comes_back(faults):
+    victim = faults.pid("frontend:frontend-0")
+    os.kill(victim, signal.SIGKILL)
+    answers = [short_request(faults.url) for _ in range(10)]
+    assert [a.status_code for a in answers] == [200] * 10
+    wait_for(lambda: faults.pid("frontend:frontend-0") not in (0, victim), 30, what="supervisord to restart it")
+    wait_for(lambda: is_healthy(faults.frontend_url(0)), 60, what="the new frontend to be welcomed")
+
+
+async def test_overload_is_503_with_retry_after_at_once(faults):
+    # Two frontends with room for 6 each: 16 long requests at once overflow them.
+    async with httpx.AsyncClient(base_url=faults.url, timeout=60) as client:
+        started = time.monotonic()
+        tasks = [asyncio.create_task(client.post("/generate", json={**LONG, "max_tokens": 300})) for _ in range(16)]
+        answers = await asyncio.gather(*tasks)
+    refused = [a for a in answers if a.status_code == 503]
+    assert len(refused) >= 4
+    assert all(a.headers["retry-after"] == "1" for a in refused)
+    assert all("limit" in a.json()["error"]["message"] for a in refused)
+    assert sum(a.status_code == 200 for a in answers) >= 6
+    assert time.monotonic() - started < 60
+    wait_for(lambda: engine_idle(faults.url), 20, what="the engine to be idle")
+
+
+def test_request_over_the_timeout_is_504_and_aborted(faults):
+    started = time.monotonic()
+    answer = httpx.post(faults.url + "/generate", json=LONG, timeout=60)
+    assert answer.status_code == 504
+    assert "timeout" in answer.json()["error"]["message"]
+    assert 19.5 < time.monotonic() - started < 26
+    wait_for(lambda: engine_idle(faults.url), 10, what="the engine to drop the timed-out request")
+
+
+def test_streamed_request_over_the_timeout_ends_with_an_error_chunk(faults):
+    stream = Stream(faults.url, LONG)
+    stream.run()
+    assert stream.status == 200
+    assert '"code":504' in stream.chunks[-1]
+
+
+def test_frontend_sigterm_drains_running_streams_and_nginx_moves_on(faults):
+    body = {"prompt": "drain", "max_tokens": 150, "ignore_eos": True}
+    stream = Stream(faults.frontend_url(1), body)  # straight to frontend 1, the one we stop
+    stream.start()
+    wait_for(stream.started, 30, what="the stream to start")
+    victim = faults.pid("frontend:frontend-1")
+    os.kill(victim, signal.SIGTERM)
+    time.sleep(0.3)
+    during = [short_request(faults.url).status_code for _ in range(5)]
+    stream.join(30)
+    assert during == [200] * 5
+    assert stream.error is None and stream.status == 200
+    full = httpx.post(faults.url + "/generate", json={**body, "seed": 1}, headers={"accept": "application/json"},
+                      timeout=60).json()
+    assert full["usage"]["completion_tokens"] == 150  # the drained stream ran as long as a normal one
+    assert '"error"' not in "".join(stream.chunks)
+    wait_for(lambda: faults.pid("frontend:frontend-1") not in (0, victim), 40, what="supervisord to restart it")
+    wait_for(lambda: is_healthy(faults.frontend_url(1)), 60, what="the new frontend to be welcomed")
+
+
+def test_engine_sigterm_ends_requests_with_an_error_says_goodbye_and_comes_back(faults):
+    frontends_before = [faults.pid(f"frontend:frontend-{i}") for i in range(2)]
+    engine = faults.pid("engine")
+    stream = Stream(faults.url, LONG)
+    stream.start()
+    wait_for(stream.started, 30, what="the stream to start")
+    os.kill(engine, signal.SIGTERM)
+    stopped_at = time.monotonic()
+    stream.join(10)
+    assert stream.ended_at - stopped_at < 3
+    assert "shutting down" in stream.chunks[-1]
+    wait_for(lambda: health(faults.url).status_code == 503, 5, what="/health to say the engine is down")
+    wait_until_whole(faults)
+    assert short_request(faults.url).status_code == 200
+    assert [faults.pid(f"frontend:frontend-{i}") for i in range(2)] == frontends_before
