@@ -70,10 +70,14 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda signum, frame: supervisord.terminate())
     url = f"http://{server.host}:{server.port}"
     try:
-        if wait_until_healthy(url, supervisord):
+        # A frontend first: asking nginx before any frontend listens only fills its error log.
+        first_frontend = f"http://127.0.0.1:{server.frontend_base_port}"
+        if wait_until_healthy(first_frontend, supervisord) and wait_until_healthy(url, supervisord):
             print(f"\n  serving on {url}  (POST /generate, dashboard at /, GET /metrics; Ctrl-C stops)\n", flush=True)
         return supervisord.wait()
-    except KeyboardInterrupt:  # supervisord got the same Ctrl-C and is stopping everything
+    except KeyboardInterrupt:
+        # In a terminal supervisord got the same Ctrl-C; elsewhere only we did.
+        supervisord.terminate()
         return supervisord.wait()
 
 
