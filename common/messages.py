@@ -15,7 +15,9 @@ class Add(msgspec.Struct, tag="add", array_like=True):
     request_id: str
     frontend_id: str
     prompt_token_ids: list[int]
-    # Keyword arguments for vLLM's SamplingParams, passed through as they are.
+    # Keyword arguments for vLLM's SamplingParams, passed through as they are, except
+    # "structured_outputs": a plain dict (json, regex, choice, grammar or json_object) that the
+    # engine turns into vLLM's StructuredOutputsParams.
     sampling: dict[str, Any]
 
 

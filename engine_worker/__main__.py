@@ -8,6 +8,7 @@ from common import default_model
 from common.config import InferenceConfig, ServerConfig, load_inference, load_server
 from common.logs import setup_logging, stage
 from common.messages import Goodbye
+from engine_worker.orphans import reap_previous_engine
 
 log = logging.getLogger("engine_worker")
 
@@ -46,7 +47,9 @@ def run_engine_worker_process() -> None:
     if inference.cuda_visible_devices:
         os.environ["CUDA_VISIBLE_DEVICES"] = inference.cuda_visible_devices
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(inference.cpu_kv_cache_gib))
-    server.path(server.run_dir).mkdir(parents=True, exist_ok=True)
+    run_dir = server.path(server.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    reap_previous_engine(run_dir)
 
     import zmq
 

@@ -3,6 +3,7 @@ import contextlib
 import os
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.middleware import Middleware
@@ -13,6 +14,7 @@ from frontend.auth import ApiKeyMiddleware
 from frontend.dashboard import dashboard_routes
 from frontend.errors import HANDLED, as_http_error
 from frontend.generate_route import generate_endpoint
+from frontend.http import HTTPError
 from frontend.metrics import RouteMetricsMiddleware, metrics_endpoint
 from frontend.openai_routes import OPENAI_ROUTES
 from frontend.state import FrontendState
@@ -37,6 +39,8 @@ def error_handlers() -> dict:
     handlers = {kind: lambda request, error: as_http_error(error).response() for kind in HANDLED}
     # Nobody reads this answer: the client has gone.
     handlers[ClientDisconnect] = lambda request, error: Response(status_code=499)
+    # Routing's own 404 and 405, in the same shape as every other error.
+    handlers[StarletteHTTPException] = lambda request, error: HTTPError(error.status_code, error.detail).response()
     return handlers
 
 

@@ -5,11 +5,11 @@ import re
 
 import msgspec
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-               413: "invalid_request_error", 415: "invalid_request_error", 503: "service_unavailable",
-               504: "timeout"}
+               405: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error",
+               503: "service_unavailable", 504: "timeout"}
 
 
 class HTTPError(Exception):
@@ -45,6 +45,8 @@ async def read_json(request: Request, kind: type, max_bytes: int):
         raise HTTPError(400, str(error), field_of(str(error))) from None
     except msgspec.DecodeError as error:
         raise HTTPError(400, f"the body is not valid JSON: {error}", "body") from None
+    except UnicodeDecodeError as error:
+        raise HTTPError(400, f"the body is not valid UTF-8: {error}", "body") from None
 
 
 def field_of(message: str) -> str:
@@ -71,3 +73,8 @@ async def unless_disconnected(request: Request, awaitable):
         await asyncio.gather(work, return_exceptions=True)
         raise ClientDisconnect()
     return work.result()
+
+
+def json_response(value) -> Response:
+    """A msgspec Struct (or anything msgspec encodes) as a JSON answer."""
+    return Response(msgspec.json.encode(value), media_type="application/json")

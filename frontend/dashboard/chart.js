@@ -1,0 +1,143 @@
+"use strict";
+// A small time-series line chart on a canvas: the last minute of points, a legend that shows each
+// series' latest value (also in data-value, for tests and scripts), gaps where a value is null.
+
+const PALETTE = ["#5b9cf5", "#f2a65a", "#63d39a", "#ea6a74", "#b895f2", "#e6d45f", "#5fd1dd", "#f08bd0"];
+const CHART_WINDOW_S = 60;
+const PAD = { left: 52, right: 12, top: 10, bottom: 22 };
+
+function formatNumber(value) {
+  if (value === null || value === undefined || Number.isNaN(value)) return "–";
+  const size = Math.abs(value);
+  if (size === 0) return "0";
+  if (size >= 1000) return Math.round(value).toLocaleString("en-US");
+  if (size >= 100) return value.toFixed(0);
+  if (size >= 10) return value.toFixed(1);
+  return value.toFixed(2);
+}
+
+// The smallest "round" number (1, 2 or 5 times a power of ten) at or above value.
+function niceCeiling(value) {
+  if (value <= 0) return 1;
+  const power = 10 ** Math.floor(Math.log10(value));
+  for (const step of [1, 2, 5, 10]) {
+    if (value <= step * power) return step * power;
+  }
+  return 10 * power;
+}
+
+class LineChart {
+  // series: [{key, label}]; options: {max: a fixed top of the y axis, minMax: the least top}
+  constructor(figure, series, options = {}) {
+    this.figure = figure;
+    this.canvas = figure.querySelector("canvas");
+    this.series = series.map((entry, index) => ({ color: PALETTE[index % PALETTE.length], ...entry }));
+    this.options = options;
+    this.points = [];
+    this.legendValues = this.buildLegend();
+  }
+
+  buildLegend() {
+    const legend = document.createElement("div");
+    legend.className = "legend";
+    const values = this.series.map((entry) => {
+      const item = document.createElement("span");
+      item.className = "legend-item";
+      item.dataset.series = entry.key;
+      const swatch = document.createElement("i");
+      swatch.style.background = entry.color;
+      const value = document.createElement("b");
+      value.textContent = "–";
+      item.append(swatch, `${entry.label} `, value);
+      legend.append(item);
+      return { item, value };
+    });
+    this.figure.insertBefore(legend, this.canvas);
+    return values;
+  }
+
+  push(time, values) {
+    this.points.push({ time, values });
+    while (this.points.length && this.points[0].time < time - CHART_WINDOW_S) this.points.shift();
+    values.forEach((value, index) => {
+      const { item, value: text } = this.legendValues[index];
+      item.dataset.value = value === null ? "" : String(value);
+      text.textContent = formatNumber(value);
+    });
+    this.draw();
+  }
+
+  draw() {
+    const { canvas } = this;
+    const ratio = window.devicePixelRatio || 1;
+    const width = canvas.clientWidth;
+    const height = canvas.clientHeight;
+    if (canvas.width !== Math.round(width * ratio) || canvas.height !== Math.round(height * ratio)) {
+      canvas.width = Math.round(width * ratio);
+      canvas.height = Math.round(height * ratio);
+    }
+    const context = canvas.getContext("2d");
+    context.setTransform(ratio, 0, 0, ratio, 0, 0);
+    context.clearRect(0, 0, width, height);
+    if (!this.points.length) return;
+    const plot = { x: PAD.left, y: PAD.top, width: width - PAD.left - PAD.right, height: height - PAD.top - PAD.bottom };
+    const top = this.yTop();
+    const end = this.points[this.points.length - 1].time;
+    const x = (time) => plot.x + plot.width * (1 - (end - time) / CHART_WINDOW_S);
+    const y = (value) => plot.y + plot.height * (1 - Math.min(value, top) / top);
+    this.drawGrid(context, plot, top, y);
+    this.series.forEach((entry, index) => this.drawLine(context, entry.color, index, x, y));
+  }
+
+  yTop() {
+    if (this.options.max !== undefined) return this.options.max;
+    let highest = this.options.minMax || 1;
+    for (const point of this.points) {
+      for (const value of point.values) if (value !== null && value > highest) highest = value;
+    }
+    return niceCeiling(highest);
+  }
+
+  drawGrid(context, plot, top, y) {
+    context.strokeStyle = "#2c3444";
+    context.fillStyle = "#8d97a8";
+    context.font = "11px system-ui, sans-serif";
+    context.lineWidth = 1;
+    context.textAlign = "right";
+    context.textBaseline = "middle";
+    for (let step = 0; step <= 4; step += 1) {
+      const value = (top * step) / 4;
+      const height = Math.round(y(value)) + 0.5;
+      context.beginPath();
+      context.moveTo(plot.x, height);
+      context.lineTo(plot.x + plot.width, height);
+      context.stroke();
+      context.fillText(formatNumber(value), plot.x - 6, height);
+    }
+    context.textAlign = "center";
+    context.textBaseline = "top";
+    [60, 45, 30, 15, 0].forEach((ago) => {
+      const left = plot.x + plot.width * (1 - ago / CHART_WINDOW_S);
+      context.fillText(ago ? `-${ago}s` : "now", Math.min(left, plot.x + plot.width - 12), plot.y + plot.height + 6);
+    });
+  }
+
+  drawLine(context, color, index, x, y) {
+    context.strokeStyle = color;
+    context.lineWidth = 2;
+    context.lineJoin = "round";
+    context.beginPath();
+    let drawing = false;
+    for (const point of this.points) {
+      const value = point.values[index];
+      if (value === null) {
+        drawing = false;
+        continue;
+      }
+      if (drawing) context.lineTo(x(point.time), y(value));
+      else context.moveTo(x(point.time), y(value));
+      drawing = true;
+    }
+    context.stroke();
+  }
+}

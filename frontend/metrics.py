@@ -1,0 +1,222 @@
+"""Prometheus metrics of the whole service, served at GET /metrics.
+
+Two sources, so that whichever frontend nginx picks for a scrape answers for the whole service:
+- engine figures (running, waiting, KV cache use, engine token totals, GPUs) come from the engine's
+  latest heartbeat, which every frontend receives: each frontend reports them alike;
+- frontend figures (HTTP requests, generations, tokens, latencies) are written by every frontend
+  into prometheus_client's multiprocess files in PROMETHEUS_MULTIPROC_DIR (set by supervisord,
+  wiped at service start), and any frontend's scrape adds up the files of all of them. Without
+  that directory (a frontend started on its own) the figures are this process's alone.
+"""
+import contextlib
+import glob
+import os
+import re
+import time
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Match
+
+MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+# Multiprocess mode has no *_created series; a frontend on its own should say the same.
+disable_created_metrics()
+# Used only without MULTIPROC_DIR; in multiprocess mode the values live in the files.
+LOCAL = CollectorRegistry()
+
+TTFT_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0,
+                5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
+TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3,
+                0.5, 0.75, 1.0, 2.5, 5.0)
+E2E_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 60.0, 120.0, 300.0, 600.0)
+
+HTTP_REQUESTS = Counter("llm_http_requests", "HTTP requests answered, by route template, method and status",
+                        ["route", "method", "status"], registry=LOCAL)
+IN_FLIGHT = Gauge("llm_requests_in_flight", "Generations sent to the engine and not yet ended",
+                  multiprocess_mode="livesum", registry=LOCAL)
+QUEUED = Gauge("llm_requests_queued", "Generations in flight that have no token yet (waiting or in prefill)",
+               multiprocess_mode="livesum", registry=LOCAL)
+PROMPT_TOKENS = Counter("llm_prompt_tokens", "Prompt tokens of the generations sent to the engine", registry=LOCAL)
+GENERATION_TOKENS = Counter("llm_generation_tokens", "Tokens the engine generated for the frontends",
+                            registry=LOCAL)
+TTFT = Histogram("llm_time_to_first_token_seconds", "From sending a generation to its first token",
+                 buckets=TTFT_BUCKETS, registry=LOCAL)
+TPOT = Histogram("llm_time_per_output_token_seconds",
+                 "Per finished generation: (last token time - first token time) / (tokens - 1)",
+                 buckets=TPOT_BUCKETS, registry=LOCAL)
+E2E = Histogram("llm_e2e_request_latency_seconds", "From sending a generation to its end, finished ones only",
+                buckets=E2E_BUCKETS, registry=LOCAL)
+FINISHED = Counter("llm_requests_finished", "Generations that ended normally, by finish reason",
+                   ["finish_reason"], registry=LOCAL)
+ABORTED = Counter("llm_requests_aborted", "Generations given up because the client went away", registry=LOCAL)
+FAILED = Counter("llm_requests_failed", "Generations that ended with an error, by reason", ["reason"],
+                 registry=LOCAL)
+
+
+class GenerationMeter:
+    """Times one generation and counts its tokens; `end()` files it under how it ended."""
+
+    def __init__(self, prompt_tokens: int):
+        self.started = time.perf_counter()
+        self.first_token_at: float | None = None
+        self.last_token_at = 0.0
+        self.tokens = 0
+        self.finish_reason: str | None = None
+        self.failure: BaseException | None = None
+        IN_FLIGHT.inc()
+        QUEUED.inc()
+        PROMPT_TOKENS.inc(prompt_tokens)
+
+    def tokens_arrived(self, count: int) -> None:
+        if count == 0:
+            return
+        now = time.perf_counter()
+        if self.first_token_at is None:
+            self.first_token_at = now
+            TTFT.observe(now - self.started)
+            QUEUED.dec()
+        self.last_token_at = now
+        self.tokens += count
+        GENERATION_TOKENS.inc(count)
+
+    def end(self) -> None:
+        IN_FLIGHT.dec()
+        if self.first_token_at is None:
+            QUEUED.dec()
+        if self.failure is not None:
+            FAILED.labels(failure_reason(self.failure)).inc()
+        elif self.finish_reason is not None:
+            self.observe_finished()
+        else:
+            ABORTED.inc()
+
+    def observe_finished(self) -> None:
+        FINISHED.labels(self.finish_reason).inc()
+        E2E.observe(time.perf_counter() - self.started)
+        if self.tokens > 1:
+            TPOT.observe((self.last_token_at - self.first_token_at) / (self.tokens - 1))
+
+
+def failure_reason(error: BaseException) -> str:
+    """EngineLost -> engine_lost: the exception's name is the reason, with no list to keep in step."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(error).__name__).lower()
+
+
+class RouteMetricsMiddleware:
+    """Counts every HTTP request under its route's path template ("/v1/models/{model}"), so new
+    routes are covered without naming them here and paths that match nothing stay one series."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        # Before the app runs: routing rewrites the scope's root_path for mounted apps.
+        route = route_template(scope)
+        status = 500  # what the client gets if the app raises before answering
+
+        async def send_noting_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_status)
+        finally:
+            HTTP_REQUESTS.labels(route, scope["method"], str(status)).inc()
+
+
+def route_template(scope) -> str:
+    partial = None
+    for route in scope["app"].routes:
+        match, _ = route.matches(scope)
+        if match == Match.FULL:
+            return route.path
+        if match == Match.PARTIAL and partial is None:  # the path matched, the method did not
+            partial = route.path
+    return partial or "unmatched"
+
+
+def engine_families(client):
+    """The engine's figures from its latest heartbeat; only `llm_engine_up` while it is down."""
+    up = client.heartbeat_fresh()
+    yield GaugeMetricFamily("llm_engine_up", "1 while the engine's heartbeats arrive", value=int(up))
+    if not up:
+        return
+    load = client.load
+    yield GaugeMetricFamily("llm_engine_running_requests", "Requests the engine is running", value=load.running)
+    yield GaugeMetricFamily("llm_engine_waiting_requests", "Requests waiting in the engine's scheduler",
+                            value=load.waiting)
+    yield GaugeMetricFamily("llm_engine_kv_cache_usage_ratio", "Share of the KV cache in use (0-1)",
+                            value=load.kv_cache_usage)
+    yield CounterMetricFamily("llm_engine_prompt_tokens", "Prompt tokens the engine took since it started",
+                              value=load.prompt_tokens_total)
+    yield CounterMetricFamily("llm_engine_generation_tokens", "Tokens the engine generated since it started",
+                              value=load.generation_tokens_total)
+    if load.gpus:  # on a machine without GPU the GPU series are absent, not zero
+        yield from gpu_families(load.gpus)
+
+
+GPU_FIGURES = (
+    ("llm_gpu_utilization_ratio", "GPU utilisation (0-1), from NVML", lambda gpu: gpu.utilization_pct / 100),
+    ("llm_gpu_memory_used_bytes", "GPU memory in use", lambda gpu: gpu.memory_used_bytes),
+    ("llm_gpu_memory_total_bytes", "GPU memory in all", lambda gpu: gpu.memory_total_bytes),
+    ("llm_gpu_power_watts", "GPU power draw", lambda gpu: gpu.power_watts),
+)
+
+
+def gpu_families(gpus):
+    for name, documentation, figure in GPU_FIGURES:
+        family = GaugeMetricFamily(name, documentation, labels=["gpu", "name"])
+        for gpu in gpus:
+            family.add_metric([str(gpu.index), gpu.name], figure(gpu))
+        yield family
+
+
+class ServiceMetrics:
+    """Everything /metrics reports, as one collector: all frontends' figures, then the engine's."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def collect(self):
+        yield from (MultiProcessCollector(None) if MULTIPROC_DIR else LOCAL).collect()
+        yield from engine_families(self.client)
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    client = request.app.state.frontend.client
+    return Response(generate_latest(ServiceMetrics(client)), media_type=CONTENT_TYPE_LATEST)
+
+
+def forget_dead_processes() -> None:
+    """Drop the in-flight gauges of frontends that died without saying so (killed, crashed): their
+    counters stay, so totals never go back; their in-flight requests are gone."""
+    for path in glob.glob(os.path.join(MULTIPROC_DIR, "gauge_live*_*.db")) if MULTIPROC_DIR else []:
+        pid = int(path.rsplit("_", 1)[1].removesuffix(".db"))
+        if not process_alive(pid):
+            with contextlib.suppress(FileNotFoundError):  # another frontend starting got there first
+                mark_process_dead(pid, MULTIPROC_DIR)
+
+
+def forget_this_process() -> None:
+    if MULTIPROC_DIR:
+        mark_process_dead(os.getpid(), MULTIPROC_DIR)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True

@@ -1,0 +1,13 @@
+"""The OpenAI-compatible API's routes, for the app to mount."""
+from starlette.routing import Route
+
+from frontend.chat_route import chat_completions_endpoint
+from frontend.completions_route import completions_endpoint
+from frontend.models_route import list_models, retrieve_model
+
+OPENAI_ROUTES = [
+    Route("/v1/models", list_models),
+    Route("/v1/models/{model:path}", retrieve_model),
+    Route("/v1/completions", completions_endpoint, methods=["POST"]),
+    Route("/v1/chat/completions", chat_completions_endpoint, methods=["POST"]),
+]
