@@ -23,10 +23,8 @@ TRAINING_TEXT_BYTES = 4_000_000
 # ChatML with Hermes-style tools, as Qwen2.5 and NousHermes models use.
 CHAT_TEMPLATE = """\
 {%- if tools %}<|im_start|>system
-{%- if messages[0].role == 'system' %}
-{{ messages[0].content }}
-{%- endif %}
-You may call functions. Their signatures:
+{% if messages[0].role == 'system' %}{{ messages[0].content }}
+{% endif %}You may call functions. Their signatures:
 <tools>
 {%- for tool in tools %}
 {{ tool | tojson }}
