@@ -1,0 +1,157 @@
+"""GET /metrics end to end: a service of its own (nothing else sends it requests), real requests
+through nginx and to each frontend directly, the exposition read with prometheus_client's parser."""
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import Deployment, engine_idle, has_gpu, is_healthy, wait_for
+
+MAX_TOKENS = 12
+PROMPTS = [f"count the tokens of request number {i}" for i in range(8)]
+STREAMED = {3, 7}  # which of PROMPTS go out with ?streaming=true
+
+
+@pytest.fixture(scope="module")
+def metered(model_dir):
+    deployment = Deployment("metrics")
+    deployment.start("-m", "common.service", log="service")
+    try:
+        # A loaded 2-core machine has been seen to take over 3 minutes to start vLLM.
+        wait_for(lambda: is_healthy(deployment.url), 300, 0.5, "the service to turn healthy")
+        for i in range(2):
+            wait_for(lambda: is_healthy(deployment.frontend_url(i)), 30, 0.5, f"frontend {i}")
+        yield deployment
+    finally:
+        deployment.close()
+
+
+def series(name: str, **labels) -> tuple:
+    return name, frozenset(labels.items())
+
+
+def scrape(url: str) -> dict:
+    response = httpx.get(url + "/metrics", timeout=10)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    families = text_string_to_metric_families(response.text)
+    return {series(sample.name, **sample.labels): sample.value for family in families for sample in family.samples}
+
+
+def changes(url: str, before: dict, expected: dict) -> dict:
+    after = scrape(url)
+    return {key: after.get(key, 0.0) - before.get(key, 0.0) for key in expected}
+
+
+def assert_changes(url: str, before: dict, expected: dict, timeout: float = 15) -> None:
+    """Each series moves by exactly its expected amount. Waits first: the engine's figures arrive
+    with its next heartbeat, and a request's own count lands just after its last byte."""
+    try:
+        wait_for(lambda: changes(url, before, expected) == expected, timeout, 0.3, "the expected counts")
+    except AssertionError:
+        pass
+    assert changes(url, before, expected) == expected
+
+
+def generate(url: str, prompt: str, streamed: bool) -> None:
+    body = {"prompt": prompt, "max_tokens": MAX_TOKENS, "ignore_eos": True}
+    if streamed:
+        with httpx.stream("POST", url + "/generate?streaming=true", json=body, timeout=60) as response:
+            assert response.status_code == 200
+            response.read()
+    else:
+        assert httpx.post(url + "/generate", json=body, timeout=60).status_code == 200
+
+
+def test_counters_match_the_requests_sent_whichever_frontend_answers(metered, tokenizer):
+    before = scrape(metered.url)
+    # Half the requests straight to each frontend: only service-wide counts are right on both.
+    for i, prompt in enumerate(PROMPTS):
+        generate(metered.frontend_url(i % 2), prompt, streamed=i in STREAMED)
+    prompt_tokens = sum(len(tokenizer.encode(prompt)) for prompt in PROMPTS)
+    count, generated = len(PROMPTS), len(PROMPTS) * MAX_TOKENS
+    expected = {
+        series("llm_http_requests_total", route="/generate", method="POST", status="200"): count,
+        series("llm_requests_finished_total", finish_reason="length"): count,
+        series("llm_requests_aborted_total"): 0,
+        series("llm_prompt_tokens_total"): prompt_tokens,
+        series("llm_generation_tokens_total"): generated,
+        series("llm_time_to_first_token_seconds_count"): count,
+        series("llm_time_per_output_token_seconds_count"): count,
+        series("llm_e2e_request_latency_seconds_count"): count,
+        series("llm_requests_in_flight"): 0,
+        series("llm_requests_queued"): 0,
+        series("llm_engine_prompt_tokens_total"): prompt_tokens,
+        series("llm_engine_generation_tokens_total"): generated,
+    }
+    for url in (metered.url, metered.frontend_url(0), metered.frontend_url(1)):
+        assert_changes(url, before, expected)
+
+
+def test_engine_figures_and_gpu_series(metered):
+    wait_for(lambda: engine_idle(metered.url), 30, what="the engine to go idle")
+    metrics = scrape(metered.url)
+    assert metrics[series("llm_engine_up")] == 1
+    assert metrics[series("llm_engine_running_requests")] == 0
+    assert metrics[series("llm_engine_waiting_requests")] == 0
+    assert 0 <= metrics[series("llm_engine_kv_cache_usage_ratio")] <= 1
+    gpu_series = {name for name, _ in metrics if name.startswith("llm_gpu_")}
+    if has_gpu():
+        assert {"llm_gpu_utilization_ratio", "llm_gpu_memory_used_bytes", "llm_gpu_power_watts"} <= gpu_series
+    else:
+        assert gpu_series == set()
+
+
+def test_stats_says_what_metrics_says(metered):
+    wait_for(lambda: engine_idle(metered.url), 30, what="the engine to go idle")
+    metrics = scrape(metered.url)
+    stats = httpx.get(metered.url + "/stats", timeout=10).json()
+    assert stats["tokens"]["generated"] == metrics[series("llm_generation_tokens_total")]
+    assert stats["tokens"]["prompt"] == metrics[series("llm_prompt_tokens_total")]
+    assert stats["latency"]["ttft"]["counts"][-1] == metrics[series("llm_time_to_first_token_seconds_count")]
+    assert stats["engine"]["up"] is True
+    assert stats["gpus"] == [] or has_gpu()
+
+
+def test_refusals_aborts_and_routes_are_counted_by_path_template(metered):
+    before = scrape(metered.url)
+    invalid = httpx.post(metered.url + "/generate", json={"prompt": ""}, timeout=30)
+    refused = httpx.post(metered.url + "/generate", json={"prompt": "x", "stop_token_ids": [10**6]}, timeout=30)
+    unknown = httpx.get(metered.url + "/no/such/page", timeout=30)
+    wrong_method = httpx.get(metered.url + "/generate", timeout=30)
+    model = httpx.get(metered.url + "/v1/models/tiny-llama", timeout=30)
+    statuses = [answer.status_code for answer in (invalid, refused, unknown, wrong_method, model)]
+    assert statuses == [400, 400, 404, 405, 200]
+    # A client that leaves mid-stream: its generation is aborted, its answer had begun with 200.
+    body = {"prompt": "a long one", "max_tokens": 4000, "ignore_eos": True}
+    with httpx.stream("POST", metered.url + "/generate?streaming=true", json=body, timeout=60) as response:
+        next(response.iter_raw())
+    expected = {
+        series("llm_http_requests_total", route="/generate", method="POST", status="400"): 2,
+        series("llm_http_requests_total", route="/generate", method="POST", status="200"): 1,
+        series("llm_http_requests_total", route="/generate", method="GET", status="405"): 1,
+        series("llm_http_requests_total", route="unmatched", method="GET", status="404"): 1,
+        series("llm_http_requests_total", route="/v1/models/{model:path}", method="GET", status="200"): 1,
+        series("llm_requests_failed_total", reason="engine_refused"): 1,
+        series("llm_requests_aborted_total"): 1,
+        series("llm_requests_finished_total", finish_reason="length"): 0,
+        series("llm_requests_in_flight"): 0,
+    }
+    assert_changes(metered.url, before, expected)
+
+
+def test_a_killed_frontend_keeps_its_totals_and_drops_its_in_flight_requests(metered):
+    survivor = metered.frontend_url(1)
+    before = scrape(survivor)
+    body = {"prompt": "in flight", "max_tokens": 4000, "ignore_eos": True}
+    with httpx.stream("POST", metered.frontend_url(0) + "/generate?streaming=true", json=body, timeout=60) as response:
+        chunks = response.iter_raw()  # kept: a dropped iterator closes the connection
+        next(chunks)
+        wait_for(lambda: scrape(survivor)[series("llm_requests_in_flight")] == 1, 10, what="one request in flight")
+        metered.supervisorctl("signal", "KILL", "frontend:frontend-0")
+        with pytest.raises(httpx.HTTPError):
+            list(chunks)
+    wait_for(lambda: is_healthy(metered.frontend_url(0)), 60, 0.5, "frontend 0 to come back")
+    after = scrape(survivor)
+    assert after[series("llm_requests_in_flight")] == 0
+    counters = [key for key in before if key[0].endswith("_total")]
+    assert counters and all(after[key] >= before[key] for key in counters)
