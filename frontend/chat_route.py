@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from frontend.chat import chat_prompt_ids
-from frontend.fan_out import merged
+from frontend.fan_out import merged, take_all
 from frontend.generation import Piece, generate
 from frontend.http import HTTPError, json_response, read_json, unless_disconnected
 from frontend.logprobs import chat_logprobs
@@ -204,7 +204,7 @@ async def chat_completions_endpoint(request: Request) -> Response:
     pieces = merged([generate(state.client, tokenizer.backend, spec) for spec in specs])
     if body.stream:
         return event_stream(stream_chunks(run, await started(request, pieces), body))
-    await unless_disconnected(request, collect(run, pieces))
+    await unless_disconnected(request, take_all(run.choices, pieces))
     return json_response(run.completion())
 
 
@@ -226,14 +226,6 @@ class ChatRun:
     def chunk(self, choices: list[ChatChunkChoice], with_usage: bool = False) -> ChatCompletionChunk:
         return ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=choices,
                                    usage=self.usage() if with_usage else None)
-
-
-async def collect(run: ChatRun, pieces) -> None:
-    try:
-        async for index, piece in pieces:
-            run.choices[index].take(piece)
-    finally:
-        await pieces.aclose()
 
 
 async def stream_chunks(run: ChatRun, pieces, body: ChatCompletionRequest):

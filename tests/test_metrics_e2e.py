@@ -4,7 +4,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Deployment, engine_idle, has_gpu, is_healthy, wait_for
+from tests.conftest import engine_idle, has_gpu, is_healthy, running_service, wait_for
 
 MAX_TOKENS = 12
 PROMPTS = [f"count the tokens of request number {i}" for i in range(8)]
@@ -13,16 +13,8 @@ STREAMED = {3, 7}  # which of PROMPTS go out with ?streaming=true
 
 @pytest.fixture(scope="module")
 def metered(model_dir):
-    deployment = Deployment("metrics")
-    deployment.start("-m", "common.service", log="service")
-    try:
-        # A loaded 2-core machine has been seen to take over 3 minutes to start vLLM.
-        wait_for(lambda: is_healthy(deployment.url), 300, 0.5, "the service to turn healthy")
-        for i in range(2):
-            wait_for(lambda: is_healthy(deployment.frontend_url(i)), 30, 0.5, f"frontend {i}")
+    with running_service("metrics") as deployment:
         yield deployment
-    finally:
-        deployment.close()
 
 
 def series(name: str, **labels) -> tuple:
