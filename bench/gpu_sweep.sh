@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Issue 6's sweep on the benchmark GPU host, in priority order, each step's results kept as it ends.
+# usage (repo root on the GPU host, bundle installed per ../shared/gpu/README.md, .gpu/model carried):
+#   MODEL=/tmp/model setsid bash bench/gpu_sweep.sh /tmp/gpu-results > /tmp/sweep.log 2>&1 &
+# then, in later calls, `bash bench/gpu_collect.sh SECONDS` waits and packs what is done into $OUT.
+# Runs longer than one device command may; it is started in its own session for that reason.
+set -uo pipefail
+RESULTS=${1:-/tmp/gpu-results}
+STEPS=${STEPS:-main vllm4 engine low pyspy ours12 high}
+export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
+MODEL=${MODEL:-$PWD/.gpu/model}
+ARGS='"load_format": "dummy", "max_model_len": 4096, "max_num_batched_tokens": 8192, "gpu_memory_utilization": 0.85'
+ENGINE_ARGS="{$ARGS, \"max_num_seqs\": 256}"
+WIDE_ENGINE_ARGS="{$ARGS, \"max_num_seqs\": 1024}"
+MAIN_LOADS="128x1024@256/512 1024x128@256/512"
+LOW_LOADS="128x1024@1/4 128x1024@64/128 1024x128@1/8 1024x128@64/128"
+# The loads where our TTFT trailed: the engine loop as it is (with timers) against bench/eager_intake.py.
+EAGER_LOADS="128x1024@1/4 128x1024@64/128 1024x128@64/128 1024x128@256/512"
+# Without nginx on the host, our frontends share the port through SO_REUSEPORT.
+REUSE=$(command -v nginx >/dev/null || echo --reuse-port)
+mkdir -p "$RESULTS"
+
+machine() {
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    lscpu | grep -E "^Model name|^CPU\(s\)"
+    python3 -c "import vllm, torch, transformers; print('vllm', vllm.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
+    echo "nginx: $(command -v nginx || echo none, frontends use --reuse-port)"
+}
+
+PORT=7300
+side_by_side() {  # NAME ENGINE_ARGS SERVERS... -- LOADS...
+    local name=$1 engine_args=$2; shift 2
+    PORT=$((PORT + 100))
+    local servers=() loads=()
+    while [ "$1" != -- ]; do servers+=("$1"); shift; done; shift
+    loads=("$@")
+    python3 -m bench.side_by_side --model "$MODEL" --engine-args "$engine_args" $REUSE --warmups 8 --port $PORT \
+        --servers "${servers[@]}" --loads "${loads[@]}" --out "$RESULTS/$name" ${PYSPY:+--py-spy $PYSPY}
+}
+
+engine_alone() {  # the engine worker over ZeroMQ, then vLLM's LLMEngine loop, on one load
+    local dir=$RESULTS/engine; mkdir -p "$dir"
+    printf 'model: %s\nengine_args: %s\n' "$MODEL" "$ENGINE_ARGS" > "$dir/inference.yml"
+    printf 'run_dir: /tmp/zmq-bench\nlog_level: warning\n' > "$dir/server.yml"
+    export SERVER_CONFIG=$dir/server.yml INFERENCE_CONFIG=$dir/inference.yml
+    python3 -m bench.zmq_bench --start-engine -c 256 -n 512 --input-len 128 --output-len 1024 --warmup 64 \
+        --save "$dir/zmq.json" > "$dir/zmq.log" 2>&1
+    python3 -m bench.engine_loop_bench -c 256 -n 512 --input-len 128 --output-len 1024 --warmup 64 \
+        --save "$dir/loop.json" > "$dir/loop.log" 2>&1
+    unset SERVER_CONFIG INFERENCE_CONFIG
+    grep -h -A12 "^== " "$dir/zmq.log" "$dir/loop.log"
+}
+
+step() {
+    echo "#### step $1 at $(date +%T)"
+    case $1 in
+        main)   side_by_side main "$ENGINE_ARGS" ours:4 vllm:1 -- $MAIN_LOADS ;;
+        vllm4)  side_by_side vllm4 "$ENGINE_ARGS" vllm:4 -- $MAIN_LOADS ;;
+        engine) engine_alone ;;
+        low)    side_by_side low "$ENGINE_ARGS" ours:4 vllm:4 vllm:1 -- $LOW_LOADS ;;
+        ours12) side_by_side ours12 "$ENGINE_ARGS" ours:1 ours:2 -- $MAIN_LOADS ;;
+        pyspy)  PYSPY=25 side_by_side pyspy "$ENGINE_ARGS" ours:4 -- 128x1024@256/512 ;;
+        eager)  side_by_side eager "$ENGINE_ARGS" ours:4:bench.engine_probe ours:4:bench.eager_intake vllm:4 -- $EAGER_LOADS ;;
+        ours2)  side_by_side ours2 "$ENGINE_ARGS" ours:2 -- $MAIN_LOADS ;;
+        high)   side_by_side high "$WIDE_ENGINE_ARGS" ours:4 vllm:4 -- 128x1024@512/1024 128x1024@1024/1024 ;;
+    esac
+    echo "#### step $1 done at $(date +%T)"
+}
+
+machine | tee "$RESULTS/machine.txt"
+for name in $STEPS; do step "$name"; done
+echo "#### sweep finished"
+touch "$RESULTS/finished"

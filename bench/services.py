@@ -1,0 +1,153 @@
+"""The two servers a side-by-side run compares, each started, awaited and stopped the same way:
+ours (`python -m common.service` on its own server.yml and inference.yml) and `vllm serve`.
+
+Both get the same model and the same vLLM engine arguments; each runs alone on the machine.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+import yaml
+
+from common.config import ROOT
+
+
+def engine_flags(engine_args: dict) -> list[str]:
+    """conf/inference.yml's engine_args as `vllm serve` flags (the names are EngineArgs' own)."""
+    flags = []
+    for name, value in engine_args.items():
+        option = name.replace("_", "-")
+        if isinstance(value, bool):  # vLLM's boolean flags take a --no- form
+            flags.append(f"--{option}" if value else f"--no-{option}")
+        elif value is not None:
+            flags += [f"--{option}", json.dumps(value) if isinstance(value, (dict, list)) else str(value)]
+    return flags
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+class Server:
+    """A process group started from a command line, with its log in the run directory."""
+
+    name = "server"
+
+    def __init__(self, out_dir: Path, port: int):
+        self.run_dir = out_dir / self.name
+        self.port = port
+        self.process: subprocess.Popen | None = None
+        self.log_path = self.run_dir / f"{self.name}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def environment(self) -> dict:
+        return os.environ.copy()
+
+    def health_urls(self) -> list[str]:
+        return [self.url + "/health"]
+
+    def start(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            self.command(), cwd=ROOT, env=self.environment(), stdout=self.log_path.open("wb"),
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def wait_ready(self, timeout_s: float) -> float:
+        """Seconds until every health URL answers 200; raises if the server dies or times out."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout_s:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}; see {self.log_path}")
+            if all(answers(url) for url in self.health_urls()):
+                return time.monotonic() - started
+            time.sleep(1)
+        raise RuntimeError(f"{self.name} not ready after {timeout_s:g} s; see {self.log_path}")
+
+    def processes(self) -> list[psutil.Process]:
+        """The server and every process under it (supervisord's children, vLLM's engine core)."""
+        try:
+            root = psutil.Process(self.process.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def stop(self, timeout_s: float = 60) -> None:
+        """Stop the whole tree and wait until none of it is left: the next server needs the memory."""
+        if self.process is None:
+            return
+        tree = self.processes()
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+        _, alive = psutil.wait_procs(tree, timeout=timeout_s)
+        for process in alive:
+            process.kill()
+        psutil.wait_procs(alive, timeout=10)
+
+
+class OurService(Server):
+    def __init__(self, out_dir: Path, port: int, model: str, engine_args: dict, frontends: int,
+                 reuse_port: bool = False, cpu_kv_cache_gib: int = 2, engine_module: str = "engine_worker"):
+        variant = "" if engine_module == "engine_worker" else "-" + engine_module.rpartition(".")[2]
+        self.name = f"ours-{frontends}fe{variant}"
+        super().__init__(out_dir, port)
+        self.frontends = frontends
+        self.reuse_port = reuse_port
+        self.engine_module = engine_module
+        self.server_config = {
+            "port": port, "frontends": frontends, "frontend_base_port": port + 1, "reuse_port": reuse_port,
+            "run_dir": str(self.run_dir / "run"), "data_dir": str(ROOT / ".data"), "log_level": "warning",
+        }
+        self.inference_config = {"model": model, "cpu_kv_cache_gib": cpu_kv_cache_gib, "engine_args": engine_args}
+
+    def command(self) -> list[str]:
+        (self.run_dir / "server.yml").write_text(yaml.safe_dump(self.server_config))
+        (self.run_dir / "inference.yml").write_text(yaml.safe_dump(self.inference_config))
+        if self.engine_module == "engine_worker":
+            return [sys.executable, "-m", "common.service"]
+        return [sys.executable, "-m", "bench.service_with_engine", self.engine_module]
+
+    def environment(self) -> dict:
+        return {**os.environ, "SERVER_CONFIG": str(self.run_dir / "server.yml"),
+                "INFERENCE_CONFIG": str(self.run_dir / "inference.yml"),
+                "PROBE_OUT": str(self.run_dir / "engine-probe.json")}
+
+    def health_urls(self) -> list[str]:
+        if self.reuse_port:  # the frontends share one port: ask often enough to reach each
+            return [self.url + "/health"] * (4 * self.frontends)
+        return [f"http://127.0.0.1:{self.port + 1 + i}/health" for i in range(self.frontends)]
+
+
+class VllmServe(Server):
+    def __init__(self, out_dir: Path, port: int, model: str, engine_args: dict, api_servers: int,
+                 cpu_kv_cache_gib: int = 2):
+        self.name = f"vllm-serve-{api_servers}api"
+        super().__init__(out_dir, port)
+        self.model = model
+        self.engine_args = engine_args
+        self.api_servers = api_servers
+        self.cpu_kv_cache_gib = cpu_kv_cache_gib
+
+    def command(self) -> list[str]:
+        return [sys.executable, str(ROOT / "bench" / "vllm_cli.py"), "serve", self.model,
+                "--host", "127.0.0.1", "--port", str(self.port),
+                "--api-server-count", str(self.api_servers), *engine_flags(self.engine_args)]
+
+    def environment(self) -> dict:
+        return {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(self.cpu_kv_cache_gib)}

