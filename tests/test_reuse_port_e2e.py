@@ -1,0 +1,36 @@
+"""reuse_port: true, for hosts without nginx: every frontend binds the public port itself with
+SO_REUSEPORT, the kernel spreads connections among them, and supervisord starts no nginx."""
+import httpx
+import pytest
+
+from tests.conftest import Deployment, health, wait_for
+
+
+def frontends_answering(url: str, asks: int = 40) -> set[str]:
+    """Which frontends answer /health with 200, asking on a new connection each time."""
+    seen = set()
+    for _ in range(asks):
+        answer = health(url)
+        if answer is not None and answer.status_code == 200:
+            seen.add(answer.json()["frontend"])
+    return seen
+
+
+@pytest.fixture(scope="module")
+def shared_port(model_dir):
+    deployment = Deployment("reuse", server={"reuse_port": True})
+    deployment.start("-m", "common.service", log="service")
+    try:
+        wait_for(lambda: len(frontends_answering(deployment.url)) == 2, 300, 1, "both frontends on the one port")
+        yield deployment
+    finally:
+        deployment.close()
+
+
+def test_both_frontends_serve_the_one_port_without_nginx(shared_port):
+    status = shared_port.supervisorctl("status")
+    assert "nginx" in status and "RUNNING" not in status.split("nginx", 1)[1].splitlines()[0]
+    answers = [httpx.post(shared_port.url + "/generate", json={"prompt": "shared", "max_tokens": 4, "ignore_eos": True},
+                          headers={"accept": "application/json"}, timeout=60) for _ in range(10)]
+    assert [answer.status_code for answer in answers] == [200] * 10
+    assert all(answer.json()["usage"]["completion_tokens"] == 4 for answer in answers)
