@@ -12,7 +12,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 (the backend must be chosen first)
+import matplotlib.pyplot as plt
 
 RESULT_NAME = re.compile(r"(?P<server>.+)-(?P<input>\d+)x(?P<output>\d+)@(?P<concurrency>\d+)\.json$")
 
@@ -43,7 +43,8 @@ def plot(shapes: dict, out: str) -> None:
         for name, points in sorted(series.items()):
             points.sort()
             concurrency = [p[0] for p in points]
-            style = dict(linestyle="--" if name.startswith("vllm") else "-", marker="o", color=colors[name], label=name)
+            style = {"linestyle": "--" if name.startswith("vllm") else "-", "marker": "o", "color": colors[name],
+                     "label": name}
             throughput.plot(concurrency, [p[1] for p in points], **style)
             tpot.plot(concurrency, [p[2] for p in points], **style)
         throughput.set_title(f"{shape[0]} in / {shape[1]} out: output tokens/s")

@@ -11,15 +11,16 @@ from collections import Counter
 
 def summarize(path: str, top: int = 12) -> str:
     total, own, inclusive = 0, Counter(), Counter()
-    for line in open(path):
-        stack, _, count = line.rstrip().rpartition(" ")
-        if not stack:
-            continue
-        frames, count = stack.split(";"), int(count)
-        total += count
-        own[frames[-1]] += count
-        for frame in set(frames):
-            inclusive[frame] += count
+    with open(path) as lines:
+        for line in lines:
+            stack, _, count = line.rstrip().rpartition(" ")
+            if not stack:
+                continue
+            frames, count = stack.split(";"), int(count)
+            total += count
+            own[frames[-1]] += count
+            for frame in set(frames):
+                inclusive[frame] += count
     lines = [f"== {path}: {total} samples"]
     lines += [f"  self {count:5d}  {frame[:140]}" for frame, count in own.most_common(top)]
     lines += [f"  incl {count:5d}  {frame[:140]}" for frame, count in inclusive.most_common(top)]

@@ -106,7 +106,8 @@ def profile_later(server: Server, delay_s: float, out: Path) -> threading.Thread
             for process in processes:
                 dump.write(f"==== pid {process.pid}: {' '.join(process.cmdline())[:200]}\n")
                 dump.flush()
-                subprocess.run(["py-spy", "dump", "--pid", str(process.pid)], stdout=dump, stderr=subprocess.STDOUT)
+                subprocess.run(["py-spy", "dump", "--pid", str(process.pid)], stdout=dump, stderr=subprocess.STDOUT,
+                               check=False)
         recorders = [subprocess.Popen(["py-spy", "record", "--pid", str(p.pid), "--duration", "10", "--format",
                                        "raw", "--output", str(out / f"py-spy-{p.pid}.txt"), "--nonblocking"],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for p in processes]
@@ -123,7 +124,8 @@ def run_load(server: Server, load: Load, args, out: Path, profile: bool) -> dict
     log = (out / f"{server.name}-{load.label}.bench.log").open("wb")
     profiler = profile_later(server, args.py_spy, server.run_dir) if profile else None
     started = time.monotonic()
-    finished = subprocess.run(bench_command(server, load, args, result_file), stdout=log, stderr=subprocess.STDOUT)
+    finished = subprocess.run(bench_command(server, load, args, result_file), stdout=log, stderr=subprocess.STDOUT,
+                              check=False)
     if profiler is not None:
         profiler.join(timeout=60)
     if finished.returncode != 0 or not result_file.exists():
