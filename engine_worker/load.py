@@ -1,6 +1,7 @@
 """The engine's load as the heartbeat reports it: scheduler figures from vLLM, GPUs from NVML."""
 import logging
 
+import msgspec
 from vllm.v1.metrics.loggers import StatLoggerBase
 
 from common.messages import EngineLoad, GpuLoad
@@ -34,15 +35,13 @@ class LoadTracker:
         return SchedulerStatsLogger
 
     def snapshot(self) -> EngineLoad:
-        load = self.load
-        return EngineLoad(
-            running=load.running,
-            waiting=load.waiting,
-            kv_cache_usage=load.kv_cache_usage,
-            prompt_tokens_total=load.prompt_tokens_total,
-            generation_tokens_total=load.generation_tokens_total,
-            gpus=self.gpus.read(),
-        )
+        return msgspec.structs.replace(self.load, gpus=self.gpus.read())
+
+    def record_idle(self) -> None:
+        # vLLM reports its scheduler's figures only from a step; with nothing left there is no
+        # step to report that the last requests are gone.
+        self.load.running = self.load.waiting = 0
+        self.load.kv_cache_usage = 0.0
 
 
 class GpuMonitor:

@@ -48,10 +48,7 @@ class StepLoop:
             if self.owners:
                 self.step()
             else:
-                # vLLM reports its scheduler's figures only from a step; with nothing left there is
-                # no step to report that the last requests are gone.
-                self.load.load.running = self.load.load.waiting = 0
-                self.load.load.kv_cache_usage = 0.0
+                self.load.record_idle()
         self.abort_all("the engine is shutting down")
 
     def take_requests(self, block: bool) -> None:
