@@ -10,6 +10,7 @@ Run as the engine module (`python -m bench.eager_intake`), with bench.engine_pro
 import queue
 
 from bench import engine_probe
+from common.messages import Add
 from engine_worker.step_loop import StepLoop
 
 OUTPUT_READY = object()
@@ -22,7 +23,7 @@ def wake_on_output(engine, inbox: queue.Queue) -> None:
 
     def put_and_wake(item):
         put(item)
-        inbox.put(OUTPUT_READY)
+        inbox.put((0.0, OUTPUT_READY))
 
     outputs.put_nowait = put_and_wake
 
@@ -30,12 +31,14 @@ def wake_on_output(engine, inbox: queue.Queue) -> None:
 def run(self: StepLoop) -> None:
     while not self.stopping:
         try:
-            message = self.inbox.get(timeout=self.idle_wait_s)
+            received_at, message = self.inbox.get(timeout=self.idle_wait_s)
         except queue.Empty:
-            self.load.load.running = self.load.load.waiting = 0
+            self.load.record_idle()
             continue
         if message is OUTPUT_READY:
             self.step()  # one output is waiting, so this does not block
+        elif type(message) is Add:
+            self.add(message, received_at)
         else:
             self.handlers[type(message)](message)
     self.abort_all("the engine is shutting down")

@@ -32,7 +32,7 @@ class StampingQueue(queue.Queue):
 
     def _get(self):
         stamped, item = super()._get()
-        if isinstance(item, Add):
+        if isinstance(item[1], Add):  # items are (time received, message)
             inbox_waits.append(time.perf_counter() - stamped)
         return item
 

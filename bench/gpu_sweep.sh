@@ -6,7 +6,7 @@
 # Runs longer than one device command may; it is started in its own session for that reason.
 set -uo pipefail
 RESULTS=${1:-/tmp/gpu-results}
-STEPS=${STEPS:-main vllm4 engine low pyspy ours12 high}
+STEPS=${STEPS:-rep high ours2}
 export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
 MODEL=${MODEL:-$PWD/.gpu/model}
 ARGS='"load_format": "dummy", "max_model_len": 4096, "max_num_batched_tokens": 8192, "gpu_memory_utilization": 0.85'
@@ -16,6 +16,8 @@ MAIN_LOADS="128x1024@256/512 1024x128@256/512"
 LOW_LOADS="128x1024@1/4 128x1024@64/128 1024x128@1/8 1024x128@64/128"
 # The loads where our TTFT trailed: the engine loop as it is (with timers) against bench/eager_intake.py.
 EAGER_LOADS="128x1024@1/4 128x1024@64/128 1024x128@64/128 1024x128@256/512"
+# The same, three times each, with vLLM's own timings of every run (queue, prefill) from /metrics.
+REPEAT_LOADS="1024x128@64/128 1024x128@1/8 128x1024@64/128"
 # Without nginx on the host, our frontends share the port through SO_REUSEPORT.
 REUSE=$(command -v nginx >/dev/null || echo --reuse-port)
 mkdir -p "$RESULTS"
@@ -35,7 +37,7 @@ side_by_side() {  # NAME ENGINE_ARGS SERVERS... -- LOADS...
     while [ "$1" != -- ]; do servers+=("$1"); shift; done; shift
     loads=("$@")
     python3 -m bench.side_by_side --model "$MODEL" --engine-args "$engine_args" $REUSE --warmups 8 --port $PORT \
-        --servers "${servers[@]}" --loads "${loads[@]}" --out "$RESULTS/$name" ${PYSPY:+--py-spy $PYSPY}
+        --repeats "${REPEATS:-1}" --servers "${servers[@]}" --loads "${loads[@]}" --out "$RESULTS/$name" ${PYSPY:+--py-spy $PYSPY}
 }
 
 engine_alone() {  # the engine worker over ZeroMQ, then vLLM's LLMEngine loop, on one load
@@ -62,6 +64,7 @@ step() {
         pyspy)  PYSPY=25 side_by_side pyspy "$ENGINE_ARGS" ours:4 -- 128x1024@256/512 ;;
         eager)  side_by_side eager "$ENGINE_ARGS" ours:4:bench.engine_probe ours:4:bench.eager_intake vllm:4 -- $EAGER_LOADS ;;
         ours2)  side_by_side ours2 "$ENGINE_ARGS" ours:2 -- $MAIN_LOADS ;;
+        rep)    REPEATS=3 side_by_side rep "$ENGINE_ARGS" ours:4 vllm:4 ours:4:bench.eager_intake vllm:1 -- $REPEAT_LOADS ;;
         high)   side_by_side high "$WIDE_ENGINE_ARGS" ours:4 vllm:4 -- 128x1024@512/1024 128x1024@1024/1024 ;;
     esac
     echo "#### step $1 done at $(date +%T)"

@@ -1,5 +1,6 @@
 """Throughput and median TPOT against concurrency, one line per server configuration, from the
-`vllm bench serve` results that bench/side_by_side.py saved (SERVER-INxOUT@C.json).
+`vllm bench serve` results that bench/side_by_side.py saved (SERVER-INxOUT@C[-rN].json); repeats of
+one point are averaged.
 
     python -m bench.plot --out bench/results/gpu-h100.png run1=bench/results/gpu-h100-run1 run2=...
 """
@@ -10,16 +11,17 @@ from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-RESULT_NAME = re.compile(r"(?P<server>.+)-(?P<input>\d+)x(?P<output>\d+)@(?P<concurrency>\d+)\.json$")
+RESULT_NAME = re.compile(r"(?P<server>.+)-(?P<input>\d+)x(?P<output>\d+)@(?P<concurrency>\d+)(-r\d+)?\.json$")
 
 
 def read_runs(runs: list[str]) -> dict:
-    """{(input, output): {series: [(concurrency, output tok/s, median TPOT)]}}"""
-    shapes = defaultdict(lambda: defaultdict(list))
+    """{(input, output): {series: [(concurrency, output tok/s, median TPOT)]}}, repeats averaged"""
+    runs_of = defaultdict(list)
     for run in runs:
         label, _, directory = run.rpartition("=")
         for path in sorted(Path(directory).rglob("*.json")):
@@ -29,8 +31,11 @@ def read_runs(runs: list[str]) -> dict:
             result = json.loads(path.read_text())
             series = f"{match['server']} ({label})" if label else match["server"]
             shape = (int(match["input"]), int(match["output"]))
-            shapes[shape][series].append(
-                (int(match["concurrency"]), result["output_throughput"], result["median_tpot_ms"]))
+            runs_of[shape, series, int(match["concurrency"])].append(
+                (result["output_throughput"], result["median_tpot_ms"]))
+    shapes = defaultdict(lambda: defaultdict(list))
+    for (shape, series, concurrency), points in runs_of.items():
+        shapes[shape][series].append((concurrency, *np.mean(points, axis=0)))
     return shapes
 
 

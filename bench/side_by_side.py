@@ -8,9 +8,10 @@ both driven by `vllm bench serve` on /v1/completions. One command runs the whole
 --servers: ours:N (N frontends; ours:N:MODULE runs MODULE as the engine program, e.g.
 bench.eager_intake) and vllm:K (`--api-server-count K`), run in the order given.
 --loads: INxOUT@CONCURRENCY[/PROMPTS], e.g. 128x1024@256/512 (prompts default to 2 x concurrency,
-at least --min-prompts). Every load runs against every server; each server starts once.
-Writes OUT/results.json (every `vllm bench serve` result), OUT/table.md, the servers' logs, and
-with --py-spy, py-spy dumps of every process of each server during its first load.
+at least --min-prompts). Every load runs against every server (--repeats times in a row); each server starts once.
+Writes OUT/results.json (every `vllm bench serve` result, and vLLM's own timings of each load from
+the server's /metrics, see bench/vllm_timings.py), OUT/table.md, the servers' logs, and with
+--py-spy, py-spy dumps of every process of each server during its first load.
 """
 import argparse
 import json
@@ -21,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from bench import vllm_timings
 from bench.services import OurService, Server, VllmServe
 from common.config import ROOT
 
@@ -53,6 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--loads", nargs="+", default=["128x128@32"])
     parser.add_argument("--min-prompts", type=int, default=8)
     parser.add_argument("--warmups", type=int, default=4, help="`vllm bench serve --num-warmups` for each load")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each load, one after the other")
     parser.add_argument("--port", type=int, default=7280)
     parser.add_argument("--reuse-port", action="store_true",
                         help="our frontends share the port with SO_REUSEPORT instead of nginx")
@@ -119,10 +122,13 @@ def profile_later(server: Server, delay_s: float, out: Path) -> threading.Thread
     return thread
 
 
-def run_load(server: Server, load: Load, args, out: Path, profile: bool) -> dict:
-    result_file = out / f"{server.name}-{load.label}.json"
-    log = (out / f"{server.name}-{load.label}.bench.log").open("wb")
+def run_load(server: Server, load: Load, args, out: Path, profile: bool, repeat: int) -> tuple[dict, dict | None]:
+    """`vllm bench serve`'s result, and vLLM's timings of the load (None where /metrics has none)."""
+    name = f"{server.name}-{load.label}" + (f"-r{repeat}" if args.repeats > 1 else "")
+    result_file = out / f"{name}.json"
+    log = (out / f"{name}.bench.log").open("wb")
     profiler = profile_later(server, args.py_spy, server.run_dir) if profile else None
+    metrics_before = scrape_timings(server)
     started = time.monotonic()
     finished = subprocess.run(bench_command(server, load, args, result_file), stdout=log, stderr=subprocess.STDOUT,
                               check=False)
@@ -130,8 +136,20 @@ def run_load(server: Server, load: Load, args, out: Path, profile: bool) -> dict
         profiler.join(timeout=60)
     if finished.returncode != 0 or not result_file.exists():
         return {"error": f"vllm bench serve exited with {finished.returncode}; see {log.name}",
-                "wall_s": time.monotonic() - started}
-    return json.loads(result_file.read_text())
+                "wall_s": time.monotonic() - started}, None
+    metrics_after = scrape_timings(server)
+    timings = None
+    if metrics_before is not None and metrics_after is not None:
+        timings = vllm_timings.summarize(vllm_timings.difference(metrics_before, metrics_after)) or None
+    return json.loads(result_file.read_text()), timings
+
+
+def scrape_timings(server: Server) -> dict | None:
+    try:
+        return vllm_timings.scrape(server.url)
+    except OSError as error:
+        print(f"== {server.name}: /metrics not read: {error}", flush=True)
+        return None
 
 
 def run_server(spec: str, args, out: Path, port: int) -> list[dict]:
@@ -143,9 +161,12 @@ def run_server(spec: str, args, out: Path, port: int) -> list[dict]:
         ready_s = server.wait_ready(args.startup_timeout)
         print(f"== {server.name}: ready after {ready_s:.0f} s", flush=True)
         for index, load in enumerate(args.loads):
-            result = run_load(server, load, args, out, profile=args.py_spy > 0 and index == 0)
-            rows.append({"server": server.name, "load": asdict(load), "ready_s": ready_s, "result": result})
-            print(table_line(rows[-1]), flush=True)
+            for repeat in range(1, args.repeats + 1):
+                profile = args.py_spy > 0 and index == 0 and repeat == 1
+                result, timings = run_load(server, load, args, out, profile, repeat)
+                rows.append({"server": server.name, "load": asdict(load), "repeat": repeat, "ready_s": ready_s,
+                             "result": result, "vllm_timings": timings})
+                print(table_line(rows[-1]), flush=True)
     except RuntimeError as error:
         rows.append({"server": server.name, "load": None, "error": str(error)})
         print(f"== {server.name}: {error}", flush=True)
@@ -160,16 +181,23 @@ def table_line(row: dict) -> str:
         return f"| {row['server']} | {load and Load(**load).label} | failed: {row.get('error') or result['error']} |"
     return (
         f"| {row['server']} | {load['input_len']}/{load['output_len']} | {load['concurrency']} | "
-        f"{result['completed']}/{load['prompts']} | {result['output_throughput']:,.0f} | "
+        f"{row.get('repeat', 1)} | {result['completed']}/{load['prompts']} | {result['output_throughput']:,.0f} | "
         f"{result['request_throughput']:.2f} | {result['median_ttft_ms']:.1f} / {result['p99_ttft_ms']:.1f} | "
         f"{result['median_tpot_ms']:.2f} / {result['p99_tpot_ms']:.2f} | {result['median_itl_ms']:.2f} | "
-        f"{row['ready_s']:.0f} |"
+        f"{timings_cell(row.get('vllm_timings'))} | {row['ready_s']:.0f} |"
     )
 
 
+def timings_cell(timings: dict | None) -> str:
+    """vLLM's mean TTFT, queue and prefill times of the load, in ms."""
+    if not timings:
+        return "-"
+    return " / ".join(f"{timings[key]['mean_ms']:.1f}" if key in timings else "-" for key in ("ttft", "queue", "prefill"))
+
+
 TABLE_HEAD = (
-    "| server | in/out | C | done | output tok/s | req/s | TTFT p50 / p99 ms | TPOT p50 / p99 ms | ITL p50 ms | "
-    "ready s |\n|---|---|---|---|---|---|---|---|---|---|"
+    "| server | in/out | C | run | done | output tok/s | req/s | TTFT p50 / p99 ms | TPOT p50 / p99 ms | ITL p50 ms | "
+    "vLLM's TTFT / queue / prefill, mean ms | ready s |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 

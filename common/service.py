@@ -44,7 +44,7 @@ def render(server: ServerConfig) -> Path:
 
 
 def fresh_metrics_dir(run_dir: Path) -> Path:
-    """The frontends' shared Prometheus files; a new service counts from zero."""
+    """The frontends' and the engine's shared Prometheus files; a new service counts from zero."""
     metrics_dir = run_dir / "prometheus"
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)

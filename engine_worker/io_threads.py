@@ -1,6 +1,6 @@
 """The engine's sockets, each owned by one thread, so the step loop never touches a socket.
 
-Requests: PULL socket -> decode -> inbox queue.
+Requests: PULL socket -> decode -> inbox queue, as (time received, message).
 Outputs: outbox queue -> number per frontend -> PUB socket, plus a heartbeat on the broadcast
 topic every interval, sent even while the step loop is inside a long step.
 """
@@ -30,7 +30,7 @@ def start_request_reader(context, address: str, link: EngineLink, inbox: queue.Q
         while True:
             frame = socket.recv()
             try:
-                inbox.put(request_decoder.decode(frame))
+                inbox.put((time.time(), request_decoder.decode(frame)))
             except msgspec.DecodeError as error:
                 log.warning("dropped an undecodable request message: %s", error)
 

@@ -40,7 +40,7 @@ class StepLoop:
         self.inbox: queue.Queue = queue.Queue()
         self.owners: dict[str, str] = {}  # request id -> frontend id
         self.stopping = False
-        self.handlers = {Add: self.add, Abort: self.abort, Hello: self.hello}
+        self.handlers = {Abort: self.abort, Hello: self.hello}
 
     def run(self) -> None:
         while not self.stopping:
@@ -53,23 +53,30 @@ class StepLoop:
 
     def take_requests(self, block: bool) -> None:
         try:
-            message = self.inbox.get(timeout=self.idle_wait_s) if block else self.inbox.get_nowait()
+            received_at, message = self.inbox.get(timeout=self.idle_wait_s) if block else self.inbox.get_nowait()
         except queue.Empty:
             return
         while True:
-            self.handlers[type(message)](message)
+            if type(message) is Add:
+                self.add(message, received_at)
+            else:
+                self.handlers[type(message)](message)
             try:
-                message = self.inbox.get_nowait()
+                received_at, message = self.inbox.get_nowait()
             except queue.Empty:
                 return
 
-    def add(self, message: Add) -> None:
+    def add(self, message: Add, received_at: float) -> None:
         request_id = message.request_id
         try:
             if request_id in self.owners:
                 raise ValueError(f"request id {request_id!r} is already running")
             params = sampling_params(message.sampling)
-            self.engine.add_request(request_id, {"prompt_token_ids": message.prompt_token_ids}, params)
+            # Arrival is when the ADD reached this process, so vLLM's own TTFT and e2e figures
+            # (vllm:* in /metrics) include the wait in the inbox, as vllm serve's include its queue.
+            self.engine.add_request(
+                request_id, {"prompt_token_ids": message.prompt_token_ids}, params, arrival_time=received_at
+            )
         except Exception as error:  # vLLM's own validation: the request is refused, nothing else
             log.info("refused request %s: %s", request_id, error)
             self.send(message.frontend_id, [Delta(request_id, [], "error", error=str(error))])

@@ -79,6 +79,39 @@ def test_counters_match_the_requests_sent_whichever_frontend_answers(metered, to
         assert_changes(url, before, expected)
 
 
+def total(metrics: dict, name: str, **labels) -> float:
+    """One series summed over the labels not given (vLLM's model_name and engine)."""
+    wanted = set(labels.items())
+    return sum(value for (sample, sample_labels), value in metrics.items() if sample == name and wanted <= sample_labels)
+
+
+def test_vllm_own_series_count_the_same_requests(metered, tokenizer):
+    """Dashboards made for vllm serve read vLLM's vllm:* series; the engine's stat logger writes
+    them beside the frontends' files, so /metrics has them, counting what was asked."""
+    wait_for(lambda: engine_idle(metered.url), 30, what="the engine to go idle")
+    before = scrape(metered.url)
+    for i, prompt in enumerate(PROMPTS):
+        generate(metered.frontend_url(i % 2), prompt, streamed=i in STREAMED)
+    expected = {
+        ("vllm:request_success_total", frozenset({("finished_reason", "length")})): len(PROMPTS),
+        ("vllm:generation_tokens_total", frozenset()): len(PROMPTS) * MAX_TOKENS,
+        ("vllm:prompt_tokens_total", frozenset()): sum(len(tokenizer.encode(prompt)) for prompt in PROMPTS),
+        ("vllm:time_to_first_token_seconds_count", frozenset()): len(PROMPTS),
+        ("vllm:request_queue_time_seconds_count", frozenset()): len(PROMPTS),
+    }
+
+    def moved() -> dict:
+        after = scrape(metered.frontend_url(1))
+        return {key: total(after, key[0], **dict(key[1])) - total(before, key[0], **dict(key[1])) for key in expected}
+
+    try:
+        wait_for(lambda: moved() == expected, 15, 0.3, "vLLM's counts")
+    except AssertionError:
+        pass
+    assert moved() == expected
+    assert total(scrape(metered.url), "vllm:num_requests_running") == 0
+
+
 def test_engine_figures_and_gpu_series(metered):
     wait_for(lambda: engine_idle(metered.url), 30, what="the engine to go idle")
     metrics = scrape(metered.url)
