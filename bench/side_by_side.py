@@ -83,7 +83,9 @@ def make_server(spec: str, args, out: Path, port: int) -> Server:
     raise SystemExit(f"unknown server {spec!r}: ours:N or vllm:K")
 
 
-def bench_command(server: Server, load: Load, args, result_file: Path) -> list[str]:
+def bench_command(server: Server, load: Load, args, result_file: Path, repeat: int) -> list[str]:
+    """Repeat r draws its prompts with seed r - 1: the same prompts again would be served from
+    vLLM's prefix cache. Every server gets the same prompts in its repeat r."""
     model = str(Path(args.model).resolve())
     return [
         sys.executable, str(ROOT / "bench" / "vllm_cli.py"), "bench", "serve",
@@ -92,7 +94,7 @@ def bench_command(server: Server, load: Load, args, result_file: Path) -> list[s
         "--dataset-name", "random", "--random-input-len", str(load.input_len),
         "--random-output-len", str(load.output_len), "--ignore-eos",
         "--max-concurrency", str(load.concurrency), "--num-prompts", str(load.prompts),
-        "--num-warmups", str(args.warmups), "--seed", "0",
+        "--num-warmups", str(args.warmups), "--seed", str(repeat - 1),
         "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99",
         "--save-result", "--result-dir", str(result_file.parent), "--result-filename", result_file.name,
     ]
@@ -130,7 +132,7 @@ def run_load(server: Server, load: Load, args, out: Path, profile: bool, repeat:
     profiler = profile_later(server, args.py_spy, server.run_dir) if profile else None
     metrics_before = scrape_timings(server)
     started = time.monotonic()
-    finished = subprocess.run(bench_command(server, load, args, result_file), stdout=log, stderr=subprocess.STDOUT,
+    finished = subprocess.run(bench_command(server, load, args, result_file, repeat), stdout=log, stderr=subprocess.STDOUT,
                               check=False)
     if profiler is not None:
         profiler.join(timeout=60)
