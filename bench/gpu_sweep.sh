@@ -6,7 +6,7 @@
 # Runs longer than one device command may; it is started in its own session for that reason.
 set -uo pipefail
 RESULTS=${1:-/tmp/gpu-results}
-STEPS=${STEPS:-rep high ours2}
+STEPS=${STEPS:-rep high ours2 rep1}
 export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
 MODEL=${MODEL:-$PWD/.gpu/model}
 ARGS='"load_format": "dummy", "max_model_len": 4096, "max_num_batched_tokens": 8192, "gpu_memory_utilization": 0.85'
@@ -64,7 +64,8 @@ step() {
         pyspy)  PYSPY=25 side_by_side pyspy "$ENGINE_ARGS" ours:4 -- 128x1024@256/512 ;;
         eager)  side_by_side eager "$ENGINE_ARGS" ours:4:bench.engine_probe ours:4:bench.eager_intake vllm:4 -- $EAGER_LOADS ;;
         ours2)  side_by_side ours2 "$ENGINE_ARGS" ours:2 -- $MAIN_LOADS ;;
-        rep)    REPEATS=3 side_by_side rep "$ENGINE_ARGS" ours:4 vllm:4 ours:4:bench.eager_intake vllm:1 -- $REPEAT_LOADS ;;
+        rep)    REPEATS=3 side_by_side rep "$ENGINE_ARGS" ours:4 vllm:4 -- $REPEAT_LOADS ;;
+        rep1)   REPEATS=3 side_by_side rep1 "$ENGINE_ARGS" vllm:1 -- $REPEAT_LOADS ;;
         high)   side_by_side high "$WIDE_ENGINE_ARGS" ours:4 vllm:4 -- 128x1024@512/1024 128x1024@1024/1024 ;;
     esac
     echo "#### step $1 done at $(date +%T)"

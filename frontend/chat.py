@@ -11,10 +11,10 @@ from frontend.tokenizer import Tokenizer
 ROLE_ALIASES = {"developer": "system"}
 
 
-def chat_prompt_ids(tokenizer: Tokenizer, body: ChatCompletionRequest) -> list[int]:
+async def chat_prompt_ids(tokenizer: Tokenizer, body: ChatCompletionRequest) -> list[int]:
     prompt = render(tokenizer, body)
     # The template writes every special token itself, BOS included where the model wants one.
-    return tokenizer.backend.encode(prompt, add_special_tokens=False).ids
+    return (await tokenizer.encode_prompts([prompt], add_special_tokens=False))[0]
 
 
 def render(tokenizer: Tokenizer, body: ChatCompletionRequest) -> str:

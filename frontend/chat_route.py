@@ -195,7 +195,7 @@ async def chat_completions_endpoint(request: Request) -> Response:
     model = served_model(state, body.model)
     plan = ChatPlan(body, state.server.tool_parser)
     tokenizer = state.tokenizer
-    prompt_ids = chat_prompt_ids(tokenizer, body)
+    prompt_ids = await chat_prompt_ids(tokenizer, body)
     top_logprobs = top_logprobs_of(body)
     sampling = sampling_kwargs(body, max_tokens_of(state, body, len(prompt_ids)), plan.grammar, logprobs=top_logprobs)
     specs = choice_specs(body, prompt_ids, sampling)

@@ -84,12 +84,12 @@ class CompletionRun:
                           usage=self.usage() if with_usage else None)
 
 
-def prompts_of(tokenizer: Tokenizer, body: CompletionRequest) -> list[Prompt]:
+async def prompts_of(tokenizer: Tokenizer, body: CompletionRequest) -> list[Prompt]:
     prompt = body.prompt
     if isinstance(prompt, str) or (prompt and all(isinstance(item, str) for item in prompt)):
         texts = [prompt] if isinstance(prompt, str) else prompt
-        prompts = [Prompt(text, tokenizer.backend.encode(text, add_special_tokens=body.add_special_tokens).ids)
-                   for text in texts]
+        ids = await tokenizer.encode_prompts(texts, body.add_special_tokens)
+        prompts = [Prompt(text, text_ids) for text, text_ids in zip(texts, ids)]
     elif prompt and all(isinstance(item, int) for item in prompt):
         prompts = [Prompt(tokenizer.decode(prompt, skip_special_tokens=False), prompt)]
     elif prompt and all(isinstance(item, list) for item in prompt):
@@ -112,7 +112,7 @@ async def completions_endpoint(request: Request) -> Response:
     model = served_model(state, body.model)
     check_supported(body)
     tokenizer = state.tokenizer
-    prompts = prompts_of(tokenizer, body)
+    prompts = await prompts_of(tokenizer, body)
     grammar = requested_grammar(body)
     choices, streams = [], []
     for prompt in prompts:

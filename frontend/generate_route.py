@@ -44,8 +44,8 @@ class GenerateRequest(msgspec.Struct, forbid_unknown_fields=True):
 FRONTEND_ONLY = {"prompt", "stop", "include_stop_str_in_output", "skip_special_tokens"}
 
 
-def generation_spec(state: FrontendState, body: GenerateRequest) -> GenerationSpec:
-    prompt_ids = state.encode(body.prompt)
+async def generation_spec(state: FrontendState, body: GenerateRequest) -> GenerationSpec:
+    prompt_ids = await state.encode(body.prompt)
     state.check_context(len(prompt_ids), body.max_tokens)
     sampling = {
         name: getattr(body, name)
@@ -59,7 +59,7 @@ def generation_spec(state: FrontendState, body: GenerateRequest) -> GenerationSp
 async def generate_endpoint(request: Request) -> Response:
     state: FrontendState = request.app.state.frontend
     body = await read_json(request, GenerateRequest, state.server.max_body_bytes)
-    spec = generation_spec(state, body)
+    spec = await generation_spec(state, body)
     pieces = generate(state.client, state.tokenizer.backend, spec)
     if request.query_params.get("streaming", "false").lower() in ("true", "1"):
         first = await unless_disconnected(request, anext(pieces))

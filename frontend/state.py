@@ -57,8 +57,8 @@ class FrontendState:
     def max_model_len(self) -> int:
         return self.client.welcome.max_model_len
 
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text)
+    async def encode(self, text: str) -> list[int]:
+        return (await self.tokenizer.encode_prompts([text]))[0]
 
     def check_context(self, prompt_tokens: int, max_tokens: int, field: str = "max_tokens") -> None:
         limit = self.max_model_len

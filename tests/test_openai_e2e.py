@@ -403,7 +403,7 @@ def test_error_body_is_openais_shape(service):
     assert error["param"] == "n"
 
 
-def test_a_model_without_a_chat_template_cannot_chat(model_dir):
+async def test_a_model_without_a_chat_template_cannot_chat(model_dir):
     from frontend.chat import chat_prompt_ids
     from frontend.openai_protocol import ChatCompletionRequest, ChatMessage
     from frontend.tokenizer import Tokenizer
@@ -411,7 +411,7 @@ def test_a_model_without_a_chat_template_cannot_chat(model_dir):
     tokenizer = Tokenizer(str(model_dir))
     tokenizer.hf.chat_template = None
     with pytest.raises(HTTPError) as raised:
-        chat_prompt_ids(tokenizer, ChatCompletionRequest(messages=[ChatMessage("user", "hi")]))
+        await chat_prompt_ids(tokenizer, ChatCompletionRequest(messages=[ChatMessage("user", "hi")]))
     assert raised.value.status == 400
     assert "chat template" in raised.value.message
 
