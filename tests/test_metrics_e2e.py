@@ -180,3 +180,20 @@ def test_a_killed_frontend_keeps_its_totals_and_drops_its_in_flight_requests(met
     assert after[series("llm_requests_in_flight")] == 0
     counters = [key for key in before if key[0].endswith("_total")]
     assert counters and all(after[key] >= before[key] for key in counters)
+
+
+def test_a_killed_engine_leaves_no_stale_vllm_gauges(metered):
+    """vLLM's gauges are written per process (the most recent value wins): the new engine's
+    figures replace the killed one's, while vLLM's counters keep what the killed engine counted."""
+    body = {"prompt": "in flight", "max_tokens": 4000, "ignore_eos": True}
+    with httpx.stream("POST", metered.url + "/generate?streaming=true", json=body, timeout=60) as response:
+        chunks = response.iter_raw()
+        next(chunks)
+        wait_for(lambda: total(scrape(metered.url), "vllm:num_requests_running") == 1, 15, what="vLLM to count it")
+        before = scrape(metered.url)
+        metered.supervisorctl("signal", "KILL", "engine")
+        assert b'"error"' in b"".join(chunks)  # the stream ends with the error, not silently
+    wait_for(lambda: is_healthy(metered.url), 300, 1, "the engine to come back")
+    after = scrape(metered.url)
+    assert total(after, "vllm:num_requests_running") == 0
+    assert total(after, "vllm:generation_tokens_total") >= total(before, "vllm:generation_tokens_total") > 0
