@@ -10,7 +10,6 @@ Run as the engine module (`python -m bench.eager_intake`), with bench.engine_pro
 import queue
 
 from bench import engine_probe
-from common.messages import Add
 from engine_worker.step_loop import StepLoop
 
 OUTPUT_READY = object()
@@ -37,10 +36,8 @@ def run(self: StepLoop) -> None:
             continue
         if message is OUTPUT_READY:
             self.step()  # one output is waiting, so this does not block
-        elif type(message) is Add:
-            self.add(message, received_at)
         else:
-            self.handlers[type(message)](message)
+            self.handle(received_at, message)
     self.abort_all("the engine is shutting down")
 
 

@@ -57,14 +57,18 @@ class StepLoop:
         except queue.Empty:
             return
         while True:
-            if type(message) is Add:
-                self.add(message, received_at)
-            else:
-                self.handlers[type(message)](message)
+            self.handle(received_at, message)
             try:
                 received_at, message = self.inbox.get_nowait()
             except queue.Empty:
                 return
+
+    def handle(self, received_at: float, message) -> None:
+        """One message from the inbox; only an ADD needs the time it arrived."""
+        if type(message) is Add:
+            self.add(message, received_at)
+        else:
+            self.handlers[type(message)](message)
 
     def add(self, message: Add, received_at: float) -> None:
         request_id = message.request_id

@@ -29,19 +29,28 @@ def scrape(url: str) -> dict:
     return {series(sample.name, **sample.labels): sample.value for family in families for sample in family.samples}
 
 
-def changes(url: str, before: dict, expected: dict) -> dict:
-    after = scrape(url)
+def scrape_vllm(url: str) -> dict:
+    """The scrape with vLLM's own per-engine labels (model_name, engine) summed away."""
+    summed: dict = {}
+    for (name, labels), value in scrape(url).items():
+        key = (name, frozenset((k, v) for k, v in labels if k not in ("model_name", "engine")))
+        summed[key] = summed.get(key, 0.0) + value
+    return summed
+
+
+def changes(url: str, before: dict, expected: dict, read=scrape) -> dict:
+    after = read(url)
     return {key: after.get(key, 0.0) - before.get(key, 0.0) for key in expected}
 
 
-def assert_changes(url: str, before: dict, expected: dict, timeout: float = 15) -> None:
+def assert_changes(url: str, before: dict, expected: dict, timeout: float = 15, read=scrape) -> None:
     """Each series moves by exactly its expected amount. Waits first: the engine's figures arrive
     with its next heartbeat, and a request's own count lands just after its last byte."""
     try:
-        wait_for(lambda: changes(url, before, expected) == expected, timeout, 0.3, "the expected counts")
+        wait_for(lambda: changes(url, before, expected, read) == expected, timeout, 0.3, "the expected counts")
     except AssertionError:
         pass
-    assert changes(url, before, expected) == expected
+    assert changes(url, before, expected, read) == expected
 
 
 def generate(url: str, prompt: str, streamed: bool) -> None:
@@ -79,37 +88,22 @@ def test_counters_match_the_requests_sent_whichever_frontend_answers(metered, to
         assert_changes(url, before, expected)
 
 
-def total(metrics: dict, name: str, **labels) -> float:
-    """One series summed over the labels not given (vLLM's model_name and engine)."""
-    wanted = set(labels.items())
-    return sum(value for (sample, sample_labels), value in metrics.items() if sample == name and wanted <= sample_labels)
-
-
 def test_vllm_own_series_count_the_same_requests(metered, tokenizer):
     """Dashboards made for vllm serve read vLLM's vllm:* series; the engine's stat logger writes
     them beside the frontends' files, so /metrics has them, counting what was asked."""
     wait_for(lambda: engine_idle(metered.url), 30, what="the engine to go idle")
-    before = scrape(metered.url)
+    before = scrape_vllm(metered.url)
     for i, prompt in enumerate(PROMPTS):
         generate(metered.frontend_url(i % 2), prompt, streamed=i in STREAMED)
     expected = {
-        ("vllm:request_success_total", frozenset({("finished_reason", "length")})): len(PROMPTS),
-        ("vllm:generation_tokens_total", frozenset()): len(PROMPTS) * MAX_TOKENS,
-        ("vllm:prompt_tokens_total", frozenset()): sum(len(tokenizer.encode(prompt)) for prompt in PROMPTS),
-        ("vllm:time_to_first_token_seconds_count", frozenset()): len(PROMPTS),
-        ("vllm:request_queue_time_seconds_count", frozenset()): len(PROMPTS),
+        series("vllm:request_success_total", finished_reason="length"): len(PROMPTS),
+        series("vllm:generation_tokens_total"): len(PROMPTS) * MAX_TOKENS,
+        series("vllm:prompt_tokens_total"): sum(len(tokenizer.encode(prompt)) for prompt in PROMPTS),
+        series("vllm:time_to_first_token_seconds_count"): len(PROMPTS),
+        series("vllm:request_queue_time_seconds_count"): len(PROMPTS),
     }
-
-    def moved() -> dict:
-        after = scrape(metered.frontend_url(1))
-        return {key: total(after, key[0], **dict(key[1])) - total(before, key[0], **dict(key[1])) for key in expected}
-
-    try:
-        wait_for(lambda: moved() == expected, 15, 0.3, "vLLM's counts")
-    except AssertionError:
-        pass
-    assert moved() == expected
-    assert total(scrape(metered.url), "vllm:num_requests_running") == 0
+    assert_changes(metered.frontend_url(1), before, expected, read=scrape_vllm)
+    assert scrape_vllm(metered.url)[series("vllm:num_requests_running")] == 0
 
 
 def test_engine_figures_and_gpu_series(metered):
@@ -189,11 +183,13 @@ def test_a_killed_engine_leaves_no_stale_vllm_gauges(metered):
     with httpx.stream("POST", metered.url + "/generate?streaming=true", json=body, timeout=60) as response:
         chunks = response.iter_raw()
         next(chunks)
-        wait_for(lambda: total(scrape(metered.url), "vllm:num_requests_running") == 1, 15, what="vLLM to count it")
-        before = scrape(metered.url)
+        running = series("vllm:num_requests_running")
+        wait_for(lambda: scrape_vllm(metered.url)[running] == 1, 15, what="vLLM to count it")
+        before = scrape_vllm(metered.url)
         metered.supervisorctl("signal", "KILL", "engine")
         assert b'"error"' in b"".join(chunks)  # the stream ends with the error, not silently
     wait_for(lambda: is_healthy(metered.url), 300, 1, "the engine to come back")
-    after = scrape(metered.url)
-    assert total(after, "vllm:num_requests_running") == 0
-    assert total(after, "vllm:generation_tokens_total") >= total(before, "vllm:generation_tokens_total") > 0
+    after = scrape_vllm(metered.url)
+    assert after[running] == 0
+    generated = series("vllm:generation_tokens_total")
+    assert after[generated] >= before[generated] > 0
