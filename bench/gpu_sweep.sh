@@ -18,6 +18,10 @@ LOW_LOADS="128x1024@1/4 128x1024@64/128 1024x128@1/8 1024x128@64/128"
 EAGER_LOADS="128x1024@1/4 128x1024@64/128 1024x128@64/128 1024x128@256/512"
 # The same, three times each, with vLLM's own timings of every run (queue, prefill) from /metrics.
 REPEAT_LOADS="1024x128@64/128 1024x128@1/8 128x1024@64/128"
+# Every target point, ours against one API process on the same machine, the points in question repeated
+# (LOAD*R); then four API processes where they were the best `vllm serve` before.
+FINAL_LOADS="128x1024@256/512 1024x128@256/512*2 128x1024@1/2*2 1024x128@1/8*3 128x1024@64/128*2 1024x128@64/128*3"
+FINAL4_LOADS="128x1024@256/512 1024x128@256/512*2 1024x128@64/128*3"
 # Without nginx on the host, our frontends share the port through SO_REUSEPORT.
 REUSE=$(command -v nginx >/dev/null || echo --reuse-port)
 mkdir -p "$RESULTS"
@@ -66,6 +70,8 @@ step() {
         ours2)  side_by_side ours2 "$ENGINE_ARGS" ours:2 -- $MAIN_LOADS ;;
         rep)    REPEATS=3 side_by_side rep "$ENGINE_ARGS" ours:4 vllm:4 -- $REPEAT_LOADS ;;
         rep1)   REPEATS=3 side_by_side rep1 "$ENGINE_ARGS" vllm:1 -- $REPEAT_LOADS ;;
+        final)  side_by_side final "$ENGINE_ARGS" ours:4 vllm:1 -- $FINAL_LOADS ;;
+        final4) side_by_side final4 "$ENGINE_ARGS" vllm:4 -- $FINAL4_LOADS ;;
         high)   side_by_side high "$WIDE_ENGINE_ARGS" ours:4 vllm:4 -- 128x1024@512/1024 128x1024@1024/1024 ;;
     esac
     echo "#### step $1 done at $(date +%T)"

@@ -7,8 +7,9 @@ both driven by `vllm bench serve` on /v1/completions. One command runs the whole
 
 --servers: ours:N (N frontends; ours:N:MODULE runs MODULE as the engine program, e.g.
 bench.eager_intake) and vllm:K (`--api-server-count K`), run in the order given.
---loads: INxOUT@CONCURRENCY[/PROMPTS], e.g. 128x1024@256/512 (prompts default to 2 x concurrency,
-at least --min-prompts). Every load runs against every server (--repeats times in a row); each server starts once.
+--loads: INxOUT@CONCURRENCY[/PROMPTS][*REPEATS], e.g. 128x1024@256/512*2 (prompts default to 2 x
+concurrency, at least --min-prompts; repeats to --repeats). Every load runs against every server, its
+repeats in a row; each server starts once.
 Writes OUT/results.json (every `vllm bench serve` result, and vLLM's own timings of each load from
 the server's /metrics, see bench/vllm_timings.py), OUT/table.md, the servers' logs, and with
 --py-spy, py-spy dumps of every process of each server during its first load.
@@ -33,18 +34,20 @@ class Load:
     output_len: int
     concurrency: int
     prompts: int
+    repeats: int = 1
 
     @property
     def label(self) -> str:
         return f"{self.input_len}x{self.output_len}@{self.concurrency}"
 
 
-def parse_load(text: str, min_prompts: int) -> Load:
+def parse_load(text: str, min_prompts: int, repeats: int) -> Load:
+    text, _, times = text.partition("*")
     shape, _, rest = text.partition("@")
     concurrency, _, prompts = rest.partition("/")
     input_len, output_len = shape.split("x")
     count = int(prompts) if prompts else max(2 * int(concurrency), min_prompts)
-    return Load(int(input_len), int(output_len), int(concurrency), count)
+    return Load(int(input_len), int(output_len), int(concurrency), count, int(times) if times else repeats)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -66,7 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", default="bench/results/side-by-side")
     args = parser.parse_args(argv)
     args.engine_args = json.loads(args.engine_args)
-    args.loads = [parse_load(text, args.min_prompts) for text in args.loads]
+    args.loads = [parse_load(text, args.min_prompts, args.repeats) for text in args.loads]
     return args
 
 
@@ -84,7 +87,8 @@ def make_server(spec: str, args, out: Path, port: int) -> Server:
 
 
 def bench_command(server: Server, load: Load, args, result_file: Path, repeat: int) -> list[str]:
-    """Repeat r draws its prompts with seed r - 1: the same prompts again would be served from
+    """Warm-ups run at the load's concurrency, so more than that many only add time (at concurrency 1
+    each is a whole request). Repeat r draws its prompts with seed r - 1: the same prompts again would be served from
     vLLM's prefix cache. Every server gets the same prompts in its repeat r."""
     model = str(Path(args.model).resolve())
     return [
@@ -94,7 +98,7 @@ def bench_command(server: Server, load: Load, args, result_file: Path, repeat: i
         "--dataset-name", "random", "--random-input-len", str(load.input_len),
         "--random-output-len", str(load.output_len), "--ignore-eos",
         "--max-concurrency", str(load.concurrency), "--num-prompts", str(load.prompts),
-        "--num-warmups", str(args.warmups), "--seed", str(repeat - 1),
+        "--num-warmups", str(min(args.warmups, load.concurrency)), "--seed", str(repeat - 1),
         "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99",
         "--save-result", "--result-dir", str(result_file.parent), "--result-filename", result_file.name,
     ]
@@ -126,7 +130,7 @@ def profile_later(server: Server, delay_s: float, out: Path) -> threading.Thread
 
 def run_load(server: Server, load: Load, args, out: Path, profile: bool, repeat: int) -> tuple[dict, dict | None]:
     """`vllm bench serve`'s result, and vLLM's timings of the load (None where /metrics has none)."""
-    name = f"{server.name}-{load.label}" + (f"-r{repeat}" if args.repeats > 1 else "")
+    name = f"{server.name}-{load.label}" + (f"-r{repeat}" if load.repeats > 1 else "")
     result_file = out / f"{name}.json"
     log = (out / f"{name}.bench.log").open("wb")
     profiler = profile_later(server, args.py_spy, server.run_dir) if profile else None
@@ -163,7 +167,7 @@ def run_server(spec: str, args, out: Path, port: int) -> list[dict]:
         ready_s = server.wait_ready(args.startup_timeout)
         print(f"== {server.name}: ready after {ready_s:.0f} s", flush=True)
         for index, load in enumerate(args.loads):
-            for repeat in range(1, args.repeats + 1):
+            for repeat in range(1, load.repeats + 1):
                 profile = args.py_spy > 0 and index == 0 and repeat == 1
                 result, timings = run_load(server, load, args, out, profile, repeat)
                 rows.append({"server": server.name, "load": asdict(load), "repeat": repeat, "ready_s": ready_s,
@@ -191,15 +195,16 @@ def table_line(row: dict) -> str:
 
 
 def timings_cell(timings: dict | None) -> str:
-    """vLLM's mean TTFT, queue and prefill times of the load, in ms."""
+    """vLLM's mean TTFT, queue and prefill times of the load, and our frontends' mean TTFT, in ms."""
     if not timings:
         return "-"
-    return " / ".join(f"{timings[key]['mean_ms']:.1f}" if key in timings else "-" for key in ("ttft", "queue", "prefill"))
+    keys = ("ttft", "queue", "prefill", "frontend_ttft")
+    return " / ".join(f"{timings[key]['mean_ms']:.1f}" if key in timings else "-" for key in keys)
 
 
 TABLE_HEAD = (
     "| server | in/out | C | run | done | output tok/s | req/s | TTFT p50 / p99 ms | TPOT p50 / p99 ms | ITL p50 ms | "
-    "vLLM's TTFT / queue / prefill, mean ms | ready s |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "vLLM's TTFT / queue / prefill, frontend's TTFT, mean ms | ready s |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 

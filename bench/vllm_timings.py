@@ -3,7 +3,8 @@
 Both servers carry vLLM's vllm:* histograms in /metrics (ours through the engine worker's stat
 logger), measured by the same vLLM code on both sides, so they split a TTFT the client sees into
 where it was spent: waiting in the engine core's queue, prefill, and the rest (HTTP, tokenizing,
-the hops to the core). Histograms give exact means; their buckets are too coarse for medians.
+the hops to the core); ours also has the frontend's own TTFT, which splits the rest into the
+frontend's work and the hops to the engine worker and back. Histograms give exact means; their buckets are too coarse for medians.
 """
 import urllib.request
 
@@ -17,6 +18,9 @@ HISTOGRAMS = {
     "prefill": "vllm:request_prefill_time_seconds",
     "decode": "vllm:request_decode_time_seconds",
     "e2e": "vllm:e2e_request_latency_seconds",
+    # Ours only: from the frontend's ADD to the first token back at the frontend. Against vLLM's TTFT
+    # (from the ADD's arrival at the engine worker) it gives the hops in and out of the worker.
+    "frontend_ttft": "llm_time_to_first_token_seconds",
 }
 
 
