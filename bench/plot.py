@@ -41,7 +41,8 @@ def read_runs(runs: list[str]) -> dict:
 
 def plot(shapes: dict, out: str) -> None:
     names = sorted({name for series in shapes.values() for name in series})
-    colors = {name: plt.cm.tab20(index % 20) for index, name in enumerate(names)}
+    palette = plt.cm.tab10 if len(names) <= 10 else plt.cm.tab20  # tab20's neighbours look alike
+    colors = {name: palette(index % palette.N) for index, name in enumerate(names)}
     figure, axes = plt.subplots(2, len(shapes), figsize=(7 * len(shapes), 9), squeeze=False)
     for column, (shape, series) in enumerate(sorted(shapes.items())):
         throughput, tpot = axes[0][column], axes[1][column]
