@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Issue 6's sweep on the benchmark GPU host, in priority order, each step's results kept as it ends.
+# By default the whole sweep: ours with 4, 1 and 2 frontends and `vllm serve` with 1 and 4 API
+# processes on every load, the engine worker alone, and max-num-seqs 1024 (longer than 30 minutes:
+# on a host held for less, run it in parts with STEPS).
+# STEPS picks steps, e.g. STEPS="final final4" (run 5: every target point on one machine, ~30 min).
 # usage (repo root on the GPU host, bundle installed per ../shared/gpu/README.md, .gpu/model carried):
 #   MODEL=/tmp/model setsid bash bench/gpu_sweep.sh /tmp/gpu-results > /tmp/sweep.log 2>&1 &
 # then, in later calls, `bash bench/gpu_collect.sh SECONDS` waits and packs what is done into $OUT.
 # Runs longer than one device command may; it is started in its own session for that reason.
 set -uo pipefail
 RESULTS=${1:-/tmp/gpu-results}
-STEPS=${STEPS:-rep high ours2 rep1}
+STEPS=${STEPS:-main vllm4 low ours12 engine high}
 export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
 MODEL=${MODEL:-$PWD/.gpu/model}
 ARGS='"load_format": "dummy", "max_model_len": 4096, "max_num_batched_tokens": 8192, "gpu_memory_utilization": 0.85'
