@@ -48,4 +48,9 @@ def test_gap_fails_in_flight_requests_at_once_and_the_frontend_recovers(tiny_hwm
     assert any("outputs lost" in error for error in errors)
     wait_for(lambda: is_healthy(url), 30, what="the frontend to re-handshake")
     wait_for(lambda: engine_idle(url), 30, what="the engine to drop the failed requests")
-    assert short_request(url).status_code == 200
+    # It serves again. A high-water mark of one still drops a message now and then (a heartbeat and
+    # an output sent together), so a request may meet a gap of its own: a 503 to retry, never a hang.
+    answers = []
+    wait_for(lambda: answers.append(short_request(url)) or answers[-1].status_code == 200, 60, 0.5,
+             "a request after the recovery to succeed")
+    assert all(answer.status_code == 503 and answer.headers["retry-after"] for answer in answers[:-1])
