@@ -88,8 +88,8 @@ def make_server(spec: str, args, out: Path, port: int) -> Server:
 
 def bench_command(server: Server, load: Load, args, result_file: Path, repeat: int) -> list[str]:
     """Warm-ups run at the load's concurrency, so more than that many only add time (at concurrency 1
-    each is a whole request). Repeat r draws its prompts with seed r - 1: the same prompts again would be served from
-    vLLM's prefix cache. Every server gets the same prompts in its repeat r."""
+    each is a whole request). Repeat r draws its prompts with seed r - 1: the same prompts again
+    would be served from vLLM's prefix cache. Every server gets the same prompts in its repeat r."""
     model = str(Path(args.model).resolve())
     return [
         sys.executable, str(ROOT / "bench" / "vllm_cli.py"), "bench", "serve",
@@ -204,7 +204,8 @@ def timings_cell(timings: dict | None) -> str:
 
 TABLE_HEAD = (
     "| server | in/out | C | run | done | output tok/s | req/s | TTFT p50 / p99 ms | TPOT p50 / p99 ms | ITL p50 ms | "
-    "vLLM's TTFT / queue / prefill, frontend's TTFT, mean ms | ready s |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "vLLM's TTFT / queue / prefill, frontend's TTFT, mean ms | ready s |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 

@@ -4,7 +4,8 @@ Both servers carry vLLM's vllm:* histograms in /metrics (ours through the engine
 logger), measured by the same vLLM code on both sides, so they split a TTFT the client sees into
 where it was spent: waiting in the engine core's queue, prefill, and the rest (HTTP, tokenizing,
 the hops to the core); ours also has the frontend's own TTFT, which splits the rest into the
-frontend's work and the hops to the engine worker and back. Histograms give exact means; their buckets are too coarse for medians.
+frontend's work and the hops to the engine worker and back. Histograms give exact means; their
+buckets are too coarse for medians.
 """
 import urllib.request
 
