@@ -85,6 +85,9 @@ class EngineLoad(msgspec.Struct, array_like=True):
 class Heartbeat(msgspec.Struct, tag="heartbeat", array_like=True):
     engine_id: str
     load: EngineLoad
+    # For each frontend, the seq of the last StepOutput published to it before this heartbeat
+    # (PUB keeps order on one connection), so a frontend notices the loss of its last message too.
+    last_seqs: dict[str, int] = {}
 
 
 class Goodbye(msgspec.Struct, tag="goodbye", array_like=True):

@@ -68,7 +68,7 @@ class OutputPublisher:
             if item is not None:
                 self.publish(*item)
             if time.monotonic() >= next_heartbeat:
-                self.publish(None, Heartbeat(self.engine_id, self.load.snapshot()))
+                self.publish(None, Heartbeat(self.engine_id, self.load.snapshot(), dict(self.seqs)))
                 next_heartbeat = time.monotonic() + self.interval
 
     def publish(self, frontend_id: str | None, message) -> None:

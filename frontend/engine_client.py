@@ -163,6 +163,9 @@ class EngineClient:
             self.engine_lost("the engine restarted")
         elif self.engine_id is not None:
             self.last_heartbeat = time.monotonic()
+            if message.last_seqs.get(self.frontend_id, 0) > self.seq:
+                self.engine_lost(f"outputs lost (the engine sent up to message {message.last_seqs[self.frontend_id]}, "
+                                 f"the last one here was {self.seq})")
 
     def heartbeat_fresh(self) -> bool:
         return self.ready and time.monotonic() - self.last_heartbeat <= self.link.heartbeat_timeout_s
