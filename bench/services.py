@@ -103,8 +103,11 @@ class Server:
 
 class OurService(Server):
     def __init__(self, out_dir: Path, port: int, model: str, engine_args: dict, frontends: int,
-                 reuse_port: bool = False, cpu_kv_cache_gib: int = 2, engine_module: str = "engine_worker"):
+                 reuse_port: bool = False, cpu_kv_cache_gib: int = 2, engine_module: str = "engine_worker",
+                 router_policy: str = "prefix"):
         variant = "" if engine_module == "engine_worker" else "-" + engine_module.rpartition(".")[2]
+        dp = engine_args.get("data_parallel_size", 1)
+        variant += (f"-dp{dp}" if dp > 1 else "") + ("-load" if router_policy == "load" else "")
         self.name = f"ours-{frontends}fe{variant}"
         super().__init__(out_dir, port)
         self.frontends = frontends
@@ -113,6 +116,7 @@ class OurService(Server):
         self.server_config = {
             "port": port, "frontends": frontends, "frontend_base_port": port + 1, "reuse_port": reuse_port,
             "run_dir": str(self.run_dir / "run"), "data_dir": str(ROOT / ".data"), "log_level": "warning",
+            "router": {"policy": router_policy},
         }
         self.inference_config = {"model": model, "cpu_kv_cache_gib": cpu_kv_cache_gib, "engine_args": engine_args}
 
@@ -137,7 +141,8 @@ class OurService(Server):
 class VllmServe(Server):
     def __init__(self, out_dir: Path, port: int, model: str, engine_args: dict, api_servers: int,
                  cpu_kv_cache_gib: int = 2):
-        self.name = f"vllm-serve-{api_servers}api"
+        dp = engine_args.get("data_parallel_size", 1)
+        self.name = f"vllm-serve-{api_servers}api" + (f"-dp{dp}" if dp > 1 else "")
         super().__init__(out_dir, port)
         self.model = model
         self.engine_args = engine_args

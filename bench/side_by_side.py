@@ -6,10 +6,14 @@ both driven by `vllm bench serve` on /v1/completions. One command runs the whole
         --out bench/results/cpu
 
 --servers: ours:N (N frontends; ours:N:MODULE runs MODULE as the engine program, e.g.
-bench.eager_intake) and vllm:K (`--api-server-count K`), run in the order given.
+bench.eager_intake; ours:N@load routes by load alone, server.yml's router.policy) and vllm:K
+(`--api-server-count K`), run in the order given. data_parallel_size in --engine-args means N engine
+workers for ours and `--data-parallel-size N` for vllm serve.
 --loads: INxOUT@CONCURRENCY[/PROMPTS][*REPEATS], e.g. 128x1024@256/512*2 (prompts default to 2 x
-concurrency, at least --min-prompts; repeats to --repeats). Every load runs against every server, its
-repeats in a row; each server starts once.
+concurrency, at least --min-prompts; repeats to --repeats), or a shared-prefix load
+pPREFIX+SUFFIX/PREFIXESxOUT@CONCURRENCY[/PROMPTS] (`--dataset-name prefix_repetition`), e.g.
+p1024+128/16x128@256/2048. Every load runs against every server, its repeats in a row; each server
+starts once. Each row also has the load's prefix-cache hit rate from vLLM's own counters.
 Writes OUT/results.json (every `vllm bench serve` result, and vLLM's own timings of each load from
 the server's /metrics, see bench/vllm_timings.py), OUT/table.md, the servers' logs, and with
 --py-spy, py-spy dumps of every process of each server during its first load.
@@ -35,19 +39,40 @@ class Load:
     concurrency: int
     prompts: int
     repeats: int = 1
+    # A prefix_repetition load: input_len is the prefix's length, suffix_len the rest of each prompt.
+    suffix_len: int = 0
+    prefixes: int = 0
 
     @property
     def label(self) -> str:
+        if self.prefixes:
+            return f"p{self.input_len}+{self.suffix_len}/{self.prefixes}x{self.output_len}@{self.concurrency}"
         return f"{self.input_len}x{self.output_len}@{self.concurrency}"
+
+    def dataset_flags(self) -> list[str]:
+        if self.prefixes:
+            return ["--dataset-name", "prefix_repetition", "--prefix-repetition-prefix-len", str(self.input_len),
+                    "--prefix-repetition-suffix-len", str(self.suffix_len),
+                    "--prefix-repetition-num-prefixes", str(self.prefixes),
+                    "--prefix-repetition-output-len", str(self.output_len)]
+        return ["--dataset-name", "random", "--random-input-len", str(self.input_len),
+                "--random-output-len", str(self.output_len)]
 
 
 def parse_load(text: str, min_prompts: int, repeats: int) -> Load:
     text, _, times = text.partition("*")
     shape, _, rest = text.partition("@")
     concurrency, _, prompts = rest.partition("/")
-    input_len, output_len = shape.split("x")
     count = int(prompts) if prompts else max(2 * int(concurrency), min_prompts)
-    return Load(int(input_len), int(output_len), int(concurrency), count, int(times) if times else repeats)
+    repeats = int(times) if times else repeats
+    if shape.startswith("p"):
+        lengths, _, rest = shape[1:].partition("/")
+        prefixes, output_len = rest.split("x")
+        prefix_len, suffix_len = lengths.split("+")
+        return Load(int(prefix_len), int(output_len), int(concurrency), count, repeats, int(suffix_len),
+                    int(prefixes))
+    input_len, output_len = shape.split("x")
+    return Load(int(input_len), int(output_len), int(concurrency), count, repeats)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -74,13 +99,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def make_server(spec: str, args, out: Path, port: int) -> Server:
+    spec, _, policy = spec.partition("@")
     kind, _, rest = spec.partition(":")
     count, _, engine_module = rest.partition(":")
     count = int(count or 1)
     model = str(Path(args.model).resolve())
     if kind == "ours":
         return OurService(out, port, model, args.engine_args, count, reuse_port=args.reuse_port,
-                          cpu_kv_cache_gib=args.cpu_kv_cache_gib, engine_module=engine_module or "engine_worker")
+                          cpu_kv_cache_gib=args.cpu_kv_cache_gib, engine_module=engine_module or "engine_worker",
+                          router_policy=policy or "prefix")
     if kind == "vllm":
         return VllmServe(out, port, model, args.engine_args, count, cpu_kv_cache_gib=args.cpu_kv_cache_gib)
     raise SystemExit(f"unknown server {spec!r}: ours:N or vllm:K")
@@ -95,8 +122,7 @@ def bench_command(server: Server, load: Load, args, result_file: Path, repeat: i
         sys.executable, str(ROOT / "bench" / "vllm_cli.py"), "bench", "serve",
         "--backend", "openai", "--endpoint", "/v1/completions", "--base-url", server.url,
         "--model", model, "--tokenizer", model,
-        "--dataset-name", "random", "--random-input-len", str(load.input_len),
-        "--random-output-len", str(load.output_len), "--ignore-eos",
+        *load.dataset_flags(), "--ignore-eos",
         "--max-concurrency", str(load.concurrency), "--num-prompts", str(load.prompts),
         "--num-warmups", str(min(args.warmups, load.concurrency)), "--seed", str(repeat - 1),
         "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99",
@@ -135,6 +161,7 @@ def run_load(server: Server, load: Load, args, out: Path, profile: bool, repeat:
     log = (out / f"{name}.bench.log").open("wb")
     profiler = profile_later(server, args.py_spy, server.run_dir) if profile else None
     metrics_before = scrape_timings(server)
+    cache_before = scrape_prefix_cache(server)
     started = time.monotonic()
     finished = subprocess.run(bench_command(server, load, args, result_file, repeat), stdout=log, stderr=subprocess.STDOUT,
                               check=False)
@@ -147,7 +174,21 @@ def run_load(server: Server, load: Load, args, out: Path, profile: bool, repeat:
     timings = None
     if metrics_before is not None and metrics_after is not None:
         timings = vllm_timings.summarize(vllm_timings.difference(metrics_before, metrics_after)) or None
-    return json.loads(result_file.read_text()), timings
+    result = json.loads(result_file.read_text())
+    cache_after = scrape_prefix_cache(server)
+    if cache_before and cache_after:
+        queries, hits = (after - before for before, after in zip(cache_before, cache_after))
+        result["prefix_cache_hit_rate"] = hits / queries if queries else None
+    return result, timings
+
+
+def scrape_prefix_cache(server: Server) -> tuple[float, float] | None:
+    """vLLM's prefix-cache counters (tokens queried, tokens hit), added up over every engine."""
+    try:
+        found = vllm_timings.scrape_counters(server.url, ("vllm:prefix_cache_queries", "vllm:prefix_cache_hits"))
+    except OSError:
+        return None
+    return found.get("vllm:prefix_cache_queries", 0.0), found.get("vllm:prefix_cache_hits", 0.0)
 
 
 def scrape_timings(server: Server) -> dict | None:
@@ -190,8 +231,13 @@ def table_line(row: dict) -> str:
         f"{row.get('repeat', 1)} | {result['completed']}/{load['prompts']} | {result['output_throughput']:,.0f} | "
         f"{result['request_throughput']:.2f} | {result['median_ttft_ms']:.1f} / {result['p99_ttft_ms']:.1f} | "
         f"{result['median_tpot_ms']:.2f} / {result['p99_tpot_ms']:.2f} | {result['median_itl_ms']:.2f} | "
-        f"{timings_cell(row.get('vllm_timings'))} | {row['ready_s']:.0f} |"
+        f"{timings_cell(row.get('vllm_timings'))} | {hit_rate_cell(result)} | {row['ready_s']:.0f} |"
     )
+
+
+def hit_rate_cell(result: dict) -> str:
+    rate = result.get("prefix_cache_hit_rate")
+    return "-" if rate is None else f"{100 * rate:.1f}%"
 
 
 def timings_cell(timings: dict | None) -> str:
@@ -204,8 +250,8 @@ def timings_cell(timings: dict | None) -> str:
 
 TABLE_HEAD = (
     "| server | in/out | C | run | done | output tok/s | req/s | TTFT p50 / p99 ms | TPOT p50 / p99 ms | ITL p50 ms | "
-    "vLLM's TTFT / queue / prefill, frontend's TTFT, mean ms | ready s |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "vLLM's TTFT / queue / prefill, frontend's TTFT, mean ms | prefix cache hits | ready s |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 

@@ -62,3 +62,14 @@ def summarize(delta: dict) -> dict:
             continue
         summary[short] = {"count": int(histogram["count"]), "mean_ms": 1000 * histogram["sum"] / histogram["count"]}
     return summary
+
+
+def scrape_counters(url: str, names: tuple[str, ...]) -> dict[str, float]:
+    """{counter family name: value}, summed over label sets, for the counters named."""
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name in names:
+            found[family.name] = sum(sample.value for sample in family.samples if sample.name.endswith("_total"))
+    return found

@@ -6,6 +6,7 @@ SERVER_CONFIG and INFERENCE_CONFIG name other files; unknown keys are an error.
 """
 import os
 from pathlib import Path
+from urllib.parse import urlparse
 from typing import Any, Literal
 
 import msgspec
@@ -28,6 +29,29 @@ class EngineLink(msgspec.Struct, forbid_unknown_fields=True):
     # that leaves the host. Keys: `python -m common.curve DIR`.
     curve: bool = False
     curve_keys_dir: str = ""
+
+
+class RemoteEngine(msgspec.Struct, forbid_unknown_fields=True):
+    """An engine worker on another host (tcp://), reached with the settings of `engine`."""
+    request_address: str
+    output_address: str
+
+
+class RouterConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """How each frontend picks the engine for a request (docs/fleet.md)."""
+    # "prefix": the engine likely to hold the prompt's prefix, unless load says otherwise; "load": least loaded.
+    policy: Literal["prefix", "load"] = "prefix"
+    # Tokens per hashed block of a prompt; vLLM's default KV block size on GPU.
+    block_size: int = 16
+    # A prompt goes to the engine holding its prefix when the prefix covers at least this share of it.
+    min_match_ratio: float = 0.5
+    # Load (4 x waiting + running) is out of balance, and routing goes by load alone, when the most
+    # and the least loaded engines differ by more than abs AND the most loaded exceeds rel x the least.
+    balance_abs_threshold: int = 32
+    balance_rel_threshold: float = 1.5
+    # Prompt blocks remembered per engine (least recently routed forgotten first): the approximate
+    # picture of that engine's prefix cache.
+    blocks_per_engine: int = 200_000
 
 
 class ServerConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -54,17 +78,48 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True):
     # (<tool_call>{...}</tool_call>), "llama3_json" ({"name": ..., "parameters": ...}), or "" for none.
     tool_parser: Literal["hermes", "llama3_json", ""] = "hermes"
     engine: EngineLink = msgspec.field(default_factory=EngineLink)
+    # false: this host runs no engine worker; its frontends use only `engines` (a frontend-only host).
+    local_engines: bool = True
+    # Engine workers on other hosts, ranked after this host's own engines.
+    engines: list[RemoteEngine] = []
+    router: RouterConfig = msgspec.field(default_factory=RouterConfig)
 
     def path(self, value: str) -> Path:
         return (ROOT / value).resolve()
 
     @property
     def request_address(self) -> str:
-        return self.engine.request_address or f"ipc://{self.path(self.run_dir)}/engine-requests"
+        return self.local_request_address(0)
 
     @property
     def output_address(self) -> str:
-        return self.engine.output_address or f"ipc://{self.path(self.run_dir)}/engine-outputs"
+        return self.local_output_address(0)
+
+    def local_request_address(self, rank: int) -> str:
+        return self._local_address(self.engine.request_address, rank, "requests")
+
+    def local_output_address(self, rank: int) -> str:
+        return self._local_address(self.engine.output_address, rank, "outputs")
+
+    def _local_address(self, configured: str, rank: int, kind: str) -> str:
+        """Engine `rank` of this host: ipc:// in run_dir by default (engine-requests for the first, as
+        with one engine), or the configured tcp:// port plus the rank."""
+        if not configured:
+            name = f"engine-{kind}" if rank == 0 else f"engine-{rank}-{kind}"
+            return f"ipc://{self.path(self.run_dir)}/{name}"
+        if rank == 0:
+            return configured
+        url = urlparse(configured)
+        if url.scheme != "tcp" or url.port is None:
+            raise SystemExit(f"{configured}: several local engines need tcp://host:port addresses (or none)")
+        return f"tcp://{url.hostname}:{url.port + rank}" if ":" not in url.hostname else \
+            f"tcp://[{url.hostname}]:{url.port + rank}"
+
+    def engine_addresses(self, local_engines: int) -> list[tuple[str, str]]:
+        """(request, output) address of every engine a frontend talks to, by rank."""
+        local = [(self.local_request_address(rank), self.local_output_address(rank))
+                 for rank in range(local_engines if self.local_engines else 0)]
+        return local + [(remote.request_address, remote.output_address) for remote in self.engines]
 
 
 class InferenceConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -75,6 +130,40 @@ class InferenceConfig(msgspec.Struct, forbid_unknown_fields=True):
     # Gibibytes of memory for the KV cache when vLLM runs on the CPU.
     cpu_kv_cache_gib: int = 2
     engine_args: dict[str, Any] = {}
+
+    @property
+    def data_parallel_size(self) -> int:
+        """Engine workers on this host, as `vllm serve --data-parallel-size`; each a whole replica."""
+        return int(self.engine_args.get("data_parallel_size", 1))
+
+    @property
+    def tensor_parallel_size(self) -> int:
+        return int(self.engine_args.get("tensor_parallel_size", 1))
+
+    def vllm_engine_args(self) -> dict[str, Any]:
+        """What goes to EngineArgs: data parallelism is ours (separate engine workers), not vLLM's."""
+        return {key: value for key, value in self.engine_args.items() if key != "data_parallel_size"}
+
+    def gpus_of(self, rank: int, all_gpus: int | None = None) -> str:
+        """CUDA_VISIBLE_DEVICES of local engine `rank`: GPUs rank*tp .. rank*tp+tp-1 of
+        cuda_visible_devices (or of the host's GPUs); "" leaves the environment as it is."""
+        return gpus_of(rank, self.tensor_parallel_size, self.data_parallel_size, self.cuda_visible_devices, all_gpus)
+
+
+def gpus_of(rank: int, tp: int, dp: int, visible: str, all_gpus: int | None) -> str:
+    if visible:
+        pool = [gpu.strip() for gpu in visible.split(",") if gpu.strip()]
+    elif dp > 1 and all_gpus:
+        pool = [str(index) for index in range(all_gpus)]
+    else:
+        return visible  # one engine, or no GPU known: as before, leave CUDA_VISIBLE_DEVICES alone
+    if dp == 1 and rank == 0:
+        return ",".join(pool)
+    wanted = pool[rank * tp:(rank + 1) * tp]
+    if len(wanted) < tp:
+        raise SystemExit(f"engine {rank} needs GPUs {rank * tp}..{rank * tp + tp - 1} but only {len(pool)} "
+                         f"are there ({dp} engines x tensor_parallel_size {tp})")
+    return ",".join(wanted)
 
 
 def _load(kind: type, env: str, default: str):

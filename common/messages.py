@@ -80,6 +80,9 @@ class EngineLoad(msgspec.Struct, array_like=True):
     prompt_tokens_total: int = 0
     generation_tokens_total: int = 0
     gpus: list[GpuLoad] = []
+    # Prompt tokens looked up in vLLM's prefix cache since the engine started, and those found there.
+    prefix_cache_queries_total: int = 0
+    prefix_cache_hits_total: int = 0
 
 
 class Heartbeat(msgspec.Struct, tag="heartbeat", array_like=True):

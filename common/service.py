@@ -11,7 +11,15 @@ import urllib.request
 from pathlib import Path
 from string import Template
 
-from common.config import ROOT, ServerConfig, load_server
+from common.config import ROOT, ServerConfig, load_inference, load_server
+
+
+def engine_programs(server: ServerConfig, values: dict) -> str:
+    """One supervisord program per engine worker of this host: engine-0 ... engine-(N-1)."""
+    if not server.local_engines:
+        return ""
+    template = Template((ROOT / "conf" / "supervisord-engine.conf").read_text())
+    return "\n".join(template.substitute(values, rank=rank) for rank in range(load_inference().data_parallel_size))
 
 
 def render(server: ServerConfig) -> Path:
@@ -27,16 +35,20 @@ def render(server: ServerConfig) -> Path:
         "server_config": Path(os.environ.get("SERVER_CONFIG") or ROOT / "conf/server.yml").resolve(),
         "inference_config": Path(os.environ.get("INFERENCE_CONFIG") or ROOT / "conf/inference.yml").resolve(),
         "frontends": server.frontends,
+        # A host of engine workers only (frontends: 0) still needs a valid program section.
+        "frontend_procs": max(server.frontends, 1),
+        "frontend_autostart": "true" if server.frontends else "false",
         "metrics_dir": metrics_dir,
         "host": server.host,
         "port": server.port,
         "max_body_bytes": server.max_body_bytes,
-        "nginx_autostart": "false" if server.reuse_port else "true",
+        "nginx_autostart": "false" if server.reuse_port or not server.frontends else "true",
         "user_directive": "user root;" if os.geteuid() == 0 else "",
         "upstream_servers": "\n".join(
             f"        server 127.0.0.1:{server.frontend_base_port + i} max_fails=0;" for i in range(server.frontends)
         ),
     }
+    values["engine_programs"] = engine_programs(server, values)
     for name in ("nginx.conf", "supervisord.conf"):
         text = Template((ROOT / "conf" / name).read_text()).substitute(values)
         (run_dir / name).write_text(text)
@@ -72,7 +84,8 @@ def main() -> int:
     try:
         # A frontend first: asking nginx before any frontend listens only fills its error log.
         first_frontend = f"http://127.0.0.1:{server.frontend_base_port}"
-        if wait_until_healthy(first_frontend, supervisord) and wait_until_healthy(url, supervisord):
+        serving = server.frontends and wait_until_healthy(first_frontend, supervisord)
+        if serving and wait_until_healthy(url, supervisord):
             print(f"\n  serving on {url}  (POST /generate, dashboard at /, GET /metrics; Ctrl-C stops)\n", flush=True)
         return supervisord.wait()
     except KeyboardInterrupt:

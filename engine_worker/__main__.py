@@ -1,4 +1,6 @@
-"""Entry point of the engine worker process: `python -m engine_worker`."""
+"""Entry point of the engine worker process: `python -m engine_worker [--rank I]`; engine I of this
+host's data_parallel_size takes its own GPUs and addresses."""
+import argparse
 import logging
 import os
 import signal
@@ -25,7 +27,7 @@ def build_engine(model: str, inference: InferenceConfig, stat_logger):
     from vllm import EngineArgs
     from vllm.v1.engine.llm_engine import LLMEngine
 
-    args = EngineArgs(model=model, **inference.engine_args)
+    args = EngineArgs(model=model, **inference.vllm_engine_args())
     log.info("starting the engine on %s", model)
     return LLMEngine.from_engine_args(args, stat_loggers=[stat_logger])
 
@@ -41,15 +43,29 @@ def warm_up(engine) -> None:
         engine.step()
 
 
+def count_gpus() -> int | None:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return pynvml.nvmlDeviceGetCount()
+    except Exception:  # no driver, no library: no GPU
+        return None
+
+
 def run_engine_worker_process() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rank", type=int, default=0)
+    rank = parser.parse_args().rank
     server, inference = load_server(), load_inference()
     setup_logging(server.log_level)
-    if inference.cuda_visible_devices:
-        os.environ["CUDA_VISIBLE_DEVICES"] = inference.cuda_visible_devices
+    if gpus := inference.gpus_of(rank, count_gpus() if inference.data_parallel_size > 1 else None):
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(inference.cpu_kv_cache_gib))
     run_dir = server.path(server.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    reap_previous_engine(run_dir)
+    reap_previous_engine(run_dir, rank)
+    request_address, output_address = server.local_request_address(rank), server.local_output_address(rank)
 
     import zmq
 
@@ -70,12 +86,12 @@ def run_engine_worker_process() -> None:
     context = zmq.Context()
     if server.engine.curve:
         start_authenticator(context, curve_keys_dir(server.engine))
-    publisher = OutputPublisher(context, server.output_address, server.engine, engine_id, load)
+    publisher = OutputPublisher(context, output_address, server.engine, engine_id, load)
     loop = StepLoop(
         engine, engine_id, inference.model or default_model.NAME, model, publisher, load,
         server.engine.heartbeat_interval_s,
     )
-    start_request_reader(context, server.request_address, server.engine, loop.inbox)
+    start_request_reader(context, request_address, server.engine, loop.inbox)
 
     def stop(signum, frame):
         log.info("signal %d: finishing", signum)
@@ -83,7 +99,8 @@ def run_engine_worker_process() -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    log.info("engine %s ready: requests on %s, outputs on %s", engine_id, server.request_address, server.output_address)
+    log.info("engine %s (rank %d) ready: requests on %s, outputs on %s", engine_id, rank, request_address,
+             output_address)
     loop.run()
     publisher.send(None, Goodbye(engine_id))
     publisher.close()

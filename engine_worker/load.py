@@ -28,6 +28,7 @@ class LoadTracker:
                     tracker.load.running = scheduler_stats.num_running_reqs
                     tracker.load.waiting = scheduler_stats.num_waiting_reqs
                     tracker.load.kv_cache_usage = scheduler_stats.kv_cache_usage
+                    tracker.record_prefix_cache(getattr(scheduler_stats, "prefix_cache_stats", None))
 
             def log_engine_initialized(self):
                 pass
@@ -36,6 +37,12 @@ class LoadTracker:
 
     def snapshot(self) -> EngineLoad:
         return msgspec.structs.replace(self.load, gpus=self.gpus.read())
+
+    def record_prefix_cache(self, stats) -> None:
+        # Each report holds the lookups since the previous one.
+        if stats is not None:
+            self.load.prefix_cache_queries_total += stats.queries
+            self.load.prefix_cache_hits_total += stats.hits
 
     def record_idle(self) -> None:
         # vLLM reports its scheduler's figures only from a step; with nothing left there is no

@@ -9,8 +9,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-def reap_previous_engine(run_dir: Path) -> None:
-    record = run_dir / "engine.pgid"
+def reap_previous_engine(run_dir: Path, rank: int = 0) -> None:
+    record = run_dir / ("engine.pgid" if rank == 0 else f"engine-{rank}.pgid")
     if record.exists():
         old_group = int(record.read_text())
         left = [pid for pid in group_members(old_group) if is_ours(pid)]

@@ -12,15 +12,18 @@ from starlette.routing import Route
 from common.config import ServerConfig
 from frontend.auth import ApiKeyMiddleware
 from frontend.dashboard import dashboard_routes
-from frontend.errors import HANDLED, as_http_error
+from frontend.errors import HANDLED, RETRY, as_http_error
 from frontend.generate_route import generate_endpoint
 from frontend.http import HTTPError
 from frontend.metrics import RouteMetricsMiddleware, metrics_endpoint
 from frontend.openai_routes import OPENAI_ROUTES
+from frontend.router import RoutingScopeMiddleware
 from frontend.state import FrontendState
 
 
 async def health(request: Request) -> Response:
+    """200 while this frontend can serve: at least one engine up. The figures are the fleet's
+    (requests added up, KV cache use averaged over the engines up); `engines` has each one."""
     state: FrontendState = request.app.state.frontend
     load = state.client.load
     body = {
@@ -30,9 +33,12 @@ async def health(request: Request) -> Response:
         "running": load.running,
         "waiting": load.waiting,
         "kv_cache_usage": load.kv_cache_usage,
-        "in_flight": len(state.client.streams),
+        "in_flight": state.client.in_flight,
+        "engines": state.client.engines(),
     }
-    return JSONResponse(body, 200 if state.ready and not state.draining else 503)
+    if state.ready and not state.draining:
+        return JSONResponse(body)
+    return JSONResponse(body, 503, headers=RETRY)
 
 
 def error_handlers() -> dict:
@@ -68,7 +74,8 @@ def build_app(server: ServerConfig, frontend_id: str) -> Starlette:
         exception_handlers=error_handlers(),
         # Outermost, so requests the API key turns away are counted too.
         middleware=[Middleware(RouteMetricsMiddleware)]
-        + ([Middleware(ApiKeyMiddleware, api_key=api_key)] if (api_key := server_api_key(server)) else []),
+        + ([Middleware(ApiKeyMiddleware, api_key=api_key)] if (api_key := server_api_key(server)) else [])
+        + [Middleware(RoutingScopeMiddleware, engines=state.client.size)],
         lifespan=lifespan,
     )
     app.state.frontend = state

@@ -1,26 +1,35 @@
-"""The frontend's side of the wire: one PUSH to the engine, one SUB for its outputs.
+"""The frontend's side of the wire: one EngineLink per engine worker, and the EngineClient (the fleet)
+that routes each request to one of them.
 
-One task reads the SUB socket and hands each Delta to its request's queue; request handlers only
-ever see those queues. The three PUB/SUB traps, answered here:
+Each link has its own PUSH to its engine and its own SUB for its outputs, and one task reading that
+SUB which hands each Delta to its request's queue; request handlers only ever see those queues. The
+three PUB/SUB traps, answered per link:
 - slow joiner: HELLO is repeated until the engine's WELCOME arrives on our topic;
-- high-water mark: StepOutputs are numbered per frontend, and a gap fails every in-flight request
-  and starts a new handshake;
+- high-water mark: StepOutputs are numbered per frontend, and a gap (seen in the numbers, or in a
+  heartbeat naming a later number than the last one here) fails that link's in-flight requests and
+  starts a new handshake;
 - restarted engine: a WELCOME, heartbeat or step from another engine id, or heartbeat silence past
-  the timeout, fails every in-flight request at once and marks the engine down until a new WELCOME.
+  the timeout, fails that link's in-flight requests at once and marks the engine down until a new
+  WELCOME.
+Losing one link fails only the requests sent to its engine; new requests go to the other engines.
 """
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 import zmq
 import zmq.asyncio
 
-from common.config import ServerConfig
+from common.config import EngineLink as LinkConfig
+from common.config import ServerConfig, load_inference
 from common.messages import (
     BROADCAST_TOPIC, Abort, Add, EngineLoad, Goodbye, Heartbeat, Hello, StepOutput, Welcome,
     encode, output_decoder, topic_for,
 )
 from common.sockets import make_socket
+from frontend.metrics import ROUTED
+from frontend.router import Router, current_scope
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +58,19 @@ class RequestQueue(asyncio.Queue):
         self.deadline = deadline
 
 
-class EngineClient:
-    def __init__(self, server: ServerConfig, frontend_id: str):
+class EngineLink:
+    """One engine worker as this frontend sees it: its sockets, handshake, gap check and heartbeat
+    watch, and the requests this frontend sent it."""
+
+    def __init__(self, rank: int, request_address: str, output_address: str, config: LinkConfig,
+                 frontend_id: str, request_timeout_s: float, on_lost: Callable[[int], None] = lambda rank: None):
+        self.rank = rank
+        self.request_timeout_s = request_timeout_s
         self.frontend_id = frontend_id
-        self.link = server.engine
-        self.max_in_flight = server.max_in_flight
-        self.request_timeout_s = server.request_timeout_s
-        self.push = make_socket(zmq.Context.instance(), zmq.PUSH, server.request_address, bind=False, link=self.link)
-        self.sub = make_socket(zmq.asyncio.Context.instance(), zmq.SUB, server.output_address, bind=False, link=self.link)
+        self.config = config
+        self.on_lost = on_lost
+        self.push = make_socket(zmq.Context.instance(), zmq.PUSH, request_address, bind=False, link=config)
+        self.sub = make_socket(zmq.asyncio.Context.instance(), zmq.SUB, output_address, bind=False, link=config)
         self.sub.setsockopt(zmq.SUBSCRIBE, topic_for(frontend_id))
         self.sub.setsockopt(zmq.SUBSCRIBE, BROADCAST_TOPIC)
         self.streams: dict[str, RequestQueue] = {}
@@ -64,6 +78,8 @@ class EngineClient:
         self.seq = 0
         self.last_heartbeat = 0.0
         self.load = EngineLoad()
+        self.sent_since_heartbeat = 0
+        self.draining = False  # the engine said GOODBYE: it takes no new request
         self.welcome: Welcome | None = None
         self.tasks: list[asyncio.Task] = []
         self.handlers = {
@@ -73,6 +89,19 @@ class EngineClient:
     @property
     def ready(self) -> bool:
         return self.engine_id is not None
+
+    @property
+    def up(self) -> bool:
+        """Welcomed, heard from within the heartbeat timeout, and not shutting down."""
+        return self.heartbeat_fresh() and not self.draining
+
+    @property
+    def score(self) -> float:
+        """vLLM's load score, 4 x waiting + running, with our sends since the last heartbeat as waiting."""
+        return 4 * (self.load.waiting + self.sent_since_heartbeat) + self.load.running
+
+    def heartbeat_fresh(self) -> bool:
+        return self.ready and time.monotonic() - self.last_heartbeat <= self.config.heartbeat_timeout_s
 
     def start(self) -> None:
         self.tasks = [asyncio.create_task(self.read_outputs()), asyncio.create_task(self.watch_engine())]
@@ -84,27 +113,27 @@ class EngineClient:
         self.push.close()
         self.sub.close()
 
-    def add(self, request_id: str, prompt_token_ids: list[int], sampling: dict) -> RequestQueue:
-        """Send the request to the engine; its Deltas (or an EngineLost) arrive on the queue returned."""
-        if not self.ready:
-            raise EngineUnavailable("the engine is not available")
-        if len(self.streams) >= self.max_in_flight:
-            raise Overloaded(f"this server is at its limit of {self.max_in_flight} requests in flight")
-        queue = RequestQueue(time.monotonic() + self.request_timeout_s)
+    def add(self, request_id: str, frame: bytes, deadline: float) -> RequestQueue:
+        """Send an encoded ADD; only once it is out is the request registered."""
+        if not self.up:
+            raise EngineUnavailable(f"engine {self.rank} is not available")
+        if not self.send_frame(frame):
+            raise EngineUnavailable(f"engine {self.rank} is not connected")
+        queue = RequestQueue(deadline)
         self.streams[request_id] = queue
-        if not self.send(Add(request_id, self.frontend_id, prompt_token_ids, sampling)):
-            del self.streams[request_id]
-            raise EngineUnavailable("the engine is not connected")
+        self.sent_since_heartbeat += 1
         return queue
 
     def release(self, request_id: str, abort: bool) -> None:
-        """Forget the request; tell the engine to drop it too when it has not finished there."""
         if self.streams.pop(request_id, None) is not None and abort:
             self.send(Abort([request_id]))
 
     def send(self, message) -> bool:
+        return self.send_frame(encode(message))
+
+    def send_frame(self, frame: bytes) -> bool:
         try:
-            self.push.send(encode(message), zmq.NOBLOCK)
+            self.push.send(frame, zmq.NOBLOCK)
             return True
         except zmq.Again:
             return False
@@ -112,25 +141,30 @@ class EngineClient:
     async def read_outputs(self) -> None:
         while True:
             _, frame = await self.sub.recv_multipart()
-            message = output_decoder.decode(frame)
-            self.handlers[type(message)](message)
+            try:
+                message = output_decoder.decode(frame)
+                self.handlers[type(message)](message)
+            except Exception:  # one bad message must not leave the link deaf
+                log.exception("engine %d: dropped an output message that could not be handled", self.rank)
 
     async def watch_engine(self) -> None:
         while True:
-            if not self.ready:
-                self.send(Hello(self.frontend_id))
-            elif time.monotonic() - self.last_heartbeat > self.link.heartbeat_timeout_s:
-                self.engine_lost("no heartbeat from the engine")
-            self.expire_overdue()
-            await asyncio.sleep(self.link.hello_interval_s)
+            try:
+                if not self.ready:
+                    self.send(Hello(self.frontend_id))
+                elif time.monotonic() - self.last_heartbeat > self.config.heartbeat_timeout_s:
+                    self.engine_lost("no heartbeat from the engine")
+                self.expire_overdue()
+            except Exception:
+                log.exception("engine %d: watch step failed", self.rank)
+            await asyncio.sleep(self.config.hello_interval_s)
 
     def expire_overdue(self) -> None:
         now = time.monotonic()
         overdue = [request_id for request_id, queue in self.streams.items() if queue.deadline < now]
         for request_id in overdue:
-            self.streams.pop(request_id).put_nowait(
-                RequestTimeout(f"the request ran past the {self.request_timeout_s:g} s request timeout")
-            )
+            self.streams.pop(request_id).put_nowait(RequestTimeout(
+                f"the request ran past the {self.request_timeout_s:g} s request timeout"))
         if overdue:
             self.send(Abort(overdue))
 
@@ -140,9 +174,11 @@ class EngineClient:
         if self.engine_id not in (None, message.engine_id):
             self.engine_lost("the engine restarted")
         if self.engine_id is None:
-            log.info("welcomed by engine %s (%s, context %d)", message.engine_id, message.model, message.max_model_len)
+            log.info("engine %d: welcomed by %s (%s, context %d)", self.rank, message.engine_id, message.model,
+                     message.max_model_len)
         self.engine_id, self.welcome = message.engine_id, message
         self.seq = 0
+        self.draining = False
         self.last_heartbeat = time.monotonic()
 
     def on_step(self, message: StepOutput) -> None:
@@ -159,6 +195,7 @@ class EngineClient:
 
     def on_heartbeat(self, message: Heartbeat) -> None:
         self.load = message.load
+        self.sent_since_heartbeat = 0
         if self.engine_id not in (None, message.engine_id):
             self.engine_lost("the engine restarted")
         elif self.engine_id is not None:
@@ -167,17 +204,135 @@ class EngineClient:
                 self.engine_lost(f"outputs lost (the engine sent up to message {message.last_seqs[self.frontend_id]}, "
                                  f"the last one here was {self.seq})")
 
-    def heartbeat_fresh(self) -> bool:
-        return self.ready and time.monotonic() - self.last_heartbeat <= self.link.heartbeat_timeout_s
-
     def on_goodbye(self, message: Goodbye) -> None:
-        if message.engine_id == self.engine_id:
-            self.engine_lost("the engine shut down")
+        # Requests already there may still finish (the engine drains them); no new ones go there.
+        if message.engine_id == self.engine_id and not self.draining:
+            log.info("engine %d (%s) is shutting down: no new requests go to it", self.rank, self.engine_id)
+            self.draining = True
 
     def engine_lost(self, reason: str) -> None:
-        log.warning("engine %s lost: %s; failing %d requests", self.engine_id, reason, len(self.streams))
+        log.warning("engine %d (%s) lost: %s; failing %d requests", self.rank, self.engine_id, reason,
+                    len(self.streams))
         self.engine_id = None
+        self.draining = False
         streams, self.streams = self.streams, {}
         for queue in streams.values():
             queue.put_nowait(EngineLost(reason))
+        self.on_lost(self.rank)
 
+    def view(self) -> dict:
+        """What /health and the dashboard show of this engine."""
+        return {"rank": self.rank, "up": self.up, "engine_id": self.engine_id, "draining": self.draining,
+                "running": self.load.running, "waiting": self.load.waiting,
+                "kv_cache_usage": self.load.kv_cache_usage, "in_flight": len(self.streams)}
+
+
+class EngineClient:
+    """The fleet: a link per engine (this host's data_parallel_size first, then server.yml's
+    `engines`), a router choosing one for each request, and the requests in flight on each."""
+
+    def __init__(self, server: ServerConfig, frontend_id: str, local_engines: int | None = None):
+        self.frontend_id = frontend_id
+        self.max_in_flight = server.max_in_flight
+        self.request_timeout_s = server.request_timeout_s
+        if local_engines is None:
+            local_engines = load_inference().data_parallel_size if server.local_engines else 0
+        addresses = server.engine_addresses(local_engines)
+        if not addresses:
+            raise SystemExit("no engine to talk to: no local engines and no `engines` in server.yml")
+        self.router = Router(server.router, len(addresses))
+        self.links = [EngineLink(rank, request, output, server.engine, frontend_id, server.request_timeout_s,
+                                 self.router.forget)
+                      for rank, (request, output) in enumerate(addresses)]
+        self.requests: dict[str, EngineLink] = {}
+
+    def start(self) -> None:
+        for link in self.links:
+            link.start()
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(link.stop() for link in self.links))
+
+    def add(self, request_id: str, prompt_token_ids: list[int], sampling: dict) -> RequestQueue:
+        """Send the request to the engine the router picks; its Deltas (or an EngineLost) arrive on
+        the queue returned. Every generation of one HTTP request goes to the same engine."""
+        if len(self.requests) >= self.max_in_flight:
+            raise Overloaded(f"this server is at its limit of {self.max_in_flight} requests in flight")
+        frame = encode(Add(request_id, self.frontend_id, prompt_token_ids, sampling))
+        refused: set[int] = set()
+        while True:
+            link, reason = self.pick(prompt_token_ids, refused)
+            try:
+                queue = link.add(request_id, frame, time.monotonic() + self.request_timeout_s)
+                break
+            except EngineUnavailable:
+                # Its connection is gone (the engine just died): another engine can take it, unless pinned.
+                if reason == "pinned":
+                    raise
+                refused.add(link.rank)
+        self.requests[request_id] = link
+        ROUTED.labels(str(link.rank), reason).inc()
+        return queue
+
+    def pick(self, prompt_token_ids: list[int], refused: set[int]) -> tuple[EngineLink, str]:
+        scope = current_scope()
+        if scope is not None and scope.pinned is not None:
+            return self.links[scope.pinned], "pinned"
+        if scope is not None and scope.rank is not None and scope.rank not in refused and self.links[scope.rank].up:
+            return self.links[scope.rank], scope.reason
+        loads = {link.rank: link.score for link in self.links if link.up and link.rank not in refused}
+        if not loads:
+            raise EngineUnavailable("no engine is available")
+        rank, reason = self.router.pick(prompt_token_ids, loads)
+        if scope is not None:
+            scope.rank, scope.reason = rank, reason
+        return self.links[rank], reason
+
+    def release(self, request_id: str, abort: bool) -> None:
+        """Forget the request; tell its engine to drop it too when it has not finished there."""
+        link = self.requests.pop(request_id, None)
+        if link is not None:
+            link.release(request_id, abort)
+
+    @property
+    def size(self) -> int:
+        return len(self.links)
+
+    def up_links(self) -> list[EngineLink]:
+        return [link for link in self.links if link.up]
+
+    def heartbeat_fresh(self) -> bool:
+        """At least one engine can take requests."""
+        return any(link.up for link in self.links)
+
+    @property
+    def welcome(self) -> Welcome | None:
+        """The model as an engine that is up (else any that welcomed us) serves it."""
+        for link in self.up_links() + self.links:
+            if link.welcome is not None:
+                return link.welcome
+        return None
+
+    @property
+    def engine_id(self) -> str | None:
+        return next((link.engine_id for link in self.up_links()), None)
+
+    @property
+    def load(self) -> EngineLoad:
+        """The fleet's load: requests added up over the engines that are up, KV cache use averaged."""
+        loads = [link.load for link in self.up_links()]
+        if not loads:
+            return EngineLoad()
+        return EngineLoad(running=sum(load.running for load in loads), waiting=sum(load.waiting for load in loads),
+                          kv_cache_usage=sum(load.kv_cache_usage for load in loads) / len(loads),
+                          prompt_tokens_total=sum(load.prompt_tokens_total for load in loads),
+                          generation_tokens_total=sum(load.generation_tokens_total for load in loads),
+                          gpus=[gpu for load in loads for gpu in load.gpus])
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.requests)
+
+    def engines(self) -> list[dict]:
+        """One entry per engine, by rank: for /health, and for the dashboard's per-engine view."""
+        return [link.view() for link in self.links]

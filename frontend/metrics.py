@@ -56,6 +56,8 @@ FINISHED = Counter("llm_requests_finished", "Generations that ended normally, by
 ABORTED = Counter("llm_requests_aborted", "Generations given up because the client went away", registry=LOCAL)
 FAILED = Counter("llm_requests_failed", "Generations that ended with an error, by reason", ["reason"],
                  registry=LOCAL)
+ROUTED = Counter("llm_engine_routed_requests", "Generations sent to each engine, by why the router chose it "
+                 "(pinned, prefix, load)", ["engine", "reason"], registry=LOCAL)
 
 
 class GenerationMeter:
@@ -145,24 +147,44 @@ def route_template(scope) -> str:
     return partial or "unmatched"
 
 
+ENGINE_GAUGES = (
+    ("llm_engine_running_requests", "Requests the engine is running", lambda load: load.running),
+    ("llm_engine_waiting_requests", "Requests waiting in the engine's scheduler", lambda load: load.waiting),
+    ("llm_engine_kv_cache_usage_ratio", "Share of the KV cache in use (0-1)", lambda load: load.kv_cache_usage),
+    ("llm_engine_prefix_cache_hit_ratio", "Share of prompt tokens vLLM found in its prefix cache since it started",
+     lambda load: load.prefix_cache_hits_total / load.prefix_cache_queries_total
+     if load.prefix_cache_queries_total else 0.0),
+)
+ENGINE_COUNTERS = (
+    ("llm_engine_prompt_tokens", "Prompt tokens the engine took since it started",
+     lambda load: load.prompt_tokens_total),
+    ("llm_engine_generation_tokens", "Tokens the engine generated since it started",
+     lambda load: load.generation_tokens_total),
+    ("llm_engine_prefix_cache_queries", "Prompt tokens looked up in the prefix cache since the engine started",
+     lambda load: load.prefix_cache_queries_total),
+    ("llm_engine_prefix_cache_hits", "Prompt tokens found in the prefix cache since the engine started",
+     lambda load: load.prefix_cache_hits_total),
+)
+
+
 def engine_families(client):
-    """The engine's figures from its latest heartbeat; only `llm_engine_up` while it is down."""
-    up = client.heartbeat_fresh()
-    yield GaugeMetricFamily("llm_engine_up", "1 while the engine's heartbeats arrive", value=int(up))
-    if not up:
-        return
-    load = client.load
-    yield GaugeMetricFamily("llm_engine_running_requests", "Requests the engine is running", value=load.running)
-    yield GaugeMetricFamily("llm_engine_waiting_requests", "Requests waiting in the engine's scheduler",
-                            value=load.waiting)
-    yield GaugeMetricFamily("llm_engine_kv_cache_usage_ratio", "Share of the KV cache in use (0-1)",
-                            value=load.kv_cache_usage)
-    yield CounterMetricFamily("llm_engine_prompt_tokens", "Prompt tokens the engine took since it started",
-                              value=load.prompt_tokens_total)
-    yield CounterMetricFamily("llm_engine_generation_tokens", "Tokens the engine generated since it started",
-                              value=load.generation_tokens_total)
-    if load.gpus:  # on a machine without GPU the GPU series are absent, not zero
-        yield from gpu_families(load.gpus)
+    """Each engine's figures from its latest heartbeat, labelled engine=<rank>; only `llm_engine_up`
+    for an engine that is down."""
+    links = client.links
+    up = GaugeMetricFamily("llm_engine_up", "1 while the engine's heartbeats arrive", labels=["engine"])
+    for link in links:
+        up.add_metric([str(link.rank)], int(link.heartbeat_fresh()))
+    yield up
+    live = [link for link in links if link.heartbeat_fresh()]
+    for kind, figures in ((GaugeMetricFamily, ENGINE_GAUGES), (CounterMetricFamily, ENGINE_COUNTERS)):
+        for name, documentation, figure in figures:
+            family = kind(name, documentation, labels=["engine"])
+            for link in live:
+                family.add_metric([str(link.rank)], figure(link.load))
+            yield family
+    gpus = [(link.rank, gpu) for link in live for gpu in link.load.gpus]
+    if gpus:  # on a machine without GPU the GPU series are absent, not zero
+        yield from gpu_families(gpus)
 
 
 GPU_FIGURES = (
@@ -175,9 +197,9 @@ GPU_FIGURES = (
 
 def gpu_families(gpus):
     for name, documentation, figure in GPU_FIGURES:
-        family = GaugeMetricFamily(name, documentation, labels=["gpu", "name"])
-        for gpu in gpus:
-            family.add_metric([str(gpu.index), gpu.name], figure(gpu))
+        family = GaugeMetricFamily(name, documentation, labels=["engine", "gpu", "name"])
+        for rank, gpu in gpus:
+            family.add_metric([str(rank), str(gpu.index), gpu.name], figure(gpu))
         yield family
 
 

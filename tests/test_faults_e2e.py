@@ -30,9 +30,9 @@ def short_request(url: str) -> httpx.Response:
 class Stream(threading.Thread):
     """A streaming /generate client in the background that records what it got and when it ended."""
 
-    def __init__(self, url: str, body: dict):
+    def __init__(self, url: str, body: dict, headers: dict | None = None):
         super().__init__(daemon=True)
-        self.url, self.body = url, body
+        self.url, self.body, self.headers = url, body, headers
         self.chunks: list[str] = []
         self.status = None
         self.ended_at = None
@@ -40,7 +40,8 @@ class Stream(threading.Thread):
 
     def run(self):
         try:
-            with httpx.stream("POST", self.url + "/generate?streaming=true", json=self.body, timeout=120) as response:
+            with httpx.stream("POST", self.url + "/generate?streaming=true", json=self.body, headers=self.headers,
+                              timeout=120) as response:
                 self.status = response.status_code
                 for chunk in response.iter_text():
                     self.chunks.append(chunk)
@@ -54,7 +55,7 @@ class Stream(threading.Thread):
 
 def test_engine_killed_mid_stream_fails_requests_fast_and_recovers_without_frontend_restarts(faults):
     frontends_before = [faults.pid(f"frontend:frontend-{i}") for i in range(2)]
-    engine = faults.pid("engine")
+    engine = faults.pid("engine-0")
     streams = [Stream(faults.url, LONG) for _ in range(2)]
     for stream in streams:
         stream.start()
@@ -155,7 +156,7 @@ def test_frontend_sigterm_drains_running_streams_and_nginx_moves_on(faults):
 
 def test_engine_sigterm_ends_requests_with_an_error_says_goodbye_and_comes_back(faults):
     frontends_before = [faults.pid(f"frontend:frontend-{i}") for i in range(2)]
-    engine = faults.pid("engine")
+    engine = faults.pid("engine-0")
     stream = Stream(faults.url, LONG)
     stream.start()
     wait_for(stream.started, 30, what="the stream to start")

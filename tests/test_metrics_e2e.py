@@ -186,7 +186,7 @@ def test_a_killed_engine_leaves_no_stale_vllm_gauges(metered):
         running = series("vllm:num_requests_running")
         wait_for(lambda: scrape_vllm(metered.url)[running] == 1, 15, what="vLLM to count it")
         before = scrape_vllm(metered.url)
-        metered.supervisorctl("signal", "KILL", "engine")
+        metered.supervisorctl("signal", "KILL", "engine-0")
         assert b'"error"' in b"".join(chunks)  # the stream ends with the error, not silently
     wait_for(lambda: is_healthy(metered.url), 300, 1, "the engine to come back")
     after = scrape_vllm(metered.url)

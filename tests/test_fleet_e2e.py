@@ -1,0 +1,122 @@
+"""Two engine workers (data_parallel_size 2 on the CPU) and two frontends behind nginx, as `make serve`
+runs them: requests spread over the engines, a shared prefix stays on one, the pin header, and one
+engine killed under load while the other serves on."""
+import asyncio
+import os
+import signal
+import time
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import health, running_service, wait_for
+from tests.test_faults_e2e import Stream
+
+PIN = "X-data-parallel-rank"
+
+
+@pytest.fixture(scope="module")
+def fleet(model_dir):
+    # A small KV cache each; the heartbeat timeout is the default (a killed engine is noticed in 2.5 s).
+    with running_service("fleet", engine_args={"data_parallel_size": 2, "max_num_seqs": 32}) as deployment:
+        wait_for(lambda: all(engine["up"] for engine in health(deployment.url).json()["engines"]), 60,
+                 what="both engines up")
+        yield deployment
+
+
+def routed(url: str) -> dict[tuple[str, str], float]:
+    """llm_engine_routed_requests_total by (engine, reason), added up over every frontend."""
+    text = httpx.get(url + "/metrics", timeout=10).text
+    return {
+        (sample.labels["engine"], sample.labels["reason"]): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "llm_engine_routed_requests_total"
+    }
+
+
+def moved(before: dict, after: dict) -> dict:
+    return {key: after[key] - before.get(key, 0) for key in after if after[key] != before.get(key, 0)}
+
+
+def generate(url: str, prompt: str, max_tokens: int = 8, headers: dict | None = None) -> httpx.Response:
+    return httpx.post(url + "/generate", json={"prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True},
+                      headers={"accept": "application/json", **(headers or {})}, timeout=120)
+
+
+def test_health_lists_both_engines(fleet):
+    answer = health(fleet.url)
+    assert answer.status_code == 200
+    engines = answer.json()["engines"]
+    assert [(engine["rank"], engine["up"]) for engine in engines] == [(0, True), (1, True)]
+    assert engines[0]["engine_id"] != engines[1]["engine_id"]
+
+
+def test_concurrent_requests_spread_over_both_engines(fleet):
+    before = routed(fleet.url)
+
+    async def run():
+        async with httpx.AsyncClient(base_url=fleet.url, timeout=300) as client:
+            bodies = [{"prompt": f"request {i}", "max_tokens": 8, "ignore_eos": True} for i in range(64)]
+            return await asyncio.gather(*(client.post("/generate", json=body) for body in bodies))
+
+    answers = asyncio.run(run())
+    assert [answer.status_code for answer in answers] == [200] * 64
+    by_engine = {}
+    for (engine, _), count in moved(before, routed(fleet.url)).items():
+        by_engine[engine] = by_engine.get(engine, 0) + count
+    assert sum(by_engine.values()) == 64
+    assert by_engine.get("0", 0) >= 8 and by_engine.get("1", 0) >= 8, by_engine
+
+
+def test_requests_sharing_a_long_prefix_land_on_one_engine(fleet):
+    document = " ".join(f"line {i} of the shared document." for i in range(60))
+    before = routed(fleet.url)
+    for question in range(8):  # nginx alternates the frontends: each routes some of them
+        assert generate(fleet.url, f"{document}\nQuestion {question}?").status_code == 200
+    change = moved(before, routed(fleet.url))
+    assert len(change) == 1, change
+    ((engine, reason), count), = change.items()
+    assert reason == "prefix" and count == 8
+
+
+def test_the_pin_header_is_honoured_and_an_unknown_rank_is_refused(fleet):
+    before = routed(fleet.url)
+    for _ in range(3):
+        assert generate(fleet.url, "pinned", headers={PIN: "1"}).status_code == 200
+    assert moved(before, routed(fleet.url)) == {("1", "pinned"): 3}
+    for bad in ("2", "-1", "one"):
+        answer = generate(fleet.url, "pinned", headers={PIN: bad})
+        assert answer.status_code == 400
+        assert answer.json()["error"]["param"] == PIN
+
+
+def test_a_killed_engine_fails_only_its_requests_and_rejoins(fleet):
+    long = {"prompt": "a long answer", "max_tokens": 3000, "ignore_eos": True}
+    doomed = [Stream(fleet.url, long, headers={PIN: "1"}) for _ in range(2)]
+    survivors = [Stream(fleet.url, {**long, "max_tokens": 150}, headers={PIN: "0"}) for _ in range(2)]
+    for stream in doomed + survivors:
+        stream.start()
+    wait_for(lambda: all(stream.started() for stream in doomed), 60, what="the doomed streams to start")
+    os.kill(fleet.pid("engine-1"), signal.SIGKILL)
+    killed_at = time.monotonic()
+    for stream in doomed:
+        stream.join(15)
+        assert stream.ended_at - killed_at < 3
+        assert '"error"' in stream.chunks[-1]
+    # While engine 1 is down: /health stays 200 and lists it down; new requests all go to engine 0.
+    answer = health(fleet.url)
+    assert answer.status_code == 200
+    assert [engine["up"] for engine in answer.json()["engines"]] == [True, False]
+    answers = [generate(fleet.url, f"meanwhile {i}") for i in range(6)]
+    assert [answer.status_code for answer in answers] == [200] * 6
+    pinned = generate(fleet.url, "pinned to the dead", headers={PIN: "1"})
+    assert pinned.status_code == 503 and pinned.headers["retry-after"]
+    for stream in survivors:
+        stream.join(120)
+        assert stream.status == 200 and stream.error is None
+        assert '"error"' not in "".join(stream.chunks)
+    # supervisord restarts it; it serves again.
+    wait_for(lambda: health(fleet.url).json()["engines"][1]["up"], 300, 1, "engine 1 to come back")
+    assert generate(fleet.url, "back again", headers={PIN: "1"}).status_code == 200
