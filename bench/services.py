@@ -30,10 +30,13 @@ def engine_flags(engine_args: dict) -> list[str]:
     return flags
 
 
-def answers(url: str) -> bool:
+def answers(url: str, every_engine: bool = False) -> bool:
+    """200 from a health URL; with every_engine, ours's /health also lists every engine up."""
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
+            if response.status != 200:
+                return False
+            return not every_engine or all(engine["up"] for engine in json.loads(response.read())["engines"])
     except OSError:
         return False
 
@@ -75,7 +78,7 @@ class Server:
         while time.monotonic() - started < timeout_s:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.process.returncode}; see {self.log_path}")
-            if all(answers(url) for url in self.health_urls()):
+            if all(answers(url, isinstance(self, OurService)) for url in self.health_urls()):
                 return time.monotonic() - started
             time.sleep(1)
         raise RuntimeError(f"{self.name} not ready after {timeout_s:g} s; see {self.log_path}")

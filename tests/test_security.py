@@ -52,8 +52,9 @@ def test_frontend_holding_the_key_is_served_over_curve(secure_pair):
     assert answer.status_code == 200
 
 
-def intruder_hears_anything(pair, curve_keys=None) -> bool:
-    """A second process (PUSH + SUB) tries the engine's sockets; True if any output reached it."""
+def intruder_hears_anything(pair, curve_keys=None, prefix: tuple[str, ...] = ()) -> bool:
+    """A second process (PUSH + SUB) tries the engine's sockets; True if any output reached it.
+    `prefix` runs it elsewhere, e.g. in another network namespace."""
     script = f"""
 import sys, zmq, zmq.auth
 ctx = zmq.Context()
@@ -70,7 +71,7 @@ sub.connect({pair.output_address!r}); push.connect({pair.request_address!r})
 push.send(bytes.fromhex({encode(Hello("intruder")).hex()!r}), zmq.NOBLOCK) if push.poll(0, zmq.POLLOUT) else None
 print("heard" if sub.poll(3000) else "nothing")
 """
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    result = subprocess.run([*prefix, sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
     return result.stdout.strip().endswith("heard")
 
 

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The fleet on the benchmark GPU host (N GPUs, N = DP, default 2): ours with N engine workers
+# against `vllm serve --data-parallel-size N` and ours with one engine, all driven by
+# `vllm bench serve` through bench/side_by_side.py, each step's results kept as it ends.
+#   random: 128/1024 and 1024/128 at concurrency 256·N: ours DP=N (prefix routing), vllm DP=N with
+#           1 and N API processes, ours DP=1 (its own concurrency 256).
+#   prefix: a prefix_repetition load with 8·N prefixes of PREFIX_LEN tokens and the KV cache limited
+#           the same on both sides (num_gpu_blocks_override): all prefixes overflow one engine's cache
+#           but fit the fleet's. Ours DP=N with prefix routing, ours DP=N with load-only routing
+#           (`ours:4@load`), vllm DP=N. Each row has the load's prefix-cache hit rate.
+# usage (repo root on the GPU host, bundle installed per ../shared/gpu/README.md, .gpu/model carried):
+#   DP=2 MODEL=/tmp/model setsid bash bench/fleet_sweep.sh /tmp/fleet-results > /tmp/fleet.log 2>&1 &
+# then `bash bench/gpu_collect.sh SECONDS` waits and packs what is done into $OUT (as gpu_sweep.sh).
+# STEPS picks steps, e.g. STEPS="prefix".
+set -uo pipefail
+RESULTS=${1:-/tmp/fleet-results}
+DP=${DP:-2}
+STEPS=${STEPS:-random prefix one}
+export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
+MODEL=${MODEL:-$PWD/.gpu/model}
+ARGS='"load_format": "dummy", "max_model_len": 4096, "max_num_batched_tokens": 8192, "gpu_memory_utilization": 0.85'
+FLEET_ARGS="{$ARGS, \"max_num_seqs\": 256, \"data_parallel_size\": $DP}"
+ONE_ARGS="{$ARGS, \"max_num_seqs\": 256}"
+C=$((256 * DP))
+RANDOM_LOADS="128x1024@$C/$((2 * C)) 1024x128@$C/$((2 * C))"
+ONE_LOADS="128x1024@256/512 1024x128@256/512"
+# 8·N prefixes of 2048 tokens (128 blocks of 16 each: 1,024 blocks for 8 of them) and a cache of
+# 2,560 blocks per engine: 8 prefixes and the running requests' own blocks fit one engine, all 8·N do not.
+PREFIX_LEN=${PREFIX_LEN:-2048}
+PREFIX_BLOCKS=${PREFIX_BLOCKS:-2560}
+PC=$((64 * DP))
+PREFIX_LOADS="p$PREFIX_LEN+128/$((8 * DP))x128@$PC/$((16 * PC))"
+PREFIX_ARGS="{$ARGS, \"max_num_seqs\": 256, \"data_parallel_size\": $DP, \"num_gpu_blocks_override\": $PREFIX_BLOCKS}"
+REUSE=$(command -v nginx >/dev/null || echo --reuse-port)
+mkdir -p "$RESULTS"
+
+machine() {
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    lscpu | grep -E "^Model name|^CPU\(s\)"
+    python3 -c "import vllm, torch, transformers; print('vllm', vllm.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
+    echo "nginx: $(command -v nginx || echo none, frontends use --reuse-port)"
+}
+
+PORT=7300
+side_by_side() {  # NAME ENGINE_ARGS SERVERS... -- LOADS...
+    local name=$1 engine_args=$2; shift 2
+    PORT=$((PORT + 100))
+    local servers=() loads=()
+    while [ "$1" != -- ]; do servers+=("$1"); shift; done; shift
+    loads=("$@")
+    python3 -m bench.side_by_side --model "$MODEL" --engine-args "$engine_args" $REUSE --warmups 8 --port $PORT \
+        --repeats "${REPEATS:-1}" --servers "${servers[@]}" --loads "${loads[@]}" --out "$RESULTS/$name"
+}
+
+step() {
+    echo "#### step $1 at $(date +%T)"
+    case $1 in
+        random) side_by_side random "$FLEET_ARGS" ours:4 vllm:1 "vllm:$DP" -- $RANDOM_LOADS ;;
+        prefix) side_by_side prefix "$PREFIX_ARGS" ours:4 ours:4@load "vllm:$DP" -- $PREFIX_LOADS ;;
+        one)    side_by_side one "$ONE_ARGS" ours:4 -- $ONE_LOADS ;;
+    esac
+    echo "#### step $1 done at $(date +%T)"
+}
+
+machine | tee "$RESULTS/machine.txt"
+for name in $STEPS; do step "$name"; done
+echo "#### sweep finished"
+touch "$RESULTS/finished"
