@@ -45,6 +45,12 @@ def generate(url: str, prompt: str, max_tokens: int = 8, headers: dict | None = 
                       headers={"accept": "application/json", **(headers or {})}, timeout=120)
 
 
+def listing(url: str, up: list[bool]) -> httpx.Response | None:
+    """The /health answer when its `engines` are up as given."""
+    answer = health(url)
+    return answer if answer is not None and [engine["up"] for engine in answer.json()["engines"]] == up else None
+
+
 def test_health_lists_both_engines(fleet):
     answer = health(fleet.url)
     assert answer.status_code == 200
@@ -106,9 +112,9 @@ def test_a_killed_engine_fails_only_its_requests_and_rejoins(fleet):
         assert stream.ended_at - killed_at < 3
         assert '"error"' in stream.chunks[-1]
     # While engine 1 is down: /health stays 200 and lists it down; new requests all go to engine 0.
-    answer = health(fleet.url)
-    assert answer.status_code == 200
-    assert [engine["up"] for engine in answer.json()["engines"]] == [True, False]
+    for i in range(2):
+        answer = wait_for(lambda: listing(fleet.frontend_url(i), [True, False]), 5, what=f"frontend {i} to see it")
+        assert answer.status_code == 200
     answers = [generate(fleet.url, f"meanwhile {i}") for i in range(6)]
     assert [answer.status_code for answer in answers] == [200] * 6
     pinned = generate(fleet.url, "pinned to the dead", headers={PIN: "1"})

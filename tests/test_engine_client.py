@@ -1,0 +1,146 @@
+"""The frontend's fleet client (frontend/engine_client.py) over real ZeroMQ sockets, with
+FakeEngine standing in for each engine worker: it binds the engine's two sockets, answers HELLO with
+WELCOME and publishes what a test tells it to, so the links' handshake, gap check, heartbeat watch and
+routing can be driven message by message without vLLM."""
+import asyncio
+
+import msgspec
+import pytest
+import zmq
+import zmq.asyncio
+
+from common.config import ServerConfig
+from common.messages import (
+    BROADCAST_TOPIC, Add, Delta, EngineLoad, Goodbye, Heartbeat, Hello, StepOutput, Welcome, encode,
+    request_decoder, topic_for,
+)
+from frontend.engine_client import EngineClient, EngineLost, EngineUnavailable
+
+FRONTEND = "fe-test-0"
+
+
+class FakeEngine:
+    """A stand-in for one engine worker: its PULL and PUB, a WELCOME for each HELLO, heartbeats on demand."""
+
+    def __init__(self, server: ServerConfig, rank: int, engine_id: str):
+        context = zmq.asyncio.Context.instance()
+        self.engine_id = engine_id
+        self.pull = context.socket(zmq.PULL)
+        self.pull.bind(server.local_request_address(rank))
+        self.pub = context.socket(zmq.PUB)
+        self.pub.bind(server.local_output_address(rank))
+        self.added: list[Add] = []
+        self.seq = 0
+        self.running = asyncio.create_task(self.serve())
+
+    async def serve(self):
+        while True:
+            message = request_decoder.decode(await self.pull.recv())
+            if isinstance(message, Hello):
+                self.seq = 0
+                await self.publish(topic_for(message.frontend_id), Welcome(self.engine_id, message.frontend_id, "m",
+                                                                          "tok", 128))
+            elif isinstance(message, Add):
+                self.added.append(message)
+
+    async def publish(self, topic: bytes, message) -> None:
+        await self.pub.send_multipart([topic, encode(message)])
+
+    async def heartbeat(self, load: EngineLoad | None = None, last_seq: int | None = None) -> None:
+        last_seqs = {FRONTEND: self.seq if last_seq is None else last_seq}
+        await self.publish(BROADCAST_TOPIC, Heartbeat(self.engine_id, load or EngineLoad(), last_seqs))
+
+    async def step(self, *deltas: Delta) -> None:
+        self.seq += 1
+        await self.publish(topic_for(FRONTEND), StepOutput(self.engine_id, self.seq, list(deltas)))
+
+    def close(self):
+        self.running.cancel()
+        self.pull.close()
+        self.pub.close()
+
+
+async def until(predicate, timeout: float = 5.0):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def fleet(tmp_path):
+    server = msgspec.convert({"run_dir": str(tmp_path), "engine": {"hello_interval_s": 0.05, "heartbeat_timeout_s": 30}},
+                             ServerConfig)
+    engines = [FakeEngine(server, rank, f"engine-{rank}") for rank in range(2)]
+    client = EngineClient(server, FRONTEND, local_engines=2)
+    client.start()
+    await until(lambda: all(link.ready for link in client.links))
+    for engine in engines:
+        await engine.heartbeat()
+    await until(lambda: client.heartbeat_fresh() and all(link.up for link in client.links))
+    yield client, engines
+    await client.stop()
+    for engine in engines:
+        engine.close()
+
+
+def add_to(client: EngineClient, request_id: str):
+    """A prompt shorter than a block: routed by load alone."""
+    return client.add(request_id, [1, 2, 3], {"max_tokens": 4})
+
+
+async def test_a_bad_output_message_is_dropped_and_the_link_reads_on(fleet):
+    client, engines = fleet
+    queue = add_to(client, "r1")
+    engine = engines[client.requests["r1"].rank]
+    await engine.pub.send_multipart([topic_for(FRONTEND), b"\xc1 not msgpack"])
+    await engine.step(Delta("r1", [7], "length"))
+    delta = await asyncio.wait_for(queue.get(), 5)
+    assert delta.token_ids == [7]
+
+
+async def test_a_request_that_cannot_be_encoded_leaves_nothing_behind(fleet):
+    client, _ = fleet
+    with pytest.raises(TypeError):
+        client.add("r1", [1, 2], {"max_tokens": object()})
+    assert client.requests == {} and all(link.streams == {} for link in client.links)
+
+
+async def test_losing_one_engine_fails_only_its_requests(fleet):
+    client, engines = fleet
+    client.links[1].draining = True  # only engine 0 up: r0 goes there
+    first = add_to(client, "r0")
+    client.links[1].draining, client.links[0].draining = False, True
+    second = add_to(client, "r1")
+    client.links[0].draining = False
+    assert (client.requests["r0"].rank, client.requests["r1"].rank) == (0, 1)
+    # Engine 1's heartbeat says it sent this frontend a message that never came: its link fails r1.
+    await engines[1].heartbeat(last_seq=5)
+    assert isinstance(await asyncio.wait_for(second.get(), 5), EngineLost)
+    await engines[0].step(Delta("r0", [3], "length"))
+    assert (await asyncio.wait_for(first.get(), 5)).token_ids == [3]
+    client.release("r0", abort=False)
+    client.release("r1", abort=False)
+    assert client.requests == {}
+
+
+async def test_a_draining_engine_gets_no_new_requests(fleet):
+    client, engines = fleet
+    await engines[0].publish(BROADCAST_TOPIC, Goodbye("engine-0"))
+    await until(lambda: client.links[0].draining)
+    for i in range(6):
+        add_to(client, f"r{i}")
+    assert {link.rank for link in client.requests.values()} == {1}
+    await engines[1].publish(BROADCAST_TOPIC, Goodbye("engine-1"))
+    await until(lambda: client.links[1].draining)
+    with pytest.raises(EngineUnavailable):
+        add_to(client, "r9")
+    assert [engine["up"] for engine in client.engines()] == [False, False]
+
+
+async def test_least_loaded_counts_our_own_sends_since_the_heartbeat(fleet):
+    client, engines = fleet
+    for i in range(8):  # short prompts: by load alone, alternating as our own sends add up
+        add_to(client, f"r{i}")
+    ranks = [link.rank for link in client.requests.values()]
+    assert ranks.count(0) == ranks.count(1) == 4
