@@ -10,7 +10,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import health, running_service, wait_for
+from tests.conftest import Deployment, health, wait_for, wait_until_whole
 from tests.test_faults_e2e import Stream
 
 PIN = "X-data-parallel-rank"
@@ -19,10 +19,15 @@ PIN = "X-data-parallel-rank"
 @pytest.fixture(scope="module")
 def fleet(model_dir):
     # A small KV cache each; the heartbeat timeout is the default (a killed engine is noticed in 2.5 s).
-    with running_service("fleet", engine_args={"data_parallel_size": 2, "max_num_seqs": 32}) as deployment:
-        wait_for(lambda: all(engine["up"] for engine in health(deployment.url).json()["engines"]), 60,
-                 what="both engines up")
+    deployment = Deployment("fleet", engine_args={"data_parallel_size": 2, "max_num_seqs": 32})
+    deployment.start("-m", "common.service", log="service")
+    try:
+        # Two vLLM engines share the CPU while they start: longer than one engine takes.
+        wait_for(lambda: listing(deployment.url, [True, True]), 900, 1, "both engines up")
+        wait_until_whole(deployment)
         yield deployment
+    finally:
+        deployment.close()
 
 
 def routed(url: str) -> dict[tuple[str, str], float]:
