@@ -37,7 +37,8 @@ mkdir -p "$RESULTS"
 machine() {
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
     lscpu | grep -E "^Model name|^CPU\(s\)"
-    python3 -c "import vllm, torch, transformers; print('vllm', vllm.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
+    python3 -c "import vllm, torch, transformers as t; print('vllm', vllm.__version__, 'torch', torch.__version__,
+        'transformers', t.__version__)"
     echo "nginx: $(command -v nginx || echo none, frontends use --reuse-port)"
 }
 

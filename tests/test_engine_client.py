@@ -69,8 +69,8 @@ async def until(predicate, timeout: float = 5.0):
 
 @pytest.fixture
 async def fleet(tmp_path):
-    server = msgspec.convert({"run_dir": str(tmp_path), "engine": {"hello_interval_s": 0.05, "heartbeat_timeout_s": 30}},
-                             ServerConfig)
+    link = {"hello_interval_s": 0.05, "heartbeat_timeout_s": 30}
+    server = msgspec.convert({"run_dir": str(tmp_path), "engine": link}, ServerConfig)
     engines = [FakeEngine(server, rank, f"engine-{rank}") for rank in range(2)]
     client = EngineClient(server, FRONTEND, local_engines=2)
     client.start()

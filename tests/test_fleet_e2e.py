@@ -53,7 +53,9 @@ def generate(url: str, prompt: str, max_tokens: int = 8, headers: dict | None = 
 def listing(url: str, up: list[bool]) -> httpx.Response | None:
     """The /health answer when its `engines` are up as given."""
     answer = health(url)
-    return answer if answer is not None and [engine["up"] for engine in answer.json()["engines"]] == up else None
+    if answer is None or "json" not in answer.headers.get("content-type", ""):
+        return None  # nobody listening yet, or nginx's own error page
+    return answer if [engine["up"] for engine in answer.json()["engines"]] == up else None
 
 
 def test_health_lists_both_engines(fleet):

@@ -75,7 +75,7 @@ def two_hosts(namespaces, model_dir):
         start_in(engine_ns, engine_host, "service")
         start_in(frontend_ns, frontend_host, "service")
         frontend_host.ns = frontend_ns
-        wait_for(lambda: curl(frontend_ns, frontend_host.url + "/health").stdout.endswith("200"), 300, 1,
+        wait_for(lambda: curl(frontend_ns, frontend_host.url + "/health").stdout.endswith("200"), 900, 1,
                  "the frontend host to be served by the engine host")
         yield frontend_host, engine_host
     finally:
