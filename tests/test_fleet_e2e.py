@@ -30,15 +30,20 @@ def fleet(model_dir):
         deployment.close()
 
 
-def routed(url: str) -> dict[tuple[str, str], float]:
-    """llm_engine_routed_requests_total by (engine, reason), added up over every frontend."""
+def per_engine(url: str, name: str, *labels: str) -> dict:
+    """One series of /metrics by its labels (the engine's rank first)."""
     text = httpx.get(url + "/metrics", timeout=10).text
     return {
-        (sample.labels["engine"], sample.labels["reason"]): sample.value
+        tuple(sample.labels[label] for label in labels): sample.value
         for family in text_string_to_metric_families(text)
         for sample in family.samples
-        if sample.name == "llm_engine_routed_requests_total"
+        if sample.name == name
     }
+
+
+def routed(url: str) -> dict[tuple[str, str], float]:
+    """llm_engine_routed_requests_total by (engine, reason), added up over every frontend."""
+    return per_engine(url, "llm_engine_routed_requests_total", "engine", "reason")
 
 
 def moved(before: dict, after: dict) -> dict:
@@ -64,6 +69,8 @@ def test_health_lists_both_engines(fleet):
     engines = answer.json()["engines"]
     assert [(engine["rank"], engine["up"]) for engine in engines] == [(0, True), (1, True)]
     assert engines[0]["engine_id"] != engines[1]["engine_id"]
+    assert per_engine(fleet.url, "llm_engine_up", "engine") == {("0",): 1, ("1",): 1}
+    assert set(per_engine(fleet.url, "llm_engine_kv_cache_usage_ratio", "engine")) == {("0",), ("1",)}
 
 
 def test_concurrent_requests_spread_over_both_engines(fleet):
@@ -86,12 +93,16 @@ def test_concurrent_requests_spread_over_both_engines(fleet):
 def test_requests_sharing_a_long_prefix_land_on_one_engine(fleet):
     document = " ".join(f"line {i} of the shared document." for i in range(60))
     before = routed(fleet.url)
+    hits_before = per_engine(fleet.url, "llm_engine_prefix_cache_hits_total", "engine")
     for question in range(8):  # nginx alternates the frontends: each routes some of them
         assert generate(fleet.url, f"{document}\nQuestion {question}?").status_code == 200
     change = moved(before, routed(fleet.url))
     assert len(change) == 1, change
     ((engine, reason), count), = change.items()
     assert reason == "prefix" and count == 8
+    # ... and that engine's prefix cache served the shared part (heartbeats bring its count).
+    wait_for(lambda: per_engine(fleet.url, "llm_engine_prefix_cache_hits_total", "engine")[(engine,)]
+             > hits_before.get((engine,), 0), 5, what="the engine's prefix-cache hits to grow")
 
 
 def test_the_pin_header_is_honoured_and_an_unknown_rank_is_refused(fleet):
