@@ -35,7 +35,7 @@ async def test_a_request_with_a_huge_backlog_does_not_starve_another():
     tokenizer = byte_tokenizer()
     letter = tokenizer.token_to_id("a")
     backlog, short = asyncio.Queue(), asyncio.Queue()
-    count = 20_000
+    count = 5_000
     for i in range(count):
         backlog.put_nowait(Delta(f"heavy-{i}", [letter], "length" if i == count - 1 else None))
     for i in range(3):
