@@ -41,12 +41,18 @@ class VllmRequests:
     the request processed by vLLM's input processor, which add_request then takes as it is."""
 
     def __init__(self, engine):
-        self.processor = getattr(engine, "input_processor", None) or engine.processor
+        # Named `processor` before vLLM 0.11; a vLLM with neither gets its checks in add_request.
+        self.processor = getattr(engine, "input_processor", None) or getattr(engine, "processor", None)
+        if self.processor is None:
+            log.warning("this vLLM has no input processor to call: requests are checked on the step thread")
+            return
         accepted = inspect.signature(self.processor.process_inputs).parameters
         self.extra = {"supported_tasks": engine.get_supported_tasks()} if "supported_tasks" in accepted else {}
 
     def __call__(self, message: Add, received_at: float) -> Admitted:
         params = sampling_params(message.sampling)
+        if self.processor is None:
+            return Admitted(message, {"prompt_token_ids": message.prompt_token_ids}, params)
         request = self.processor.process_inputs(
             message.request_id, {"prompt_token_ids": message.prompt_token_ids}, params,
             arrival_time=received_at, **self.extra,

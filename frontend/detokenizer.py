@@ -6,10 +6,10 @@ context it needs (a leading space, a byte-level merge); text ending in U+FFFD is
 sequence, so it waits for the next token, and flush() gives whatever is left when the request ends.
 
 Each call decodes only the window, never the text from the start: skipped special tokens are left
-out of it before they get there, and a window that still ends in U+FFFD after MAX_UNREAD tokens is
-cut before its last incomplete character (a UTF-8 character is at most 4 bytes, so it starts in one
-of the last 3 tokens), or, when no cut gives whole characters (bytes that are not UTF-8), given out
-as it is.
+out of it before they get there, and a window that still ends in U+FFFD after MAX_UNREAD tokens
+(bytes that are not UTF-8, or pieces that keep ending inside a character) is cut where no character
+spans the cut, within its last 3 tokens (a UTF-8 character is at most 4 bytes), or, where there is
+no such place, given out as it is.
 """
 from tokenizers import Tokenizer
 
@@ -54,9 +54,9 @@ class Detokenizer:
         if len(self.ids) - self.read_offset < MAX_UNREAD:
             return ""
         for cut in range(len(self.ids) - 1, max(self.read_offset, len(self.ids) - 4), -1):
-            whole = self.decode(self.ids[self.prefix_offset : cut])
-            if len(whole) > len(self.prefix_text) and not whole.endswith("\ufffd"):
-                return self._advance(whole, cut)
+            head = self.decode(self.ids[self.prefix_offset : cut])
+            if head + self.decode(self.ids[cut:]) == text:  # no character spans the cut
+                return self._advance(head, cut)
         return self._advance(text, len(self.ids))
 
     def flush(self) -> str:
