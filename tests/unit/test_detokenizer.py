@@ -80,3 +80,11 @@ def test_work_stays_linear_in_the_output_on_adversarial_ids(tokenizer, name):
     assert counting.decoded_ids <= 3 * MAX_UNREAD * count
     expected = "" if name == "special tokens" else "\ufffd" * count
     assert text == expected
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_pieces_concatenate_to_the_decode_of_random_bytes(tokenizer, seed):
+    """Random bytes are mostly not UTF-8: replacement characters must fall as in one decode of all."""
+    rng = random.Random(seed)
+    ids = [rng.randrange(256) for _ in range(rng.randrange(1, 120))]
+    assert pieces(Detokenizer(tokenizer), ids, rng) == tokenizer.decode(ids)
