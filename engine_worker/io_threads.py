@@ -33,7 +33,8 @@ def start_request_reader(context, address: str, link: EngineLink, inbox: queue.Q
         while True:
             try:
                 frame = socket.recv()
-            except Exception as error:
+            except Exception as error:  # the context was terminated, or the socket is broken for good
+                socket.close()
                 on_death(f"the request socket failed: {error!r}")
                 return
             read(frame)
@@ -84,8 +85,14 @@ class OutputPublisher:
             if item is not None:
                 self.publish_safely(*item)
             if time.monotonic() >= next_heartbeat:
-                self.publish_safely(None, Heartbeat(self.engine_id, self.load.snapshot(), dict(self.seqs)))
+                self.send_heartbeat()
                 next_heartbeat = time.monotonic() + self.interval
+
+    def send_heartbeat(self) -> None:
+        try:
+            self.publish(None, Heartbeat(self.engine_id, self.load.snapshot(), dict(self.seqs)))
+        except Exception:
+            log.exception("could not send a heartbeat")
 
     def publish_safely(self, frontend_id: str | None, message) -> None:
         try:

@@ -35,7 +35,8 @@ def test_the_request_reader_outlives_bad_messages(addresses, caplog):
     assert inbox.empty() and deaths == []
     assert caplog.text.count("dropped") == 5
     push.close()
-    context.destroy()
+    context.term()  # the reader's socket fails for good: it ends the process, through on_death
+    assert len(deaths) == 1 and "request socket failed" in deaths[0]
 
 
 class FailingNvml:
