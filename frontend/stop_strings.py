@@ -63,7 +63,7 @@ def automaton_for(stops: tuple[str, ...]) -> StopAutomaton:
 
 class StopStrings:
     def __init__(self, stops: list[str], include_in_output: bool = False):
-        self.stops = tuple(sorted({stop for stop in stops if stop}))
+        self.stops = tuple(stop for stop in stops if stop)
         self.automaton = automaton_for(self.stops) if self.stops else None
         self.include_in_output = include_in_output
         self.state = 0
