@@ -61,7 +61,7 @@ def test_a_large_schema_does_not_stall_a_running_stream(model_dir):
     try:
         deployment.start("-m", "engine_worker", log="engine")
         client = WireClient(deployment.server["run_dir"])
-        client.handshake(timeout=300)
+        client.handshake(timeout=600)  # a loaded 2-core host has taken minutes to start vLLM
         client.add("stream", {"max_tokens": 8000, "ignore_eos": True})
         schema_ids = [f"schema-{i}" for i in range(8)]  # as n=8 choices with one schema
         sent_at = None
