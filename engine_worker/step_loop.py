@@ -10,8 +10,8 @@ Who aborts and who cleans up:
 | request finishes (eos, length, stop id)| nobody (vLLM frees it)               | loop drops its owner entry on finish       |
 | stop string matched                    | frontend sends ABORT                 | frontend ends the HTTP response            |
 | client disconnects                     | frontend sends ABORT                 | frontend drops the request's queue         |
-| engine refuses the request             | nobody (never added)                 | admission or loop sends a Delta with an    |
-|                                        |                                      |   error                                    |
+| engine refuses the request (admission  | nobody (never added)                 | loop sends a Delta with an error           |
+|   or add_request)                      |                                      |                                            |
 | frontend says HELLO again (it saw a    | loop aborts every request it owned,  | loop sends each owner abort Deltas before  |
 |   gap), or a new frontend says HELLO   |   and those of the earlier frontend  |   the Welcome (a frontend that             |
 |   in the slot of an earlier one        |   in its slot                        |   re-handshakes already failed them)       |
@@ -172,7 +172,8 @@ class StepLoop:
         self.frontends[frontend_id] = time.monotonic()
 
     def welcome(self, frontend_id: str) -> None:
-        self.publisher.send(frontend_id, Welcome(self.engine_id, frontend_id, self.model, self.tokenizer, self.max_model_len))
+        welcome = Welcome(self.engine_id, frontend_id, self.model, self.tokenizer, self.max_model_len)
+        self.publisher.send(frontend_id, welcome)
 
     def forget_idle_frontends(self) -> None:
         now = time.monotonic()
