@@ -1,4 +1,4 @@
-.PHONY: setup serve test
+.PHONY: setup serve test test-fast
 VENV ?= .venv
 
 setup:
@@ -9,4 +9,9 @@ serve: setup
 
 test:
 	bash setup.sh --test
-	$(VENV)/bin/python -m pytest -v tests
+	$(VENV)/bin/python -m pytest -v tests/unit
+	$(VENV)/bin/python -m pytest -v tests --ignore=tests/unit
+
+# Unit tests of single modules, no vLLM engine: seconds.
+test-fast:
+	$(VENV)/bin/python -m pytest -q tests/unit

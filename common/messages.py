@@ -102,6 +102,12 @@ EngineOutput = StepOutput | Welcome | Heartbeat | Goodbye
 BROADCAST_TOPIC = b"*|"
 
 
+def frontend_slot(frontend_id: str) -> str:
+    """Where a frontend runs: its id is `<slot>~<start>`, `<slot>` being `<host>-<index>` and `<start>`
+    new with each process start. A HELLO from a new id in a slot means the one before it there is gone."""
+    return frontend_id.partition("~")[0]
+
+
 def topic_for(frontend_id: str) -> bytes:
     # The separator keeps SUB's prefix match exact: "fe-1|" is not a prefix of "fe-10|".
     return frontend_id.encode() + b"|"

@@ -3,13 +3,14 @@ host's data_parallel_size takes its own GPUs and addresses."""
 import argparse
 import logging
 import os
+import queue
 import signal
+import sys
 import uuid
 
 from common import default_model
 from common.config import InferenceConfig, ServerConfig, load_inference, load_server
 from common.logs import setup_logging, stage
-from common.messages import Goodbye
 from engine_worker.orphans import reap_previous_engine
 
 log = logging.getLogger("engine_worker")
@@ -71,6 +72,7 @@ def run_engine_worker_process() -> None:
 
     from common.curve import start_authenticator
     from common.sockets import curve_keys_dir
+    from engine_worker.admission import VllmRequests, start_admission
     from engine_worker.io_threads import OutputPublisher, start_request_reader
     from engine_worker.load import LoadTracker
     from engine_worker.step_loop import StepLoop
@@ -91,7 +93,9 @@ def run_engine_worker_process() -> None:
         engine, engine_id, inference.model or default_model.NAME, model, publisher, load,
         server.engine.heartbeat_interval_s,
     )
-    start_request_reader(context, request_address, server.engine, loop.inbox)
+    intake: queue.Queue = queue.Queue()
+    start_admission(intake, loop.inbox, VllmRequests(engine))
+    start_request_reader(context, request_address, server.engine, intake, on_death=loop.fail)
 
     def stop(signum, frame):
         log.info("signal %d: finishing", signum)
@@ -101,10 +105,9 @@ def run_engine_worker_process() -> None:
     signal.signal(signal.SIGINT, stop)
     log.info("engine %s (rank %d) ready: requests on %s, outputs on %s", engine_id, rank, request_address,
              output_address)
-    loop.run()
-    publisher.send(None, Goodbye(engine_id))
-    publisher.close()
-    log.info("engine %s stopped", engine_id)
+    status = loop.serve()
+    log.info("engine %s stopped%s", engine_id, f" ({loop.failure})" if loop.failure else "")
+    sys.exit(status)
 
 
 if __name__ == "__main__":

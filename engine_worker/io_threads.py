@@ -3,6 +3,8 @@
 Requests: PULL socket -> decode -> inbox queue, as (time received, message).
 Outputs: outbox queue -> number per frontend -> PUB socket, plus a heartbeat on the broadcast
 topic every interval, sent even while the step loop is inside a long step.
+Each thread outlives a message it cannot handle (it logs it); a socket that fails for good ends
+the process through `on_death`, so supervisord restarts it.
 """
 import logging
 import queue
@@ -21,18 +23,29 @@ from common.sockets import make_socket
 log = logging.getLogger(__name__)
 
 STOP = object()
+FORGET = object()
 
 
-def start_request_reader(context, address: str, link: EngineLink, inbox: queue.Queue):
+def start_request_reader(context, address: str, link: EngineLink, inbox: queue.Queue, on_death):
     socket = make_socket(context, zmq.PULL, address, bind=True, link=link)
 
     def read_forever():
         while True:
-            frame = socket.recv()
             try:
-                inbox.put((time.time(), request_decoder.decode(frame)))
-            except msgspec.DecodeError as error:
-                log.warning("dropped an undecodable request message: %s", error)
+                frame = socket.recv()
+            except Exception as error:  # the context was terminated, or the socket is broken for good
+                socket.close()
+                on_death(f"the request socket failed: {error!r}")
+                return
+            read(frame)
+
+    def read(frame: bytes) -> None:
+        try:
+            inbox.put((time.time(), request_decoder.decode(frame)))
+        except msgspec.DecodeError as error:
+            log.warning("dropped an undecodable request message: %s", error)
+        except Exception:
+            log.exception("dropped a request message (%d bytes)", len(frame))
 
     threading.Thread(target=read_forever, name="request-reader", daemon=True).start()
 
@@ -52,6 +65,10 @@ class OutputPublisher:
         """Queue a message for one frontend's topic (None: the broadcast topic)."""
         self.outbox.put((frontend_id, message))
 
+    def forget(self, frontend_id: str) -> None:
+        """Drop a frontend's numbering; its next Welcome starts it again."""
+        self.outbox.put((frontend_id, FORGET))
+
     def close(self, timeout: float = 2.0) -> None:
         self.outbox.put(STOP)
         self.thread.join(timeout)
@@ -66,12 +83,27 @@ class OutputPublisher:
             if item is STOP:
                 return
             if item is not None:
-                self.publish(*item)
+                self.publish_safely(*item)
             if time.monotonic() >= next_heartbeat:
-                self.publish(None, Heartbeat(self.engine_id, self.load.snapshot(), dict(self.seqs)))
+                self.send_heartbeat()
                 next_heartbeat = time.monotonic() + self.interval
 
+    def send_heartbeat(self) -> None:
+        try:
+            self.publish(None, Heartbeat(self.engine_id, self.load.snapshot(), dict(self.seqs)))
+        except Exception:
+            log.exception("could not send a heartbeat")
+
+    def publish_safely(self, frontend_id: str | None, message) -> None:
+        try:
+            self.publish(frontend_id, message)
+        except Exception:
+            log.exception("could not publish a %s to %s", type(message).__name__, frontend_id or "everyone")
+
     def publish(self, frontend_id: str | None, message) -> None:
+        if message is FORGET:
+            self.seqs.pop(frontend_id, None)
+            return
         if isinstance(message, Welcome):
             self.seqs[frontend_id] = 0
         elif isinstance(message, StepOutput):

@@ -2,7 +2,6 @@
 import logging
 
 import msgspec
-from vllm.v1.metrics.loggers import StatLoggerBase
 
 from common.messages import EngineLoad, GpuLoad
 
@@ -17,6 +16,8 @@ class LoadTracker:
         self.gpus = GpuMonitor()
 
     def stat_logger_factory(self):
+        from vllm.v1.metrics.loggers import StatLoggerBase
+
         tracker = self
 
         class SchedulerStatsLogger(StatLoggerBase):
@@ -66,6 +67,16 @@ class GpuMonitor:
             log.info("no GPU to monitor (%s)", error)
 
     def read(self) -> list[GpuLoad]:
+        """The GPUs' figures; after an NVML error (some devices, e.g. MIG, refuse some queries)
+        none, for good, so the error is logged once and the heartbeat goes on without GPU figures."""
+        try:
+            return self.read_nvml()
+        except Exception as error:
+            log.warning("stopped reading GPU figures: %r", error)
+            self.handles = []
+            return []
+
+    def read_nvml(self) -> list[GpuLoad]:
         gpus = []
         for index, handle in enumerate(self.handles):
             nvml = self.nvml

@@ -1,5 +1,8 @@
 """The step loop: apply what arrived, run one engine step, hand the outputs to the publisher.
 
+It only steps: each ADD reaches it already checked and turned into vLLM's request by the admission
+thread (engine_worker/admission.py), so no request's validation holds up the others' steps.
+
 Who aborts and who cleans up:
 
 | case                                   | who aborts the engine request        | who cleans up what                         |
@@ -7,24 +10,48 @@ Who aborts and who cleans up:
 | request finishes (eos, length, stop id)| nobody (vLLM frees it)               | loop drops its owner entry on finish       |
 | stop string matched                    | frontend sends ABORT                 | frontend ends the HTTP response            |
 | client disconnects                     | frontend sends ABORT                 | frontend drops the request's queue         |
-| engine refuses the request             | nobody (never added)                 | loop sends a Delta with an error           |
-| frontend says HELLO again (restart,    | loop aborts every request it owned   | frontend failed them before re-handshaking |
-|   or it saw a gap in its numbering)    |                                      |                                            |
+| engine refuses the request (admission  | nobody (never added)                 | loop sends a Delta with an error           |
+|   or add_request)                      |                                      |                                            |
+| frontend says HELLO again (it saw a    | loop aborts every request it owned,  | loop sends each owner abort Deltas before  |
+|   gap), or a new frontend says HELLO   |   and those of the earlier frontend  |   the Welcome (a frontend that             |
+|   in the slot of an earlier one        |   in its slot                        |   re-handshakes already failed them)       |
+| frontend silent for FORGET_AFTER_S,    | nobody (it has none)                 | loop forgets it and its output numbering;  |
+|   with no request                      |                                      |   a later ADD from it gets a Welcome first |
 | engine killed or restarted             | (the engine is gone)                 | frontend fails its in-flight requests when |
 |                                        |                                      |   heartbeats stop or the engine id changes |
 | engine SIGTERM                         | loop aborts every request            | loop sends error Deltas, then Goodbye      |
+| engine.step() raises (vLLM's core died)| loop aborts every request            | loop sends error Deltas, then Goodbye; the |
+|                                        |                                      |   process exits 1, supervisord restarts it |
 ABORT is idempotent: an unknown or finished id is ignored.
 """
 import logging
 import queue
+import time
 from collections import defaultdict
+from typing import Any, NamedTuple
 
-from vllm import SamplingParams
-from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
-
-from common.messages import Abort, Add, Delta, Hello, StepOutput, TokenLogprob, Welcome
+from common.messages import Abort, Add, Delta, Goodbye, Hello, StepOutput, TokenLogprob, Welcome, frontend_slot
 
 log = logging.getLogger(__name__)
+
+# A frontend with no request that has sent nothing for this long is forgotten: ids change with
+# every frontend start, so the table of them must not grow forever.
+FORGET_AFTER_S = 600.0
+
+
+class Admitted(NamedTuple):
+    """An ADD that passed admission: `prompt` and `params` as engine.add_request takes them."""
+
+    add: Add
+    prompt: Any
+    params: Any
+
+
+class Refused(NamedTuple):
+    """An ADD that admission refused (vLLM's own validation), and why."""
+
+    add: Add
+    error: str
 
 
 class StepLoop:
@@ -39,16 +66,43 @@ class StepLoop:
         self.idle_wait_s = idle_wait_s
         self.inbox: queue.Queue = queue.Queue()
         self.owners: dict[str, str] = {}  # request id -> frontend id
+        self.frontends: dict[str, float] = {}  # frontend id -> when it last sent a HELLO or an ADD
+        self.next_sweep = time.monotonic() + FORGET_AFTER_S
         self.stopping = False
-        self.handlers = {Abort: self.abort, Hello: self.hello}
+        self.failure: str | None = None  # why the process must end with an error
+        self.handlers = {Abort: self.abort, Hello: self.hello, Refused: self.refuse}
+
+    def serve(self) -> int:
+        """Run until stopped or failed, then say Goodbye. Returns the process's exit status: 1 after a
+        failure, so supervisord restarts the worker."""
+        try:
+            self.run()
+        except Exception as error:
+            self.failure = f"the engine failed: {error}"
+        self.publisher.send(None, Goodbye(self.engine_id))
+        self.publisher.close()
+        return 1 if self.failure else 0
+
+    def fail(self, reason: str) -> None:
+        """From another thread: something the worker cannot do without broke; stop, with an error."""
+        log.error("%s: stopping", reason)
+        self.failure = reason
+        self.stopping = True
 
     def run(self) -> None:
-        while not self.stopping:
-            self.take_requests(block=not self.owners)
-            if self.owners:
-                self.step()
-            else:
-                self.load.record_idle()
+        """Steps until `stopping`. An exception from the engine fails every request, then propagates."""
+        try:
+            while not self.stopping:
+                self.take_requests(block=not self.owners)
+                if self.owners:
+                    self.step()
+                else:
+                    self.load.record_idle()
+                self.forget_idle_frontends()
+        except Exception as error:
+            log.exception("the engine failed")
+            self.abort_all(f"the engine failed: {error}")
+            raise
         self.abort_all("the engine is shutting down")
 
     def take_requests(self, block: bool) -> None:
@@ -65,41 +119,72 @@ class StepLoop:
 
     def handle(self, received_at: float, message) -> None:
         """One message from the inbox; only an ADD needs the time it arrived."""
-        if type(message) is Add:
+        if type(message) is Admitted:
             self.add(message, received_at)
         else:
             self.handlers[type(message)](message)
 
-    def add(self, message: Add, received_at: float) -> None:
-        request_id = message.request_id
+    def add(self, admitted: Admitted, received_at: float) -> None:
+        request_id, frontend_id = admitted.add.request_id, admitted.add.frontend_id
+        self.heard_from(frontend_id)
         try:
             if request_id in self.owners:
                 raise ValueError(f"request id {request_id!r} is already running")
-            params = sampling_params(message.sampling)
             # Arrival is when the ADD reached this process, so vLLM's own TTFT and e2e figures
             # (vllm:* in /metrics) include the wait in the inbox, as vllm serve's include its queue.
-            self.engine.add_request(
-                request_id, {"prompt_token_ids": message.prompt_token_ids}, params, arrival_time=received_at
-            )
+            self.engine.add_request(request_id, admitted.prompt, admitted.params, arrival_time=received_at)
         except Exception as error:  # vLLM's own validation: the request is refused, nothing else
-            log.info("refused request %s: %s", request_id, error)
-            self.send(message.frontend_id, [Delta(request_id, [], "error", error=str(error))])
+            self.refuse(Refused(admitted.add, str(error)))
             return
-        self.owners[request_id] = message.frontend_id
-        self.load.load.prompt_tokens_total += len(message.prompt_token_ids)
+        self.owners[request_id] = frontend_id
+        self.load.load.prompt_tokens_total += len(admitted.add.prompt_token_ids)
 
-    def abort(self, message: Abort) -> None:
-        known = [request_id for request_id in message.request_ids if self.owners.pop(request_id, None)]
+    def refuse(self, refused: Refused) -> None:
+        log.info("refused request %s: %s", refused.add.request_id, refused.error)
+        self.heard_from(refused.add.frontend_id)
+        self.send(refused.add.frontend_id, [Delta(refused.add.request_id, [], "error", error=refused.error)])
+
+    def abort(self, message: Abort) -> list[tuple[str, str]]:
+        """Abort the requests named; returns (request id, owner) for those that were running."""
+        known = [(r, owner) for r in message.request_ids if (owner := self.owners.pop(r, None)) is not None]
         if known:
-            self.engine.abort_request(known)
+            self.engine.abort_request([r for r, _ in known])
+        return known
 
     def hello(self, message: Hello) -> None:
-        owned = [r for r, frontend in self.owners.items() if frontend == message.frontend_id]
-        self.abort(Abort(owned))
-        log.info("frontend %s joined (%d earlier requests of it aborted)", message.frontend_id, len(owned))
-        self.publisher.send(
-            message.frontend_id, Welcome(self.engine_id, message.frontend_id, self.model, self.tokenizer, self.max_model_len)
-        )
+        """A frontend (re)joins. What it, or an earlier frontend in its slot, still runs here is
+        aborted, and each owner is told so before the Welcome."""
+        slot = frontend_slot(message.frontend_id)
+        owned = [r for r, frontend in self.owners.items() if frontend_slot(frontend) == slot]
+        reason = f"frontend {message.frontend_id} said HELLO, so the engine dropped this frontend's requests"
+        by_owner = defaultdict(list)
+        for request_id, owner in self.abort(Abort(owned)):
+            by_owner[owner].append(Delta(request_id, [], "abort", error=reason))
+        for owner, deltas in by_owner.items():
+            self.send(owner, deltas)
+        log.info("frontend %s joined (%d earlier requests in its slot aborted)", message.frontend_id, len(owned))
+        self.frontends[message.frontend_id] = time.monotonic()
+        self.welcome(message.frontend_id)
+
+    def heard_from(self, frontend_id: str) -> None:
+        if frontend_id not in self.frontends:  # forgotten while idle: its numbering starts afresh
+            self.welcome(frontend_id)
+        self.frontends[frontend_id] = time.monotonic()
+
+    def welcome(self, frontend_id: str) -> None:
+        welcome = Welcome(self.engine_id, frontend_id, self.model, self.tokenizer, self.max_model_len)
+        self.publisher.send(frontend_id, welcome)
+
+    def forget_idle_frontends(self) -> None:
+        now = time.monotonic()
+        if now < self.next_sweep:
+            return
+        self.next_sweep = now + FORGET_AFTER_S / 10
+        busy = set(self.owners.values())
+        for frontend_id, heard in list(self.frontends.items()):
+            if frontend_id not in busy and now - heard > FORGET_AFTER_S:
+                del self.frontends[frontend_id]
+                self.publisher.forget(frontend_id)
 
     def step(self) -> None:
         by_frontend = defaultdict(list)
@@ -142,16 +227,6 @@ class StepLoop:
         self.owners.clear()
         for frontend_id, deltas in by_frontend.items():
             self.send(frontend_id, deltas)
-
-
-def sampling_params(sampling: dict) -> SamplingParams:
-    """vLLM's SamplingParams from the frontend's keyword arguments. A structured-outputs spec
-    crosses the wire as a plain dict (json, regex, choice, grammar or json_object) and becomes
-    vLLM's object here."""
-    kwargs = dict(sampling)
-    if (structured := kwargs.pop("structured_outputs", None)) is not None:
-        kwargs["structured_outputs"] = StructuredOutputsParams(**structured)
-    return SamplingParams(**kwargs, detokenize=False, output_kind=RequestOutputKind.DELTA)
 
 
 def convert_logprobs(token_ids: list[int], logprobs) -> list[list[TokenLogprob]] | None:

@@ -1,5 +1,6 @@
 """Entry point of a frontend process: `python -m frontend --index N` serves on base port + N."""
 import argparse
+import secrets
 import socket
 
 import uvicorn
@@ -17,7 +18,7 @@ def run_frontend_process() -> None:
     server = load_server()
     setup_logging(server.log_level)
     metrics.forget_dead_processes()
-    app = build_app(server, frontend_id=f"{socket.gethostname()}-{args.index}")
+    app = build_app(server, frontend_id=frontend_id(args.index))
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
@@ -30,6 +31,12 @@ def run_frontend_process() -> None:
     )
     DrainingServer(config).run(sockets=[shared_socket(server.host, server.port)] if server.reuse_port else None)
     metrics.forget_this_process()
+
+
+def frontend_id(index: int) -> str:
+    """`<host>-<index>~<random>`: unique across hosts and restarts, since the engine takes a HELLO from
+    an id it knows for that frontend's restart; the part before `~` names its slot."""
+    return f"{socket.gethostname()}-{index}~{secrets.token_hex(4)}"
 
 
 def shared_socket(host: str, port: int) -> socket.socket:

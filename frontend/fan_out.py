@@ -32,6 +32,7 @@ async def interleaved(streams: list[AsyncIterator[Piece]]) -> AsyncIterator[tupl
     try:
         running = len(tasks)
         while running:
+            await asyncio.sleep(0)  # a backlog from many choices must not hold the event loop either
             index, item = await inbox.get()
             if item is DONE:
                 running -= 1

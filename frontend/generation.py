@@ -4,6 +4,7 @@ Sends the ADD, reads the request's Deltas, detokenizes, applies stop strings (se
 one matches), and always leaves the engine clean: a generation that ends early for any reason
 (client gone, stop string, error) aborts its engine request.
 """
+import asyncio
 import uuid
 from dataclasses import dataclass, field
 
@@ -46,6 +47,9 @@ async def generate(client: EngineClient, tokenizer, spec: GenerationSpec):
     finished = False
     try:
         while not finished:
+            # A backlog of Deltas makes get() return at once: yield, so one request's backlog does not
+            # hold up the other requests on this event loop.
+            await asyncio.sleep(0)
             delta = await queue.get()
             if isinstance(delta, (EngineLost, RequestTimeout)):
                 finished = True

@@ -10,6 +10,8 @@ from frontend.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
+TOKENIZER_RETRY_S = 5.0
+
 
 class FrontendState:
     def __init__(self, server: ServerConfig, frontend_id: str):
@@ -30,12 +32,18 @@ class FrontendState:
         await self.client.stop()
 
     async def follow_tokenizer(self) -> None:
-        """Load the tokenizer of whatever model the engine that welcomed us serves."""
+        """Load the tokenizer of whatever model the engine that welcomed us serves. A load that fails
+        is logged and tried again a little later; until one succeeds the frontend is not ready."""
         while True:
             welcome = self.client.welcome
             if welcome is not None and (self._tokenizer is None or self._tokenizer.source != welcome.tokenizer):
                 log.info("loading the tokenizer from %s", welcome.tokenizer)
-                self._tokenizer = await asyncio.to_thread(Tokenizer, welcome.tokenizer)
+                try:
+                    self._tokenizer = await asyncio.to_thread(Tokenizer, welcome.tokenizer)
+                except Exception:
+                    log.exception("could not load the tokenizer from %s; trying again in %g s",
+                                  welcome.tokenizer, TOKENIZER_RETRY_S)
+                    await asyncio.sleep(TOKENIZER_RETRY_S)
             await asyncio.sleep(0.1)
 
     @property

@@ -1,0 +1,73 @@
+"""Admission: each ADD is checked and turned into vLLM's request on a thread of its own, so vLLM's
+per-request work (SamplingParams checks, structured-output grammar validation, bad_words
+tokenization) never holds up the step loop. Messages keep their order on the way: an ABORT or a
+HELLO waits behind the ADDs that arrived before it.
+"""
+import inspect
+import logging
+import queue
+import threading
+
+from common.messages import Add
+from engine_worker.step_loop import Admitted, Refused
+
+log = logging.getLogger(__name__)
+
+
+def start_admission(intake: queue.Queue, inbox: queue.Queue, prepare) -> None:
+    """Move (time received, message) from `intake` to `inbox`, each ADD as Admitted or Refused."""
+
+    def admit(received_at: float, message) -> None:
+        if type(message) is Add:
+            try:
+                message = prepare(message, received_at)
+            except Exception as error:  # vLLM's own validation: the request is refused, nothing else
+                message = Refused(message, str(error))
+        inbox.put((received_at, message))
+
+    def admit_forever():
+        while True:
+            received_at, message = intake.get()
+            try:
+                admit(received_at, message)
+            except Exception:
+                log.exception("dropped a %s", type(message).__name__)
+
+    threading.Thread(target=admit_forever, name="admission", daemon=True).start()
+
+
+class VllmRequests:
+    """Builds what LLMEngine.add_request takes: SamplingParams from the wire's keyword arguments, and
+    the request processed by vLLM's input processor, which add_request then takes as it is."""
+
+    def __init__(self, engine):
+        # Named `processor` before vLLM 0.11; a vLLM with neither gets its checks in add_request.
+        self.processor = getattr(engine, "input_processor", None) or getattr(engine, "processor", None)
+        if self.processor is None:
+            log.warning("this vLLM has no input processor to call: requests are checked on the step thread")
+            return
+        accepted = inspect.signature(self.processor.process_inputs).parameters
+        self.extra = {"supported_tasks": engine.get_supported_tasks()} if "supported_tasks" in accepted else {}
+
+    def __call__(self, message: Add, received_at: float) -> Admitted:
+        params = sampling_params(message.sampling)
+        if self.processor is None:
+            return Admitted(message, {"prompt_token_ids": message.prompt_token_ids}, params)
+        request = self.processor.process_inputs(
+            message.request_id, {"prompt_token_ids": message.prompt_token_ids}, params,
+            arrival_time=received_at, **self.extra,
+        )
+        return Admitted(message, request, request.sampling_params)
+
+
+def sampling_params(sampling: dict):
+    """vLLM's SamplingParams from the frontend's keyword arguments. A structured-outputs spec
+    crosses the wire as a plain dict (json, regex, choice, grammar or json_object) and becomes
+    vLLM's object here."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+
+    kwargs = dict(sampling)
+    if (structured := kwargs.pop("structured_outputs", None)) is not None:
+        kwargs["structured_outputs"] = StructuredOutputsParams(**structured)
+    return SamplingParams(**kwargs, detokenize=False, output_kind=RequestOutputKind.DELTA)

@@ -1,0 +1,217 @@
+"""The step loop over every row of its failure table, on a fake engine (FakeEngine: requests in a
+dict, one token per step, no vLLM) and a fake publisher (FakePublisher: records what it is given)."""
+import queue
+from types import SimpleNamespace
+
+import pytest
+
+from common.messages import Abort, Add, Goodbye, Hello, StepOutput, Welcome
+from engine_worker import step_loop
+from engine_worker.admission import start_admission
+from engine_worker.step_loop import Admitted, StepLoop
+
+ENGINE_ID = "engine-1"
+
+
+class FakeEngine:
+    """Each running request yields one token per step until it has `max_tokens`."""
+
+    def __init__(self):
+        self.model_config = SimpleNamespace(max_model_len=64)
+        self.running: dict[str, int] = {}
+        self.aborted: list[str] = []
+        self.refuse: set[str] = set()
+        self.fail_next_step: Exception | None = None
+        self.late_outputs: list[str] = []  # ids to report in the next step even though aborted
+
+    def add_request(self, request_id, prompt, params, arrival_time=None):
+        if request_id in self.refuse:
+            raise ValueError(f"{request_id} is not a valid request")
+        self.running[request_id] = params["max_tokens"]
+
+    def abort_request(self, request_ids):
+        self.aborted += request_ids
+        for request_id in request_ids:
+            self.running.pop(request_id, None)
+
+    def step(self):
+        if self.fail_next_step:
+            raise self.fail_next_step
+        outputs = []
+        for request_id in [*self.running, *self.late_outputs]:
+            left = self.running.get(request_id, 1) - 1
+            finished = left == 0
+            if request_id in self.running:
+                self.running[request_id] = left
+                if finished:
+                    del self.running[request_id]
+            completion = SimpleNamespace(token_ids=[7], finish_reason="length" if finished else None, logprobs=None)
+            outputs.append(SimpleNamespace(request_id=request_id, outputs=[completion], finished=finished))
+        self.late_outputs = []
+        return outputs
+
+
+class FakePublisher:
+    def __init__(self):
+        self.sent: list[tuple[str | None, object]] = []
+        self.forgotten: list[str] = []
+        self.closed = False
+
+    def send(self, frontend_id, message):
+        self.sent.append((frontend_id, message))
+
+    def forget(self, frontend_id):
+        self.forgotten.append(frontend_id)
+
+    def close(self):
+        self.closed = True
+
+    def deltas(self, frontend_id):
+        return [d for f, m in self.sent if f == frontend_id and isinstance(m, StepOutput) for d in m.deltas]
+
+
+class FakeLoad:
+    def __init__(self):
+        self.load = SimpleNamespace(prompt_tokens_total=0, generation_tokens_total=0)
+
+    def record_idle(self):
+        pass
+
+
+@pytest.fixture
+def loop():
+    return StepLoop(FakeEngine(), ENGINE_ID, "model", "/tokenizer", FakePublisher(), FakeLoad(), idle_wait_s=0.01)
+
+
+def add(loop, request_id, frontend_id="host-0~aa", max_tokens=3):
+    message = Add(request_id, frontend_id, [1, 2], {"max_tokens": max_tokens})
+    loop.handle(0.0, Admitted(message, {"prompt_token_ids": [1, 2]}, {"max_tokens": max_tokens}))
+
+
+def test_requests_run_to_their_end(loop):
+    add(loop, "r1", max_tokens=2)
+    loop.step()
+    loop.step()
+    deltas = loop.publisher.deltas("host-0~aa")
+    assert [(d.token_ids, d.finish_reason) for d in deltas] == [([7], None), ([7], "length")]
+    assert loop.owners == {}
+
+
+def test_a_refused_request_gets_an_error_and_others_go_on(loop):
+    loop.engine.refuse.add("bad")
+    add(loop, "good", max_tokens=1)
+    add(loop, "bad")
+    loop.step()
+    deltas = {d.request_id: d for d in loop.publisher.deltas("host-0~aa")}
+    assert deltas["bad"].finish_reason == "error" and "not a valid request" in deltas["bad"].error
+    assert deltas["good"].finish_reason == "length"
+
+
+def test_admission_refuses_what_vllm_refuses_and_keeps_the_order():
+    intake, inbox = queue.Queue(), queue.Queue()
+
+    def prepare(message, received_at):
+        if message.sampling.get("bad"):
+            raise ValueError("bad sampling")
+        return Admitted(message, "prompt", "params")
+
+    start_admission(intake, inbox, prepare)
+    intake.put((1.0, Add("a", "fe~1", [1], {"bad": True})))
+    intake.put((2.0, Add("b", "fe~1", [1], {})))
+    intake.put((3.0, Abort(["b"])))
+    got = [inbox.get(timeout=5) for _ in range(3)]
+    assert [type(m).__name__ for _, m in got] == ["Refused", "Admitted", "Abort"]
+    assert got[0][1].error == "bad sampling"
+
+
+def test_a_refusal_from_admission_reaches_its_frontend(loop):
+    intake = queue.Queue()
+    start_admission(intake, loop.inbox, lambda message, at: (_ for _ in ()).throw(ValueError("schema too deep")))
+    loop.handle(0.0, Hello("host-0~aa"))
+    intake.put((0.0, Add("r1", "host-0~aa", [1], {})))
+    loop.take_requests(block=True)
+    [delta] = loop.publisher.deltas("host-0~aa")
+    assert (delta.request_id, delta.finish_reason, delta.error) == ("r1", "error", "schema too deep")
+
+
+def test_hello_aborts_what_its_id_owned_and_tells_the_owner_before_the_welcome(loop):
+    add(loop, "r1")
+    add(loop, "r2", frontend_id="host-1~bb")
+    loop.handle(0.0, Hello("host-0~aa"))
+    assert loop.engine.aborted == ["r1"]
+    to_owner = [m for f, m in loop.publisher.sent if f == "host-0~aa"]
+    assert isinstance(to_owner[-2], StepOutput) and isinstance(to_owner[-1], Welcome)
+    [delta] = to_owner[-2].deltas
+    assert (delta.request_id, delta.finish_reason) == ("r1", "abort") and "HELLO" in delta.error
+    assert loop.owners == {"r2": "host-1~bb"}
+
+
+def test_a_restarted_frontend_in_the_same_slot_ends_its_predecessors_requests(loop):
+    add(loop, "old", frontend_id="host-0~aa")
+    add(loop, "other-host", frontend_id="host2-0~cc")
+    loop.handle(0.0, Hello("host-0~dd"))
+    assert loop.engine.aborted == ["old"]
+    [delta] = loop.publisher.deltas("host-0~aa")
+    assert delta.finish_reason == "abort"
+    assert (("host-0~dd", Welcome(ENGINE_ID, "host-0~dd", "model", "/tokenizer", 64))) in loop.publisher.sent
+    assert "other-host" in loop.owners
+
+
+def test_an_abort_during_a_step_drops_what_that_step_still_reports(loop):
+    add(loop, "r1", max_tokens=5)
+    add(loop, "r2", max_tokens=5)
+    loop.handle(0.0, Abort(["r1", "unknown"]))
+    loop.engine.late_outputs = ["r1"]  # vLLM had it in the step that was running
+    loop.step()
+    assert [d.request_id for d in loop.publisher.deltas("host-0~aa")] == ["r2"]
+    assert loop.engine.aborted == ["r1"]
+    loop.handle(0.0, Abort(["r1"]))  # idempotent
+    assert loop.engine.aborted == ["r1"]
+
+
+def test_a_failing_step_ends_every_request_with_an_error_then_goodbye_and_exit_1(loop):
+    add(loop, "r1")
+    add(loop, "r2", frontend_id="host-1~bb")
+    loop.engine.fail_next_step = RuntimeError("EngineCore died")
+    assert loop.serve() == 1
+    for frontend_id, request_id in [("host-0~aa", "r1"), ("host-1~bb", "r2")]:
+        [delta] = loop.publisher.deltas(frontend_id)
+        assert (delta.request_id, delta.finish_reason) == (request_id, "abort")
+        assert "EngineCore died" in delta.error
+    assert loop.publisher.sent[-1] == (None, Goodbye(ENGINE_ID)) and loop.publisher.closed
+    assert "EngineCore died" in loop.failure
+
+
+def test_shutdown_aborts_every_request_then_goodbye_and_exit_0(loop):
+    add(loop, "r1", max_tokens=1000)
+    real_step = loop.engine.step
+
+    def step_then_stop():  # as SIGTERM's handler does, while a step runs
+        loop.stopping = True
+        return real_step()
+
+    loop.engine.step = step_then_stop
+    assert loop.serve() == 0
+    deltas = loop.publisher.deltas("host-0~aa")
+    assert deltas[-1].finish_reason == "abort" and "shutting down" in deltas[-1].error
+    assert loop.engine.aborted == ["r1"]
+    assert loop.publisher.sent[-1] == (None, Goodbye(ENGINE_ID))
+
+
+def test_a_broken_request_socket_ends_the_process_with_an_error(loop):
+    loop.fail("the request socket failed")
+    assert loop.serve() == 1
+
+
+def test_an_idle_frontend_is_forgotten_and_welcomed_again_when_it_comes_back(loop, monkeypatch):
+    monkeypatch.setattr(step_loop, "FORGET_AFTER_S", 0.0)
+    loop.handle(0.0, Hello("host-0~aa"))
+    add(loop, "busy", frontend_id="host-1~bb", max_tokens=100)
+    loop.next_sweep = 0.0
+    loop.forget_idle_frontends()
+    assert loop.publisher.forgotten == ["host-0~aa"]  # not host-1, which still has a request
+    loop.publisher.sent.clear()
+    add(loop, "r1", max_tokens=1)
+    loop.step()
+    to_it = [type(m).__name__ for f, m in loop.publisher.sent if f == "host-0~aa"]
+    assert to_it == ["Welcome", "StepOutput"]
