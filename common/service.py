@@ -92,9 +92,14 @@ def lock_run_dir(server: ServerConfig) -> int:
             f"a service already runs in {run_dir}: {holder}. Stop it first (make stop, or "
             "`python -m common.service stop`), or give this one another run_dir in server.yml"
         ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"service pid {os.getpid()}, serving on {public_url(server)}\n".encode(), 0)
+    describe(fd, f"service pid {os.getpid()}, serving on {public_url(server)}")
     return fd
+
+
+def describe(lock_fd: int, holder: str) -> None:
+    """What a refused second start tells about this one."""
+    os.ftruncate(lock_fd, 0)
+    os.pwrite(lock_fd, f"{holder}\n".encode(), 0)
 
 
 def public_url(server: ServerConfig) -> str:
@@ -222,6 +227,8 @@ def serve() -> int:
         print(f"error: {refusal}", file=sys.stderr)
         return 1
     supervisord = Supervisord(render(server), lock_fd)
+    describe(lock_fd, f"service pid {os.getpid()} (supervisord pid {supervisord.process.pid}), "
+                      f"serving on {public_url(server)}")
     stop_requested = threading.Event()
 
     def on_signal(signum, frame):
@@ -234,27 +241,43 @@ def serve() -> int:
         supervisord.stop()
         supervisord.wait()
         return 1
-    code = supervisord.wait()
-    return 0 if stop_requested.is_set() else code or 1
+    code = supervisord.wait()  # 0 after `make stop` (supervisorctl shutdown) too
+    return 0 if stop_requested.is_set() else code
+
+
+def held_lock(run_dir: Path) -> int | None:
+    """A descriptor of run_dir's lock while a service holds it, else None."""
+    try:
+        fd = os.open(run_dir / "service.lock", os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return fd
+    os.close(fd)
+    return None
 
 
 def ask(server: ServerConfig, command: str) -> int:
     """`status` or `stop` on the service running in run_dir, through supervisorctl."""
-    conf = server.path(server.run_dir) / "supervisord.conf"
-    if not (server.path(server.run_dir) / "supervisor.sock").exists():
-        print(f"no service runs in {server.path(server.run_dir)}", file=sys.stderr)
+    run_dir = server.path(server.run_dir)
+    lock = held_lock(run_dir)
+    if lock is None:
+        print(f"no service runs in {run_dir}", file=sys.stderr)
         return 1
-    supervisorctl = [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(conf)]
+    supervisorctl = [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(run_dir / "supervisord.conf")]
     if command == "status":
         code = subprocess.run([*supervisorctl, "status"]).returncode
         return 0 if code in (0, 3) else code  # 3: some process is not running; the table says which
-    # shutdown stops the programs in order (frontends drain first, nginx last) and supervisord exits.
+    # shutdown stops the programs in order (frontends drain, then nginx, then the engine) and
+    # supervisord exits; the lock is free once this service and its supervisord have ended.
     code = subprocess.run([*supervisorctl, "shutdown"]).returncode
-    lock = server.path(server.run_dir) / "service.lock"
-    with open(lock) as file:
-        fcntl.flock(file, fcntl.LOCK_EX)  # held until the service has stopped
+    if code:
+        return code
+    fcntl.flock(lock, fcntl.LOCK_SH)
     print("stopped")
-    return code
+    return 0
 
 
 def main() -> int:
