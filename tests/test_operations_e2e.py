@@ -55,7 +55,9 @@ def alive(pid: int) -> bool:
 def test_quiet_start_second_start_refused_status_and_stop(model_dir):
     with running_service("ops", server={"max_connections_per_client": 4}) as deployment:
         service = deployment.processes[0][0]
-        log = (deployment.dir / "service.log").read_text()
+        log_file = deployment.dir / "service.log"
+        wait_for(lambda: "serving on" in log_file.read_text(), 10, what="the service to say where it serves")
+        log = log_file.read_text()
         assert "CRIT" not in log
         assert not re.search(r"\[(error|emerg|crit|alert)\]", log), "nginx complained at start"
         assert "Uvicorn running on" not in log, "a frontend's own address presented as the service's"
