@@ -54,7 +54,9 @@ if [ ! -x "$VENV/bin/python" ]; then
     end
 fi
 
-if [ "$VLLM_TARGET" != none ] && ! "$VENV/bin/python" -c "import vllm" 2>/dev/null; then
+# Whether vLLM is installed, without importing it (that takes seconds).
+has_vllm() { "$VENV/bin/python" -c "import importlib.util, sys; sys.exit(not importlib.util.find_spec('vllm'))"; }
+if [ "$VLLM_TARGET" != none ] && ! has_vllm; then
     if [ "$VLLM_TARGET" = cuda ]; then
         begin "vLLM (CUDA)" "several minutes, a few GB"
         pip install vllm
