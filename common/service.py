@@ -10,6 +10,7 @@ import argparse
 import collections
 import ctypes
 import fcntl
+import logging
 import os
 import secrets
 import shutil
@@ -26,7 +27,10 @@ from pathlib import Path
 from string import Template
 
 from common.config import ROOT, ServerConfig, load_inference, load_server
+from common.logs import setup_logging
 from common.preflight import StartRefused, check_engine_args, check_exposure
+
+log = logging.getLogger("service")
 
 LOG_TAIL_LINES = 30
 PR_SET_PDEATHSIG = 1
@@ -207,6 +211,7 @@ def start(server: ServerConfig, supervisord: Supervisord) -> bool:
             except xmlrpc.client.Fault as fault:
                 print(f"error: nginx could not start ({fault.faultString})", file=sys.stderr)
                 return failed(supervisord)
+            log.info("nginx ready on %s:%d", server.host, server.port)
             nginx_started = True
         if nginx_started and answers(url) == 200:
             print(f"\n  serving on {url}  (POST /generate, dashboard at /, GET /metrics; "
@@ -224,6 +229,7 @@ def failed(supervisord: Supervisord) -> bool:
 
 def serve() -> int:
     server = load_server()
+    setup_logging(server.log_level)
     try:
         check_exposure(server)
         check_engine_args(load_inference())
