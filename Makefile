@@ -1,11 +1,18 @@
-.PHONY: setup serve test test-fast
+.PHONY: setup serve stop status test test-fast
 VENV ?= .venv
 
 setup:
-	bash setup.sh
+	@bash setup.sh
 
 serve: setup
-	$(VENV)/bin/python -m common.service
+	@$(VENV)/bin/python -m common.service
+
+# From another shell, on the service `make serve` started (run_dir from conf/server.yml).
+stop:
+	@$(VENV)/bin/python -m common.service stop
+
+status:
+	@$(VENV)/bin/python -m common.service status
 
 test:
 	bash setup.sh --test

@@ -5,6 +5,7 @@ pairs (frontend.key / frontend.key_secret); every *.key public key in it is auth
 with `python -m common.curve DIR` and give each host the files it needs.
 """
 import ipaddress
+import os
 import sys
 from pathlib import Path
 from urllib.parse import urlparse
@@ -17,10 +18,18 @@ ENGINE, CLIENT = "engine", "frontend"
 
 
 def create_keys(directory: Path) -> None:
+    """Secret keys are readable by their owner only (0600), from the moment they exist."""
     directory.mkdir(parents=True, exist_ok=True)
     for name in (ENGINE, CLIENT):
-        if not (directory / f"{name}.key_secret").exists():
-            zmq.auth.create_certificates(str(directory), name)
+        secret = directory / f"{name}.key_secret"
+        if not secret.exists():
+            previous = os.umask(0o077)
+            try:
+                zmq.auth.create_certificates(str(directory), name)
+            finally:
+                os.umask(previous)
+            (directory / f"{name}.key").chmod(0o644)
+        secret.chmod(0o600)
 
 
 def start_authenticator(context: zmq.Context, directory: Path) -> ThreadAuthenticator:

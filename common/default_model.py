@@ -138,10 +138,12 @@ def _write_weights(directory: Path, tokenizer) -> None:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        torch_dtype="float32",
+        # The dtype vLLM loads a float32 checkpoint in on CPU and GPU alike, so it need not cast
+        # (values equal to the cast ones: the float32 weights are drawn, then rounded the same way).
+        torch_dtype="bfloat16",
     )
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config).to(torch.float32)
+    model = LlamaForCausalLM(config).to(torch.float32).to(torch.bfloat16)
     model.save_pretrained(directory, safe_serialization=True)
     eos = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|end_of_text|>")]
     generation = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": eos}
@@ -149,5 +151,8 @@ def _write_weights(directory: Path, tokenizer) -> None:
 
 
 if __name__ == "__main__":
+    from common.config import load_server
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    print(ensure(sys.argv[1] if len(sys.argv) > 1 else ".data"))
+    server = load_server()
+    print(ensure(sys.argv[1] if len(sys.argv) > 1 else server.path(server.data_dir)))

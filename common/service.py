@@ -1,17 +1,39 @@
-"""The whole service under supervisord: `python -m common.service` renders conf/nginx.conf and
-conf/supervisord.conf into run_dir from conf/server.yml, starts supervisord in the foreground,
-and prints the URL once the service answers. Ctrl-C or SIGTERM stops every process."""
+"""The whole service under supervisord: `python -m common.service` checks the configuration,
+renders conf/nginx.conf and conf/supervisord.conf into run_dir from conf/server.yml, starts
+supervisord, starts nginx once every frontend listens, and prints the URL once the service answers.
+Ctrl-C or SIGTERM drains and stops every process. `python -m common.service status|stop` asks the
+supervisord of a running service (from another shell).
+
+One service per run_dir: a lock on run_dir/service.lock, held by this process and supervisord for
+their lives, makes a second start refuse before it touches anything."""
+import argparse
+import collections
+import ctypes
+import fcntl
+import logging
 import os
+import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
 import urllib.request
+import xmlrpc.client
 from pathlib import Path
 from string import Template
 
 from common.config import ROOT, ServerConfig, load_inference, load_server
+from common.logs import setup_logging
+from common.preflight import StartRefused, check_engine_args, check_exposure
+
+log = logging.getLogger("service")
+
+LOG_TAIL_LINES = 30
+PR_SET_PDEATHSIG = 1
 
 
 def engine_programs(server: ServerConfig, values: dict) -> str:
@@ -27,6 +49,7 @@ def render(server: ServerConfig) -> Path:
     metrics_dir = fresh_metrics_dir(run_dir)
     for sub in ("nginx/body", "nginx/proxy", "nginx/fastcgi", "nginx/uwsgi", "nginx/scgi"):
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
+    debug = server.log_level.lower() == "debug"
     values = {
         "run_dir": run_dir,
         "root": ROOT,
@@ -42,16 +65,25 @@ def render(server: ServerConfig) -> Path:
         "host": server.host,
         "port": server.port,
         "max_body_bytes": server.max_body_bytes,
-        "nginx_autostart": "false" if server.reuse_port or not server.frontends else "true",
         "user_directive": "user root;" if os.geteuid() == 0 else "",
         "upstream_servers": "\n".join(
             f"        server 127.0.0.1:{server.frontend_base_port + i} max_fails=0;" for i in range(server.frontends)
         ),
+        # Operations the service runs itself; the rest of the log is the processes' own.
+        "supervisord_user": "user=root" if os.geteuid() == 0 else "",
+        "supervisord_log_level": "debug" if debug else "warn",
+        "nginx_log_level": "info" if debug else "warn",
+        "supervisor_password": secrets.token_hex(16),
+        "frontend_stopwaitsecs": int(server.drain_timeout_s) + 10,
+        "limit_conn": f"limit_conn per_client {server.max_connections_per_client};"
+        if server.max_connections_per_client else "",
     }
     values["engine_programs"] = engine_programs(server, values)
     for name in ("nginx.conf", "supervisord.conf"):
         text = Template((ROOT / "conf" / name).read_text()).substitute(values)
-        (run_dir / name).write_text(text)
+        target = run_dir / name
+        target.touch(mode=0o600)  # supervisord.conf holds the control socket's password
+        target.write_text(text)
     return run_dir / "supervisord.conf"
 
 
@@ -63,35 +95,234 @@ def fresh_metrics_dir(run_dir: Path) -> Path:
     return metrics_dir
 
 
-def wait_until_healthy(url: str, supervisord: subprocess.Popen) -> bool:
-    while supervisord.poll() is None:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as response:
-                if response.status == 200:
-                    return True
-        except OSError:
-            pass
+def lock_run_dir(server: ServerConfig) -> int:
+    """Hold run_dir/service.lock, or refuse, naming the service that holds it."""
+    run_dir = server.path(server.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / "service.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another service"
+        os.close(fd)
+        raise StartRefused(
+            f"a service already runs in {run_dir}: {holder}. Stop it first (make stop, or "
+            "`python -m common.service stop`), or give this one another run_dir in server.yml"
+        ) from None
+    describe(fd, f"service pid {os.getpid()}, serving on {public_url(server)}")
+    return fd
+
+
+def describe(lock_fd: int, holder: str) -> None:
+    """What a refused second start tells about this one."""
+    os.ftruncate(lock_fd, 0)
+    os.pwrite(lock_fd, f"{holder}\n".encode(), 0)
+
+
+def public_url(server: ServerConfig) -> str:
+    host = "127.0.0.1" if server.host in ("0.0.0.0", "::") else server.host
+    return f"http://{host}:{server.port}"
+
+
+def control(server: ServerConfig):
+    """supervisord's XML-RPC interface over its unix socket in run_dir."""
+    from supervisor.xmlrpc import SupervisorTransport
+
+    run_dir = server.path(server.run_dir)
+    conf = (run_dir / "supervisord.conf").read_text()
+    password = next(line.split("=", 1)[1] for line in conf.splitlines() if line.startswith("password="))
+    transport = SupervisorTransport("supervisor", password.strip(), f"unix://{run_dir}/supervisor.sock")
+    return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport).supervisor
+
+
+def answers(url: str) -> int | None:
+    """The status of url/health, or None when nothing answers."""
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=2) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:
+        return None
+
+
+def listens(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+class Supervisord:
+    """supervisord in its own process group, so a terminal's Ctrl-C reaches only us and the stop is
+    the ordered drain; its output passes through us, keeping the last lines for error messages."""
+
+    def __init__(self, conf: Path, lock_fd: int):
+        self.tail = collections.deque(maxlen=LOG_TAIL_LINES)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(conf)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=(lock_fd,), preexec_fn=own_group,
+        )
+        self.copier = threading.Thread(target=self.copy_output, daemon=True)
+        self.copier.start()
+
+    def copy_output(self) -> None:
+        for line in self.process.stdout:
+            try:
+                sys.stdout.buffer.write(line)
+                sys.stdout.flush()
+            except OSError:  # our terminal is gone: keep draining, or supervisord would block
+                pass
+            self.tail.append(line.decode(errors="replace").rstrip())
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self) -> None:
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)
+
+    def wait(self) -> int:
+        code = self.process.wait()
+        self.copier.join(timeout=5)
+        return code
+
+
+def own_group() -> None:
+    """supervisord leads its own process group, and (Linux) gets SIGTERM, an ordered stop, if this
+    process dies without stopping it."""
+    os.setpgid(0, 0)
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+def fatal_processes(server: ServerConfig) -> list[dict]:
+    try:
+        return [info for info in control(server).getAllProcessInfo() if info["statename"] == "FATAL"]
+    except (OSError, xmlrpc.client.Error):
+        return []
+
+
+def engines_running(server: ServerConfig) -> bool:
+    try:
+        engines = [info for info in control(server).getAllProcessInfo() if info["name"].startswith("engine-")]
+    except (OSError, xmlrpc.client.Error):
+        return False
+    return bool(engines) and all(info["statename"] == "RUNNING" for info in engines)
+
+
+def start(server: ServerConfig, supervisord: Supervisord) -> bool:
+    """Wait for every frontend to listen, start nginx, wait for /health through it. False when
+    supervisord ended or a process could not start (the reason is printed)."""
+    ports = [server.frontend_base_port + i for i in range(server.frontends)]
+    url = public_url(server)
+    nginx_started = server.reuse_port
+    while supervisord.alive():
+        if fatal := fatal_processes(server):
+            for info in fatal:
+                print(f"error: {info['name']} could not start ({info['spawnerr'] or info['description']})",
+                      file=sys.stderr)
+            return failed(supervisord)
+        if not server.frontends:  # a host of engine workers only: no frontend, no nginx
+            if engines_running(server):
+                print("\n  engine workers running (no frontends on this host; Ctrl-C or `make stop` stops)\n",
+                      flush=True)
+                return True
+            time.sleep(1)
+            continue
+        if not nginx_started and all(listens(port) for port in ports):
+            # Only now: nginx asked before a frontend listens only fills its error log.
+            try:
+                control(server).startProcess("nginx")
+            except xmlrpc.client.Fault as fault:
+                print(f"error: nginx could not start ({fault.faultString})", file=sys.stderr)
+                return failed(supervisord)
+            log.info("nginx ready on %s:%d", server.host, server.port)
+            nginx_started = True
+        if nginx_started and answers(url) == 200:
+            print(f"\n  serving on {url}  (POST /generate, dashboard at /, GET /metrics; "
+                  "Ctrl-C or `make stop` stops)\n", flush=True)
+            return True
         time.sleep(1)
     return False
 
 
-def main() -> int:
+def failed(supervisord: Supervisord) -> bool:
+    time.sleep(0.5)  # the last lines of the failed process, still in the pipe
+    print("the service's last log lines:\n  " + "\n  ".join(supervisord.tail), file=sys.stderr, flush=True)
+    return False
+
+
+def serve() -> int:
     server = load_server()
-    conf = render(server)
-    supervisord = subprocess.Popen([sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(conf)])
-    signal.signal(signal.SIGTERM, lambda signum, frame: supervisord.terminate())
-    url = f"http://{server.host}:{server.port}"
+    setup_logging(server.log_level)
     try:
-        # A frontend first: asking nginx before any frontend listens only fills its error log.
-        first_frontend = f"http://127.0.0.1:{server.frontend_base_port}"
-        serving = server.frontends and wait_until_healthy(first_frontend, supervisord)
-        if serving and wait_until_healthy(url, supervisord):
-            print(f"\n  serving on {url}  (POST /generate, dashboard at /, GET /metrics; Ctrl-C stops)\n", flush=True)
-        return supervisord.wait()
-    except KeyboardInterrupt:
-        # In a terminal supervisord got the same Ctrl-C; elsewhere only we did.
-        supervisord.terminate()
-        return supervisord.wait()
+        check_exposure(server)
+        check_engine_args(load_inference())
+        lock_fd = lock_run_dir(server)  # before anything in run_dir changes
+    except StartRefused as refusal:
+        print(f"error: {refusal}", file=sys.stderr)
+        return 1
+    supervisord = Supervisord(render(server), lock_fd)
+    describe(lock_fd, f"service pid {os.getpid()} (supervisord pid {supervisord.process.pid}), "
+                      f"serving on {public_url(server)}")
+    stop_requested = threading.Event()
+
+    def on_signal(signum, frame):
+        stop_requested.set()
+        supervisord.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if not start(server, supervisord) and not stop_requested.is_set():
+        supervisord.stop()
+        supervisord.wait()
+        return 1
+    code = supervisord.wait()  # 0 after `make stop` (supervisorctl shutdown) too
+    return 0 if stop_requested.is_set() else code
+
+
+def held_lock(run_dir: Path) -> int | None:
+    """A descriptor of run_dir's lock while a service holds it, else None."""
+    try:
+        fd = os.open(run_dir / "service.lock", os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return fd
+    os.close(fd)
+    return None
+
+
+def ask(server: ServerConfig, command: str) -> int:
+    """`status` or `stop` on the service running in run_dir, through supervisorctl."""
+    run_dir = server.path(server.run_dir)
+    lock = held_lock(run_dir)
+    if lock is None:
+        print(f"no service runs in {run_dir}", file=sys.stderr)
+        return 1
+    supervisorctl = [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(run_dir / "supervisord.conf")]
+    if command == "status":
+        code = subprocess.run([*supervisorctl, "status"]).returncode
+        return 0 if code in (0, 3) else code  # 3: some process is not running; the table says which
+    # shutdown stops the programs in order (frontends drain, then nginx, then the engine) and
+    # supervisord exits; the lock is free once this service and its supervisord have ended.
+    code = subprocess.run([*supervisorctl, "shutdown"]).returncode
+    if code:
+        return code
+    fcntl.flock(lock, fcntl.LOCK_SH)
+    print("stopped")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m common.service")
+    parser.add_argument("command", nargs="?", default="serve", choices=["serve", "status", "stop"])
+    command = parser.parse_args().command
+    return serve() if command == "serve" else ask(load_server(), command)
 
 
 if __name__ == "__main__":

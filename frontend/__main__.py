@@ -1,5 +1,6 @@
 """Entry point of a frontend process: `python -m frontend --index N` serves on base port + N."""
 import argparse
+import logging
 import secrets
 import socket
 
@@ -9,6 +10,8 @@ from common.config import load_server
 from common.logs import setup_logging
 from frontend import metrics
 from frontend.app import build_app
+
+log = logging.getLogger("frontend")
 
 
 def run_frontend_process() -> None:
@@ -51,11 +54,36 @@ def shared_socket(host: str, port: int) -> socket.socket:
 
 class DrainingServer(uvicorn.Server):
     """On SIGTERM uvicorn stops listening (nginx moves on) and waits for running requests;
-    /health says 503 meanwhile."""
+    /health says 503 meanwhile. Says "frontend ... ready" once it listens, in place of uvicorn's
+    start-up lines: its address is not the service's (nginx's is)."""
+
+    def __init__(self, config: uvicorn.Config):
+        super().__init__(config)
+        if config.log_level not in ("debug", "trace"):
+            logging.getLogger("uvicorn.error").addFilter(quiet_routine_lines)
+
+    async def startup(self, sockets=None):
+        await super().startup(sockets)
+        if self.started:
+            frontend = self.config.app.state.frontend
+            log.info("frontend %s ready on 127.0.0.1:%d", frontend.frontend_id, self.config.port)
+
+    def _log_started_message(self, listeners):
+        pass
 
     def handle_exit(self, sig, frame):
         self.config.app.state.frontend.draining = True
         super().handle_exit(sig, frame)
+
+
+def quiet_routine_lines(record: logging.LogRecord) -> bool:
+    return not record.msg.startswith(UVICORN_ROUTINE_LINES)
+
+
+UVICORN_ROUTINE_LINES = (
+    "Started server process", "Waiting for application", "Application startup complete",
+    "Application shutdown complete", "Finished server process",
+)
 
 
 if __name__ == "__main__":

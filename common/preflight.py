@@ -1,0 +1,57 @@
+"""Checks made before any process of the service starts, so a mistake is one clear message."""
+import ast
+import difflib
+import importlib.util
+import ipaddress
+import os
+from pathlib import Path
+
+from common.config import InferenceConfig, ServerConfig
+
+
+class StartRefused(Exception):
+    """The service cannot start; the message says why and what to do."""
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(server: ServerConfig) -> None:
+    if not is_loopback(server.host) and not (server.api_key or os.environ.get("API_KEY")):
+        raise StartRefused(
+            f"refusing to listen on {server.host}:{server.port}, beyond loopback, without an API key: "
+            "set API_KEY in the environment (docker run -e API_KEY=...) or api_key in server.yml, "
+            "or listen on 127.0.0.1"
+        )
+
+
+def engine_args_fields() -> set[str] | None:
+    """The field names of vllm.EngineArgs, read from its source: importing vLLM takes seconds.
+    None when vLLM is not installed (the engine then fails on its own, with its reason)."""
+    spec = importlib.util.find_spec("vllm")
+    if spec is None or spec.origin is None:
+        return None
+    source = Path(spec.origin).parent / "engine" / "arg_utils.py"
+    tree = ast.parse(source.read_text())
+    engine_args = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "EngineArgs")
+    return {node.target.id for node in engine_args.body
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)}
+
+
+def check_engine_args(inference: InferenceConfig) -> None:
+    if "model" in inference.engine_args:
+        raise StartRefused("inference.yml: engine_args.model: set the model as `model` at the top level")
+    fields = engine_args_fields()
+    if fields is None:
+        return
+    for key in inference.engine_args:
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise StartRefused(f"inference.yml: engine_args.{key} is not an argument of vLLM's EngineArgs{hint}")
