@@ -26,7 +26,7 @@ async def test_a_failed_tokenizer_load_is_logged_and_tried_again(tmp_path, monke
     monkeypatch.setattr(state, "Tokenizer", FakeTokenizer)
     monkeypatch.setattr(state, "TOKENIZER_RETRY_S", 0.01)
     frontend = FrontendState(ServerConfig(run_dir=str(tmp_path)), "test-0~unit")
-    frontend.client.welcome = Welcome("engine-1", "test-0~unit", "model", "/models/m", 64)
+    frontend.client.links[0].welcome = Welcome("engine-1", "test-0~unit", "model", "/models/m", 64)
     follower = asyncio.create_task(frontend.follow_tokenizer())
     try:
         for _ in range(200):
@@ -38,5 +38,6 @@ async def test_a_failed_tokenizer_load_is_logged_and_tried_again(tmp_path, monke
         assert caplog.text.count("could not load the tokenizer from /models/m") == 2
     finally:
         follower.cancel()
-        frontend.client.push.close()
-        frontend.client.sub.close()
+        for link in frontend.client.links:
+            link.push.close()
+            link.sub.close()
