@@ -1,9 +1,12 @@
 "use strict";
-// A small time-series line chart on a canvas: the last minute of points, a legend that shows each
-// series' latest value (also in data-value, for tests and scripts), gaps where a value is null.
+// A small time-series line chart on a canvas: the last 15 minutes of points, a legend that shows
+// each series' latest value (also in data-value, and the number of points in the figure's
+// data-points, for tests and scripts), gaps where a value is null.
 
 const PALETTE = ["#5b9cf5", "#f2a65a", "#63d39a", "#ea6a74", "#b895f2", "#e6d45f", "#5fd1dd", "#f08bd0"];
-const CHART_WINDOW_S = 60;
+const CHART_WINDOW_S = 900;
+const TIME_MARKS_S = [900, 600, 300, 0];
+const MAX_POINT_GAP_S = 5;
 const PAD = { left: 52, right: 12, top: 10, bottom: 22 };
 
 function formatNumber(value) {
@@ -56,14 +59,24 @@ class LineChart {
     return values;
   }
 
-  push(time, values) {
+  clear() {
+    this.points = [];
+  }
+
+  // Adds a point without drawing: a whole history is added, then drawn once.
+  add(time, values) {
     this.points.push({ time, values });
     while (this.points.length && this.points[0].time < time - CHART_WINDOW_S) this.points.shift();
+    this.figure.dataset.points = String(this.points.length);
     values.forEach((value, index) => {
       const { item, value: text } = this.legendValues[index];
-      item.dataset.value = value === null ? "" : String(value);
+      item.dataset.value = value === null || value === undefined ? "" : String(value);
       text.textContent = formatNumber(value);
     });
+  }
+
+  push(time, values) {
+    this.add(time, values);
     this.draw();
   }
 
@@ -116,9 +129,10 @@ class LineChart {
     }
     context.textAlign = "center";
     context.textBaseline = "top";
-    [60, 45, 30, 15, 0].forEach((ago) => {
+    TIME_MARKS_S.forEach((ago) => {
       const left = plot.x + plot.width * (1 - ago / CHART_WINDOW_S);
-      context.fillText(ago ? `-${ago}s` : "now", Math.min(left, plot.x + plot.width - 12), plot.y + plot.height + 6);
+      const label = ago ? `-${ago / 60} min` : "now";
+      context.fillText(label, Math.max(plot.x + 20, Math.min(left, plot.x + plot.width - 12)), plot.y + plot.height + 6);
     });
   }
 
@@ -128,15 +142,18 @@ class LineChart {
     context.lineJoin = "round";
     context.beginPath();
     let drawing = false;
+    let previousTime = -Infinity;
     for (const point of this.points) {
       const value = point.values[index];
-      if (value === null) {
+      if (value === null || value === undefined) {
         drawing = false;
         continue;
       }
-      if (drawing) context.lineTo(x(point.time), y(value));
+      // No line across a stretch with no samples (every frontend down, say).
+      if (drawing && point.time - previousTime <= MAX_POINT_GAP_S) context.lineTo(x(point.time), y(value));
       else context.moveTo(x(point.time), y(value));
       drawing = true;
+      previousTime = point.time;
     }
     context.stroke();
   }
