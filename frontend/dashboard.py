@@ -4,8 +4,8 @@
 the whole service's figures (the shared multiprocess files and the engine's heartbeat), so each
 keeps the same history (frontend/history.py), sampled once a second in the background, and any
 of them can answer a page, whichever one nginx picks:
-- `GET /stats`: the service's totals now, each engine's state, and the newest chart point
-  (a few hundred bytes of work per poll: the page polls it every second);
+- `GET /stats`: the service's totals now (one collection, as a /metrics scrape makes), each
+  engine's state, and the newest chart point: a few kilobytes, polled by the page every second;
 - `GET /stats?history=1`: the same, plus the last 15 minutes of chart points (asked once, when
   the page opens).
 """

@@ -56,7 +56,11 @@ class EngineStateWatch:
 
     def state(self, program: Program | None, fresh: bool) -> str:
         if fresh:
-            self.was_up, self.up_pid = True, program.pid if program else None
+            self.was_up = True
+            # Not while STARTING: the heartbeats of a killed engine stay fresh for a moment after
+            # supervisord has started its successor.
+            if program and program.state == "RUNNING":
+                self.up_pid = program.pid
             return "up"
         if program is None:
             return "down"

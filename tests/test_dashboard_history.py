@@ -150,6 +150,16 @@ def test_an_engine_that_was_up_and_is_started_again_is_restarting():
     ]) == ["up", "down", "restarting", "restarting", "restarting", "restarting", "up"]
 
 
+def test_a_successor_still_loading_past_startsecs_is_restarting_not_down():
+    assert states([
+        (Program("RUNNING", 10), True),
+        (Program("STARTING", 11), True),  # killed; its last heartbeat is still fresh
+        (Program("STARTING", 11), False),
+        (Program("RUNNING", 11), False),  # past startsecs, still loading
+        (Program("RUNNING", 11), True),
+    ]) == ["up", "up", "restarting", "restarting", "up"]
+
+
 def test_an_engine_given_up_on_is_down_and_a_new_start_is_starting():
     assert states([
         (Program("RUNNING", 10), True),
