@@ -173,5 +173,12 @@ async function pollForever() {
   setTimeout(pollForever, POLL_MS);
 }
 
+function showRange(button) {
+  chartWindowS = Number(button.dataset.range);
+  document.querySelectorAll("#ranges button").forEach((other) => other.classList.toggle("active", other === button));
+  drawAll();
+}
+
+document.querySelectorAll("#ranges button").forEach((button) => button.addEventListener("click", () => showRange(button)));
 pollForever();
 window.addEventListener("resize", drawAll);
