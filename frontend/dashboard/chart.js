@@ -136,7 +136,8 @@ class LineChart {
     TIME_MARKS_S[chartWindowS].forEach((ago) => {
       const left = plot.x + plot.width * (1 - ago / chartWindowS);
       const label = ago >= 120 ? `-${ago / 60} min` : ago ? `-${ago} s` : "now";
-      context.fillText(label, Math.max(plot.x + 20, Math.min(left, plot.x + plot.width - 12)), plot.y + plot.height + 6);
+      const center = Math.max(plot.x + 20, Math.min(left, plot.x + plot.width - 12));
+      context.fillText(label, center, plot.y + plot.height + 6);
     });
   }
 

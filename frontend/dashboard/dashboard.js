@@ -43,7 +43,9 @@ function percent(ratio) {
 function makeServiceCharts(stats) {
   if (!charts.kv) {
     const several = stats.engines.length > 1;
-    const series = stats.engines.map((engine) => [`engine${engine.rank}`, several ? `engine ${engine.rank}` : "in use"]);
+    const series = stats.engines.map((engine) => [
+      `engine${engine.rank}`, several ? `engine ${engine.rank}` : "in use",
+    ]);
     charts.kv = chart("kv", series, { max: 100 });
   }
   const none = stats.gpus.length === 0;
@@ -179,6 +181,8 @@ function showRange(button) {
   drawAll();
 }
 
-document.querySelectorAll("#ranges button").forEach((button) => button.addEventListener("click", () => showRange(button)));
+for (const button of document.querySelectorAll("#ranges button")) {
+  button.addEventListener("click", () => showRange(button));
+}
 pollForever();
 window.addEventListener("resize", drawAll);
