@@ -11,7 +11,7 @@ from starlette.routing import Route
 
 from common.config import ServerConfig
 from frontend.auth import ApiKeyMiddleware
-from frontend.dashboard import dashboard_routes
+from frontend.dashboard import Dashboard, dashboard_routes
 from frontend.errors import HANDLED, RETRY, as_http_error
 from frontend.generate_route import generate_endpoint
 from frontend.http import HTTPError
@@ -56,11 +56,14 @@ def server_api_key(server: ServerConfig) -> str:
 
 def build_app(server: ServerConfig, frontend_id: str) -> Starlette:
     state = FrontendState(server, frontend_id)
+    dashboard = Dashboard(state)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         await state.start()
+        dashboard.start()
         yield
+        await dashboard.stop()
         await state.stop()
 
     app = Starlette(
@@ -79,4 +82,5 @@ def build_app(server: ServerConfig, frontend_id: str) -> Starlette:
         lifespan=lifespan,
     )
     app.state.frontend = state
+    app.state.dashboard = dashboard
     return app

@@ -237,6 +237,7 @@ class EngineClient:
         self.request_timeout_s = server.request_timeout_s
         if local_engines is None:
             local_engines = load_inference().data_parallel_size if server.local_engines else 0
+        self.local_engines = local_engines  # ranks 0 .. local_engines-1 run on this host
         addresses = server.engine_addresses(local_engines)
         if not addresses:
             raise SystemExit("no engine to talk to: no local engines and no `engines` in server.yml")

@@ -127,7 +127,7 @@ def test_stats_says_what_metrics_says(metered):
     assert stats["tokens"]["generated"] == metrics[series("llm_generation_tokens_total")]
     assert stats["tokens"]["prompt"] == metrics[series("llm_prompt_tokens_total")]
     assert stats["latency"]["ttft"]["counts"][-1] == metrics[series("llm_time_to_first_token_seconds_count")]
-    assert stats["engine"]["up"] is True
+    assert [engine["state"] for engine in stats["engines"]] == ["up"]
     assert stats["gpus"] == [] or has_gpu()
 
 

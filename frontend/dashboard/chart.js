@@ -1,9 +1,15 @@
 "use strict";
-// A small time-series line chart on a canvas: the last minute of points, a legend that shows each
-// series' latest value (also in data-value, for tests and scripts), gaps where a value is null.
+// A small time-series line chart on a canvas: the last 15 minutes of points (all of it, or its last
+// 5 or 1 minute, as the range buttons say), a legend that shows each series' latest value (also in
+// data-value, and the number of points in the figure's data-points, for tests and scripts), gaps
+// where a value is null.
 
 const PALETTE = ["#5b9cf5", "#f2a65a", "#63d39a", "#ea6a74", "#b895f2", "#e6d45f", "#5fd1dd", "#f08bd0"];
-const CHART_WINDOW_S = 60;
+const HISTORY_S = 900;
+// The stretch of time the charts show (the range buttons set it), and where its time marks go.
+const TIME_MARKS_S = { 900: [900, 600, 300, 0], 300: [300, 240, 180, 120, 60, 0], 60: [60, 45, 30, 15, 0] };
+let chartWindowS = HISTORY_S;
+const MAX_POINT_GAP_S = 5;
 const PAD = { left: 52, right: 12, top: 10, bottom: 22 };
 
 function formatNumber(value) {
@@ -56,14 +62,24 @@ class LineChart {
     return values;
   }
 
-  push(time, values) {
+  clear() {
+    this.points = [];
+  }
+
+  // Adds a point without drawing: a whole history is added, then drawn once.
+  add(time, values) {
     this.points.push({ time, values });
-    while (this.points.length && this.points[0].time < time - CHART_WINDOW_S) this.points.shift();
+    while (this.points.length && this.points[0].time < time - HISTORY_S) this.points.shift();
+    this.figure.dataset.points = String(this.points.length);
     values.forEach((value, index) => {
       const { item, value: text } = this.legendValues[index];
-      item.dataset.value = value === null ? "" : String(value);
+      item.dataset.value = value === null || value === undefined ? "" : String(value);
       text.textContent = formatNumber(value);
     });
+  }
+
+  push(time, values) {
+    this.add(time, values);
     this.draw();
   }
 
@@ -81,18 +97,19 @@ class LineChart {
     context.clearRect(0, 0, width, height);
     if (!this.points.length) return;
     const plot = { x: PAD.left, y: PAD.top, width: width - PAD.left - PAD.right, height: height - PAD.top - PAD.bottom };
-    const top = this.yTop();
     const end = this.points[this.points.length - 1].time;
-    const x = (time) => plot.x + plot.width * (1 - (end - time) / CHART_WINDOW_S);
+    const shown = this.points.filter((point) => point.time >= end - chartWindowS);
+    const top = this.yTop(shown);
+    const x = (time) => plot.x + plot.width * (1 - (end - time) / chartWindowS);
     const y = (value) => plot.y + plot.height * (1 - Math.min(value, top) / top);
     this.drawGrid(context, plot, top, y);
-    this.series.forEach((entry, index) => this.drawLine(context, entry.color, index, x, y));
+    this.series.forEach((entry, index) => this.drawLine(context, shown, entry.color, index, x, y));
   }
 
-  yTop() {
+  yTop(points) {
     if (this.options.max !== undefined) return this.options.max;
     let highest = this.options.minMax || 1;
-    for (const point of this.points) {
+    for (const point of points) {
       for (const value of point.values) if (value !== null && value > highest) highest = value;
     }
     return niceCeiling(highest);
@@ -116,27 +133,32 @@ class LineChart {
     }
     context.textAlign = "center";
     context.textBaseline = "top";
-    [60, 45, 30, 15, 0].forEach((ago) => {
-      const left = plot.x + plot.width * (1 - ago / CHART_WINDOW_S);
-      context.fillText(ago ? `-${ago}s` : "now", Math.min(left, plot.x + plot.width - 12), plot.y + plot.height + 6);
+    TIME_MARKS_S[chartWindowS].forEach((ago) => {
+      const left = plot.x + plot.width * (1 - ago / chartWindowS);
+      const label = ago >= 120 ? `-${ago / 60} min` : ago ? `-${ago} s` : "now";
+      const center = Math.max(plot.x + 20, Math.min(left, plot.x + plot.width - 12));
+      context.fillText(label, center, plot.y + plot.height + 6);
     });
   }
 
-  drawLine(context, color, index, x, y) {
+  drawLine(context, points, color, index, x, y) {
     context.strokeStyle = color;
     context.lineWidth = 2;
     context.lineJoin = "round";
     context.beginPath();
     let drawing = false;
-    for (const point of this.points) {
+    let previousTime = -Infinity;
+    for (const point of points) {
       const value = point.values[index];
-      if (value === null) {
+      if (value === null || value === undefined) {
         drawing = false;
         continue;
       }
-      if (drawing) context.lineTo(x(point.time), y(value));
+      // No line across a stretch with no samples (every frontend down, say).
+      if (drawing && point.time - previousTime <= MAX_POINT_GAP_S) context.lineTo(x(point.time), y(value));
       else context.moveTo(x(point.time), y(value));
       drawing = true;
+      previousTime = point.time;
     }
     context.stroke();
   }

@@ -1,26 +1,26 @@
 "use strict";
-// Polls /stats every second. /stats holds totals and cumulative histogram buckets only (each poll
-// may reach another frontend, and every frontend reports the whole service), so rates come from
-// the difference between two polls and percentiles from the bucket counts of the last 10 seconds.
+// Opens with the last 15 minutes of chart points from /stats?history=1, then polls /stats every
+// second for the newest point. The frontends compute the points (rates and percentiles over the
+// last 10 s of their once-a-second samples); every frontend samples the whole service, so
+// whichever one nginx picks answers alike. A point no newer than the last one charted (another
+// frontend sampled a moment earlier) is skipped.
 
 const POLL_MS = 1000;
-const PERCENTILE_WINDOW_S = 10;
-// Requests end a few at a time: over one second their rate would jump between 0 and a burst.
-const REQUEST_RATE_WINDOW_S = 5;
-const HISTORY_S = 70;
+// A longer silence (a hidden tab, the service unreachable) is filled from the history again.
+const REFILL_AFTER_S = 5;
 const GIB = 1024 ** 3;
 
-const snapshots = [];
 const charts = {
   throughput: chart("throughput", [["total", "in + out"], ["input", "input"], ["output", "output"]]),
   requests: chart("requests", [["ended", "ended"], ["failed", "failed"], ["aborted", "aborted"]]),
   load: chart("load", [["running", "running"], ["waiting", "waiting"], ["in_flight", "in flight"]]),
-  kv: chart("kv", [["kv", "in use"]], { max: 100 }),
   ttft: chart("ttft", [["p50", "p50"], ["p90", "p90"], ["p99", "p99"]]),
   tpot: chart("tpot", [["p50", "p50"], ["p90", "p90"], ["p99", "p99"]]),
-  gpuUtilization: null,
+  kv: null, // one series per engine, made once the engines are known
+  gpuUtilization: null, // one series per GPU, likewise
   gpuMemory: null,
 };
+let lastTime = 0;
 
 function chart(name, series, options) {
   const figure = document.querySelector(`[data-chart="${name}"]`);
@@ -31,130 +31,158 @@ function setText(id, text) {
   document.getElementById(id).textContent = text;
 }
 
-function increase(now, before) {
-  return Math.max(0, now - before); // a restarted service starts its totals again
+function sum(...values) {
+  return values.some((value) => value === null) ? null : values.reduce((total, value) => total + value, 0);
 }
 
-function endedTotal(stats) {
-  const { finished, aborted, failed } = stats.requests;
-  return finished + aborted + failed;
+function percent(ratio) {
+  return ratio === null || ratio === undefined ? null : ratio * 100;
 }
 
-// Like Prometheus' histogram_quantile: linear within the bucket that holds the rank.
-function quantile(q, bounds, counts) {
-  const total = counts[counts.length - 1];
-  if (!total) return null;
-  const rank = q * total;
-  const index = counts.findIndex((count) => count >= rank);
-  if (index >= bounds.length) return bounds[bounds.length - 1];
-  const lower = index ? bounds[index - 1] : 0;
-  const below = index ? counts[index - 1] : 0;
-  const inBucket = counts[index] - below;
-  return inBucket ? lower + ((bounds[index] - lower) * (rank - below)) / inBucket : lower;
-}
-
-function percentilesMs(now, before) {
-  const counts = now.counts.map((count, index) => increase(count, before.counts[index] || 0));
-  return [0.5, 0.9, 0.99].map((q) => {
-    const seconds = quantile(q, now.bounds, counts);
-    return seconds === null ? null : seconds * 1000;
-  });
-}
-
-// The oldest snapshot still inside the window (the newest one always is).
-function windowStart(time) {
-  return snapshots.find((stats) => stats.time >= time);
-}
-
-function rateSince(start, stats, pick) {
-  const seconds = stats.time - start.time;
-  return seconds > 0 ? increase(pick(stats), pick(start)) / seconds : 0;
-}
-
-function remember(stats) {
-  snapshots.push(stats);
-  while (snapshots.length > 2 && snapshots[0].time < stats.time - HISTORY_S) snapshots.shift();
-}
-
-function update(stats) {
-  const previous = snapshots[snapshots.length - 1];
-  if (previous && stats.time <= previous.time) return;
-  remember(stats);
-  showStatus(stats);
-  if (!previous) return;
-  const input = rateSince(previous, stats, (s) => s.tokens.prompt);
-  const output = rateSince(previous, stats, (s) => s.tokens.generated);
-  const requestsStart = windowStart(stats.time - REQUEST_RATE_WINDOW_S);
-  const requestRate = (pick) => rateSince(requestsStart === stats ? previous : requestsStart, stats, pick);
-  const ended = requestRate(endedTotal);
-  const start = windowStart(stats.time - PERCENTILE_WINDOW_S);
-  const ttft = percentilesMs(stats.latency.ttft, start.latency.ttft);
-  const tpot = percentilesMs(stats.latency.tpot, start.latency.tpot);
-  const { engine, requests } = stats;
-  const kv = engine.up ? engine.kv_cache_usage * 100 : null;
-
-  charts.throughput.push(stats.time, [input + output, input, output]);
-  const failed = requestRate((s) => s.requests.failed);
-  const aborted = requestRate((s) => s.requests.aborted);
-  charts.requests.push(stats.time, [ended, failed, aborted]);
-  charts.load.push(stats.time, [engine.running, engine.waiting, requests.in_flight]);
-  charts.kv.push(stats.time, [kv]);
-  charts.ttft.push(stats.time, ttft);
-  charts.tpot.push(stats.time, tpot);
-  showGpus(stats);
-
-  setText("tile-tokens", formatNumber(input + output));
-  setText("tile-requests", formatNumber(ended));
-  setText("tile-running", `${engine.running} / ${engine.waiting}`);
-  setText("tile-in-flight", `${requests.in_flight} / ${requests.queued}`);
-  setText("tile-kv", kv === null ? "–" : `${formatNumber(kv)} %`);
-  setText("tile-ttft", ttft[0] === null ? "–" : `${formatNumber(ttft[0])} ms`);
-  setText("tile-tpot", tpot[0] === null ? "–" : `${formatNumber(tpot[0])} ms`);
-  setText("tile-outcomes", `${requests.finished} / ${requests.aborted} / ${requests.failed}`);
-}
-
-function showStatus(stats) {
-  const status = document.getElementById("engine-status");
-  status.textContent = stats.engine.up ? "engine up" : "engine down";
-  status.className = `pill ${stats.engine.up ? "up" : "down"}`;
-  setText("model", stats.model || "");
-  setText("updated", `updated ${new Date(stats.time * 1000).toLocaleTimeString()}`);
-}
-
-function showGpus(stats) {
+// Charts whose series depend on the service: one KV cache line per engine, one line per GPU.
+function makeServiceCharts(stats) {
+  if (!charts.kv) {
+    const several = stats.engines.length > 1;
+    const series = stats.engines.map((engine) => [
+      `engine${engine.rank}`, several ? `engine ${engine.rank}` : "in use",
+    ]);
+    charts.kv = chart("kv", series, { max: 100 });
+  }
   const none = stats.gpus.length === 0;
   for (const name of ["gpu-utilization", "gpu-memory"]) {
     const figure = document.querySelector(`[data-chart="${name}"]`);
     figure.classList.toggle("empty", none);
     figure.querySelector(".no-gpu").hidden = !none;
   }
-  if (none) return;
-  if (!charts.gpuUtilization) {
+  if (!none && !charts.gpuUtilization) {
     const series = stats.gpus.map((gpu) => [`gpu${gpu.index}`, `GPU ${gpu.index}`]);
     const totalGib = Math.max(...stats.gpus.map((gpu) => gpu.memory_total_bytes)) / GIB;
     charts.gpuUtilization = chart("gpu-utilization", series, { max: 100 });
     charts.gpuMemory = chart("gpu-memory", series, { max: Math.ceil(totalGib) });
   }
-  charts.gpuUtilization.push(stats.time, stats.gpus.map((gpu) => gpu.utilization_ratio * 100));
-  charts.gpuMemory.push(stats.time, stats.gpus.map((gpu) => gpu.memory_used_bytes / GIB));
+}
+
+// Each chart's values for one point, in its series' order.
+function chartValues(point) {
+  return {
+    throughput: [sum(point.tokens_in, point.tokens_out), point.tokens_in, point.tokens_out],
+    requests: [point.ended, point.failed, point.aborted],
+    load: [point.running, point.waiting, point.in_flight],
+    ttft: point.ttft_ms,
+    tpot: point.tpot_ms,
+    kv: point.kv_cache_usage.map(percent),
+    gpuUtilization: point.gpu_utilization.map(percent),
+    gpuMemory: point.gpu_memory_used_bytes.map((bytes) => bytes / GIB),
+  };
+}
+
+function addPoint(point) {
+  const values = chartValues(point);
+  for (const [name, entry] of Object.entries(charts)) {
+    if (entry) entry.add(point.time, values[name]);
+  }
+  lastTime = point.time;
+}
+
+function drawAll() {
+  Object.values(charts).forEach((entry) => entry && entry.draw());
+}
+
+function showTiles(stats) {
+  const point = stats.point;
+  if (point) {
+    const kv = point.kv_cache_usage.filter((ratio) => ratio !== null);
+    setText("tile-tokens", formatNumber(sum(point.tokens_in, point.tokens_out)));
+    setText("tile-requests", formatNumber(point.ended));
+    setText("tile-running", `${formatNumber(point.running)} / ${formatNumber(point.waiting)}`);
+    setText("tile-kv", kv.length ? `${formatNumber(Math.max(...kv) * 100)} %` : "–");
+    setText("tile-ttft", point.ttft_ms[0] === null ? "–" : `${formatNumber(point.ttft_ms[0])} ms`);
+    setText("tile-tpot", point.tpot_ms[0] === null ? "–" : `${formatNumber(point.tpot_ms[0])} ms`);
+  }
+  const { requests } = stats;
+  setText("tile-in-flight", `${requests.in_flight} / ${requests.queued}`);
+  setText("tile-outcomes", `${requests.finished} / ${requests.aborted} / ${requests.failed}`);
+}
+
+// One badge per engine: starting, up, down or restarting.
+function showEngines(engines) {
+  const badges = document.getElementById("engines");
+  badges.replaceChildren(...engines.map((engine) => {
+    const badge = document.createElement("span");
+    badge.className = `pill ${engine.state}`;
+    badge.dataset.rank = String(engine.rank);
+    badge.dataset.state = engine.state;
+    badge.textContent = engines.length > 1 ? `engine ${engine.rank} ${engine.state}` : `engine ${engine.state}`;
+    const program = engine.program ? `supervisord: ${engine.program}` : "no supervisord program";
+    badge.title = `${program}${engine.engine_id ? `, engine id ${engine.engine_id}` : ""}`;
+    return badge;
+  }));
+}
+
+function show(stats) {
+  showEngines(stats.engines);
+  setText("model", stats.model || "");
+  setText("updated", `updated ${new Date(stats.time * 1000).toLocaleTimeString()}`);
+  showTiles(stats);
 }
 
 function showUnreachable() {
-  const status = document.getElementById("engine-status");
-  status.textContent = "service unreachable";
-  status.className = "pill down";
+  const badge = document.createElement("span");
+  badge.className = "pill down";
+  badge.textContent = "service unreachable";
+  document.getElementById("engines").replaceChildren(badge);
+}
+
+async function fetchStats(withHistory) {
+  const response = await fetch(withHistory ? "/stats?history=1" : "/stats", { cache: "no-store" });
+  if (!response.ok) throw new Error(`/stats answered ${response.status}`);
+  return response.json();
+}
+
+async function fill() {
+  const stats = await fetchStats(true);
+  makeServiceCharts(stats);
+  Object.values(charts).forEach((entry) => entry && entry.clear());
+  stats.history.forEach(addPoint);
+  drawAll();
+  show(stats);
 }
 
 async function poll() {
   try {
-    const response = await fetch("/stats", { cache: "no-store" });
-    if (!response.ok) throw new Error(`/stats answered ${response.status}`);
-    update(await response.json());
+    if (!lastTime) {
+      await fill();
+      return;
+    }
+    const stats = await fetchStats(false);
+    const point = stats.point;
+    if (point && point.time - lastTime > REFILL_AFTER_S) {
+      await fill();
+      return;
+    }
+    if (point && point.time > lastTime) {
+      addPoint(point);
+      drawAll();
+    }
+    show(stats);
   } catch (error) {
     showUnreachable();
   }
 }
 
-poll();
-setInterval(poll, POLL_MS);
-window.addEventListener("resize", () => Object.values(charts).forEach((entry) => entry && entry.draw()));
+async function pollForever() {
+  await poll();
+  setTimeout(pollForever, POLL_MS);
+}
+
+function showRange(button) {
+  chartWindowS = Number(button.dataset.range);
+  document.querySelectorAll("#ranges button").forEach((other) => other.classList.toggle("active", other === button));
+  drawAll();
+}
+
+for (const button of document.querySelectorAll("#ranges button")) {
+  button.addEventListener("click", () => showRange(button));
+}
+pollForever();
+window.addEventListener("resize", drawAll);
