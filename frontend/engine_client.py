@@ -90,9 +90,11 @@ class EngineClient:
             raise EngineUnavailable("the engine is not available")
         if len(self.streams) >= self.max_in_flight:
             raise Overloaded(f"this server is at its limit of {self.max_in_flight} requests in flight")
+        # Encoded first: a value the wire cannot carry raises here, before the request holds a slot.
+        add = encode(Add(request_id, self.frontend_id, prompt_token_ids, sampling))
         queue = RequestQueue(time.monotonic() + self.request_timeout_s)
         self.streams[request_id] = queue
-        if not self.send(Add(request_id, self.frontend_id, prompt_token_ids, sampling)):
+        if not self.send(add):
             del self.streams[request_id]
             raise EngineUnavailable("the engine is not connected")
         return queue
@@ -104,7 +106,7 @@ class EngineClient:
 
     def send(self, message) -> bool:
         try:
-            self.push.send(encode(message), zmq.NOBLOCK)
+            self.push.send(message if isinstance(message, bytes) else encode(message), zmq.NOBLOCK)
             return True
         except zmq.Again:
             return False
