@@ -273,8 +273,9 @@ def test_tool_choice_required_may_call_several_tools(client):
     answer = client.chat.completions.create(model=MODEL, messages=WEATHER_QUESTION, tools=TOOLS,
                                             tool_choice="required", max_tokens=1000, seed=4)
     choice = answer.choices[0]
-    if choice.finish_reason == "length":  # an array that kept growing: reported as text, not as calls
-        assert choice.message.tool_calls is None and choice.message.content
+    if choice.finish_reason == "length":  # an array that kept growing: the calls completed before the cut
+        assert choice.message.content is None
+        validate_calls(choice.message.tool_calls or [])
     else:
         assert choice.finish_reason == "tool_calls"
         assert choice.message.tool_calls
