@@ -405,6 +405,7 @@ def test_error_body_is_openais_shape(service):
 
 
 async def test_a_model_without_a_chat_template_cannot_chat(model_dir):
+    from common.config import ServerConfig
     from frontend.chat import chat_prompt_ids
     from frontend.openai_protocol import ChatCompletionRequest, ChatMessage
     from frontend.tokenizer import Tokenizer
@@ -412,7 +413,7 @@ async def test_a_model_without_a_chat_template_cannot_chat(model_dir):
     tokenizer = Tokenizer(str(model_dir))
     tokenizer.hf.chat_template = None
     with pytest.raises(HTTPError) as raised:
-        await chat_prompt_ids(tokenizer, ChatCompletionRequest(messages=[ChatMessage("user", "hi")]))
+        await chat_prompt_ids(tokenizer, ChatCompletionRequest(messages=[ChatMessage("user", "hi")]), ServerConfig())
     assert raised.value.status == 400
     assert "chat template" in raised.value.message
 
