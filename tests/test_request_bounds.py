@@ -17,6 +17,7 @@ from frontend.structured_outputs import ForcedToolCalls, JsonArrayElements
 from frontend.tool_parsers import ToolCall
 
 LIMITS = RequestLimits()
+LOOP = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
 VOCAB = 8192
 
 
@@ -95,9 +96,7 @@ def test_a_body_too_deep_to_decode_still_names_its_field():
 
 
 def test_a_template_loop_is_stopped_at_the_deadline():
-    template = ImmutableSandboxedEnvironment().from_string(
-        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}done"
-    )
+    template = ImmutableSandboxedEnvironment().from_string(LOOP + "done")
     started = time.monotonic()
     sys.settrace(deadline_tracer(time.monotonic() + 0.2))
     try:
@@ -147,3 +146,39 @@ def test_array_elements_skip_scalars_and_survive_a_runaway_nesting():
     assert reader.feed('[1, "a{", {"x": [1]}, [2], true') == [{"x": [1]}, [2]]
     runaway = JsonArrayElements()
     assert runaway.feed("[" + "[" * 5000 + "]" * 5000 + ", {}]") == [{}]
+
+
+def chat_request(**fields):
+    from frontend.openai_protocol import ChatCompletionRequest, ChatMessage
+
+    return ChatCompletionRequest(messages=[ChatMessage("user", "hi")], **fields)
+
+
+async def test_request_chat_templates_are_refused_unless_trusted(tokenizer):
+    from common.config import ServerConfig
+    from frontend.chat import chat_prompt_ids
+
+    kwargs_template = dict(chat_template_kwargs={"chat_template": "{{ 'x' }}"})
+    for fields, param in ((dict(chat_template="{{ 'x' }}"), "chat_template"),
+                          (kwargs_template, "chat_template_kwargs.chat_template")):
+        with pytest.raises(HTTPError) as raised:
+            await chat_prompt_ids(tokenizer, chat_request(**fields), ServerConfig())
+        assert raised.value.param == param and "trust_request_chat_template" in raised.value.message
+    trusting = ServerConfig(trust_request_chat_template=True)
+    assert await chat_prompt_ids(tokenizer, chat_request(chat_template="hello"), trusting) == tokenizer.encode("hello")
+
+
+async def test_a_trusted_template_is_stopped_in_time_and_bounded_in_output(tokenizer):
+    from common.config import ServerConfig
+    from frontend.chat import chat_prompt_ids
+
+    server = ServerConfig(trust_request_chat_template=True,
+                          limits=RequestLimits(chat_template_timeout_s=0.3, max_chat_prompt_chars=10_000))
+    with pytest.raises(HTTPError) as raised:
+        await chat_prompt_ids(tokenizer, chat_request(chat_template=LOOP), server)
+    assert raised.value.param == "chat_template" and "0.3 s" in raised.value.message
+    big = "{% for i in range(20000) %}xy{% endfor %}"
+    with pytest.raises(HTTPError) as raised:
+        await chat_prompt_ids(tokenizer, chat_request(chat_template=big), server)
+    assert raised.value.param == "chat_template" and "40000 characters" in raised.value.message
+
