@@ -392,8 +392,8 @@ def test_bad_chat_request_is_a_4xx_in_openais_shape(client, name, change, error,
 
 def test_engine_refusal_is_a_400(client):
     with pytest.raises(openai.BadRequestError) as raised:
-        client.completions.create(model=MODEL, prompt="x", max_tokens=4, extra_body={"stop_token_ids": [10**6]})
-    assert "stop_token_ids" in raised.value.body["message"]
+        client.completions.create(model=MODEL, prompt="x", max_tokens=4, extra_body={"min_tokens": 5})
+    assert "min_tokens" in raised.value.body["message"]
 
 
 def test_error_body_is_openais_shape(service):
