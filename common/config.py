@@ -54,6 +54,24 @@ class RouterConfig(msgspec.Struct, forbid_unknown_fields=True):
     blocks_per_engine: int = 200_000
 
 
+class RequestLimits(msgspec.Struct, forbid_unknown_fields=True):
+    """Bounds on what one request may ask for; past one, a 400 that names the field."""
+
+    max_prompts: int = 256  # prompts in one /v1/completions request
+    max_generations: int = 256  # prompts x n: the engine requests one HTTP request becomes
+    max_stop_strings: int = 64
+    max_stop_string_chars: int = 256
+    max_bad_words: int = 64
+    max_messages: int = 2048
+    max_tools: int = 128
+    max_logit_bias: int = 1024
+    # Nesting of tool parameters, response_format and structured_outputs schemas, in JSON levels.
+    max_schema_depth: int = 64
+    # Rendering a chat template past this is a 400; the rendered prompt may hold at most this many characters.
+    chat_template_timeout_s: float = 5.0
+    max_chat_prompt_chars: int = 2_097_152
+
+
 class ServerConfig(msgspec.Struct, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 7080
@@ -79,6 +97,10 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True):
     # How /v1/chat/completions finds tool calls in the text under tool_choice "auto": "hermes"
     # (<tool_call>{...}</tool_call>), "llama3_json" ({"name": ..., "parameters": ...}), or "" for none.
     tool_parser: Literal["hermes", "llama3_json", ""] = "hermes"
+    # Chat templates sent in a request (`chat_template`, `chat_template_kwargs.chat_template`) are
+    # refused unless this is true: a template is code the server runs (vLLM's --trust-request-chat-template).
+    trust_request_chat_template: bool = False
+    limits: RequestLimits = msgspec.field(default_factory=RequestLimits)
     engine: EngineLink = msgspec.field(default_factory=EngineLink)
     # false: this host runs no engine worker; its frontends use only `engines` (a frontend-only host).
     local_engines: bool = True

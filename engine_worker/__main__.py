@@ -23,12 +23,21 @@ def model_path(server: ServerConfig, inference: InferenceConfig) -> str:
     return inference.model or str(default_model.ensure(server.path(server.data_dir)))
 
 
+def served_name(inference: InferenceConfig) -> str:
+    """What the model is called in /v1/models and in vLLM's own metrics: `served_model_name` if the
+    engine arguments give one (the first, if several), else the configured model."""
+    names = inference.engine_args.get("served_model_name")
+    if names:
+        return names if isinstance(names, str) else names[0]
+    return inference.model or default_model.NAME
+
+
 def build_engine(model: str, inference: InferenceConfig, stat_logger):
     log.info("loading vLLM")
     from vllm import EngineArgs
     from vllm.v1.engine.llm_engine import LLMEngine
 
-    args = EngineArgs(model=model, **inference.vllm_engine_args())
+    args = EngineArgs(model=model, **{"served_model_name": served_name(inference), **inference.vllm_engine_args()})
     log.info("starting the engine on %s", model)
     return LLMEngine.from_engine_args(args, stat_loggers=[stat_logger])
 
@@ -90,7 +99,7 @@ def run_engine_worker_process() -> None:
         start_authenticator(context, curve_keys_dir(server.engine))
     publisher = OutputPublisher(context, output_address, server.engine, engine_id, load)
     loop = StepLoop(
-        engine, engine_id, inference.model or default_model.NAME, model, publisher, load,
+        engine, engine_id, served_name(inference), model, publisher, load,
         server.engine.heartbeat_interval_s,
     )
     intake: queue.Queue = queue.Queue()

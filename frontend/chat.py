@@ -1,8 +1,18 @@
-"""Chat prompts: OpenAI messages rendered with the model's own chat template (tokenizer_config)."""
+"""Chat prompts: OpenAI messages rendered with the model's own chat template (tokenizer_config), or
+with the request's own where server.yml trusts request templates.
+
+A template is code, and what it does grows with the request: it is rendered on a worker thread,
+stopped past `limits.chat_template_timeout_s`, and its output is bounded in length.
+"""
+import asyncio
 import json
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import msgspec
 
+from common.config import ServerConfig
 from frontend.http import HTTPError
 from frontend.openai_protocol import ChatCompletionRequest, ChatMessage, MessageToolCall, TextPart
 from frontend.tokenizer import Tokenizer
@@ -11,30 +21,87 @@ from frontend.tokenizer import Tokenizer
 ROLE_ALIASES = {"developer": "system"}
 
 
-async def chat_prompt_ids(tokenizer: Tokenizer, body: ChatCompletionRequest) -> list[int]:
-    prompt = render(tokenizer, body)
-    # The template writes every special token itself, BOS included where the model wants one.
-    return (await tokenizer.encode_prompts([prompt], add_special_tokens=False))[0]
+RENDERER = ThreadPoolExecutor(2, thread_name_prefix="chat-template")
 
 
-def render(tokenizer: Tokenizer, body: ChatCompletionRequest) -> str:
-    if not tokenizer.hf.chat_template:
+class TemplateTimeout(Exception):
+    pass
+
+
+async def chat_prompt_ids(tokenizer: Tokenizer, body: ChatCompletionRequest, server: ServerConfig) -> list[int]:
+    template, field = request_template(body, server)
+    if template is None and not tokenizer.hf.chat_template:
         raise HTTPError(400, "this model has no chat template, so it cannot chat: use /v1/completions", "messages")
     continuing = body.continue_final_message
     if continuing and body.messages[-1].role != "assistant":
         raise HTTPError(400, "continue_final_message needs an assistant message last", "continue_final_message")
+    limits = server.limits
+    loop = asyncio.get_running_loop()
+    prompt = await loop.run_in_executor(RENDERER, render, tokenizer, body, template, limits.chat_template_timeout_s)
+    if len(prompt) > limits.max_chat_prompt_chars:
+        raise HTTPError(400, f"the rendered chat prompt is {len(prompt)} characters long, more than the limit of "
+                             f"{limits.max_chat_prompt_chars}", field)
+    # The template writes every special token itself, BOS included where the model wants one.
+    return (await tokenizer.encode_prompts([prompt], add_special_tokens=False))[0]
+
+
+def request_template(body: ChatCompletionRequest, server: ServerConfig) -> tuple[str | None, str]:
+    """The request's own chat template, if it brings one and may, and the field that names it."""
+    kwargs = body.chat_template_kwargs or {}
+    if "chat_template" in kwargs:
+        template, field = kwargs["chat_template"], "chat_template_kwargs.chat_template"
+    else:
+        template, field = body.chat_template, "chat_template"
+    if template is None:
+        return None, "messages"
+    if not server.trust_request_chat_template:
+        raise HTTPError(400, f"{field}: this server does not take chat templates from requests "
+                             "(trust_request_chat_template in conf/server.yml)", field)
+    if not isinstance(template, str):
+        raise HTTPError(400, f"{field} must be a string", field)
+    return template, field
+
+
+def render(tokenizer: Tokenizer, body: ChatCompletionRequest, template: str | None, timeout_s: float) -> str:
+    """On a worker thread: the prompt text, or a 400 when the template refuses or runs too long."""
+    field = "messages" if template is None else "chat_template"
+    continuing = body.continue_final_message
     tools = [msgspec.to_builtins(tool) for tool in body.tools] if body.tools else None
+    kwargs = {name: value for name, value in (body.chat_template_kwargs or {}).items() if name != "chat_template"}
+    sys.settrace(deadline_tracer(time.monotonic() + timeout_s))
     try:
         return tokenizer.hf.apply_chat_template(
             [template_message(message) for message in body.messages],
             tools=tools,
+            chat_template=template,
             add_generation_prompt=body.add_generation_prompt and not continuing,
             continue_final_message=continuing,
             tokenize=False,
-            **(body.chat_template_kwargs or {}),
+            **kwargs,
         )
+    except TemplateTimeout:
+        raise HTTPError(400, f"rendering the chat template took more than {timeout_s:g} s", field) from None
     except Exception as error:  # the template's own raise_exception, or a message it cannot take
-        raise HTTPError(400, f"the chat template refused the messages: {error}", "messages") from None
+        raise HTTPError(400, f"the chat template refused the messages: {error}", field) from None
+    finally:
+        sys.settrace(None)
+
+
+def deadline_tracer(deadline: float):
+    """A trace function that stops the rendering once past `deadline`: it sees every Python call
+    and every line of the compiled template, so even a template loop that calls nothing ends."""
+
+    def on_line(frame, event, arg):
+        if time.monotonic() > deadline:
+            raise TemplateTimeout()
+        return on_line
+
+    def on_call(frame, event, arg):
+        if time.monotonic() > deadline:
+            raise TemplateTimeout()
+        return on_line if frame.f_code.co_filename == "<template>" else None
+
+    return on_call
 
 
 def template_message(message: ChatMessage) -> dict:

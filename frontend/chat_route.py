@@ -2,16 +2,19 @@
 whole or streamed as server-sent events.
 
 How each choice's text becomes the answer depends on the tools and the format asked for:
-- tool_choice "required" or a named function: a grammar makes the output the calls' JSON, read
-  once complete (streamed as whole tool-call deltas at the end);
+- tool_choice "required" or a named function: a grammar makes the output the calls' JSON, each
+  call read once its JSON is complete (streamed as a whole tool-call delta); a call cut by
+  max_tokens is dropped and never becomes content;
 - tool_choice "auto": the configured tool parser finds calls in the text as it streams;
 - response_format json: the text as it comes, raw control characters in strings escaped;
 - otherwise the text as it comes.
 """
-import jsonschema
+import asyncio
+
 from starlette.requests import Request
 from starlette.responses import Response
 
+from common.config import RequestLimits
 from frontend.chat import chat_prompt_ids
 from frontend.fan_out import merged, take_all
 from frontend.generation import Piece, generate
@@ -24,10 +27,11 @@ from frontend.openai_protocol import (
     response_id, usage,
 )
 from frontend.openai_sampling import choice_specs, sampling_kwargs
+from frontend.request_bounds import check_count, check_generations, check_sampling
 from frontend.sse import event, event_stream, started
 from frontend.state import FrontendState
 from frontend.structured_outputs import (
-    ForcedToolCalls, JsonText, is_json_grammar, named_tool, named_tool_grammar, requested_grammar,
+    ForcedToolCalls, JsonText, check_schema, is_json_grammar, named_tool, named_tool_grammar, requested_grammar,
     required_tools_grammar,
 )
 from frontend.tool_parsers import PARSERS, ToolCall, make_parser
@@ -44,12 +48,15 @@ class PlainText:
 class ChatPlan:
     """What the request's tools and format mean: the grammar, and how to read each choice's text."""
 
-    def __init__(self, body: ChatCompletionRequest, tool_parser: str):
-        check_tool_schemas(body.tools or [])
+    def __init__(self, body: ChatCompletionRequest, tool_parser: str, max_schema_depth: int):
+        """Checks every schema of the request: a worker thread's work, as it grows with them."""
+        for index, tool in enumerate(body.tools or []):
+            if tool.function.parameters is not None:
+                check_schema(tool.function.parameters, max_schema_depth, f"tools[{index}].function.parameters")
         self.mode = tool_mode(body)
         self.tool_parser = tool_parser
         self.function_name = None
-        self.grammar = requested_grammar(body)
+        self.grammar = requested_grammar(body, max_schema_depth)
         if self.mode in ("named", "required") and self.grammar is not None:
             raise HTTPError(400, "a forced tool call and response_format cannot both constrain the output",
                             "response_format")
@@ -64,29 +71,22 @@ class ChatPlan:
                                  f"to one of {sorted(PARSERS)}", "tool_choice")
 
     def reader(self):
-        if self.mode in ("named", "required"):
+        if self.forced:
             return ForcedToolCalls(self.function_name)
         if self.mode == "auto":
             return make_parser(self.tool_parser)
         return JsonText() if is_json_grammar(self.grammar) else PlainText()
+
+    @property
+    def forced(self) -> bool:
+        """The output is tool calls only: there is never content."""
+        return self.mode in ("named", "required")
 
     def finish_reason(self, finish_reason: str | None, called: bool) -> str | None:
         # OpenAI says "tool_calls" when the model chose to call; a named function was not its choice.
         if called and finish_reason == "stop" and self.mode in ("auto", "required"):
             return "tool_calls"
         return finish_reason
-
-
-def check_tool_schemas(tools) -> None:
-    for index, tool in enumerate(tools):
-        schema = tool.function.parameters
-        if schema is None:
-            continue
-        try:
-            jsonschema.validators.validator_for(schema).check_schema(schema)
-        except jsonschema.SchemaError as error:
-            field = f"tools[{index}].function.parameters"
-            raise HTTPError(400, f"{field} is not a valid JSON schema: {error.message}", field) from None
 
 
 def tool_mode(body: ChatCompletionRequest) -> str:
@@ -128,7 +128,7 @@ class ChoiceState:
             self.unsent_positions += piece.logprobs
         deltas = [delta for delta in map(self.delta, events) if delta is not None]
         if not self.started and not deltas:
-            deltas = [ChatDelta(content="")]
+            deltas = [ChatDelta() if self.plan.forced else ChatDelta(content="")]
         if piece.finish_reason is not None and not deltas:
             deltas = [ChatDelta()]
         return self.chunk_choices(deltas, piece.finish_reason)
@@ -162,13 +162,20 @@ class ChoiceState:
     def whole(self) -> ChatChoice:
         content = "".join(self.content)
         calls = [ToolCallOut(id=c.id, function=CalledFunction(c.name, c.arguments)) for c in self.tool_calls]
-        if calls and not content.strip():
+        if self.plan.forced or (calls and not content.strip()):
             content = None
         message = AssistantMessage("assistant", content, tool_calls=calls or None)
         logprobs = None
         if self.top_logprobs is not None:
             logprobs = chat_logprobs(self.tokenizer, self.positions, self.top_logprobs)
         return ChatChoice(self.index, message, logprobs, self.plan.finish_reason(self.finish_reason, bool(calls)))
+
+
+def check_chat_bounds(body: ChatCompletionRequest, limits: RequestLimits, vocab_size: int) -> None:
+    check_count(body.messages, limits.max_messages, "messages", "messages")
+    check_count(body.tools, limits.max_tools, "tools", "tools")
+    check_generations(1, body.n, limits)
+    check_sampling(body, limits, vocab_size, body.n)
 
 
 def max_tokens_of(state: FrontendState, body: ChatCompletionRequest, prompt_tokens: int) -> int:
@@ -193,9 +200,10 @@ async def chat_completions_endpoint(request: Request) -> Response:
     state: FrontendState = request.app.state.frontend
     body = await read_json(request, ChatCompletionRequest, state.server.max_body_bytes)
     model = served_model(state, body.model)
-    plan = ChatPlan(body, state.server.tool_parser)
-    tokenizer = state.tokenizer
-    prompt_ids = await chat_prompt_ids(tokenizer, body)
+    tokenizer, limits = state.tokenizer, state.server.limits
+    check_chat_bounds(body, limits, tokenizer.vocab_size)
+    plan = await asyncio.to_thread(ChatPlan, body, state.server.tool_parser, limits.max_schema_depth)
+    prompt_ids = await chat_prompt_ids(tokenizer, body, state.server)
     top_logprobs = top_logprobs_of(body)
     sampling = sampling_kwargs(body, max_tokens_of(state, body, len(prompt_ids)), plan.grammar, logprobs=top_logprobs)
     specs = choice_specs(body, prompt_ids, sampling)

@@ -3,6 +3,7 @@
 Each prompt (a text, texts, token ids or lists of them) gets `n` choices, numbered prompt by prompt
 as OpenAI does: choice index = prompt index * n + i.
 """
+import asyncio
 from dataclasses import dataclass
 
 from starlette.requests import Request
@@ -17,6 +18,7 @@ from frontend.openai_protocol import (
     Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, Usage, now, response_id, usage,
 )
 from frontend.openai_sampling import choice_specs, sampling_kwargs
+from frontend.request_bounds import check_generations, check_sampling, check_token_ids
 from frontend.sse import event, event_stream, started
 from frontend.state import FrontendState
 from frontend.structured_outputs import JsonText, is_json_grammar, requested_grammar
@@ -90,10 +92,12 @@ async def prompts_of(tokenizer: Tokenizer, body: CompletionRequest) -> list[Prom
         texts = [prompt] if isinstance(prompt, str) else prompt
         ids = await tokenizer.encode_prompts(texts, body.add_special_tokens)
         prompts = [Prompt(text, text_ids) for text, text_ids in zip(texts, ids)]
-    elif prompt and all(isinstance(item, int) for item in prompt):
-        prompts = [Prompt(tokenizer.decode(prompt, skip_special_tokens=False), prompt)]
-    elif prompt and all(isinstance(item, list) for item in prompt):
-        prompts = [Prompt(tokenizer.decode(ids, skip_special_tokens=False), ids) for ids in prompt]
+    elif prompt and (all(isinstance(item, int) for item in prompt) or all(isinstance(item, list) for item in prompt)):
+        id_lists = [prompt] if isinstance(prompt[0], int) else prompt
+        for ids in id_lists:
+            check_token_ids(ids, tokenizer.vocab_size, "prompt")
+        texts = await asyncio.to_thread(lambda: [tokenizer.decode(ids, skip_special_tokens=False) for ids in id_lists])
+        prompts = [Prompt(text, ids) for text, ids in zip(texts, id_lists)]
     else:
         raise HTTPError(400, "prompt must be a text, a list of texts, token ids, or a list of token id lists", "prompt")
     if any(not prompt.ids for prompt in prompts):
@@ -106,14 +110,23 @@ def check_supported(body: CompletionRequest) -> None:
         raise HTTPError(400, "suffix is not supported", "suffix")
 
 
+def prompt_count(prompt: str | list) -> int:
+    """How many prompts the field holds, counted before any is tokenized."""
+    if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
+        return 1
+    return len(prompt)
+
+
 async def completions_endpoint(request: Request) -> Response:
     state: FrontendState = request.app.state.frontend
     body = await read_json(request, CompletionRequest, state.server.max_body_bytes)
     model = served_model(state, body.model)
     check_supported(body)
-    tokenizer = state.tokenizer
+    tokenizer, limits = state.tokenizer, state.server.limits
+    check_generations(prompt_count(body.prompt), body.n, limits)
+    check_sampling(body, limits, tokenizer.vocab_size, body.n)
     prompts = await prompts_of(tokenizer, body)
-    grammar = requested_grammar(body)
+    grammar = await asyncio.to_thread(requested_grammar, body, limits.max_schema_depth)
     choices, streams = [], []
     for prompt in prompts:
         state.check_context(len(prompt.ids), body.max_tokens)

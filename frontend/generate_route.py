@@ -14,6 +14,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from frontend.errors import GENERATION_ERRORS, as_http_error
 from frontend.generation import GenerationSpec, generate
 from frontend.http import error_body, read_json, unless_disconnected
+from frontend.openai_protocol import Seed
+from frontend.request_bounds import check_sampling
 from frontend.state import FrontendState
 
 Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
@@ -21,16 +23,16 @@ Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
 
 class GenerateRequest(msgspec.Struct, forbid_unknown_fields=True):
     prompt: Annotated[str, Meta(min_length=1)]
-    max_tokens: Annotated[int, Meta(ge=1)] = 16
-    min_tokens: Annotated[int, Meta(ge=0)] = 0
+    max_tokens: Annotated[int, Meta(ge=1, le=2**31 - 1)] = 16
+    min_tokens: Annotated[int, Meta(ge=0, le=2**31 - 1)] = 0
     temperature: Annotated[float, Meta(ge=0.0)] = 1.0
     top_p: Annotated[float, Meta(gt=0.0, le=1.0)] = 1.0
-    top_k: Annotated[int, Meta(ge=-1)] = 0
+    top_k: Annotated[int, Meta(ge=-1, le=2**31 - 1)] = 0
     min_p: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.0
     presence_penalty: Penalty = 0.0
     frequency_penalty: Penalty = 0.0
     repetition_penalty: Annotated[float, Meta(gt=0.0)] = 1.0
-    seed: int | None = None
+    seed: Seed | None = None
     stop: str | list[str] = []
     stop_token_ids: list[Annotated[int, Meta(ge=0)]] = []
     include_stop_str_in_output: bool = False
@@ -45,6 +47,7 @@ FRONTEND_ONLY = {"prompt", "stop", "include_stop_str_in_output", "skip_special_t
 
 
 async def generation_spec(state: FrontendState, body: GenerateRequest) -> GenerationSpec:
+    check_sampling(body, state.server.limits, state.tokenizer.vocab_size)
     prompt_ids = await state.encode(body.prompt)
     state.check_context(len(prompt_ids), body.max_tokens)
     sampling = {

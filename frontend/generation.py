@@ -40,10 +40,11 @@ class GenerationSpec:
 async def generate(client: EngineClient, tokenizer, spec: GenerationSpec):
     """Yield Pieces until the request finishes; the last one has a finish_reason."""
     request_id = uuid.uuid4().hex
-    queue = client.add(request_id, spec.prompt_token_ids, spec.sampling)
-    meter = GenerationMeter(len(spec.prompt_token_ids))
     detokenizer = Detokenizer(tokenizer, spec.skip_special_tokens)
     stops = StopStrings(spec.stop, spec.include_stop_str_in_output)
+    # Nothing may raise between taking the slot and the `try` that gives it back.
+    queue = client.add(request_id, spec.prompt_token_ids, spec.sampling)
+    meter = GenerationMeter(len(spec.prompt_token_ids))
     finished = False
     try:
         while not finished:

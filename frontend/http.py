@@ -1,6 +1,7 @@
 """HTTP plumbing every route shares: error bodies, bounded body reading, typed JSON decoding,
 and waiting on a client that may leave."""
 import asyncio
+import json
 import re
 
 import msgspec
@@ -43,10 +44,35 @@ async def read_json(request: Request, kind: type, max_bytes: int):
         return msgspec.json.decode(bytes(body), type=kind)
     except msgspec.ValidationError as error:
         raise HTTPError(400, str(error), field_of(str(error))) from None
+    except RecursionError:
+        field = await asyncio.to_thread(deepest_field, bytes(body))
+        raise HTTPError(400, f"{field} nests too deeply to be read", field) from None
     except msgspec.DecodeError as error:
         raise HTTPError(400, f"the body is not valid JSON: {error}", "body") from None
     except UnicodeDecodeError as error:
         raise HTTPError(400, f"the body is not valid UTF-8: {error}", "body") from None
+
+
+def deepest_field(body: bytes) -> str:
+    """The top-level field of a JSON object body that nests deepest, found by scanning its
+    strings and brackets: for bodies too deep to decode, so that the 400 still names the field."""
+    depth = deepest = 0
+    last_string, top_field, field = b"", b"", b""
+    for token in re.finditer(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', body):
+        text = token.group()
+        if text[0] == ord('"'):
+            last_string = text if depth == 1 else last_string
+        elif text in b"[{":
+            depth += 1
+            top_field = last_string if depth == 2 else top_field
+            if depth > deepest:
+                deepest, field = depth, top_field
+        else:
+            depth -= 1
+    try:
+        return json.loads(field) or "body"
+    except ValueError:
+        return "body"
 
 
 def field_of(message: str) -> str:

@@ -59,6 +59,12 @@ FAILED = Counter("llm_requests_failed", "Generations that ended with an error, b
 ROUTED = Counter("llm_engine_routed_requests", "Generations sent to each engine, by why the router chose it "
                  "(pinned, prefix, load)", ["engine", "reason"], registry=LOCAL)
 
+# Every labelled series exists from the start, at zero, so alerts and rates see it before its first event.
+for reason in ("stop", "length"):
+    FINISHED.labels(reason)
+for reason in ("engine_lost", "engine_refused", "request_timeout"):  # failure_reason() of generation's errors
+    FAILED.labels(reason)
+
 
 class GenerationMeter:
     """Times one generation and counts its tokens; `end()` files it under how it ended."""

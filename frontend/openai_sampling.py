@@ -4,8 +4,8 @@ n choices are n engine requests, fanned out here; with a seed, choice i gets see
 choices differ and each is reproducible.
 """
 from frontend.generation import GenerationSpec
-from frontend.http import HTTPError
 from frontend.openai_protocol import SamplingRequest
+from frontend.request_bounds import as_list
 
 # Fields passed to vLLM's SamplingParams under their own names, when given.
 ENGINE_FIELDS = (
@@ -29,16 +29,8 @@ def sampling_kwargs(body: SamplingRequest, max_tokens: int, structured: dict | N
 
 
 def token_biases(logit_bias: dict[str, float]) -> dict[int, float]:
-    try:
-        return {int(token): bias for token, bias in logit_bias.items()}
-    except ValueError:
-        raise HTTPError(400, "logit_bias keys must be token ids", "logit_bias") from None
-
-
-def stop_strings(body: SamplingRequest) -> list[str]:
-    if body.stop is None:
-        return []
-    return [body.stop] if isinstance(body.stop, str) else list(body.stop)
+    # The keys were checked to be token ids (frontend.request_bounds).
+    return {int(token): bias for token, bias in logit_bias.items()}
 
 
 def choice_specs(body: SamplingRequest, prompt_ids: list[int], sampling: dict) -> list[GenerationSpec]:
@@ -46,7 +38,7 @@ def choice_specs(body: SamplingRequest, prompt_ids: list[int], sampling: dict) -
     for i in range(body.n):
         seeded = sampling if body.seed is None else {**sampling, "seed": body.seed + i}
         specs.append(
-            GenerationSpec(prompt_ids, seeded, stop_strings(body), body.include_stop_str_in_output,
+            GenerationSpec(prompt_ids, seeded, as_list(body.stop), body.include_stop_str_in_output,
                            body.skip_special_tokens)
         )
     return specs

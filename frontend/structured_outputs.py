@@ -8,8 +8,11 @@ those characters escaped, and tool-call arguments are parsed with strict=False a
 import json
 from typing import Any
 
+import jsonschema
+
 from frontend.http import HTTPError
 from frontend.openai_protocol import NamedToolChoice, ResponseFormat, SamplingRequest, StructuredOutputs, Tool
+from frontend.request_bounds import check_depth
 from frontend.tool_parsers import ToolCall
 
 # Pads nothing between JSON tokens where the backend honours it per request; the engine-wide
@@ -17,13 +20,35 @@ from frontend.tool_parsers import ToolCall
 COMPACT = {"disable_any_whitespace": True}
 
 
-def requested_grammar(body: SamplingRequest) -> dict | None:
-    """The grammar from `response_format` or vLLM's `structured_outputs` extra, if any."""
+def requested_grammar(body: SamplingRequest, max_depth: int) -> dict | None:
+    """The grammar from `response_format` or vLLM's `structured_outputs` extra, if any, its JSON
+    schema checked (a worker thread's work: checking grows with the schema)."""
     from_format = response_format_grammar(body.response_format)
     from_extra = extra_grammar(body.structured_outputs)
     if from_format and from_extra:
         raise HTTPError(400, "give response_format or structured_outputs, not both", "structured_outputs")
+    if from_format and "json" in from_format:
+        check_schema(from_format["json"], max_depth, "response_format.json_schema.schema")
+    if from_extra and "json" in from_extra:
+        from_extra["json"] = check_schema(from_extra["json"], max_depth, "structured_outputs.json")
     return from_format or from_extra
+
+
+def check_schema(schema: dict | str, max_depth: int, field: str) -> dict:
+    """The schema as a dict, refused unless it is a valid JSON schema no deeper than `max_depth`."""
+    if isinstance(schema, str):
+        try:
+            schema = json.loads(schema)
+        except (ValueError, RecursionError):
+            raise HTTPError(400, f"{field} is not valid JSON", field) from None
+        if not isinstance(schema, dict):
+            raise HTTPError(400, f"{field} must be a JSON object", field)
+    check_depth(schema, max_depth, field)
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as error:
+        raise HTTPError(400, f"{field} is not a valid JSON schema: {error.message}", field) from None
+    return schema
 
 
 def response_format_grammar(response_format: ResponseFormat | None) -> dict | None:
@@ -92,7 +117,7 @@ def parse_lenient(text: str) -> Any:
     """The JSON value in `text`, raw control characters in strings allowed; None if it is not JSON."""
     try:
         return json.loads(text, strict=False)
-    except ValueError:
+    except (ValueError, RecursionError):  # a free-form object the model nested past Python's stack
         return None
 
 
@@ -129,28 +154,71 @@ class JsonText:
 
 
 class ForcedToolCalls:
-    """Reads the output of a tool grammar (`required`: an array of calls; a named function: its
-    arguments) once it is complete. Output that is not JSON (cut by max_tokens) stays content."""
+    """Reads the output of a tool grammar: for `required`, a JSON array of calls, each call handed
+    on as soon as its element is complete; for a named function, its arguments object, read once
+    the output ends. Output cut by max_tokens loses only the call it cut: it never becomes content."""
 
     def __init__(self, function_name: str | None = None):
         self.function_name = function_name
+        self.elements = JsonArrayElements()
         self.text = ""
 
     def feed(self, text: str) -> list:
-        self.text += text
-        return []
+        if self.function_name is not None:
+            self.text += text
+            return []
+        return [as_call(element) for element in self.elements.feed(text) if is_call(element)]
 
     def finish(self) -> list:
+        if self.function_name is None:
+            return []
         value = parse_lenient(self.text)
-        if self.function_name is not None:
-            return [ToolCall(self.function_name, as_arguments(value))] if value is not None else self.rest()
-        if isinstance(value, list) and value and all(is_call(item) for item in value):
-            return [ToolCall(item["name"], as_arguments(item["arguments"])) for item in value]
-        return self.rest()
+        return [ToolCall(self.function_name, as_arguments(value))] if isinstance(value, dict) else []
 
-    def rest(self) -> list:
-        return [self.text] if self.text else []
+
+def as_call(item: dict) -> ToolCall:
+    return ToolCall(item["name"], as_arguments(item["arguments"]))
 
 
 def is_call(item: Any) -> bool:
     return isinstance(item, dict) and isinstance(item.get("name"), str) and "arguments" in item
+
+
+class JsonArrayElements:
+    """The complete object and array elements of a JSON array that arrives in pieces, each parsed
+    (leniently) once its text is whole; each character is looked at once. Scalar elements are
+    skipped: a tool call is an object."""
+
+    def __init__(self):
+        self.depth = 0  # 1 inside the array, more inside an element
+        self.in_string = False
+        self.escaped = False
+        self.element: list[str] = []  # the text of the element being read
+
+    def feed(self, text: str) -> list:
+        complete = []
+        for char in text:
+            if self.depth >= 2:
+                self.element.append(char)
+            if self.in_string:
+                if self.escaped:
+                    self.escaped = False
+                elif char == "\\":
+                    self.escaped = True
+                elif char == '"':
+                    self.in_string = False
+            elif char == '"':
+                self.in_string = True
+            elif char in "[{":
+                self.depth += 1
+                if self.depth == 2:
+                    self.element.append(char)
+            elif char in "]}":
+                self.depth -= 1
+                if self.depth == 1:
+                    complete.append(self.element_done())
+        return [value for value in complete if value is not None]
+
+    def element_done(self):
+        text, self.element = "".join(self.element), []
+        return parse_lenient(text)

@@ -10,6 +10,7 @@ class Tokenizer:
         self.source = source
         self.hf = AutoTokenizer.from_pretrained(source)
         self.backend = self.hf.backend_tokenizer  # the Rust tokenizer: fast encode and decode
+        self.vocab_size = len(self.hf)  # added tokens included: every id a request may name is below it
         self.batcher = EncodeBatcher(self.backend)
 
     def encode(self, text: str) -> list[int]:

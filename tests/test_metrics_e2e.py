@@ -134,7 +134,7 @@ def test_stats_says_what_metrics_says(metered):
 def test_refusals_aborts_and_routes_are_counted_by_path_template(metered):
     before = scrape(metered.url)
     invalid = httpx.post(metered.url + "/generate", json={"prompt": ""}, timeout=30)
-    refused = httpx.post(metered.url + "/generate", json={"prompt": "x", "stop_token_ids": [10**6]}, timeout=30)
+    refused = httpx.post(metered.url + "/generate", json={"prompt": "x", "max_tokens": 2, "min_tokens": 5}, timeout=30)
     unknown = httpx.get(metered.url + "/no/such/page", timeout=30)
     wrong_method = httpx.get(metered.url + "/generate", timeout=30)
     model = httpx.get(metered.url + "/v1/models/tiny-llama", timeout=30)

@@ -120,14 +120,14 @@ def test_forced_named_call_reads_arguments_leniently_and_reserializes():
 
 def test_forced_required_calls_from_an_array():
     reader = ForcedToolCalls()
-    reader.feed('[{"name":"a","arguments":{"x":1}},{"name":"b","arguments":{}}]')
-    assert shape(reader.finish()) == [("a", {"x": 1}), ("b", {})]
+    calls = reader.feed('[{"name":"a","arguments":{"x":1}},{"name":"b","arguments":{}}]') + reader.finish()
+    assert shape(calls) == [("a", {"x": 1}), ("b", {})]
 
 
-def test_forced_output_cut_by_max_tokens_stays_content():
+def test_forced_output_cut_by_max_tokens_keeps_the_complete_calls_and_is_never_content():
     reader = ForcedToolCalls()
-    reader.feed('[{"name":"a","argu')
-    assert reader.finish() == ['[{"name":"a","argu']
+    calls = reader.feed('[{"name":"a","arguments":{"x":1}},{"name":"b","argu') + reader.finish()
+    assert shape(calls) == [("a", {"x": 1})]
 
 
 @pytest.mark.parametrize("size", [1, 2, 4, 100])
