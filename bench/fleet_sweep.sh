@@ -11,7 +11,8 @@
 # usage (repo root on the GPU host, bundle installed per ../shared/gpu/README.md, .gpu/model carried):
 #   DP=2 MODEL=/tmp/model setsid bash bench/fleet_sweep.sh /tmp/fleet-results > /tmp/fleet.log 2>&1 &
 # then `bash bench/gpu_collect.sh SECONDS` waits and packs what is done into $OUT (as gpu_sweep.sh).
-# STEPS picks steps, e.g. STEPS="prefix".
+# STEPS picks steps, e.g. STEPS="prefix"; RANDOM_LOADS, ONE_LOADS, PREFIX_LOADS and RANDOM_SERVERS override
+# what each step runs (side_by_side's --loads and --servers syntax).
 set -uo pipefail
 RESULTS=${1:-/tmp/fleet-results}
 DP=${DP:-2}
@@ -22,14 +23,14 @@ ARGS='"load_format": "dummy", "max_model_len": 4096, "max_num_batched_tokens": 8
 FLEET_ARGS="{$ARGS, \"max_num_seqs\": 256, \"data_parallel_size\": $DP}"
 ONE_ARGS="{$ARGS, \"max_num_seqs\": 256}"
 C=$((256 * DP))
-RANDOM_LOADS="128x1024@$C/$((2 * C)) 1024x128@$C/$((2 * C))"
-ONE_LOADS="128x1024@256/512 1024x128@256/512"
+RANDOM_LOADS=${RANDOM_LOADS:-"128x1024@$C/$((2 * C)) 1024x128@$C/$((2 * C))"}
+ONE_LOADS=${ONE_LOADS:-"128x1024@256/512 1024x128@256/512"}
 # 8·N prefixes of 2048 tokens (128 blocks of 16 each: 1,024 blocks for 8 of them) and a cache of
 # 2,560 blocks per engine: 8 prefixes and the running requests' own blocks fit one engine, all 8·N do not.
 PREFIX_LEN=${PREFIX_LEN:-2048}
 PREFIX_BLOCKS=${PREFIX_BLOCKS:-2560}
 PC=$((64 * DP))
-PREFIX_LOADS="p$PREFIX_LEN+128/$((8 * DP))x128@$PC/$((16 * PC))"
+PREFIX_LOADS=${PREFIX_LOADS:-"p$PREFIX_LEN+128/$((8 * DP))x128@$PC/$((16 * PC))"}
 PREFIX_ARGS="{$ARGS, \"max_num_seqs\": 256, \"data_parallel_size\": $DP, \"num_gpu_blocks_override\": $PREFIX_BLOCKS}"
 REUSE=$(command -v nginx >/dev/null || echo --reuse-port)
 mkdir -p "$RESULTS"
@@ -56,7 +57,7 @@ side_by_side() {  # NAME ENGINE_ARGS SERVERS... -- LOADS...
 step() {
     echo "#### step $1 at $(date +%T)"
     case $1 in
-        random) side_by_side random "$FLEET_ARGS" ours:4 vllm:1 "vllm:$DP" -- $RANDOM_LOADS ;;
+        random) side_by_side random "$FLEET_ARGS" ${RANDOM_SERVERS:-ours:4 vllm:1 "vllm:$DP"} -- $RANDOM_LOADS ;;
         prefix) side_by_side prefix "$PREFIX_ARGS" ours:4 ours:4@load "vllm:$DP" -- $PREFIX_LOADS ;;
         one)    side_by_side one "$ONE_ARGS" ours:4 -- $ONE_LOADS ;;
     esac
