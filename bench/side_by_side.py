@@ -156,7 +156,7 @@ def profile_later(server: Server, delay_s: float, out: Path) -> threading.Thread
 
 def run_load(server: Server, load: Load, args, out: Path, profile: bool, repeat: int) -> tuple[dict, dict | None]:
     """`vllm bench serve`'s result, and vLLM's timings of the load (None where /metrics has none)."""
-    name = f"{server.name}-{load.label}" + (f"-r{repeat}" if load.repeats > 1 else "")
+    name = f"{server.name}-{load.label.replace('/', 'of')}" + (f"-r{repeat}" if load.repeats > 1 else "")
     result_file = out / f"{name}.json"
     log = (out / f"{name}.bench.log").open("wb")
     profiler = profile_later(server, args.py_spy, server.run_dir) if profile else None
