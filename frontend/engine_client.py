@@ -284,7 +284,8 @@ class EngineClient:
         loads = {link.rank: link.score for link in self.links if link.up and link.rank not in refused}
         if not loads:
             raise EngineUnavailable("no engine is available")
-        rank, reason = self.router.pick(prompt_token_ids, loads)
+        waiting = {rank: self.links[rank].load.waiting for rank in loads}
+        rank, reason = self.router.pick(prompt_token_ids, loads, waiting)
         if scope is not None:
             scope.rank, scope.reason = rank, reason
         return self.links[rank], reason

@@ -3,12 +3,15 @@
 1. `X-data-parallel-rank: i` pins the request to engine i (as vLLM's API server accepts).
 2. Out of balance (the load scores of the most and least loaded engines differ by more than
    balance_abs_threshold and by more than balance_rel_threshold times): the least loaded.
-3. The engine this frontend routed the longest run of the prompt's leading blocks to, when that run
+3. Queueing: when the engine chosen below has requests waiting in its scheduler (its last heartbeat)
+   while another has none, the least loaded of those with none. A request queued behind a full
+   engine waits for a running one to finish, which costs far more than recomputing a prefix.
+4. The engine this frontend routed the longest run of the prompt's leading blocks to, when that run
    covers at least min_match_ratio of the prompt: it likely still holds them in its prefix cache.
-4. A prompt no engine holds goes to its home: the engine the first min_match_ratio of its blocks
+5. A prompt no engine holds goes to its home: the engine the first min_match_ratio of its blocks
    hash to (rendezvous hashing over the engines that are up). Every frontend computes the same home,
    so prompts sharing a prefix meet on one engine even when different frontends route them.
-5. A prompt shorter than one block: the least loaded.
+6. A prompt shorter than one block: the least loaded.
 Block hashes chain as vLLM's do (each hashes its parent's hash and its own token ids), so a block
 stands for the whole prefix up to it. What was routed where is remembered per engine, bounded,
 forgetting the least recently routed blocks first, and all of it when the engine restarts.
@@ -45,8 +48,10 @@ class Router:
         self.config = config
         self.cached: list[OrderedDict[int, None]] = [OrderedDict() for _ in range(engines)]
 
-    def pick(self, token_ids: list[int], loads: dict[int, float]) -> tuple[int, str]:
-        """(rank, reason) among `loads`, the load scores of the engines that are up."""
+    def pick(self, token_ids: list[int], loads: dict[int, float],
+             waiting: dict[int, int] | None = None) -> tuple[int, str]:
+        """(rank, reason) among `loads`, the load scores of the engines that are up; `waiting` is each
+        one's queue as its last heartbeat gave it."""
         least = min(loads, key=lambda rank: (loads[rank], rank))
         if self.config.policy == "load":
             return least, "load"
@@ -57,12 +62,20 @@ class Router:
             rank, reason = least, "load"
         else:
             rank, reason = self.holder(blocks, loads) or (self.home(blocks, loads), "prefix")
+            rank, reason = self.unqueued(rank, reason, loads, waiting or {})
         self.remember(rank, blocks)
         return rank, reason
 
     def out_of_balance(self, loads: dict[int, float]) -> bool:
         most, least = max(loads.values()), min(loads.values())
         return most - least > self.config.balance_abs_threshold and most > least * self.config.balance_rel_threshold
+
+    def unqueued(self, rank: int, reason: str, loads: dict[int, float], waiting: dict[int, int]) -> tuple[int, str]:
+        """`rank`, unless it has a queue while another engine has none: then the least loaded of those."""
+        free = [other for other in loads if not waiting.get(other)]
+        if not waiting.get(rank) or not free:
+            return rank, reason
+        return min(free, key=lambda other: (loads[other], other)), "load"
 
     def holder(self, blocks: list[int], loads: dict[int, float]) -> tuple[int, str] | None:
         """The engine holding the longest leading run of `blocks`, if it covers enough of the prompt."""

@@ -59,6 +59,18 @@ def test_a_load_gap_within_the_thresholds_keeps_the_prefix():
     assert policy.pick(prompt(1, 200, suffix=3), {first: 40.0, 1 - first: 30.0}) == (first, "prefix")
 
 
+def test_an_engine_with_a_queue_loses_the_prompt_to_one_without():
+    """Saturated engines: the prefix's engine has requests waiting, the other has none; a queued
+    request would wait for a whole generation to end, so the prompt goes where it starts at once."""
+    policy = router(balance_abs_threshold=32, balance_rel_threshold=1.5)
+    first, _ = policy.pick(prompt(1, 200), IDLE)
+    other = 1 - first
+    saturated = {first: 256.0 + 4 * 6, other: 250.0}  # within both thresholds
+    assert policy.pick(prompt(1, 200, suffix=2), saturated, {first: 6, other: 0}) == (other, "load")
+    # Both queueing (a KV cache too small for the load): the prefix keeps its engine.
+    assert policy.pick(prompt(1, 200, suffix=3), saturated, {first: 6, other: 2})[1] == "prefix"
+
+
 def test_short_prompts_and_the_load_policy_go_to_the_least_loaded():
     assert router().pick(list(range(BLOCK - 1)), {0: 5.0, 1: 1.0}) == (1, "load")
     load_only = router(policy="load")
