@@ -112,7 +112,7 @@ def run_engine_worker_process() -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    log.info("engine %s (rank %d) ready: requests on %s, outputs on %s", engine_id, rank, request_address,
+    log.info("engine %s ready (rank %d): requests on %s, outputs on %s", engine_id, rank, request_address,
              output_address)
     status = loop.serve()
     log.info("engine %s stopped%s", engine_id, f" ({loop.failure})" if loop.failure else "")

@@ -10,7 +10,9 @@
    covers at least min_match_ratio of the prompt: it likely still holds them in its prefix cache.
 5. A prompt no engine holds goes to its home: the engine the first min_match_ratio of its blocks
    hash to (rendezvous hashing over the engines that are up). Every frontend computes the same home,
-   so prompts sharing a prefix meet on one engine even when different frontends route them.
+   so prompts sharing a prefix meet on one engine even when different frontends route them. But
+   only while the home is within one queued request (HOME_SLACK) of the least loaded: a burst of
+   new prompts arrives faster than heartbeats, and hashing alone would pile them up unevenly.
 6. A prompt shorter than one block: the least loaded.
 Block hashes chain as vLLM's do (each hashes its parent's hash and its own token ids), so a block
 stands for the whole prefix up to it. What was routed where is remembered per engine, bounded,
@@ -26,6 +28,7 @@ from common.config import RouterConfig
 from frontend.http import HTTPError
 
 PIN_HEADER = "X-data-parallel-rank"
+HOME_SLACK = 4.0  # one waiting request in vLLM's load score
 
 
 def block_hashes(token_ids: list[int], block_size: int) -> list[int]:
@@ -61,7 +64,7 @@ class Router:
         if self.out_of_balance(loads):
             rank, reason = least, "load"
         else:
-            rank, reason = self.holder(blocks, loads) or (self.home(blocks, loads), "prefix")
+            rank, reason = self.holder(blocks, loads) or self.home(blocks, loads, least)
             rank, reason = self.unqueued(rank, reason, loads, waiting or {})
         self.remember(rank, blocks)
         return rank, reason
@@ -91,9 +94,12 @@ class Router:
             return None
         return best, "prefix"
 
-    def home(self, blocks: list[int], loads: dict[int, float]) -> int:
+    def home(self, blocks: list[int], loads: dict[int, float], least: int) -> tuple[int, str]:
         key = blocks[max(math.floor(self.config.min_match_ratio * len(blocks)), 1) - 1]
-        return max(loads, key=lambda rank: rendezvous(key, rank))
+        home = max(loads, key=lambda rank: rendezvous(key, rank))
+        if loads[home] - loads[least] > HOME_SLACK:
+            return least, "load"
+        return home, "prefix"
 
     def remember(self, rank: int, blocks: list[int]) -> None:
         cached = self.cached[rank]

@@ -128,6 +128,8 @@ def test_the_engine_shows_as_starting_while_it_loads_then_up(fresh_service, brow
         # Each frontend directly: asking nginx before they listen only fills its error log.
         for i in range(fresh_service.server["frontends"]):
             wait_for(lambda: stats(fresh_service.frontend_url(i)), 300, 0.5, f"frontend {i} to answer /stats")
+        # nginx starts once every frontend listens.
+        wait_for(lambda: stats(fresh_service.url), 60, 0.5, "nginx to answer /stats")
         browser.get(fresh_service.url + "/")
         wait_for(lambda: badges(browser) == ["starting"], 30, 0.2, "the starting badge")
         assert badges(browser, "textContent") == ["engine starting"]
@@ -187,7 +189,8 @@ def test_charts_fill_under_load_and_a_page_opened_later_shows_the_load_from_hist
     wait_for(lambda: int(browser.find_element(By.CSS_SELECTOR, '[data-chart="throughput"]')
                          .get_attribute("data-points") or 0) > 0, 30, 0.2, "the history on the charts")
     during_load = charted(browser, "throughput", load_started, load_ended)
-    assert len(during_load) >= 20
+    # One point a second is sampled; a busy machine may delay a few of them.
+    assert len(during_load) >= 0.5 * (load_ended - load_started)
     assert sum(1 for total, _, output in during_load if total and output) >= 10
     for chart in ("ttft", "tpot", "requests"):
         assert any(values[0] for values in charted(browser, chart, load_started, load_ended + 10))

@@ -81,8 +81,8 @@ def test_counters_match_the_requests_sent_whichever_frontend_answers(metered, to
         series("llm_e2e_request_latency_seconds_count"): count,
         series("llm_requests_in_flight"): 0,
         series("llm_requests_queued"): 0,
-        series("llm_engine_prompt_tokens_total"): prompt_tokens,
-        series("llm_engine_generation_tokens_total"): generated,
+        series("llm_engine_prompt_tokens_total", engine="0"): prompt_tokens,
+        series("llm_engine_generation_tokens_total", engine="0"): generated,
     }
     for url in (metered.url, metered.frontend_url(0), metered.frontend_url(1)):
         assert_changes(url, before, expected)
@@ -109,10 +109,11 @@ def test_vllm_own_series_count_the_same_requests(metered, tokenizer):
 def test_engine_figures_and_gpu_series(metered):
     wait_for(lambda: engine_idle(metered.url), 30, what="the engine to go idle")
     metrics = scrape(metered.url)
-    assert metrics[series("llm_engine_up")] == 1
-    assert metrics[series("llm_engine_running_requests")] == 0
-    assert metrics[series("llm_engine_waiting_requests")] == 0
-    assert 0 <= metrics[series("llm_engine_kv_cache_usage_ratio")] <= 1
+    # One engine, rank 0: its series carry engine="0".
+    assert metrics[series("llm_engine_up", engine="0")] == 1
+    assert metrics[series("llm_engine_running_requests", engine="0")] == 0
+    assert metrics[series("llm_engine_waiting_requests", engine="0")] == 0
+    assert 0 <= metrics[series("llm_engine_kv_cache_usage_ratio", engine="0")] <= 1
     gpu_series = {name for name, _ in metrics if name.startswith("llm_gpu_")}
     if has_gpu():
         assert {"llm_gpu_utilization_ratio", "llm_gpu_memory_used_bytes", "llm_gpu_power_watts"} <= gpu_series
