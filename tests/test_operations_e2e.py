@@ -80,7 +80,7 @@ def test_quiet_start_second_start_refused_status_and_stop(model_dir):
         status = service_command(deployment, "status")
         assert status.returncode == 0, status.stdout + status.stderr
         rows = dict(re.findall(r"^(\S+)\s+(\S+)", status.stdout, re.MULTILINE))
-        assert rows == {"engine": "RUNNING", "frontend:frontend-0": "RUNNING",
+        assert rows == {"engine-0": "RUNNING", "frontend:frontend-0": "RUNNING",
                         "frontend:frontend-1": "RUNNING", "nginx": "RUNNING"}
         pids = [int(pid) for pid in re.findall(r"pid (\d+),", status.stdout)]
 
