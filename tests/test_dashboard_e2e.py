@@ -107,6 +107,11 @@ def stats(url: str, **params) -> dict | None:
     return response.json() if response.status_code == 200 else None
 
 
+def engine_state(url: str) -> str | None:
+    answer = stats(url)
+    return answer["engines"][0]["state"] if answer else None
+
+
 def engine_pid(deployment: Deployment) -> int:
     try:
         return deployment.pid("engine-0")
@@ -217,8 +222,12 @@ def test_a_killed_engine_shows_as_restarting_and_a_stopped_one_as_down(fresh_ser
     wait_for(lambda: badges(browser) == ["up"], 30, 0.2, "the engine to show as up")
     os.kill(fresh_service.pid("engine-0"), signal.SIGKILL)
     wait_for(lambda: badges(browser) == ["restarting"], 30, 0.2, "the restarting badge")
-    assert stats(fresh_service.url)["engines"][0]["state"] == "restarting"
+    # Each frontend sees the heartbeats stop on its own clock: ask each one.
+    for i in range(fresh_service.server["frontends"]):
+        wait_for(lambda: engine_state(fresh_service.frontend_url(i)) == "restarting", 10, 0.2,
+                 f"frontend {i} to say restarting")
     fresh_service.supervisorctl("stop", "engine-0")
     wait_for(lambda: badges(browser) == ["down"], 60, 0.2, "the down badge")
-    assert stats(fresh_service.url)["engines"][0]["program"] == "STOPPED"
+    wait_for(lambda: (stats(fresh_service.url) or {}).get("engines", [{}])[0].get("program") == "STOPPED", 10, 0.2,
+             "supervisord's STOPPED in /stats")
     assert_clean_console(browser)
