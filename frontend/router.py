@@ -11,9 +11,9 @@
 5. A prompt no engine holds goes to its home: the engine the first min_match_ratio of its blocks
    hash to (rendezvous hashing over the engines that are up). Every frontend computes the same home,
    so prompts sharing a prefix meet on one engine even when different frontends route them. But
-   only while the home is no more loaded than the least loaded: a burst of new prompts arrives
-   faster than heartbeats, and hashing alone piles them up unevenly (each frontend counts its own
-   sends, so a burst is split evenly instead).
+   only while the home is within one queued request (HOME_SLACK) of the least loaded: a burst of
+   new prompts arrives faster than heartbeats, and hashing alone piles them up unevenly (each
+   frontend counts its own sends, so a burst is split nearly evenly instead).
 6. A prompt shorter than one block: the least loaded.
 Block hashes chain as vLLM's do (each hashes its parent's hash and its own token ids), so a block
 stands for the whole prefix up to it. What was routed where is remembered per engine, bounded,
@@ -29,6 +29,7 @@ from common.config import RouterConfig
 from frontend.http import HTTPError
 
 PIN_HEADER = "X-data-parallel-rank"
+HOME_SLACK = 4.0  # one waiting request in vLLM's load score
 
 
 def block_hashes(token_ids: list[int], block_size: int) -> list[int]:
@@ -97,7 +98,7 @@ class Router:
     def home(self, blocks: list[int], loads: dict[int, float], least: int) -> tuple[int, str]:
         key = blocks[max(math.floor(self.config.min_match_ratio * len(blocks)), 1) - 1]
         home = max(loads, key=lambda rank: rendezvous(key, rank))
-        if loads[home] > loads[least]:
+        if loads[home] - loads[least] > HOME_SLACK:
             return least, "load"
         return home, "prefix"
 

@@ -70,7 +70,7 @@ def test_a_burst_of_new_prompts_from_several_frontends_splits_evenly():
             rank, _ = frontend.pick(prompt(10_000 + len(frontends) * i + frontends.index(frontend), 128), own)
             own[rank] += 4
             sent[rank] += 1
-    assert sent == {0: 256, 1: 256}
+    assert abs(sent[0] - sent[1]) <= 8  # at most one request over per frontend and engine
 
 
 def test_an_engine_with_a_queue_loses_the_prompt_to_one_without():
