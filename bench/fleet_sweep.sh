@@ -17,8 +17,6 @@ set -uo pipefail
 RESULTS=${1:-/tmp/fleet-results}
 DP=${DP:-2}
 STEPS=${STEPS:-random prefix one}
-export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
-MODEL=${MODEL:-$PWD/.gpu/model}
 ARGS='"load_format": "dummy", "max_model_len": 4096, "max_num_batched_tokens": 8192, "gpu_memory_utilization": 0.85'
 FLEET_ARGS="{$ARGS, \"max_num_seqs\": 256, \"data_parallel_size\": $DP}"
 ONE_ARGS="{$ARGS, \"max_num_seqs\": 256}"
@@ -32,27 +30,7 @@ PREFIX_BLOCKS=${PREFIX_BLOCKS:-2560}
 PC=$((64 * DP))
 PREFIX_LOADS=${PREFIX_LOADS:-"p$PREFIX_LEN+128/$((8 * DP))x128@$PC/$((16 * PC))"}
 PREFIX_ARGS="{$ARGS, \"max_num_seqs\": 256, \"data_parallel_size\": $DP, \"num_gpu_blocks_override\": $PREFIX_BLOCKS}"
-REUSE=$(command -v nginx >/dev/null || echo --reuse-port)
-mkdir -p "$RESULTS"
-
-machine() {
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-    lscpu | grep -E "^Model name|^CPU\(s\)"
-    python3 -c "import vllm, torch, transformers as t; print('vllm', vllm.__version__, 'torch', torch.__version__,
-        'transformers', t.__version__)"
-    echo "nginx: $(command -v nginx || echo none, frontends use --reuse-port)"
-}
-
-PORT=7300
-side_by_side() {  # NAME ENGINE_ARGS SERVERS... -- LOADS...
-    local name=$1 engine_args=$2; shift 2
-    PORT=$((PORT + 100))
-    local servers=() loads=()
-    while [ "$1" != -- ]; do servers+=("$1"); shift; done; shift
-    loads=("$@")
-    python3 -m bench.side_by_side --model "$MODEL" --engine-args "$engine_args" $REUSE --warmups 8 --port $PORT \
-        --repeats "${REPEATS:-1}" --servers "${servers[@]}" --loads "${loads[@]}" --out "$RESULTS/$name"
-}
+source "$(dirname "$0")/gpu_common.sh"
 
 step() {
     echo "#### step $1 at $(date +%T)"

@@ -11,8 +11,6 @@
 set -uo pipefail
 RESULTS=${1:-/tmp/gpu-results}
 STEPS=${STEPS:-main vllm4 low ours12 engine high}
-export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
-MODEL=${MODEL:-$PWD/.gpu/model}
 ARGS='"load_format": "dummy", "max_model_len": 4096, "max_num_batched_tokens": 8192, "gpu_memory_utilization": 0.85'
 ENGINE_ARGS="{$ARGS, \"max_num_seqs\": 256}"
 WIDE_ENGINE_ARGS="{$ARGS, \"max_num_seqs\": 1024}"
@@ -26,27 +24,7 @@ REPEAT_LOADS="1024x128@64/128 1024x128@1/8 128x1024@64/128"
 # (LOAD*R); then four API processes where they were the best `vllm serve` before.
 FINAL_LOADS="128x1024@256/512 1024x128@256/512*2 128x1024@1/2*2 1024x128@1/8*3 128x1024@64/128*2 1024x128@64/128*3"
 FINAL4_LOADS="128x1024@256/512 1024x128@256/512*2 1024x128@64/128*3"
-# Without nginx on the host, our frontends share the port through SO_REUSEPORT.
-REUSE=$(command -v nginx >/dev/null || echo --reuse-port)
-mkdir -p "$RESULTS"
-
-machine() {
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-    lscpu | grep -E "^Model name|^CPU\(s\)"
-    python3 -c "import vllm, torch, transformers; print('vllm', vllm.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
-    echo "nginx: $(command -v nginx || echo none, frontends use --reuse-port)"
-}
-
-PORT=7300
-side_by_side() {  # NAME ENGINE_ARGS SERVERS... -- LOADS...
-    local name=$1 engine_args=$2; shift 2
-    PORT=$((PORT + 100))
-    local servers=() loads=()
-    while [ "$1" != -- ]; do servers+=("$1"); shift; done; shift
-    loads=("$@")
-    python3 -m bench.side_by_side --model "$MODEL" --engine-args "$engine_args" $REUSE --warmups 8 --port $PORT \
-        --repeats "${REPEATS:-1}" --servers "${servers[@]}" --loads "${loads[@]}" --out "$RESULTS/$name" ${PYSPY:+--py-spy $PYSPY}
-}
+source "$(dirname "$0")/gpu_common.sh"
 
 engine_alone() {  # the engine worker over ZeroMQ, then vLLM's LLMEngine loop, on one load
     local dir=$RESULTS/engine; mkdir -p "$dir"
