@@ -125,28 +125,39 @@ def as_arguments(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
-class JsonText:
-    """Streams grammar-made JSON on as it comes, escaping raw control characters inside strings."""
+class JsonStrings:
+    """Where JSON text that arrives one character at a time stands: inside a string or not."""
 
     def __init__(self):
         self.in_string = False
         self.escaped = False
 
+    def step(self, char: str) -> bool:
+        """Take one character; True when it stands outside every string (structure, not text)."""
+        if self.in_string:
+            if self.escaped:
+                self.escaped = False
+            elif char == "\\":
+                self.escaped = True
+            elif char == '"':
+                self.in_string = False
+            return False
+        self.in_string = char == '"'
+        return not self.in_string
+
+
+class JsonText:
+    """Streams grammar-made JSON on as it comes, escaping raw control characters inside strings."""
+
+    def __init__(self):
+        self.strings = JsonStrings()
+
     def feed(self, text: str) -> list:
         out = []
         for char in text:
-            if self.in_string:
-                if self.escaped:
-                    self.escaped = False
-                elif char == "\\":
-                    self.escaped = True
-                elif char == '"':
-                    self.in_string = False
-                elif char < " ":
-                    char = json.dumps(char)[1:-1]
-            elif char == '"':
-                self.in_string = True
-            out.append(char)
+            raw = self.strings.in_string and not self.strings.escaped and char < " "
+            self.strings.step(char)
+            out.append(json.dumps(char)[1:-1] if raw else char)
         return ["".join(out)] if out else []
 
     def finish(self) -> list:
@@ -191,8 +202,7 @@ class JsonArrayElements:
 
     def __init__(self):
         self.depth = 0  # 1 inside the array, more inside an element
-        self.in_string = False
-        self.escaped = False
+        self.strings = JsonStrings()
         self.element: list[str] = []  # the text of the element being read
 
     def feed(self, text: str) -> list:
@@ -200,16 +210,9 @@ class JsonArrayElements:
         for char in text:
             if self.depth >= 2:
                 self.element.append(char)
-            if self.in_string:
-                if self.escaped:
-                    self.escaped = False
-                elif char == "\\":
-                    self.escaped = True
-                elif char == '"':
-                    self.in_string = False
-            elif char == '"':
-                self.in_string = True
-            elif char in "[{":
+            if not self.strings.step(char):
+                continue
+            if char in "[{":
                 self.depth += 1
                 if self.depth == 2:
                     self.element.append(char)
