@@ -1,7 +1,6 @@
 """The frontend's tokenizer follower outlives a tokenizer that fails to load, and tries again; the
 engine client here is real but never connected, and the loads are a fake (FakeTokenizer)."""
 import asyncio
-import logging
 
 from common.config import ServerConfig
 from common.messages import Welcome
