@@ -11,7 +11,7 @@ import argparse
 import os
 import time
 
-from bench.metrics import RequestResult, report, save, summarize
+from bench.request_timings import RequestResult, report, save, summarize
 from bench.workload import Workload
 from bench.zmq_bench import sampling
 from common.config import load_inference, load_server

@@ -19,7 +19,7 @@ import time
 import aiohttp
 from tqdm import tqdm
 
-from bench.metrics import RequestResult, report, save, summarize
+from bench.request_timings import RequestResult, report, save, summarize
 from bench.workload import Workload
 
 DEFAULT_TOKENIZER = ".data/tiny-llama"

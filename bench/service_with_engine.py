@@ -1,6 +1,6 @@
 """`python -m common.service` with another module as the engine program (bench experiments).
 
-    python -m bench.service_with_engine bench.eager_intake
+    python -m bench.service_with_engine bench.experiments.eager_intake
 """
 import sys
 

@@ -6,7 +6,7 @@ both driven by `vllm bench serve` on /v1/completions. One command runs the whole
         --out bench/results/cpu
 
 --servers: ours:N (N frontends; ours:N:MODULE runs MODULE as the engine program, e.g.
-bench.eager_intake; ours:N@load routes by load alone, server.yml's router.policy) and vllm:K
+bench.experiments.eager_intake; ours:N@load routes by load alone, server.yml's router.policy) and vllm:K
 (`--api-server-count K`), run in the order given. data_parallel_size in --engine-args means N engine
 workers for ours and `--data-parallel-size N` for vllm serve.
 --loads: INxOUT@CONCURRENCY[/PROMPTS][*REPEATS], e.g. 128x1024@256/512*2 (prompts default to 2 x

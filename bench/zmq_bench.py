@@ -16,7 +16,7 @@ import uuid
 
 import zmq
 
-from bench.metrics import RequestResult, report, save, summarize
+from bench.request_timings import RequestResult, report, save, summarize
 from bench.workload import Workload
 from common.config import ROOT, load_server
 from common.messages import BROADCAST_TOPIC, Add, Hello, StepOutput, Welcome, encode, output_decoder, topic_for
@@ -28,7 +28,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--start-engine", action="store_true",
                         help="start `python -m engine_worker` (SERVER_CONFIG, INFERENCE_CONFIG) and stop it after")
     parser.add_argument("--engine-module", default="engine_worker",
-                        help="what --start-engine runs (bench.engine_probe: the worker with timers)")
+                        help="what --start-engine runs (bench.experiments.engine_probe: the worker with timers)")
     parser.add_argument("--concurrency", "-c", type=int, default=32)
     parser.add_argument("--requests", "-n", type=int, default=128)
     parser.add_argument("--input-len", type=int, default=128)

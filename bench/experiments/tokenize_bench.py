@@ -1,7 +1,7 @@
 """A burst of long prompts arriving at one frontend: how long the event loop stalls while they are
 encoded, and when the last one is ready, encoded on the loop (as before) or through EncodeBatcher.
 
-    .venv/bin/python -m bench.tokenize_bench --model .gpu/model --prompts 16 --input-len 1024
+    .venv/bin/python -m bench.experiments.tokenize_bench --model .gpu/model --prompts 16 --input-len 1024
 
 Prompts are random token ids decoded to text, as `vllm bench serve --dataset-name random` makes
 them. A ticker task measures the loop's longest gap: what every stream of that frontend waits.

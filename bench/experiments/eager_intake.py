@@ -5,11 +5,12 @@ the engine core's next output: an ADD that arrives meanwhile waits in the inbox 
 step (a prefill step of a large batch takes 50 to 200 ms on the GPU host). Here vLLM's output
 thread also puts a marker into the inbox whenever an output arrives, and the loop handles whatever
 comes first: requests go to the core the moment they arrive, each output is read when it is there.
-Run as the engine module (`python -m bench.eager_intake`), with bench.engine_probe's timers on.
+Run as the engine module (`python -m bench.experiments.eager_intake`), with
+bench.experiments.engine_probe's timers on.
 """
 import queue
 
-from bench import engine_probe
+from bench.experiments import engine_probe
 from engine_worker.step_loop import StepLoop
 
 OUTPUT_READY = object()

@@ -1,7 +1,7 @@
 """The benchmark model for the GPU host: a Llama-3-8B shape whose weights vLLM fills at random
 (`load_format: dummy`), so only config.json and a tokenizer travel.
 
-    .venv/bin/python -m bench.gpu_model .gpu/model      (about 20 s, deterministic)
+    .venv/bin/python -m bench.gpu.gpu_model .gpu/model      (about 20 s, deterministic)
 
 Shape as ../shared/gpu/README.md gives it: hidden 4096, 32 layers, 32 heads, 8 KV heads,
 intermediate 14336, a 32000-token byte-level BPE tokenizer trained on the standard library.

@@ -1,7 +1,7 @@
 """The engine worker with timers on its loop, to see where a request's time goes inside it.
 
-    PROBE_OUT=probe.json python -m bench.engine_probe        (as `python -m engine_worker`)
-    python -m bench.zmq_bench --start-engine --engine-module bench.engine_probe ...
+    PROBE_OUT=probe.json python -m bench.experiments.engine_probe        (as `python -m engine_worker`)
+    python -m bench.zmq_bench --start-engine --engine-module bench.experiments.engine_probe ...
 
 Measures, without changing the worker's code: how long each ADD waits in the inbox between
 the request reader and the step loop (an ADD that arrives while `engine.step()` blocks waits for

@@ -5,8 +5,8 @@
 # on a host held for less, run it in parts with STEPS).
 # STEPS picks steps, e.g. STEPS="final final4" (run 5: every target point on one machine, ~30 min).
 # usage (repo root on the GPU host, bundle installed per ../shared/gpu/README.md, .gpu/model carried):
-#   MODEL=/tmp/model setsid bash bench/gpu_sweep.sh /tmp/gpu-results > /tmp/sweep.log 2>&1 &
-# then, in later calls, `bash bench/gpu_collect.sh SECONDS` waits and packs what is done into $OUT.
+#   MODEL=/tmp/model setsid bash bench/gpu/gpu_sweep.sh /tmp/gpu-results > /tmp/sweep.log 2>&1 &
+# then, in later calls, `bash bench/gpu/gpu_collect.sh SECONDS` waits and packs what is done into $OUT.
 # Runs longer than one device command may; it is started in its own session for that reason.
 set -uo pipefail
 RESULTS=${1:-/tmp/gpu-results}
@@ -16,7 +16,8 @@ ENGINE_ARGS="{$ARGS, \"max_num_seqs\": 256}"
 WIDE_ENGINE_ARGS="{$ARGS, \"max_num_seqs\": 1024}"
 MAIN_LOADS="128x1024@256/512 1024x128@256/512"
 LOW_LOADS="128x1024@1/4 128x1024@64/128 1024x128@1/8 1024x128@64/128"
-# The loads where our TTFT trailed: the engine loop as it is (with timers) against bench/eager_intake.py.
+# The loads where our TTFT trailed: the engine loop as it is (with timers) against
+# bench/experiments/eager_intake.py.
 EAGER_LOADS="128x1024@1/4 128x1024@64/128 1024x128@64/128 1024x128@256/512"
 # The same, three times each, with vLLM's own timings of every run (queue, prefill) from /metrics.
 REPEAT_LOADS="1024x128@64/128 1024x128@1/8 128x1024@64/128"
@@ -48,7 +49,8 @@ step() {
         low)    side_by_side low "$ENGINE_ARGS" ours:4 vllm:4 vllm:1 -- $LOW_LOADS ;;
         ours12) side_by_side ours12 "$ENGINE_ARGS" ours:1 ours:2 -- $MAIN_LOADS ;;
         pyspy)  PYSPY=25 side_by_side pyspy "$ENGINE_ARGS" ours:4 -- 128x1024@256/512 ;;
-        eager)  side_by_side eager "$ENGINE_ARGS" ours:4:bench.engine_probe ours:4:bench.eager_intake vllm:4 -- $EAGER_LOADS ;;
+        eager)  side_by_side eager "$ENGINE_ARGS" ours:4:bench.experiments.engine_probe \
+                    ours:4:bench.experiments.eager_intake vllm:4 -- $EAGER_LOADS ;;
         ours2)  side_by_side ours2 "$ENGINE_ARGS" ours:2 -- $MAIN_LOADS ;;
         rep)    REPEATS=3 side_by_side rep "$ENGINE_ARGS" ours:4 vllm:4 -- $REPEAT_LOADS ;;
         rep1)   REPEATS=3 side_by_side rep1 "$ENGINE_ARGS" vllm:1 -- $REPEAT_LOADS ;;

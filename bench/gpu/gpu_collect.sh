@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Wait for the background sweep (bench/gpu_sweep.sh) up to SECONDS, then pack what it has into $OUT.
-# usage: bash bench/gpu_collect.sh SECONDS [RESULTS]
+# Wait for the background sweep (bench/gpu/gpu_sweep.sh) up to SECONDS, then pack what it has into $OUT.
+# usage: bash bench/gpu/gpu_collect.sh SECONDS [RESULTS]
 RESULTS=${2:-/tmp/gpu-results}
 deadline=$((SECONDS + ${1:-0}))
 while [ $SECONDS -lt $deadline ] && [ ! -f "$RESULTS/finished" ]; do sleep 5; done

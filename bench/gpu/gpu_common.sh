@@ -1,4 +1,4 @@
-# What bench/gpu_sweep.sh and bench/fleet_sweep.sh share on the GPU host: the environment of the
+# What bench/gpu/gpu_sweep.sh and bench/gpu/fleet_sweep.sh share on the GPU host: the environment of the
 # bundle, the machine's description, and one side-by-side step. Sourced after RESULTS is set.
 export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
 MODEL=${MODEL:-$PWD/.gpu/model}
