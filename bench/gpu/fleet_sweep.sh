@@ -10,7 +10,8 @@
 #           (`ours:4@load`), vllm DP=N. Each row has the load's prefix-cache hit rate.
 # usage (repo root on the GPU host, bundle installed per ../shared/gpu/README.md, .gpu/model carried):
 #   DP=2 MODEL=/tmp/model setsid bash bench/gpu/fleet_sweep.sh /tmp/fleet-results > /tmp/fleet.log 2>&1 &
-# then `bash bench/gpu/gpu_collect.sh SECONDS` waits and packs what is done into $OUT (as gpu_sweep.sh).
+# then `LOG=/tmp/fleet.log bash bench/gpu/gpu_collect.sh SECONDS /tmp/fleet-results` waits and packs what is
+# done into $OUT.
 # STEPS picks steps, e.g. STEPS="prefix"; RANDOM_LOADS, ONE_LOADS, PREFIX_LOADS and RANDOM_SERVERS override
 # what each step runs (side_by_side's --loads and --servers syntax).
 set -uo pipefail
