@@ -108,7 +108,7 @@ class OurService(Server):
     def __init__(self, out_dir: Path, port: int, model: str, engine_args: dict, frontends: int,
                  reuse_port: bool = False, cpu_kv_cache_gib: int = 2, engine_module: str = "engine_worker",
                  router_policy: str = "prefix"):
-        variant = "" if engine_module == "engine_worker" else "-" + engine_module.rpartition(".")[2]
+        variant = "" if engine_module == "engine_worker" else "-" + engine_module.split("+")[0].rpartition(".")[2]
         dp = engine_args.get("data_parallel_size", 1)
         variant += (f"-dp{dp}" if dp > 1 else "") + ("-load" if router_policy == "load" else "")
         self.name = f"ours-{frontends}fe{variant}"
@@ -128,7 +128,8 @@ class OurService(Server):
         (self.run_dir / "inference.yml").write_text(yaml.safe_dump(self.inference_config))
         if self.engine_module == "engine_worker":
             return [sys.executable, "-m", "common.service"]
-        return [sys.executable, "-m", "bench.service_with_engine", self.engine_module]
+        # ENGINE+FRONTEND: a module for each program
+        return [sys.executable, "-m", "bench.service_with_engine", *self.engine_module.split("+")]
 
     def environment(self) -> dict:
         return {**os.environ, "SERVER_CONFIG": str(self.run_dir / "server.yml"),

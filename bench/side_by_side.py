@@ -6,7 +6,8 @@ both driven by `vllm bench serve` on /v1/completions. One command runs the whole
         --out bench/results/cpu
 
 --servers: ours:N (N frontends; ours:N:MODULE runs MODULE as the engine program, e.g.
-bench.experiments.eager_intake; ours:N@load routes by load alone, server.yml's router.policy) and vllm:K
+bench.experiments.eager_intake, and ours:N:ENGINE+FRONTEND a module for each program, e.g.
+bench.experiments.request_trace+bench.experiments.request_trace; ours:N@load routes by load alone, server.yml's router.policy) and vllm:K
 (`--api-server-count K`), run in the order given. data_parallel_size in --engine-args means N engine
 workers for ours and `--data-parallel-size N` for vllm serve.
 --loads: INxOUT@CONCURRENCY[/PROMPTS][*REPEATS], e.g. 128x1024@256/512*2 (prompts default to 2 x
@@ -27,7 +28,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench import vllm_timings
+from bench import process_cpu, vllm_timings
 from bench.services import OurService, Server, VllmServe
 from common.config import ROOT
 
@@ -162,6 +163,7 @@ def run_load(server: Server, load: Load, args, out: Path, profile: bool, repeat:
     profiler = profile_later(server, args.py_spy, server.run_dir) if profile else None
     metrics_before = scrape_timings(server)
     cache_before = scrape_prefix_cache(server)
+    cpu_before = process_cpu.snapshot(server.processes())
     started = time.monotonic()
     finished = subprocess.run(bench_command(server, load, args, result_file, repeat), stdout=log, stderr=subprocess.STDOUT,
                               check=False)
@@ -175,6 +177,8 @@ def run_load(server: Server, load: Load, args, out: Path, profile: bool, repeat:
     if metrics_before is not None and metrics_after is not None:
         timings = vllm_timings.summarize(vllm_timings.difference(metrics_before, metrics_after)) or None
     result = json.loads(result_file.read_text())
+    result["cpu_us_per_output_token"] = process_cpu.per_token_us(
+        cpu_before, process_cpu.snapshot(server.processes()), result.get("total_output_tokens", 0))
     cache_after = scrape_prefix_cache(server)
     if cache_before and cache_after:
         queries, hits = (after - before for before, after in zip(cache_before, cache_after))
@@ -231,13 +235,19 @@ def table_line(row: dict) -> str:
         f"{row.get('repeat', 1)} | {result['completed']}/{load['prompts']} | {result['output_throughput']:,.0f} | "
         f"{result['request_throughput']:.2f} | {result['median_ttft_ms']:.1f} / {result['p99_ttft_ms']:.1f} | "
         f"{result['median_tpot_ms']:.2f} / {result['p99_tpot_ms']:.2f} | {result['median_itl_ms']:.2f} | "
-        f"{timings_cell(row.get('vllm_timings'))} | {hit_rate_cell(result)} | {row['ready_s']:.0f} |"
+        f"{timings_cell(row.get('vllm_timings'))} | {hit_rate_cell(result)} | {cpu_cell(result)} | {row['ready_s']:.0f} |"
     )
 
 
 def hit_rate_cell(result: dict) -> str:
     rate = result.get("prefix_cache_hit_rate")
     return "-" if rate is None else f"{100 * rate:.1f}%"
+
+
+def cpu_cell(result: dict) -> str:
+    """µs of CPU per output token by role (the engine core's left out: the same on both sides)."""
+    spent = result.get("cpu_us_per_output_token") or {}
+    return ", ".join(f"{role} {us:.0f}" for role, us in sorted(spent.items()) if role != "engine core") or "-"
 
 
 def timings_cell(timings: dict | None) -> str:
@@ -250,8 +260,8 @@ def timings_cell(timings: dict | None) -> str:
 
 TABLE_HEAD = (
     "| server | in/out | C | run | done | output tok/s | req/s | TTFT p50 / p99 ms | TPOT p50 / p99 ms | ITL p50 ms | "
-    "vLLM's TTFT / queue / prefill, frontend's TTFT, mean ms | prefix cache hits | ready s |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "vLLM's TTFT / queue / prefill, frontend's TTFT, mean ms | prefix cache hits | CPU µs per output token | ready s |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
