@@ -3,7 +3,6 @@ host's data_parallel_size takes its own GPUs and addresses."""
 import argparse
 import logging
 import os
-import queue
 import signal
 import sys
 import uuid
@@ -81,7 +80,7 @@ def run_engine_worker_process() -> None:
 
     from common.curve import start_authenticator
     from common.sockets import curve_keys_dir
-    from engine_worker.admission import VllmRequests, start_admission
+    from engine_worker.admission import VllmRequests, admitter
     from engine_worker.io_threads import OutputPublisher, start_request_reader
     from engine_worker.load import LoadTracker
     from engine_worker.step_loop import StepLoop
@@ -102,9 +101,8 @@ def run_engine_worker_process() -> None:
         engine, engine_id, served_name(inference), model, publisher, load,
         server.engine.heartbeat_interval_s,
     )
-    intake: queue.Queue = queue.Queue()
-    start_admission(intake, loop.inbox, VllmRequests(engine))
-    start_request_reader(context, request_address, server.engine, intake, on_death=loop.fail)
+    admit = admitter(loop.inbox, VllmRequests(engine))
+    start_request_reader(context, request_address, server.engine, admit, on_death=loop.fail)
 
     def stop(signum, frame):
         log.info("signal %d: finishing", signum)

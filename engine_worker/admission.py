@@ -1,12 +1,12 @@
-"""Admission: each ADD is checked and turned into vLLM's request on a thread of its own, so vLLM's
-per-request work (SamplingParams checks, structured-output grammar validation, bad_words
-tokenization) never holds up the step loop. Messages keep their order on the way: an ABORT or a
-HELLO waits behind the ADDs that arrived before it.
+"""Admission: each ADD is checked and turned into vLLM's request on the thread that reads the request
+socket, so vLLM's per-request work (SamplingParams checks, structured-output grammar validation,
+bad_words tokenization) never holds up the step loop, and an ADD reaches the loop's inbox with no
+thread between the socket and it. Messages keep their order: an ABORT or a HELLO waits behind the
+ADDs that arrived before it.
 """
 import inspect
 import logging
 import queue
-import threading
 
 from common.messages import Add
 from engine_worker.step_loop import Admitted, Refused
@@ -14,8 +14,9 @@ from engine_worker.step_loop import Admitted, Refused
 log = logging.getLogger(__name__)
 
 
-def start_admission(intake: queue.Queue, inbox: queue.Queue, prepare) -> None:
-    """Move (time received, message) from `intake` to `inbox`, each ADD as Admitted or Refused."""
+def admitter(inbox: queue.Queue, prepare):
+    """What the request reader hands each (time received, message) to: it puts the message into
+    `inbox`, each ADD as Admitted or Refused."""
 
     def admit(received_at: float, message) -> None:
         if type(message) is Add:
@@ -25,15 +26,7 @@ def start_admission(intake: queue.Queue, inbox: queue.Queue, prepare) -> None:
                 message = Refused(message, str(error))
         inbox.put((received_at, message))
 
-    def admit_forever():
-        while True:
-            received_at, message = intake.get()
-            try:
-                admit(received_at, message)
-            except Exception:
-                log.exception("dropped a %s", type(message).__name__)
-
-    threading.Thread(target=admit_forever, name="admission", daemon=True).start()
+    return admit
 
 
 class VllmRequests:

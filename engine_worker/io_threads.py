@@ -1,6 +1,7 @@
 """The engine's sockets, each owned by one thread, so the step loop never touches a socket.
 
-Requests: PULL socket -> decode -> inbox queue, as (time received, message).
+Requests: PULL socket -> decode -> `deliver(time received, message)` (admission, which fills the
+step loop's inbox).
 Outputs: outbox queue -> number per frontend -> PUB socket, plus a heartbeat on the broadcast
 topic every interval, sent even while the step loop is inside a long step.
 Each thread outlives a message it cannot handle (it logs it); a socket that fails for good ends
@@ -26,7 +27,7 @@ STOP = object()
 FORGET = object()
 
 
-def start_request_reader(context, address: str, link: EngineLink, inbox: queue.Queue, on_death):
+def start_request_reader(context, address: str, link: EngineLink, deliver, on_death):
     socket = make_socket(context, zmq.PULL, address, bind=True, link=link)
 
     def read_forever():
@@ -41,11 +42,17 @@ def start_request_reader(context, address: str, link: EngineLink, inbox: queue.Q
 
     def read(frame: bytes) -> None:
         try:
-            inbox.put((time.time(), request_decoder.decode(frame)))
+            message = request_decoder.decode(frame)
         except msgspec.DecodeError as error:
             log.warning("dropped an undecodable request message: %s", error)
+            return
         except Exception:
             log.exception("dropped a request message (%d bytes)", len(frame))
+            return
+        try:
+            deliver(time.time(), message)
+        except Exception:
+            log.exception("dropped a %s", type(message).__name__)
 
     threading.Thread(target=read_forever, name="request-reader", daemon=True).start()
 

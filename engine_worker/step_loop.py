@@ -1,7 +1,8 @@
 """The step loop: apply what arrived, run one engine step, hand the outputs to the publisher.
 
-It only steps: each ADD reaches it already checked and turned into vLLM's request by the admission
-thread (engine_worker/admission.py), so no request's validation holds up the others' steps.
+It only steps: each ADD reaches it already checked and turned into vLLM's request by admission, on
+the request reader's thread (engine_worker/admission.py), so no request's validation holds up the
+others' steps.
 
 Who aborts and who cleans up:
 

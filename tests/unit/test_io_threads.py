@@ -24,7 +24,8 @@ def test_the_request_reader_outlives_bad_messages(addresses, caplog):
     context = zmq.Context()
     inbox: queue.Queue = queue.Queue()
     deaths = []
-    start_request_reader(context, addresses[0], LINK, inbox, on_death=deaths.append)
+    start_request_reader(context, addresses[0], LINK, lambda at, message: inbox.put((at, message)),
+                         on_death=deaths.append)
     push = context.socket(zmq.PUSH)
     push.connect(addresses[0])
     for frame in [b"", b"\xff\x00garbage", encode({"not": "a request"}), encode(["hello", 5]), encode(["nope", "x"])]:

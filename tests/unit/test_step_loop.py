@@ -7,7 +7,7 @@ import pytest
 
 from common.messages import Abort, Add, Goodbye, Hello, StepOutput, Welcome
 from engine_worker import step_loop
-from engine_worker.admission import start_admission
+from engine_worker.admission import admitter
 from engine_worker.step_loop import Admitted, StepLoop
 
 ENGINE_ID = "engine-1"
@@ -108,27 +108,26 @@ def test_a_refused_request_gets_an_error_and_others_go_on(loop):
 
 
 def test_admission_refuses_what_vllm_refuses_and_keeps_the_order():
-    intake, inbox = queue.Queue(), queue.Queue()
+    inbox = queue.Queue()
 
     def prepare(message, received_at):
         if message.sampling.get("bad"):
             raise ValueError("bad sampling")
         return Admitted(message, "prompt", "params")
 
-    start_admission(intake, inbox, prepare)
-    intake.put((1.0, Add("a", "fe~1", [1], {"bad": True})))
-    intake.put((2.0, Add("b", "fe~1", [1], {})))
-    intake.put((3.0, Abort(["b"])))
+    admit = admitter(inbox, prepare)
+    admit(1.0, Add("a", "fe~1", [1], {"bad": True}))
+    admit(2.0, Add("b", "fe~1", [1], {}))
+    admit(3.0, Abort(["b"]))
     got = [inbox.get(timeout=5) for _ in range(3)]
     assert [type(m).__name__ for _, m in got] == ["Refused", "Admitted", "Abort"]
     assert got[0][1].error == "bad sampling"
 
 
 def test_a_refusal_from_admission_reaches_its_frontend(loop):
-    intake = queue.Queue()
-    start_admission(intake, loop.inbox, lambda message, at: (_ for _ in ()).throw(ValueError("schema too deep")))
+    admit = admitter(loop.inbox, lambda message, at: (_ for _ in ()).throw(ValueError("schema too deep")))
     loop.handle(0.0, Hello("host-0~aa"))
-    intake.put((0.0, Add("r1", "host-0~aa", [1], {})))
+    admit(0.0, Add("r1", "host-0~aa", [1], {}))
     loop.take_requests(block=True)
     [delta] = loop.publisher.deltas("host-0~aa")
     assert (delta.request_id, delta.finish_reason, delta.error) == ("r1", "error", "schema too deep")
