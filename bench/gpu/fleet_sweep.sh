@@ -12,7 +12,7 @@
 #   DP=2 MODEL=/tmp/model setsid bash bench/gpu/fleet_sweep.sh /tmp/fleet-results > /tmp/fleet.log 2>&1 &
 # then `LOG=/tmp/fleet.log bash bench/gpu/gpu_collect.sh SECONDS /tmp/fleet-results` waits and packs what is
 # done into $OUT.
-# STEPS picks steps, e.g. STEPS="prefix"; RANDOM_LOADS, ONE_LOADS, PREFIX_LOADS and RANDOM_SERVERS override
+# STEPS picks steps, e.g. STEPS="prefix"; RANDOM_LOADS, ONE_LOADS, PREFIX_LOADS, RANDOM_SERVERS and PREFIX_SERVERS override
 # what each step runs (side_by_side's --loads and --servers syntax).
 set -uo pipefail
 RESULTS=${1:-/tmp/fleet-results}
@@ -37,7 +37,7 @@ step() {
     echo "#### step $1 at $(date +%T)"
     case $1 in
         random) side_by_side random "$FLEET_ARGS" ${RANDOM_SERVERS:-ours:4 vllm:1 "vllm:$DP"} -- $RANDOM_LOADS ;;
-        prefix) side_by_side prefix "$PREFIX_ARGS" ours:4 ours:4@load "vllm:$DP" -- $PREFIX_LOADS ;;
+        prefix) side_by_side prefix "$PREFIX_ARGS" ${PREFIX_SERVERS:-ours:4 ours:4@load "vllm:$DP"} -- $PREFIX_LOADS ;;
         one)    side_by_side one "$ONE_ARGS" ours:4 -- $ONE_LOADS ;;
     esac
     echo "#### step $1 done at $(date +%T)"
