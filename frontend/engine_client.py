@@ -78,7 +78,7 @@ class EngineLink:
         self.seq = 0
         self.last_heartbeat = 0.0
         self.load = EngineLoad()
-        self.sent_since_heartbeat = 0
+        self.in_flight_at_heartbeat = 0
         self.draining = False  # the engine said GOODBYE: it takes no new request
         self.welcome: Welcome | None = None
         self.tasks: list[asyncio.Task] = []
@@ -97,8 +97,12 @@ class EngineLink:
 
     @property
     def score(self) -> float:
-        """vLLM's load score, 4 x waiting + running, with our sends since the last heartbeat as waiting."""
-        return 4 * (self.load.waiting + self.sent_since_heartbeat) + self.load.running
+        """vLLM's load score, 4 x waiting + running, as of the last heartbeat, moved by what this frontend
+        changed since: each request it sent counts as waiting, each of its requests that ended frees as
+        much. Requests with the same output length end together, so an engine frees a wave of slots
+        at once; the frontends that sent them see it now rather than at the next heartbeat."""
+        net = len(self.streams) - self.in_flight_at_heartbeat
+        return max(0, 4 * (self.load.waiting + net) + self.load.running)
 
     def heartbeat_fresh(self) -> bool:
         return self.ready and time.monotonic() - self.last_heartbeat <= self.config.heartbeat_timeout_s
@@ -121,7 +125,6 @@ class EngineLink:
             raise EngineUnavailable(f"engine {self.rank} is not connected")
         queue = RequestQueue(deadline)
         self.streams[request_id] = queue
-        self.sent_since_heartbeat += 1
         return queue
 
     def release(self, request_id: str, abort: bool) -> None:
@@ -195,7 +198,7 @@ class EngineLink:
 
     def on_heartbeat(self, message: Heartbeat) -> None:
         self.load = message.load
-        self.sent_since_heartbeat = 0
+        self.in_flight_at_heartbeat = len(self.streams)
         if self.engine_id not in (None, message.engine_id):
             self.engine_lost("the engine restarted")
         elif self.engine_id is not None:
@@ -215,6 +218,7 @@ class EngineLink:
                     len(self.streams))
         self.engine_id = None
         self.draining = False
+        self.in_flight_at_heartbeat = 0
         streams, self.streams = self.streams, {}
         for queue in streams.values():
             queue.put_nowait(EngineLost(reason))

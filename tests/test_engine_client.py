@@ -144,3 +144,15 @@ async def test_least_loaded_counts_our_own_sends_since_the_heartbeat(fleet):
         add_to(client, f"r{i}")
     ranks = [link.rank for link in client.requests.values()]
     assert ranks.count(0) == ranks.count(1) == 4
+
+
+async def test_our_own_requests_that_ended_since_the_heartbeat_free_their_engine(fleet):
+    client, engines = fleet
+    for i in range(8):
+        add_to(client, f"r{i}")
+    on_engine_0 = [request_id for request_id, link in client.requests.items() if link.rank == 0]
+    for request_id in on_engine_0[:3]:  # a wave of them ends there before the next heartbeat
+        client.release(request_id, abort=False)
+    for i in range(8, 11):
+        add_to(client, f"r{i}")
+    assert [client.requests[f"r{i}"].rank for i in range(8, 11)] == [0, 0, 0]
