@@ -10,19 +10,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from frontend.fan_out import merged, take_all
-from frontend.generation import Piece, generate
 from frontend.http import HTTPError, json_response, read_json, unless_disconnected
-from frontend.logprobs import CompletionLogprobsBuilder, extend_completion
-from frontend.models_route import served_model
-from frontend.openai_protocol import (
+from frontend.openai.logprobs import CompletionLogprobsBuilder, extend_completion
+from frontend.openai.models import served_model
+from frontend.openai.protocol import (
     Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, Usage, now, response_id, usage,
 )
-from frontend.openai_sampling import choice_specs, sampling_kwargs
+from frontend.openai.sampling import choice_specs, sampling_kwargs
+from frontend.openai.sse import event, event_stream, started
 from frontend.request_bounds import check_generations, check_sampling, check_token_ids
-from frontend.sse import event, event_stream, started
 from frontend.state import FrontendState
-from frontend.structured_outputs import JsonText, is_json_grammar, requested_grammar
-from frontend.tokenizer import Tokenizer
+from frontend.text.generation import Piece, generate
+from frontend.text.structured_outputs import JsonText, is_json_grammar, requested_grammar
+from frontend.text.tokenizer import Tokenizer
 
 
 @dataclass

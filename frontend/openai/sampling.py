@@ -3,9 +3,9 @@
 n choices are n engine requests, fanned out here; with a seed, choice i gets seed + i, so the
 choices differ and each is reproducible.
 """
-from frontend.generation import GenerationSpec
-from frontend.openai_protocol import SamplingRequest
+from frontend.openai.protocol import SamplingRequest
 from frontend.request_bounds import as_list
+from frontend.text.generation import GenerationSpec
 
 # Fields passed to vLLM's SamplingParams under their own names, when given.
 ENGINE_FIELDS = (

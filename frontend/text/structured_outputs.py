@@ -11,9 +11,9 @@ from typing import Any
 import jsonschema
 
 from frontend.http import HTTPError
-from frontend.openai_protocol import NamedToolChoice, ResponseFormat, SamplingRequest, StructuredOutputs, Tool
+from frontend.openai.protocol import NamedToolChoice, ResponseFormat, SamplingRequest, StructuredOutputs, Tool
 from frontend.request_bounds import check_depth
-from frontend.tool_parsers import ToolCall
+from frontend.text.tool_parsers import ToolCall
 
 # Pads nothing between JSON tokens where the backend honours it per request; the engine-wide
 # structured_outputs_config in conf/inference.yml does the same for vLLM versions that read it there.

@@ -15,26 +15,26 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from common.config import RequestLimits
-from frontend.chat import chat_prompt_ids
 from frontend.fan_out import merged, take_all
-from frontend.generation import Piece, generate
 from frontend.http import HTTPError, json_response, read_json, unless_disconnected
-from frontend.logprobs import chat_logprobs
-from frontend.models_route import served_model
-from frontend.openai_protocol import (
+from frontend.openai.logprobs import chat_logprobs
+from frontend.openai.models import served_model
+from frontend.openai.protocol import (
     AssistantMessage, CalledFunction, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk,
     ChatCompletionRequest, ChatDelta, NamedToolChoice, StreamedFunction, ToolCallDelta, ToolCallOut, now,
     response_id, usage,
 )
-from frontend.openai_sampling import choice_specs, sampling_kwargs
+from frontend.openai.sampling import choice_specs, sampling_kwargs
+from frontend.openai.sse import event, event_stream, started
 from frontend.request_bounds import check_count, check_generations, check_sampling
-from frontend.sse import event, event_stream, started
 from frontend.state import FrontendState
-from frontend.structured_outputs import (
+from frontend.text.chat_template import chat_prompt_ids
+from frontend.text.generation import Piece, generate
+from frontend.text.structured_outputs import (
     ForcedToolCalls, JsonText, check_schema, is_json_grammar, named_tool, named_tool_grammar, requested_grammar,
     required_tools_grammar,
 )
-from frontend.tool_parsers import PARSERS, ToolCall, make_parser
+from frontend.text.tool_parsers import PARSERS, ToolCall, make_parser
 
 
 class PlainText:

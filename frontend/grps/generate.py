@@ -12,11 +12,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from frontend.errors import GENERATION_ERRORS, as_http_error
-from frontend.generation import GenerationSpec, generate
 from frontend.http import error_body, read_json, unless_disconnected
-from frontend.openai_protocol import Seed
+from frontend.openai.protocol import Seed
 from frontend.request_bounds import check_sampling
 from frontend.state import FrontendState
+from frontend.text.generation import GenerationSpec, generate
 
 Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
 
