@@ -9,19 +9,17 @@ from dataclasses import dataclass
 from starlette.requests import Request
 from starlette.responses import Response
 
-from frontend.fan_out import merged, take_all
-from frontend.http import HTTPError, json_response, read_json, unless_disconnected
+from frontend.http import HTTPError, json_response, read_json
 from frontend.openai.logprobs import CompletionLogprobsBuilder, extend_completion
 from frontend.openai.models import served_model
 from frontend.openai.protocol import (
-    Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, Usage, now, response_id, usage,
+    Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, StreamOptions, Usage, now, response_id, usage,
 )
-from frontend.openai.sampling import choice_specs, sampling_kwargs
-from frontend.openai.sse import event, event_stream, started
+from frontend.openai.sampling import choice_specs, requested_grammar, sampling_kwargs
+from frontend.openai.sse import done, error_event, event, event_stream
 from frontend.request_bounds import check_generations, check_sampling, check_token_ids
 from frontend.state import FrontendState
-from frontend.text.generation import Piece, generate
-from frontend.text.structured_outputs import JsonText, is_json_grammar, requested_grammar
+from frontend.text.run import Choice, Content, Update, rendered, run_choices, run_to_end, text_reader
 from frontend.text.tokenizer import Tokenizer
 
 
@@ -31,52 +29,28 @@ class Prompt:
     ids: list[int]
 
 
-class ChoiceState:
-    """One choice as it grows: its text, logprobs and token count, piece by piece."""
-
-    def __init__(self, index: int, prompt: Prompt, body: CompletionRequest, tokenizer: Tokenizer, grammar: dict | None):
-        self.index = index
-        self.echo = prompt if body.echo else None
-        self.json = JsonText() if is_json_grammar(grammar) else None
-        self.logprobs = CompletionLogprobsBuilder(tokenizer) if body.logprobs is not None else None
-        self.text: list[str] = []
-        self.all_logprobs: CompletionLogprobs | None = None
-        self.completion_tokens = 0
-        self.finish_reason: str | None = None
-
-    def take(self, piece: Piece) -> CompletionChoice:
-        """The chunk this piece makes, remembered for the whole answer too."""
-        text = "".join(self.json.feed(piece.text)) if self.json else piece.text
-        logprobs = self.piece_logprobs(piece)
-        if self.echo is not None:
-            text, self.echo = self.echo.text + text, None
-        self.text.append(text)
-        if logprobs is not None:
-            self.all_logprobs = extend_completion(self.all_logprobs, logprobs)
-        self.completion_tokens += len(piece.token_ids)
-        self.finish_reason = piece.finish_reason
-        return CompletionChoice(self.index, text, logprobs, piece.finish_reason)
-
-    def piece_logprobs(self, piece: Piece) -> CompletionLogprobs | None:
-        if self.logprobs is None:
-            return None
-        logprobs = CompletionLogprobs([], [], [], [])
-        if self.echo is not None:
-            ids = self.echo.ids
-            extend_completion(logprobs, self.logprobs.build(piece.prompt_logprobs or [None] * len(ids), ids))
-        return extend_completion(logprobs, self.logprobs.build(piece.logprobs or [], piece.token_ids))
-
-    def whole(self) -> CompletionChoice:
-        return CompletionChoice(self.index, "".join(self.text), self.all_logprobs, self.finish_reason)
+def completion_logprobs(builder: CompletionLogprobsBuilder, echo: Prompt | None, prompt_logprobs: list | None,
+                        positions: list, token_ids: list[int]) -> CompletionLogprobs:
+    """The echoed prompt's logprobs, if any, then the generated tokens'."""
+    logprobs = CompletionLogprobs([], [], [], [])
+    if echo is not None:
+        extend_completion(logprobs, builder.build(prompt_logprobs or [None] * len(echo.ids), echo.ids))
+    return extend_completion(logprobs, builder.build(positions, token_ids))
 
 
-class CompletionRun:
-    def __init__(self, model: str, prompts: list[Prompt], choices: list[ChoiceState]):
+class CompletionAnswer:
+    """One completions run as OpenAI shapes it: the chunks while streaming, and the whole answer."""
+
+    def __init__(self, model: str, prompts: list[Prompt], choices: list[Choice], echoes: list[Prompt | None],
+                 logprobs: bool, tokenizer: Tokenizer):
         self.id = response_id("cmpl")
         self.created = now()
         self.model = model
         self.prompt_tokens = sum(len(prompt.ids) for prompt in prompts)
         self.choices = choices
+        self.echoes = echoes  # each choice's prompt, when echoed
+        self.logprobs = logprobs
+        self.tokenizer = tokenizer
 
     def usage(self) -> Usage:
         return usage(self.prompt_tokens, sum(choice.completion_tokens for choice in self.choices))
@@ -84,6 +58,51 @@ class CompletionRun:
     def chunk(self, choices: list[CompletionChoice], with_usage: bool = False) -> Completion:
         return Completion(id=self.id, created=self.created, model=self.model, choices=choices,
                           usage=self.usage() if with_usage else None)
+
+    def whole(self, choice: Choice) -> CompletionChoice:
+        echo = self.echoes[choice.index]
+        text = choice.content if echo is None else echo.text + choice.content
+        logprobs = None
+        if self.logprobs:
+            logprobs = completion_logprobs(CompletionLogprobsBuilder(self.tokenizer), echo, choice.prompt_logprobs,
+                                           choice.logprobs, choice.token_ids)
+        return CompletionChoice(choice.index, text, logprobs, choice.finish_reason)
+
+    def completion(self) -> Completion:
+        return self.chunk([self.whole(choice) for choice in self.choices], with_usage=True)
+
+
+class CompletionChunks:
+    """Updates as text_completion events; the prompt, when echoed, goes first in each choice."""
+
+    def __init__(self, answer: CompletionAnswer, options: StreamOptions | None):
+        self.answer = answer
+        self.options = options
+        self.continuous = options is not None and options.continuous_usage_stats
+        self.unechoed = list(answer.echoes)
+        self.builders = [CompletionLogprobsBuilder(answer.tokenizer) for _ in answer.choices]
+
+    def update(self, update: Update) -> list[bytes]:
+        text = "".join(item.text for item in update.events if isinstance(item, Content))
+        echo, self.unechoed[update.index] = self.unechoed[update.index], None
+        logprobs = None
+        if self.answer.logprobs:
+            logprobs = completion_logprobs(self.builders[update.index], echo, update.prompt_logprobs,
+                                           update.logprobs or [], update.token_ids)
+        if echo is not None:
+            text = echo.text + text
+        if not (text or update.finish_reason or logprobs):
+            return []
+        choice = CompletionChoice(update.index, text, logprobs, update.finish_reason)
+        return [event(self.answer.chunk([choice], with_usage=self.continuous))]
+
+    def last(self) -> list[bytes]:
+        if self.options is not None and self.options.include_usage:
+            return [event(self.answer.chunk([], with_usage=True))]
+        return []
+
+    error = staticmethod(error_event)
+    end = staticmethod(done)
 
 
 async def prompts_of(tokenizer: Tokenizer, body: CompletionRequest) -> list[Prompt]:
@@ -127,31 +146,17 @@ async def completions_endpoint(request: Request) -> Response:
     check_sampling(body, limits, tokenizer.vocab_size, body.n)
     prompts = await prompts_of(tokenizer, body)
     grammar = await asyncio.to_thread(requested_grammar, body, limits.max_schema_depth)
-    choices, streams = [], []
+    specs, echoes = [], []
     for prompt in prompts:
         state.check_context(len(prompt.ids), body.max_tokens)
         sampling = sampling_kwargs(body, body.max_tokens, grammar, logprobs=body.logprobs,
                                    prompt_logprobs=body.logprobs if body.echo else None)
-        for spec in choice_specs(body, prompt.ids, sampling):
-            choices.append(ChoiceState(len(choices), prompt, body, tokenizer, grammar))
-            streams.append(generate(state.client, tokenizer.backend, spec))
-    run = CompletionRun(model, prompts, choices)
-    pieces = merged(streams)
+        specs += choice_specs(body, prompt.ids, sampling)
+        echoes += [prompt if body.echo else None] * body.n
+    choices = [Choice(i, text_reader(grammar)) for i in range(len(specs))]
+    answer = CompletionAnswer(model, prompts, choices, echoes, body.logprobs is not None, tokenizer)
+    updates = await run_choices(request, state, specs, choices)
     if body.stream:
-        return event_stream(stream_chunks(run, await started(request, pieces), body))
-    await unless_disconnected(request, take_all(run.choices, pieces))
-    return json_response(run.chunk([choice.whole() for choice in choices], with_usage=True))
-
-
-async def stream_chunks(run: CompletionRun, pieces, body: CompletionRequest):
-    options = body.stream_options
-    continuous = options is not None and options.continuous_usage_stats
-    try:
-        async for index, piece in pieces:
-            choice = run.choices[index].take(piece)
-            if choice.text or choice.finish_reason or choice.logprobs:
-                yield event(run.chunk([choice], with_usage=continuous))
-    finally:
-        await pieces.aclose()
-    if options is not None and options.include_usage:
-        yield event(run.chunk([], with_usage=True))
+        return event_stream(rendered(updates, CompletionChunks(answer, body.stream_options)))
+    await run_to_end(request, updates)
+    return json_response(answer.completion())

@@ -4,11 +4,9 @@ OpenAI's error shape before the [DONE]."""
 from collections.abc import AsyncIterator
 
 import msgspec
-from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
-from frontend.errors import HANDLED, as_http_error
-from frontend.http import error_body, unless_disconnected
+from frontend.http import HTTPError, error_body
 
 DONE = b"data: [DONE]\n\n"
 encode = msgspec.json.Encoder().encode
@@ -18,32 +16,13 @@ def event(chunk) -> bytes:
     return b"data: " + encode(chunk) + b"\n\n"
 
 
-async def events(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    try:
-        async for chunk in chunks:
-            yield chunk
-    except HANDLED as error:
-        error = as_http_error(error)
-        yield event(error_body(error.status, error.message))
-    finally:
-        await chunks.aclose()
-    yield DONE
+def error_event(error: HTTPError) -> list[bytes]:
+    return [event(error_body(error.status, error.message))]
 
 
-def event_stream(chunks: AsyncIterator[bytes]) -> StreamingResponse:
-    return StreamingResponse(events(chunks), media_type="text/event-stream", headers={"cache-control": "no-cache"})
+def done() -> list[bytes]:
+    return [DONE]
 
 
-async def started(request: Request, items: AsyncIterator) -> AsyncIterator:
-    """Wait for the first item before the stream begins, so that a refusal is still an HTTP error."""
-    first = await unless_disconnected(request, anext(items))
-
-    async def first_then_rest():
-        try:
-            yield first
-            async for item in items:
-                yield item
-        finally:
-            await items.aclose()
-
-    return first_then_rest()
+def event_stream(events: AsyncIterator[bytes]) -> StreamingResponse:
+    return StreamingResponse(events, media_type="text/event-stream", headers={"cache-control": "no-cache"})
