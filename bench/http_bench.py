@@ -23,7 +23,7 @@ from bench.request_timings import RequestResult, report, save, summarize
 from bench.workload import Workload
 
 DEFAULT_TOKENIZER = ".data/tiny-llama"
-# A failure after the status line went out ends the stream with this chunk (frontend/generate_route.py).
+# A failure after the status line went out ends the stream with this chunk (frontend/grps/generate.py).
 STREAM_ERROR = b'\n{"error"'
 
 

@@ -13,10 +13,10 @@ from common.config import ServerConfig
 from frontend.auth import ApiKeyMiddleware
 from frontend.dashboard import Dashboard, dashboard_routes
 from frontend.errors import HANDLED, RETRY, as_http_error
-from frontend.generate_route import generate_endpoint
+from frontend.grps.generate import generate_endpoint
 from frontend.http import HTTPError
 from frontend.metrics import RouteMetricsMiddleware, metrics_endpoint
-from frontend.openai_routes import OPENAI_ROUTES
+from frontend.openai.routes import OPENAI_ROUTES
 from frontend.router import RoutingScopeMiddleware
 from frontend.state import FrontendState
 

@@ -6,7 +6,7 @@ stream; closing it (client gone, error) closes every generation, which aborts it
 import asyncio
 from collections.abc import AsyncIterator
 
-from frontend.generation import Piece
+from frontend.text.generation import Piece
 
 DONE = object()
 
@@ -56,11 +56,3 @@ async def drain(index: int, stream: AsyncIterator[Piece], inbox: asyncio.Queue) 
     finally:
         await stream.aclose()
 
-
-async def take_all(choices: list, pieces: AsyncIterator[tuple[int, Piece]]) -> None:
-    """Hand every piece to its choice (non-streaming answers)."""
-    try:
-        async for index, piece in pieces:
-            choices[index].take(piece)
-    finally:
-        await pieces.aclose()

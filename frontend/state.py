@@ -6,7 +6,7 @@ import logging
 from common.config import ServerConfig
 from frontend.engine_client import EngineClient, EngineUnavailable
 from frontend.http import HTTPError
-from frontend.tokenizer import Tokenizer
+from frontend.text.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 

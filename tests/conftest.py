@@ -196,6 +196,6 @@ def service(model_dir):
 
 @pytest.fixture(scope="session")
 def tokenizer(model_dir):
-    from frontend.tokenizer import Tokenizer
+    from frontend.text.tokenizer import Tokenizer
 
     return Tokenizer(str(model_dir))

@@ -406,9 +406,9 @@ def test_error_body_is_openais_shape(service):
 
 async def test_a_model_without_a_chat_template_cannot_chat(model_dir):
     from common.config import ServerConfig
-    from frontend.chat import chat_prompt_ids
-    from frontend.openai_protocol import ChatCompletionRequest, ChatMessage
-    from frontend.tokenizer import Tokenizer
+    from frontend.openai.protocol import ChatCompletionRequest, ChatMessage
+    from frontend.text.chat_template import chat_prompt_ids
+    from frontend.text.tokenizer import Tokenizer
 
     tokenizer = Tokenizer(str(model_dir))
     tokenizer.hf.chat_template = None

@@ -8,13 +8,13 @@ import pytest
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from common.config import RequestLimits
-from frontend.chat import TemplateTimeout, deadline_tracer
 from frontend.http import HTTPError, deepest_field
 from frontend.request_bounds import (
     check_depth, check_generations, check_seed, check_stop_strings, check_token_ids, depth_of, token_biases,
 )
-from frontend.structured_outputs import ForcedToolCalls, JsonArrayElements
-from frontend.tool_parsers import ToolCall
+from frontend.text.chat_template import TemplateTimeout, deadline_tracer
+from frontend.text.structured_outputs import ForcedToolCalls, JsonArrayElements
+from frontend.text.tool_parsers import ToolCall
 
 LIMITS = RequestLimits()
 LOOP = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
@@ -149,14 +149,14 @@ def test_array_elements_skip_scalars_and_survive_a_runaway_nesting():
 
 
 def chat_request(**fields):
-    from frontend.openai_protocol import ChatCompletionRequest, ChatMessage
+    from frontend.openai.protocol import ChatCompletionRequest, ChatMessage
 
     return ChatCompletionRequest(messages=[ChatMessage("user", "hi")], **fields)
 
 
 async def test_request_chat_templates_are_refused_unless_trusted(tokenizer):
     from common.config import ServerConfig
-    from frontend.chat import chat_prompt_ids
+    from frontend.text.chat_template import chat_prompt_ids
 
     kwargs_template = dict(chat_template_kwargs={"chat_template": "{{ 'x' }}"})
     for fields, param in ((dict(chat_template="{{ 'x' }}"), "chat_template"),
@@ -170,7 +170,7 @@ async def test_request_chat_templates_are_refused_unless_trusted(tokenizer):
 
 async def test_a_trusted_template_is_stopped_in_time_and_bounded_in_output(tokenizer):
     from common.config import ServerConfig
-    from frontend.chat import chat_prompt_ids
+    from frontend.text.chat_template import chat_prompt_ids
 
     server = ServerConfig(trust_request_chat_template=True,
                           limits=RequestLimits(chat_template_timeout_s=0.3, max_chat_prompt_chars=10_000))

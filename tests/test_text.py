@@ -4,8 +4,8 @@ import random
 
 import pytest
 
-from frontend.detokenizer import Detokenizer
-from frontend.stop_strings import StopStrings
+from frontend.text.detokenizer import Detokenizer
+from frontend.text.stop_strings import StopStrings
 
 
 @pytest.mark.parametrize("seed", range(200))

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from frontend.structured_outputs import ForcedToolCalls, JsonText
-from frontend.tool_parsers import HermesToolParser, Llama3JsonToolParser, ToolCall, parse_text
+from frontend.text.structured_outputs import ForcedToolCalls, JsonText
+from frontend.text.tool_parsers import HermesToolParser, Llama3JsonToolParser, ToolCall, parse_text
 
 
 def streamed(parser, text: str, size: int) -> list:

@@ -11,7 +11,7 @@ import asyncio
 import random
 import time
 
-from frontend.tokenizer import Tokenizer
+from frontend.text.tokenizer import Tokenizer
 
 TICK_S = 0.001  # a loop with something to do every millisecond, as one streaming tokens has
 

@@ -6,7 +6,7 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from tokenizers.pre_tokenizers import ByteLevel
 
-from frontend.detokenizer import MAX_UNREAD, Detokenizer
+from frontend.text.detokenizer import MAX_UNREAD, Detokenizer
 
 SPECIAL = "<|end|>"
 

@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from frontend.stop_strings import StopStrings
+from frontend.text.stop_strings import StopStrings
 
 
 def stream(stops: StopStrings, pieces: list[str]) -> str:

@@ -14,8 +14,8 @@ import msgspec
 
 from common.config import ServerConfig
 from frontend.http import HTTPError
-from frontend.openai_protocol import ChatCompletionRequest, ChatMessage, MessageToolCall, TextPart
-from frontend.tokenizer import Tokenizer
+from frontend.openai.protocol import ChatCompletionRequest, ChatMessage, MessageToolCall, TextPart
+from frontend.text.tokenizer import Tokenizer
 
 # Many templates know only these four roles; OpenAI's newer "developer" is what "system" was.
 ROLE_ALIASES = {"developer": "system"}

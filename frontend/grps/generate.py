@@ -11,12 +11,12 @@ from msgspec import Meta
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
-from frontend.errors import GENERATION_ERRORS, as_http_error
-from frontend.generation import GenerationSpec, generate
-from frontend.http import error_body, read_json, unless_disconnected
-from frontend.openai_protocol import Seed
+from frontend.http import HTTPError, error_body, read_json
+from frontend.openai.protocol import Seed
 from frontend.request_bounds import check_sampling
 from frontend.state import FrontendState
+from frontend.text.generation import GenerationSpec
+from frontend.text.run import Choice, Content, Update, rendered, run_choices, run_to_end
 
 Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
 
@@ -63,38 +63,37 @@ async def generate_endpoint(request: Request) -> Response:
     state: FrontendState = request.app.state.frontend
     body = await read_json(request, GenerateRequest, state.server.max_body_bytes)
     spec = await generation_spec(state, body)
-    pieces = generate(state.client, state.tokenizer.backend, spec)
+    choice = Choice(0)
+    updates = await run_choices(request, state, [spec], [choice])
     if request.query_params.get("streaming", "false").lower() in ("true", "1"):
-        first = await unless_disconnected(request, anext(pieces))
-        return StreamingResponse(stream_text(first, pieces), media_type="text/plain; charset=utf-8")
-    text, token_ids, finish_reason = [], [], None
-
-    async def collect():
-        nonlocal finish_reason
-        async for piece in pieces:
-            text.append(piece.text)
-            token_ids.extend(piece.token_ids)
-            finish_reason = piece.finish_reason
-
-    await unless_disconnected(request, collect())
+        return StreamingResponse(rendered(updates, TextChunks()), media_type="text/plain; charset=utf-8")
+    await run_to_end(request, updates)
     if "application/json" in request.headers.get("accept", ""):
-        prompt_tokens = len(spec.prompt_token_ids)
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(token_ids),
-                 "total_tokens": prompt_tokens + len(token_ids)}
-        return JSONResponse({"text": "".join(text), "token_ids": token_ids, "finish_reason": finish_reason,
-                             "usage": usage})
-    return PlainTextResponse("".join(text))
+        prompt_tokens, completion_tokens = len(spec.prompt_token_ids), choice.completion_tokens
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                 "total_tokens": prompt_tokens + completion_tokens}
+        return JSONResponse({"text": choice.content, "token_ids": choice.token_ids,
+                             "finish_reason": choice.finish_reason, "usage": usage})
+    return PlainTextResponse(choice.content)
 
 
-async def stream_text(first, pieces):
-    try:
-        yield first.text
-        async for piece in pieces:
-            if piece.text:
-                yield piece.text
-    except GENERATION_ERRORS as error:
+class TextChunks:
+    """Updates as plain text, each chunk the new text."""
+
+    @staticmethod
+    def update(update: Update) -> list[bytes]:
+        text = "".join(item.text for item in update.events if isinstance(item, Content))
+        return [text.encode()] if text else []
+
+    @staticmethod
+    def last() -> list[bytes]:
+        return []
+
+    @staticmethod
+    def error(error: HTTPError) -> list[bytes]:
         # The status line has gone out: the error becomes the stream's last chunk.
-        error = as_http_error(error)
-        yield "\n" + msgspec.json.encode(error_body(error.status, error.message)).decode()
-    finally:
-        await pieces.aclose()
+        return [b"\n" + msgspec.json.encode(error_body(error.status, error.message))]
+
+    @staticmethod
+    def end() -> list[bytes]:
+        return []

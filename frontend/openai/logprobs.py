@@ -1,8 +1,8 @@
 """The engine's token logprobs (sampled token first, then the top alternatives) in OpenAI's two
 shapes: completions' parallel lists, and chat's list of tokens with their top alternatives."""
 from common.messages import TokenLogprob
-from frontend.openai_protocol import ChatLogprobs, CompletionLogprobs, TokenLogprob as ChatTokenLogprob, TopLogprob
-from frontend.tokenizer import Tokenizer
+from frontend.openai.protocol import ChatLogprobs, ChatTokenLogprob, CompletionLogprobs, TopLogprob
+from frontend.text.tokenizer import Tokenizer
 
 
 def token_text(tokenizer: Tokenizer, token_id: int) -> str:

@@ -4,7 +4,7 @@ from starlette.responses import Response
 
 from frontend.engine_client import EngineUnavailable
 from frontend.http import HTTPError, json_response
-from frontend.openai_protocol import ModelCard, ModelList, now
+from frontend.openai.protocol import ModelCard, ModelList, now
 from frontend.state import FrontendState
 
 

@@ -1,9 +1,9 @@
 """The OpenAI-compatible API's routes, for the app to mount."""
 from starlette.routing import Route
 
-from frontend.chat_route import chat_completions_endpoint
-from frontend.completions_route import completions_endpoint
-from frontend.models_route import list_models, retrieve_model
+from frontend.openai.chat import chat_completions_endpoint
+from frontend.openai.completions import completions_endpoint
+from frontend.openai.models import list_models, retrieve_model
 
 OPENAI_ROUTES = [
     Route("/v1/models", list_models),

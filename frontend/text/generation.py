@@ -9,10 +9,10 @@ import uuid
 from dataclasses import dataclass, field
 
 from common.messages import TokenLogprob
-from frontend.detokenizer import Detokenizer
 from frontend.engine_client import EngineClient, EngineLost, RequestTimeout
 from frontend.metrics import GenerationMeter
-from frontend.stop_strings import StopStrings
+from frontend.text.detokenizer import Detokenizer
+from frontend.text.stop_strings import StopStrings
 
 
 class EngineRefused(Exception):

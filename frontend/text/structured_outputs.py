@@ -1,5 +1,5 @@
-"""Structured outputs: the grammar a request asks for, as plain data the engine turns into vLLM's
-StructuredOutputsParams, and the reading of what the grammar produced.
+"""Structured outputs: grammars as plain data the engine turns into vLLM's StructuredOutputsParams,
+the checking of their JSON schemas, and the reading of what a grammar produced.
 
 Grammar-made JSON is read leniently: xgrammar lets raw control characters into strings (strict
 parsers refuse them), and a free string may run into max_tokens. So JSON text is passed on with
@@ -11,27 +11,12 @@ from typing import Any
 import jsonschema
 
 from frontend.http import HTTPError
-from frontend.openai_protocol import NamedToolChoice, ResponseFormat, SamplingRequest, StructuredOutputs, Tool
 from frontend.request_bounds import check_depth
-from frontend.tool_parsers import ToolCall
+from frontend.text.tool_parsers import ToolCall
 
 # Pads nothing between JSON tokens where the backend honours it per request; the engine-wide
 # structured_outputs_config in conf/inference.yml does the same for vLLM versions that read it there.
 COMPACT = {"disable_any_whitespace": True}
-
-
-def requested_grammar(body: SamplingRequest, max_depth: int) -> dict | None:
-    """The grammar from `response_format` or vLLM's `structured_outputs` extra, if any, its JSON
-    schema checked (a worker thread's work: checking grows with the schema)."""
-    from_format = response_format_grammar(body.response_format)
-    from_extra = extra_grammar(body.structured_outputs)
-    if from_format and from_extra:
-        raise HTTPError(400, "give response_format or structured_outputs, not both", "structured_outputs")
-    if from_format and "json" in from_format:
-        check_schema(from_format["json"], max_depth, "response_format.json_schema.schema")
-    if from_extra and "json" in from_extra:
-        from_extra["json"] = check_schema(from_extra["json"], max_depth, "structured_outputs.json")
-    return from_format or from_extra
 
 
 def check_schema(schema: dict | str, max_depth: int, field: str) -> dict:
@@ -51,66 +36,8 @@ def check_schema(schema: dict | str, max_depth: int, field: str) -> dict:
     return schema
 
 
-def response_format_grammar(response_format: ResponseFormat | None) -> dict | None:
-    if response_format is None or response_format.type == "text":
-        return None
-    if response_format.type == "json_object":
-        return {"json_object": True, **COMPACT}
-    if response_format.json_schema is None or response_format.json_schema.schema is None:
-        raise HTTPError(400, "response_format of type json_schema needs json_schema.schema",
-                        "response_format.json_schema")
-    return {"json": response_format.json_schema.schema, **COMPACT}
-
-
-def extra_grammar(extra: StructuredOutputs | None) -> dict | None:
-    if extra is None:
-        return None
-    given = {name: getattr(extra, name) for name in extra.__struct_fields__ if getattr(extra, name) is not None}
-    if len(given) != 1:
-        raise HTTPError(400, "structured_outputs takes exactly one of json, regex, choice, grammar, json_object",
-                        "structured_outputs")
-    return {**given, **COMPACT} if is_json_grammar(given) else given
-
-
 def is_json_grammar(grammar: dict | None) -> bool:
     return grammar is not None and ("json" in grammar or "json_object" in grammar)
-
-
-def parameters_of(tool: Tool) -> dict:
-    return tool.function.parameters or {"type": "object", "properties": {}}
-
-
-def named_tool(tools: list[Tool], choice: NamedToolChoice) -> Tool:
-    for tool in tools:
-        if tool.function.name == choice.function.name:
-            return tool
-    raise HTTPError(400, f"tool_choice names {choice.function.name!r}, which is not among the tools", "tool_choice")
-
-
-def named_tool_grammar(tool: Tool) -> dict:
-    """The output is the arguments object itself."""
-    return {"json": parameters_of(tool), **COMPACT}
-
-
-def required_tools_grammar(tools: list[Tool], parallel_tool_calls: bool | None) -> dict:
-    """The output is a JSON array of {"name", "arguments"}, at least one, each for a given tool."""
-    definitions, calls = {}, []
-    for tool in tools:
-        parameters = dict(parameters_of(tool))
-        # $refs point at the root, so every tool's $defs move there.
-        definitions.update(parameters.pop("$defs", {}))
-        calls.append({
-            "type": "object",
-            "properties": {"name": {"type": "string", "enum": [tool.function.name]}, "arguments": parameters},
-            "required": ["name", "arguments"],
-            "additionalProperties": False,
-        })
-    schema: dict[str, Any] = {"type": "array", "minItems": 1, "items": {"anyOf": calls}}
-    if parallel_tool_calls is False:
-        schema["maxItems"] = 1
-    if definitions:
-        schema["$defs"] = definitions
-    return {"json": schema, **COMPACT}
 
 
 def parse_lenient(text: str) -> Any:

@@ -185,7 +185,7 @@ class TopLogprob(msgspec.Struct):
     bytes: list[int]
 
 
-class TokenLogprob(msgspec.Struct):
+class ChatTokenLogprob(msgspec.Struct):
     token: str
     logprob: float
     bytes: list[int]
@@ -193,7 +193,7 @@ class TokenLogprob(msgspec.Struct):
 
 
 class ChatLogprobs(msgspec.Struct):
-    content: list[TokenLogprob]
+    content: list[ChatTokenLogprob]
 
 
 class CalledFunction(msgspec.Struct):

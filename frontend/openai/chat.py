@@ -1,0 +1,198 @@
+"""POST /v1/chat/completions: chat with the model's template, tools and structured output, answered
+whole or streamed as server-sent events.
+
+The request's tools, tool_choice and response_format become a ToolPlan (frontend/text/tools.py),
+which says how each choice's text is read; a forced call streams as one whole tool-call delta.
+"""
+import asyncio
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from common.config import RequestLimits
+from frontend.http import HTTPError, json_response, read_json
+from frontend.openai.logprobs import chat_logprobs
+from frontend.openai.models import served_model
+from frontend.openai.protocol import (
+    AssistantMessage, CalledFunction, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk,
+    ChatCompletionRequest, ChatDelta, ChatLogprobs, NamedToolChoice, StreamedFunction, StreamOptions, ToolCallDelta,
+    ToolCallOut, Usage, now, response_id, usage,
+)
+from frontend.openai.sampling import choice_specs, requested_grammar, sampling_kwargs
+from frontend.openai.sse import done, error_event, event, event_stream
+from frontend.request_bounds import check_count, check_generations, check_sampling
+from frontend.state import FrontendState
+from frontend.text.chat_template import chat_prompt_ids
+from frontend.text.run import Choice, Reasoning, Update, rendered, run_choices, run_to_end
+from frontend.text.tokenizer import Tokenizer
+from frontend.text.tool_parsers import ToolCall
+from frontend.text.tools import FunctionTool, ToolPlan
+
+
+def tool_plan(body: ChatCompletionRequest, tool_parser: str, max_schema_depth: int) -> ToolPlan:
+    """The request's tools, tool_choice and response_format as a ToolPlan: a worker thread's work,
+    as checking the schemas grows with them."""
+    tools = [FunctionTool(t.function.name, t.function.description, t.function.parameters) for t in body.tools or []]
+    grammar = requested_grammar(body, max_schema_depth)
+    return ToolPlan(tools, tool_choice_of(body), body.parallel_tool_calls is not False, grammar, tool_parser,
+                    max_schema_depth)
+
+
+def tool_choice_of(body: ChatCompletionRequest) -> str:
+    if not body.tools:
+        if body.tool_choice not in (None, "none"):
+            raise HTTPError(400, "tool_choice needs tools", "tool_choice")
+        return "none"
+    if isinstance(body.tool_choice, NamedToolChoice):
+        return body.tool_choice.function.name
+    return body.tool_choice or "auto"
+
+
+def finish_reason_of(plan: ToolPlan, finish_reason: str | None, called: bool) -> str | None:
+    # OpenAI says "tool_calls" when the model chose to call; a named function was not its choice.
+    if called and finish_reason == "stop" and plan.choice in ("auto", "required"):
+        return "tool_calls"
+    return finish_reason
+
+
+def check_chat_bounds(body: ChatCompletionRequest, limits: RequestLimits, vocab_size: int) -> None:
+    check_count(body.messages, limits.max_messages, "messages", "messages")
+    check_count(body.tools, limits.max_tools, "tools", "tools")
+    check_generations(1, body.n, limits)
+    check_sampling(body, limits, vocab_size, body.n)
+
+
+def max_tokens_of(state: FrontendState, body: ChatCompletionRequest, prompt_tokens: int) -> int:
+    field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    if max_tokens is None:
+        max_tokens = state.max_model_len - prompt_tokens
+        if max_tokens < 1:
+            raise HTTPError(400, f"the prompt ({prompt_tokens} tokens) fills the model's context of "
+                                 f"{state.max_model_len} tokens", "messages")
+    state.check_context(prompt_tokens, max_tokens, field)
+    return max_tokens
+
+
+def top_logprobs_of(body: ChatCompletionRequest) -> int | None:
+    if body.top_logprobs is not None and not body.logprobs:
+        raise HTTPError(400, "top_logprobs needs logprobs set to true", "top_logprobs")
+    return (body.top_logprobs or 0) if body.logprobs else None
+
+
+async def chat_completions_endpoint(request: Request) -> Response:
+    state: FrontendState = request.app.state.frontend
+    body = await read_json(request, ChatCompletionRequest, state.server.max_body_bytes)
+    model = served_model(state, body.model)
+    tokenizer, limits = state.tokenizer, state.server.limits
+    check_chat_bounds(body, limits, tokenizer.vocab_size)
+    plan = await asyncio.to_thread(tool_plan, body, state.server.tool_parser, limits.max_schema_depth)
+    prompt_ids = await chat_prompt_ids(tokenizer, body, state.server)
+    top_logprobs = top_logprobs_of(body)
+    sampling = sampling_kwargs(body, max_tokens_of(state, body, len(prompt_ids)), plan.grammar, logprobs=top_logprobs)
+    specs = choice_specs(body, prompt_ids, sampling)
+    choices = [Choice(i, plan.reader()) for i in range(len(specs))]
+    answer = ChatAnswer(model, len(prompt_ids), plan, choices, top_logprobs, tokenizer)
+    updates = await run_choices(request, state, specs, choices)
+    if body.stream:
+        return event_stream(rendered(updates, ChatChunks(answer, body.stream_options)))
+    await run_to_end(request, updates)
+    return json_response(answer.completion())
+
+
+class ChatAnswer:
+    """One chat run as OpenAI shapes it: the whole completion, and the chunks' common fields."""
+
+    def __init__(self, model: str, prompt_tokens: int, plan: ToolPlan, choices: list[Choice], top_logprobs: int | None,
+                 tokenizer: Tokenizer):
+        self.id = response_id("chatcmpl")
+        self.created = now()
+        self.model = model
+        self.prompt_tokens = prompt_tokens
+        self.plan = plan
+        self.choices = choices
+        self.top_logprobs = top_logprobs
+        self.tokenizer = tokenizer
+
+    def usage(self) -> Usage:
+        return usage(self.prompt_tokens, sum(choice.completion_tokens for choice in self.choices))
+
+    def logprobs(self, positions: list) -> ChatLogprobs | None:
+        if self.top_logprobs is None:
+            return None
+        return chat_logprobs(self.tokenizer, positions, self.top_logprobs)
+
+    def whole(self, choice: Choice) -> ChatChoice:
+        content = choice.content
+        calls = [ToolCallOut(id=c.id, function=CalledFunction(c.name, c.arguments)) for c in choice.tool_calls]
+        if self.plan.forced or (calls and not content.strip()):
+            content = None
+        message = AssistantMessage("assistant", content, tool_calls=calls or None)
+        finish_reason = finish_reason_of(self.plan, choice.finish_reason, bool(calls))
+        return ChatChoice(choice.index, message, self.logprobs(choice.logprobs), finish_reason)
+
+    def completion(self) -> ChatCompletion:
+        return ChatCompletion(id=self.id, created=self.created, model=self.model,
+                              choices=[self.whole(choice) for choice in self.choices], usage=self.usage())
+
+    def chunk(self, choices: list[ChatChunkChoice], with_usage: bool = False) -> ChatCompletionChunk:
+        return ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=choices,
+                                   usage=self.usage() if with_usage else None)
+
+
+class StreamedChoice:
+    """What one choice's stream has sent so far."""
+
+    def __init__(self):
+        self.started = False
+        self.calls = 0
+        self.unsent_logprobs: list = []
+
+
+class ChatChunks:
+    """Updates as chat.completion.chunk events."""
+
+    def __init__(self, answer: ChatAnswer, options: StreamOptions | None):
+        self.answer = answer
+        self.options = options
+        self.continuous = options is not None and options.continuous_usage_stats
+        self.streamed = [StreamedChoice() for _ in answer.choices]
+
+    def update(self, update: Update) -> list[bytes]:
+        streamed = self.streamed[update.index]
+        if self.answer.top_logprobs is not None and update.logprobs:
+            streamed.unsent_logprobs += update.logprobs
+        deltas = [delta for delta in (self.delta(streamed, event) for event in update.events) if delta is not None]
+        if not streamed.started and not deltas:
+            deltas = [ChatDelta() if self.answer.plan.forced else ChatDelta(content="")]
+        if update.finish_reason is not None and not deltas:
+            deltas = [ChatDelta()]
+        choices = []
+        for delta in deltas:
+            if not streamed.started:
+                delta.role, streamed.started = "assistant", True
+            logprobs, streamed.unsent_logprobs = streamed.unsent_logprobs, []
+            choices.append(ChatChunkChoice(update.index, delta, self.answer.logprobs(logprobs) if logprobs else None))
+        if update.finish_reason is not None:
+            choices[-1].finish_reason = finish_reason_of(self.answer.plan, update.finish_reason, streamed.calls > 0)
+        return [event(self.answer.chunk([choice], with_usage=self.continuous)) for choice in choices]
+
+    @staticmethod
+    def delta(streamed: StreamedChoice, item) -> ChatDelta | None:
+        if isinstance(item, ToolCall):
+            function = StreamedFunction(item.name, item.arguments)
+            streamed.calls += 1
+            return ChatDelta(tool_calls=[ToolCallDelta(streamed.calls - 1, item.id, "function", function)])
+        if isinstance(item, Reasoning):
+            return None  # chat does not carry reasoning yet
+        if streamed.calls and not item.text.strip():
+            return None  # whitespace between calls: the whole answer drops it too
+        return ChatDelta(content=item.text)
+
+    def last(self) -> list[bytes]:
+        if self.options is not None and self.options.include_usage:
+            return [event(self.answer.chunk([], with_usage=True))]
+        return []
+
+    error = staticmethod(error_event)
+    end = staticmethod(done)

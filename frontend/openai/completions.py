@@ -1,0 +1,162 @@
+"""POST /v1/completions: OpenAI's text completions, answered whole or streamed as server-sent events.
+
+Each prompt (a text, texts, token ids or lists of them) gets `n` choices, numbered prompt by prompt
+as OpenAI does: choice index = prompt index * n + i.
+"""
+import asyncio
+from dataclasses import dataclass
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from frontend.http import HTTPError, json_response, read_json
+from frontend.openai.logprobs import CompletionLogprobsBuilder, extend_completion
+from frontend.openai.models import served_model
+from frontend.openai.protocol import (
+    Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, StreamOptions, Usage, now, response_id, usage,
+)
+from frontend.openai.sampling import choice_specs, requested_grammar, sampling_kwargs
+from frontend.openai.sse import done, error_event, event, event_stream
+from frontend.request_bounds import check_generations, check_sampling, check_token_ids
+from frontend.state import FrontendState
+from frontend.text.run import Choice, Content, Update, rendered, run_choices, run_to_end, text_reader
+from frontend.text.tokenizer import Tokenizer
+
+
+@dataclass
+class Prompt:
+    text: str
+    ids: list[int]
+
+
+def completion_logprobs(builder: CompletionLogprobsBuilder, echo: Prompt | None, prompt_logprobs: list | None,
+                        positions: list, token_ids: list[int]) -> CompletionLogprobs:
+    """The echoed prompt's logprobs, if any, then the generated tokens'."""
+    logprobs = CompletionLogprobs([], [], [], [])
+    if echo is not None:
+        extend_completion(logprobs, builder.build(prompt_logprobs or [None] * len(echo.ids), echo.ids))
+    return extend_completion(logprobs, builder.build(positions, token_ids))
+
+
+class CompletionAnswer:
+    """One completions run as OpenAI shapes it: the chunks while streaming, and the whole answer."""
+
+    def __init__(self, model: str, prompts: list[Prompt], choices: list[Choice], echoes: list[Prompt | None],
+                 logprobs: bool, tokenizer: Tokenizer):
+        self.id = response_id("cmpl")
+        self.created = now()
+        self.model = model
+        self.prompt_tokens = sum(len(prompt.ids) for prompt in prompts)
+        self.choices = choices
+        self.echoes = echoes  # each choice's prompt, when echoed
+        self.logprobs = logprobs
+        self.tokenizer = tokenizer
+
+    def usage(self) -> Usage:
+        return usage(self.prompt_tokens, sum(choice.completion_tokens for choice in self.choices))
+
+    def chunk(self, choices: list[CompletionChoice], with_usage: bool = False) -> Completion:
+        return Completion(id=self.id, created=self.created, model=self.model, choices=choices,
+                          usage=self.usage() if with_usage else None)
+
+    def whole(self, choice: Choice) -> CompletionChoice:
+        echo = self.echoes[choice.index]
+        text = choice.content if echo is None else echo.text + choice.content
+        logprobs = None
+        if self.logprobs:
+            logprobs = completion_logprobs(CompletionLogprobsBuilder(self.tokenizer), echo, choice.prompt_logprobs,
+                                           choice.logprobs, choice.token_ids)
+        return CompletionChoice(choice.index, text, logprobs, choice.finish_reason)
+
+    def completion(self) -> Completion:
+        return self.chunk([self.whole(choice) for choice in self.choices], with_usage=True)
+
+
+class CompletionChunks:
+    """Updates as text_completion events; the prompt, when echoed, goes first in each choice."""
+
+    def __init__(self, answer: CompletionAnswer, options: StreamOptions | None):
+        self.answer = answer
+        self.options = options
+        self.continuous = options is not None and options.continuous_usage_stats
+        self.unechoed = list(answer.echoes)
+        self.builders = [CompletionLogprobsBuilder(answer.tokenizer) for _ in answer.choices]
+
+    def update(self, update: Update) -> list[bytes]:
+        text = "".join(item.text for item in update.events if isinstance(item, Content))
+        echo, self.unechoed[update.index] = self.unechoed[update.index], None
+        logprobs = None
+        if self.answer.logprobs:
+            logprobs = completion_logprobs(self.builders[update.index], echo, update.prompt_logprobs,
+                                           update.logprobs or [], update.token_ids)
+        if echo is not None:
+            text = echo.text + text
+        if not (text or update.finish_reason or logprobs):
+            return []
+        choice = CompletionChoice(update.index, text, logprobs, update.finish_reason)
+        return [event(self.answer.chunk([choice], with_usage=self.continuous))]
+
+    def last(self) -> list[bytes]:
+        if self.options is not None and self.options.include_usage:
+            return [event(self.answer.chunk([], with_usage=True))]
+        return []
+
+    error = staticmethod(error_event)
+    end = staticmethod(done)
+
+
+async def prompts_of(tokenizer: Tokenizer, body: CompletionRequest) -> list[Prompt]:
+    prompt = body.prompt
+    if isinstance(prompt, str) or (prompt and all(isinstance(item, str) for item in prompt)):
+        texts = [prompt] if isinstance(prompt, str) else prompt
+        ids = await tokenizer.encode_prompts(texts, body.add_special_tokens)
+        prompts = [Prompt(text, text_ids) for text, text_ids in zip(texts, ids)]
+    elif prompt and (all(isinstance(item, int) for item in prompt) or all(isinstance(item, list) for item in prompt)):
+        id_lists = [prompt] if isinstance(prompt[0], int) else prompt
+        for ids in id_lists:
+            check_token_ids(ids, tokenizer.vocab_size, "prompt")
+        texts = await asyncio.to_thread(lambda: [tokenizer.decode(ids, skip_special_tokens=False) for ids in id_lists])
+        prompts = [Prompt(text, ids) for text, ids in zip(texts, id_lists)]
+    else:
+        raise HTTPError(400, "prompt must be a text, a list of texts, token ids, or a list of token id lists", "prompt")
+    if any(not prompt.ids for prompt in prompts):
+        raise HTTPError(400, "the prompt is empty", "prompt")
+    return prompts
+
+
+def check_supported(body: CompletionRequest) -> None:
+    if body.suffix:
+        raise HTTPError(400, "suffix is not supported", "suffix")
+
+
+def prompt_count(prompt: str | list) -> int:
+    """How many prompts the field holds, counted before any is tokenized."""
+    if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
+        return 1
+    return len(prompt)
+
+
+async def completions_endpoint(request: Request) -> Response:
+    state: FrontendState = request.app.state.frontend
+    body = await read_json(request, CompletionRequest, state.server.max_body_bytes)
+    model = served_model(state, body.model)
+    check_supported(body)
+    tokenizer, limits = state.tokenizer, state.server.limits
+    check_generations(prompt_count(body.prompt), body.n, limits)
+    check_sampling(body, limits, tokenizer.vocab_size, body.n)
+    prompts = await prompts_of(tokenizer, body)
+    grammar = await asyncio.to_thread(requested_grammar, body, limits.max_schema_depth)
+    specs, echoes = [], []
+    for prompt in prompts:
+        state.check_context(len(prompt.ids), body.max_tokens)
+        sampling = sampling_kwargs(body, body.max_tokens, grammar, logprobs=body.logprobs,
+                                   prompt_logprobs=body.logprobs if body.echo else None)
+        specs += choice_specs(body, prompt.ids, sampling)
+        echoes += [prompt if body.echo else None] * body.n
+    choices = [Choice(i, text_reader(grammar)) for i in range(len(specs))]
+    answer = CompletionAnswer(model, prompts, choices, echoes, body.logprobs is not None, tokenizer)
+    updates = await run_choices(request, state, specs, choices)
+    if body.stream:
+        return event_stream(rendered(updates, CompletionChunks(answer, body.stream_options)))
+    await run_to_end(request, updates)
+    return json_response(answer.completion())

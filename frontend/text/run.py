@@ -1,0 +1,198 @@
+"""The one generation run every protocol renders from.
+
+A request's choices are generated side by side; each choice reads its text (reasoning first, when a
+reasoning parser is set, then tool calls or plain text) and turns every Piece into an Update: what
+is new in that choice, as Content, Reasoning and ToolCall events. Protocols render Updates into
+their own chunks while streaming, and read the finished Choices for a whole answer.
+"""
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from starlette.requests import Request
+
+from common.messages import TokenLogprob
+from frontend.errors import HANDLED, as_http_error
+from frontend.fan_out import merged
+from frontend.http import HTTPError, unless_disconnected
+from frontend.state import FrontendState
+from frontend.text.generation import GenerationSpec, Piece, generate
+from frontend.text.structured_outputs import JsonText, is_json_grammar
+from frontend.text.tool_parsers import ToolCall
+
+
+@dataclass
+class Content:
+    text: str
+
+
+@dataclass
+class Reasoning:
+    text: str
+
+
+Event = Content | Reasoning | ToolCall
+
+
+@dataclass
+class Update:
+    index: int  # the choice's
+    events: list[Event]
+    token_ids: list[int]  # this piece's
+    completion_tokens: int  # the choice's so far
+    finish_reason: str | None = None
+    logprobs: list[list[TokenLogprob]] | None = None
+    prompt_logprobs: list[list[TokenLogprob] | None] | None = None
+
+
+class PlainText:
+    def feed(self, text: str) -> list:
+        return [text] if text else []
+
+    def finish(self) -> list:
+        return []
+
+
+def text_reader(format_grammar: dict | None):
+    """How a choice's text reads when no tools are in play: grammar-made JSON escaped, else as it is."""
+    return JsonText() if is_json_grammar(format_grammar) else PlainText()
+
+
+class Choice:
+    """One choice as it grows, piece by piece: its content, reasoning, tool calls, tokens and logprobs.
+
+    `reader` finds tool calls in the text (feed(text) -> list[str | ToolCall], finish()); a
+    `reasoning_parser` (feed(text) -> list[Content | Reasoning], finish()) splits thinking out first."""
+
+    def __init__(self, index: int, reader=None, reasoning_parser=None):
+        self.index = index
+        self.reader = reader if reader is not None else PlainText()
+        self.reasoning_parser = reasoning_parser
+        self.contents: list[str] = []
+        self.thoughts: list[str] = []
+        self.tool_calls: list[ToolCall] = []
+        self.token_ids: list[int] = []
+        self.logprobs: list[list[TokenLogprob]] = []
+        self.prompt_logprobs: list[list[TokenLogprob] | None] | None = None
+        self.completion_tokens = 0
+        self.finish_reason: str | None = None
+
+    @property
+    def content(self) -> str:
+        return "".join(self.contents)
+
+    @property
+    def reasoning(self) -> str:
+        return "".join(self.thoughts)
+
+    def take(self, piece: Piece) -> Update:
+        finished = piece.finish_reason is not None
+        if self.reasoning_parser is None:
+            events = self.read([Content(piece.text)], finished)
+        else:
+            split = self.reasoning_parser.feed(piece.text)
+            if finished:
+                split += self.reasoning_parser.finish()
+            events = self.read(split, finished)
+        for event in events:
+            if isinstance(event, Content):
+                self.contents.append(event.text)
+            elif isinstance(event, Reasoning):
+                self.thoughts.append(event.text)
+            else:
+                self.tool_calls.append(event)
+        if self.prompt_logprobs is None:
+            self.prompt_logprobs = piece.prompt_logprobs
+        self.token_ids += piece.token_ids
+        self.logprobs += piece.logprobs or []
+        self.completion_tokens += len(piece.token_ids)
+        if finished:
+            self.finish_reason = piece.finish_reason
+        return Update(self.index, events, piece.token_ids, self.completion_tokens, piece.finish_reason,
+                      piece.logprobs, piece.prompt_logprobs)
+
+    def read(self, split: list[Content | Reasoning], finished: bool) -> list[Event]:
+        """The reader's events for the content, reasoning passed by as it is."""
+        events: list[Event] = []
+        for part in split:
+            if isinstance(part, Reasoning):
+                events.append(part)
+            else:
+                events += map(as_event, self.reader.feed(part.text))
+        if finished:
+            events += map(as_event, self.reader.finish())
+        return events
+
+
+def as_event(item: str | ToolCall) -> Event:
+    return Content(item) if isinstance(item, str) else item
+
+
+async def run_choices(request: Request, state: FrontendState, specs: list[GenerationSpec],
+                      choices: list[Choice]) -> AsyncIterator[Update]:
+    """Generate choice i from specs[i]; the Updates in the order they come. The first is awaited
+    here, before any byte is sent, so that a refusal is still an HTTP error."""
+    pieces = merged([generate(state.client, state.tokenizer.backend, spec) for spec in specs])
+
+    async def updates():
+        try:
+            async for index, piece in pieces:
+                yield choices[index].take(piece)
+        finally:
+            await pieces.aclose()
+
+    stream = updates()
+    first = await unless_disconnected(request, anext(stream))
+
+    async def first_then_rest():
+        try:
+            yield first
+            async for update in stream:
+                yield update
+        finally:
+            await stream.aclose()
+
+    return first_then_rest()
+
+
+async def run_to_end(request: Request, updates: AsyncIterator[Update]) -> None:
+    """Run every choice to its end (whole answers); a client that leaves cancels them."""
+
+    async def drain():
+        try:
+            async for _ in updates:
+                pass
+        finally:
+            await updates.aclose()
+
+    await unless_disconnected(request, drain())
+
+
+class Renderer(Protocol):
+    """A protocol's streamed wire format."""
+
+    def update(self, update: Update) -> Iterable[bytes]: ...
+
+    def last(self) -> Iterable[bytes]: ...  # after the last update
+
+    def error(self, error: HTTPError) -> Iterable[bytes]: ...  # the status line has gone out
+
+    def end(self) -> Iterable[bytes]: ...  # after everything, error or not
+
+
+async def rendered(updates: AsyncIterator[Update], renderer: Renderer) -> AsyncIterator[bytes]:
+    """The one streaming path: each Update in the renderer's format, a failure as its error chunk."""
+    try:
+        try:
+            async for update in updates:
+                for chunk in renderer.update(update):
+                    yield chunk
+        finally:
+            await updates.aclose()
+        for chunk in renderer.last():
+            yield chunk
+    except HANDLED as error:
+        for chunk in renderer.error(as_http_error(error)):
+            yield chunk
+    for chunk in renderer.end():
+        yield chunk
