@@ -34,7 +34,8 @@ def trace_file(role: str):
 
 
 def trace_frontend() -> None:
-    from frontend import engine_client, metrics, tokenizer
+    from frontend import engine_client, metrics
+    from frontend.text import tokenizer
 
     out = trace_file("frontend")
     by_id: dict[str, dict] = {}
