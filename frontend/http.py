@@ -86,6 +86,14 @@ async def until_disconnect(request: Request) -> None:
         pass
 
 
+async def off_the_loop_if(grows: bool, function, *args):
+    """`function(*args)` on a worker thread when its work grows with what the client sent (`grows`),
+    else here: the hop to a thread and back costs a lone request a few tenths of a millisecond."""
+    if grows:
+        return await asyncio.to_thread(function, *args)
+    return function(*args)
+
+
 async def unless_disconnected(request: Request, awaitable):
     """Await `awaitable`; if the client leaves first, cancel it (its cleanup runs) and raise."""
     work = asyncio.ensure_future(awaitable)

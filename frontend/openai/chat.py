@@ -4,13 +4,12 @@ whole or streamed as server-sent events.
 The request's tools, tool_choice and response_format become a ToolPlan (frontend/text/tools.py),
 which says how each choice's text is read; a forced call streams as one whole tool-call delta.
 """
-import asyncio
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from common.config import RequestLimits
-from frontend.http import HTTPError, json_response, read_json
+from frontend.http import HTTPError, json_response, off_the_loop_if, read_json
 from frontend.openai.logprobs import chat_logprobs
 from frontend.openai.models import served_model
 from frontend.openai.protocol import (
@@ -86,7 +85,8 @@ async def chat_completions_endpoint(request: Request) -> Response:
     model = served_model(state, body.model)
     tokenizer, limits = state.tokenizer, state.server.limits
     check_chat_bounds(body, limits, tokenizer.vocab_size)
-    plan = await asyncio.to_thread(tool_plan, body, state.server.tool_parser, limits.max_schema_depth)
+    constrained = bool(body.tools) or body.response_format is not None or body.structured_outputs is not None
+    plan = await off_the_loop_if(constrained, tool_plan, body, state.server.tool_parser, limits.max_schema_depth)
     prompt_ids = await chat_prompt_ids(tokenizer, body, state.server)
     top_logprobs = top_logprobs_of(body)
     sampling = sampling_kwargs(body, max_tokens_of(state, body, len(prompt_ids)), plan.grammar, logprobs=top_logprobs)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from starlette.requests import Request
 from starlette.responses import Response
 
-from frontend.http import HTTPError, json_response, read_json
+from frontend.http import HTTPError, json_response, off_the_loop_if, read_json
 from frontend.openai.logprobs import CompletionLogprobsBuilder, extend_completion
 from frontend.openai.models import served_model
 from frontend.openai.protocol import (
@@ -145,7 +145,8 @@ async def completions_endpoint(request: Request) -> Response:
     check_generations(prompt_count(body.prompt), body.n, limits)
     check_sampling(body, limits, tokenizer.vocab_size, body.n)
     prompts = await prompts_of(tokenizer, body)
-    grammar = await asyncio.to_thread(requested_grammar, body, limits.max_schema_depth)
+    constrained = body.response_format is not None or body.structured_outputs is not None
+    grammar = await off_the_loop_if(constrained, requested_grammar, body, limits.max_schema_depth)
     specs, echoes = [], []
     for prompt in prompts:
         state.check_context(len(prompt.ids), body.max_tokens)
