@@ -24,6 +24,8 @@ REPEAT_LOADS="1024x128@64/128 1024x128@1/8 128x1024@64/128"
 # Every target point, ours against one API process on the same machine, the points in question repeated
 # (LOAD*R); then four API processes where they were the best `vllm serve` before.
 FINAL_LOADS="128x1024@256/512 1024x128@256/512*2 128x1024@1/2*2 1024x128@1/8*3 128x1024@64/128*2 1024x128@64/128*3"
+# Concurrency 1 with every stage of each request of ours timed (bench/experiments/request_trace.py).
+TRACE_LOADS=${TRACE_LOADS:-"128x1024@1/3*3 1024x128@1/6*3"}
 FINAL4_LOADS="128x1024@256/512 1024x128@256/512*2 1024x128@64/128*3"
 source "$(dirname "$0")/gpu_common.sh"
 
@@ -56,6 +58,9 @@ step() {
         rep1)   REPEATS=3 side_by_side rep1 "$ENGINE_ARGS" vllm:1 -- $REPEAT_LOADS ;;
         final)  side_by_side final "$ENGINE_ARGS" ours:4 vllm:1 -- $FINAL_LOADS ;;
         final4) side_by_side final4 "$ENGINE_ARGS" vllm:4 -- $FINAL4_LOADS ;;
+        trace)  side_by_side trace "$ENGINE_ARGS" ours:4:bench.experiments.request_trace+bench.experiments.request_trace \
+                    vllm:1 -- $TRACE_LOADS
+                python3 -m bench.experiments.request_trace report "$RESULTS/trace" | tee "$RESULTS/trace/stages.txt" ;;
         high)   side_by_side high "$WIDE_ENGINE_ARGS" ours:4 vllm:4 -- 128x1024@512/1024 128x1024@1024/1024 ;;
     esac
     echo "#### step $1 done at $(date +%T)"
