@@ -13,14 +13,16 @@ from dataclasses import dataclass
 
 THINK_START = "<think>"
 THINK_END = "</think>"
+# How much of the end of a prompt is read for a marker a chat template left there.
+PROMPT_TAIL_TOKENS = 16
 
 
-@dataclass(frozen=True)
+@dataclass
 class Content:
     text: str
 
 
-@dataclass(frozen=True)
+@dataclass
 class Reasoning:
     text: str
 
@@ -92,3 +94,8 @@ def make_reasoning_parser(name: str) -> ReasoningParser:
     if name not in REASONING_PARSERS:
         raise ValueError(f"unknown reasoning parser {name!r}; known: {', '.join(REASONING_PARSERS)}")
     return ReasoningParser(starts_thinking=REASONING_PARSERS[name])
+
+
+def prompt_tail(tokenizer, prompt_ids: list[int]) -> str:
+    """The text of the prompt's last tokens, for make_reasoning_parser."""
+    return tokenizer.decode(prompt_ids[-PROMPT_TAIL_TOKENS:], skip_special_tokens=False)
