@@ -57,7 +57,8 @@ def test_tokenize_messages_as_chat_renders_them(http, openai_client):
     continued = http.post("/tokenize", json={
         "messages": [*MESSAGES, {"role": "assistant", "content": "Well"}],
         "add_generation_prompt": False, "continue_final_message": True}).json()
-    assert http.post("/detokenize", json={"tokens": continued["tokens"]}).json()["prompt"].endswith("<|im_start|>assistant\nWell")
+    text = http.post("/detokenize", json={"tokens": continued["tokens"]}).json()["prompt"]
+    assert text.endswith("<|im_start|>assistant\nWell")
 
 
 @pytest.mark.parametrize("route, body, status, field", [
@@ -97,7 +98,8 @@ def test_a_preflight_is_answered_without_the_api_key(service):
     assert response.headers["access-control-allow-headers"] == "authorization, content-type"
     assert "access-control-allow-credentials" not in response.headers
     # An origin not in server.yml is refused, as Starlette's CORSMiddleware does for vllm serve.
-    response = httpx.options(service.url + "/v1/chat/completions", headers={**headers, "Origin": "https://evil.example"})
+    elsewhere = {**headers, "Origin": "https://evil.example"}
+    response = httpx.options(service.url + "/v1/chat/completions", headers=elsewhere)
     assert response.status_code == 400 and "access-control-allow-origin" not in response.headers
 
 
