@@ -22,7 +22,8 @@ WORDS = "[a-z ]{3,20}"
 
 @pytest.fixture(scope="module")
 def service(model_dir):
-    server = {"api_key": API_KEY, "reasoning_parser": "deepseek_r1", "cors": {"allowed_origins": [ORIGIN]}}
+    server = {"api_key": API_KEY, "reasoning_parser": "deepseek_r1", "cors": {"allowed_origins": [ORIGIN]},
+              "trust_request_chat_template": True}
     with running_service("text-api", frontends=1, server=server) as deployment:
         yield deployment
 
@@ -67,7 +68,7 @@ def test_tokenize_messages_as_chat_renders_them(http, openai_client):
     ("/tokenize", {"messages": []}, 400, "messages"),
     ("/tokenize", {"messages": MESSAGES, "continue_final_message": True}, 400, "continue_final_message"),
     ("/tokenize", {"prompt": "a", "model": "another"}, 404, "model"),
-    ("/tokenize", {"messages": MESSAGES, "chat_template": "{{ x }}"}, 400, "chat_template"),
+    ("/tokenize", {"messages": MESSAGES, "chat_template": "{{ raise_exception('no') }}"}, 400, "chat_template"),
     ("/tokenize", {"messages": MESSAGES, "tools": [{"type": "function", "function": {
         "name": "f", "parameters": {"type": "object", "properties": {"a": {"type": 5}}}}}]},
      400, "tools[0].function.parameters"),
@@ -181,3 +182,12 @@ def test_json_output_is_not_taken_for_thinking(openai_client):
         model=default_model.NAME, messages=MESSAGES, max_tokens=100,
         response_format={"type": "json_object"}).choices[0].message
     assert message.content and message.model_extra.get("reasoning_content") is None
+
+
+def test_a_template_that_closes_the_thinking_makes_the_output_answer(openai_client):
+    # As Qwen3's template with enable_thinking false, or DeepSeek-V3.1's non-thinking mode.
+    template = "{% for m in messages %}{{ m.content }}\n{% endfor %}<think>\n\n</think>\n\n"
+    message = openai_client.chat.completions.create(
+        model=default_model.NAME, messages=MESSAGES, max_tokens=100,
+        extra_body={"chat_template": template, "structured_outputs": {"regex": WORDS}}).choices[0].message
+    assert re.fullmatch(WORDS, message.content) and message.model_extra.get("reasoning_content") is None

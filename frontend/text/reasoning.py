@@ -4,7 +4,9 @@ The `<think>…</think>` family, under vLLM's names. `deepseek_r1` starts inside
 chat templates may put `<think>` in the prompt, so the output can begin without it): everything up
 to `</think>` is reasoning. `qwen3` starts in the answer: only text between an explicit `<think>` and
 `</think>` is reasoning. In both, one block of thinking is taken; after its `</think>` every byte is
-answer, markers included, and a `<think>` inside the thinking is dropped.
+answer, markers included, and a `<think>` inside the thinking is dropped. Where the prompt itself
+ends with a marker (a template that opens the thinking for the model, or closes it to turn thinking
+off), the output starts on that side of it, whatever the parser.
 
 Text is held back only while its tail may still be the start of a marker, so a streamed client never
 sees half a marker, and each character is looked at a bounded number of times.
@@ -90,10 +92,17 @@ def append(events: list[Content | Reasoning], event: Content | Reasoning) -> Non
 REASONING_PARSERS = {"deepseek_r1": True, "qwen3": False}
 
 
-def make_reasoning_parser(name: str) -> ReasoningParser:
+def make_reasoning_parser(name: str, prompt_end: str = "") -> ReasoningParser:
+    """`prompt_end`: the end of the prompt's text, where a chat template may have written a marker."""
     if name not in REASONING_PARSERS:
         raise ValueError(f"unknown reasoning parser {name!r}; known: {', '.join(REASONING_PARSERS)}")
-    return ReasoningParser(starts_thinking=REASONING_PARSERS[name])
+    parser = ReasoningParser(starts_thinking=REASONING_PARSERS[name])
+    tail = prompt_end.rstrip()
+    if tail.endswith(THINK_START):
+        parser.phase = THINKING
+    elif tail.endswith(THINK_END):
+        parser.phase = AFTER
+    return parser
 
 
 def prompt_tail(tokenizer, prompt_ids: list[int]) -> str:

@@ -71,12 +71,12 @@ class ToolPlan:
                 return tool
         raise HTTPError(400, f"tool_choice names {self.choice!r}, which is not among the tools", "tool_choice")
 
-    def reasoning_parser(self, name: str, prompt_tail: str = "") -> ReasoningParser | None:
+    def reasoning_parser(self, name: str, prompt_end: str = "") -> ReasoningParser | None:
         """A fresh reasoning parser for one choice when server.yml names one (`name`), else None. Forced
         calls and JSON formats are grammars from the first token: their output holds no thinking."""
         if not name or self.forced or is_json_grammar(self.grammar):
             return None
-        return make_reasoning_parser(name, prompt_tail)
+        return make_reasoning_parser(name, prompt_end)
 
     def reader(self):
         """A fresh reader of one choice's text: feed(text) -> list[str | ToolCall], finish()."""

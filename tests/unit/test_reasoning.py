@@ -57,6 +57,17 @@ def test_after_the_thinking_markers_are_plain_text():
     assert stream("deepseek_r1", ["a</think>b<think>c</think>d"])[:2] == ("a", "b<think>c</think>d")
 
 
+@pytest.mark.parametrize("name", ["deepseek_r1", "qwen3"])
+def test_a_marker_that_ends_the_prompt_says_where_the_output_starts(name):
+    opened = make_reasoning_parser(name, prompt_end="<|im_start|>assistant\n<think>\n")
+    assert opened.feed("plan</think>answer") == [Reasoning("plan"), Content("answer")]
+    closed = make_reasoning_parser(name, prompt_end="assistant\n<think>\n\n</think>\n\n")
+    assert closed.feed("answer</think>") + closed.finish() == [Content("answer</think>")]
+    # A marker earlier in the prompt is history, not where the output starts.
+    default = make_reasoning_parser(name, prompt_end="</think>earlier answer<|im_end|>\nassistant\n")
+    assert default.feed("text") + default.finish() == [(Reasoning if name == "deepseek_r1" else Content)("text")]
+
+
 def test_an_unknown_name_is_refused():
     with pytest.raises(ValueError, match="deepseek_r1"):
         make_reasoning_parser("nonesuch")
