@@ -92,3 +92,29 @@ def test_every_parser_server_yml_accepts_exists():
     accepted = set(get_args(ServerConfig.__annotations__["reasoning_parser"])) - {""}
     for name in accepted:
         assert make_reasoning_parser(name)
+
+
+def test_grammars_from_the_first_token_are_not_read_for_thinking():
+    from frontend.text.tools import FunctionTool, ToolPlan
+
+    tools = [FunctionTool("f", None, {"type": "object"})]
+    assert ToolPlan(tools, "required", True, None, "hermes", 8).reasoning_parser("deepseek_r1") is None
+    assert ToolPlan(tools, "f", True, None, "hermes", 8).reasoning_parser("deepseek_r1") is None
+    assert ToolPlan([], "none", True, {"json_object": True}, "hermes", 8).reasoning_parser("deepseek_r1") is None
+    assert ToolPlan([], "none", True, {"regex": "a"}, "hermes", 8).reasoning_parser("deepseek_r1") is not None
+    assert ToolPlan(tools, "auto", True, None, "hermes", 8).reasoning_parser("qwen3") is not None
+    assert ToolPlan(tools, "auto", True, None, "hermes", 8).reasoning_parser("") is None
+
+
+def test_a_choice_reads_tool_calls_in_the_answer_after_the_thinking():
+    from frontend.text.generation import Piece
+    from frontend.text.run import Choice
+    from frontend.text.tool_parsers import make_parser
+
+    choice = Choice(0, make_parser("hermes"), make_reasoning_parser("deepseek_r1"))
+    updates = [choice.take(Piece(text, [1])) for text in ["Weather? <tool_call> is what I ", "need.</th", "ink>Let me"]]
+    last = choice.take(Piece(' look.<tool_call>{"name": "f", "arguments": {}}</tool_call>', [2], "stop", stop_reason=7))
+    assert updates[0].events == [Reasoning("Weather? <tool_call> is what I ")]
+    assert (choice.reasoning, choice.content) == ("Weather? <tool_call> is what I need.", "Let me look.")
+    assert [(call.name, call.arguments) for call in choice.tool_calls] == [("f", "{}")]
+    assert (last.stop_reason, choice.stop_reason, choice.finish_reason) == (7, 7, "stop")
