@@ -72,6 +72,15 @@ class RequestLimits(msgspec.Struct, forbid_unknown_fields=True):
     max_chat_prompt_chars: int = 2_097_152
 
 
+class CorsConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """Which browser pages on other origins may call the API (Starlette's CORSMiddleware), as vLLM's
+    --allowed-origins, --allowed-methods, --allowed-headers, --allow-credentials. No origin: none may."""
+    allowed_origins: list[str] = []
+    allowed_methods: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    allowed_headers: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    allow_credentials: bool = False
+
+
 class ServerConfig(msgspec.Struct, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 7080
@@ -97,10 +106,14 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True):
     # How /v1/chat/completions finds tool calls in the text under tool_choice "auto": "hermes"
     # (<tool_call>{...}</tool_call>), "llama3_json" ({"name": ..., "parameters": ...}), or "" for none.
     tool_parser: Literal["hermes", "llama3_json", ""] = "hermes"
+    # How chat output splits into reasoning_content and content: "deepseek_r1" (thinking until
+    # </think>, with or without <think>), "qwen3" (only between <think> and </think>), or "" for none.
+    reasoning_parser: Literal["deepseek_r1", "qwen3", ""] = ""
     # Chat templates sent in a request (`chat_template`, `chat_template_kwargs.chat_template`) are
     # refused unless this is true: a template is code the server runs (vLLM's --trust-request-chat-template).
     trust_request_chat_template: bool = False
     limits: RequestLimits = msgspec.field(default_factory=RequestLimits)
+    cors: CorsConfig = msgspec.field(default_factory=CorsConfig)
     engine: EngineLink = msgspec.field(default_factory=EngineLink)
     # false: this host runs no engine worker; its frontends use only `engines` (a frontend-only host).
     local_engines: bool = True

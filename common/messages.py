@@ -48,6 +48,8 @@ class Delta(msgspec.Struct, array_like=True):
     # One entry per new token: the sampled token first, then the top alternatives.
     logprobs: list[list[TokenLogprob]] | None = None
     prompt_logprobs: list[list[TokenLogprob] | None] | None = None
+    # The id in the request's stop_token_ids that ended it (vLLM's stop_reason); None for EOS or length.
+    stop_token_id: int | None = None
 
 
 class StepOutput(msgspec.Struct, tag="step", array_like=True):

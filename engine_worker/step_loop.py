@@ -207,6 +207,7 @@ class StepLoop:
                     finish_reason,
                     logprobs=convert_logprobs(token_ids, completion.logprobs),
                     prompt_logprobs=prompt_logprobs(output),
+                    stop_token_id=stop_token_id(completion) if output.finished else None,
                 )
             )
         self.load.load.generation_tokens_total += generated
@@ -228,6 +229,12 @@ class StepLoop:
         self.owners.clear()
         for frontend_id, deltas in by_frontend.items():
             self.send(frontend_id, deltas)
+
+
+def stop_token_id(completion) -> int | None:
+    # vLLM's stop_reason is a stop token id or a stop string; the engine is given no stop strings.
+    reason = completion.stop_reason
+    return reason if isinstance(reason, int) else None
 
 
 def convert_logprobs(token_ids: list[int], logprobs) -> list[list[TokenLogprob]] | None:

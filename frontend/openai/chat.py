@@ -22,6 +22,7 @@ from frontend.openai.sse import done, error_event, event, event_stream
 from frontend.request_bounds import check_count, check_generations, check_sampling
 from frontend.state import FrontendState
 from frontend.text.chat_template import chat_prompt_ids
+from frontend.text.reasoning import prompt_tail
 from frontend.text.run import Choice, Reasoning, Update, rendered, run_choices, run_to_end
 from frontend.text.tokenizer import Tokenizer
 from frontend.text.tool_parsers import ToolCall
@@ -91,7 +92,9 @@ async def chat_completions_endpoint(request: Request) -> Response:
     top_logprobs = top_logprobs_of(body)
     sampling = sampling_kwargs(body, max_tokens_of(state, body, len(prompt_ids)), plan.grammar, logprobs=top_logprobs)
     specs = choice_specs(body, prompt_ids, sampling)
-    choices = [Choice(i, plan.reader()) for i in range(len(specs))]
+    reasoning = state.server.reasoning_parser
+    tail = prompt_tail(tokenizer, prompt_ids) if reasoning else ""
+    choices = [Choice(i, plan.reader(), plan.reasoning_parser(reasoning, tail)) for i in range(len(specs))]
     answer = ChatAnswer(model, len(prompt_ids), plan, choices, top_logprobs, tokenizer)
     updates = await run_choices(request, state, specs, choices)
     if body.stream:
@@ -125,11 +128,13 @@ class ChatAnswer:
     def whole(self, choice: Choice) -> ChatChoice:
         content = choice.content
         calls = [ToolCallOut(id=c.id, function=CalledFunction(c.name, c.arguments)) for c in choice.tool_calls]
-        if self.plan.forced or (calls and not content.strip()):
+        # As vLLM: no answer after the thinking is a null content, no thinking a null reasoning.
+        if self.plan.forced or (calls and not content.strip()) or (choice.reasoning_parser and not content):
             content = None
-        message = AssistantMessage("assistant", content, tool_calls=calls or None)
+        reasoning = choice.reasoning or None
+        message = AssistantMessage("assistant", content, calls or None, reasoning, reasoning)
         finish_reason = finish_reason_of(self.plan, choice.finish_reason, bool(calls))
-        return ChatChoice(choice.index, message, self.logprobs(choice.logprobs), finish_reason)
+        return ChatChoice(choice.index, message, self.logprobs(choice.logprobs), finish_reason, choice.stop_reason)
 
     def completion(self) -> ChatCompletion:
         return ChatCompletion(id=self.id, created=self.created, model=self.model,
@@ -175,6 +180,7 @@ class ChatChunks:
             choices.append(ChatChunkChoice(update.index, delta, self.answer.logprobs(logprobs) if logprobs else None))
         if update.finish_reason is not None:
             choices[-1].finish_reason = finish_reason_of(self.answer.plan, update.finish_reason, streamed.calls > 0)
+            choices[-1].stop_reason = update.stop_reason
         return [event(self.answer.chunk([choice], with_usage=self.continuous)) for choice in choices]
 
     @staticmethod
@@ -184,7 +190,7 @@ class ChatChunks:
             streamed.calls += 1
             return ChatDelta(tool_calls=[ToolCallDelta(streamed.calls - 1, item.id, "function", function)])
         if isinstance(item, Reasoning):
-            return None  # chat does not carry reasoning yet
+            return ChatDelta(reasoning=item.text, reasoning_content=item.text)
         if streamed.calls and not item.text.strip():
             return None  # whitespace between calls: the whole answer drops it too
         return ChatDelta(content=item.text)

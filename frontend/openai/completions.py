@@ -66,7 +66,7 @@ class CompletionAnswer:
         if self.logprobs:
             logprobs = completion_logprobs(CompletionLogprobsBuilder(self.tokenizer), echo, choice.prompt_logprobs,
                                            choice.logprobs, choice.token_ids)
-        return CompletionChoice(choice.index, text, logprobs, choice.finish_reason)
+        return CompletionChoice(choice.index, text, logprobs, choice.finish_reason, choice.stop_reason)
 
     def completion(self) -> Completion:
         return self.chunk([self.whole(choice) for choice in self.choices], with_usage=True)
@@ -93,7 +93,7 @@ class CompletionChunks:
             text = echo.text + text
         if not (text or update.finish_reason or logprobs):
             return []
-        choice = CompletionChoice(update.index, text, logprobs, update.finish_reason)
+        choice = CompletionChoice(update.index, text, logprobs, update.finish_reason, update.stop_reason)
         return [event(self.answer.chunk([choice], with_usage=self.continuous))]
 
     def last(self) -> list[bytes]:

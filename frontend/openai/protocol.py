@@ -168,6 +168,8 @@ class CompletionChoice(msgspec.Struct):
     text: str
     logprobs: CompletionLogprobs | None
     finish_reason: str | None
+    # vLLM's extra: the stop string or stop token id that ended the choice; null for EOS or length.
+    stop_reason: int | str | None = None
 
 
 class Completion(msgspec.Struct, kw_only=True):
@@ -211,6 +213,10 @@ class AssistantMessage(msgspec.Struct, omit_defaults=True):
     role: str
     content: str | None
     tool_calls: list[ToolCallOut] | None = None
+    # The thinking, when server.yml names a reasoning_parser: under vLLM's name (`reasoning`) and
+    # under the name DeepSeek's API and earlier vLLM use.
+    reasoning: str | None = None
+    reasoning_content: str | None = None
 
 
 class ChatChoice(msgspec.Struct):
@@ -218,6 +224,7 @@ class ChatChoice(msgspec.Struct):
     message: AssistantMessage
     logprobs: ChatLogprobs | None
     finish_reason: str | None
+    stop_reason: int | str | None = None
 
 
 class ChatCompletion(msgspec.Struct, kw_only=True):
@@ -245,6 +252,8 @@ class ChatDelta(msgspec.Struct, omit_defaults=True):
     role: str | None = None
     content: str | None = None
     tool_calls: list[ToolCallDelta] | None = None
+    reasoning: str | None = None
+    reasoning_content: str | None = None
 
 
 class ChatChunkChoice(msgspec.Struct):
@@ -252,6 +261,7 @@ class ChatChunkChoice(msgspec.Struct):
     delta: ChatDelta
     logprobs: ChatLogprobs | None = None
     finish_reason: str | None = None
+    stop_reason: int | str | None = None
 
 
 class ChatCompletionChunk(msgspec.Struct, kw_only=True):

@@ -28,7 +28,8 @@ class TemplateTimeout(Exception):
     pass
 
 
-async def chat_prompt_ids(tokenizer: Tokenizer, body: ChatCompletionRequest, server: ServerConfig) -> list[int]:
+async def chat_prompt_ids(tokenizer: Tokenizer, body: ChatCompletionRequest, server: ServerConfig,
+                          add_special_tokens: bool = False) -> list[int]:
     template, field = request_template(body, server)
     if template is None and not tokenizer.hf.chat_template:
         raise HTTPError(400, "this model has no chat template, so it cannot chat: use /v1/completions", "messages")
@@ -41,8 +42,9 @@ async def chat_prompt_ids(tokenizer: Tokenizer, body: ChatCompletionRequest, ser
     if len(prompt) > limits.max_chat_prompt_chars:
         raise HTTPError(400, f"the rendered chat prompt is {len(prompt)} characters long, more than the limit of "
                              f"{limits.max_chat_prompt_chars}", field)
-    # The template writes every special token itself, BOS included where the model wants one.
-    return (await tokenizer.encode_prompts([prompt], add_special_tokens=False))[0]
+    # The template writes every special token itself, BOS included where the model wants one
+    # (/tokenize may ask for them on top, as vLLM's does).
+    return (await tokenizer.encode_prompts([prompt], add_special_tokens))[0]
 
 
 def request_template(body: ChatCompletionRequest, server: ServerConfig) -> tuple[str | None, str]:

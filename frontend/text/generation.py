@@ -8,7 +8,7 @@ import asyncio
 import uuid
 from dataclasses import dataclass, field
 
-from common.messages import TokenLogprob
+from common.messages import Delta, TokenLogprob
 from frontend.engine_client import EngineClient, EngineLost, RequestTimeout
 from frontend.metrics import GenerationMeter
 from frontend.text.detokenizer import Detokenizer
@@ -26,6 +26,8 @@ class Piece:
     finish_reason: str | None = None
     logprobs: list[list[TokenLogprob]] | None = None
     prompt_logprobs: list[list[TokenLogprob] | None] | None = None
+    # What ended it, as vLLM's stop_reason: the stop string matched, the stop token id, or None.
+    stop_reason: int | str | None = None
 
 
 @dataclass
@@ -63,21 +65,30 @@ async def generate(client: EngineClient, tokenizer, spec: GenerationSpec):
                 raise EngineLost(delta.error or "the engine aborted the request")
             meter.tokens_arrived(len(delta.token_ids))
             finished = delta.finish_reason is not None
-            text = detokenizer.add(delta.token_ids)
+            text = detokenizer.add(shown_ids(delta, spec.include_stop_str_in_output))
             if finished:
                 text += detokenizer.flush()
             text = stops.feed(text)
             if stops.matched is not None:
                 meter.finish_reason = "stop"
-                yield Piece(text, delta.token_ids, "stop", delta.logprobs, delta.prompt_logprobs)
+                yield Piece(text, delta.token_ids, "stop", delta.logprobs, delta.prompt_logprobs, stops.matched)
                 return
             if finished:
                 text += stops.flush()
             meter.finish_reason = delta.finish_reason
-            yield Piece(text, delta.token_ids, delta.finish_reason, delta.logprobs, delta.prompt_logprobs)
+            yield Piece(text, delta.token_ids, delta.finish_reason, delta.logprobs, delta.prompt_logprobs,
+                        delta.stop_token_id)
     except Exception as error:
         meter.failure = error
         raise
     finally:
         meter.end()
         client.release(request_id, abort=not finished)
+
+
+def shown_ids(delta: Delta, include_stop_token: bool) -> list[int]:
+    """As vLLM: the token that stopped a request (EOS, a stop_token_ids entry) is not in its text,
+    unless include_stop_str_in_output."""
+    if delta.finish_reason == "stop" and delta.token_ids and not include_stop_token:
+        return delta.token_ids[:-1]
+    return delta.token_ids

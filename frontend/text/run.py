@@ -17,18 +17,9 @@ from frontend.fan_out import merged
 from frontend.http import HTTPError, unless_disconnected
 from frontend.state import FrontendState
 from frontend.text.generation import GenerationSpec, Piece, generate
+from frontend.text.reasoning import Content, Reasoning
 from frontend.text.structured_outputs import JsonText, is_json_grammar
 from frontend.text.tool_parsers import ToolCall
-
-
-@dataclass
-class Content:
-    text: str
-
-
-@dataclass
-class Reasoning:
-    text: str
 
 
 Event = Content | Reasoning | ToolCall
@@ -43,6 +34,7 @@ class Update:
     finish_reason: str | None = None
     logprobs: list[list[TokenLogprob]] | None = None
     prompt_logprobs: list[list[TokenLogprob] | None] | None = None
+    stop_reason: int | str | None = None  # vLLM's: the stop string or stop token id that ended it
 
 
 class PlainText:
@@ -76,6 +68,7 @@ class Choice:
         self.prompt_logprobs: list[list[TokenLogprob] | None] | None = None
         self.completion_tokens = 0
         self.finish_reason: str | None = None
+        self.stop_reason: int | str | None = None
 
     @property
     def content(self) -> str:
@@ -107,9 +100,9 @@ class Choice:
         self.logprobs += piece.logprobs or []
         self.completion_tokens += len(piece.token_ids)
         if finished:
-            self.finish_reason = piece.finish_reason
+            self.finish_reason, self.stop_reason = piece.finish_reason, piece.stop_reason
         return Update(self.index, events, piece.token_ids, self.completion_tokens, piece.finish_reason,
-                      piece.logprobs, piece.prompt_logprobs)
+                      piece.logprobs, piece.prompt_logprobs, piece.stop_reason)
 
     def read(self, split: list[Content | Reasoning], finished: bool) -> list[Event]:
         """The reader's events for the content, reasoning passed by as it is."""

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from frontend.http import HTTPError
+from frontend.text.reasoning import ReasoningParser, make_reasoning_parser
 from frontend.text.run import text_reader
-from frontend.text.structured_outputs import COMPACT, ForcedToolCalls, check_schema
+from frontend.text.structured_outputs import COMPACT, ForcedToolCalls, check_schema, is_json_grammar
 from frontend.text.tool_parsers import PARSERS, make_parser
 
 MODES = ("none", "auto", "required")
@@ -69,6 +70,13 @@ class ToolPlan:
             if tool.name == self.choice:
                 return tool
         raise HTTPError(400, f"tool_choice names {self.choice!r}, which is not among the tools", "tool_choice")
+
+    def reasoning_parser(self, name: str, prompt_end: str = "") -> ReasoningParser | None:
+        """A fresh reasoning parser for one choice when server.yml names one (`name`), else None. Forced
+        calls and JSON formats are grammars from the first token: their output holds no thinking."""
+        if not name or self.forced or is_json_grammar(self.grammar):
+            return None
+        return make_reasoning_parser(name, prompt_end)
 
     def reader(self):
         """A fresh reader of one choice's text: feed(text) -> list[str | ToolCall], finish()."""

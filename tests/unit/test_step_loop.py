@@ -45,7 +45,8 @@ class FakeEngine:
                 self.running[request_id] = left
                 if finished:
                     del self.running[request_id]
-            completion = SimpleNamespace(token_ids=[7], finish_reason="length" if finished else None, logprobs=None)
+            completion = SimpleNamespace(token_ids=[7], finish_reason="length" if finished else None, logprobs=None,
+                                         stop_reason=None)
             outputs.append(SimpleNamespace(request_id=request_id, outputs=[completion], finished=finished))
         self.late_outputs = []
         return outputs
