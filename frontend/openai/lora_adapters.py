@@ -25,8 +25,10 @@ Path = Annotated[str, Meta(min_length=1, max_length=4096)]
 class LoadLoraAdapterRequest(msgspec.Struct, forbid_unknown_fields=True):
     lora_name: Name
     lora_path: Path
-    # vLLM's other fields: reloading in place is not offered (unload, then load), nor 3-D weights.
+    # vLLM's other fields, accepted only as false: reloading in place is not offered (unload, then
+    # load), nor 3-D (MoE) weights.
     load_inplace: bool = False
+    is_3d_lora_weight: bool = False
 
 
 class UnloadLoraAdapterRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -39,6 +41,8 @@ async def load_lora_adapter(request: Request) -> Response:
     body = await read_json(request, LoadLoraAdapterRequest, state.server.max_body_bytes)
     if body.load_inplace:
         raise HTTPError(400, "load_inplace is not supported: unload the adapter, then load it again", "load_inplace")
+    if body.is_3d_lora_weight:
+        raise HTTPError(400, "3-D LoRA weights are not supported", "is_3d_lora_weight")
     if body.lora_name == model_card(state).id:
         raise HTTPError(400, f"the LoRA adapter {body.lora_name!r} conflicts with the served model", "lora_name")
     loaded_from = state.client.loras.get(body.lora_name, body.lora_path)
