@@ -167,6 +167,11 @@ class InferenceConfig(msgspec.Struct, forbid_unknown_fields=True):
     # Gibibytes of memory for the KV cache when vLLM runs on the CPU.
     cpu_kv_cache_gib: int = 2
     engine_args: dict[str, Any] = {}
+    # LoRA adapters served beside the model, name -> path (a directory in PEFT's format, or a hub id);
+    # each name is a model id of its own (docs/lora.md).
+    lora_modules: dict[str, str] = {}
+    # POST /v1/load_lora_adapter and /v1/unload_lora_adapter (vLLM's VLLM_ALLOW_RUNTIME_LORA_UPDATING).
+    allow_runtime_lora_updating: bool = False
 
     @property
     def data_parallel_size(self) -> int:
@@ -177,9 +182,17 @@ class InferenceConfig(msgspec.Struct, forbid_unknown_fields=True):
     def tensor_parallel_size(self) -> int:
         return int(self.engine_args.get("tensor_parallel_size", 1))
 
+    @property
+    def serves_lora(self) -> bool:
+        return bool(self.lora_modules) or self.allow_runtime_lora_updating
+
     def vllm_engine_args(self) -> dict[str, Any]:
-        """What goes to EngineArgs: data parallelism is ours (separate engine workers), not vLLM's."""
-        return {key: value for key, value in self.engine_args.items() if key != "data_parallel_size"}
+        """What goes to EngineArgs: data parallelism is ours (separate engine workers), not vLLM's.
+        Adapters turn vLLM's LoRA support on unless engine_args say otherwise."""
+        args = {key: value for key, value in self.engine_args.items() if key != "data_parallel_size"}
+        if self.serves_lora:
+            args.setdefault("enable_lora", True)
+        return args
 
     def gpus_of(self, rank: int, all_gpus: int | None = None) -> str:
         """CUDA_VISIBLE_DEVICES of local engine `rank`: GPUs rank*tp .. rank*tp+tp-1 of

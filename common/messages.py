@@ -19,6 +19,25 @@ class Add(msgspec.Struct, tag="add", array_like=True):
     # "structured_outputs": a plain dict (json, regex, choice, grammar or json_object) that the
     # engine turns into vLLM's StructuredOutputsParams.
     sampling: dict[str, Any]
+    lora: str | None = None  # the name of the LoRA adapter to apply; None: the base model
+
+
+class LoadLora(msgspec.Struct, tag="load_lora", array_like=True):
+    """Load a LoRA adapter under `name`. The engine answers on the frontend's topic with a Delta for
+    `request_id`: finish_reason "stop" once loaded, "error" with the reason if not."""
+
+    request_id: str
+    frontend_id: str
+    name: str
+    path: str
+
+
+class UnloadLora(msgspec.Struct, tag="unload_lora", array_like=True):
+    """Unload the LoRA adapter `name`; answered like LoadLora."""
+
+    request_id: str
+    frontend_id: str
+    name: str
 
 
 class Abort(msgspec.Struct, tag="abort", array_like=True):
@@ -29,7 +48,7 @@ class Hello(msgspec.Struct, tag="hello", array_like=True):
     frontend_id: str
 
 
-EngineRequest = Add | Abort | Hello
+EngineRequest = Add | Abort | Hello | LoadLora | UnloadLora
 
 
 class TokenLogprob(msgspec.Struct, array_like=True):
@@ -64,6 +83,8 @@ class Welcome(msgspec.Struct, tag="welcome", array_like=True):
     model: str  # the name it is served under
     tokenizer: str  # where the frontend loads the same tokenizer from
     max_model_len: int
+    loras: dict[str, str] = {}  # the LoRA adapters it serves: name -> path
+    runtime_lora_updating: bool = False  # it takes LoadLora and UnloadLora
 
 
 class GpuLoad(msgspec.Struct, array_like=True):
@@ -93,6 +114,9 @@ class Heartbeat(msgspec.Struct, tag="heartbeat", array_like=True):
     # For each frontend, the seq of the last StepOutput published to it before this heartbeat
     # (PUB keeps order on one connection), so a frontend notices the loss of its last message too.
     last_seqs: dict[str, int] = {}
+    # The LoRA adapters it serves, name -> path; sent at once after each change, so every frontend's
+    # list of models converges within one message.
+    loras: dict[str, str] = {}
 
 
 class Goodbye(msgspec.Struct, tag="goodbye", array_like=True):

@@ -83,6 +83,7 @@ def run_engine_worker_process() -> None:
     from engine_worker.admission import VllmRequests, admitter
     from engine_worker.io_threads import OutputPublisher, start_request_reader
     from engine_worker.load import LoadTracker
+    from engine_worker.lora import Adapters
     from engine_worker.step_loop import StepLoop
 
     with stage(log, "start 1/3: model"):
@@ -90,18 +91,22 @@ def run_engine_worker_process() -> None:
     load = LoadTracker()
     with stage(log, "start 2/3: vLLM load (weights, KV cache, compilation)"):
         engine = build_engine(model, inference, load.stat_logger_factory())
+    adapters = Adapters(engine, inference.allow_runtime_lora_updating, served_name(inference))
+    if inference.lora_modules:
+        with stage(log, f"start 2/3: LoRA adapters ({len(inference.lora_modules)})"):
+            adapters.load_configured(inference.lora_modules)
     with stage(log, "start 3/3: warm-up generation"):
         warm_up(engine)
     engine_id = uuid.uuid4().hex[:12]
     context = zmq.Context()
     if server.engine.curve:
         start_authenticator(context, curve_keys_dir(server.engine))
-    publisher = OutputPublisher(context, output_address, server.engine, engine_id, load)
+    publisher = OutputPublisher(context, output_address, server.engine, engine_id, load, adapters)
     loop = StepLoop(
         engine, engine_id, served_name(inference), model, publisher, load,
-        server.engine.heartbeat_interval_s,
+        server.engine.heartbeat_interval_s, adapters,
     )
-    admit = admitter(loop.inbox, VllmRequests(engine))
+    admit = admitter(loop.inbox, VllmRequests(engine, adapters))
     start_request_reader(context, request_address, server.engine, admit, on_death=loop.fail)
 
     def stop(signum, frame):

@@ -33,7 +33,8 @@ class VllmRequests:
     """Builds what LLMEngine.add_request takes: SamplingParams from the wire's keyword arguments, and
     the request processed by vLLM's input processor, which add_request then takes as it is."""
 
-    def __init__(self, engine):
+    def __init__(self, engine, adapters):
+        self.adapters = adapters
         # Named `processor` before vLLM 0.11; a vLLM with neither gets its checks in add_request.
         self.processor = getattr(engine, "input_processor", None) or getattr(engine, "processor", None)
         if self.processor is None:
@@ -44,11 +45,14 @@ class VllmRequests:
 
     def __call__(self, message: Add, received_at: float) -> Admitted:
         params = sampling_params(message.sampling)
+        lora = self.adapters.request_for(message.lora)
         if self.processor is None:
+            if lora is not None:
+                raise ValueError("LoRA adapters need a vLLM with an input processor")
             return Admitted(message, {"prompt_token_ids": message.prompt_token_ids}, params)
         request = self.processor.process_inputs(
             message.request_id, {"prompt_token_ids": message.prompt_token_ids}, params,
-            arrival_time=received_at, **self.extra,
+            arrival_time=received_at, lora_request=lora, **self.extra,
         )
         return Admitted(message, request, request.sampling_params)
 

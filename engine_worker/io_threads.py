@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 STOP = object()
 FORGET = object()
+BEAT = object()
 
 
 def start_request_reader(context, address: str, link: EngineLink, deliver, on_death):
@@ -58,7 +59,8 @@ def start_request_reader(context, address: str, link: EngineLink, deliver, on_de
 
 
 class OutputPublisher:
-    def __init__(self, context, address: str, link: EngineLink, engine_id: str, load):
+    def __init__(self, context, address: str, link: EngineLink, engine_id: str, load, adapters=None):
+        self.adapters = adapters  # its `listing` goes in each heartbeat
         self.socket = make_socket(context, zmq.PUB, address, bind=True, link=link)
         self.engine_id = engine_id
         self.interval = link.heartbeat_interval_s
@@ -75,6 +77,10 @@ class OutputPublisher:
     def forget(self, frontend_id: str) -> None:
         """Drop a frontend's numbering; its next Welcome starts it again."""
         self.outbox.put((frontend_id, FORGET))
+
+    def beat(self) -> None:
+        """Send a heartbeat now, after what is queued before it."""
+        self.outbox.put((None, BEAT))
 
     def close(self, timeout: float = 2.0) -> None:
         self.outbox.put(STOP)
@@ -97,7 +103,8 @@ class OutputPublisher:
 
     def send_heartbeat(self) -> None:
         try:
-            self.publish(None, Heartbeat(self.engine_id, self.load.snapshot(), dict(self.seqs)))
+            loras = self.adapters.listing if self.adapters is not None else {}
+            self.publish(None, Heartbeat(self.engine_id, self.load.snapshot(), dict(self.seqs), loras))
         except Exception:
             log.exception("could not send a heartbeat")
 
@@ -110,6 +117,9 @@ class OutputPublisher:
     def publish(self, frontend_id: str | None, message) -> None:
         if message is FORGET:
             self.seqs.pop(frontend_id, None)
+            return
+        if message is BEAT:
+            self.send_heartbeat()
             return
         if isinstance(message, Welcome):
             self.seqs[frontend_id] = 0

@@ -31,7 +31,10 @@ import time
 from collections import defaultdict
 from typing import Any, NamedTuple
 
-from common.messages import Abort, Add, Delta, Goodbye, Hello, StepOutput, TokenLogprob, Welcome, frontend_slot
+from common.messages import (
+    Abort, Add, Delta, Goodbye, Hello, LoadLora, StepOutput, TokenLogprob, UnloadLora, Welcome, frontend_slot,
+)
+from engine_worker.lora import Adapters
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +59,10 @@ class Refused(NamedTuple):
 
 
 class StepLoop:
-    def __init__(self, engine, engine_id: str, model: str, tokenizer: str, publisher, load, idle_wait_s: float):
+    def __init__(self, engine, engine_id: str, model: str, tokenizer: str, publisher, load, idle_wait_s: float,
+                 adapters: Adapters | None = None):
         self.engine = engine
+        self.adapters = adapters or Adapters(engine)
         self.engine_id = engine_id
         self.model = model
         self.tokenizer = tokenizer
@@ -71,7 +76,8 @@ class StepLoop:
         self.next_sweep = time.monotonic() + FORGET_AFTER_S
         self.stopping = False
         self.failure: str | None = None  # why the process must end with an error
-        self.handlers = {Abort: self.abort, Hello: self.hello, Refused: self.refuse}
+        self.handlers = {Abort: self.abort, Hello: self.hello, Refused: self.refuse, LoadLora: self.load_lora,
+                         UnloadLora: self.unload_lora}
 
     def serve(self) -> int:
         """Run until stopped or failed, then say Goodbye. Returns the process's exit status: 1 after a
@@ -131,6 +137,8 @@ class StepLoop:
         try:
             if request_id in self.owners:
                 raise ValueError(f"request id {request_id!r} is already running")
+            if not self.adapters.serves(admitted.add.lora):  # unloaded since its admission
+                raise ValueError(f"the LoRA adapter {admitted.add.lora!r} is not loaded on this engine")
             # Arrival is when the ADD reached this process, so vLLM's own TTFT and e2e figures
             # (vllm:* in /metrics) include the wait in the inbox, as vllm serve's include its queue.
             self.engine.add_request(request_id, admitted.prompt, admitted.params, arrival_time=received_at)
@@ -151,6 +159,25 @@ class StepLoop:
         if known:
             self.engine.abort_request([r for r, _ in known])
         return known
+
+    def load_lora(self, message: LoadLora) -> None:
+        self.update_adapters(message, lambda: self.adapters.load(message.name, message.path))
+
+    def unload_lora(self, message: UnloadLora) -> None:
+        self.update_adapters(message, lambda: self.adapters.unload(message.name))
+
+    def update_adapters(self, message: LoadLora | UnloadLora, update) -> None:
+        """Apply a LoadLora or UnloadLora and answer its frontend; a heartbeat with the new list goes
+        out first, so every frontend knows of the change before the one that asked is answered."""
+        self.heard_from(message.frontend_id)
+        try:
+            update()
+        except Exception as error:  # a bad path or rank, a name in use or unknown: refused, nothing else
+            log.info("refused a LoRA update from %s: %s", message.frontend_id, error)
+            self.send(message.frontend_id, [Delta(message.request_id, [], "error", error=str(error))])
+            return
+        self.publisher.beat()
+        self.send(message.frontend_id, [Delta(message.request_id, [], "stop")])
 
     def hello(self, message: Hello) -> None:
         """A frontend (re)joins. What it, or an earlier frontend in its slot, still runs here is
@@ -173,7 +200,8 @@ class StepLoop:
         self.frontends[frontend_id] = time.monotonic()
 
     def welcome(self, frontend_id: str) -> None:
-        welcome = Welcome(self.engine_id, frontend_id, self.model, self.tokenizer, self.max_model_len)
+        welcome = Welcome(self.engine_id, frontend_id, self.model, self.tokenizer, self.max_model_len,
+                          self.adapters.listing, self.adapters.runtime_updates)
         self.publisher.send(frontend_id, welcome)
 
     def forget_idle_frontends(self) -> None:

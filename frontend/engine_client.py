@@ -16,6 +16,7 @@ Losing one link fails only the requests sent to its engine; new requests go to t
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Callable
 
 import zmq
@@ -24,7 +25,7 @@ import zmq.asyncio
 from common.config import EngineLink as LinkConfig
 from common.config import ServerConfig, load_inference
 from common.messages import (
-    BROADCAST_TOPIC, Abort, Add, EngineLoad, Goodbye, Heartbeat, Hello, StepOutput, Welcome,
+    BROADCAST_TOPIC, Abort, Add, EngineLoad, Goodbye, Heartbeat, Hello, LoadLora, StepOutput, UnloadLora, Welcome,
     encode, output_decoder, topic_for,
 )
 from common.sockets import make_socket
@@ -81,6 +82,7 @@ class EngineLink:
         self.in_flight_at_heartbeat = 0
         self.draining = False  # the engine said GOODBYE: it takes no new request
         self.welcome: Welcome | None = None
+        self.loras: dict[str, str] = {}  # the LoRA adapters the engine serves, name -> path
         self.tasks: list[asyncio.Task] = []
         self.handlers = {
             Welcome: self.on_welcome, StepOutput: self.on_step, Heartbeat: self.on_heartbeat, Goodbye: self.on_goodbye,
@@ -118,7 +120,8 @@ class EngineLink:
         self.sub.close()
 
     def add(self, request_id: str, frame: bytes, deadline: float) -> RequestQueue:
-        """Send an encoded ADD; only once it is out is the request registered."""
+        """Send an encoded message the engine answers with Deltas for `request_id` (an ADD, a
+        LoadLora, …); only once it is out is the request registered."""
         if not self.up:
             raise EngineUnavailable(f"engine {self.rank} is not available")
         if not self.send_frame(frame):
@@ -126,6 +129,9 @@ class EngineLink:
         queue = RequestQueue(deadline)
         self.streams[request_id] = queue
         return queue
+
+    def serves(self, lora: str | None) -> bool:
+        return lora is None or lora in self.loras
 
     def release(self, request_id: str, abort: bool) -> None:
         if self.streams.pop(request_id, None) is not None and abort:
@@ -179,7 +185,7 @@ class EngineLink:
         if self.engine_id is None:
             log.info("engine %d: welcomed by %s (%s, context %d)", self.rank, message.engine_id, message.model,
                      message.max_model_len)
-        self.engine_id, self.welcome = message.engine_id, message
+        self.engine_id, self.welcome, self.loras = message.engine_id, message, message.loras
         self.seq = 0
         self.draining = False
         self.last_heartbeat = time.monotonic()
@@ -203,6 +209,7 @@ class EngineLink:
             self.engine_lost("the engine restarted")
         elif self.engine_id is not None:
             self.last_heartbeat = time.monotonic()
+            self.loras = message.loras
             if message.last_seqs.get(self.frontend_id, 0) > self.seq:
                 self.engine_lost(f"outputs lost (the engine sent up to message {message.last_seqs[self.frontend_id]}, "
                                  f"the last one here was {self.seq})")
@@ -259,12 +266,16 @@ class EngineClient:
         await asyncio.gather(*(link.stop() for link in self.links))
 
     def add(self, request_id: str, prompt_token_ids: list[int], sampling: dict) -> RequestQueue:
-        """Send the request to the engine the router picks; its Deltas (or an EngineLost) arrive on
-        the queue returned. Every generation of one HTTP request goes to the same engine."""
+        """Send the request to the engine the router picks, among those serving the LoRA adapter the
+        HTTP request's `model` names; its Deltas (or an EngineLost) arrive on the queue returned. Every
+        generation of one HTTP request goes to the same engine."""
+        scope = current_scope()
+        lora = scope.lora if scope is not None else None
         if len(self.requests) >= self.max_in_flight:
             raise Overloaded(f"this server is at its limit of {self.max_in_flight} requests in flight")
-        frame = encode(Add(request_id, self.frontend_id, prompt_token_ids, sampling))
-        refused: set[int] = set()
+        frame = encode(Add(request_id, self.frontend_id, prompt_token_ids, sampling, lora))
+        # Engines without the adapter count as refused: its requests go only where it is loaded.
+        refused = {link.rank for link in self.links if not link.serves(lora)}
         while True:
             link, reason = self.pick(prompt_token_ids, refused)
             try:
@@ -282,6 +293,7 @@ class EngineClient:
     def pick(self, prompt_token_ids: list[int], refused: set[int]) -> tuple[EngineLink, str]:
         scope = current_scope()
         if scope is not None and scope.pinned is not None:
+            # A pinned engine without the adapter refuses the request itself, with its reason.
             return self.links[scope.pinned], "pinned"
         if scope is not None and scope.rank is not None and scope.rank not in refused and self.links[scope.rank].up:
             return self.links[scope.rank], scope.reason
@@ -299,6 +311,52 @@ class EngineClient:
         link = self.requests.pop(request_id, None)
         if link is not None:
             link.release(request_id, abort)
+
+    def lora_targets(self, name: str, path: str | None) -> list[EngineLink]:
+        """The engines up that loading (with a path) or unloading (without) the adapter `name` changes:
+        for a load, those without it (an engine restarted since the last load has lost it)."""
+        return [link for link in self.up_links() if (name in link.loras) == (path is None)]
+
+    async def update_loras(self, name: str, path: str | None) -> dict[int, str | None]:
+        """Load (with a path) or unload (without) the LoRA adapter `name` on the engines it changes,
+        at once; returns each one's answer by rank: None when it did it, else why not."""
+        async def on(link: EngineLink) -> str | None:
+            request_id = uuid.uuid4().hex
+            message = (LoadLora(request_id, self.frontend_id, name, path) if path is not None
+                       else UnloadLora(request_id, self.frontend_id, name))
+            try:
+                queue = link.add(request_id, encode(message), time.monotonic() + self.request_timeout_s)
+            except EngineUnavailable as error:
+                return str(error)
+            try:
+                answer = await queue.get()
+            finally:
+                link.streams.pop(request_id, None)
+            if isinstance(answer, Exception):  # the engine was lost, or the timeout passed
+                return str(answer)
+            if answer.finish_reason != "stop":
+                return answer.error or "refused"
+            # The engine's heartbeat went out before this answer; this keeps the list right even if
+            # that heartbeat was lost.
+            if path is not None:
+                link.loras = {**link.loras, name: path}
+            else:
+                link.loras = {key: value for key, value in link.loras.items() if key != name}
+            return None
+
+        links = self.lora_targets(name, path)
+        answers = await asyncio.gather(*(on(link) for link in links))
+        return {link.rank: answer for link, answer in zip(links, answers)}
+
+    @property
+    def loras(self) -> dict[str, str]:
+        """The LoRA adapters of the engines that are up (name -> path): the models besides the base."""
+        return {name: path for link in self.up_links() for name, path in link.loras.items()}
+
+    @property
+    def runtime_lora_updating(self) -> bool:
+        """An engine that is up takes LoRA adapters at run time."""
+        return any(link.welcome.runtime_lora_updating for link in self.up_links())
 
     @property
     def size(self) -> int:

@@ -19,6 +19,7 @@ Block hashes chain as vLLM's do (each hashes its parent's hash and its own token
 stands for the whole prefix up to it. What was routed where is remembered per engine, bounded,
 forgetting the least recently routed blocks first, and all of it when the engine restarts.
 """
+import contextlib
 import contextvars
 import hashlib
 import math
@@ -117,11 +118,13 @@ class Router:
 
 @dataclass
 class RoutingScope:
-    """One HTTP request's routing: its pinned rank, and the engine its first generation went to,
-    where the others (n > 1, several prompts) go too."""
+    """One HTTP request's routing: its pinned rank, the LoRA adapter its `model` names (set by
+    served_model; only engines holding it may take the request), and the engine its first generation
+    went to, where the others (n > 1, several prompts) go too."""
     pinned: int | None = None
     rank: int | None = None
     reason: str = ""
+    lora: str | None = None
 
 
 _scope: contextvars.ContextVar[RoutingScope | None] = contextvars.ContextVar("routing_scope", default=None)
@@ -129,6 +132,16 @@ _scope: contextvars.ContextVar[RoutingScope | None] = contextvars.ContextVar("ro
 
 def current_scope() -> RoutingScope | None:
     return _scope.get()
+
+
+@contextlib.contextmanager
+def routing_scope(scope: RoutingScope):
+    """Make `scope` the current one until the block ends."""
+    token = _scope.set(scope)
+    try:
+        yield scope
+    finally:
+        _scope.reset(token)
 
 
 class RoutingScopeMiddleware:
@@ -151,8 +164,5 @@ class RoutingScopeMiddleware:
                                        f"got {value.decode(errors='replace')!r}", PIN_HEADER)
                 await error.response()(scope, receive, send)
                 return
-        token = _scope.set(RoutingScope(pinned))
-        try:
+        with routing_scope(RoutingScope(pinned)):
             await self.app(scope, receive, send)
-        finally:
-            _scope.reset(token)

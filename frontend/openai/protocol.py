@@ -279,6 +279,7 @@ class ModelCard(msgspec.Struct, kw_only=True):
     created: int
     owned_by: str = "llm-serving"
     root: str
+    parent: str | None = None  # a LoRA adapter's base model, as vLLM shows it
     max_model_len: int
 
 

@@ -1,0 +1,106 @@
+"""The fleet client's LoRA adapters (frontend/engine_client.py) over real ZeroMQ sockets, with
+LoraFakeEngine standing in for each engine worker (tests/test_engine_client.py's FakeEngine, which
+also answers LoadLora and UnloadLora as a test tells it to): each engine's heartbeat says which
+adapters it has, requests for one go only where it is, and a load reaches every engine."""
+import asyncio
+
+import msgspec
+import pytest
+
+from common.config import ServerConfig
+from common.messages import (
+    BROADCAST_TOPIC, Add, Delta, EngineLoad, Heartbeat, Hello, LoadLora, UnloadLora, Welcome, request_decoder,
+    topic_for,
+)
+from frontend.engine_client import EngineClient
+from frontend.router import RoutingScope, routing_scope
+from tests.test_engine_client import FRONTEND, FakeEngine, until
+
+
+class LoraFakeEngine(FakeEngine):
+    def __init__(self, server: ServerConfig, rank: int, engine_id: str):
+        self.loras: dict[str, str] = {}
+        self.refusal: str | None = None  # the next LoadLora/UnloadLora is refused with it
+        self.updates: list = []
+        super().__init__(server, rank, engine_id)
+
+    async def serve(self):
+        while True:
+            message = request_decoder.decode(await self.pull.recv())
+            if isinstance(message, Hello):
+                self.seq = 0
+                welcome = Welcome(self.engine_id, message.frontend_id, "m", "tok", 128, dict(self.loras), True)
+                await self.publish(topic_for(message.frontend_id), welcome)
+            elif isinstance(message, Add):
+                self.added.append(message)
+            elif isinstance(message, (LoadLora, UnloadLora)):
+                self.updates.append(message)
+                await self.update(message)
+
+    async def update(self, message: LoadLora | UnloadLora) -> None:
+        if self.refusal is not None:
+            await self.step(Delta(message.request_id, [], "error", error=self.refusal))
+            return
+        if isinstance(message, LoadLora):
+            self.loras[message.name] = message.path
+        else:
+            self.loras.pop(message.name)
+        await self.heartbeat()
+        await self.step(Delta(message.request_id, [], "stop"))
+
+    async def heartbeat(self, load: EngineLoad | None = None, last_seq: int | None = None) -> None:
+        last_seqs = {FRONTEND: self.seq if last_seq is None else last_seq}
+        await self.publish(BROADCAST_TOPIC, Heartbeat(self.engine_id, load or EngineLoad(), last_seqs,
+                                                      dict(self.loras)))
+
+
+@pytest.fixture
+async def fleet(tmp_path):
+    link = {"hello_interval_s": 0.05, "heartbeat_timeout_s": 30}
+    server = msgspec.convert({"run_dir": str(tmp_path), "engine": link}, ServerConfig)
+    engines = [LoraFakeEngine(server, rank, f"engine-{rank}") for rank in range(2)]
+    client = EngineClient(server, FRONTEND, local_engines=2)
+    client.start()
+    await until(lambda: all(link.ready for link in client.links))
+    for engine in engines:
+        await engine.heartbeat()
+    await until(lambda: client.heartbeat_fresh() and all(link.up for link in client.links))
+    yield client, engines
+    await client.stop()
+    for engine in engines:
+        engine.close()
+
+
+async def test_requests_for_an_adapter_go_only_to_engines_that_have_it(fleet):
+    client, engines = fleet
+    engines[1].loras["sql"] = "/adapters/sql"
+    # Engine 1 is far busier, but only it has the adapter.
+    await engines[1].heartbeat(EngineLoad(running=50, waiting=50))
+    await until(lambda: client.loras == {"sql": "/adapters/sql"})
+    assert client.runtime_lora_updating
+    for i in range(4):
+        with routing_scope(RoutingScope(lora="sql")):  # as served_model leaves it for a request naming "sql"
+            client.add(f"r{i}", [1, 2, 3], {"max_tokens": 4})
+    assert {client.requests[f"r{i}"].rank for i in range(4)} == {1}
+    await until(lambda: len(engines[1].added) == 4)
+    assert {add.lora for add in engines[1].added} == {"sql"}
+    for i in range(4):
+        client.release(f"r{i}", abort=True)
+
+
+async def test_a_load_reaches_every_engine_and_each_answers(fleet):
+    client, engines = fleet
+    answers = await asyncio.wait_for(client.update_loras("chat", "/adapters/chat"), 5)
+    assert answers == {0: None, 1: None}
+    assert [type(u) for e in engines for u in e.updates] == [LoadLora, LoadLora]
+    assert client.loras == {"chat": "/adapters/chat"} and all(link.serves("chat") for link in client.links)
+    engines[1].refusal = "No adapter found"
+    answers = await asyncio.wait_for(client.update_loras("chat", None), 5)
+    assert answers == {0: None, 1: "No adapter found"}
+    # Engine 0 dropped it, engine 1 still has it: requests for it go to engine 1.
+    assert (client.links[0].serves("chat"), client.links[1].serves("chat")) == (False, True)
+    # Loading it again goes only where it is missing.
+    engines[1].refusal = None
+    assert await asyncio.wait_for(client.update_loras("chat", "/adapters/chat"), 5) == {0: None}
+    assert len(engines[1].updates) == 2 and all(link.serves("chat") for link in client.links)
+    assert all(link.streams == {} for link in client.links)
