@@ -16,11 +16,13 @@ pPREFIX+SUFFIX/PREFIXESxOUT@CONCURRENCY[/PROMPTS] (`--dataset-name prefix_repeti
 p1024+128/16x128@256/2048. Every load runs against every server, its repeats in a row; each server
 starts once. Each row also has the load's prefix-cache hit rate from vLLM's own counters.
 Writes OUT/results.json (every `vllm bench serve` result, and vLLM's own timings of each load from
-the server's /metrics, see bench/vllm_timings.py), OUT/table.md, the servers' logs, and with
---py-spy, py-spy dumps of every process of each server during its first load.
+the server's /metrics, see bench/vllm_timings.py), OUT/table.md (every run, then the median of each
+repeated load), the servers' logs, and with --py-spy, py-spy dumps of every process of each server
+during its first load.
 """
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import threading
@@ -265,6 +267,33 @@ TABLE_HEAD = (
 )
 
 
+MEDIANS_HEAD = (
+    "| server | in/out | C | runs | output tok/s | TTFT p50 ms | TPOT p50 ms | ITL p50 ms |\n"
+    "|---|---|---|---|---|---|---|---|"
+)
+MEDIAN_OF = ("output_throughput", "median_ttft_ms", "median_tpot_ms", "median_itl_ms")
+
+
+def median_lines(rows: list[dict]) -> list[str]:
+    """One line per server and repeated load: the median of its runs, lowest and highest in brackets."""
+    runs: dict[tuple, list[dict]] = {}
+    for row in rows:
+        result = row.get("result") or {}
+        if row["load"] and row["load"].get("repeats", 1) > 1 and "error" not in result:
+            runs.setdefault((row["server"], Load(**row["load"]).label), []).append(row)
+    lines = []
+    for (server, _), group in runs.items():
+        load = group[0]["load"]
+        cells = []
+        for key in MEDIAN_OF:
+            values = sorted(row["result"][key] for row in group)
+            spec = ",.0f" if key == "output_throughput" else ",.2f"
+            cells.append(f"{statistics.median(values):{spec}} ({values[0]:{spec}}–{values[-1]:{spec}})")
+        lines.append(f"| {server} | {load['input_len']}/{load['output_len']} | {load['concurrency']} | "
+                     f"{len(group)} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     out = Path(args.out).resolve()
@@ -275,6 +304,9 @@ def main(argv=None) -> None:
         rows += run_server(spec, args, out, args.port + 10 * index)
         (out / "results.json").write_text(json.dumps(rows, indent=2))
     table = "\n".join([TABLE_HEAD, *(table_line(row) for row in rows)])
+    medians = median_lines(rows)
+    if medians:
+        table += "\n\nRepeated loads, median of the runs (lowest–highest):\n\n" + "\n".join([MEDIANS_HEAD, *medians])
     (out / "table.md").write_text(table + "\n")
     print(table)
 
