@@ -12,6 +12,7 @@ import ctypes
 import fcntl
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -34,6 +35,9 @@ log = logging.getLogger("service")
 
 LOG_TAIL_LINES = 30
 PR_SET_PDEATHSIG = 1
+WATCH_INTERVAL_S = 1.0
+# supervisord's line for a process that ended on its own: "exited: engine-0 (exit status 1; not expected)"
+EXITED = re.compile(r"exited: (\S+) \((.*?)(?:; not expected|; expected)?\)$")
 
 
 def engine_programs(server: ServerConfig, values: dict) -> str:
@@ -158,6 +162,7 @@ class Supervisord:
 
     def __init__(self, conf: Path, lock_fd: int):
         self.tail = collections.deque(maxlen=LOG_TAIL_LINES)
+        self.exits: dict[str, str] = {}  # program -> how it last ended on its own, as supervisord said
         self.process = subprocess.Popen(
             [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(conf)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=(lock_fd,), preexec_fn=own_group,
@@ -172,7 +177,10 @@ class Supervisord:
                 sys.stdout.flush()
             except OSError:  # our terminal is gone: keep draining, or supervisord would block
                 pass
-            self.tail.append(line.decode(errors="replace").rstrip())
+            text = line.decode(errors="replace").rstrip()
+            self.tail.append(text)
+            if exited := EXITED.search(text):
+                self.exits[exited.group(1)] = exited.group(2)
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -248,6 +256,58 @@ def start(server: ServerConfig, supervisord: Supervisord) -> bool:
     return False
 
 
+class EngineCrashes:
+    """Each local engine worker's crashes in a row, from supervisord's process table: a run that ended
+    without a stop being asked, within window_s of its start, is one more; a longer run starts again
+    from zero. Past startsecs supervisord restarts a worker forever; this is the bound."""
+
+    def __init__(self, limit: int, window_s: float):
+        self.limit, self.window_s = limit, window_s
+        self.runs: dict[str, tuple[int, int]] = {}  # program -> (start, stop) as last seen
+        self.in_a_row: collections.Counter = collections.Counter()
+
+    def limit_reached(self, info: dict) -> bool:
+        name, start, stop = info["name"], info["start"], info["stop"]
+        last_start, last_stop = self.runs.get(name, (start, stop))
+        self.runs[name] = (start, stop)
+        if stop == last_stop or info["statename"] in ("STOPPING", "STOPPED"):
+            return False
+        started = start if start <= stop else last_start  # supervisord may have started the next run already
+        self.in_a_row[name] = self.in_a_row[name] + 1 if stop - started < self.window_s else 0
+        return 0 < self.limit <= self.in_a_row[name]
+
+
+def watch(server: ServerConfig, supervisord: Supervisord, stop_requested: threading.Event) -> str | None:
+    """While the service runs: why it must end (an engine worker that keeps crashing, a process left
+    FATAL), or None once it stops as asked."""
+    crashes = EngineCrashes(server.engine_crash_limit, server.engine_crash_window_s)
+    while supervisord.alive() and not stop_requested.is_set():
+        try:
+            processes = control(server).getAllProcessInfo()
+        except (OSError, xmlrpc.client.Error):
+            processes = []  # supervisord is ending
+        for info in processes:
+            name = info["name"]
+            if info["statename"] == "FATAL":
+                return f"{name} could not start again ({info['spawnerr'] or info['description']})"
+            if name.startswith("engine-") and crashes.limit_reached(info):
+                stop_quietly(server, name)
+                return (f"{name} crashed {crashes.in_a_row[name]} times in a row, each within "
+                        f"{server.engine_crash_window_s:g} s of its start (last: {supervisord.exits.get(name, '?')}); "
+                        f"not restarting it again. Its log: this service's output above; its exits: "
+                        f"{server.path(server.run_dir) / 'supervisord.log'}")
+        time.sleep(WATCH_INTERVAL_S)
+    return None
+
+
+def stop_quietly(server: ServerConfig, name: str) -> None:
+    """Stop one program, so supervisord starts it no more while the rest of the service stops."""
+    try:
+        control(server).stopProcess(name, False)
+    except (OSError, xmlrpc.client.Error):
+        pass
+
+
 def failed(supervisord: Supervisord) -> bool:
     time.sleep(0.5)  # the last lines of the failed process, still in the pipe
     print("the service's last log lines:\n  " + "\n  ".join(supervisord.tail), file=sys.stderr, flush=True)
@@ -278,6 +338,13 @@ def serve() -> int:
     if not start(server, supervisord) and not stop_requested.is_set():
         supervisord.stop()
         supervisord.wait()
+        return 1
+    if reason := watch(server, supervisord, stop_requested):
+        tail = list(supervisord.tail)
+        supervisord.stop()
+        supervisord.wait()
+        print("the service's last log lines before it stopped:\n  " + "\n  ".join(tail), file=sys.stderr)
+        print(f"error: {reason}", file=sys.stderr, flush=True)
         return 1
     code = supervisord.wait()  # 0 after `make stop` (supervisorctl shutdown) too
     return 0 if stop_requested.is_set() else code
