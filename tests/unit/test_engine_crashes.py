@@ -30,6 +30,14 @@ def test_a_run_longer_than_the_window_starts_the_count_again():
     assert crashes.limit_reached(seen("STARTING", 5200, 5190))  # 2
 
 
+def test_an_end_before_startsecs_is_left_to_supervisord():
+    crashes = EngineCrashes(limit=1, window_s=600, startsecs=30)
+    crashes.limit_reached(seen("STARTING", 1000, 0))
+    for i in range(1, 5):  # it never started: supervisord's startretries leave it FATAL
+        assert not crashes.limit_reached(seen("BACKOFF", 1000 + 20 * (i - 1), 1000 + 20 * (i - 1) + 10))
+    assert crashes.limit_reached(seen("STARTING", 1200, 1190))  # this one ran past startsecs
+
+
 def test_a_stop_that_was_asked_for_is_no_crash():
     crashes = EngineCrashes(limit=1, window_s=600)
     crashes.limit_reached(seen("RUNNING", 1000, 0))
