@@ -233,7 +233,7 @@ class EngineCrashes:
         self.runs[name] = (start, stop)
         if stop == last_stop or info["statename"] in ("STOPPING", "STOPPED"):
             return False
-        started = start if start <= stop else last_start  # supervisord may have started the next run already
+        started = last_start  # the run that ended is the one seen last (supervisord may have started the next)
         if stop - started >= self.window_s:
             self.in_a_row[name] = 0
         elif stop - started >= self.startsecs:

@@ -33,9 +33,17 @@ def test_a_run_longer_than_the_window_starts_the_count_again():
 def test_an_end_before_startsecs_is_left_to_supervisord():
     crashes = EngineCrashes(limit=1, window_s=600, startsecs=30)
     crashes.limit_reached(seen("STARTING", 1000, 0))
-    for i in range(1, 5):  # it never started: supervisord's startretries leave it FATAL
-        assert not crashes.limit_reached(seen("BACKOFF", 1000 + 20 * (i - 1), 1000 + 20 * (i - 1) + 10))
-    assert crashes.limit_reached(seen("STARTING", 1200, 1190))  # this one ran past startsecs
+    for start in range(1000, 1080, 20):  # it never started: supervisord's startretries leave it FATAL
+        assert not crashes.limit_reached(seen("STARTING", start, start - 10))
+        assert not crashes.limit_reached(seen("BACKOFF", start, start + 10))
+    assert not crashes.limit_reached(seen("STARTING", 1100, 1070))
+    assert crashes.limit_reached(seen("STARTING", 1190, 1190))  # the run from 1100 ran past startsecs
+
+
+def test_a_restart_within_the_second_of_the_crash_still_counts_the_run_that_ended():
+    crashes = EngineCrashes(limit=1, window_s=600, startsecs=30)
+    crashes.limit_reached(seen("RUNNING", 1000, 0))
+    assert crashes.limit_reached(seen("STARTING", 1240, 1240))
 
 
 def test_a_stop_that_was_asked_for_is_no_crash():
