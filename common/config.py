@@ -101,7 +101,8 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True):
     max_in_flight: int = 1024
     # A request still running after this is answered 504 and aborted in the engine.
     request_timeout_s: float = 600.0
-    # On SIGTERM a frontend stops taking requests and lets running ones finish for this long.
+    # On SIGTERM a frontend stops taking requests and lets running ones finish for this long; those
+    # still running then end with a 503 (in a stream, its protocol's error event).
     drain_timeout_s: float = 30.0
     # How /v1/chat/completions finds tool calls in the text under tool_choice "auto": "hermes"
     # (<tool_call>{...}</tool_call>), "llama3_json" ({"name": ..., "parameters": ...}), or "" for none.
@@ -117,6 +118,10 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True):
     engine: EngineLink = msgspec.field(default_factory=EngineLink)
     # false: this host runs no engine worker; its frontends use only `engines` (a frontend-only host).
     local_engines: bool = True
+    # A local engine worker that crashes this many times in a row, each time within
+    # engine_crash_window_s of its start, is stopped and the service exits naming it. 0: no limit.
+    engine_crash_limit: int = 3
+    engine_crash_window_s: float = 900.0
     # Engine workers on other hosts, ranked after this host's own engines.
     engines: list[RemoteEngine] = []
     router: RouterConfig = msgspec.field(default_factory=RouterConfig)

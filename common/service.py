@@ -12,6 +12,7 @@ import ctypes
 import fcntl
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -34,6 +35,12 @@ log = logging.getLogger("service")
 
 LOG_TAIL_LINES = 30
 PR_SET_PDEATHSIG = 1
+WATCH_INTERVAL_S = 1.0
+# An engine worker that ends sooner than this after its start has not started: supervisord's own bound
+# (startretries) leaves it FATAL. Later crashes are EngineCrashes' to count.
+ENGINE_STARTSECS = 30
+# supervisord's line for a process that ended on its own: "exited: engine-0 (exit status 1; not expected)"
+EXITED = re.compile(r"exited: (\S+) \((.*?)(?:; not expected|; expected)?\)$")
 
 
 def engine_programs(server: ServerConfig, values: dict) -> str:
@@ -75,6 +82,7 @@ def render(server: ServerConfig) -> Path:
         "nginx_log_level": "info" if debug else "warn",
         "supervisor_password": secrets.token_hex(16),
         "frontend_stopwaitsecs": int(server.drain_timeout_s) + 10,
+        "engine_startsecs": ENGINE_STARTSECS,
         "limit_conn": f"limit_conn per_client {server.max_connections_per_client};"
         if server.max_connections_per_client else "",
     }
@@ -158,6 +166,7 @@ class Supervisord:
 
     def __init__(self, conf: Path, lock_fd: int):
         self.tail = collections.deque(maxlen=LOG_TAIL_LINES)
+        self.exits: dict[str, str] = {}  # program -> how it last ended on its own, as supervisord said
         self.process = subprocess.Popen(
             [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(conf)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=(lock_fd,), preexec_fn=own_group,
@@ -172,7 +181,10 @@ class Supervisord:
                 sys.stdout.flush()
             except OSError:  # our terminal is gone: keep draining, or supervisord would block
                 pass
-            self.tail.append(line.decode(errors="replace").rstrip())
+            text = line.decode(errors="replace").rstrip()
+            self.tail.append(text)
+            if exited := EXITED.search(text):
+                self.exits[exited.group(1)] = exited.group(2)
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -197,13 +209,6 @@ def own_group() -> None:
         pass
 
 
-def fatal_processes(server: ServerConfig) -> list[dict]:
-    try:
-        return [info for info in control(server).getAllProcessInfo() if info["statename"] == "FATAL"]
-    except (OSError, xmlrpc.client.Error):
-        return []
-
-
 def engines_running(server: ServerConfig) -> bool:
     try:
         engines = [info for info in control(server).getAllProcessInfo() if info["name"].startswith("engine-")]
@@ -212,17 +217,67 @@ def engines_running(server: ServerConfig) -> bool:
     return bool(engines) and all(info["statename"] == "RUNNING" for info in engines)
 
 
-def start(server: ServerConfig, supervisord: Supervisord) -> bool:
+class EngineCrashes:
+    """Each local engine worker's crashes in a row, from supervisord's process table: a run that ended
+    without a stop being asked, past startsecs and within window_s of its start, is one more; a longer
+    run starts again from zero. Past startsecs supervisord restarts a worker forever; this is the bound."""
+
+    def __init__(self, limit: int, window_s: float, startsecs: float = ENGINE_STARTSECS):
+        self.limit, self.window_s, self.startsecs = limit, window_s, startsecs
+        self.runs: dict[str, tuple[int, int]] = {}  # program -> (start, stop) as last seen
+        self.in_a_row: collections.Counter = collections.Counter()
+
+    def limit_reached(self, info: dict) -> bool:
+        name, start, stop = info["name"], info["start"], info["stop"]
+        last_start, last_stop = self.runs.get(name, (start, stop))
+        self.runs[name] = (start, stop)
+        if stop == last_stop or info["statename"] in ("STOPPING", "STOPPED"):
+            return False
+        started = last_start  # the run that ended is the one seen last (supervisord may have started the next)
+        if stop - started >= self.window_s:
+            self.in_a_row[name] = 0
+        elif stop - started >= self.startsecs:
+            self.in_a_row[name] += 1
+        return 0 < self.limit <= self.in_a_row[name]
+
+
+def failure(server: ServerConfig, supervisord: Supervisord, crashes: EngineCrashes) -> str | None:
+    """Why the service must end, if it must: a process left FATAL (it could not start), or an
+    engine worker past its crash limit (a slow start that then fails counts here too)."""
+    try:
+        processes = control(server).getAllProcessInfo()
+    except (OSError, xmlrpc.client.Error):
+        return None  # supervisord is starting or ending
+    for info in processes:
+        name = info["name"]
+        if info["statename"] == "FATAL":
+            return f"{name} could not start ({info['spawnerr'] or info['description']})"
+        if name.startswith("engine-") and crashes.limit_reached(info):
+            stop_quietly(server, name)
+            return (f"{name} crashed {crashes.in_a_row[name]} times in a row, each within "
+                    f"{server.engine_crash_window_s:g} s of its start (last: {supervisord.exits.get(name, '?')}); "
+                    f"not restarting it again. Its log: this service's output above; its exits: "
+                    f"{server.path(server.run_dir) / 'supervisord.log'}")
+    return None
+
+
+def stop_quietly(server: ServerConfig, name: str) -> None:
+    """Stop one program, so supervisord starts it no more while the rest of the service stops."""
+    try:
+        control(server).stopProcess(name, False)
+    except (OSError, xmlrpc.client.Error):
+        pass
+
+
+def start(server: ServerConfig, supervisord: Supervisord, crashes: EngineCrashes) -> bool:
     """Wait for every frontend to listen, start nginx, wait for /health through it. False when
     supervisord ended or a process could not start (the reason is printed)."""
     ports = [server.frontend_base_port + i for i in range(server.frontends)]
     url = public_url(server)
     nginx_started = server.reuse_port
     while supervisord.alive():
-        if fatal := fatal_processes(server):
-            for info in fatal:
-                print(f"error: {info['name']} could not start ({info['spawnerr'] or info['description']})",
-                      file=sys.stderr)
+        if reason := failure(server, supervisord, crashes):
+            print(f"error: {reason}", file=sys.stderr)
             return failed(supervisord)
         if not server.frontends:  # a host of engine workers only: no frontend, no nginx
             if engines_running(server):
@@ -246,6 +301,16 @@ def start(server: ServerConfig, supervisord: Supervisord) -> bool:
             return True
         time.sleep(1)
     return False
+
+
+def watch(server: ServerConfig, supervisord: Supervisord, crashes: EngineCrashes,
+          stop_requested: threading.Event) -> str | None:
+    """While the service runs: why it must end, or None once it stops as asked."""
+    while supervisord.alive() and not stop_requested.is_set():
+        if reason := failure(server, supervisord, crashes):
+            return reason
+        time.sleep(WATCH_INTERVAL_S)
+    return None
 
 
 def failed(supervisord: Supervisord) -> bool:
@@ -275,9 +340,17 @@ def serve() -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    if not start(server, supervisord) and not stop_requested.is_set():
+    crashes = EngineCrashes(server.engine_crash_limit, server.engine_crash_window_s)
+    if not start(server, supervisord, crashes) and not stop_requested.is_set():
         supervisord.stop()
         supervisord.wait()
+        return 1
+    if reason := watch(server, supervisord, crashes, stop_requested):
+        tail = list(supervisord.tail)
+        supervisord.stop()
+        supervisord.wait()
+        print("the service's last log lines before it stopped:\n  " + "\n  ".join(tail), file=sys.stderr)
+        print(f"error: {reason}", file=sys.stderr, flush=True)
         return 1
     code = supervisord.wait()  # 0 after `make stop` (supervisorctl shutdown) too
     return 0 if stop_requested.is_set() else code

@@ -11,6 +11,8 @@ Who aborts and who cleans up:
 | request finishes (eos, length, stop id)| nobody (vLLM frees it)               | loop drops its owner entry on finish       |
 | stop string matched                    | frontend sends ABORT                 | frontend ends the HTTP response            |
 | client disconnects                     | frontend sends ABORT                 | frontend drops the request's queue         |
+| frontend stopping, drain_timeout_s over| frontend sends ABORT                 | frontend ends the response with a 503      |
+|                                        |                                      |   "shutting down" error event              |
 | engine refuses the request (admission  | nobody (never added)                 | loop sends a Delta with an error           |
 |   or add_request)                      |                                      |                                            |
 | frontend says HELLO again (it saw a    | loop aborts every request it owned,  | loop sends each owner abort Deltas before  |

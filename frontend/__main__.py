@@ -1,5 +1,6 @@
 """Entry point of a frontend process: `python -m frontend --index N` serves on base port + N."""
 import argparse
+import asyncio
 import logging
 import secrets
 import socket
@@ -12,6 +13,10 @@ from frontend import metrics
 from frontend.app import build_app
 
 log = logging.getLogger("frontend")
+
+# After drain_timeout_s the requests still running are ended with an error event; this is the time
+# they get to send it before uvicorn cancels whatever is left.
+LAST_EVENT_GRACE_S = 3.0
 
 
 def run_frontend_process() -> None:
@@ -30,7 +35,7 @@ def run_frontend_process() -> None:
         http="httptools",
         log_level=server.log_level,
         access_log=False,
-        timeout_graceful_shutdown=server.drain_timeout_s,
+        timeout_graceful_shutdown=server.drain_timeout_s + LAST_EVENT_GRACE_S,
     )
     DrainingServer(config).run(sockets=[shared_socket(server.host, server.port)] if server.reuse_port else None)
     metrics.forget_this_process()
@@ -54,8 +59,9 @@ def shared_socket(host: str, port: int) -> socket.socket:
 
 class DrainingServer(uvicorn.Server):
     """On SIGTERM uvicorn stops listening (nginx moves on) and waits for running requests;
-    /health says 503 meanwhile. Says "frontend ... ready" once it listens, in place of uvicorn's
-    start-up lines: its address is not the service's (nginx's is)."""
+    /health says 503 meanwhile; those still running after drain_timeout_s end with an error event.
+    Says "frontend ... ready" once it listens, in place of uvicorn's start-up lines: its address is
+    not the service's (nginx's is)."""
 
     def __init__(self, config: uvicorn.Config):
         super().__init__(config)
@@ -74,6 +80,14 @@ class DrainingServer(uvicorn.Server):
     def handle_exit(self, sig, frame):
         self.config.app.state.frontend.draining = True
         super().handle_exit(sig, frame)
+
+    async def shutdown(self, sockets=None):
+        frontend = self.config.app.state.frontend
+        drain_over = asyncio.create_task(frontend.end_running_requests(frontend.server.drain_timeout_s))
+        try:
+            await super().shutdown(sockets)
+        finally:
+            drain_over.cancel()
 
 
 def quiet_routine_lines(record: logging.LogRecord) -> bool:

@@ -43,6 +43,10 @@ class EngineLost(Exception):
     """The engine went away, or outputs were lost, while the request was running."""
 
 
+class ShuttingDown(EngineLost):
+    """This frontend is stopping and its drain time is over: the request is ended, not finished."""
+
+
 class Overloaded(Exception):
     """This frontend already runs as many generations as it may."""
 
@@ -231,6 +235,14 @@ class EngineLink:
             queue.put_nowait(EngineLost(reason))
         self.on_lost(self.rank)
 
+    def fail_all(self, error: type[Exception], reason: str) -> None:
+        """End every request sent here with `error(reason)`, and drop them in the engine too."""
+        streams, self.streams = self.streams, {}
+        for queue in streams.values():
+            queue.put_nowait(error(reason))
+        if streams:
+            self.send(Abort(list(streams)))
+
     def view(self) -> dict:
         """What /health and the dashboard show of this engine."""
         return {"rank": self.rank, "up": self.up, "engine_id": self.engine_id, "draining": self.draining,
@@ -257,6 +269,7 @@ class EngineClient:
                                  self.router.forget)
                       for rank, (request, output) in enumerate(addresses)]
         self.requests: dict[str, EngineLink] = {}
+        self.closed: str | None = None  # why no request is taken any more (the frontend is stopping)
 
     def start(self) -> None:
         for link in self.links:
@@ -271,6 +284,8 @@ class EngineClient:
         generation of one HTTP request goes to the same engine."""
         scope = current_scope()
         lora = scope.lora if scope is not None else None
+        if self.closed is not None:
+            raise EngineUnavailable(self.closed)
         if len(self.requests) >= self.max_in_flight:
             raise Overloaded(f"this server is at its limit of {self.max_in_flight} requests in flight")
         frame = encode(Add(request_id, self.frontend_id, prompt_token_ids, sampling, lora))
@@ -289,6 +304,13 @@ class EngineClient:
         self.requests[request_id] = link
         ROUTED.labels(str(link.rank), reason).inc()
         return queue
+
+    def shut_down(self, reason: str) -> None:
+        """Take no more requests, and end the running ones with ShuttingDown: a 503, or after the
+        first byte the error event of the request's protocol."""
+        self.closed = reason
+        for link in self.links:
+            link.fail_all(ShuttingDown, reason)
 
     def pick(self, prompt_token_ids: list[int], refused: set[int]) -> tuple[EngineLink, str]:
         scope = current_scope()

@@ -62,7 +62,8 @@ ROUTED = Counter("llm_engine_routed_requests", "Generations sent to each engine,
 # Every labelled series exists from the start, at zero, so alerts and rates see it before its first event.
 for reason in ("stop", "length"):
     FINISHED.labels(reason)
-for reason in ("engine_lost", "engine_refused", "request_timeout"):  # failure_reason() of generation's errors
+# failure_reason() of generation's errors:
+for reason in ("engine_lost", "engine_refused", "request_timeout", "shutting_down"):
     FAILED.labels(reason)
 
 

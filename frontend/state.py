@@ -31,6 +31,14 @@ class FrontendState:
             task.cancel()
         await self.client.stop()
 
+    async def end_running_requests(self, after_s: float) -> None:
+        """The drain's end: what still runs after `after_s` ends with a 503 "shutting down", an error
+        event in its stream's own shape, rather than a connection cut mid-stream."""
+        await asyncio.sleep(after_s)
+        if self.client.in_flight:
+            log.warning("drain time over: ending %d requests still running", self.client.in_flight)
+        self.client.shut_down("the server is shutting down")
+
     async def follow_tokenizer(self) -> None:
         """Load the tokenizer of whatever model the engine that welcomed us serves. A load that fails
         is logged and tried again a little later; until one succeeds the frontend is not ready."""

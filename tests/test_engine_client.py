@@ -11,10 +11,10 @@ import zmq.asyncio
 
 from common.config import ServerConfig
 from common.messages import (
-    BROADCAST_TOPIC, Add, Delta, EngineLoad, Goodbye, Heartbeat, Hello, StepOutput, Welcome, encode,
+    BROADCAST_TOPIC, Abort, Add, Delta, EngineLoad, Goodbye, Heartbeat, Hello, StepOutput, Welcome, encode,
     request_decoder, topic_for,
 )
-from frontend.engine_client import EngineClient, EngineLost, EngineUnavailable
+from frontend.engine_client import EngineClient, EngineLost, EngineUnavailable, ShuttingDown
 
 FRONTEND = "fe-test-0"
 
@@ -30,6 +30,7 @@ class FakeEngine:
         self.pub = context.socket(zmq.PUB)
         self.pub.bind(server.local_output_address(rank))
         self.added: list[Add] = []
+        self.aborted: list[str] = []
         self.seq = 0
         self.running = asyncio.create_task(self.serve())
 
@@ -42,6 +43,8 @@ class FakeEngine:
                                                                           "tok", 128))
             elif isinstance(message, Add):
                 self.added.append(message)
+            elif isinstance(message, Abort):
+                self.aborted.extend(message.request_ids)
 
     async def publish(self, topic: bytes, message) -> None:
         await self.pub.send_multipart([topic, encode(message)])
@@ -156,3 +159,18 @@ async def test_our_own_requests_that_ended_since_the_heartbeat_free_their_engine
     for i in range(8, 11):
         add_to(client, f"r{i}")
     assert [client.requests[f"r{i}"].rank for i in range(8, 11)] == [0, 0, 0]
+
+
+async def test_shutting_down_ends_every_running_request_aborts_it_and_takes_no_new_one(fleet):
+    client, engines = fleet
+    queues = [add_to(client, f"r{i}") for i in range(4)]
+    client.shut_down("the server is shutting down")
+    for queue in queues:
+        error = await asyncio.wait_for(queue.get(), 5)
+        assert isinstance(error, ShuttingDown) and str(error) == "the server is shutting down"
+    await until(lambda: sorted(engines[0].aborted + engines[1].aborted) == ["r0", "r1", "r2", "r3"])
+    with pytest.raises(EngineUnavailable, match="shutting down"):
+        add_to(client, "r9")
+    for i in range(4):
+        client.release(f"r{i}", abort=False)
+    assert client.requests == {} and all(link.streams == {} for link in client.links)
