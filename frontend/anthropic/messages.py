@@ -1,0 +1,270 @@
+"""Anthropic Messages on the chat machinery: a request becomes a chat request (messages for the
+chat template, tools and tool choice), and a generation becomes a Message, whole or as events.
+
+How the content blocks map:
+- system (a string or text blocks), and messages of role "system", become system messages;
+- a user message's text blocks become user messages, each tool_result a "tool" message (its
+  content, "Error: " first when is_error) in the order given;
+- an assistant message's text becomes its content and its tool_use blocks its tool calls; thinking
+  blocks are left out of the prompt, as chat templates leave earlier reasoning out.
+- tool_choice auto, any, tool and none are OpenAI's auto, required, a named function and none;
+  disable_parallel_tool_use is parallel_tool_calls false.
+
+The answer is built block by block (MessageBuilder), and the streamed events and the whole Message
+come from the same builder, so a stream accumulates to exactly what the whole answer would be.
+"""
+import json
+
+from common.config import RequestLimits
+from frontend.anthropic.protocol import (
+    ContentBlockDelta, ContentBlockStart, ContentBlockStop, CountTokensRequest, InputJsonDelta, InputMessage, Message,
+    MessageDelta, MessagesRequest, MessageStart, MessageStop, OutputBlock, Ping, RedactedThinkingBlock, StopDelta,
+    TextBlock, TextDelta, TextOut, ThinkingBlock, ThinkingDelta, ThinkingOut, ToolChoiceAny, ToolChoiceNone,
+    ToolChoiceTool, ToolResultBlock, ToolUseBlock, ToolUseOut, Usage, message_id,
+)
+from frontend.http import HTTPError
+from frontend.openai_protocol import (
+    ChatCompletionRequest, ChatMessage, FunctionCall, FunctionDefinition, FunctionName, MessageToolCall,
+    NamedToolChoice, Tool,
+)
+from frontend.request_bounds import check_count
+from frontend.structured_outputs import check_schema, parse_lenient
+from frontend.tool_parsers import ToolCall
+
+
+def check_request_bounds(body: CountTokensRequest, limits: RequestLimits) -> None:
+    check_count(body.messages, limits.max_messages, "messages", "messages")
+    check_count(body.tools, limits.max_tools, "tools", "tools")
+    stops = getattr(body, "stop_sequences", None) or []
+    check_count(stops, limits.max_stop_strings, "stop_sequences", "strings")
+    for index, text in enumerate(stops):
+        if len(text) > limits.max_stop_string_chars:
+            raise HTTPError(400, f"a stop sequence is {len(text)} characters long, more than the limit of "
+                                 f"{limits.max_stop_string_chars}", f"stop_sequences[{index}]")
+
+
+def check_tools(body: CountTokensRequest, max_schema_depth: int) -> None:
+    """Every input_schema: a JSON schema of an object (a worker thread's work: it grows with them)."""
+    for index, tool in enumerate(body.tools or []):
+        field = f"tools[{index}].input_schema"
+        check_schema(tool.input_schema, max_schema_depth, field)
+        if tool.input_schema.get("type") != "object":
+            raise HTTPError(400, f"{field}.type must be 'object': a tool's input is an object", f"{field}.type")
+
+
+def chat_request(body: CountTokensRequest) -> ChatCompletionRequest:
+    """The chat request that means the same (a worker thread's work: it grows with the body)."""
+    tools = [Tool(function=FunctionDefinition(t.name, t.description, t.input_schema)) for t in body.tools or []]
+    choice, parallel = tool_choice_of(body)
+    request = ChatCompletionRequest(model=body.model, messages=chat_messages(body), tools=tools or None,
+                                    tool_choice=choice, parallel_tool_calls=parallel)
+    if isinstance(body, MessagesRequest):
+        request.max_tokens = body.max_tokens
+        request.stop = body.stop_sequences
+        request.temperature, request.top_p, request.top_k = body.temperature, body.top_p, body.top_k
+        request.stream = body.stream
+    return request
+
+
+def tool_choice_of(body: CountTokensRequest) -> tuple[str | NamedToolChoice | None, bool | None]:
+    choice = body.tool_choice
+    parallel = False if getattr(choice, "disable_parallel_tool_use", False) else None
+    if choice is None:
+        return None, parallel
+    if isinstance(choice, ToolChoiceNone):
+        return "none", parallel
+    if isinstance(choice, ToolChoiceAny):
+        return "required", parallel
+    if isinstance(choice, ToolChoiceTool):
+        return NamedToolChoice(FunctionName(choice.name)), parallel
+    return "auto", parallel
+
+
+def chat_messages(body: CountTokensRequest) -> list[ChatMessage]:
+    messages = []
+    if body.system:
+        messages.append(ChatMessage("system", text_of(body.system)))
+    for index, message in enumerate(body.messages):
+        messages += chat_messages_of(message, f"messages[{index}]")
+    return messages
+
+
+def text_of(content: str | list[TextBlock] | None) -> str:
+    if content is None:
+        return ""
+    return content if isinstance(content, str) else "".join(block.text for block in content)
+
+
+def chat_messages_of(message: InputMessage, field: str) -> list[ChatMessage]:
+    if isinstance(message.content, str):
+        return [ChatMessage(message.role, message.content)]
+    if message.role == "assistant":
+        return [assistant_message(message.content, field)]
+    messages, texts = [], []
+    for index, block in enumerate(message.content):
+        if isinstance(block, TextBlock):
+            texts.append(block.text)
+        elif isinstance(block, ToolResultBlock) and message.role == "user":
+            if texts:
+                messages.append(ChatMessage(message.role, "".join(texts)))
+                texts = []
+            prefix = "Error: " if block.is_error else ""
+            messages.append(ChatMessage("tool", prefix + text_of(block.content), tool_call_id=block.tool_use_id))
+        else:
+            raise HTTPError(400, f"a {message.role} message cannot hold a {block_type(block)} block",
+                            f"{field}.content[{index}]")
+    if texts or not messages:
+        messages.append(ChatMessage(message.role, "".join(texts)))
+    return messages
+
+
+def assistant_message(blocks: list, field: str) -> ChatMessage:
+    texts, calls = [], []
+    for index, block in enumerate(blocks):
+        if isinstance(block, TextBlock):
+            texts.append(block.text)
+        elif isinstance(block, ToolUseBlock):
+            arguments = json.dumps(block.input, ensure_ascii=False)
+            calls.append(MessageToolCall(FunctionCall(block.name, arguments), id=block.id))
+        elif not isinstance(block, (ThinkingBlock, RedactedThinkingBlock)):
+            raise HTTPError(400, f"an assistant message cannot hold a {block_type(block)} block",
+                            f"{field}.content[{index}]")
+    return ChatMessage("assistant", "".join(texts) if texts or not calls else None, tool_calls=calls or None)
+
+
+def block_type(block) -> str:
+    return type(block).__struct_config__.tag
+
+
+def stop_reason_of(finish_reason: str | None, stop_sequence: str | None, called: bool) -> str:
+    if finish_reason == "length":
+        return "max_tokens"
+    if stop_sequence is not None:
+        return "stop_sequence"
+    return "tool_use" if called else "end_turn"
+
+
+def tool_use_id(call_id: str) -> str:
+    return "toolu_" + call_id.removeprefix("call_")
+
+
+def input_of(arguments: str) -> dict:
+    value = parse_lenient(arguments)
+    # A tool's input is an object (input_schema's type); arguments the model wrote as anything
+    # else say nothing a client could act on.
+    return value if isinstance(value, dict) else {}
+
+
+class MessageBuilder:
+    """One answer as it grows, block by block: each step returns the events it streams, and
+    `message()` is the whole answer so far.
+
+    A text or thinking block opens at the first text of its kind that is not only whitespace (the
+    whitespace before it is kept); whitespace that no block takes (between tool calls, at the end)
+    is dropped."""
+
+    def __init__(self, model: str, input_tokens: int):
+        self.id = message_id()
+        self.model = model
+        self.input_tokens = input_tokens
+        self.output_tokens = 0
+        self.blocks: list[OutputBlock] = []
+        self.texts: list[list[str]] = []  # the text of each text or thinking block, in pieces
+        self.open: str | None = None  # the kind of the block open for more text: "text" or "thinking"
+        self.held, self.held_kind = "", None
+        self.stop_reason: str | None = None
+        self.stop_sequence: str | None = None
+
+    def start(self) -> list:
+        return [MessageStart(self.message()), Ping()]
+
+    def text(self, text: str) -> list:
+        return self.add("text", text)
+
+    def thinking(self, text: str) -> list:
+        return self.add("thinking", text)
+
+    def add(self, kind: str, text: str) -> list:
+        if not text:
+            return []
+        if self.open == kind:
+            self.texts[-1].append(text)
+            return [self.delta(text)]
+        if self.held_kind != kind:
+            self.held, self.held_kind = "", kind
+        if not text.strip():
+            self.held += text
+            return []
+        text, self.held = self.held + text, ""
+        events = self.close()
+        self.open = kind
+        self.blocks.append(TextOut("") if kind == "text" else ThinkingOut(""))
+        self.texts.append([text])
+        return events + [ContentBlockStart(len(self.blocks) - 1, self.blocks[-1]), self.delta(text)]
+
+    def delta(self, text: str) -> ContentBlockDelta:
+        delta = TextDelta(text) if self.open == "text" else ThinkingDelta(text)
+        return ContentBlockDelta(len(self.blocks) - 1, delta)
+
+    def tool_use(self, call: ToolCall) -> list:
+        events = self.close()
+        self.held = ""
+        block = ToolUseOut(tool_use_id(call.id), call.name, input_of(call.arguments))
+        self.blocks.append(block)
+        self.texts.append([])
+        index = len(self.blocks) - 1
+        arguments = json.dumps(block.input, ensure_ascii=False)
+        return events + [ContentBlockStart(index, ToolUseOut(block.id, block.name, {})),
+                         ContentBlockDelta(index, InputJsonDelta(arguments)), ContentBlockStop(index)]
+
+    def close(self) -> list:
+        if self.open is None:
+            return []
+        self.open = None
+        return [ContentBlockStop(len(self.blocks) - 1)]
+
+    def finish(self, finish_reason: str | None, stop_sequence: str | None, output_tokens: int) -> list:
+        self.output_tokens = output_tokens
+        called = any(isinstance(block, ToolUseOut) for block in self.blocks)
+        self.stop_reason = stop_reason_of(finish_reason, stop_sequence, called)
+        self.stop_sequence = stop_sequence if self.stop_reason == "stop_sequence" else None
+        return self.close() + [MessageDelta(StopDelta(self.stop_reason, self.stop_sequence), self.usage()),
+                               MessageStop()]
+
+    def usage(self) -> Usage:
+        return Usage(self.input_tokens, self.output_tokens)
+
+    def message(self) -> Message:
+        content = [whole_block(block, texts) for block, texts in zip(self.blocks, self.texts)]
+        return Message(id=self.id, model=self.model, content=content, stop_reason=self.stop_reason,
+                       stop_sequence=self.stop_sequence, usage=self.usage())
+
+
+def whole_block(block: OutputBlock, texts: list[str]) -> OutputBlock:
+    if isinstance(block, TextOut):
+        return TextOut("".join(texts))
+    if isinstance(block, ThinkingOut):
+        return ThinkingOut("".join(texts))
+    return block
+
+
+class Answer:
+    """Reads one generation's pieces (with the chat plan's reader) into a MessageBuilder."""
+
+    def __init__(self, builder: MessageBuilder, reader):
+        self.builder = builder
+        self.reader = reader
+        self.completion_tokens = 0
+
+    def take(self, piece) -> list:
+        """The events this piece makes."""
+        items = self.reader.feed(piece.text)
+        if piece.finish_reason is not None:
+            items += self.reader.finish()
+        self.completion_tokens += len(piece.token_ids)
+        events = []
+        for item in items:
+            events += self.builder.tool_use(item) if isinstance(item, ToolCall) else self.builder.text(item)
+        if piece.finish_reason is not None:
+            events += self.builder.finish(piece.finish_reason, piece.stop_reason, self.completion_tokens)
+        return events

@@ -1,0 +1,105 @@
+"""POST /v1/messages and /v1/messages/count_tokens: Anthropic's Messages API, answered whole or
+streamed as Anthropic's events, every failure in Anthropic's error shape."""
+import asyncio
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from frontend.anthropic.errors import error_response
+from frontend.anthropic.messages import Answer, MessageBuilder, chat_request, check_request_bounds, check_tools
+from frontend.anthropic.protocol import CountTokens, CountTokensRequest, MessagesRequest
+from frontend.anthropic.sse import event, event_stream
+from frontend.chat import chat_prompt_ids
+from frontend.chat_route import ChatPlan
+from frontend.errors import HANDLED
+from frontend.fan_out import merged
+from frontend.generation import GenerationSpec, generate
+from frontend.http import HTTPError, json_response, read_json, unless_disconnected
+from frontend.models_route import served_model
+from frontend.openai_sampling import sampling_kwargs
+from frontend.sse import started
+from frontend.state import FrontendState
+
+
+def anthropic_route(path: str, handler) -> Route:
+    """A POST route whose every error, its 405 included, is in Anthropic's shape."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            if request.method != "POST":
+                raise HTTPError(405, f"{request.method} is not allowed here: use POST", headers={"Allow": "POST"})
+            return await handler(request)
+        except HANDLED as error:
+            return error_response(error)
+
+    return Route(path, endpoint, methods=None)
+
+
+async def read_request(request: Request, kind: type):
+    state: FrontendState = request.app.state.frontend
+    body = await read_json(request, kind, state.server.max_body_bytes)
+    model = served_model(state, body.model)
+    check_request_bounds(body, state.server.limits)
+    return state, body, model
+
+
+def checked_chat_request(body: CountTokensRequest, max_schema_depth: int):
+    """A worker thread's work: it grows with the body."""
+    check_tools(body, max_schema_depth)
+    return chat_request(body)
+
+
+def prepare(body: MessagesRequest, tool_parser: str, max_schema_depth: int):
+    """The chat request and its tool plan."""
+    chat = checked_chat_request(body, max_schema_depth)
+    return chat, ChatPlan(chat, tool_parser, max_schema_depth)
+
+
+async def create_message(request: Request) -> Response:
+    state, body, model = await read_request(request, MessagesRequest)
+    limits = state.server.limits
+    chat, plan = await asyncio.to_thread(prepare, body, state.server.tool_parser, limits.max_schema_depth)
+    prompt_ids = await chat_prompt_ids(state.tokenizer, chat, state.server)
+    state.check_context(len(prompt_ids), body.max_tokens)
+    spec = GenerationSpec(prompt_ids, sampling_kwargs(chat, body.max_tokens, plan.grammar), body.stop_sequences or [])
+    builder = MessageBuilder(model, len(prompt_ids))
+    answer = Answer(builder, plan.reader())
+    pieces = merged([generate(state.client, state.tokenizer.backend, spec)])
+    if body.stream:
+        return event_stream(stream_events(builder, answer, await started(request, pieces)))
+    await unless_disconnected(request, take_all(answer, pieces))
+    return json_response(builder.message())
+
+
+async def take_all(answer: Answer, pieces) -> None:
+    try:
+        async for _, piece in pieces:
+            answer.take(piece)
+    finally:
+        await pieces.aclose()
+
+
+async def stream_events(builder: MessageBuilder, answer: Answer, pieces):
+    try:
+        for item in builder.start():
+            yield event(item)
+        async for _, piece in pieces:
+            for item in answer.take(piece):
+                yield event(item)
+    finally:
+        await pieces.aclose()
+
+
+async def count_tokens(request: Request) -> Response:
+    """The prompt's tokens exactly as /v1/messages would count them: the same chat template run."""
+    state, body, _ = await read_request(request, CountTokensRequest)
+    chat = await asyncio.to_thread(checked_chat_request, body, state.server.limits.max_schema_depth)
+    prompt_ids = await chat_prompt_ids(state.tokenizer, chat, state.server)
+    return json_response(CountTokens(len(prompt_ids)))
+
+
+ANTHROPIC_ROUTES = [
+    anthropic_route("/v1/messages", create_message),
+    anthropic_route("/v1/messages/count_tokens", count_tokens),
+]
