@@ -2,17 +2,26 @@
 block by block into events and a whole Message, checked against the official SDK's own types."""
 import json
 
+import anthropic
+import httpx
+import httpx2
 import msgspec
 import pytest
+from anthropic import AsyncAnthropic
 from anthropic.lib.streaming._messages import accumulate_event
 from anthropic.types import Message as SdkMessage
 from anthropic.types import RawMessageStreamEvent
 from pydantic import TypeAdapter
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from common.config import RequestLimits
 from frontend.anthropic.messages import MessageBuilder, chat_request, check_request_bounds, check_tools
-from frontend.anthropic.protocol import CountTokensRequest, MessagesRequest, error_body
-from frontend.anthropic.sse import event, error_event
+from frontend.anthropic.protocol import CountTokensRequest, MessagesRequest, Ping, error_body
+from frontend.anthropic.sse import error_event, event, events
+from frontend.auth import ApiKeyMiddleware
+from frontend.engine_client import EngineLost
 from frontend.http import HTTPError
 from frontend.openai_protocol import NamedToolChoice
 from frontend.tool_parsers import ToolCall
@@ -214,3 +223,50 @@ def test_errors_in_anthropic_shape_name_the_field():
     frame = error_event(HTTPError(504, "took too long")).decode()
     assert frame.startswith("event: error\ndata: ") and frame.endswith("\n\n")
     assert json.loads(frame.split("data: ")[1])["error"] == {"type": "timeout_error", "message": "took too long"}
+
+
+async def test_a_failure_mid_stream_ends_it_with_an_error_event():
+    async def chunks():
+        yield event(Ping())
+        raise EngineLost("the engine went away")
+
+    frames = [frame async for frame in events(chunks())]
+    assert frames[0] == b'event: ping\ndata: {"type":"ping"}\n\n'
+    name, data = frames[1].decode().split("\n")[:2]
+    assert name == "event: error"
+    assert json.loads(data.removeprefix("data: ")) == {
+        "type": "error", "error": {"type": "overloaded_error", "message": "the engine went away"}}
+    assert len(frames) == 2
+
+
+def keyed_app(key: str):
+    """The API key middleware in front of a route that only counts (a stand-in for the real routes)."""
+    async def counted(request):
+        return JSONResponse({"input_tokens": 3})
+
+    app = Starlette(routes=[Route("/v1/messages/count_tokens", counted, methods=["POST"])])
+    return ApiKeyMiddleware(app, key)
+
+
+def sdk_client(key: str) -> AsyncAnthropic:
+    # The SDK brings its own httpx fork, and takes only its clients.
+    transport = httpx2.ASGITransport(app=keyed_app("s3cret"))
+    return AsyncAnthropic(api_key=key, base_url="http://frontend", max_retries=0,
+                          http_client=httpx2.AsyncClient(transport=transport, base_url="http://frontend"))
+
+
+async def test_the_sdk_authenticates_with_x_api_key():
+    counted = await sdk_client("s3cret").messages.count_tokens(model="m", messages=[{"role": "user", "content": "x"}])
+    assert counted.input_tokens == 3
+    with pytest.raises(anthropic.AuthenticationError) as raised:
+        await sdk_client("wrong").messages.count_tokens(model="m", messages=[{"role": "user", "content": "x"}])
+    assert raised.value.body["error"]["type"] == "authentication_error"
+
+
+async def test_bearer_still_works_and_other_routes_keep_their_shape():
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=keyed_app("s3cret")), base_url="http://f") as http:
+        answer = await http.post("/v1/messages/count_tokens", headers={"authorization": "Bearer s3cret"}, json={})
+        assert answer.status_code == 200
+        refused = await http.post("/v1/chat/completions", headers={"x-api-key": "wrong"}, json={})
+        assert refused.status_code == 401 and refused.json()["error"]["type"] == "authentication_error"
+        assert "code" in refused.json()["error"]  # OpenAI's shape
