@@ -22,6 +22,9 @@ from frontend.sse import started
 from frontend.state import FrontendState
 
 
+ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+
+
 def anthropic_route(path: str, handler) -> Route:
     """A POST route whose every error, its 405 included, is in Anthropic's shape."""
 
@@ -33,7 +36,7 @@ def anthropic_route(path: str, handler) -> Route:
         except HANDLED as error:
             return error_response(error)
 
-    return Route(path, endpoint, methods=None)
+    return Route(path, endpoint, methods=ANY_METHOD)
 
 
 async def read_request(request: Request, kind: type):
