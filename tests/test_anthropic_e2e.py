@@ -9,6 +9,7 @@ Newer SDKs no longer take temperature, top_p and top_k as arguments; they go in 
 import re
 
 import anthropic
+import httpx
 import jsonschema
 import pytest
 from anthropic import Anthropic
@@ -152,8 +153,6 @@ def test_bad_requests_answer_in_anthropic_shape_naming_the_field(client, fields,
 
 
 def test_the_routes_answer_only_post_in_anthropic_shape(service):
-    import httpx
-
     answer = httpx.get(service.url + "/v1/messages", timeout=30)
     assert answer.status_code == 405
     assert answer.json() == {"type": "error", "error": {
