@@ -157,3 +157,10 @@ def test_the_routes_answer_only_post_in_anthropic_shape(service):
     assert answer.status_code == 405
     assert answer.json() == {"type": "error", "error": {
         "type": "invalid_request_error", "message": "GET is not allowed here: use POST"}}
+
+
+def test_a_body_past_the_limit_is_refused_by_nginx_in_anthropic_shape(client):
+    with pytest.raises(anthropic.APIStatusError) as raised:
+        client.messages.create(**greedy(messages=[{"role": "user", "content": "x" * 1_100_000}]))
+    assert raised.value.status_code == 413
+    assert raised.value.body["error"]["type"] == "request_too_large"
