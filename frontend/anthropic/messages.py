@@ -6,7 +6,8 @@ How the content blocks map:
 - a user message's text blocks become user messages, each tool_result a "tool" message (its
   content, "Error: " first when is_error) in the order given;
 - an assistant message's text becomes its content and its tool_use blocks its tool calls; thinking
-  blocks are left out of the prompt, as chat templates leave earlier reasoning out.
+  blocks are left out of the prompt, as chat templates leave earlier reasoning out; an assistant
+  message last is continued, not answered.
 - tool_choice auto, any, tool and none are OpenAI's auto, required, a named function and none;
   disable_parallel_tool_use is parallel_tool_calls false.
 
@@ -58,6 +59,9 @@ def chat_request(body: CountTokensRequest) -> ChatCompletionRequest:
     choice, parallel = tool_choice_of(body)
     request = ChatCompletionRequest(model=body.model, messages=chat_messages(body), tools=tools or None,
                                     tool_choice=choice, parallel_tool_calls=parallel)
+    # As Anthropic does, an answer to messages that end with the assistant's text continues that text.
+    last = request.messages[-1]
+    request.continue_final_message = last.role == "assistant" and not last.tool_calls
     if isinstance(body, MessagesRequest):
         request.max_tokens = body.max_tokens
         request.stop = body.stop_sequences

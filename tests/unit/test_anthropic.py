@@ -86,6 +86,12 @@ def test_a_tool_round_trip_becomes_tool_calls_and_tool_messages():
     assert messages[4].content == "And tomorrow?"
 
 
+def test_an_assistant_message_last_is_continued():
+    prefilled = [{"role": "user", "content": "Pick one"}, {"role": "assistant", "content": "The best answer is ("}]
+    assert chat_request(request(messages=prefilled)).continue_final_message
+    assert not chat_request(request()).continue_final_message
+
+
 def test_a_block_in_the_wrong_role_is_named():
     body = request(messages=[{"role": "assistant", "content": [
         {"type": "tool_result", "tool_use_id": "t", "content": "x"}]}])
