@@ -1,5 +1,4 @@
-"""Every failure of the Messages routes in Anthropic's error shape: as an answer, or as the last event
-of a stream that has already begun."""
+"""Every failure of the Messages routes in Anthropic's error shape, as an answer."""
 import msgspec
 from starlette.responses import Response
 

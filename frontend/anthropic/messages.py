@@ -8,8 +8,8 @@ How the content blocks map:
 - an assistant message's text becomes its content and its tool_use blocks its tool calls; thinking
   blocks are left out of the prompt, as chat templates leave earlier reasoning out; an assistant
   message last is continued, not answered.
-- tool_choice auto, any, tool and none are OpenAI's auto, required, a named function and none;
-  disable_parallel_tool_use is parallel_tool_calls false.
+- tool_choice auto, any, tool and none are a ToolPlan's auto, required, the function's name and
+  none; disable_parallel_tool_use allows one call.
 
 The answer is built block by block (MessageBuilder), and the streamed events and the whole Message
 come from the same builder, so a stream accumulates to exactly what the whole answer would be.
@@ -24,13 +24,14 @@ from frontend.anthropic.protocol import (
     ToolChoiceTool, ToolResultBlock, ToolUseBlock, ToolUseOut, Usage, message_id,
 )
 from frontend.http import HTTPError
-from frontend.openai_protocol import (
-    ChatCompletionRequest, ChatMessage, FunctionCall, FunctionDefinition, FunctionName, MessageToolCall,
-    NamedToolChoice, Tool,
+from frontend.openai.protocol import (
+    ChatCompletionRequest, ChatMessage, FunctionCall, FunctionDefinition, MessageToolCall, Tool,
 )
 from frontend.request_bounds import check_count
-from frontend.structured_outputs import check_schema, parse_lenient
-from frontend.tool_parsers import ToolCall
+from frontend.text.run import Reasoning, Update
+from frontend.text.structured_outputs import check_schema, parse_lenient
+from frontend.text.tool_parsers import ToolCall
+from frontend.text.tools import FunctionTool, ToolPlan
 
 
 def check_request_bounds(body: CountTokensRequest, limits: RequestLimits) -> None:
@@ -54,11 +55,10 @@ def check_tools(body: CountTokensRequest, max_schema_depth: int) -> None:
 
 
 def chat_request(body: CountTokensRequest) -> ChatCompletionRequest:
-    """The chat request that means the same (a worker thread's work: it grows with the body)."""
+    """The chat request that means the same to the chat template and the sampling (a worker thread's
+    work: it grows with the body)."""
     tools = [Tool(function=FunctionDefinition(t.name, t.description, t.input_schema)) for t in body.tools or []]
-    choice, parallel = tool_choice_of(body)
-    request = ChatCompletionRequest(model=body.model, messages=chat_messages(body), tools=tools or None,
-                                    tool_choice=choice, parallel_tool_calls=parallel)
+    request = ChatCompletionRequest(model=body.model, messages=chat_messages(body), tools=tools or None)
     # As Anthropic does, an answer to messages that end with the assistant's text continues that text.
     last = request.messages[-1]
     request.continue_final_message = last.role == "assistant" and not last.tool_calls
@@ -70,18 +70,29 @@ def chat_request(body: CountTokensRequest) -> ChatCompletionRequest:
     return request
 
 
-def tool_choice_of(body: CountTokensRequest) -> tuple[str | NamedToolChoice | None, bool | None]:
+def tool_plan(body: MessagesRequest, tool_parser: str, max_schema_depth: int) -> ToolPlan:
+    """What tools and tool_choice ask of the output (a worker thread's work: it grows with the schemas)."""
+    check_tools(body, max_schema_depth)
+    tools = [FunctionTool(tool.name, tool.description, tool.input_schema) for tool in body.tools or []]
+    parallel = not getattr(body.tool_choice, "disable_parallel_tool_use", False)
+    return ToolPlan(tools, tool_choice_of(body), parallel, None, tool_parser, max_schema_depth,
+                    parameters_field="tools[{index}].input_schema")
+
+
+def tool_choice_of(body: CountTokensRequest) -> str:
+    """As a ToolPlan names it: "none", "auto", "required" or the function's name."""
     choice = body.tool_choice
-    parallel = False if getattr(choice, "disable_parallel_tool_use", False) else None
-    if choice is None:
-        return None, parallel
+    if not body.tools:
+        if not isinstance(choice, (ToolChoiceNone, type(None))):
+            raise HTTPError(400, "tool_choice needs tools", "tool_choice")
+        return "none"
     if isinstance(choice, ToolChoiceNone):
-        return "none", parallel
+        return "none"
     if isinstance(choice, ToolChoiceAny):
-        return "required", parallel
+        return "required"
     if isinstance(choice, ToolChoiceTool):
-        return NamedToolChoice(FunctionName(choice.name)), parallel
-    return "auto", parallel
+        return choice.name
+    return "auto"  # Anthropic's default where tools are given
 
 
 def chat_messages(body: CountTokensRequest) -> list[ChatMessage]:
@@ -221,6 +232,20 @@ class MessageBuilder:
         return events + [ContentBlockStart(index, ToolUseOut(block.id, block.name, {})),
                          ContentBlockDelta(index, InputJsonDelta(arguments)), ContentBlockStop(index)]
 
+    def take(self, update: Update) -> list:
+        """The events one Update of the run makes."""
+        events = []
+        for item in update.events:
+            if isinstance(item, ToolCall):
+                events += self.tool_use(item)
+            else:
+                events += self.thinking(item.text) if isinstance(item, Reasoning) else self.text(item.text)
+        if update.finish_reason is not None:
+            # vLLM's stop_reason is the stop string met, or a stop token's id: only a string is a stop sequence.
+            stop = update.stop_reason if isinstance(update.stop_reason, str) else None
+            events += self.finish(update.finish_reason, stop, update.completion_tokens)
+        return events
+
     def close(self) -> list:
         if self.open is None:
             return []
@@ -251,24 +276,3 @@ def whole_block(block: OutputBlock, texts: list[str]) -> OutputBlock:
         return ThinkingOut("".join(texts))
     return block
 
-
-class Answer:
-    """Reads one generation's pieces (with the chat plan's reader) into a MessageBuilder."""
-
-    def __init__(self, builder: MessageBuilder, reader):
-        self.builder = builder
-        self.reader = reader
-        self.completion_tokens = 0
-
-    def take(self, piece) -> list:
-        """The events this piece makes."""
-        items = self.reader.feed(piece.text)
-        if piece.finish_reason is not None:
-            items += self.reader.finish()
-        self.completion_tokens += len(piece.token_ids)
-        events = []
-        for item in items:
-            events += self.builder.tool_use(item) if isinstance(item, ToolCall) else self.builder.text(item)
-        if piece.finish_reason is not None:
-            events += self.builder.finish(piece.finish_reason, piece.stop_reason, self.completion_tokens)
-        return events

@@ -1,26 +1,24 @@
 """POST /v1/messages and /v1/messages/count_tokens: Anthropic's Messages API, answered whole or
 streamed as Anthropic's events, every failure in Anthropic's error shape."""
 import asyncio
+from collections.abc import AsyncIterator
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from frontend.anthropic.errors import error_response
-from frontend.anthropic.messages import Answer, MessageBuilder, chat_request, check_request_bounds, check_tools
+from frontend.anthropic.messages import MessageBuilder, chat_request, check_request_bounds, check_tools, tool_plan
 from frontend.anthropic.protocol import CountTokens, CountTokensRequest, MessagesRequest
-from frontend.anthropic.sse import event, event_stream
-from frontend.chat import chat_prompt_ids
-from frontend.chat_route import ChatPlan
+from frontend.anthropic.sse import event_stream, message_events
 from frontend.errors import HANDLED
-from frontend.fan_out import merged
-from frontend.generation import GenerationSpec, generate
 from frontend.http import HTTPError, json_response, read_json, unless_disconnected
-from frontend.models_route import served_model
-from frontend.openai_sampling import sampling_kwargs
-from frontend.sse import started
+from frontend.openai.models import served_model
+from frontend.openai.sampling import sampling_kwargs
 from frontend.state import FrontendState
-
+from frontend.text.chat_template import chat_prompt_ids
+from frontend.text.generation import GenerationSpec
+from frontend.text.run import Choice, Update, run_choices
 
 ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 
@@ -54,9 +52,8 @@ def checked_chat_request(body: CountTokensRequest, max_schema_depth: int):
 
 
 def prepare(body: MessagesRequest, tool_parser: str, max_schema_depth: int):
-    """The chat request and its tool plan."""
-    chat = checked_chat_request(body, max_schema_depth)
-    return chat, ChatPlan(chat, tool_parser, max_schema_depth)
+    """The chat request and the tool plan."""
+    return chat_request(body), tool_plan(body, tool_parser, max_schema_depth)
 
 
 async def create_message(request: Request) -> Response:
@@ -67,31 +64,19 @@ async def create_message(request: Request) -> Response:
     state.check_context(len(prompt_ids), body.max_tokens)
     spec = GenerationSpec(prompt_ids, sampling_kwargs(chat, body.max_tokens, plan.grammar), body.stop_sequences or [])
     builder = MessageBuilder(model, len(prompt_ids))
-    answer = Answer(builder, plan.reader())
-    pieces = merged([generate(state.client, state.tokenizer.backend, spec)])
+    updates = await run_choices(request, state, [spec], [Choice(0, plan.reader())])
     if body.stream:
-        return event_stream(stream_events(builder, answer, await started(request, pieces)))
-    await unless_disconnected(request, take_all(answer, pieces))
+        return event_stream(message_events(builder, updates))
+    await unless_disconnected(request, build(builder, updates))
     return json_response(builder.message())
 
 
-async def take_all(answer: Answer, pieces) -> None:
+async def build(builder: MessageBuilder, updates: AsyncIterator[Update]) -> None:
     try:
-        async for _, piece in pieces:
-            answer.take(piece)
+        async for update in updates:
+            builder.take(update)
     finally:
-        await pieces.aclose()
-
-
-async def stream_events(builder: MessageBuilder, answer: Answer, pieces):
-    try:
-        for item in builder.start():
-            yield event(item)
-        async for _, piece in pieces:
-            for item in answer.take(piece):
-                yield event(item)
-    finally:
-        await pieces.aclose()
+        await updates.aclose()
 
 
 async def count_tokens(request: Request) -> Response:

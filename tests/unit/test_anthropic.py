@@ -17,14 +17,14 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from common.config import RequestLimits
-from frontend.anthropic.messages import MessageBuilder, chat_request, check_request_bounds, check_tools
-from frontend.anthropic.protocol import CountTokensRequest, MessagesRequest, Ping, error_body
-from frontend.anthropic.sse import error_event, event, events
+from frontend.anthropic.messages import MessageBuilder, chat_request, check_request_bounds, check_tools, tool_plan
+from frontend.anthropic.protocol import CountTokensRequest, MessagesRequest, error_body
+from frontend.anthropic.sse import error_event, event, message_events
 from frontend.auth import ApiKeyMiddleware
 from frontend.engine_client import EngineLost
 from frontend.http import HTTPError
-from frontend.openai_protocol import NamedToolChoice
-from frontend.tool_parsers import ToolCall
+from frontend.text.run import Content, Reasoning, Update
+from frontend.text.tool_parsers import ToolCall
 
 WEATHER = {"name": "get_weather", "description": "Weather of a city",
            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
@@ -100,21 +100,27 @@ def test_a_block_in_the_wrong_role_is_named():
     assert (raised.value.status, raised.value.param) == (400, "messages[0].content[0]")
 
 
-@pytest.mark.parametrize("choice, expected, parallel", [
-    (None, None, None),
-    ({"type": "auto"}, "auto", None),
-    ({"type": "any", "disable_parallel_tool_use": True}, "required", False),
-    ({"type": "none"}, "none", None),
+@pytest.mark.parametrize("choice, expected, one_call", [
+    (None, "auto", False),
+    ({"type": "auto"}, "auto", False),
+    ({"type": "any"}, "required", False),
+    ({"type": "any", "disable_parallel_tool_use": True}, "required", True),
+    ({"type": "tool", "name": "get_weather"}, "get_weather", False),
+    ({"type": "none"}, "none", False),
 ])
-def test_tool_choice(choice, expected, parallel):
-    chat = chat_request(request(tools=[WEATHER], tool_choice=choice))
-    assert (chat.tool_choice, chat.parallel_tool_calls) == (expected, parallel)
-    assert chat.tools[0].function.parameters == WEATHER["input_schema"]
+def test_tool_choice(choice, expected, one_call):
+    plan = tool_plan(request(tools=[WEATHER], tool_choice=choice), "hermes", 64)
+    assert plan.choice == expected
+    if expected == "required":
+        assert (plan.grammar["json"].get("maxItems") == 1) == one_call
+    assert chat_request(request(tools=[WEATHER])).tools[0].function.parameters == WEATHER["input_schema"]
 
 
-def test_tool_choice_tool_names_a_function():
-    chat = chat_request(request(tools=[WEATHER], tool_choice={"type": "tool", "name": "get_weather"}))
-    assert isinstance(chat.tool_choice, NamedToolChoice) and chat.tool_choice.function.name == "get_weather"
+def test_tool_choice_names_the_field():
+    for fields in (dict(tool_choice={"type": "any"}), dict(tools=[WEATHER], tool_choice={"type": "tool", "name": "x"})):
+        with pytest.raises(HTTPError) as raised:
+            tool_plan(request(**fields), "hermes", 64)
+        assert raised.value.param == "tool_choice"
 
 
 def test_sampling_fields_carry_over():
@@ -165,10 +171,17 @@ def accumulated(events: list) -> SdkMessage:
 
 
 def build(steps) -> tuple[MessageBuilder, list]:
+    """Each step one Update of the run: ("text" | "thinking" | "tool_use", …), and
+    ("finish", (finish_reason, stop_reason, completion_tokens)) last."""
     builder = MessageBuilder("m", 7)
     events = builder.start()
+    made = {"text": Content, "thinking": Reasoning, "tool_use": lambda call: call}
     for kind, value in steps:
-        events += getattr(builder, kind)(*value) if isinstance(value, tuple) else getattr(builder, kind)(value)
+        if kind == "finish":
+            finish_reason, stop_reason, tokens = value
+            events += builder.take(Update(0, [], [], tokens, finish_reason, stop_reason=stop_reason))
+        else:
+            events += builder.take(Update(0, [made[kind](value)], [1], 0))
     return builder, events
 
 
@@ -201,13 +214,15 @@ def test_text_then_tool_use_stream_and_whole_agree_with_the_sdk():
 @pytest.mark.parametrize("finish, stop, called, reason", [
     ("stop", None, False, "end_turn"), ("length", None, False, "max_tokens"),
     ("stop", "END", False, "stop_sequence"), ("stop", None, True, "tool_use"), ("length", None, True, "max_tokens"),
+    ("stop", 2, False, "end_turn"),  # a stop token id is no stop sequence
 ])
 def test_stop_reasons(finish, stop, called, reason):
     steps = [("text", "hi")] + ([("tool_use", ToolCall("f", "{}"))] if called else [])
     builder, events = build(steps + [("finish", (finish, stop, 3))])
     message = builder.message()
-    assert (message.stop_reason, message.stop_sequence) == (reason, stop)
-    assert accumulated(events).stop_sequence == stop
+    sequence = stop if isinstance(stop, str) else None
+    assert (message.stop_reason, message.stop_sequence) == (reason, sequence)
+    assert accumulated(events).stop_sequence == sequence
 
 
 def test_whitespace_no_block_takes_is_dropped():
@@ -232,17 +247,15 @@ def test_errors_in_anthropic_shape_name_the_field():
 
 
 async def test_a_failure_mid_stream_ends_it_with_an_error_event():
-    async def chunks():
-        yield event(Ping())
+    async def updates():
+        yield Update(0, [Content("Hello")], [1], 1)
         raise EngineLost("the engine went away")
 
-    frames = [frame async for frame in events(chunks())]
-    assert frames[0] == b'event: ping\ndata: {"type":"ping"}\n\n'
-    name, data = frames[1].decode().split("\n")[:2]
-    assert name == "event: error"
-    assert json.loads(data.removeprefix("data: ")) == {
+    frames = [frame.decode() async for frame in message_events(MessageBuilder("m", 3), updates())]
+    names = [frame.split("\n")[0].removeprefix("event: ") for frame in frames]
+    assert names == ["message_start", "ping", "content_block_start", "content_block_delta", "error"]
+    assert json.loads(frames[-1].split("\n")[1].removeprefix("data: ")) == {
         "type": "error", "error": {"type": "overloaded_error", "message": "the engine went away"}}
-    assert len(frames) == 2
 
 
 def keyed_app(key: str):
