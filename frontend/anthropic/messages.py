@@ -1,5 +1,6 @@
-"""Anthropic Messages on the chat machinery: a request becomes a chat request (messages for the
-chat template, tools and tool choice), and a generation becomes a Message, whole or as events.
+"""Anthropic Messages on the chat machinery: a request becomes a chat request (messages and tools
+for the chat template, sampling) and a ToolPlan (tools and tool_choice), and the run's Updates
+become a Message, whole or as events.
 
 How the content blocks map:
 - system (a string or text blocks), and messages of role "system", become system messages;
