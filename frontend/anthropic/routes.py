@@ -18,6 +18,7 @@ from frontend.openai.sampling import sampling_kwargs
 from frontend.state import FrontendState
 from frontend.text.chat_template import chat_prompt_ids
 from frontend.text.generation import GenerationSpec
+from frontend.text.reasoning import prompt_tail
 from frontend.text.run import Choice, Update, run_choices
 
 ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
@@ -64,7 +65,10 @@ async def create_message(request: Request) -> Response:
     state.check_context(len(prompt_ids), body.max_tokens)
     spec = GenerationSpec(prompt_ids, sampling_kwargs(chat, body.max_tokens, plan.grammar), body.stop_sequences or [])
     builder = MessageBuilder(model, len(prompt_ids))
-    updates = await run_choices(request, state, [spec], [Choice(0, plan.reader())])
+    reasoning = state.server.reasoning_parser
+    tail = prompt_tail(state.tokenizer, prompt_ids) if reasoning else ""
+    choice = Choice(0, plan.reader(), plan.reasoning_parser(reasoning, tail))
+    updates = await run_choices(request, state, [spec], [choice])
     if body.stream:
         return event_stream(message_events(builder, updates))
     await unless_disconnected(request, build(builder, updates))

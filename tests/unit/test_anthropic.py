@@ -23,7 +23,9 @@ from frontend.anthropic.sse import error_event, event, message_events
 from frontend.auth import ApiKeyMiddleware
 from frontend.engine_client import EngineLost
 from frontend.http import HTTPError
-from frontend.text.run import Content, Reasoning, Update
+from frontend.text.generation import Piece
+from frontend.text.reasoning import make_reasoning_parser
+from frontend.text.run import Choice, Content, PlainText, Reasoning, Update
 from frontend.text.tool_parsers import ToolCall
 
 WEATHER = {"name": "get_weather", "description": "Weather of a city",
@@ -289,3 +291,15 @@ async def test_bearer_still_works_and_other_routes_keep_their_shape():
         refused = await http.post("/v1/chat/completions", headers={"x-api-key": "wrong"}, json={})
         assert refused.status_code == 401 and refused.json()["error"]["type"] == "authentication_error"
         assert "code" in refused.json()["error"]  # OpenAI's shape
+
+
+def test_thinking_from_the_reasoning_parser_becomes_a_thinking_block():
+    choice = Choice(0, PlainText(), make_reasoning_parser("qwen3"))
+    builder = MessageBuilder("m", 5)
+    events = builder.start()
+    for text, finish in (("<think>Let me", None), (" think.</think>", None), ("The answer.", "stop")):
+        events += builder.take(choice.take(Piece(text, [1], finish)))
+    whole = SdkMessage.model_validate(msgspec.to_builtins(builder.message()))
+    assert [(block.type, getattr(block, "thinking", None) or block.text) for block in whole.content] == [
+        ("thinking", "Let me think."), ("text", "The answer.")]
+    assert accumulated(events).model_dump(exclude={"id"}) == whole.model_dump(exclude={"id"})
