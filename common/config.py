@@ -95,7 +95,8 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True):
     max_body_bytes: int = 1_048_576
     # Open connections nginx accepts from one client address; past it, 429. 0: no limit.
     max_connections_per_client: int = 1024
-    # When set, every route but /health needs "Authorization: Bearer <api_key>" (or API_KEY in the env).
+    # When set (or API_KEY in the env), every route but /health needs "Authorization: Bearer <api_key>"
+    # or "x-api-key: <api_key>".
     api_key: str = ""
     # Generations one frontend runs at once; past it, 503 with Retry-After at once.
     max_in_flight: int = 1024

@@ -14,6 +14,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 
 from common.config import ROOT, ServerConfig
+from frontend.anthropic.routes import ANTHROPIC_ROUTES
 from frontend.auth import ApiKeyMiddleware
 from frontend.dashboard import Dashboard, dashboard_routes
 from frontend.errors import HANDLED, RETRY, as_http_error
@@ -98,6 +99,7 @@ def build_app(server: ServerConfig, frontend_id: str) -> Starlette:
             Route("/version", version),
             Route("/generate", generate_endpoint, methods=["POST"]),
             *OPENAI_ROUTES,
+            *ANTHROPIC_ROUTES,
             Route("/metrics", metrics_endpoint),
             *dashboard_routes(),
         ],

@@ -1,0 +1,97 @@
+"""POST /v1/messages and /v1/messages/count_tokens: Anthropic's Messages API, answered whole or
+streamed as Anthropic's events, every failure in Anthropic's error shape."""
+import asyncio
+from collections.abc import AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from frontend.anthropic.errors import error_response
+from frontend.anthropic.messages import MessageBuilder, chat_request, check_request_bounds, check_tools, tool_plan
+from frontend.anthropic.protocol import CountTokens, CountTokensRequest, MessagesRequest
+from frontend.anthropic.sse import event_stream, message_events
+from frontend.errors import HANDLED
+from frontend.http import HTTPError, json_response, read_json, unless_disconnected
+from frontend.openai.models import served_model
+from frontend.openai.sampling import sampling_kwargs
+from frontend.state import FrontendState
+from frontend.text.chat_template import chat_prompt_ids
+from frontend.text.generation import GenerationSpec
+from frontend.text.reasoning import prompt_tail
+from frontend.text.run import Choice, Update, run_choices
+
+ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+
+
+def anthropic_route(path: str, handler) -> Route:
+    """A POST route whose every error, its 405 included, is in Anthropic's shape."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            if request.method != "POST":
+                raise HTTPError(405, f"{request.method} is not allowed here: use POST", headers={"Allow": "POST"})
+            return await handler(request)
+        except HANDLED as error:
+            return error_response(error)
+
+    return Route(path, endpoint, methods=ANY_METHOD)
+
+
+async def read_request(request: Request, kind: type):
+    state: FrontendState = request.app.state.frontend
+    body = await read_json(request, kind, state.server.max_body_bytes)
+    model = served_model(state, body.model)
+    check_request_bounds(body, state.server.limits)
+    return state, body, model
+
+
+def checked_chat_request(body: CountTokensRequest, max_schema_depth: int):
+    """A worker thread's work: it grows with the body."""
+    check_tools(body, max_schema_depth)
+    return chat_request(body)
+
+
+def prepare(body: MessagesRequest, tool_parser: str, max_schema_depth: int):
+    """The chat request and the tool plan."""
+    return chat_request(body), tool_plan(body, tool_parser, max_schema_depth)
+
+
+async def create_message(request: Request) -> Response:
+    state, body, model = await read_request(request, MessagesRequest)
+    limits = state.server.limits
+    chat, plan = await asyncio.to_thread(prepare, body, state.server.tool_parser, limits.max_schema_depth)
+    prompt_ids = await chat_prompt_ids(state.tokenizer, chat, state.server)
+    state.check_context(len(prompt_ids), body.max_tokens)
+    spec = GenerationSpec(prompt_ids, sampling_kwargs(chat, body.max_tokens, plan.grammar), body.stop_sequences or [])
+    builder = MessageBuilder(model, len(prompt_ids))
+    reasoning = state.server.reasoning_parser
+    tail = prompt_tail(state.tokenizer, prompt_ids) if reasoning else ""
+    choice = Choice(0, plan.reader(), plan.reasoning_parser(reasoning, tail))
+    updates = await run_choices(request, state, [spec], [choice])
+    if body.stream:
+        return event_stream(message_events(builder, updates))
+    await unless_disconnected(request, build(builder, updates))
+    return json_response(builder.message())
+
+
+async def build(builder: MessageBuilder, updates: AsyncIterator[Update]) -> None:
+    try:
+        async for update in updates:
+            builder.take(update)
+    finally:
+        await updates.aclose()
+
+
+async def count_tokens(request: Request) -> Response:
+    """The prompt's tokens exactly as /v1/messages would count them: the same chat template run."""
+    state, body, _ = await read_request(request, CountTokensRequest)
+    chat = await asyncio.to_thread(checked_chat_request, body, state.server.limits.max_schema_depth)
+    prompt_ids = await chat_prompt_ids(state.tokenizer, chat, state.server)
+    return json_response(CountTokens(len(prompt_ids)))
+
+
+ANTHROPIC_ROUTES = [
+    anthropic_route("/v1/messages", create_message),
+    anthropic_route("/v1/messages/count_tokens", count_tokens),
+]
