@@ -72,9 +72,15 @@ async def until(predicate, timeout: float = 5.0):
 
 @pytest.fixture
 async def fleet(tmp_path):
+    async for client_and_engines in fleet_of(FakeEngine, tmp_path):
+        yield client_and_engines
+
+
+async def fleet_of(engine_class, tmp_path):
+    """An EngineClient of two links, welcomed and heard from by two engines of `engine_class`."""
     link = {"hello_interval_s": 0.05, "heartbeat_timeout_s": 30}
     server = msgspec.convert({"run_dir": str(tmp_path), "engine": link}, ServerConfig)
-    engines = [FakeEngine(server, rank, f"engine-{rank}") for rank in range(2)]
+    engines = [engine_class(server, rank, f"engine-{rank}") for rank in range(2)]
     client = EngineClient(server, FRONTEND, local_engines=2)
     client.start()
     await until(lambda: all(link.ready for link in client.links))

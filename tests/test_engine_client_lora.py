@@ -4,7 +4,6 @@ also answers LoadLora and UnloadLora as a test tells it to): each engine's heart
 adapters it has, requests for one go only where it is, and a load reaches every engine."""
 import asyncio
 
-import msgspec
 import pytest
 
 from common.config import ServerConfig
@@ -12,9 +11,8 @@ from common.messages import (
     BROADCAST_TOPIC, Add, Delta, EngineLoad, Heartbeat, Hello, LoadLora, UnloadLora, Welcome, request_decoder,
     topic_for,
 )
-from frontend.engine_client import EngineClient
 from frontend.router import RoutingScope, routing_scope
-from tests.test_engine_client import FRONTEND, FakeEngine, until
+from tests.test_engine_client import FRONTEND, FakeEngine, fleet_of, until
 
 
 class LoraFakeEngine(FakeEngine):
@@ -56,19 +54,8 @@ class LoraFakeEngine(FakeEngine):
 
 @pytest.fixture
 async def fleet(tmp_path):
-    link = {"hello_interval_s": 0.05, "heartbeat_timeout_s": 30}
-    server = msgspec.convert({"run_dir": str(tmp_path), "engine": link}, ServerConfig)
-    engines = [LoraFakeEngine(server, rank, f"engine-{rank}") for rank in range(2)]
-    client = EngineClient(server, FRONTEND, local_engines=2)
-    client.start()
-    await until(lambda: all(link.ready for link in client.links))
-    for engine in engines:
-        await engine.heartbeat()
-    await until(lambda: client.heartbeat_fresh() and all(link.up for link in client.links))
-    yield client, engines
-    await client.stop()
-    for engine in engines:
-        engine.close()
+    async for client_and_engines in fleet_of(LoraFakeEngine, tmp_path):
+        yield client_and_engines
 
 
 async def test_requests_for_an_adapter_go_only_to_engines_that_have_it(fleet):
