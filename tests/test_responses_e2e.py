@@ -5,6 +5,7 @@ The tiny model's weights are random: tests check shapes, counts, event order, an
 output (required tools, json_schema) is valid. `ignore_eos` makes a run end at max_output_tokens for sure.
 """
 import json
+import re
 
 import httpx
 import jsonschema
@@ -13,6 +14,7 @@ import pytest
 from openai import OpenAI
 
 from common import default_model
+from tests.conftest import running_service
 
 MODEL = default_model.NAME
 WEATHER = {
@@ -224,3 +226,28 @@ def test_nothing_is_stored_to_retrieve_or_delete(client, service):
         error = caught.value.response.json()["error"]
         assert error["code"] == 404 and "stores no responses" in error["message"]
     assert httpx.get(f"{service.url}/v1/responses/resp_123/input_items").status_code == 404
+
+
+# Reasoning: the tiny model never thinks on its own, so a regex writes the markers and the split is the server's.
+
+WORDS = "[a-z ]{3,20}"
+
+
+@pytest.fixture(scope="module")
+def reasoning_client(model_dir):
+    with running_service("responses-reasoning", frontends=1, server={"reasoning_parser": "deepseek_r1"}) as service:
+        yield OpenAI(base_url=f"{service.url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def test_thinking_is_a_reasoning_item_before_the_message(reasoning_client):
+    body = dict(model=MODEL, input="Say something.", max_output_tokens=100, temperature=0,
+                extra_body={"structured_outputs": {"regex": f"<think>{WORDS}</think>{WORDS}"}})
+    response = reasoning_client.responses.create(**body)
+    reasoning, message = response.output
+    assert reasoning.type == "reasoning" and message.type == "message" and response.status == "completed"
+    assert re.fullmatch(WORDS, reasoning.content[0].text) and re.fullmatch(WORDS, response.output_text)
+    events = list(reasoning_client.responses.create(**body, stream=True))
+    thought = "".join(event.delta for event in events if event.type == "response.reasoning_text.delta")
+    assert thought == reasoning.content[0].text and events[-1].response.output_text == response.output_text
+    assert [event.item.type for event in events if event.type == "response.output_item.added"] == [
+        "reasoning", "message"]
