@@ -1,12 +1,13 @@
 """HTTP plumbing every route shares: error bodies, bounded body reading, typed JSON decoding,
-and waiting on a client that may leave."""
+waiting on a client that may leave, and the streaming response every protocol's events go out in."""
 import asyncio
 import json
 import re
+from collections.abc import AsyncIterator
 
 import msgspec
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
                405: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error",
@@ -112,3 +113,8 @@ async def unless_disconnected(request: Request, awaitable):
 def json_response(value) -> Response:
     """A msgspec Struct (or anything msgspec encodes) as a JSON answer."""
     return Response(msgspec.json.encode(value), media_type="application/json")
+
+
+def event_stream(events: AsyncIterator[bytes]) -> StreamingResponse:
+    """Server-sent events, whatever protocol wrote them."""
+    return StreamingResponse(events, media_type="text/event-stream", headers={"cache-control": "no-cache"})

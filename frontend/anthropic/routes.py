@@ -1,7 +1,6 @@
 """POST /v1/messages and /v1/messages/count_tokens: Anthropic's Messages API, answered whole or
 streamed as Anthropic's events, every failure in Anthropic's error shape."""
 import asyncio
-from collections.abc import AsyncIterator
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -10,16 +9,16 @@ from starlette.routing import Route
 from frontend.anthropic.errors import error_response
 from frontend.anthropic.messages import MessageBuilder, chat_request, check_request_bounds, check_tools, tool_plan
 from frontend.anthropic.protocol import CountTokens, CountTokensRequest, MessagesRequest
-from frontend.anthropic.sse import event_stream, message_events
+from frontend.anthropic.sse import message_events
 from frontend.errors import HANDLED
-from frontend.http import HTTPError, json_response, read_json, unless_disconnected
+from frontend.http import HTTPError, event_stream, json_response, read_json
 from frontend.openai.models import served_model
 from frontend.openai.sampling import sampling_kwargs
 from frontend.state import FrontendState
 from frontend.text.chat_template import chat_prompt_ids
 from frontend.text.generation import GenerationSpec
 from frontend.text.reasoning import prompt_tail
-from frontend.text.run import Choice, Update, run_choices
+from frontend.text.run import Choice, run_choices, run_to_end
 
 ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 
@@ -71,16 +70,8 @@ async def create_message(request: Request) -> Response:
     updates = await run_choices(request, state, [spec], [choice])
     if body.stream:
         return event_stream(message_events(builder, updates))
-    await unless_disconnected(request, build(builder, updates))
+    await run_to_end(request, updates, builder.take)
     return json_response(builder.message())
-
-
-async def build(builder: MessageBuilder, updates: AsyncIterator[Update]) -> None:
-    try:
-        async for update in updates:
-            builder.take(update)
-    finally:
-        await updates.aclose()
 
 
 async def count_tokens(request: Request) -> Response:

@@ -4,7 +4,6 @@ has gone out, becomes an `error` event in Anthropic's error shape, and the strea
 from collections.abc import AsyncIterator, Iterable
 
 import msgspec
-from starlette.responses import StreamingResponse
 
 from frontend.anthropic.messages import MessageBuilder
 from frontend.anthropic.protocol import error_body
@@ -48,6 +47,3 @@ async def message_events(builder: MessageBuilder, updates: AsyncIterator[Update]
     async for chunk in rendered(updates, EventRenderer(builder)):
         yield chunk
 
-
-def event_stream(events: AsyncIterator[bytes]) -> StreamingResponse:
-    return StreamingResponse(events, media_type="text/event-stream", headers={"cache-control": "no-cache"})

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from common.config import RequestLimits
-from frontend.http import HTTPError, json_response, off_the_loop_if, read_json
+from frontend.http import HTTPError, event_stream, json_response, off_the_loop_if, read_json
 from frontend.openai.logprobs import chat_logprobs
 from frontend.openai.models import served_model
 from frontend.openai.protocol import (
@@ -18,7 +18,7 @@ from frontend.openai.protocol import (
     ToolCallOut, Usage, now, response_id, usage,
 )
 from frontend.openai.sampling import choice_specs, requested_grammar, sampling_kwargs
-from frontend.openai.sse import done, error_event, event, event_stream
+from frontend.openai.sse import Chunks, event
 from frontend.request_bounds import check_count, check_generations, check_sampling
 from frontend.state import FrontendState
 from frontend.text.chat_template import chat_prompt_ids
@@ -154,13 +154,11 @@ class StreamedChoice:
         self.unsent_logprobs: list = []
 
 
-class ChatChunks:
+class ChatChunks(Chunks):
     """Updates as chat.completion.chunk events."""
 
     def __init__(self, answer: ChatAnswer, options: StreamOptions | None):
-        self.answer = answer
-        self.options = options
-        self.continuous = options is not None and options.continuous_usage_stats
+        super().__init__(answer, options)
         self.streamed = [StreamedChoice() for _ in answer.choices]
 
     def update(self, update: Update) -> list[bytes]:
@@ -194,11 +192,3 @@ class ChatChunks:
         if streamed.calls and not item.text.strip():
             return None  # whitespace between calls: the whole answer drops it too
         return ChatDelta(content=item.text)
-
-    def last(self) -> list[bytes]:
-        if self.options is not None and self.options.include_usage:
-            return [event(self.answer.chunk([], with_usage=True))]
-        return []
-
-    error = staticmethod(error_event)
-    end = staticmethod(done)

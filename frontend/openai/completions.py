@@ -9,14 +9,14 @@ from dataclasses import dataclass
 from starlette.requests import Request
 from starlette.responses import Response
 
-from frontend.http import HTTPError, json_response, off_the_loop_if, read_json
+from frontend.http import HTTPError, event_stream, json_response, off_the_loop_if, read_json
 from frontend.openai.logprobs import CompletionLogprobsBuilder, extend_completion
 from frontend.openai.models import served_model
 from frontend.openai.protocol import (
     Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, StreamOptions, Usage, now, response_id, usage,
 )
 from frontend.openai.sampling import choice_specs, requested_grammar, sampling_kwargs
-from frontend.openai.sse import done, error_event, event, event_stream
+from frontend.openai.sse import Chunks, event
 from frontend.request_bounds import check_generations, check_sampling, check_token_ids
 from frontend.state import FrontendState
 from frontend.text.run import Choice, Content, Update, rendered, run_choices, run_to_end, text_reader
@@ -72,13 +72,11 @@ class CompletionAnswer:
         return self.chunk([self.whole(choice) for choice in self.choices], with_usage=True)
 
 
-class CompletionChunks:
+class CompletionChunks(Chunks):
     """Updates as text_completion events; the prompt, when echoed, goes first in each choice."""
 
     def __init__(self, answer: CompletionAnswer, options: StreamOptions | None):
-        self.answer = answer
-        self.options = options
-        self.continuous = options is not None and options.continuous_usage_stats
+        super().__init__(answer, options)
         self.unechoed = list(answer.echoes)
         self.builders = [CompletionLogprobsBuilder(answer.tokenizer) for _ in answer.choices]
 
@@ -95,14 +93,6 @@ class CompletionChunks:
             return []
         choice = CompletionChoice(update.index, text, logprobs, update.finish_reason, update.stop_reason)
         return [event(self.answer.chunk([choice], with_usage=self.continuous))]
-
-    def last(self) -> list[bytes]:
-        if self.options is not None and self.options.include_usage:
-            return [event(self.answer.chunk([], with_usage=True))]
-        return []
-
-    error = staticmethod(error_event)
-    end = staticmethod(done)
 
 
 async def prompts_of(tokenizer: Tokenizer, body: CompletionRequest) -> list[Prompt]:

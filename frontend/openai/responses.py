@@ -18,11 +18,11 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from common.config import RequestLimits
-from frontend.http import HTTPError, json_response, off_the_loop_if, read_json, unless_disconnected
+from frontend.http import HTTPError, event_stream, json_response, off_the_loop_if, read_json
 from frontend.openai.chat import max_tokens_of
 from frontend.openai.models import served_model
 from frontend.openai.protocol import (
@@ -33,7 +33,7 @@ from frontend.request_bounds import check_count, check_generations, check_sampli
 from frontend.state import FrontendState
 from frontend.text.chat_template import chat_prompt_ids
 from frontend.text.reasoning import prompt_tail
-from frontend.text.run import Choice, Reasoning, rendered, run_choices
+from frontend.text.run import Choice, Reasoning, rendered, run_choices, run_to_end
 from frontend.text.structured_outputs import COMPACT, check_schema
 from frontend.text.tool_parsers import ToolCall
 from frontend.text.tools import FunctionTool, ToolPlan
@@ -525,18 +525,9 @@ async def responses_endpoint(request: Request) -> Response:
     writer = ResponseWriter(body, model, len(prompt_ids), plan.forced, body.stream)
     updates = await run_choices(request, state, choice_specs(body, prompt_ids, sampling), [choice])
     if body.stream:
-        return StreamingResponse(rendered(updates, writer), media_type="text/event-stream",
-                                 headers={"cache-control": "no-cache"})
-    await unless_disconnected(request, write_all(writer, updates))
+        return event_stream(rendered(updates, writer))
+    await run_to_end(request, updates, writer.take)
     return json_response(writer.finish())
-
-
-async def write_all(writer: ResponseWriter, updates) -> None:
-    try:
-        async for update in updates:
-            writer.take(update)
-    finally:
-        await updates.aclose()
 
 
 async def nothing_stored(request: Request) -> Response:

@@ -148,13 +148,15 @@ async def run_choices(request: Request, state: FrontendState, specs: list[Genera
     return first_then_rest()
 
 
-async def run_to_end(request: Request, updates: AsyncIterator[Update]) -> None:
-    """Run every choice to its end (whole answers); a client that leaves cancels them."""
+async def run_to_end(request: Request, updates: AsyncIterator[Update], take=None) -> None:
+    """Run every choice to its end (whole answers), handing each Update to `take` where the answer is
+    built from them rather than from the Choices; a client that leaves cancels them."""
 
     async def drain():
         try:
-            async for _ in updates:
-                pass
+            async for update in updates:
+                if take is not None:
+                    take(update)
         finally:
             await updates.aclose()
 
