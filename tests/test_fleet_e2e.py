@@ -90,8 +90,23 @@ def test_concurrent_requests_spread_over_both_engines(fleet):
     assert by_engine.get("0", 0) >= 8 and by_engine.get("1", 0) >= 8, by_engine
 
 
+def wait_until_idle(url: str) -> None:
+    """Until the heartbeats every frontend holds show no engine running or queueing anything: the router
+    rightly sends a prompt away from its prefix's engine while that one has a queue the other lacks."""
+    quiet = []
+
+    def idle() -> bool:
+        figures = [*per_engine(url, "llm_engine_running_requests", "engine").values(),
+                   *per_engine(url, "llm_engine_waiting_requests", "engine").values()]
+        quiet.append(len(figures) == 4 and not any(figures))
+        return len(quiet) >= 4 and all(quiet[-4:])  # nginx alternates: both frontends, twice each
+
+    wait_for(idle, 30, 0.3, "both engines idle in every frontend's view")
+
+
 def test_requests_sharing_a_long_prefix_land_on_one_engine(fleet):
     document = " ".join(f"line {i} of the shared document." for i in range(60))
+    wait_until_idle(fleet.url)  # the test before leaves queues that heartbeats report for a moment
     before = routed(fleet.url)
     hits_before = per_engine(fleet.url, "llm_engine_prefix_cache_hits_total", "engine")
     for question in range(8):  # nginx alternates the frontends: each routes some of them

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 
 from common.config import ROOT
-from tests.conftest import Deployment, is_healthy, wait_for
+from tests.conftest import Deployment, health, is_healthy, wait_for
 
 STREAM_TOKENS = 48
 
@@ -101,7 +101,7 @@ def assert_connections_limited(url: str, limit: int) -> None:
                            b"Content-Length: 100\r\n\r\n")
         held.append(connection)
     try:
-        wait_for(lambda: httpx.get(url + "/health", timeout=5).status_code == 429, 10, what="a 429")
+        wait_for(lambda: getattr(health(url), "status_code", None) == 429, 30, what="a 429")
         refused = httpx.get(url + "/health", timeout=5)
         assert refused.status_code == 429
         assert refused.json()["error"]["code"] == 429
