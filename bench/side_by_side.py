@@ -7,7 +7,9 @@ both driven by `vllm bench serve` on /v1/completions. One command runs the whole
 
 --servers: ours:N (N frontends; ours:N:MODULE runs MODULE as the engine program, e.g.
 bench.experiments.eager_intake, and ours:N:ENGINE+FRONTEND a module for each program, e.g.
-bench.experiments.request_trace+bench.experiments.request_trace; ours:N@load routes by load alone, server.yml's router.policy) and vllm:K
+bench.experiments.request_trace+bench.experiments.request_trace; ours:N@load routes by load alone,
+server.yml's router.policy; ours:N@approximate places prefixes by each frontend's own sends,
+router.placement) and vllm:K
 (`--api-server-count K`), run in the order given. data_parallel_size in --engine-args means N engine
 workers for ours and `--data-parallel-size N` for vllm serve.
 --loads: INxOUT@CONCURRENCY[/PROMPTS][*REPEATS], e.g. 128x1024@256/512*2 (prompts default to 2 x
@@ -110,7 +112,7 @@ def make_server(spec: str, args, out: Path, port: int) -> Server:
     if kind == "ours":
         return OurService(out, port, model, args.engine_args, count, reuse_port=args.reuse_port,
                           cpu_kv_cache_gib=args.cpu_kv_cache_gib, engine_module=engine_module or "engine_worker",
-                          router_policy=policy or "prefix")
+                          router=policy or "prefix")
     if kind == "vllm":
         return VllmServe(out, port, model, args.engine_args, count, cpu_kv_cache_gib=args.cpu_kv_cache_gib)
     raise SystemExit(f"unknown server {spec!r}: ours:N or vllm:K")

@@ -52,6 +52,10 @@ class RouterConfig(msgspec.Struct, forbid_unknown_fields=True):
     # Prompt blocks remembered per engine (least recently routed forgotten first): the approximate
     # picture of that engine's prefix cache.
     blocks_per_engine: int = 200_000
+    # Where the router learns which engine holds a prefix. "exact": each engine reports the blocks its
+    # prefix cache takes in and drops (vLLM's KV-cache events), and this frontend's own sends count
+    # only until the engine's report can have come; "approximate": only what this frontend sent where.
+    placement: Literal["exact", "approximate"] = "exact"
 
 
 class RequestLimits(msgspec.Struct, forbid_unknown_fields=True):

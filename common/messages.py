@@ -3,8 +3,10 @@
 Frontends PUSH `EngineRequest`s to the engine's PULL socket. The engine PUBlishes
 `EngineOutput`s: on each frontend's own topic (`topic_for(frontend_id)`) a `Welcome` and then one
 `StepOutput` per engine step that advanced any of that frontend's requests, numbered 1, 2, 3, …
-after the Welcome; on the broadcast topic a `Heartbeat` about once a second and a `Goodbye`
-when the engine shuts down. Each message is msgpack: a type tag first, then the fields in order.
+after the Welcome (and from an engine reporting its prefix cache a `CachedBlocks` snapshot); on
+the broadcast topic a `Heartbeat` about once a second, `CachedBlocks` as its prefix cache
+changes, and a `Goodbye` when the engine shuts down. Each message is msgpack: a type tag first,
+then the fields in order.
 """
 from typing import Any
 
@@ -123,7 +125,17 @@ class Goodbye(msgspec.Struct, tag="goodbye", array_like=True):
     engine_id: str
 
 
-EngineOutput = StepOutput | Welcome | Heartbeat | Goodbye
+class CachedBlocks(msgspec.Struct, tag="cached", array_like=True):
+    """Prompt blocks the engine's prefix cache took in and dropped, as the router hashes them
+    (common/blocks.py). `cleared`: it holds none but `stored` (a whole snapshot, after each Welcome)."""
+
+    engine_id: str
+    stored: list[int]
+    removed: list[int]
+    cleared: bool = False
+
+
+EngineOutput = StepOutput | Welcome | Heartbeat | Goodbye | CachedBlocks
 
 BROADCAST_TOPIC = b"*|"
 

@@ -31,12 +31,24 @@ def served_name(inference: InferenceConfig) -> str:
     return inference.model or default_model.NAME
 
 
-def build_engine(model: str, inference: InferenceConfig, stat_logger):
+def reports_prefix_cache(server: ServerConfig, inference: InferenceConfig) -> bool:
+    """Whether this engine tells the frontends what its prefix cache holds: for exact placement, when
+    there is a choice of engines (several on this host, or this one serving other hosts), and unless
+    the engine arguments already give vLLM's KV-cache events to someone else."""
+    in_a_fleet = inference.data_parallel_size > 1 or server.engine.request_address.startswith("tcp://")
+    return (server.router.policy == "prefix" and server.router.placement == "exact" and in_a_fleet
+            and "kv_events_config" not in inference.engine_args)
+
+
+def build_engine(model: str, inference: InferenceConfig, stat_logger, kv_events: dict | None = None):
     log.info("loading vLLM")
     from vllm import EngineArgs
+    from vllm.config import KVEventsConfig
     from vllm.v1.engine.llm_engine import LLMEngine
 
-    args = EngineArgs(model=model, **{"served_model_name": served_name(inference), **inference.vllm_engine_args()})
+    extra = {"kv_events_config": KVEventsConfig(**kv_events)} if kv_events else {}
+    args = EngineArgs(model=model, **{"served_model_name": served_name(inference), **inference.vllm_engine_args(),
+                                      **extra})
     log.info("starting the engine on %s", model)
     return LLMEngine.from_engine_args(args, stat_loggers=[stat_logger])
 
@@ -81,6 +93,7 @@ def run_engine_worker_process() -> None:
     from common.curve import start_authenticator
     from common.sockets import curve_keys_dir
     from engine_worker.admission import VllmRequests, admitter
+    from engine_worker.cache_events import CacheIndex, kv_events_config, start_cache_event_reader
     from engine_worker.io_threads import OutputPublisher, start_request_reader
     from engine_worker.load import LoadTracker
     from engine_worker.lora import Adapters
@@ -89,8 +102,9 @@ def run_engine_worker_process() -> None:
     with stage(log, "start 1/3: model"):
         model = model_path(server, inference)
     load = LoadTracker()
+    kv_events = kv_events_config(run_dir, rank) if reports_prefix_cache(server, inference) else None
     with stage(log, "start 2/3: vLLM load (weights, KV cache, compilation)"):
-        engine = build_engine(model, inference, load.stat_logger_factory())
+        engine = build_engine(model, inference, load.stat_logger_factory(), kv_events)
     adapters = Adapters(engine, inference.allow_runtime_lora_updating, served_name(inference))
     if inference.lora_modules:
         with stage(log, f"start 2/3: LoRA adapters ({len(inference.lora_modules)})"):
@@ -101,7 +115,10 @@ def run_engine_worker_process() -> None:
     context = zmq.Context()
     if server.engine.curve:
         start_authenticator(context, curve_keys_dir(server.engine))
-    publisher = OutputPublisher(context, output_address, server.engine, engine_id, load, adapters)
+    cache = CacheIndex(engine_id, server.router.block_size) if kv_events else None
+    publisher = OutputPublisher(context, output_address, server.engine, engine_id, load, adapters, cache)
+    if cache is not None:
+        start_cache_event_reader(context, kv_events["endpoint"], cache, lambda change: publisher.send(None, change))
     loop = StepLoop(
         engine, engine_id, served_name(inference), model, publisher, load,
         server.engine.heartbeat_interval_s, adapters,

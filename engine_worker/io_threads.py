@@ -3,7 +3,8 @@
 Requests: PULL socket -> decode -> `deliver(time received, message)` (admission, which fills the
 step loop's inbox).
 Outputs: outbox queue -> number per frontend -> PUB socket, plus a heartbeat on the broadcast
-topic every interval, sent even while the step loop is inside a long step.
+topic every interval, sent even while the step loop is inside a long step, and after each Welcome
+the prefix cache's snapshot when the engine reports it (engine_worker/cache_events.py).
 Each thread outlives a message it cannot handle (it logs it); a socket that fails for good ends
 the process through `on_death`, so supervisord restarts it.
 """
@@ -59,8 +60,9 @@ def start_request_reader(context, address: str, link: EngineLink, deliver, on_de
 
 
 class OutputPublisher:
-    def __init__(self, context, address: str, link: EngineLink, engine_id: str, load, adapters=None):
+    def __init__(self, context, address: str, link: EngineLink, engine_id: str, load, adapters=None, cache=None):
         self.adapters = adapters  # its `listing` goes in each heartbeat
+        self.cache = cache  # a CacheIndex: its snapshot follows each Welcome
         self.socket = make_socket(context, zmq.PUB, address, bind=True, link=link)
         self.engine_id = engine_id
         self.interval = link.heartbeat_interval_s
@@ -127,4 +129,6 @@ class OutputPublisher:
             self.seqs[frontend_id] = message.seq = self.seqs.get(frontend_id, 0) + 1
         topic = BROADCAST_TOPIC if frontend_id is None else topic_for(frontend_id)
         self.socket.send_multipart([topic, encode(message)])
+        if isinstance(message, Welcome) and self.cache is not None:
+            self.socket.send_multipart([topic, encode(self.cache.snapshot())])
 

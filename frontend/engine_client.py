@@ -25,8 +25,8 @@ import zmq.asyncio
 from common.config import EngineLink as LinkConfig
 from common.config import ServerConfig, load_inference
 from common.messages import (
-    BROADCAST_TOPIC, Abort, Add, EngineLoad, Goodbye, Heartbeat, Hello, LoadLora, StepOutput, UnloadLora, Welcome,
-    encode, output_decoder, topic_for,
+    BROADCAST_TOPIC, Abort, Add, CachedBlocks, EngineLoad, Goodbye, Heartbeat, Hello, LoadLora, StepOutput,
+    UnloadLora, Welcome, encode, output_decoder, topic_for,
 )
 from common.sockets import make_socket
 from frontend.metrics import ROUTED
@@ -68,12 +68,14 @@ class EngineLink:
     watch, and the requests this frontend sent it."""
 
     def __init__(self, rank: int, request_address: str, output_address: str, config: LinkConfig,
-                 frontend_id: str, request_timeout_s: float, on_lost: Callable[[int], None] = lambda rank: None):
+                 frontend_id: str, request_timeout_s: float, on_lost: Callable[[int], None] = lambda rank: None,
+                 on_cached: Callable[[int, CachedBlocks], None] = lambda rank, change: None):
         self.rank = rank
         self.request_timeout_s = request_timeout_s
         self.frontend_id = frontend_id
         self.config = config
         self.on_lost = on_lost
+        self.on_cached = on_cached  # the engine reports what its prefix cache took in and dropped
         self.push = make_socket(zmq.Context.instance(), zmq.PUSH, request_address, bind=False, link=config)
         self.sub = make_socket(zmq.asyncio.Context.instance(), zmq.SUB, output_address, bind=False, link=config)
         self.sub.setsockopt(zmq.SUBSCRIBE, topic_for(frontend_id))
@@ -90,6 +92,7 @@ class EngineLink:
         self.tasks: list[asyncio.Task] = []
         self.handlers = {
             Welcome: self.on_welcome, StepOutput: self.on_step, Heartbeat: self.on_heartbeat, Goodbye: self.on_goodbye,
+            CachedBlocks: self.on_cached_blocks,
         }
 
     @property
@@ -218,6 +221,10 @@ class EngineLink:
                 self.engine_lost(f"outputs lost (the engine sent up to message {message.last_seqs[self.frontend_id]}, "
                                  f"the last one here was {self.seq})")
 
+    def on_cached_blocks(self, message: CachedBlocks) -> None:
+        if message.engine_id == self.engine_id:
+            self.on_cached(self.rank, message)
+
     def on_goodbye(self, message: Goodbye) -> None:
         # Requests already there may still finish (the engine drains them); no new ones go there.
         if message.engine_id == self.engine_id and not self.draining:
@@ -266,7 +273,7 @@ class EngineClient:
             raise SystemExit("no engine to talk to: no local engines and no `engines` in server.yml")
         self.router = Router(server.router, len(addresses))
         self.links = [EngineLink(rank, request, output, server.engine, frontend_id, server.request_timeout_s,
-                                 self.router.forget)
+                                 self.router.forget, self.router.cache_changed)
                       for rank, (request, output) in enumerate(addresses)]
         self.requests: dict[str, EngineLink] = {}
         self.closed: str | None = None  # why no request is taken any more (the frontend is stopping)

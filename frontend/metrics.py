@@ -189,6 +189,13 @@ def engine_families(client):
             for link in live:
                 family.add_metric([str(link.rank)], figure(link.load))
             yield family
+    reported = GaugeMetricFamily("llm_engine_reported_cache_blocks", "Prompt blocks the engine reports in its "
+                                 "prefix cache (router.placement exact), as this frontend last heard",
+                                 labels=["engine"])
+    for link in live:
+        if client.router.reporting[link.rank]:
+            reported.add_metric([str(link.rank)], len(client.router.held[link.rank]))
+    yield reported
     gpus = [(link.rank, gpu) for link in live for gpu in link.load.gpus]
     if gpus:  # on a machine without GPU the GPU series are absent, not zero
         yield from gpu_families(gpus)

@@ -3,11 +3,16 @@
 1. `X-data-parallel-rank: i` pins the request to engine i (as vLLM's API server accepts).
 2. Out of balance (the load scores of the most and least loaded engines differ by more than
    balance_abs_threshold and by more than balance_rel_threshold times): the least loaded.
-3. Queueing: when the engine chosen below has requests waiting in its scheduler (its last heartbeat)
-   while another has none, the least loaded of those with none. A request queued behind a full
-   engine waits for a running one to finish, which costs far more than recomputing a prefix.
-4. The engine this frontend routed the longest run of the prompt's leading blocks to, when that run
-   covers at least min_match_ratio of the prompt: it likely still holds them in its prefix cache.
+3. The engine holding the longest run of the prompt's leading blocks, when that run covers at least
+   min_match_ratio of the prompt. Held means the engine reported those blocks in its prefix cache
+   (placement "exact", vLLM's KV-cache events via engine_worker/cache_events.py) or this frontend
+   sent them there (within SENT_MEMORY_S for a reporting engine; with placement "approximate", until
+   forgotten: bounded, least recently sent first). Only step 2 overrides this, as in SGLang's
+   cache-aware router: sending a held prefix elsewhere because its engine queues a little spreads
+   every prefix over every engine (measured on 4×H100).
+4. Queueing, for a prompt no engine holds: when the engine step 5 chooses has requests waiting in its
+   scheduler (its last heartbeat) while another has none, the least loaded of those with none. A
+   request queued behind a full engine waits for a running one to finish; a new prompt loses no cache.
 5. A prompt no engine holds goes to its home: the engine the first min_match_ratio of its blocks
    hash to (rendezvous hashing over the engines that are up). Every frontend computes the same home,
    so prompts sharing a prefix meet on one engine even when different frontends route them. But
@@ -15,32 +20,26 @@
    new prompts arrives faster than heartbeats, and hashing alone piles them up unevenly (each
    frontend counts its own sends, so a burst is split nearly evenly instead).
 6. A prompt shorter than one block: the least loaded.
-Block hashes chain as vLLM's do (each hashes its parent's hash and its own token ids), so a block
-stands for the whole prefix up to it. What was routed where is remembered per engine, bounded,
-forgetting the least recently routed blocks first, and all of it when the engine restarts.
+Block hashes chain as vLLM's do (common/blocks.py). All an engine held is forgotten when it restarts.
 """
 import contextlib
 import contextvars
 import hashlib
 import math
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from common.blocks import block_hashes
 from common.config import RouterConfig
+from common.messages import CachedBlocks
 from frontend.http import HTTPError
 
 PIN_HEADER = "X-data-parallel-rank"
 HOME_SLACK = 4.0  # one waiting request in vLLM's load score
-
-
-def block_hashes(token_ids: list[int], block_size: int) -> list[int]:
-    """One chained hash per full block of the prompt. Python hashes ints and tuples of ints the same
-    in every process, so all frontends agree."""
-    hashes, parent = [], 0
-    for start in range(0, len(token_ids) - block_size + 1, block_size):
-        parent = hash((parent, *token_ids[start:start + block_size]))
-        hashes.append(parent)
-    return hashes
+# With an engine reporting its prefix cache, what this frontend sent there counts for this long: until
+# the engine's report of those blocks can have come (after their prefill, which a queue delays).
+SENT_MEMORY_S = 10.0
 
 
 def rendezvous(key: int, rank: int) -> int:
@@ -51,7 +50,11 @@ def rendezvous(key: int, rank: int) -> int:
 class Router:
     def __init__(self, config: RouterConfig, engines: int):
         self.config = config
-        self.cached: list[OrderedDict[int, None]] = [OrderedDict() for _ in range(engines)]
+        # What this frontend sent to each engine: block hash -> when, least recently sent first.
+        self.cached: list[OrderedDict[int, float]] = [OrderedDict() for _ in range(engines)]
+        # What each engine reports its prefix cache holds (exact placement), and which engines report.
+        self.held: list[set[int]] = [set() for _ in range(engines)]
+        self.reporting = [False] * engines
 
     def pick(self, token_ids: list[int], loads: dict[int, float],
              waiting: dict[int, int] | None = None) -> tuple[int, str]:
@@ -66,8 +69,8 @@ class Router:
         if self.out_of_balance(loads):
             rank, reason = least, "load"
         else:
-            rank, reason = self.holder(blocks, loads) or self.home(blocks, loads, least)
-            rank, reason = self.unqueued(rank, reason, loads, waiting or {})
+            rank, reason = self.holder(blocks, loads) or self.unqueued(
+                *self.home(blocks, loads, least), loads, waiting or {})
         self.remember(rank, blocks)
         return rank, reason
 
@@ -86,9 +89,10 @@ class Router:
         """The engine holding the longest leading run of `blocks`, if it covers enough of the prompt."""
         best, matched = None, 0
         for rank in loads:
-            cached = self.cached[rank]
+            self.expire(rank)
+            sent, held = self.cached[rank], self.held[rank]
             run = 0
-            while run < len(blocks) and blocks[run] in cached:
+            while run < len(blocks) and (blocks[run] in held or blocks[run] in sent):
                 run += 1
             if run > matched or (run == matched and best is not None and loads[rank] < loads[best]):
                 best, matched = rank, run
@@ -104,16 +108,33 @@ class Router:
         return home, "prefix"
 
     def remember(self, rank: int, blocks: list[int]) -> None:
-        cached = self.cached[rank]
+        cached, now = self.cached[rank], time.monotonic()
         for block in blocks:
-            cached[block] = None
+            cached[block] = now
             cached.move_to_end(block)
         while len(cached) > self.config.blocks_per_engine:
             cached.popitem(last=False)
 
+    def expire(self, rank: int) -> None:
+        """Drop sends older than SENT_MEMORY_S from an engine that reports its cache."""
+        cached, cutoff = self.cached[rank], time.monotonic() - SENT_MEMORY_S
+        while self.reporting[rank] and cached and next(iter(cached.values())) < cutoff:
+            cached.popitem(last=False)
+
+    def cache_changed(self, rank: int, change: CachedBlocks) -> None:
+        """Engine `rank` reports blocks its prefix cache took in and dropped."""
+        held = self.held[rank]
+        if change.cleared:
+            held.clear()
+            self.reporting[rank] = True
+        held.difference_update(change.removed)
+        held.update(change.stored)
+
     def forget(self, rank: int) -> None:
         """The engine restarted or was lost: its prefix cache is gone."""
         self.cached[rank].clear()
+        self.held[rank].clear()
+        self.reporting[rank] = False
 
 
 @dataclass

@@ -120,6 +120,22 @@ def test_requests_sharing_a_long_prefix_land_on_one_engine(fleet):
              > hits_before.get((engine,), 0), 5, what="the engine's prefix-cache hits to grow")
 
 
+def test_every_frontend_follows_a_prefix_to_the_engine_that_reports_holding_it(fleet):
+    """Exact placement: a prefix left on each engine by a pinned request (which teaches no frontend's
+    own memory anything) is then routed there by both frontends, from the engines' reports of what
+    their prefix caches hold."""
+    wait_until_idle(fleet.url)
+    for rank in ("0", "1"):
+        document = " ".join(f"part {rank}, line {i} of a document kept on one engine." for i in range(60))
+        assert generate(fleet.url, f"{document}\nSummary?", headers={PIN: rank}).status_code == 200
+        before = routed(fleet.url)
+        for question in range(4):  # nginx alternates the frontends: each routes two
+            assert generate(fleet.url, f"{document}\nQuestion {question}?").status_code == 200
+        assert moved(before, routed(fleet.url)) == {(rank, "prefix"): 4}
+    reported = per_engine(fleet.url, "llm_engine_reported_cache_blocks", "engine")
+    assert set(reported) == {("0",), ("1",)} and min(reported.values()) > 0, reported
+
+
 def test_the_pin_header_is_honoured_and_an_unknown_rank_is_refused(fleet):
     before = routed(fleet.url)
     for _ in range(3):

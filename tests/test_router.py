@@ -4,7 +4,8 @@ import msgspec
 import pytest
 
 from common.config import InferenceConfig, RemoteEngine, RouterConfig, ServerConfig, gpus_of
-from frontend.router import Router, block_hashes
+from common.blocks import block_hashes
+from frontend.router import Router
 
 BLOCK = 16
 IDLE = {0: 0.0, 1: 0.0}
@@ -73,16 +74,19 @@ def test_a_burst_of_new_prompts_from_several_frontends_splits_evenly():
     assert abs(sent[0] - sent[1]) <= 8  # at most one request over per frontend and engine
 
 
-def test_an_engine_with_a_queue_loses_the_prompt_to_one_without():
-    """Saturated engines: the prefix's engine has requests waiting, the other has none; a queued
-    request would wait for a whole generation to end, so the prompt goes where it starts at once."""
+def test_a_new_prompt_avoids_an_engine_with_a_queue_but_a_held_prefix_stays():
+    """Saturated engines: a new prompt's home has requests waiting, the other engine has none; a queued
+    request would wait for a whole generation to end, so it goes where it starts at once. A prompt
+    whose prefix an engine holds stays there while load is within the thresholds (SGLang's rule)."""
     policy = router(balance_abs_threshold=32, balance_rel_threshold=1.5)
-    first, _ = policy.pick(prompt(1, 200), IDLE)
-    other = 1 - first
-    saturated = {first: 256.0 + 4 * 6, other: 250.0}  # within both thresholds
-    assert policy.pick(prompt(1, 200, suffix=2), saturated, {first: 6, other: 0}) == (other, "load")
-    # Both queueing (a KV cache too small for the load): the prefix keeps its engine.
-    assert policy.pick(prompt(1, 200, suffix=3), saturated, {first: 6, other: 2})[1] == "prefix"
+    home, _ = policy.home(block_hashes(prompt(1, 200), BLOCK), IDLE, least=0)
+    other = 1 - home
+    saturated = {home: 256.0 + 4 * 6, other: 250.0}  # within both thresholds
+    assert policy.pick(prompt(1, 200), saturated, {home: 6, other: 0}) == (other, "load")
+    assert policy.pick(prompt(1, 200, suffix=2), {other: 256.0 + 4 * 6, home: 250.0},
+                       {other: 6, home: 0}) == (other, "prefix")
+    # Out of balance, the held prefix moves after all.
+    assert policy.pick(prompt(1, 200, suffix=3), {other: 400.0, home: 250.0}, {other: 40, home: 0}) == (home, "load")
 
 
 def test_short_prompts_and_the_load_policy_go_to_the_least_loaded():

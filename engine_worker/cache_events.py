@@ -1,0 +1,121 @@
+"""What this engine holds in its prefix cache, told to every frontend so their routers place prompts
+exactly (docs/fleet.md, "Exact placement").
+
+vLLM publishes a KV-cache event for each block it caches or evicts (its `kv_events_config`, on a
+ZeroMQ socket of its engine core). A thread here reads them, turns each cached block into the
+router's own block hashes (common/blocks.py, over `router.block_size` tokens) and queues
+`CachedBlocks` for the publisher, which sends them on the broadcast topic, and a whole `snapshot`
+after each Welcome. What is kept is one entry per block vLLM holds: bounded by its
+KV cache.
+"""
+import logging
+import threading
+
+import msgspec
+import zmq
+
+from common.messages import CachedBlocks
+from common.blocks import block_hashes
+
+log = logging.getLogger(__name__)
+
+TOPIC = "kv"
+
+
+def kv_events_config(run_dir, rank: int) -> dict:
+    """vLLM's `kv_events_config` for engine `rank`: its events on an ipc socket of its own."""
+    return {"enable_kv_cache_events": True, "publisher": "zmq", "topic": TOPIC,
+            "endpoint": f"ipc://{run_dir}/engine-{rank}-kv-events"}
+
+
+class CacheIndex:
+    """vLLM's block hashes -> the router's hashes of the same tokens."""
+
+    def __init__(self, engine_id: str, block_size: int):
+        self.engine_id = engine_id
+        self.block_size = block_size
+        self.blocks: dict[object, list[int]] = {}
+        self.lock = threading.Lock()  # the reader thread writes, the publisher's snapshots read
+        self.warned = False
+
+    def apply(self, events) -> CachedBlocks | None:
+        """The change vLLM's events make, as one message (None when nothing a router uses changed)."""
+        change: dict[int, bool] = {}  # router hash -> held after these events
+        cleared = False
+        with self.lock:
+            for event in events:
+                kind = type(event).__name__
+                if kind == "BlockStored":
+                    change.update(dict.fromkeys(self.store(event), True))
+                elif kind == "BlockRemoved" and getattr(event, "group_idx", None) in (None, 0):
+                    for block in event.block_hashes:
+                        change.update(dict.fromkeys(self.blocks.pop(block, []), False))
+                elif kind == "AllBlocksCleared":
+                    self.blocks.clear()
+                    change, cleared = {}, True
+        if not (change or cleared):
+            return None
+        return CachedBlocks(self.engine_id, [block for block, held in change.items() if held],
+                            [block for block, held in change.items() if not held], cleared)
+
+    def store(self, event) -> list[int]:
+        """The router's hashes of the blocks one BlockStored caches. Skipped: blocks of a LoRA adapter,
+        an image or a cache salt (the router hashes token ids only, so their tokens would match the
+        base model's), blocks of a second KV group, and blocks whose parent is unknown here."""
+        extra = getattr(event, "extra_keys", None) or []
+        if (getattr(event, "lora_name", None) or getattr(event, "lora_id", None) or any(extra)
+                or getattr(event, "group_idx", None) not in (None, 0)):
+            return []
+        if event.block_size % self.block_size:
+            if not self.warned:
+                log.warning("vLLM's block size %d is not a multiple of router.block_size %d: "
+                            "no cached blocks are reported", event.block_size, self.block_size)
+                self.warned = True
+            return []
+        parent = 0
+        if event.parent_block_hash is not None:
+            if event.parent_block_hash not in self.blocks:
+                return []
+            parent = self.blocks[event.parent_block_hash][-1]
+        stored = []
+        for index, block in enumerate(event.block_hashes):
+            tokens = event.token_ids[index * event.block_size:(index + 1) * event.block_size]
+            ours = block_hashes(tokens, self.block_size, parent)
+            if len(ours) != event.block_size // self.block_size:
+                break  # a short block: nothing after it chains
+            self.blocks[block] = ours
+            stored += ours
+            parent = ours[-1]
+        return stored
+
+    def snapshot(self) -> CachedBlocks:
+        with self.lock:
+            held = [ours for blocks in self.blocks.values() for ours in blocks]
+        return CachedBlocks(self.engine_id, held, [], True)
+
+
+def start_cache_event_reader(context, endpoint: str, index: CacheIndex, publish) -> None:
+    """Reads vLLM's KV-cache events from `endpoint` and hands each change to `publish`."""
+    from vllm.distributed.kv_events import KVEventBatch
+
+    decoder = msgspec.msgpack.Decoder(KVEventBatch)
+    socket = context.socket(zmq.SUB)
+    socket.setsockopt(zmq.SUBSCRIBE, TOPIC.encode())
+    socket.connect(endpoint)
+
+    def read_forever():
+        while True:
+            try:
+                frames = socket.recv_multipart()  # topic, sequence number, payload
+            except Exception as error:  # the context was terminated: the engine is stopping
+                log.info("stopped reading KV-cache events: %r", error)
+                socket.close()
+                return
+            try:
+                change = index.apply(decoder.decode(frames[-1]).events)
+                if change is not None:
+                    publish(change)
+            except Exception:  # one bad batch must not end the reading
+                log.exception("dropped a batch of KV-cache events")
+
+    threading.Thread(target=read_forever, name="cache-events", daemon=True).start()
