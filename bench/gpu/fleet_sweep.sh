@@ -6,8 +6,9 @@
 #           1 and N API processes, ours DP=1 (its own concurrency 256).
 #   prefix: a prefix_repetition load with 8·N prefixes of PREFIX_LEN tokens and the KV cache limited
 #           the same on both sides (num_gpu_blocks_override): all prefixes overflow one engine's cache
-#           but fit the fleet's. Ours DP=N with prefix routing, ours DP=N with load-only routing
-#           (`ours:4@load`), vllm DP=N. Each row has the load's prefix-cache hit rate.
+#           but fit the fleet's. Ours DP=N with exact prefix placement, with approximate placement
+#           (`ours:4@approximate`) and with load-only routing (`ours:4@load`), vllm DP=N. Each row has
+#           the load's prefix-cache hit rate.
 # usage (repo root on the GPU host, bundle installed per ../shared/gpu/README.md, .gpu/model carried):
 #   DP=2 MODEL=/tmp/model setsid bash bench/gpu/fleet_sweep.sh /tmp/fleet-results > /tmp/fleet.log 2>&1 &
 # then `LOG=/tmp/fleet.log bash bench/gpu/gpu_collect.sh SECONDS /tmp/fleet-results` waits and packs what is
@@ -37,7 +38,7 @@ step() {
     echo "#### step $1 at $(date +%T)"
     case $1 in
         random) side_by_side random "$FLEET_ARGS" ${RANDOM_SERVERS:-ours:4 vllm:1 "vllm:$DP"} -- $RANDOM_LOADS ;;
-        prefix) side_by_side prefix "$PREFIX_ARGS" ${PREFIX_SERVERS:-ours:4 ours:4@load "vllm:$DP"} -- $PREFIX_LOADS ;;
+        prefix) side_by_side prefix "$PREFIX_ARGS" ${PREFIX_SERVERS:-ours:4 ours:4@approximate ours:4@load "vllm:$DP"} -- $PREFIX_LOADS ;;
         one)    side_by_side one "$ONE_ARGS" ours:4 -- $ONE_LOADS ;;
     esac
     echo "#### step $1 done at $(date +%T)"
