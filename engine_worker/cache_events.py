@@ -45,6 +45,8 @@ class CacheIndex:
         with self.lock:
             for event in events:
                 kind = type(event).__name__
+                if getattr(event, "medium", None) not in (None, "GPU"):
+                    continue  # an offloading tier's copy (CPU memory, storage): not what a prefill reuses
                 if kind == "BlockStored":
                     change.update(dict.fromkeys(self.store(event), True))
                 elif kind == "BlockRemoved" and getattr(event, "group_idx", None) in (None, 0):

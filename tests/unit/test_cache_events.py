@@ -50,6 +50,7 @@ def test_blocks_a_router_cannot_tell_apart_are_not_reported(caplog):
     assert index.apply([stored(range(0, 1), None, extra_keys=[("image-1", 0)])]) is None
     assert index.apply([stored(range(1, 2), 1234)]) is None
     assert index.apply([stored(range(0, 1), None, group_idx=1)]) is None
+    assert index.apply([stored(range(0, 1), None, medium="CPU")]) is None  # an offloading tier's copy
     odd = CacheIndex("engine-1", 24)  # 32 is no multiple of 24
     assert odd.apply([stored(range(0, 1), None)]) is None and odd.apply([stored(range(0, 1), None)]) is None
     assert caplog.text.count("not a multiple of router.block_size") == 1
