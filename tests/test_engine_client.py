@@ -108,6 +108,31 @@ async def test_a_bad_output_message_is_dropped_and_the_link_reads_on(fleet):
     assert delta.token_ids == [7]
 
 
+async def test_a_flood_of_outputs_arrives_whole_and_leaves_the_event_loop_turning(fleet):
+    """The reader drains the socket in batches: every step of a burst arrives, in order, and other
+    tasks run while it does."""
+    client, engines = fleet
+    queue = add_to(client, "r1")
+    engine = engines[client.requests["r1"].rank]
+    turns = []
+
+    async def other_task():
+        while True:
+            turns.append(queue.qsize())
+            await asyncio.sleep(0)
+
+    other = asyncio.create_task(other_task())
+    for token in range(2000):
+        await engine.pub.send_multipart([topic_for(FRONTEND), encode(StepOutput(engine.engine_id, token + 1,
+                                                                                [Delta("r1", [token])]))])
+    engine.seq = 2000
+    await until(lambda: queue.qsize() == 2000)
+    other.cancel()
+    assert [queue.get_nowait().token_ids[0] for _ in range(2000)] == list(range(2000))
+    assert client.requests["r1"].ready  # no gap was seen
+    assert any(0 < size < 2000 for size in turns), "the other task never ran while the outputs arrived"
+
+
 async def test_a_request_that_cannot_be_encoded_leaves_nothing_behind(fleet):
     client, _ = fleet
     with pytest.raises(TypeError):
