@@ -177,7 +177,7 @@ def test_charts_fill_under_load_and_a_page_opened_later_shows_the_load_from_hist
         # 10 s window, so they need not all show at the same moment).
         for chart, series in LIVE_FIGURES:
             wait_for(lambda: (latest(browser, chart, series) or 0) > 0, 180, 0.5, f"{chart} {series} on the chart")
-        time.sleep(5)  # a stretch of load on every chart, for the screenshot and the history
+        time.sleep(10)  # a stretch of load on every chart, for the screenshot and the history
         assert badges(browser) == ["up"]
         browser.find_element(By.CSS_SELECTOR, '#ranges [data-range="300"]').click()  # the last 5 minutes
         OUTPUT_DIR.mkdir(exist_ok=True)
