@@ -7,11 +7,13 @@ import sys
 import time
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from common.blocks import block_hashes
-from common.config import ROOT
+from common.config import ROOT, InferenceConfig
 from common.messages import Add, Goodbye
+from common.preflight import StartRefused, check_simulator
 from common.step_time import StepTime, StepWork, load_profile
 from engine_worker.cache_events import CacheIndex
 from engine_worker.load import LoadTracker
@@ -205,6 +207,20 @@ def test_kv_cache_events_become_the_routers_hashes_of_the_prompts_blocks():
     run(simulated)
     change = index.apply(simulated.kv_events.get_nowait())
     assert change.removed == block_hashes(prompt, 4)[::-1] and change.stored == block_hashes(other, 4)
+
+
+def test_a_simulated_fleet_with_lora_adapters_or_without_a_readable_profile_is_refused_before_it_starts(tmp_path):
+    def inference(**changes) -> InferenceConfig:
+        return msgspec.convert({"engine_backend": "simulated", "simulator": {"profile": str(FIXTURE_PROFILE)},
+                                **changes}, InferenceConfig)
+
+    check_simulator(inference())
+    with pytest.raises(StartRefused, match="serves no LoRA adapters"):
+        check_simulator(inference(lora_modules={"sql": "/adapters/sql"}))
+    with pytest.raises(StartRefused, match="simulator.profile: cannot read the step-time profile"):
+        check_simulator(inference(simulator={"profile": str(tmp_path / "none.json")}))
+    with pytest.raises(msgspec.ValidationError, match="time_scale"):
+        inference(simulator={"time_scale": 0})
 
 
 def test_the_engines_shape_comes_from_inference_yml_then_its_profile_then_defaults():
