@@ -87,9 +87,11 @@ def start_simulated(model: str, inference: InferenceConfig, rank: int, load, rep
     from engine_worker.simulator.admission import SimulatedRequests
 
     with stage(log, f"start 2/3: simulated engine ({inference.simulator.profile})"):
-        # The stat logger derives from vLLM's StatLoggerBase only when vLLM calls it.
-        engine = build_simulated_engine(model, inference, rank, load.stat_logger_factory(base=object),
-                                        report_kv_events)
+        try:  # the stat logger derives from vLLM's StatLoggerBase only when vLLM calls it
+            engine = build_simulated_engine(model, inference, rank, load.stat_logger_factory(base=object),
+                                            report_kv_events)
+        except ValueError as error:  # a shape vLLM would refuse, a profile or a model it cannot read
+            raise SystemExit(f"the simulated engine cannot start: {error}") from None
     log.info("start 3/3: no warm-up for a simulated engine")
     return engine, Adapters(engine, model=served_name(inference)), SimulatedRequests(engine)
 

@@ -31,6 +31,8 @@ class Vocabulary(msgspec.Struct, frozen=True):
 
 def read_vocabulary(model_dir: Path) -> Vocabulary:
     config = read_json(model_dir / "config.json")
+    if not (model_dir / "tokenizer.json").exists():
+        raise ValueError(f"{model_dir} has no tokenizer.json: the simulated engine reads a fast tokenizer's vocabulary")
     tokenizer = msgspec.json.decode((model_dir / "tokenizer.json").read_bytes(), type=TokenizerFile)
     by_content = {token.content: token.id for token in tokenizer.added_tokens}
     vocab = tokenizer.model.get("vocab") or {}

@@ -223,6 +223,16 @@ def test_a_simulated_fleet_with_lora_adapters_or_without_a_readable_profile_is_r
         inference(simulator={"time_scale": 0})
 
 
+def test_an_engine_vllm_would_refuse_does_not_start_and_says_why(model_dir):
+    from engine_worker.__main__ import start_simulated
+
+    inference = msgspec.convert({"engine_backend": "simulated", "simulator": {"profile": str(FIXTURE_PROFILE)},
+                                 "engine_args": {"num_gpu_blocks_override": 100}}, InferenceConfig)
+    with pytest.raises(SystemExit, match="cannot start: a KV cache of 100 blocks of 16 tokens holds fewer than "
+                                         "max_model_len \\(8192\\)"):
+        start_simulated(str(model_dir), inference, 0, LoadTracker(False), False)
+
+
 def test_the_engines_shape_comes_from_inference_yml_then_its_profile_then_defaults():
     measured = load_profile(FIXTURE_PROFILE).engine_args
     built = engine_shape({"max_num_seqs": 64}, measured, model_max_len=4096)
