@@ -1,11 +1,12 @@
 """Admission for the simulated engine, on the request reader's thread as for vLLM
 (engine_worker/admission.py): what vLLM's input processor and SamplingParams would refuse, and what
-the simulation does not model, is refused with the reason; the rest becomes the prompt's token ids
-and the request's Sampling."""
+the simulation does not model, is refused with the reason; the rest becomes the Prompt (token ids and
+block hashes, hashed here rather than on the step thread) and the request's Sampling."""
 import msgspec
 
 from common.messages import Add
 from engine_worker.simulator.sampling import Sampling
+from engine_worker.simulator.scheduler import Prompt, extend_block_hashes
 from engine_worker.step_loop import Admitted
 
 
@@ -25,7 +26,8 @@ class SimulatedRequests:
         self.check_prompt(message.prompt_token_ids, sampling.max_tokens)
         if not sampling.ignore_eos:  # as vLLM adds the generation config's other EOS ids to stop_token_ids
             sampling.stop_token_ids |= self.vocabulary.stop_ids - {self.vocabulary.eos_token_id}
-        return Admitted(message, message.prompt_token_ids, sampling)
+        prompt = list(message.prompt_token_ids)  # the request's own: its generated tokens are appended to it
+        return Admitted(message, Prompt(prompt, extend_block_hashes([], prompt, self.shape.block_size)), sampling)
 
     def check_sampling(self, sampling: Sampling) -> None:
         if sampling.structured_outputs is not None:

@@ -19,7 +19,7 @@ from typing import NamedTuple
 from common.step_time import StepTime, StepWork
 from engine_worker.simulator.kv_cache import KVCacheManager, PrefixCacheStats
 from engine_worker.simulator.sampling import Sampling, TokenSampler, finish_of
-from engine_worker.simulator.scheduler import Chunk, Request, Scheduler
+from engine_worker.simulator.scheduler import Chunk, Prompt, Request, Scheduler
 from engine_worker.simulator.shape import EngineShape
 from engine_worker.simulator.vocabulary import Vocabulary
 
@@ -91,13 +91,11 @@ class SimulatedEngine:
     def get_supported_tasks(self) -> tuple[str, ...]:
         return ("generate",)
 
-    def add_request(self, request_id: str, prompt_token_ids: list[int], sampling: Sampling,
-                    arrival_time: float | None = None) -> None:
+    def add_request(self, request_id: str, prompt: Prompt, sampling: Sampling, arrival_time: float | None = None):
         if request_id in self.scheduler.requests:
             raise ValueError(f"request id {request_id!r} is already running")
         seed = sampling.seed if sampling.seed is not None else self.rng.getrandbits(64)
-        self.scheduler.add(Request(request_id, prompt_token_ids, sampling, random.Random(seed),
-                                   self.shape.block_size))
+        self.scheduler.add(Request(request_id, prompt, sampling, random.Random(seed), self.shape.block_size))
 
     def abort_request(self, request_ids) -> None:
         for request_id in request_ids:

@@ -19,19 +19,34 @@ from engine_worker.simulator.kv_cache import KVCacheManager
 WAITING, RUNNING, PREEMPTED = "waiting", "running", "preempted"
 
 
+def extend_block_hashes(hashes: list[int], token_ids: list[int], block_size: int) -> list[int]:
+    """Append to `hashes` the hash of each full block of `token_ids` not hashed yet: each covers its
+    parent's hash and its own token ids, as vLLM chains them."""
+    while (len(hashes) + 1) * block_size <= len(token_ids):
+        start = len(hashes) * block_size
+        hashes.append(hash((hashes[-1] if hashes else 0, tuple(token_ids[start:start + block_size]))))
+    return hashes
+
+
+class Prompt(NamedTuple):
+    """A prompt's token ids and its full blocks' hashes (computed at admission, off the step thread)."""
+
+    token_ids: list[int]
+    block_hashes: list[int]
+
+
 class Request:
-    def __init__(self, request_id: str, prompt_token_ids: list[int], sampling, rng: random.Random, block_size: int):
+    def __init__(self, request_id: str, prompt: Prompt, sampling, rng: random.Random, block_size: int):
         self.request_id = request_id
-        self.token_ids = list(prompt_token_ids)  # the prompt, then each generated token
-        self.num_prompt_tokens = len(prompt_token_ids)
+        self.token_ids = prompt.token_ids  # the prompt, then each generated token
+        self.block_hashes = prompt.block_hashes
+        self.num_prompt_tokens = len(prompt.token_ids)
         self.sampling = sampling
         self.rng = rng
         self.block_size = block_size
         self.num_computed_tokens = 0
         self.num_preemptions = 0
         self.status = WAITING
-        self.block_hashes: list[int] = []
-        self.hash_full_blocks()
 
     @property
     def num_tokens(self) -> int:
@@ -41,21 +56,9 @@ class Request:
     def num_output_tokens(self) -> int:
         return len(self.token_ids) - self.num_prompt_tokens
 
-    @property
-    def output_token_ids(self) -> list[int]:
-        return self.token_ids[self.num_prompt_tokens:]
-
     def append(self, token_id: int) -> None:
         self.token_ids.append(token_id)
-        self.hash_full_blocks()
-
-    def hash_full_blocks(self) -> None:
-        """Each full block's hash covers its parent's and its own token ids, as vLLM chains them."""
-        size = self.block_size
-        while (len(self.block_hashes) + 1) * size <= len(self.token_ids):
-            start = len(self.block_hashes) * size
-            parent = self.block_hashes[-1] if self.block_hashes else 0
-            self.block_hashes.append(hash((parent, tuple(self.token_ids[start:start + size]))))
+        extend_block_hashes(self.block_hashes, self.token_ids, self.block_size)
 
 
 class Chunk(NamedTuple):

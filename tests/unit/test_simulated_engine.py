@@ -175,7 +175,7 @@ def test_admission_refuses_a_lora_adapter_and_takes_what_only_shapes_a_real_mode
         admit(Add("r", "fe~1", [5], {}, lora="sql"), 0.0)
     taken = {"temperature": 0.2, "top_p": 0.5, "top_k": 3, "min_p": 0.1, "presence_penalty": 1.0,
              "frequency_penalty": 1.0, "repetition_penalty": 1.1, "logit_bias": {5: 1.0}, "bad_words": ["x"]}
-    assert admit(Add("r", "fe~1", [5, 6], {**taken, "max_tokens": 127 - 1}), 0.0).prompt == [5, 6]
+    assert admit(Add("r", "fe~1", [5, 6], {**taken, "max_tokens": 127 - 1}), 0.0).prompt.token_ids == [5, 6]
 
 
 def test_the_stat_logger_gets_the_schedulers_figures_and_the_prefix_caches_lookups():

@@ -4,13 +4,15 @@ import random
 
 from engine_worker.simulator.kv_cache import BlockRemoved, BlockStored, KVCacheManager
 from engine_worker.simulator.sampling import Sampling
-from engine_worker.simulator.scheduler import PREEMPTED, RUNNING, WAITING, Request, Scheduler
+from engine_worker.simulator.scheduler import PREEMPTED, RUNNING, WAITING, Prompt, Request, Scheduler, \
+    extend_block_hashes
 
 BLOCK = 4
 
 
 def request(request_id: str, prompt: list[int]) -> Request:
-    return Request(request_id, prompt, Sampling(), random.Random(0), BLOCK)
+    return Request(request_id, Prompt(prompt, extend_block_hashes([], prompt, BLOCK)), Sampling(), random.Random(0),
+                   BLOCK)
 
 
 def admitted(kv: KVCacheManager, req: Request) -> int:
