@@ -7,7 +7,7 @@ SERVER_CONFIG and INFERENCE_CONFIG name other files; unknown keys are an error.
 import os
 from pathlib import Path
 from urllib.parse import urlparse
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 import yaml
@@ -169,9 +169,29 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True):
         return local + [(remote.request_address, remote.output_address) for remote in self.engines]
 
 
+class SimulatorConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """The simulated engine of `engine_backend: simulated` (docs/fleet.md, "The simulated engine")."""
+    # The step-time profile measured on a real GPU (common/step_time.py); a relative path is from the root.
+    profile: str = "bench/profiles/h200-llama-3-8b.json"
+    # Each step sleeps time_scale x its modelled time: >1 slows the simulated GPU so a small host keeps up.
+    time_scale: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    # Seeds the tokens of requests that give no seed of their own (engine i uses seed + i).
+    seed: int = 0
+    # Chance that each generated token is EOS (past min_tokens, unless ignore_eos): a mean of 1/p tokens.
+    eos_probability: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.005
+
+    @property
+    def profile_path(self) -> Path:
+        return (ROOT / self.profile).resolve()
+
+
 class InferenceConfig(msgspec.Struct, forbid_unknown_fields=True):
     # A hub id or a directory in HF format; empty serves the embedded default model.
     model: str = ""
+    # "vllm": each engine worker runs vLLM; "simulated": a simulated engine with vLLM's scheduler and
+    # KV cache and a GPU's measured step times, without vLLM or a GPU (for measuring fleets).
+    engine_backend: Literal["vllm", "simulated"] = "vllm"
+    simulator: SimulatorConfig = msgspec.field(default_factory=SimulatorConfig)
     # Pins the engine worker to these GPUs; empty leaves CUDA_VISIBLE_DEVICES as it is.
     cuda_visible_devices: str = ""
     # Gibibytes of memory for the KV cache when vLLM runs on the CPU.

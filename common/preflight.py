@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from common.config import InferenceConfig, ServerConfig
+from common.step_time import load_profile
 
 
 class StartRefused(Exception):
@@ -55,3 +56,16 @@ def check_engine_args(inference: InferenceConfig) -> None:
             close = difflib.get_close_matches(key, fields, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise StartRefused(f"inference.yml: engine_args.{key} is not an argument of vLLM's EngineArgs{hint}")
+
+
+def check_simulator(inference: InferenceConfig) -> None:
+    """With `engine_backend: simulated`: a readable step-time profile, and no LoRA adapters."""
+    if inference.engine_backend != "simulated":
+        return
+    if inference.serves_lora:
+        raise StartRefused("inference.yml: the simulated engine serves no LoRA adapters: remove lora_modules and "
+                           "allow_runtime_lora_updating, or use engine_backend: vllm")
+    try:
+        load_profile(inference.simulator.profile_path)
+    except ValueError as error:
+        raise StartRefused(f"inference.yml: simulator.profile: {error}") from None

@@ -64,6 +64,38 @@ def warm_up(engine) -> None:
         engine.step()
 
 
+def start_vllm(model: str, inference: InferenceConfig, load, kv_events: dict | None):
+    """vLLM's engine, its LoRA adapters and its admission."""
+    from engine_worker.admission import VllmRequests
+    from engine_worker.lora import Adapters
+
+    with stage(log, "start 2/3: vLLM load (weights, KV cache, compilation)"):
+        engine = build_engine(model, inference, load.stat_logger_factory(), kv_events)
+    adapters = Adapters(engine, inference.allow_runtime_lora_updating, served_name(inference))
+    if inference.lora_modules:
+        with stage(log, f"start 2/3: LoRA adapters ({len(inference.lora_modules)})"):
+            adapters.load_configured(inference.lora_modules)
+    with stage(log, "start 3/3: warm-up generation"):
+        warm_up(engine)
+    return engine, adapters, VllmRequests(engine, adapters)
+
+
+def start_simulated(model: str, inference: InferenceConfig, rank: int, load, report_kv_events: bool):
+    """The simulated engine (no vLLM, no LoRA adapters) and its admission."""
+    from engine_worker.lora import Adapters
+    from engine_worker.simulator import build_simulated_engine
+    from engine_worker.simulator.admission import SimulatedRequests
+
+    with stage(log, f"start 2/3: simulated engine ({inference.simulator.profile})"):
+        try:  # the stat logger derives from vLLM's StatLoggerBase only when vLLM calls it
+            engine = build_simulated_engine(model, inference, rank, load.stat_logger_factory(base=object),
+                                            report_kv_events)
+        except ValueError as error:  # a shape vLLM would refuse, a profile or a model it cannot read
+            raise SystemExit(f"the simulated engine cannot start: {error}") from None
+    log.info("start 3/3: no warm-up for a simulated engine")
+    return engine, Adapters(engine, model=served_name(inference)), SimulatedRequests(engine)
+
+
 def count_gpus() -> int | None:
     try:
         import pynvml
@@ -80,9 +112,11 @@ def run_engine_worker_process() -> None:
     rank = parser.parse_args().rank
     server, inference = load_server(), load_inference()
     setup_logging(server.log_level)
-    if gpus := inference.gpus_of(rank, count_gpus() if inference.data_parallel_size > 1 else None):
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpus
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(inference.cpu_kv_cache_gib))
+    simulated = inference.engine_backend == "simulated"
+    if not simulated:
+        if gpus := inference.gpus_of(rank, count_gpus() if inference.data_parallel_size > 1 else None):
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpus
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(inference.cpu_kv_cache_gib))
     run_dir = server.path(server.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     reap_previous_engine(run_dir, rank)
@@ -92,38 +126,37 @@ def run_engine_worker_process() -> None:
 
     from common.curve import start_authenticator
     from common.sockets import curve_keys_dir
-    from engine_worker.admission import VllmRequests, admitter
-    from engine_worker.cache_events import CacheIndex, kv_events_config, start_cache_event_reader
+    from engine_worker.admission import admitter
+    from engine_worker.cache_events import (
+        CacheIndex, kv_events_config, start_cache_event_reader, start_cache_event_relay,
+    )
     from engine_worker.io_threads import OutputPublisher, start_request_reader
     from engine_worker.load import LoadTracker
-    from engine_worker.lora import Adapters
     from engine_worker.step_loop import StepLoop
 
     with stage(log, "start 1/3: model"):
         model = model_path(server, inference)
-    load = LoadTracker()
+    load = LoadTracker(monitor_gpus=not simulated)
     kv_events = kv_events_config(run_dir, rank) if reports_prefix_cache(server, inference) else None
-    with stage(log, "start 2/3: vLLM load (weights, KV cache, compilation)"):
-        engine = build_engine(model, inference, load.stat_logger_factory(), kv_events)
-    adapters = Adapters(engine, inference.allow_runtime_lora_updating, served_name(inference))
-    if inference.lora_modules:
-        with stage(log, f"start 2/3: LoRA adapters ({len(inference.lora_modules)})"):
-            adapters.load_configured(inference.lora_modules)
-    with stage(log, "start 3/3: warm-up generation"):
-        warm_up(engine)
+    if simulated:
+        engine, adapters, prepare = start_simulated(model, inference, rank, load, kv_events is not None)
+    else:
+        engine, adapters, prepare = start_vllm(model, inference, load, kv_events)
     engine_id = uuid.uuid4().hex[:12]
     context = zmq.Context()
     if server.engine.curve:
         start_authenticator(context, curve_keys_dir(server.engine))
     cache = CacheIndex(engine_id, server.router.block_size) if kv_events else None
     publisher = OutputPublisher(context, output_address, server.engine, engine_id, load, adapters, cache)
-    if cache is not None:
+    if cache is not None and simulated:
+        start_cache_event_relay(engine.kv_events, cache, lambda change: publisher.send(None, change))
+    elif cache is not None:
         start_cache_event_reader(context, kv_events["endpoint"], cache, lambda change: publisher.send(None, change))
     loop = StepLoop(
         engine, engine_id, served_name(inference), model, publisher, load,
         server.engine.heartbeat_interval_s, adapters,
     )
-    admit = admitter(loop.inbox, VllmRequests(engine, adapters))
+    admit = admitter(loop.inbox, prepare)
     start_request_reader(context, request_address, server.engine, admit, on_death=loop.fail)
 
     def stop(signum, frame):

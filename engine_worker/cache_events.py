@@ -2,13 +2,14 @@
 exactly (docs/fleet.md, "Exact placement").
 
 vLLM publishes a KV-cache event for each block it caches or evicts (its `kv_events_config`, on a
-ZeroMQ socket of its engine core). A thread here reads them, turns each cached block into the
+ZeroMQ socket of its engine core; a simulated engine through a queue). A thread here reads them, turns each cached block into the
 router's own block hashes (common/blocks.py, over `router.block_size` tokens) and queues
 `CachedBlocks` for the publisher, which sends them on the broadcast topic, and a whole `snapshot`
 after each Welcome. What is kept is one entry per block vLLM holds: bounded by its
 KV cache.
 """
 import logging
+import queue
 import threading
 
 import msgspec
@@ -114,10 +115,29 @@ def start_cache_event_reader(context, endpoint: str, index: CacheIndex, publish)
                 socket.close()
                 return
             try:
-                change = index.apply(decoder.decode(frames[-1]).events)
-                if change is not None:
-                    publish(change)
+                relay(index, decoder.decode(frames[-1]).events, publish)
             except Exception:  # one bad batch must not end the reading
                 log.exception("dropped a batch of KV-cache events")
 
     threading.Thread(target=read_forever, name="cache-events", daemon=True).start()
+
+
+def start_cache_event_relay(batches: queue.Queue, index: CacheIndex, publish) -> None:
+    """The same for a simulated engine, whose events (with the names and fields of vLLM's) come
+    through a queue instead of a socket."""
+
+    def relay_forever():
+        while True:
+            events = batches.get()
+            try:
+                relay(index, events, publish)
+            except Exception:
+                log.exception("dropped a batch of KV-cache events")
+
+    threading.Thread(target=relay_forever, name="cache-events", daemon=True).start()
+
+
+def relay(index: CacheIndex, events, publish) -> None:
+    change = index.apply(events)
+    if change is not None:
+        publish(change)

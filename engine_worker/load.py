@@ -11,16 +11,19 @@ log = logging.getLogger(__name__)
 class LoadTracker:
     """Holds the latest figures; the step loop writes them, the heartbeat reads them."""
 
-    def __init__(self):
+    def __init__(self, monitor_gpus: bool = True):
         self.load = EngineLoad()
-        self.gpus = GpuMonitor()
+        self.gpus = GpuMonitor(monitor_gpus)
 
-    def stat_logger_factory(self):
-        from vllm.v1.metrics.loggers import StatLoggerBase
+    def stat_logger_factory(self, base: type | None = None):
+        """The stat logger class vLLM's engine makes and calls with its scheduler's figures, derived
+        from vLLM's StatLoggerBase unless `base` is given (a simulated engine, without vLLM, gives object)."""
+        if base is None:
+            from vllm.v1.metrics.loggers import StatLoggerBase as base
 
         tracker = self
 
-        class SchedulerStatsLogger(StatLoggerBase):
+        class SchedulerStatsLogger(base):
             def __init__(self, vllm_config, engine_index=0):
                 pass
 
@@ -53,10 +56,13 @@ class LoadTracker:
 
 
 class GpuMonitor:
-    """Reads the GPUs this process may use; on a machine without one it reads nothing."""
+    """Reads the GPUs this process may use; on a machine without one, or when told not to (a simulated
+    engine uses none), it reads nothing."""
 
-    def __init__(self):
+    def __init__(self, enabled: bool = True):
         self.handles = []
+        if not enabled:
+            return
         try:
             import pynvml
 

@@ -1,0 +1,86 @@
+"""How long one engine step takes: the model the simulated engine sleeps by, and the profile file its
+coefficients come from (measured on a real GPU with vLLM, kept in bench/profiles/).
+
+    step_s = constant_s + per_prefill_token_s * prefill_tokens + per_decode_seq_s * decode_seqs
+             + per_kv_token_s * kv_tokens + per_prefill_attention_s * prefill_attention
+
+for one step, where
+- prefill_tokens: prompt tokens computed in the step (chunks of prompts not yet complete; prefix-cache
+  hits are not computed and not counted);
+- decode_seqs: requests generating a token from a complete prompt;
+- kv_tokens: over those decode requests, the tokens each holds so far (prompt + generated: the KV it reads);
+- prefill_attention: over the prefill chunks, chunk tokens x (tokens in KV before the chunk + chunk tokens).
+
+The profile (JSON):
+    {"format": 1,
+     "step_time": {"constant_s": ..., "per_prefill_token_s": ..., "per_decode_seq_s": ...,
+                   "per_kv_token_s": ..., "per_prefill_attention_s": ...},
+     "engine_args": {the vLLM arguments it was measured under: max_num_seqs, max_num_batched_tokens,
+                     block_size, num_gpu_blocks, max_model_len, ...},
+     "measured": {"machine": ..., "gpu": ..., "vllm": ..., "model": ..., "date": ..., "command": ..., "fit": {...}},
+     "samples": [{"prefill_tokens": ..., "decode_seqs": ..., "kv_tokens": ..., "prefill_attention": ...,
+                  "step_s": ...}, ...]}
+"""
+from pathlib import Path
+from typing import Annotated, Any, NamedTuple
+
+import msgspec
+
+FORMAT = 1
+
+Seconds = Annotated[float, msgspec.Meta(ge=0)]
+
+
+class StepWork(NamedTuple):
+    """What one step computes, in the model's four counts."""
+
+    prefill_tokens: int = 0
+    decode_seqs: int = 0
+    kv_tokens: int = 0
+    prefill_attention: int = 0
+
+
+class StepTime(msgspec.Struct, forbid_unknown_fields=True):
+    constant_s: Seconds
+    per_prefill_token_s: Seconds
+    per_decode_seq_s: Seconds
+    per_kv_token_s: Seconds
+    per_prefill_attention_s: Seconds
+
+    def seconds(self, work: StepWork) -> float:
+        return (self.constant_s + self.per_prefill_token_s * work.prefill_tokens
+                + self.per_decode_seq_s * work.decode_seqs + self.per_kv_token_s * work.kv_tokens
+                + self.per_prefill_attention_s * work.prefill_attention)
+
+
+class Sample(msgspec.Struct):
+    """One measured step."""
+
+    prefill_tokens: int
+    decode_seqs: int
+    kv_tokens: int
+    prefill_attention: int
+    step_s: float
+
+
+class Profile(msgspec.Struct):
+    format: int
+    step_time: StepTime
+    engine_args: dict[str, Any] = {}
+    measured: dict[str, Any] = {}
+    samples: list[Sample] = []
+
+
+def load_profile(path: Path) -> Profile:
+    """The profile at `path`; ValueError saying what is wrong with it."""
+    try:
+        profile = msgspec.json.decode(path.read_bytes(), type=Profile)
+    except OSError as error:
+        raise ValueError(f"cannot read the step-time profile {path}: {error.strerror}") from None
+    except msgspec.ValidationError as error:
+        raise ValueError(f"the step-time profile {path} is not valid: {error}") from None
+    except msgspec.DecodeError as error:
+        raise ValueError(f"the step-time profile {path} is not JSON: {error}") from None
+    if profile.format != FORMAT:
+        raise ValueError(f"the step-time profile {path} has format {profile.format}; this version reads {FORMAT}")
+    return profile

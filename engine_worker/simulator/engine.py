@@ -1,0 +1,137 @@
+"""The simulated engine: a drop-in for the part of vLLM's LLMEngine that the engine worker uses
+(add_request, abort_request, step, has_unfinished_requests, model_config, vllm_config's cache and
+scheduler sizes), with vLLM's scheduler and paged prefix cache (scheduler.py, kv_cache.py), random
+tokens of the served vocabulary (sampling.py), and steps that take the time a GPU's profile gives
+(common/step_time.py) times `time_scale`.
+
+A step sleeps for its modelled time after scheduling, so requests and aborts that arrive meanwhile
+wait in the step loop's inbox for the next step, as they do while vLLM computes one. After each step
+it tells its stat loggers the scheduler's figures, as vLLM's LLMEngine does, and queues the KV-cache
+events of the step for engine_worker/cache_events.py.
+"""
+import queue
+import random
+import time
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import NamedTuple
+
+from common.step_time import StepTime, StepWork
+from engine_worker.simulator.kv_cache import KVCacheManager, PrefixCacheStats
+from engine_worker.simulator.sampling import Sampling, TokenSampler, finish_of
+from engine_worker.simulator.scheduler import Chunk, Prompt, Request, Scheduler
+from engine_worker.simulator.shape import EngineShape
+from engine_worker.simulator.vocabulary import Vocabulary
+
+
+class CompletionOutput(NamedTuple):
+    token_ids: list[int]
+    finish_reason: str | None
+    stop_reason: int | None
+    logprobs: list[dict] | None
+
+
+class RequestOutput(NamedTuple):
+    """vLLM's RequestOutput as the step loop reads it: the new token (outputs are deltas)."""
+
+    request_id: str
+    outputs: list[CompletionOutput]
+    finished: bool
+    prompt_token_ids: list[int] | None = None
+    prompt_logprobs: list | None = None
+
+
+@dataclass
+class SchedulerStats:
+    """vLLM's SchedulerStats, the fields its stat loggers read."""
+
+    num_running_reqs: int = 0
+    num_waiting_reqs: int = 0
+    kv_cache_usage: float = 0.0
+    prefix_cache_stats: PrefixCacheStats = field(default_factory=PrefixCacheStats)
+
+
+def work_of(chunks: list[Chunk]) -> StepWork:
+    prefill = [chunk for chunk in chunks if not chunk.is_decode]
+    decode = [chunk for chunk in chunks if chunk.is_decode]
+    return StepWork(
+        prefill_tokens=sum(chunk.num_tokens for chunk in prefill),
+        decode_seqs=len(decode),
+        kv_tokens=sum(chunk.computed_before + 1 for chunk in decode),
+        prefill_attention=sum(chunk.num_tokens * (chunk.computed_before + chunk.num_tokens) for chunk in prefill),
+    )
+
+
+class SimulatedEngine:
+    def __init__(self, shape: EngineShape, vocabulary: Vocabulary, step_time: StepTime, time_scale: float = 1.0,
+                 seed: int = 0, eos_probability: float = 0.0, stat_loggers=(), report_kv_events: bool = False):
+        self.shape = shape
+        self.vocabulary = vocabulary
+        self.step_time = step_time
+        self.time_scale = time_scale
+        self.kv = KVCacheManager(shape.num_gpu_blocks, shape.block_size, shape.enable_prefix_caching,
+                                 report_kv_events)
+        self.scheduler = Scheduler(self.kv, shape.max_num_seqs, shape.max_num_batched_tokens,
+                                   shape.enable_chunked_prefill)
+        self.sampler = TokenSampler(vocabulary, eos_probability)
+        self.rng = random.Random(seed)
+        self.model_config = SimpleNamespace(max_model_len=shape.max_model_len)
+        self.vllm_config = SimpleNamespace(
+            model_config=self.model_config,
+            cache_config=SimpleNamespace(block_size=shape.block_size, num_gpu_blocks=shape.num_gpu_blocks,
+                                         enable_prefix_caching=shape.enable_prefix_caching),
+            scheduler_config=SimpleNamespace(max_num_seqs=shape.max_num_seqs,
+                                             max_num_batched_tokens=shape.max_num_batched_tokens,
+                                             enable_chunked_prefill=shape.enable_chunked_prefill),
+        )
+        self.stat_loggers = [make(self.vllm_config, 0) for make in stat_loggers]
+        self.kv_events: queue.Queue = queue.Queue()  # each step's events, when reported, for the relay
+        self.sleep = time.sleep
+
+    def get_supported_tasks(self) -> tuple[str, ...]:
+        return ("generate",)
+
+    def add_request(self, request_id: str, prompt: Prompt, sampling: Sampling, arrival_time: float | None = None):
+        if request_id in self.scheduler.requests:
+            raise ValueError(f"request id {request_id!r} is already running")
+        seed = sampling.seed if sampling.seed is not None else self.rng.getrandbits(64)
+        self.scheduler.add(Request(request_id, prompt, sampling, random.Random(seed), self.shape.block_size))
+
+    def abort_request(self, request_ids) -> None:
+        for request_id in request_ids:
+            self.scheduler.finish(request_id)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished_requests()
+
+    def step(self) -> list[RequestOutput]:
+        started = time.monotonic()
+        chunks = self.scheduler.schedule()
+        outputs = [output for chunk in chunks if (output := self.advance(chunk.request)) is not None]
+        modelled = self.time_scale * self.step_time.seconds(work_of(chunks))
+        self.sleep(max(0.0, started + modelled - time.monotonic()))
+        self.report()
+        return outputs
+
+    def advance(self, request: Request) -> RequestOutput | None:
+        """The request's token from this step, if its whole sequence is now computed (a prompt chunk
+        short of the end gives none)."""
+        if request.num_computed_tokens < request.num_tokens:
+            return None
+        token = self.sampler.next_token(request)
+        request.append(token)
+        finish_reason, stop_reason = finish_of(request, self.vocabulary.eos_token_id, self.shape.max_model_len)
+        if finish_reason is not None:
+            self.scheduler.finish(request.request_id)
+        top = request.sampling.logprobs
+        logprobs = None if top is None else [self.sampler.logprobs(token, request.rng, top)]
+        return RequestOutput(request.request_id, [CompletionOutput([token], finish_reason, stop_reason, logprobs)],
+                             finish_reason is not None)
+
+    def report(self) -> None:
+        stats = SchedulerStats(len(self.scheduler.running), len(self.scheduler.waiting), self.kv.usage(),
+                               self.kv.take_stats())
+        for logger in self.stat_loggers:
+            logger.record(stats, None)
+        if events := self.kv.take_events():
+            self.kv_events.put(events)

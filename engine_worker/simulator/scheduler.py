@@ -1,0 +1,164 @@
+"""The simulated engine's scheduler: what one step computes, decided as vLLM v1's Scheduler decides it
+under its first-come-first-served policy.
+
+Each step has a budget of `max_num_batched_tokens`. Running requests come first, in the order they
+started: each gets the tokens it still needs (one to decode, or the rest of its prompt) within the
+budget, and its KV blocks; when blocks run out, the newest running request is preempted (its blocks
+freed, back to the front of the waiting queue, to be computed again from its prompt and the tokens it
+had generated), until the request fits or was itself the one preempted. Then, unless a request was
+preempted in this step, waiting requests in order, while fewer than `max_num_seqs` run: each looks up
+its prompt's cached prefix, and is admitted with as much of the rest as the budget leaves (chunked
+prefill; without it a prompt that does not fit whole waits) if its blocks can be had.
+"""
+import random
+from collections import deque
+from typing import NamedTuple
+
+from engine_worker.simulator.kv_cache import KVCacheManager
+
+WAITING, RUNNING, PREEMPTED = "waiting", "running", "preempted"
+
+
+def extend_block_hashes(hashes: list[int], token_ids: list[int], block_size: int) -> list[int]:
+    """Append to `hashes` the hash of each full block of `token_ids` not hashed yet: each covers its
+    parent's hash and its own token ids, as vLLM chains them."""
+    while (len(hashes) + 1) * block_size <= len(token_ids):
+        start = len(hashes) * block_size
+        hashes.append(hash((hashes[-1] if hashes else 0, tuple(token_ids[start:start + block_size]))))
+    return hashes
+
+
+class Prompt(NamedTuple):
+    """A prompt's token ids and its full blocks' hashes (computed at admission, off the step thread)."""
+
+    token_ids: list[int]
+    block_hashes: list[int]
+
+
+class Request:
+    def __init__(self, request_id: str, prompt: Prompt, sampling, rng: random.Random, block_size: int):
+        self.request_id = request_id
+        self.token_ids = prompt.token_ids  # the prompt, then each generated token
+        self.block_hashes = prompt.block_hashes
+        self.num_prompt_tokens = len(prompt.token_ids)
+        self.sampling = sampling
+        self.rng = rng
+        self.block_size = block_size
+        self.num_computed_tokens = 0
+        self.num_preemptions = 0
+        self.status = WAITING
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
+
+    def append(self, token_id: int) -> None:
+        self.token_ids.append(token_id)
+        extend_block_hashes(self.block_hashes, self.token_ids, self.block_size)
+
+
+class Chunk(NamedTuple):
+    """One request's share of a step: `num_tokens` computed after the `computed_before` already in KV.
+    A decode generates a token from a complete prompt; any other chunk computes part of a prompt (or a
+    preempted request's tokens again)."""
+
+    request: Request
+    num_tokens: int
+    computed_before: int
+    is_decode: bool
+
+
+class Scheduler:
+    def __init__(self, kv: KVCacheManager, max_num_seqs: int, max_num_batched_tokens: int,
+                 enable_chunked_prefill: bool = True):
+        self.kv = kv
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.enable_chunked_prefill = enable_chunked_prefill
+        self.requests: dict[str, Request] = {}
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+
+    def add(self, request: Request) -> None:
+        self.requests[request.request_id] = request
+        self.waiting.append(request)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.requests)
+
+    def schedule(self) -> list[Chunk]:
+        budget = self.max_num_batched_tokens
+        chunks: list[Chunk] = []
+        preempted = False
+        index = 0
+        while index < len(self.running) and budget > 0:
+            request = self.running[index]
+            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            fits, preempted_some = self.make_room(request, num_new)
+            preempted |= preempted_some
+            if not fits:
+                break
+            chunks.append(self.compute(request, num_new))
+            budget -= num_new
+            index += 1
+        while not preempted and self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            request = self.waiting[0]
+            hit = self.kv.computed_blocks(request)
+            hit_tokens = len(hit) * self.kv.block_size
+            num_new = request.num_tokens - hit_tokens
+            if num_new > budget and not self.enable_chunked_prefill:
+                break
+            num_new = min(num_new, budget)
+            if not self.kv.allocate(request, num_new, hit):
+                break
+            self.kv.record_lookup(request, hit_tokens)
+            self.waiting.popleft()
+            self.running.append(request)
+            request.status = RUNNING
+            request.num_computed_tokens = hit_tokens
+            chunks.append(self.compute(request, num_new))
+            budget -= num_new
+        return chunks
+
+    def make_room(self, request: Request, num_new: int) -> tuple[bool, bool]:
+        """Blocks for a running request's next tokens, preempting the newest running requests until
+        they fit. Returns (whether it fits, whether any request was preempted)."""
+        preempted = False
+        while not self.kv.allocate(request, num_new):
+            victim = self.running.pop()
+            self.preempt(victim)
+            preempted = True
+            if victim is request:
+                return False, True
+        return True, preempted
+
+    @staticmethod
+    def compute(request: Request, num_new: int) -> Chunk:
+        before = request.num_computed_tokens
+        chunk = Chunk(request, num_new, before, num_new == 1 and request.num_output_tokens > 0
+                      and before == request.num_tokens - 1)
+        request.num_computed_tokens += num_new
+        return chunk
+
+    def preempt(self, request: Request) -> None:
+        self.kv.free(request)
+        request.status = PREEMPTED
+        request.num_computed_tokens = 0
+        request.num_preemptions += 1
+        self.waiting.appendleft(request)
+
+    def finish(self, request_id: str) -> bool:
+        """Drop a request, finished or aborted, and free its blocks; False for an unknown id."""
+        request = self.requests.pop(request_id, None)
+        if request is None:
+            return False
+        if request.status == RUNNING:
+            self.running.remove(request)
+        else:
+            self.waiting.remove(request)
+        self.kv.free(request)
+        return True

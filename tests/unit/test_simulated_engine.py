@@ -1,0 +1,296 @@
+"""The simulated engine as the engine worker drives it: admission, steps that take the profile's time,
+stop conditions, the scheduler's figures for the load tracker, KV-cache events through the same
+CacheIndex as vLLM's, the step loop on top, and an engine worker that never imports vLLM."""
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from common.blocks import block_hashes
+from common.config import ROOT, InferenceConfig
+from common.messages import Add, Goodbye
+from common.preflight import StartRefused, check_simulator
+from common.step_time import StepTime, StepWork, load_profile
+from engine_worker.cache_events import CacheIndex
+from engine_worker.load import LoadTracker
+from engine_worker.simulator.admission import SimulatedRequests
+from engine_worker.simulator.engine import SimulatedEngine
+from engine_worker.simulator.shape import EngineShape, engine_shape
+from engine_worker.simulator.vocabulary import Vocabulary, read_vocabulary
+from engine_worker.step_loop import StepLoop
+from tests.unit.test_step_loop import FakePublisher
+
+FIXTURE_PROFILE = ROOT / "tests/fixtures/step-time-profile-fixture.json"
+# A vocabulary of 40 ids: 0-3 special, 3 the tokenizer's EOS, 1 another EOS of the model's configs.
+VOCABULARY = Vocabulary(size=40, eos_token_id=3, stop_ids=frozenset({1, 3}), special_ids=frozenset({0, 1, 2, 3}))
+STEP_TIME = StepTime(constant_s=0.001, per_prefill_token_s=1e-4, per_decode_seq_s=1e-3, per_kv_token_s=1e-5,
+                     per_prefill_attention_s=1e-6)
+
+
+def shape(**changes) -> EngineShape:
+    values = dict(max_num_seqs=8, max_num_batched_tokens=64, block_size=4, num_gpu_blocks=64, max_model_len=128,
+                  enable_prefix_caching=True, enable_chunked_prefill=True, max_logprobs=20)
+    return EngineShape(**{**values, **changes})
+
+
+def engine(eos_probability=0.0, seed=0, stat_loggers=(), report_kv_events=False, **shape_changes) -> SimulatedEngine:
+    return SimulatedEngine(shape(**shape_changes), VOCABULARY, STEP_TIME, time_scale=0.0, seed=seed,
+                           eos_probability=eos_probability, stat_loggers=stat_loggers,
+                           report_kv_events=report_kv_events)
+
+
+def add(simulated: SimulatedEngine, request_id: str, prompt: list[int], **sampling) -> None:
+    admitted = SimulatedRequests(simulated)(Add(request_id, "fe~1", prompt, sampling), 0.0)
+    simulated.add_request(request_id, admitted.prompt, admitted.params)
+
+
+def run(simulated: SimulatedEngine) -> dict[str, tuple[list[int], str, int | None]]:
+    """Step until every request ended: each one's tokens, finish_reason and stop_reason."""
+    ended, tokens = {}, {}
+    while simulated.has_unfinished_requests():
+        for output in simulated.step():
+            completion = output.outputs[0]
+            tokens.setdefault(output.request_id, []).extend(completion.token_ids)
+            if output.finished:
+                ended[output.request_id] = (tokens[output.request_id], completion.finish_reason,
+                                            completion.stop_reason)
+    return ended
+
+
+def test_the_step_time_is_the_profiles_model_of_what_the_step_computed():
+    work = StepWork(prefill_tokens=4, decode_seqs=1, kv_tokens=11, prefill_attention=48)
+    assert STEP_TIME.seconds(work) == pytest.approx(0.001 + 4e-4 + 1e-3 + 11e-5 + 48e-6)
+    simulated = engine()
+    simulated.time_scale = 2.0
+    slept = []
+    simulated.sleep = slept.append  # records the sleep instead of taking it
+
+    def step_within_its_modelled_time(work: StepWork) -> None:
+        started = time.monotonic()
+        simulated.step()
+        modelled = 2.0 * STEP_TIME.seconds(work)
+        assert modelled - (time.monotonic() - started) <= slept[-1] <= modelled
+
+    add(simulated, "a", list(range(10, 20)), max_tokens=5, ignore_eos=True)
+    step_within_its_modelled_time(StepWork(10, 0, 0, 100))  # a's 10-token prompt: 10 x 10 of attention
+    add(simulated, "b", [*range(10, 18), 30, 31, 32, 33], max_tokens=5, ignore_eos=True)
+    # a decodes with 11 tokens in KV; b computes 4 tokens after its 8-token prefix hit.
+    step_within_its_modelled_time(work)
+
+
+def test_a_profile_is_read_and_a_bad_one_refused_with_the_reason(tmp_path):
+    profile = load_profile(FIXTURE_PROFILE)
+    assert profile.engine_args["num_gpu_blocks"] == 50000 and profile.step_time.constant_s > 0
+    broken = json.loads(FIXTURE_PROFILE.read_text())
+    del broken["step_time"]["per_kv_token_s"]
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    with pytest.raises(ValueError, match="per_kv_token_s"):
+        load_profile(tmp_path / "broken.json")
+    (tmp_path / "future.json").write_text(json.dumps({**json.loads(FIXTURE_PROFILE.read_text()), "format": 2}))
+    with pytest.raises(ValueError, match="format 2"):
+        load_profile(tmp_path / "future.json")
+    with pytest.raises(ValueError, match="cannot read"):
+        load_profile(tmp_path / "missing.json")
+
+
+def test_eos_ends_a_request_once_min_tokens_are_out_unless_eos_is_ignored():
+    simulated = engine(eos_probability=1.0)
+    add(simulated, "eos", [5, 6, 7], max_tokens=10, min_tokens=2)
+    add(simulated, "ignored", [5, 6, 7], max_tokens=6, ignore_eos=True)
+    ended = run(simulated)
+    tokens, finish, stop = ended["eos"]
+    assert len(tokens) == 3 and tokens[-1] == 3 and (finish, stop) == ("stop", None)
+    assert 3 not in tokens[:-1]
+    tokens, finish, _ = ended["ignored"]
+    assert len(tokens) == 6 and finish == "length" and 3 not in tokens
+
+
+def test_a_stop_token_id_ends_a_request_only_past_min_tokens_and_is_its_stop_reason():
+    simulated = engine()
+    add(simulated, "r", [5, 6], max_tokens=100, min_tokens=4, stop_token_ids=[7], allowed_token_ids=[7, 8])
+    tokens, finish, stop = run(simulated)["r"]
+    assert (finish, stop) == ("stop", 7) and tokens[-1] == 7 and len(tokens) >= 5
+    assert set(tokens[:4]) == {8}
+    # The model's other EOS ids (its generation config's) stop it too, unless EOS is ignored.
+    add(simulated, "other-eos", [5, 6], max_tokens=5, allowed_token_ids=[1])
+    add(simulated, "ignoring", [5, 6], max_tokens=5, allowed_token_ids=[1], ignore_eos=True)
+    ended = run(simulated)
+    assert ended["other-eos"] == ([1], "stop", 1)
+    assert ended["ignoring"] == ([1] * 5, "length", None)
+
+
+def test_tokens_are_ordinary_ids_of_the_vocabulary_and_a_seed_repeats_them():
+    first, second, other = engine(seed=1), engine(seed=1), engine(seed=2)
+    for simulated in (first, second, other):
+        add(simulated, "r", [5, 6], max_tokens=100, ignore_eos=True)
+        add(simulated, "seeded", [5, 6], max_tokens=20, ignore_eos=True, seed=42)
+    runs = [run(simulated) for simulated in (first, second, other)]
+    tokens = runs[0]["r"][0]
+    assert all(4 <= token < 40 for token in tokens)  # no special token, no id past the vocabulary
+    assert runs[1]["r"][0] == tokens and runs[2]["r"][0] != tokens
+    assert runs[0]["seeded"] == runs[1]["seeded"] == runs[2]["seeded"]
+
+
+def test_logprobs_give_the_drawn_token_first_and_the_next_most_likely_ones():
+    simulated = engine()
+    add(simulated, "r", [5, 6], max_tokens=3, ignore_eos=True, logprobs=4)
+    outputs = [output for _ in range(3) for output in simulated.step()]
+    for output in outputs:
+        completion = output.outputs[0]
+        [entries] = completion.logprobs
+        ranked = sorted(entries.items(), key=lambda item: item[1].rank)
+        assert [entry.rank for _, entry in ranked] == [1, 2, 3, 4]
+        assert ranked[0][0] == completion.token_ids[0]
+        assert all(a[1].logprob >= b[1].logprob for a, b in zip(ranked, ranked[1:]))
+
+
+@pytest.mark.parametrize("prompt, sampling, reason", [
+    ([], {}, "prompt cannot be empty"),
+    ([5, 40], {}, "Token id 40 in the prompt is out of vocabulary"),
+    ([5, -1], {}, "Token id -1"),
+    ([5] * 100, {"max_tokens": 29}, "more than the maximum model length of 128"),
+    ([5], {"max_tokens": 0}, "max_tokens must be at least 1"),
+    ([5], {"max_tokens": 2, "min_tokens": 3}, "min_tokens must be between 0 and max_tokens=2"),
+    ([5], {"logprobs": 21}, "logprobs of 21"),
+    ([5], {"allowed_token_ids": [41]}, "Token id 41 in allowed_token_ids"),
+    ([5], {"allowed_token_ids": []}, "allowed_token_ids is not None and empty"),
+    ([5], {"structured_outputs": {"json": {}}}, "does not model structured outputs"),
+    ([5], {"prompt_logprobs": 1}, "does not model prompt logprobs"),
+    ([5], {"n": 2}, "n must be 1"),
+    ([5], {"temperature": "hot"}, "Expected `float`, got `str` - at `\\$.temperature`"),
+    ([5], {"no_such_parameter": 1}, "unknown field `no_such_parameter`"),
+])
+def test_admission_refuses_what_vllm_or_the_simulation_cannot_take(prompt, sampling, reason):
+    with pytest.raises(ValueError, match=reason):
+        SimulatedRequests(engine())(Add("r", "fe~1", prompt, sampling), 0.0)
+
+
+def test_admission_refuses_a_lora_adapter_and_takes_what_only_shapes_a_real_models_choice():
+    admit = SimulatedRequests(engine())
+    with pytest.raises(ValueError, match="serves no LoRA adapters"):
+        admit(Add("r", "fe~1", [5], {}, lora="sql"), 0.0)
+    taken = {"temperature": 0.2, "top_p": 0.5, "top_k": 3, "min_p": 0.1, "presence_penalty": 1.0,
+             "frequency_penalty": 1.0, "repetition_penalty": 1.1, "logit_bias": {5: 1.0}, "bad_words": ["x"]}
+    assert admit(Add("r", "fe~1", [5, 6], {**taken, "max_tokens": 127 - 1}), 0.0).prompt.token_ids == [5, 6]
+
+
+def test_the_stat_logger_gets_the_schedulers_figures_and_the_prefix_caches_lookups():
+    load = LoadTracker(monitor_gpus=False)
+    simulated = engine(stat_loggers=[load.stat_logger_factory(base=object)], max_num_seqs=2)
+    shared = list(range(4, 20))  # four full blocks
+    for name in "abc":
+        add(simulated, name, [*shared, 30], max_tokens=4, ignore_eos=True)
+    simulated.step()
+    # a computed 17 tokens; b found a's four blocks, cached as they were allocated; c waits (max_num_seqs 2).
+    assert (load.load.running, load.load.waiting) == (2, 1)
+    assert (load.load.prefix_cache_queries_total, load.load.prefix_cache_hits_total) == (34, 16)
+    assert load.load.kv_cache_usage == pytest.approx(6 / 63)  # 4 shared + 1 each; block 0 is never used
+    run(simulated)
+    assert (load.load.prefix_cache_queries_total, load.load.prefix_cache_hits_total) == (51, 32)
+    assert (load.load.running, load.load.waiting, load.load.kv_cache_usage) == (0, 0, 0.0)
+
+
+def test_kv_cache_events_become_the_routers_hashes_of_the_prompts_blocks():
+    simulated = engine(report_kv_events=True, num_gpu_blocks=9)  # 8 usable blocks of 4 tokens
+    index = CacheIndex("engine-1", 4)
+    prompt = list(range(4, 17))  # 3 full blocks and a token
+    add(simulated, "a", prompt, max_tokens=1, ignore_eos=True)
+    run(simulated)
+    change = index.apply(simulated.kv_events.get_nowait())
+    assert change.stored == block_hashes(prompt, 4) and change.removed == []
+    other = list(range(39, 7, -1))  # 8 blocks: a's three cached ones are evicted, its last first
+    add(simulated, "b", other, max_tokens=1, ignore_eos=True)
+    run(simulated)
+    change = index.apply(simulated.kv_events.get_nowait())
+    assert change.removed == block_hashes(prompt, 4)[::-1] and change.stored == block_hashes(other, 4)
+
+
+def test_a_simulated_fleet_with_lora_adapters_or_without_a_readable_profile_is_refused_before_it_starts(tmp_path):
+    def inference(**changes) -> InferenceConfig:
+        return msgspec.convert({"engine_backend": "simulated", "simulator": {"profile": str(FIXTURE_PROFILE)},
+                                **changes}, InferenceConfig)
+
+    check_simulator(inference())
+    with pytest.raises(StartRefused, match="serves no LoRA adapters"):
+        check_simulator(inference(lora_modules={"sql": "/adapters/sql"}))
+    with pytest.raises(StartRefused, match="simulator.profile: cannot read the step-time profile"):
+        check_simulator(inference(simulator={"profile": str(tmp_path / "none.json")}))
+    with pytest.raises(msgspec.ValidationError, match="time_scale"):
+        inference(simulator={"time_scale": 0})
+
+
+def test_an_engine_vllm_would_refuse_does_not_start_and_says_why(model_dir):
+    from engine_worker.__main__ import start_simulated
+
+    inference = msgspec.convert({"engine_backend": "simulated", "simulator": {"profile": str(FIXTURE_PROFILE)},
+                                 "engine_args": {"num_gpu_blocks_override": 100}}, InferenceConfig)
+    with pytest.raises(SystemExit, match="cannot start: a KV cache of 100 blocks of 16 tokens holds fewer than "
+                                         "max_model_len \\(8192\\)"):
+        start_simulated(str(model_dir), inference, 0, LoadTracker(False), False)
+
+
+def test_the_engines_shape_comes_from_inference_yml_then_its_profile_then_defaults():
+    measured = load_profile(FIXTURE_PROFILE).engine_args
+    built = engine_shape({"max_num_seqs": 64}, measured, model_max_len=4096)
+    assert (built.max_num_seqs, built.num_gpu_blocks, built.max_model_len, built.block_size) == (64, 50000, 8192, 16)
+    assert engine_shape({"num_gpu_blocks_override": 600}, measured, 4096).num_gpu_blocks == 600
+    assert engine_shape({}, {}, 4096) == EngineShape(256, 8192, 16, 8192, 4096, True, True, 20)
+    with pytest.raises(ValueError, match="holds fewer than max_model_len"):
+        engine_shape({"num_gpu_blocks_override": 512}, measured, None)
+    with pytest.raises(ValueError, match="without chunked prefill"):
+        engine_shape({"enable_chunked_prefill": False, "max_num_batched_tokens": 2048}, measured, None)
+    with pytest.raises(ValueError, match="max_num_seqs"):
+        engine_shape({"max_num_seqs": 0}, measured, None)
+
+
+def test_the_vocabulary_is_read_from_the_model_directory(model_dir, tokenizer):
+    vocabulary = read_vocabulary(model_dir)
+    assert vocabulary.size == tokenizer.vocab_size
+    assert tokenizer.decode([vocabulary.eos_token_id], skip_special_tokens=False) == "<|im_end|>"
+    assert vocabulary.stop_ids == {vocabulary.eos_token_id, 1} and vocabulary.max_position_embeddings == 8192
+
+
+def test_the_step_loop_runs_a_simulated_engine_and_its_failure_ends_every_request():
+    simulated = engine()
+    loop = StepLoop(simulated, "engine-1", "model", "/tokenizer", FakePublisher(), LoadTracker(False), 0.01)
+    for name in ("r1", "r2"):
+        loop.handle(0.0, SimulatedRequests(simulated)(Add(name, "host-0~aa", [5, 6, 7], {"max_tokens": 3,
+                                                                                         "ignore_eos": True}), 0.0))
+    for _ in range(3):
+        loop.step()
+    deltas = loop.publisher.deltas("host-0~aa")
+    assert [(d.request_id, len(d.token_ids), d.finish_reason) for d in deltas] == \
+        [("r1", 1, None), ("r2", 1, None)] * 2 + [("r1", 1, "length"), ("r2", 1, "length")]
+    loop.handle(0.0, SimulatedRequests(simulated)(Add("r3", "host-0~aa", [5], {"max_tokens": 50}), 0.0))
+
+    def broken():
+        raise RuntimeError("simulated fault")
+
+    simulated.scheduler.schedule = broken
+    assert loop.serve() == 1
+    last = loop.publisher.deltas("host-0~aa")[-1]
+    assert (last.request_id, last.finish_reason) == ("r3", "abort") and "simulated fault" in last.error
+    assert loop.publisher.sent[-1] == (None, Goodbye("engine-1"))
+
+
+def test_a_simulated_engine_worker_never_imports_vllm_or_torch(tmp_path):
+    inference = tmp_path / "inference.yml"
+    inference.write_text(f"engine_backend: simulated\nsimulator: {{profile: {FIXTURE_PROFILE}}}\n")
+    script = """
+import sys
+from common.config import load_inference, load_server
+from engine_worker.__main__ import model_path, start_simulated
+from engine_worker.io_threads import OutputPublisher
+from engine_worker.load import LoadTracker
+inference = load_inference()
+engine, adapters, prepare = start_simulated(model_path(load_server(), inference), inference, 0, LoadTracker(False), True)
+print(sorted({name.split('.')[0] for name in sys.modules} & {'vllm', 'torch', 'transformers'}))
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env={"INFERENCE_CONFIG": str(inference), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
