@@ -105,6 +105,8 @@ def run_engine_worker_process() -> None:
     kv_events = kv_events_config(run_dir, rank) if reports_prefix_cache(server, inference) else None
     with stage(log, "start 2/3: vLLM load (weights, KV cache, compilation)"):
         engine = build_engine(model, inference, load.stat_logger_factory(), kv_events)
+    cache_config = engine.vllm_config.cache_config
+    load.set_kv_cache(cache_config.num_gpu_blocks or 0, cache_config.block_size)
     adapters = Adapters(engine, inference.allow_runtime_lora_updating, served_name(inference))
     if inference.lora_modules:
         with stage(log, f"start 2/3: LoRA adapters ({len(inference.lora_modules)})"):
@@ -123,7 +125,7 @@ def run_engine_worker_process() -> None:
         engine, engine_id, served_name(inference), model, publisher, load,
         server.engine.heartbeat_interval_s, adapters,
     )
-    admit = admitter(loop.inbox, VllmRequests(engine, adapters))
+    admit = admitter(loop.inbox, VllmRequests(engine, adapters), cache)
     start_request_reader(context, request_address, server.engine, admit, on_death=loop.fail)
 
     def stop(signum, frame):
