@@ -39,8 +39,9 @@ class RemoteEngine(msgspec.Struct, forbid_unknown_fields=True):
 
 class RouterConfig(msgspec.Struct, forbid_unknown_fields=True):
     """How each frontend picks the engine for a request (docs/fleet.md)."""
-    # "prefix": the engine likely to hold the prompt's prefix, unless load says otherwise; "load": least loaded.
-    policy: Literal["prefix", "load"] = "prefix"
+    # "prefix": the engine likely to hold the prompt's prefix, unless load says otherwise; "load": least
+    # loaded; "round_robin" and "vllm_dp" (vLLM's own data-parallel balancer): to compare against.
+    policy: Literal["prefix", "load", "round_robin", "vllm_dp"] = "prefix"
     # How "prefix" and "load" weigh an engine's load (frontend/load_view.py): "tokens", the prefill queued
     # there and the decoding a new request would share, in prefill tokens' worth of compute, from each
     # engine's LoadReport; "requests", vLLM's 4 x waiting + running.

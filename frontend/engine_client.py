@@ -28,7 +28,7 @@ from common.config import EngineLink as LinkConfig
 from common.config import ServerConfig, load_inference
 from common.messages import (
     BROADCAST_TOPIC, Abort, Add, CachedBlocks, EngineLoad, Goodbye, Heartbeat, Hello, LoadLora, LoadReport, Resync,
-    StepOutput, UnloadLora, Welcome, encode, output_decoder, topic_for,
+    StepOutput, UnloadLora, Welcome, encode, frontend_slot, output_decoder, topic_for,
 )
 from common.sockets import make_socket
 from frontend.cache_record import CacheRecord
@@ -309,7 +309,7 @@ class EngineClient:
         addresses = server.engine_addresses(local_engines)
         if not addresses:
             raise SystemExit("no engine to talk to: no local engines and no `engines` in server.yml")
-        self.router = Router(server.router, len(addresses))
+        self.router = Router(server.router, len(addresses), frontend_index(frontend_id), max(server.frontends, 1))
         self.links = [EngineLink(rank, request, output, server.engine, frontend_id, server.request_timeout_s,
                                  self.router.forget, server.router.max_reported_blocks)
                       for rank, (request, output) in enumerate(addresses)]
@@ -468,3 +468,9 @@ class EngineClient:
     def engines(self) -> list[dict]:
         """One entry per engine, by rank: for /health, and for the dashboard's per-engine view."""
         return [link.view() for link in self.links]
+
+
+def frontend_index(frontend_id: str) -> int:
+    """This frontend's index on its host: its id is `<host>-<index>~<start>`."""
+    index = frontend_slot(frontend_id).rpartition("-")[2]
+    return int(index) if index.isdigit() else 0

@@ -24,7 +24,8 @@ Policy "prefix" (router.policy), after a pin:
 5. A prompt shorter than one block: the least loaded.
 Policy "load" is step 5 for every prompt. Loads come from each engine's LoadView
 (frontend/load_view.py); ties go by the prompt's hash (rendezvous again), never by rank, so a burst
-of equal scores spreads over the engines. Block hashes chain as vLLM's do (common/blocks.py). All an engine held is
+of equal scores spreads over the engines. Policies "round_robin" and "vllm_dp" are the baselines of
+frontend/balancers.py. Block hashes chain as vLLM's do (common/blocks.py). All an engine held is
 forgotten when it restarts.
 """
 import contextlib
@@ -38,6 +39,7 @@ from typing import NamedTuple, Protocol
 
 from common.blocks import block_hashes
 from common.config import RouterConfig
+from frontend.balancers import RoundRobin, VllmDataParallel
 from frontend.cache_record import CacheRecord
 from frontend.http import HTTPError
 from frontend.load_view import LoadView
@@ -62,18 +64,23 @@ class Engine(Protocol):
 
 class Route(NamedTuple):
     rank: int
-    reason: str  # pinned, prefix or load: the `reason` of the routed metric
+    reason: str  # pinned, prefix, load, round_robin or vllm_dp: the `reason` of the routed metric
     prefill_tokens: int  # of the prompt, those the engine is expected to compute (not in its cache)
 
 
 class Router:
-    def __init__(self, config: RouterConfig, engines: int):
+    def __init__(self, config: RouterConfig, engines: int, frontend_index: int = 0, frontends: int = 1):
         self.config = config
         # What this frontend sent to each engine: block hash -> when, least recently sent first.
         self.sent: list[OrderedDict[int, float]] = [OrderedDict() for _ in range(engines)]
+        self.balancer = {"round_robin": lambda: RoundRobin(frontend_index),
+                         "vllm_dp": lambda: VllmDataParallel(engines, frontend_index, frontends)
+                         }.get(config.policy, lambda: None)()
 
     def pick(self, token_ids: list[int], engines: dict[int, Engine]) -> Route:
         """The engine for a prompt, among `engines` (those up that may take it)."""
+        if self.balancer is not None:
+            return Route(self.balancer.pick(engines), self.config.policy, len(token_ids))
         key = hash(tuple(token_ids))
         blocks = block_hashes(token_ids, self.config.block_size) if self.config.policy == "prefix" else []
         runs = {rank: self.run(rank, engine, blocks) for rank, engine in engines.items()}
