@@ -228,7 +228,11 @@ class StepLoop:
         self.frontends[frontend_id] = time.monotonic()
 
     def resync(self, message: Resync) -> None:
+        """Send a frontend that lost a CachedBlocks the whole prefix cache: only one it welcomed (it has
+        its numbering), and at most once every RESYNC_INTERVAL_S."""
         now = time.monotonic()
+        if message.frontend_id not in self.frontends:
+            return
         if now - self.resynced.get(message.frontend_id, -RESYNC_INTERVAL_S) >= RESYNC_INTERVAL_S:
             self.resynced[message.frontend_id] = now
             self.publisher.snapshot(message.frontend_id)

@@ -183,7 +183,7 @@ async def test_a_draining_engine_gets_no_new_requests(fleet):
     assert [engine["up"] for engine in client.engines()] == [False, False]
 
 
-async def test_least_loaded_counts_our_own_sends_since_the_heartbeat(fleet):
+async def test_least_loaded_counts_our_own_sends_before_any_report(fleet):
     client, engines = fleet
     for i in range(8):  # short prompts: by load alone, alternating as our own sends add up
         add_to(client, f"r{i}")

@@ -259,10 +259,14 @@ def test_a_welcome_restarts_a_frontends_count(loop):
 def test_a_resync_is_answered_with_a_snapshot_at_most_once_a_second(loop, monkeypatch):
     now = [100.0]
     monkeypatch.setattr(step_loop.time, "monotonic", lambda: now[0])
+    for frontend_id in ("host-0~aa", "host-1~bb"):
+        loop.handle(0.0, Hello(frontend_id))
     for _ in range(3):
         loop.handle(0.0, Resync("host-0~aa"))
     loop.handle(0.0, Resync("host-1~bb"))
+    loop.handle(0.0, Resync("host-2~never-welcomed"))
     now[0] += step_loop.RESYNC_INTERVAL_S
     loop.handle(0.0, Resync("host-0~aa"))
     assert loop.publisher.snapshots == ["host-0~aa", "host-1~bb", "host-0~aa"]
+    assert set(loop.resynced) == {"host-0~aa", "host-1~bb"}
 
