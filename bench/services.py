@@ -104,13 +104,22 @@ class Server:
         psutil.wait_procs(alive, timeout=10)
 
 
+def router_config(spec: str) -> dict:
+    """server.yml's `router` for POLICY[/SCORE]: POLICY prefix (exact placement), approximate (prefix,
+    placed by what each frontend sent where), load, round_robin or vllm_dp; SCORE tokens or requests
+    (router.load_score)."""
+    policy, _, score = spec.partition("/")
+    config = {"placement": "approximate"} if policy == "approximate" else {"policy": policy}
+    return config | ({"load_score": score} if score else {})
+
+
 class OurService(Server):
     def __init__(self, out_dir: Path, port: int, model: str, engine_args: dict, frontends: int,
                  reuse_port: bool = False, cpu_kv_cache_gib: int = 2, engine_module: str = "engine_worker",
                  router: str = "prefix"):
         variant = "" if engine_module == "engine_worker" else "-" + engine_module.split("+")[0].rpartition(".")[2]
         dp = engine_args.get("data_parallel_size", 1)
-        variant += (f"-dp{dp}" if dp > 1 else "") + ("" if router == "prefix" else f"-{router}")
+        variant += (f"-dp{dp}" if dp > 1 else "") + ("" if router == "prefix" else "-" + router.replace("/", "-"))
         self.name = f"ours-{frontends}fe{variant}"
         super().__init__(out_dir, port)
         self.frontends = frontends
@@ -119,10 +128,7 @@ class OurService(Server):
         self.server_config = {
             "port": port, "frontends": frontends, "frontend_base_port": port + 1, "reuse_port": reuse_port,
             "run_dir": str(self.run_dir / "run"), "data_dir": str(ROOT / ".data"), "log_level": "warning",
-            # "prefix" (exact placement), "load" (least loaded only) or "approximate" (prefix, placed by
-            # what each frontend sent where): server.yml's router.policy and router.placement
-            "router": {"policy": "load"} if router == "load" else
-                      {"placement": "exact" if router == "prefix" else router},
+            "router": router_config(router),
         }
         self.inference_config = {"model": model, "cpu_kv_cache_gib": cpu_kv_cache_gib, "engine_args": engine_args}
 

@@ -7,9 +7,10 @@ both driven by `vllm bench serve` on /v1/completions. One command runs the whole
 
 --servers: ours:N (N frontends; ours:N:MODULE runs MODULE as the engine program, e.g.
 bench.experiments.eager_intake, and ours:N:ENGINE+FRONTEND a module for each program, e.g.
-bench.experiments.request_trace+bench.experiments.request_trace; ours:N@load routes by load alone,
-server.yml's router.policy; ours:N@approximate places prefixes by each frontend's own sends,
-router.placement) and vllm:K
+bench.experiments.request_trace+bench.experiments.request_trace; ours:N@POLICY[/SCORE] routes by
+server.yml's router.policy: load, round_robin, vllm_dp, or approximate for prefixes placed by each
+frontend's own sends (router.placement), and SCORE tokens or requests sets router.load_score, e.g.
+ours:2@prefix/requests) and vllm:K
 (`--api-server-count K`), run in the order given. data_parallel_size in --engine-args means N engine
 workers for ours and `--data-parallel-size N` for vllm serve.
 --loads: INxOUT@CONCURRENCY[/PROMPTS][*REPEATS], e.g. 128x1024@256/512*2 (prompts default to 2 x

@@ -8,6 +8,7 @@ random prompt token ids in flight (a new one as each finishes) and reads the PUB
 is the one bench/engine_loop_bench.py puts on vLLM's own LLMEngine loop, so the two compare.
 """
 import argparse
+import collections
 import os
 import subprocess
 import sys
@@ -57,6 +58,7 @@ class EngineDriver:
         self.sub.setsockopt(zmq.SUBSCRIBE, BROADCAST_TOPIC)
         self.seq = 0
         self.messages = self.bytes = 0
+        self.kinds: collections.Counter[str] = collections.Counter()  # messages by type
 
     def send(self, message) -> bool:
         try:
@@ -71,7 +73,9 @@ class EngineDriver:
         _, frame = self.sub.recv_multipart()
         self.messages += 1
         self.bytes += len(frame)
-        return output_decoder.decode(frame)
+        message = output_decoder.decode(frame)
+        self.kinds[type(message).__name__] += 1
+        return message
 
     def handshake(self, timeout_s: float) -> Welcome:
         deadline = time.monotonic() + timeout_s
@@ -146,6 +150,7 @@ def main(argv=None) -> dict:
                      args.concurrency, args.output_len)
         prompts = [workload.token_ids(args.input_len) for _ in range(args.requests)]
         driver.messages = driver.bytes = 0
+        driver.kinds.clear()
         results, duration = run_load(driver, prompts, args.concurrency, args.output_len)
     finally:
         if engine is not None:
@@ -156,7 +161,9 @@ def main(argv=None) -> dict:
     print(report(f"engine worker over ZeroMQ c={args.concurrency} n={args.requests} "
                  f"in={args.input_len} out={args.output_len}", summary))
     print(f"PUB stream: {driver.messages} messages, {driver.bytes / 1e6:.1f} MB, "
-          f"{driver.bytes / max(driver.messages, 1):.0f} B each")
+          f"{driver.bytes / max(driver.messages, 1):.0f} B each; "
+          + ", ".join(f"{count} {kind}" for kind, count in driver.kinds.most_common()))
+    summary["pub_messages_by_type"] = dict(driver.kinds)
     if args.save:
         save(args.save, vars(args), summary)
     return summary

@@ -39,14 +39,23 @@ class RemoteEngine(msgspec.Struct, forbid_unknown_fields=True):
 
 class RouterConfig(msgspec.Struct, forbid_unknown_fields=True):
     """How each frontend picks the engine for a request (docs/fleet.md)."""
-    # "prefix": the engine likely to hold the prompt's prefix, unless load says otherwise; "load": least loaded.
-    policy: Literal["prefix", "load"] = "prefix"
+    # "prefix": the engine likely to hold the prompt's prefix, unless load says otherwise; "load": least
+    # loaded; "round_robin" and "vllm_dp" (vLLM's own data-parallel balancer): to compare against.
+    policy: Literal["prefix", "load", "round_robin", "vllm_dp"] = "prefix"
+    # How "prefix" and "load" weigh an engine's load (frontend/load_view.py): "tokens", the prefill queued
+    # there and the decoding a new request would share, in prefill tokens' worth of compute, from each
+    # engine's LoadReport; "requests", vLLM's 4 x waiting + running.
+    load_score: Literal["tokens", "requests"] = "tokens"
+    # Tokens of load by which an engine holding a prompt's prefix may exceed the least loaded one and
+    # still get the prompt (load_score "tokens"): one prefill step of vLLM's default on an H100 or H200.
+    affinity_window_tokens: int = 8192
     # Tokens per hashed block of a prompt; vLLM's default KV block size on GPU.
     block_size: int = 16
     # A prompt goes to the engine holding its prefix when the prefix covers at least this share of it.
     min_match_ratio: float = 0.5
     # Load (4 x waiting + running) is out of balance, and routing goes by load alone, when the most
-    # and the least loaded engines differ by more than abs AND the most loaded exceeds rel x the least.
+    # and the least loaded engines differ by more than abs AND the most loaded exceeds rel x the least
+    # (load_score "requests").
     balance_abs_threshold: int = 32
     balance_rel_threshold: float = 1.5
     # Prompt blocks remembered per engine (least recently routed forgotten first): the approximate
@@ -56,6 +65,10 @@ class RouterConfig(msgspec.Struct, forbid_unknown_fields=True):
     # prefix cache takes in and drops (vLLM's KV-cache events), and this frontend's own sends count
     # only until the engine's report can have come; "approximate": only what this frontend sent where.
     placement: Literal["exact", "approximate"] = "exact"
+    # Prompt blocks each frontend keeps of one engine's reports (exact placement); past it, the earliest
+    # reported are forgotten. 2^20 blocks of 16 tokens (16.8 M tokens) is twice the KV cache of Llama-3-8B
+    # on 8 H200s, and takes about 75 MiB of each frontend's memory per engine when full.
+    max_reported_blocks: int = 1_048_576
 
 
 class RequestLimits(msgspec.Struct, forbid_unknown_fields=True):

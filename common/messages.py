@@ -3,10 +3,14 @@
 Frontends PUSH `EngineRequest`s to the engine's PULL socket. The engine PUBlishes
 `EngineOutput`s: on each frontend's own topic (`topic_for(frontend_id)`) a `Welcome` and then one
 `StepOutput` per engine step that advanced any of that frontend's requests, numbered 1, 2, 3, …
-after the Welcome (and from an engine reporting its prefix cache a `CachedBlocks` snapshot); on
-the broadcast topic a `Heartbeat` about once a second, `CachedBlocks` as its prefix cache
-changes, and a `Goodbye` when the engine shuts down. Each message is msgpack: a type tag first,
-then the fields in order.
+after the Welcome (and from an engine reporting its prefix cache a `CachedBlocks` snapshot after
+the Welcome, and after each `Resync` the frontend sends); on the broadcast topic a `Heartbeat`
+every heartbeat interval, a `LoadReport` after each engine step that changed its load (at most one a
+step, numbered 1, 2, 3, … per engine: each is whole, so a lost one costs nothing but its news),
+`CachedBlocks` as its prefix cache changes (numbered per engine: a gap, or a `LoadReport` or
+`Heartbeat` naming a later number, means one was lost, and the frontend sends `Resync`), and a
+`Goodbye` when the engine shuts down. Each message is msgpack: a type tag first, then the fields in
+order.
 """
 from typing import Any
 
@@ -50,7 +54,13 @@ class Hello(msgspec.Struct, tag="hello", array_like=True):
     frontend_id: str
 
 
-EngineRequest = Add | Abort | Hello | LoadLora | UnloadLora
+class Resync(msgspec.Struct, tag="resync", array_like=True):
+    """The frontend lost a CachedBlocks: the engine answers with a whole snapshot on its topic."""
+
+    frontend_id: str
+
+
+EngineRequest = Add | Abort | Hello | LoadLora | UnloadLora | Resync
 
 
 class TokenLogprob(msgspec.Struct, array_like=True):
@@ -119,6 +129,25 @@ class Heartbeat(msgspec.Struct, tag="heartbeat", array_like=True):
     # The LoRA adapters it serves, name -> path; sent at once after each change, so every frontend's
     # list of models converges within one message.
     loras: dict[str, str] = {}
+    cache_seq: int = 0  # the number of the last CachedBlocks published before this heartbeat
+
+
+class LoadReport(msgspec.Struct, tag="load", array_like=True):
+    """The engine's load after a step, for every frontend's router: the one load view they share."""
+
+    engine_id: str
+    seq: int  # 1, 2, 3, … per engine
+    waiting: int  # vLLM's scheduler: requests waiting, and running
+    running: int
+    # Prompt tokens still to compute, of the requests with no output token yet, net of the prefix-cache
+    # hits the engine estimated for each when it took it.
+    prefill_tokens: int
+    kv_tokens: int  # tokens of KV cache in use (vLLM's kv_cache_usage x its cache size)
+    free_blocks: int  # KV cache blocks no request holds (free, or cached and evictable)
+    # For each frontend, the ADDs the engine took from it since its last Welcome (running, finished or
+    # refused): what each frontend sent is counted in the figures above from then on.
+    taken: dict[str, int] = {}
+    cache_seq: int = 0  # the number of the last CachedBlocks published before this report
 
 
 class Goodbye(msgspec.Struct, tag="goodbye", array_like=True):
@@ -127,15 +156,18 @@ class Goodbye(msgspec.Struct, tag="goodbye", array_like=True):
 
 class CachedBlocks(msgspec.Struct, tag="cached", array_like=True):
     """Prompt blocks the engine's prefix cache took in and dropped, as the router hashes them
-    (common/blocks.py). `cleared`: it holds none but `stored` (a whole snapshot, after each Welcome)."""
+    (common/blocks.py). `cleared`: it holds none but `stored` (a whole snapshot, after each Welcome and
+    Resync). `seq` numbers the changes, 1, 2, 3, … per engine; a snapshot carries the number of the
+    last change it includes."""
 
     engine_id: str
+    seq: int
     stored: list[int]
     removed: list[int]
     cleared: bool = False
 
 
-EngineOutput = StepOutput | Welcome | Heartbeat | Goodbye | CachedBlocks
+EngineOutput = StepOutput | Welcome | Heartbeat | Goodbye | CachedBlocks | LoadReport
 
 BROADCAST_TOPIC = b"*|"
 

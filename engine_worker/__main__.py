@@ -142,6 +142,8 @@ def run_engine_worker_process() -> None:
         engine, adapters, prepare = start_simulated(model, inference, rank, load, kv_events is not None)
     else:
         engine, adapters, prepare = start_vllm(model, inference, load, kv_events)
+    cache_config = engine.vllm_config.cache_config
+    load.set_kv_cache(cache_config.num_gpu_blocks or 0, cache_config.block_size)
     engine_id = uuid.uuid4().hex[:12]
     context = zmq.Context()
     if server.engine.curve:
@@ -156,7 +158,7 @@ def run_engine_worker_process() -> None:
         engine, engine_id, served_name(inference), model, publisher, load,
         server.engine.heartbeat_interval_s, adapters,
     )
-    admit = admitter(loop.inbox, prepare)
+    admit = admitter(loop.inbox, prepare, cache)
     start_request_reader(context, request_address, server.engine, admit, on_death=loop.fail)
 
     def stop(signum, frame):

@@ -9,21 +9,28 @@ import logging
 import queue
 
 from common.messages import Add
+from engine_worker.cache_events import CacheIndex
 from engine_worker.step_loop import Admitted, Refused
 
 log = logging.getLogger(__name__)
 
 
-def admitter(inbox: queue.Queue, prepare):
+def admitter(inbox: queue.Queue, prepare, cache: CacheIndex | None = None):
     """What the request reader hands each (time received, message) to: it puts the message into
-    `inbox`, each ADD as Admitted or Refused."""
+    `inbox`, each ADD as Admitted or Refused. Each Admitted carries its prompt tokens that the prefix
+    cache (`cache`, when the engine reports it) does not hold now, for the load report; finding them
+    hashes the prompt, so it runs here rather than on the step thread."""
 
     def admit(received_at: float, message) -> None:
         if type(message) is Add:
+            prompt = message.prompt_token_ids
             try:
                 message = prepare(message, received_at)
             except Exception as error:  # vLLM's own validation: the request is refused, nothing else
                 message = Refused(message, str(error))
+            else:
+                cached = cache.cached_tokens(prompt) if cache is not None else 0
+                message = message._replace(prefill_tokens=len(prompt) - cached)
         inbox.put((received_at, message))
 
     return admit

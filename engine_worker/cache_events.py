@@ -4,9 +4,11 @@ exactly (docs/fleet.md, "Exact placement").
 vLLM publishes a KV-cache event for each block it caches or evicts (its `kv_events_config`, on a
 ZeroMQ socket of its engine core; a simulated engine through a queue). A thread here reads them, turns each cached block into the
 router's own block hashes (common/blocks.py, over `router.block_size` tokens) and queues
-`CachedBlocks` for the publisher, which sends them on the broadcast topic, and a whole `snapshot`
-after each Welcome. What is kept is one entry per block vLLM holds: bounded by its
-KV cache.
+`CachedBlocks` for the publisher, which sends them on the broadcast topic, numbered so a frontend
+sees a loss, and a whole `snapshot` after each Welcome and each Resync. The same index estimates, for
+each request the engine takes, how much of its prompt the prefix cache already holds
+(`cached_tokens`, for the load report). What is kept is one entry per block vLLM holds: bounded by
+its KV cache.
 """
 import logging
 import queue
@@ -36,7 +38,9 @@ class CacheIndex:
         self.engine_id = engine_id
         self.block_size = block_size
         self.blocks: dict[object, list[int]] = {}
-        self.lock = threading.Lock()  # the reader thread writes, the publisher's snapshots read
+        self.held: set[int] = set()  # every router hash in `blocks`
+        self.seq = 0  # the number of the last change
+        self.lock = threading.Lock()  # the reader thread writes; snapshots and admission read
         self.warned = False
 
     def apply(self, events) -> CachedBlocks | None:
@@ -56,10 +60,16 @@ class CacheIndex:
                 elif kind == "AllBlocksCleared":
                     self.blocks.clear()
                     change, cleared = {}, True
-        if not (change or cleared):
-            return None
-        return CachedBlocks(self.engine_id, [block for block, held in change.items() if held],
-                            [block for block, held in change.items() if not held], cleared)
+            if not (change or cleared):
+                return None
+            stored = [block for block, held in change.items() if held]
+            removed = [block for block, held in change.items() if not held]
+            if cleared:
+                self.held.clear()
+            self.held.difference_update(removed)
+            self.held.update(stored)
+            self.seq += 1
+            return CachedBlocks(self.engine_id, self.seq, stored, removed, cleared)
 
     def store(self, event) -> list[int]:
         """The router's hashes of the blocks one BlockStored caches. Skipped: blocks of a LoRA adapter,
@@ -94,7 +104,14 @@ class CacheIndex:
     def snapshot(self) -> CachedBlocks:
         with self.lock:
             held = [ours for blocks in self.blocks.values() for ours in blocks]
-        return CachedBlocks(self.engine_id, held, [], True)
+            return CachedBlocks(self.engine_id, self.seq, held, [], True)
+
+    def cached_tokens(self, token_ids: list[int]) -> int:
+        """Tokens of the prompt's leading blocks held in the prefix cache now."""
+        hashes = block_hashes(token_ids, self.block_size)
+        with self.lock:
+            run = next((index for index, block in enumerate(hashes) if block not in self.held), len(hashes))
+        return run * self.block_size
 
 
 def start_cache_event_reader(context, endpoint: str, index: CacheIndex, publish) -> None:

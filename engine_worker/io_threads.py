@@ -4,7 +4,9 @@ Requests: PULL socket -> decode -> `deliver(time received, message)` (admission,
 step loop's inbox).
 Outputs: outbox queue -> number per frontend -> PUB socket, plus a heartbeat on the broadcast
 topic every interval, sent even while the step loop is inside a long step, and after each Welcome
-the prefix cache's snapshot when the engine reports it (engine_worker/cache_events.py).
+(and on each Resync) the prefix cache's snapshot when the engine reports it
+(engine_worker/cache_events.py). LoadReports are numbered here, and they and heartbeats carry the
+number of the last CachedBlocks sent, so a frontend notices the loss of the last one too.
 Each thread outlives a message it cannot handle (it logs it); a socket that fails for good ends
 the process through `on_death`, so supervisord restarts it.
 """
@@ -18,7 +20,7 @@ import zmq
 
 from common.config import EngineLink
 from common.messages import (
-    BROADCAST_TOPIC, Heartbeat, StepOutput, Welcome, encode, request_decoder, topic_for,
+    BROADCAST_TOPIC, CachedBlocks, Heartbeat, LoadReport, StepOutput, Welcome, encode, request_decoder, topic_for,
 )
 from common.sockets import make_socket
 
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 STOP = object()
 FORGET = object()
 BEAT = object()
+SNAPSHOT = object()
 
 
 def start_request_reader(context, address: str, link: EngineLink, deliver, on_death):
@@ -69,6 +72,8 @@ class OutputPublisher:
         self.load = load
         self.outbox: queue.Queue = queue.Queue()
         self.seqs: dict[str, int] = {}
+        self.load_seq = 0  # the number of the last LoadReport sent
+        self.cache_seq = 0  # the number of the last CachedBlocks change sent
         self.thread = threading.Thread(target=self.publish_forever, name="output-publisher", daemon=True)
         self.thread.start()
 
@@ -83,6 +88,10 @@ class OutputPublisher:
     def beat(self) -> None:
         """Send a heartbeat now, after what is queued before it."""
         self.outbox.put((None, BEAT))
+
+    def snapshot(self, frontend_id: str) -> None:
+        """Send the prefix cache's snapshot to one frontend, after what is queued before it."""
+        self.outbox.put((frontend_id, SNAPSHOT))
 
     def close(self, timeout: float = 2.0) -> None:
         self.outbox.put(STOP)
@@ -106,7 +115,8 @@ class OutputPublisher:
     def send_heartbeat(self) -> None:
         try:
             loras = self.adapters.listing if self.adapters is not None else {}
-            self.publish(None, Heartbeat(self.engine_id, self.load.snapshot(), dict(self.seqs), loras))
+            heartbeat = Heartbeat(self.engine_id, self.load.snapshot(), dict(self.seqs), loras, self.cache_seq)
+            self.publish(None, heartbeat)
         except Exception:
             log.exception("could not send a heartbeat")
 
@@ -123,12 +133,24 @@ class OutputPublisher:
         if message is BEAT:
             self.send_heartbeat()
             return
+        if message is SNAPSHOT:
+            self.send_snapshot(frontend_id)
+            return
         if isinstance(message, Welcome):
             self.seqs[frontend_id] = 0
         elif isinstance(message, StepOutput):
             self.seqs[frontend_id] = message.seq = self.seqs.get(frontend_id, 0) + 1
+        elif isinstance(message, LoadReport):
+            self.load_seq = message.seq = self.load_seq + 1
+            message.cache_seq = self.cache_seq
+        elif isinstance(message, CachedBlocks) and frontend_id is None:
+            self.cache_seq = message.seq
         topic = BROADCAST_TOPIC if frontend_id is None else topic_for(frontend_id)
         self.socket.send_multipart([topic, encode(message)])
-        if isinstance(message, Welcome) and self.cache is not None:
-            self.socket.send_multipart([topic, encode(self.cache.snapshot())])
+        if isinstance(message, Welcome):
+            self.send_snapshot(frontend_id)
+
+    def send_snapshot(self, frontend_id: str) -> None:
+        if self.cache is not None:
+            self.socket.send_multipart([topic_for(frontend_id), encode(self.cache.snapshot())])
 

@@ -1,9 +1,10 @@
-"""The engine's load as the heartbeat reports it: scheduler figures from vLLM, GPUs from NVML."""
+"""The engine's load: as the heartbeat reports it (scheduler figures from vLLM, GPUs from NVML), and
+as each step's LoadReport gives it to the routers."""
 import logging
 
 import msgspec
 
-from common.messages import EngineLoad, GpuLoad
+from common.messages import EngineLoad, GpuLoad, LoadReport
 
 log = logging.getLogger(__name__)
 
@@ -14,6 +15,23 @@ class LoadTracker:
     def __init__(self, monitor_gpus: bool = True):
         self.load = EngineLoad()
         self.gpus = GpuMonitor(monitor_gpus)
+        self.usable_blocks = 0  # KV cache blocks a request can hold
+        self.block_size = 0
+        self.reported: tuple | None = None  # the figures of the last LoadReport
+
+    def set_kv_cache(self, num_blocks: int, block_size: int) -> None:
+        # vLLM keeps one block as its null block, never used nor free (BlockPool.get_usage).
+        self.usable_blocks, self.block_size = max(num_blocks - 1, 0), block_size
+
+    def step_report(self, engine_id: str, taken: dict[str, int], prefill_tokens: int) -> LoadReport | None:
+        """The load after a step, or None when nothing in it changed since the last report."""
+        free = round((1.0 - self.load.kv_cache_usage) * self.usable_blocks)
+        figures = (self.load.waiting, self.load.running, prefill_tokens, (self.usable_blocks - free) * self.block_size,
+                   free)
+        if (figures, taken) == self.reported:
+            return None
+        self.reported = (figures, dict(taken))
+        return LoadReport(engine_id, 0, *figures, dict(taken))
 
     def stat_logger_factory(self, base: type | None = None):
         """The stat logger class vLLM's engine makes and calls with its scheduler's figures, derived
@@ -53,6 +71,30 @@ class LoadTracker:
         # step to report that the last requests are gone.
         self.load.running = self.load.waiting = 0
         self.load.kv_cache_usage = 0.0
+
+
+class PrefillBacklog:
+    """Prompt tokens the engine still has to compute: each request's, net of what the prefix cache held
+    when the engine took it, from then until its first token or its end. vLLM's progress inside a
+    chunked prefill is not seen here: a request counts whole until its first token."""
+
+    def __init__(self):
+        self.requests: dict[str, int] = {}
+        self.tokens = 0
+
+    def add(self, request_id: str, tokens: int) -> None:
+        self.requests[request_id] = tokens
+        self.tokens += tokens
+
+    def done(self, request_id: str) -> None:
+        self.tokens -= self.requests.pop(request_id, 0)
+
+    def clear(self) -> None:
+        self.requests.clear()
+        self.tokens = 0
+
+    def __len__(self) -> int:
+        return len(self.requests)
 
 
 class GpuMonitor:

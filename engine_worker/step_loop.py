@@ -1,4 +1,6 @@
-"""The step loop: apply what arrived, run one engine step, hand the outputs to the publisher.
+"""The step loop: apply what arrived, run one engine step, hand the outputs to the publisher, and
+after each step that changed the engine's load, a LoadReport for every frontend's router (at most one
+a step: it acknowledges every ADD taken since the last one, from whichever frontend).
 
 It only steps: each ADD reaches it already checked and turned into vLLM's request by admission, on
 the request reader's thread (engine_worker/admission.py), so no request's validation holds up the
@@ -34,8 +36,10 @@ from collections import defaultdict
 from typing import Any, NamedTuple
 
 from common.messages import (
-    Abort, Add, Delta, Goodbye, Hello, LoadLora, StepOutput, TokenLogprob, UnloadLora, Welcome, frontend_slot,
+    Abort, Add, Delta, Goodbye, Hello, LoadLora, Resync, StepOutput, TokenLogprob, UnloadLora, Welcome,
+    frontend_slot,
 )
+from engine_worker.load import PrefillBacklog
 from engine_worker.lora import Adapters
 
 log = logging.getLogger(__name__)
@@ -43,14 +47,19 @@ log = logging.getLogger(__name__)
 # A frontend with no request that has sent nothing for this long is forgotten: ids change with
 # every frontend start, so the table of them must not grow forever.
 FORGET_AFTER_S = 600.0
+# A frontend that lost a CachedBlocks gets at most one snapshot this often: a snapshot is the whole
+# prefix cache, and a frontend too slow to keep up would otherwise ask again and again.
+RESYNC_INTERVAL_S = 1.0
 
 
 class Admitted(NamedTuple):
-    """An ADD that passed admission: `prompt` and `params` as engine.add_request takes them."""
+    """An ADD that passed admission: `prompt` and `params` as engine.add_request takes them, and the
+    prompt tokens not in the prefix cache when it was admitted (None: all of them)."""
 
     add: Add
     prompt: Any
     params: Any
+    prefill_tokens: int | None = None
 
 
 class Refused(NamedTuple):
@@ -74,12 +83,15 @@ class StepLoop:
         self.idle_wait_s = idle_wait_s
         self.inbox: queue.Queue = queue.Queue()
         self.owners: dict[str, str] = {}  # request id -> frontend id
+        self.backlog = PrefillBacklog()  # the owned requests with no output token yet
         self.frontends: dict[str, float] = {}  # frontend id -> when it last sent a HELLO or an ADD
+        self.taken: dict[str, int] = {}  # frontend id -> ADDs taken from it since its last Welcome
+        self.resynced: dict[str, float] = {}  # frontend id -> when it was last sent a snapshot for a Resync
         self.next_sweep = time.monotonic() + FORGET_AFTER_S
         self.stopping = False
         self.failure: str | None = None  # why the process must end with an error
-        self.handlers = {Abort: self.abort, Hello: self.hello, Refused: self.refuse, LoadLora: self.load_lora,
-                         UnloadLora: self.unload_lora}
+        self.handlers = {Abort: self.abort, Hello: self.hello, Refused: self.refused, LoadLora: self.load_lora,
+                         UnloadLora: self.unload_lora, Resync: self.resync}
 
     def serve(self) -> int:
         """Run until stopped or failed, then say Goodbye. Returns the process's exit status: 1 after a
@@ -107,6 +119,7 @@ class StepLoop:
                     self.step()
                 else:
                     self.load.record_idle()
+                self.report_load()
                 self.forget_idle_frontends()
         except Exception as error:
             log.exception("the engine failed")
@@ -135,7 +148,7 @@ class StepLoop:
 
     def add(self, admitted: Admitted, received_at: float) -> None:
         request_id, frontend_id = admitted.add.request_id, admitted.add.frontend_id
-        self.heard_from(frontend_id)
+        self.take(frontend_id)
         try:
             if request_id in self.owners:
                 raise ValueError(f"request id {request_id!r} is already running")
@@ -148,7 +161,18 @@ class StepLoop:
             self.refuse(Refused(admitted.add, str(error)))
             return
         self.owners[request_id] = frontend_id
-        self.load.load.prompt_tokens_total += len(admitted.add.prompt_token_ids)
+        prompt_tokens = len(admitted.add.prompt_token_ids)
+        self.backlog.add(request_id, prompt_tokens if admitted.prefill_tokens is None else admitted.prefill_tokens)
+        self.load.load.prompt_tokens_total += prompt_tokens
+
+    def take(self, frontend_id: str) -> None:
+        """An ADD from `frontend_id` reached the loop: the next LoadReport acknowledges it."""
+        self.heard_from(frontend_id)
+        self.taken[frontend_id] = self.taken.get(frontend_id, 0) + 1
+
+    def refused(self, refused: Refused) -> None:
+        self.take(refused.add.frontend_id)
+        self.refuse(refused)
 
     def refuse(self, refused: Refused) -> None:
         log.info("refused request %s: %s", refused.add.request_id, refused.error)
@@ -158,6 +182,8 @@ class StepLoop:
     def abort(self, message: Abort) -> list[tuple[str, str]]:
         """Abort the requests named; returns (request id, owner) for those that were running."""
         known = [(r, owner) for r in message.request_ids if (owner := self.owners.pop(r, None)) is not None]
+        for request_id, _ in known:
+            self.backlog.done(request_id)
         if known:
             self.engine.abort_request([r for r, _ in known])
         return known
@@ -201,7 +227,18 @@ class StepLoop:
             self.welcome(frontend_id)
         self.frontends[frontend_id] = time.monotonic()
 
+    def resync(self, message: Resync) -> None:
+        """Send a frontend that lost a CachedBlocks the whole prefix cache: only one it welcomed (it has
+        its numbering), and at most once every RESYNC_INTERVAL_S."""
+        now = time.monotonic()
+        if message.frontend_id not in self.frontends:
+            return
+        if now - self.resynced.get(message.frontend_id, -RESYNC_INTERVAL_S) >= RESYNC_INTERVAL_S:
+            self.resynced[message.frontend_id] = now
+            self.publisher.snapshot(message.frontend_id)
+
     def welcome(self, frontend_id: str) -> None:
+        self.taken.pop(frontend_id, None)  # the frontend counts its sends afresh from a Welcome
         welcome = Welcome(self.engine_id, frontend_id, self.model, self.tokenizer, self.max_model_len,
                           self.adapters.listing, self.adapters.runtime_updates)
         self.publisher.send(frontend_id, welcome)
@@ -215,6 +252,8 @@ class StepLoop:
         for frontend_id, heard in list(self.frontends.items()):
             if frontend_id not in busy and now - heard > FORGET_AFTER_S:
                 del self.frontends[frontend_id]
+                self.taken.pop(frontend_id, None)
+                self.resynced.pop(frontend_id, None)
                 self.publisher.forget(frontend_id)
 
     def step(self) -> None:
@@ -229,6 +268,8 @@ class StepLoop:
             if output.finished:
                 del self.owners[output.request_id]
             token_ids = list(completion.token_ids)
+            if token_ids or output.finished:  # its prefill is done
+                self.backlog.done(output.request_id)
             generated += len(token_ids)
             by_frontend[frontend_id].append(
                 Delta(
@@ -247,6 +288,11 @@ class StepLoop:
     def send(self, frontend_id: str, deltas: list[Delta]) -> None:
         self.publisher.send(frontend_id, StepOutput(self.engine_id, 0, deltas))
 
+    def report_load(self) -> None:
+        report = self.load.step_report(self.engine_id, self.taken, self.backlog.tokens)
+        if report is not None:
+            self.publisher.send(None, report)
+
     def abort_all(self, reason: str) -> None:
         by_frontend = defaultdict(list)
         for request_id, frontend_id in self.owners.items():
@@ -257,6 +303,7 @@ class StepLoop:
             except Exception as error:  # its core may already be gone with the same signal
                 log.warning("could not abort in the engine: %s", error)
         self.owners.clear()
+        self.backlog.clear()
         for frontend_id, deltas in by_frontend.items():
             self.send(frontend_id, deltas)
 

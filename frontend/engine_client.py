@@ -11,6 +11,9 @@ three PUB/SUB traps, answered per link:
 - restarted engine: a WELCOME, heartbeat or step from another engine id, or heartbeat silence past
   the timeout, fails that link's in-flight requests at once and marks the engine down until a new
   WELCOME.
+Each link also keeps the engine's load (its LoadReports and this frontend's sends not yet acknowledged,
+frontend/load_view.py) and, under exact placement, its reported prefix cache (frontend/cache_record.py,
+asking for a snapshot when a CachedBlocks was lost).
 Losing one link fails only the requests sent to its engine; new requests go to the other engines.
 """
 import asyncio
@@ -24,12 +27,14 @@ import zmq
 from common.config import EngineLink as LinkConfig
 from common.config import ServerConfig, load_inference
 from common.messages import (
-    BROADCAST_TOPIC, Abort, Add, CachedBlocks, EngineLoad, Goodbye, Heartbeat, Hello, LoadLora, StepOutput,
-    UnloadLora, Welcome, encode, output_decoder, topic_for,
+    BROADCAST_TOPIC, Abort, Add, CachedBlocks, EngineLoad, Goodbye, Heartbeat, Hello, LoadLora, LoadReport, Resync,
+    StepOutput, UnloadLora, Welcome, encode, frontend_slot, output_decoder, topic_for,
 )
 from common.sockets import make_socket
-from frontend.metrics import ROUTED
-from frontend.router import Router, current_scope
+from frontend.cache_record import CacheRecord
+from frontend.load_view import LoadView
+from frontend.metrics import CACHE_RESYNCS, LOAD_REPORTS_LOST, ROUTED
+from frontend.router import Route, Router, current_scope
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +75,12 @@ class EngineLink:
 
     def __init__(self, rank: int, request_address: str, output_address: str, config: LinkConfig,
                  frontend_id: str, request_timeout_s: float, on_lost: Callable[[int], None] = lambda rank: None,
-                 on_cached: Callable[[int, CachedBlocks], None] = lambda rank, change: None):
+                 max_reported_blocks: int = 1 << 20):
         self.rank = rank
         self.request_timeout_s = request_timeout_s
         self.frontend_id = frontend_id
         self.config = config
         self.on_lost = on_lost
-        self.on_cached = on_cached  # the engine reports what its prefix cache took in and dropped
         self.push = make_socket(zmq.Context.instance(), zmq.PUSH, request_address, bind=False, link=config)
         # A plain socket read from the event loop's reader callback: pyzmq's asyncio socket costs about
         # three times its CPU for each message (measured on the CPU host), and at concurrency 1 every
@@ -88,15 +92,16 @@ class EngineLink:
         self.engine_id: str | None = None
         self.seq = 0
         self.last_heartbeat = 0.0
-        self.load = EngineLoad()
-        self.in_flight_at_heartbeat = 0
+        self.load = EngineLoad()  # from the last heartbeat: for /health and /metrics
+        self.load_view = LoadView()  # for routing
+        self.cache_record = CacheRecord(rank, max_reported_blocks)  # what the engine reports its prefix cache holds
         self.draining = False  # the engine said GOODBYE: it takes no new request
         self.welcome: Welcome | None = None
         self.loras: dict[str, str] = {}  # the LoRA adapters the engine serves, name -> path
         self.tasks: list[asyncio.Task] = []
         self.handlers = {
             Welcome: self.on_welcome, StepOutput: self.on_step, Heartbeat: self.on_heartbeat, Goodbye: self.on_goodbye,
-            CachedBlocks: self.on_cached_blocks,
+            CachedBlocks: self.on_cached_blocks, LoadReport: self.on_load_report,
         }
 
     @property
@@ -107,15 +112,6 @@ class EngineLink:
     def up(self) -> bool:
         """Welcomed, heard from within the heartbeat timeout, and not shutting down."""
         return self.heartbeat_fresh() and not self.draining
-
-    @property
-    def score(self) -> float:
-        """vLLM's load score, 4 x waiting + running, as of the last heartbeat, moved by what this frontend
-        changed since: each request it sent counts as waiting, each of its requests that ended frees as
-        much. Requests with the same output length end together, so an engine frees a wave of slots
-        at once; the frontends that sent them see it now rather than at the next heartbeat."""
-        net = len(self.streams) - self.in_flight_at_heartbeat
-        return max(0, 4 * (self.load.waiting + net) + self.load.running)
 
     def heartbeat_fresh(self) -> bool:
         return self.ready and time.monotonic() - self.last_heartbeat <= self.config.heartbeat_timeout_s
@@ -214,6 +210,7 @@ class EngineLink:
                      message.max_model_len)
         self.engine_id, self.welcome, self.loras = message.engine_id, message, message.loras
         self.seq = 0
+        self.load_view.welcomed()
         self.draining = False
         self.last_heartbeat = time.monotonic()
 
@@ -231,7 +228,6 @@ class EngineLink:
 
     def on_heartbeat(self, message: Heartbeat) -> None:
         self.load = message.load
-        self.in_flight_at_heartbeat = len(self.streams)
         if self.engine_id not in (None, message.engine_id):
             self.engine_lost("the engine restarted")
         elif self.engine_id is not None:
@@ -240,10 +236,28 @@ class EngineLink:
             if message.last_seqs.get(self.frontend_id, 0) > self.seq:
                 self.engine_lost(f"outputs lost (the engine sent up to message {message.last_seqs[self.frontend_id]}, "
                                  f"the last one here was {self.seq})")
+            elif self.cache_record.behind(message.cache_seq):
+                self.resync()
+
+    def on_load_report(self, message: LoadReport) -> None:
+        if message.engine_id != self.engine_id:
+            return
+        lost = self.load_view.on_report(message, self.frontend_id)
+        if lost:
+            LOAD_REPORTS_LOST.labels(str(self.rank)).inc(lost)
+        if self.cache_record.behind(message.cache_seq):
+            self.resync()
 
     def on_cached_blocks(self, message: CachedBlocks) -> None:
-        if message.engine_id == self.engine_id:
-            self.on_cached(self.rank, message)
+        if message.engine_id == self.engine_id and not self.cache_record.apply(message):
+            self.resync()
+
+    def resync(self) -> None:
+        """A CachedBlocks was lost: ask the engine for its whole prefix cache."""
+        if self.cache_record.ask_resync():
+            log.info("engine %d: a prefix-cache report was lost; asking for a snapshot", self.rank)
+            CACHE_RESYNCS.labels(str(self.rank)).inc()
+            self.send(Resync(self.frontend_id))
 
     def on_goodbye(self, message: Goodbye) -> None:
         # Requests already there may still finish (the engine drains them); no new ones go there.
@@ -256,7 +270,8 @@ class EngineLink:
                     len(self.streams))
         self.engine_id = None
         self.draining = False
-        self.in_flight_at_heartbeat = 0
+        self.load_view.clear()
+        self.cache_record.clear()
         streams, self.streams = self.streams, {}
         for queue in streams.values():
             queue.put_nowait(EngineLost(reason))
@@ -272,9 +287,12 @@ class EngineLink:
 
     def view(self) -> dict:
         """What /health and the dashboard show of this engine."""
+        report = self.load_view.report
         return {"rank": self.rank, "up": self.up, "engine_id": self.engine_id, "draining": self.draining,
                 "running": self.load.running, "waiting": self.load.waiting,
-                "kv_cache_usage": self.load.kv_cache_usage, "in_flight": len(self.streams)}
+                "kv_cache_usage": self.load.kv_cache_usage, "in_flight": len(self.streams),
+                "queued_prefill_tokens": report.prefill_tokens, "free_kv_blocks": report.free_blocks,
+                "unacknowledged": len(self.load_view.unacknowledged)}
 
 
 class EngineClient:
@@ -291,9 +309,9 @@ class EngineClient:
         addresses = server.engine_addresses(local_engines)
         if not addresses:
             raise SystemExit("no engine to talk to: no local engines and no `engines` in server.yml")
-        self.router = Router(server.router, len(addresses))
+        self.router = Router(server.router, len(addresses), frontend_index(frontend_id), max(server.frontends, 1))
         self.links = [EngineLink(rank, request, output, server.engine, frontend_id, server.request_timeout_s,
-                                 self.router.forget, self.router.cache_changed)
+                                 self.router.forget, server.router.max_reported_blocks)
                       for rank, (request, output) in enumerate(addresses)]
         self.requests: dict[str, EngineLink] = {}
         self.closed: str | None = None  # why no request is taken any more (the frontend is stopping)
@@ -319,17 +337,19 @@ class EngineClient:
         # Engines without the adapter count as refused: its requests go only where it is loaded.
         refused = {link.rank for link in self.links if not link.serves(lora)}
         while True:
-            link, reason = self.pick(prompt_token_ids, refused)
+            route = self.pick(prompt_token_ids, refused)
+            link = self.links[route.rank]
             try:
                 queue = link.add(request_id, frame, time.monotonic() + self.request_timeout_s)
                 break
             except EngineUnavailable:
                 # Its connection is gone (the engine just died): another engine can take it, unless pinned.
-                if reason == "pinned":
+                if route.reason == "pinned":
                     raise
                 refused.add(link.rank)
         self.requests[request_id] = link
-        ROUTED.labels(str(link.rank), reason).inc()
+        link.load_view.sent_request(route.prefill_tokens, len(prompt_token_ids))  # in its load until acknowledged
+        ROUTED.labels(str(link.rank), route.reason).inc()
         return queue
 
     def shut_down(self, reason: str) -> None:
@@ -339,21 +359,20 @@ class EngineClient:
         for link in self.links:
             link.fail_all(ShuttingDown, reason)
 
-    def pick(self, prompt_token_ids: list[int], refused: set[int]) -> tuple[EngineLink, str]:
+    def pick(self, prompt_token_ids: list[int], refused: set[int]) -> Route:
         scope = current_scope()
         if scope is not None and scope.pinned is not None:
             # A pinned engine without the adapter refuses the request itself, with its reason.
-            return self.links[scope.pinned], "pinned"
+            return Route(scope.pinned, "pinned", len(prompt_token_ids))
         if scope is not None and scope.rank is not None and scope.rank not in refused and self.links[scope.rank].up:
-            return self.links[scope.rank], scope.reason
-        loads = {link.rank: link.score for link in self.links if link.up and link.rank not in refused}
-        if not loads:
+            return Route(scope.rank, scope.reason, len(prompt_token_ids))
+        engines = {link.rank: link for link in self.links if link.up and link.rank not in refused}
+        if not engines:
             raise EngineUnavailable("no engine is available")
-        waiting = {rank: self.links[rank].load.waiting for rank in loads}
-        rank, reason = self.router.pick(prompt_token_ids, loads, waiting)
+        route = self.router.pick(prompt_token_ids, engines)
         if scope is not None:
-            scope.rank, scope.reason = rank, reason
-        return self.links[rank], reason
+            scope.rank, scope.reason = route.rank, route.reason
+        return route
 
     def release(self, request_id: str, abort: bool) -> None:
         """Forget the request; tell its engine to drop it too when it has not finished there."""
@@ -449,3 +468,9 @@ class EngineClient:
     def engines(self) -> list[dict]:
         """One entry per engine, by rank: for /health, and for the dashboard's per-engine view."""
         return [link.view() for link in self.links]
+
+
+def frontend_index(frontend_id: str) -> int:
+    """This frontend's index on its host: its id is `<host>-<index>~<start>`."""
+    index = frontend_slot(frontend_id).rpartition("-")[2]
+    return int(index) if index.isdigit() else 0

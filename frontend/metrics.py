@@ -57,7 +57,11 @@ ABORTED = Counter("llm_requests_aborted", "Generations given up because the clie
 FAILED = Counter("llm_requests_failed", "Generations that ended with an error, by reason", ["reason"],
                  registry=LOCAL)
 ROUTED = Counter("llm_engine_routed_requests", "Generations sent to each engine, by why the router chose it "
-                 "(pinned, prefix, load)", ["engine", "reason"], registry=LOCAL)
+                 "(pinned, prefix, load, round_robin, vllm_dp)", ["engine", "reason"], registry=LOCAL)
+CACHE_RESYNCS = Counter("llm_router_cache_resyncs", "Snapshots of an engine's prefix cache asked for because one "
+                        "of its CachedBlocks reports never arrived", ["engine"], registry=LOCAL)
+LOAD_REPORTS_LOST = Counter("llm_router_load_reports_lost", "LoadReports of an engine that never arrived (seen "
+                            "in their numbers)", ["engine"], registry=LOCAL)
 
 # Every labelled series exists from the start, at zero, so alerts and rates see it before its first event.
 for reason in ("stop", "length"):
@@ -174,6 +178,14 @@ ENGINE_COUNTERS = (
 )
 
 
+LOAD_VIEW_GAUGES = (
+    ("llm_engine_queued_prefill_tokens", "Prompt tokens the engine has yet to prefill, net of its prefix-cache "
+     "hits, as its last LoadReport gave them", lambda report: report.prefill_tokens),
+    ("llm_engine_free_kv_blocks", "KV cache blocks no request holds, as the engine's last LoadReport gave them",
+     lambda report: report.free_blocks),
+)
+
+
 def engine_families(client):
     """Each engine's figures from its latest heartbeat, labelled engine=<rank>; only `llm_engine_up`
     for an engine that is down."""
@@ -189,12 +201,17 @@ def engine_families(client):
             for link in live:
                 family.add_metric([str(link.rank)], figure(link.load))
             yield family
+    for name, documentation, figure in LOAD_VIEW_GAUGES:
+        family = GaugeMetricFamily(name, documentation, labels=["engine"])
+        for link in live:
+            family.add_metric([str(link.rank)], figure(link.load_view.report))
+        yield family
     reported = GaugeMetricFamily("llm_engine_reported_cache_blocks", "Prompt blocks the engine reports in its "
                                  "prefix cache (router.placement exact), as this frontend last heard",
                                  labels=["engine"])
     for link in live:
-        if client.router.reporting[link.rank]:
-            reported.add_metric([str(link.rank)], len(client.router.held[link.rank]))
+        if link.cache_record.reporting:
+            reported.add_metric([str(link.rank)], len(link.cache_record))
     yield reported
     gpus = [(link.rank, gpu) for link in live for gpu in link.load.gpus]
     if gpus:  # on a machine without GPU the GPU series are absent, not zero

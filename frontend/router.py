@@ -1,26 +1,32 @@
 """Which engine each request goes to, decided in each frontend with no shared state (docs/fleet.md).
 
+Policy "prefix" (router.policy), after a pin:
 1. `X-data-parallel-rank: i` pins the request to engine i (as vLLM's API server accepts).
-2. Out of balance (the load scores of the most and least loaded engines differ by more than
-   balance_abs_threshold and by more than balance_rel_threshold times): the least loaded.
-3. The engine holding the longest run of the prompt's leading blocks, when that run covers at least
+2. The engine holding the longest run of the prompt's leading blocks, when that run covers at least
    min_match_ratio of the prompt. Held means the engine reported those blocks in its prefix cache
    (placement "exact", vLLM's KV-cache events via engine_worker/cache_events.py) or this frontend
    sent them there (within SENT_MEMORY_S for a reporting engine; with placement "approximate", until
-   forgotten: bounded, least recently sent first). Only step 2 overrides this, as in SGLang's
-   cache-aware router: sending a held prefix elsewhere because its engine queues a little spreads
-   every prefix over every engine (measured on 4×H100).
-4. Queueing, for a prompt no engine holds: when the engine step 5 chooses has requests waiting in its
-   scheduler (its last heartbeat) while another has none, the least loaded of those with none. A
-   request queued behind a full engine waits for a running one to finish; a new prompt loses no cache.
-5. A prompt no engine holds goes to its home: the engine the first min_match_ratio of its blocks
-   hash to (rendezvous hashing over the engines that are up). Every frontend computes the same home,
-   so prompts sharing a prefix meet on one engine even when different frontends route them. But
-   only while the home is within one queued request (HOME_SLACK) of the least loaded: a burst of
-   new prompts arrives faster than heartbeats, and hashing alone piles them up unevenly (each
-   frontend counts its own sends, so a burst is split nearly evenly instead).
-6. A prompt shorter than one block: the least loaded.
-Block hashes chain as vLLM's do (common/blocks.py). All an engine held is forgotten when it restarts.
+   forgotten: bounded, least recently sent first). It keeps the prompt while its load is within
+   affinity_window_tokens of the least loaded engine's (load_score "tokens": both loads counting the
+   prompt's own prefill there, so what the holder caches counts for it), or, with load_score
+   "requests", unless load is out of balance (the most and least loaded engines differ by more than
+   balance_abs_threshold and by more than balance_rel_threshold times, SGLang's cache-aware rule,
+   which then sends every prompt to the least loaded). Sending a held prefix elsewhere whenever its
+   engine is a little busier spreads every prefix over every engine (measured on 4×H100).
+3. A prompt no engine holds goes to its home: the engine the first min_match_ratio of its blocks hash
+   to (rendezvous hashing over the engines that are up). Every frontend computes the same home, so
+   prompts sharing a prefix meet on one engine even when different frontends route them. But only
+   while the home's load is within one such request of the least loaded (the prompt's prefill, or 4 in
+   vLLM's score): a burst of new prompts must not pile up unevenly by hash.
+4. Queueing, for a prompt no engine holds: when the engine step 3 chooses has requests waiting in its
+   scheduler while another has none, the least loaded of those with none. A request queued behind a
+   full engine waits for a running one to finish; a new prompt loses no cache.
+5. A prompt shorter than one block: the least loaded.
+Policy "load" is step 5 for every prompt. Loads come from each engine's LoadView
+(frontend/load_view.py); ties go by the prompt's hash (rendezvous again), never by rank, so a burst
+of equal scores spreads over the engines. Policies "round_robin" and "vllm_dp" are the baselines of
+frontend/balancers.py. Block hashes chain as vLLM's do (common/blocks.py). All an engine held is
+forgotten when it restarts.
 """
 import contextlib
 import contextvars
@@ -29,14 +35,17 @@ import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import NamedTuple, Protocol
 
 from common.blocks import block_hashes
 from common.config import RouterConfig
-from common.messages import CachedBlocks
+from frontend.balancers import RoundRobin, VllmDataParallel
+from frontend.cache_record import CacheRecord
 from frontend.http import HTTPError
+from frontend.load_view import LoadView
 
 PIN_HEADER = "X-data-parallel-rank"
-HOME_SLACK = 4.0  # one waiting request in vLLM's load score
+HOME_SLACK_REQUESTS = 4  # one waiting request in vLLM's load score
 # With an engine reporting its prefix cache, what this frontend sent there counts for this long: until
 # the engine's report of those blocks can have come (after their prefill, which a queue delays).
 SENT_MEMORY_S = 10.0
@@ -47,94 +56,122 @@ def rendezvous(key: int, rank: int) -> int:
     return int.from_bytes(digest, "big")
 
 
+class Engine(Protocol):
+    """What the router reads of an engine (an EngineLink)."""
+    load_view: LoadView
+    cache_record: CacheRecord
+
+
+class Route(NamedTuple):
+    rank: int
+    reason: str  # pinned, prefix, load, round_robin or vllm_dp: the `reason` of the routed metric
+    prefill_tokens: int  # of the prompt, those the engine is expected to compute (not in its cache)
+
+
 class Router:
-    def __init__(self, config: RouterConfig, engines: int):
+    def __init__(self, config: RouterConfig, engines: int, frontend_index: int = 0, frontends: int = 1):
         self.config = config
         # What this frontend sent to each engine: block hash -> when, least recently sent first.
-        self.cached: list[OrderedDict[int, float]] = [OrderedDict() for _ in range(engines)]
-        # What each engine reports its prefix cache holds (exact placement), and which engines report.
-        self.held: list[set[int]] = [set() for _ in range(engines)]
-        self.reporting = [False] * engines
+        self.sent: list[OrderedDict[int, float]] = [OrderedDict() for _ in range(engines)]
+        self.balancer = {"round_robin": lambda: RoundRobin(frontend_index),
+                         "vllm_dp": lambda: VllmDataParallel(engines, frontend_index, frontends)
+                         }.get(config.policy, lambda: None)()
 
-    def pick(self, token_ids: list[int], loads: dict[int, float],
-             waiting: dict[int, int] | None = None) -> tuple[int, str]:
-        """(rank, reason) among `loads`, the load scores of the engines that are up; `waiting` is each
-        one's queue as its last heartbeat gave it."""
-        least = min(loads, key=lambda rank: (loads[rank], rank))
-        if self.config.policy == "load":
-            return least, "load"
-        blocks = block_hashes(token_ids, self.config.block_size)
+    def pick(self, token_ids: list[int], engines: dict[int, Engine]) -> Route:
+        """The engine for a prompt, among `engines` (those up that may take it)."""
+        if self.balancer is not None:
+            return Route(self.balancer.pick(engines), self.config.policy, len(token_ids))
+        key = hash(tuple(token_ids))
+        blocks = block_hashes(token_ids, self.config.block_size) if self.config.policy == "prefix" else []
+        runs = {rank: self.run(rank, engine, blocks) for rank, engine in engines.items()}
+        prefill = {rank: len(token_ids) - run * self.config.block_size for rank, run in runs.items()}
+        loads = {rank: self.load(engines[rank].load_view, prefill[rank]) for rank in engines}
+        least = lowest(loads, key)
         if not blocks:
-            return least, "load"
-        if self.out_of_balance(loads):
+            return Route(least, "load", prefill[least])
+        holder = self.holder(runs, loads, key, len(blocks))
+        if holder is not None:
+            rank, reason = (holder, "prefix") if self.keeps_prefix(holder, least, loads) else (least, "load")
+        elif self.config.load_score == "requests" and self.out_of_balance(loads):
             rank, reason = least, "load"
         else:
-            rank, reason = self.holder(blocks, loads) or self.unqueued(
-                *self.home(blocks, loads, least), loads, waiting or {})
+            rank, reason = self.unqueued(*self.home(blocks, loads, least, prefill), loads, engines, key)
         self.remember(rank, blocks)
-        return rank, reason
+        return Route(rank, reason, prefill[rank])
+
+    def load(self, view: LoadView, prefill_tokens: int) -> float:
+        if self.config.load_score == "requests":
+            return view.requests()
+        return view.tokens() + prefill_tokens
+
+    def keeps_prefix(self, holder: int, least: int, loads: dict[int, float]) -> bool:
+        """Whether the engine holding the prompt's prefix takes it: while its load is within the window
+        of the least loaded's (tokens), or while load is in balance (requests, SGLang's rule)."""
+        if self.config.load_score == "requests":
+            return not self.out_of_balance(loads)
+        return loads[holder] - loads[least] <= self.config.affinity_window_tokens
 
     def out_of_balance(self, loads: dict[int, float]) -> bool:
         most, least = max(loads.values()), min(loads.values())
         return most - least > self.config.balance_abs_threshold and most > least * self.config.balance_rel_threshold
 
-    def unqueued(self, rank: int, reason: str, loads: dict[int, float], waiting: dict[int, int]) -> tuple[int, str]:
+    def unqueued(self, rank: int, reason: str, loads: dict[int, float], engines: dict[int, Engine],
+                 key: int) -> tuple[int, str]:
         """`rank`, unless it has a queue while another engine has none: then the least loaded of those."""
-        free = [other for other in loads if not waiting.get(other)]
-        if not waiting.get(rank) or not free:
+        free = {other: loads[other] for other in loads if not engines[other].load_view.waiting}
+        if not engines[rank].load_view.waiting or not free:
             return rank, reason
-        return min(free, key=lambda other: (loads[other], other)), "load"
+        return lowest(free, key), "load"
 
-    def holder(self, blocks: list[int], loads: dict[int, float]) -> tuple[int, str] | None:
-        """The engine holding the longest leading run of `blocks`, if it covers enough of the prompt."""
-        best, matched = None, 0
-        for rank in loads:
-            self.expire(rank)
-            sent, held = self.cached[rank], self.held[rank]
-            run = 0
-            while run < len(blocks) and (blocks[run] in held or blocks[run] in sent):
-                run += 1
-            if run > matched or (run == matched and best is not None and loads[rank] < loads[best]):
-                best, matched = rank, run
-        if best is None or matched < self.config.min_match_ratio * len(blocks):
+    def run(self, rank: int, engine: Engine, blocks: list[int]) -> int:
+        """How many of the prompt's leading blocks the engine holds, as reported or as sent."""
+        self.expire(rank, engine)
+        sent, held = self.sent[rank], engine.cache_record
+        run = 0
+        while run < len(blocks) and (blocks[run] in held or blocks[run] in sent):
+            run += 1
+        return run
+
+    def holder(self, runs: dict[int, int], loads: dict[int, float], key: int, blocks: int) -> int | None:
+        """The engine holding the longest run of leading blocks, if it covers enough of the prompt; of
+        equal runs, the least loaded."""
+        longest = max(runs.values())
+        if not longest or longest < self.config.min_match_ratio * blocks:
             return None
-        return best, "prefix"
+        return lowest({rank: loads[rank] for rank, run in runs.items() if run == longest}, key)
 
-    def home(self, blocks: list[int], loads: dict[int, float], least: int) -> tuple[int, str]:
+    def home(self, blocks: list[int], loads: dict[int, float], least: int,
+             prefill: dict[int, int]) -> tuple[int, str]:
         key = blocks[max(math.floor(self.config.min_match_ratio * len(blocks)), 1) - 1]
         home = max(loads, key=lambda rank: rendezvous(key, rank))
-        if loads[home] - loads[least] > HOME_SLACK:
+        slack = HOME_SLACK_REQUESTS if self.config.load_score == "requests" else prefill[home]
+        if loads[home] - loads[least] > slack:
             return least, "load"
         return home, "prefix"
 
     def remember(self, rank: int, blocks: list[int]) -> None:
-        cached, now = self.cached[rank], time.monotonic()
+        sent, now = self.sent[rank], time.monotonic()
         for block in blocks:
-            cached[block] = now
-            cached.move_to_end(block)
-        while len(cached) > self.config.blocks_per_engine:
-            cached.popitem(last=False)
+            sent[block] = now
+            sent.move_to_end(block)
+        while len(sent) > self.config.blocks_per_engine:
+            sent.popitem(last=False)
 
-    def expire(self, rank: int) -> None:
+    def expire(self, rank: int, engine: Engine) -> None:
         """Drop sends older than SENT_MEMORY_S from an engine that reports its cache."""
-        cached, cutoff = self.cached[rank], time.monotonic() - SENT_MEMORY_S
-        while self.reporting[rank] and cached and next(iter(cached.values())) < cutoff:
-            cached.popitem(last=False)
-
-    def cache_changed(self, rank: int, change: CachedBlocks) -> None:
-        """Engine `rank` reports blocks its prefix cache took in and dropped."""
-        held = self.held[rank]
-        if change.cleared:
-            held.clear()
-            self.reporting[rank] = True
-        held.difference_update(change.removed)
-        held.update(change.stored)
+        sent, cutoff = self.sent[rank], time.monotonic() - SENT_MEMORY_S
+        while engine.cache_record.reporting and sent and next(iter(sent.values())) < cutoff:
+            sent.popitem(last=False)
 
     def forget(self, rank: int) -> None:
-        """The engine restarted or was lost: its prefix cache is gone."""
-        self.cached[rank].clear()
-        self.held[rank].clear()
-        self.reporting[rank] = False
+        """The engine restarted or was lost: what was sent there is gone."""
+        self.sent[rank].clear()
+
+
+def lowest(loads: dict[int, float], key: int) -> int:
+    """The engine of the lowest load; of equal ones, the one the key's rendezvous hash ranks first."""
+    low = min(loads.values())
+    return max((rank for rank, load in loads.items() if load == low), key=lambda rank: rendezvous(key, rank))
 
 
 @dataclass

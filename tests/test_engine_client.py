@@ -11,10 +11,11 @@ import zmq.asyncio
 
 from common.config import ServerConfig
 from common.messages import (
-    BROADCAST_TOPIC, Abort, Add, Delta, EngineLoad, Goodbye, Heartbeat, Hello, StepOutput, Welcome, encode,
-    request_decoder, topic_for,
+    BROADCAST_TOPIC, Abort, Add, CachedBlocks, Delta, EngineLoad, Goodbye, Heartbeat, Hello, LoadReport, Resync,
+    StepOutput, Welcome, encode, request_decoder, topic_for,
 )
 from frontend.engine_client import EngineClient, EngineLost, EngineUnavailable, ShuttingDown
+from frontend.metrics import CACHE_RESYNCS
 
 FRONTEND = "fe-test-0"
 
@@ -31,7 +32,9 @@ class FakeEngine:
         self.pub.bind(server.local_output_address(rank))
         self.added: list[Add] = []
         self.aborted: list[str] = []
+        self.resyncs: list[Resync] = []
         self.seq = 0
+        self.load_seq = 0
         self.running = asyncio.create_task(self.serve())
 
     async def serve(self):
@@ -45,13 +48,21 @@ class FakeEngine:
                 self.added.append(message)
             elif isinstance(message, Abort):
                 self.aborted.extend(message.request_ids)
+            elif isinstance(message, Resync):
+                self.resyncs.append(message)
 
     async def publish(self, topic: bytes, message) -> None:
         await self.pub.send_multipart([topic, encode(message)])
 
-    async def heartbeat(self, load: EngineLoad | None = None, last_seq: int | None = None) -> None:
+    async def heartbeat(self, load: EngineLoad | None = None, last_seq: int | None = None, cache_seq: int = 0) -> None:
         last_seqs = {FRONTEND: self.seq if last_seq is None else last_seq}
-        await self.publish(BROADCAST_TOPIC, Heartbeat(self.engine_id, load or EngineLoad(), last_seqs))
+        await self.publish(BROADCAST_TOPIC, Heartbeat(self.engine_id, load or EngineLoad(), last_seqs, {}, cache_seq))
+
+    async def report(self, taken: dict[str, int], waiting: int = 0, running: int = 0, prefill_tokens: int = 0) -> None:
+        """A LoadReport: the engine took `taken` ADDs from each frontend."""
+        self.load_seq += 1
+        report = LoadReport(self.engine_id, self.load_seq, waiting, running, prefill_tokens, 0, 0, taken)
+        await self.publish(BROADCAST_TOPIC, report)
 
     async def step(self, *deltas: Delta) -> None:
         self.seq += 1
@@ -172,7 +183,7 @@ async def test_a_draining_engine_gets_no_new_requests(fleet):
     assert [engine["up"] for engine in client.engines()] == [False, False]
 
 
-async def test_least_loaded_counts_our_own_sends_since_the_heartbeat(fleet):
+async def test_least_loaded_counts_our_own_sends_before_any_report(fleet):
     client, engines = fleet
     for i in range(8):  # short prompts: by load alone, alternating as our own sends add up
         add_to(client, f"r{i}")
@@ -180,16 +191,46 @@ async def test_least_loaded_counts_our_own_sends_since_the_heartbeat(fleet):
     assert ranks.count(0) == ranks.count(1) == 4
 
 
-async def test_our_own_requests_that_ended_since_the_heartbeat_free_their_engine(fleet):
+async def test_the_engines_report_acknowledges_our_sends_and_counts_them_from_then_on(fleet):
+    """Our sends count in their engine's load until its LoadReport says it took them; from then on its
+    figures count them, as they count every other frontend's."""
     client, engines = fleet
     for i in range(8):
         add_to(client, f"r{i}")
-    on_engine_0 = [request_id for request_id, link in client.requests.items() if link.rank == 0]
-    for request_id in on_engine_0[:3]:  # a wave of them ends there before the next heartbeat
-        client.release(request_id, abort=False)
+    view = client.links[0].load_view
+    assert len(view.unacknowledged) == 4
+    await until(lambda: len(engines[0].added) == 4)
+    # Engine 0 took two of ours and 30 of another frontend's, and finished ours already.
+    await engines[0].report({FRONTEND: 2, "host-9~z": 30}, waiting=20, running=10, prefill_tokens=600)
+    await until(lambda: view.report.seq == 1)
+    assert len(view.unacknowledged) == 2 and view.waiting == 20
+    # Another frontend's queue there: our next requests go to engine 1.
     for i in range(8, 11):
         add_to(client, f"r{i}")
-    assert [client.requests[f"r{i}"].rank for i in range(8, 11)] == [0, 0, 0]
+    assert [client.requests[f"r{i}"].rank for i in range(8, 11)] == [1, 1, 1]
+    await engines[0].report({FRONTEND: 4, "host-9~z": 30})
+    await until(lambda: not view.unacknowledged)
+
+
+async def test_a_lost_cache_report_brings_a_resync_and_the_snapshot_restores_the_record(fleet):
+    client, engines = fleet
+    link, engine = client.links[0], engines[0]
+    resyncs_before = CACHE_RESYNCS.labels("0")._value.get()
+    snapshot = CachedBlocks("engine-0", 0, [11, 12], [], True)
+    await engine.publish(topic_for(FRONTEND), snapshot)
+    await engine.publish(BROADCAST_TOPIC, CachedBlocks("engine-0", 1, [13], [], False))
+    await until(lambda: 13 in link.cache_record)
+    await engine.publish(BROADCAST_TOPIC, CachedBlocks("engine-0", 3, [15], [], False))  # 2 never came
+    await until(lambda: len(engine.resyncs) == 1)
+    assert 15 not in link.cache_record and CACHE_RESYNCS.labels("0")._value.get() == resyncs_before + 1
+    await engine.publish(topic_for(FRONTEND), CachedBlocks("engine-0", 3, [11, 13, 14, 15], [12], True))
+    await engine.publish(BROADCAST_TOPIC, CachedBlocks("engine-0", 3, [15], [], False))  # in the snapshot
+    await engine.publish(BROADCAST_TOPIC, CachedBlocks("engine-0", 4, [16], [], False))
+    await until(lambda: 16 in link.cache_record)
+    assert sorted(link.cache_record.blocks) == [11, 13, 14, 15, 16]
+    # The last change lost, with nothing after it: the heartbeat's number shows it.
+    await engine.heartbeat(cache_seq=5)
+    await until(lambda: len(engine.resyncs) == 2)
 
 
 async def test_shutting_down_ends_every_running_request_aborts_it_and_takes_no_new_one(fleet):

@@ -88,6 +88,11 @@ def test_concurrent_requests_spread_over_both_engines(fleet):
         by_engine[engine] = by_engine.get(engine, 0) + count
     assert sum(by_engine.values()) == 64
     assert by_engine.get("0", 0) >= 8 and by_engine.get("1", 0) >= 8, by_engine
+    # Each engine's load reports acknowledged every frontend's sends, and give vLLM's free KV blocks.
+    for i in range(2):
+        wait_for(lambda: all(engine["unacknowledged"] == 0 and engine["free_kv_blocks"] > 0
+                             for engine in health(fleet.frontend_url(i)).json()["engines"]),
+                 10, 0.2, f"frontend {i}'s load view to settle")
 
 
 def wait_until_idle(url: str) -> None:

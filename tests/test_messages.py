@@ -3,20 +3,25 @@ import msgspec
 import pytest
 
 from common.messages import (
-    Abort, Add, Delta, EngineLoad, Goodbye, GpuLoad, Heartbeat, Hello, StepOutput, TokenLogprob, Welcome, encode,
-    output_decoder, request_decoder, topic_for,
+    Abort, Add, CachedBlocks, Delta, EngineLoad, Goodbye, GpuLoad, Heartbeat, Hello, LoadReport, Resync, StepOutput,
+    TokenLogprob, Welcome, encode, output_decoder, request_decoder, topic_for,
 )
 
 REQUESTS = [
     Add("r1", "fe-0", [1, 2, 3], {"max_tokens": 16, "temperature": 0.5, "stop_token_ids": [7]}),
     Abort(["r1", "r2"]),
     Hello("fe-0"),
+    Resync("fe-0"),
 ]
 OUTPUTS = [
     StepOutput("e1", 3, [Delta("r1", [5, 6]), Delta("r2", [], "error", error="too long"),
                          Delta("r3", [9], "length", logprobs=[[TokenLogprob(9, -0.5, 1), TokenLogprob(4, -1.0, 2)]])]),
     Welcome("e1", "fe-0", "tiny", "/models/tiny", 8192),
-    Heartbeat("e1", EngineLoad(2, 1, 0.25, 100, 50, [GpuLoad(0, "H100", 90.0, 10, 80, 300.5)])),
+    Heartbeat("e1", EngineLoad(2, 1, 0.25, 100, 50, [GpuLoad(0, "H100", 90.0, 10, 80, 300.5)]), {"fe-0": 3},
+              cache_seq=12),
+    LoadReport("e1", 41, 3, 250, 12_000, 160_000, 9_000, {"fe-0": 17, "fe-1": 4}, cache_seq=12),
+    CachedBlocks("e1", 12, [-5, 2**63 - 1], [7], False),
+    CachedBlocks("e1", 12, [1, 2, 3], [], True),
     Goodbye("e1"),
 ]
 

@@ -1,14 +1,21 @@
-"""The routing policy on its own (frontend/router.py), and the fleet's configuration: which engines
-a frontend talks to, at which addresses, and which GPUs each local engine takes."""
+"""The routing policy on its own (frontend/router.py), over real LoadViews and CacheRecords fed with
+the engines' messages, and the fleet's configuration: which engines a frontend talks to, at which
+addresses, and which GPUs each local engine takes."""
+import random
+from types import SimpleNamespace
+
 import msgspec
 import pytest
 
-from common.config import InferenceConfig, RemoteEngine, RouterConfig, ServerConfig, gpus_of
 from common.blocks import block_hashes
+from common.config import InferenceConfig, RemoteEngine, RouterConfig, ServerConfig, gpus_of
+from common.messages import LoadReport
+from frontend.cache_record import CacheRecord
+from frontend.load_view import DECODE_TOKENS, KV_TOKENS, LoadView
 from frontend.router import Router
 
 BLOCK = 16
-IDLE = {0: 0.0, 1: 0.0}
+FRONTEND = "host-0~a"
 
 
 def prompt(prefix: int, length: int, suffix: int = 0) -> list[int]:
@@ -16,8 +23,27 @@ def prompt(prefix: int, length: int, suffix: int = 0) -> list[int]:
     return [prefix * 1000 + i for i in range(length - 8)] + [suffix * 100 + i for i in range(8)]
 
 
-def router(**config) -> Router:
-    return Router(RouterConfig(block_size=BLOCK, **config), 2)
+def router(engines: int = 2, **config) -> Router:
+    return Router(RouterConfig(block_size=BLOCK, **config), engines)
+
+
+def fleet(count: int = 2) -> dict:
+    """Engines as the router reads them: a load view and a record of the reported prefix cache each."""
+    return {rank: SimpleNamespace(load_view=LoadView(), cache_record=CacheRecord(rank, 1 << 20)) for rank in range(count)}
+
+
+def report(engine, waiting: int = 0, running: int = 0, prefill: int = 0, kv: int = 0,
+           taken: dict | None = None) -> None:
+    """The engine's next LoadReport reaches this frontend."""
+    seq = engine.load_view.report.seq + 1
+    engine.load_view.on_report(LoadReport("e", seq, waiting, running, prefill, kv, 0, taken or {}), FRONTEND)
+
+
+def send(policy: Router, engines: dict, token_ids: list[int]) -> tuple[int, str]:
+    """Route a prompt and send it, as the engine client does: it counts in its engine's load."""
+    route = policy.pick(token_ids, engines)
+    engines[route.rank].load_view.sent_request(route.prefill_tokens, len(token_ids))
+    return route.rank, route.reason
 
 
 def test_block_hashes_chain_and_skip_the_partial_block():
@@ -27,108 +53,157 @@ def test_block_hashes_chain_and_skip_the_partial_block():
     assert block_hashes(list(range(40)), BLOCK) == a
 
 
-def test_prompts_sharing_a_prefix_go_where_the_first_went():
-    policy = router()
-    first, reason = policy.pick(prompt(1, 200, suffix=1), IDLE)
+@pytest.mark.parametrize("load_score", ["tokens", "requests"])
+def test_prompts_sharing_a_prefix_go_where_the_first_went(load_score):
+    policy, engines = router(load_score=load_score), fleet()
+    first, reason = send(policy, engines, prompt(1, 200, suffix=1))
     assert reason == "prefix"
-    for suffix in range(2, 8):
-        # Even with the first engine a little busier, the cached prefix wins.
-        loads = {first: 4.0, 1 - first: 0.0}
-        assert policy.pick(prompt(1, 200, suffix=suffix), loads) == (first, "prefix")
+    for suffix in range(2, 8):  # each send makes the first engine a little busier; the cached prefix wins
+        assert send(policy, engines, prompt(1, 200, suffix=suffix)) == (first, "prefix")
 
 
 def test_a_new_prefix_has_the_same_home_in_every_frontend():
     """Two routers with no shared state place the same new prefix on the same engine."""
-    homes = {(prefix, router().pick(prompt(prefix, 200), IDLE)[0]) for prefix in range(20)}
-    assert homes == {(prefix, router().pick(prompt(prefix, 200, suffix=5), IDLE)[0]) for prefix in range(20)}
+    homes = {(prefix, router().pick(prompt(prefix, 200), fleet()).rank) for prefix in range(20)}
+    assert homes == {(prefix, router().pick(prompt(prefix, 200, suffix=5), fleet()).rank) for prefix in range(20)}
     assert {rank for _, rank in homes} == {0, 1}  # and different prefixes spread over the engines
 
 
-def test_load_out_of_balance_overrides_the_prefix():
-    policy = router(balance_abs_threshold=32, balance_rel_threshold=1.5)
-    first, _ = policy.pick(prompt(1, 200), IDLE)
-    busy = {first: 100.0, 1 - first: 10.0}
-    assert policy.pick(prompt(1, 200, suffix=2), busy) == (1 - first, "load")
+def test_cache_affinity_holds_while_load_is_uneven_within_the_window():
+    """The holder of a prefix keeps it while its load, counting the prompt's own prefill there, is
+    within affinity_window_tokens of the least loaded engine's; past the window the prompt moves."""
+    policy, engines = router(affinity_window_tokens=1000), fleet()
+    first, _ = send(policy, engines, prompt(1, 200))
+    other = 1 - first
+    # Acknowledged: the first request is in the engine's figures now, running with 200 tokens of KV.
+    running = DECODE_TOKENS + KV_TOKENS * 200
+    # The holder would compute 8 tokens of the next prompt, the other engine all 200: the holder keeps
+    # it while its queue is at most the window + 192 tokens longer.
+    edge = 1000 + 200 - 8 - running
+    report(engines[first], running=1, prefill=int(edge) - 1, kv=200, taken={FRONTEND: 1})
+    assert policy.pick(prompt(1, 200, suffix=2), engines)[:2] == (first, "prefix")
+    report(engines[first], running=1, prefill=int(edge) + 2, kv=200)
+    assert policy.pick(prompt(1, 200, suffix=3), engines)[:2] == (other, "load")
+
+
+def test_load_out_of_balance_overrides_the_prefix_under_the_requests_score():
+    policy, engines = router(load_score="requests", balance_abs_threshold=32, balance_rel_threshold=1.5), fleet()
+    first, _ = send(policy, engines, prompt(1, 200))
+    other = 1 - first
+    report(engines[first], waiting=5, running=40, taken={FRONTEND: 1})  # 60 against 40: within both
+    report(engines[other], waiting=0, running=40)
+    assert policy.pick(prompt(1, 200, suffix=2), engines)[:2] == (first, "prefix")
+    report(engines[first], waiting=10, running=100)  # 140 against 40
+    assert send(policy, engines, prompt(1, 200, suffix=3)) == (other, "load")
     # Both engines hold the prefix now: the less loaded of them gets the next one.
-    assert policy.pick(prompt(1, 200, suffix=3), {first: 12.0, 1 - first: 14.0}) == (first, "prefix")
+    report(engines[first], running=12)
+    report(engines[other], running=14, taken={FRONTEND: 1})
+    assert policy.pick(prompt(1, 200, suffix=4), engines)[:2] == (first, "prefix")
 
 
-def test_a_load_gap_within_the_thresholds_keeps_the_prefix():
-    policy = router(balance_abs_threshold=32, balance_rel_threshold=1.5)
-    first, _ = policy.pick(prompt(1, 200), IDLE)
-    assert policy.pick(prompt(1, 200, suffix=2), {first: 40.0, 1 - first: 10.0}) == (first, "prefix")
-    assert policy.pick(prompt(1, 200, suffix=3), {first: 40.0, 1 - first: 30.0}) == (first, "prefix")
-
-
-def test_a_burst_of_new_prompts_from_several_frontends_splits_evenly():
-    """512 random prompts at once from 4 frontends, faster than any heartbeat: each frontend counts
-    its own sends (4 points each, as waiting), so hashing new prompts home cannot pile them up."""
-    frontends = [router() for _ in range(4)]
+@pytest.mark.parametrize("load_score", ["tokens", "requests"])
+def test_a_burst_of_new_prompts_from_several_frontends_splits_evenly(load_score):
+    """512 random prompts at once from 4 frontends, faster than any report: each frontend counts its own
+    sends until acknowledged, so hashing new prompts home cannot pile them up."""
+    frontends = [(router(load_score=load_score), fleet()) for _ in range(4)]
     sent = {0: 0, 1: 0}
-    for frontend in frontends:
-        own = {0: 0.0, 1: 0.0}
-        for i in range(128):
-            rank, _ = frontend.pick(prompt(10_000 + len(frontends) * i + frontends.index(frontend), 128), own)
-            own[rank] += 4
+    for i in range(128):
+        for index, (policy, engines) in enumerate(frontends):
+            rank, _ = send(policy, engines, prompt(10_000 + 4 * i + index, 128))
             sent[rank] += 1
     assert abs(sent[0] - sent[1]) <= 8  # at most one request over per frontend and engine
+
+
+def test_a_burst_of_equal_scores_spreads_by_the_prompts_hash_and_not_by_rank():
+    """Many frontends each sending one new prompt to 8 idle engines: every load is equal, so each pick
+    is a tie. Ties go by the prompt's hash, so the prompts spread over every engine, and the engine a
+    prompt gets does not depend on the order the engines are listed in."""
+    chosen = []
+    for i in range(800):
+        token_ids = [random.Random(i).randrange(50_000) for _ in range(10)]  # shorter than a block: by load
+        engines = fleet(8)
+        reordered = dict(sorted(engines.items(), key=lambda item: -item[0]))
+        rank = router(8, policy="load").pick(token_ids, engines).rank
+        assert router(8, policy="load").pick(token_ids, reordered).rank == rank
+        chosen.append(rank)
+    assert all(60 <= chosen.count(rank) <= 140 for rank in range(8)), [chosen.count(rank) for rank in range(8)]
+
+
+def test_a_burst_of_one_prompt_does_not_collapse_onto_one_engine():
+    """256 copies of one prompt from one frontend, faster than any report: each send counts in its
+    engine's load, so once the holder is a window ahead the copies go to the other engines too."""
+    policy, engines = router(4, affinity_window_tokens=2048), fleet(4)
+    ranks = [send(policy, engines, prompt(7, 1024))[0] for _ in range(256)]
+    assert len(set(ranks)) == 4
+    assert max(ranks.count(rank) for rank in range(4)) < 256 / 2
+
+
+def test_prefill_only_load_counts_in_tokens():
+    """One engine prefills a 32,000-token prompt that asks for one output token; the other decodes ten
+    chat requests. vLLM's request count sees 1 running against 10; the token score sees the prefill."""
+    tokens, requests, engines = router(), router(load_score="requests"), fleet()
+    report(engines[0], running=1, prefill=32_000)
+    report(engines[1], running=10, kv=10 * 600)
+    chat = prompt(3, 200)
+    assert tokens.pick(chat, engines).rank == 1
+    assert requests.pick(chat, engines).rank == 0
 
 
 def test_a_new_prompt_avoids_an_engine_with_a_queue_but_a_held_prefix_stays():
     """Saturated engines: a new prompt's home has requests waiting, the other engine has none; a queued
     request would wait for a whole generation to end, so it goes where it starts at once. A prompt
-    whose prefix an engine holds stays there while load is within the thresholds (SGLang's rule)."""
-    policy = router(balance_abs_threshold=32, balance_rel_threshold=1.5)
-    home, _ = policy.home(block_hashes(prompt(1, 200), BLOCK), IDLE, least=0)
+    whose prefix an engine holds stays there while its load is within the window."""
+    policy, engines = router(affinity_window_tokens=2048), fleet()
+    home = router().pick(prompt(1, 200), fleet()).rank
     other = 1 - home
-    saturated = {home: 256.0 + 4 * 6, other: 250.0}  # within both thresholds
-    assert policy.pick(prompt(1, 200), saturated, {home: 6, other: 0}) == (other, "load")
-    assert policy.pick(prompt(1, 200, suffix=2), {other: 256.0 + 4 * 6, home: 250.0},
-                       {other: 6, home: 0}) == (other, "prefix")
-    # Out of balance, the held prefix moves after all.
-    assert policy.pick(prompt(1, 200, suffix=3), {other: 400.0, home: 250.0}, {other: 40, home: 0}) == (home, "load")
+    report(engines[home], waiting=6, running=256, prefill=6 * 200, kv=256 * 600)
+    report(engines[other], running=256, kv=256 * 600)
+    assert send(policy, engines, prompt(1, 200)) == (other, "load")
+    report(engines[other], waiting=6, running=256, prefill=6 * 200, kv=256 * 600, taken={FRONTEND: 1})
+    report(engines[home], running=256, kv=256 * 600)
+    assert policy.pick(prompt(1, 200, suffix=2), engines)[:2] == (other, "prefix")
 
 
 def test_short_prompts_and_the_load_policy_go_to_the_least_loaded():
-    assert router().pick(list(range(BLOCK - 1)), {0: 5.0, 1: 1.0}) == (1, "load")
+    engines = fleet()
+    report(engines[0], running=5, kv=5000)
+    report(engines[1], running=1, kv=1000)
+    assert router().pick(list(range(BLOCK - 1)), engines)[:2] == (1, "load")
     load_only = router(policy="load")
-    load_only.pick(prompt(1, 200), {0: 0.0, 1: 1.0})
-    assert load_only.pick(prompt(1, 200), {0: 9.0, 1: 1.0}) == (1, "load")
+    assert load_only.pick(prompt(1, 200), engines)[:2] == (1, "load")
+    assert load_only.pick(prompt(1, 200), engines)[:2] == (1, "load")  # it remembers no prefix
 
 
 def test_a_small_shared_part_is_not_a_prefix_match():
     policy = router(min_match_ratio=0.5)
-    first, _ = policy.pick([7] * 32 + list(range(1000, 1200)), IDLE)
+    policy.pick([7] * 32 + list(range(1000, 1200)), fleet())
     # Two blocks in common out of 14: below the ratio, so the holder of those two blocks is not chosen
-    # for that reason; the new prompt goes to its own home.
+    # for that reason; the new prompt goes to its own home, as for a router that never saw the first.
     other = [7] * 32 + list(range(5000, 5200))
-    rank, reason = policy.pick(other, IDLE)
-    assert policy.holder(block_hashes(other, BLOCK), IDLE) is not None  # now it is remembered
-    assert (rank, reason) == policy.home(block_hashes(other, BLOCK), IDLE, least=0)
+    assert policy.pick(other, fleet())[:2] == router().pick(other, fleet())[:2]
 
 
 def test_remembered_blocks_are_bounded_least_recent_first():
-    policy = router(blocks_per_engine=20)
-    loads = {0: 0.0}  # one engine up: everything lands there
-    policy.pick(prompt(1, 160), loads)  # 10 blocks
-    policy.pick(prompt(2, 160), loads)  # 10 more: full
-    policy.pick(prompt(1, 160), loads)  # touches prefix 1 again
-    policy.pick(prompt(3, 160), loads)  # evicts prefix 2, the least recently routed
-    cached = policy.cached[0]
-    assert len(cached) == 20
-    assert all(block in cached for block in block_hashes(prompt(1, 160), BLOCK))
-    assert not any(block in cached for block in block_hashes(prompt(2, 160), BLOCK))
+    policy, engines = router(1, blocks_per_engine=20), fleet(1)  # one engine up: everything lands there
+    send(policy, engines, prompt(1, 160))  # 10 blocks
+    send(policy, engines, prompt(2, 160))  # 10 more: full
+    send(policy, engines, prompt(1, 160))  # touches prefix 1 again
+    send(policy, engines, prompt(3, 160))  # evicts prefix 2, the least recently routed
+    sent = policy.sent[0]
+    assert len(sent) == 20
+    assert all(block in sent for block in block_hashes(prompt(1, 160), BLOCK))
+    assert not any(block in sent for block in block_hashes(prompt(2, 160), BLOCK))
 
 
 def test_an_engine_down_is_never_chosen_and_a_restarted_one_is_forgotten():
-    policy = router()
-    first, _ = policy.pick(prompt(1, 200), IDLE)
+    policy, engines = router(), fleet()
+    first, _ = send(policy, engines, prompt(1, 200))
     other = 1 - first
-    # Only the other engine is up: its load is the only one offered.
-    assert policy.pick(prompt(1, 200, suffix=2), {other: 50.0}) == (other, "prefix")
+    # Only the other engine is up: only it is offered.
+    assert send(policy, {other: engines[other]}, prompt(1, 200, suffix=2)) == (other, "prefix")
     policy.forget(other)
-    assert not policy.cached[other]
-    assert policy.pick(prompt(1, 200, suffix=3), IDLE) == (first, "prefix")
+    assert not policy.sent[other]
+    assert policy.pick(prompt(1, 200, suffix=3), fleet())[:2] == (first, "prefix")
 
 
 def test_engine_addresses_local_then_remote():

@@ -1,6 +1,7 @@
 """Exact placement: vLLM's KV-cache events (from vLLM's own publisher, on real ZeroMQ sockets) become
 the router's block hashes in engine_worker/cache_events.py, go out on the engine's PUB socket, and
 tell every frontend's router which engine holds a prefix."""
+import queue
 import time
 
 import pytest
@@ -9,12 +10,15 @@ from vllm.distributed.kv_events import AllBlocksCleared, BlockRemoved, BlockStor
 
 from common.blocks import block_hashes
 from common.config import EngineLink, RouterConfig
-from common.messages import CachedBlocks, Heartbeat, Welcome, output_decoder
+from common.messages import Add, CachedBlocks, Heartbeat, Welcome, output_decoder
+from engine_worker.admission import admitter
 from engine_worker.cache_events import TOPIC, CacheIndex, start_cache_event_reader
 from engine_worker.io_threads import OutputPublisher
 from engine_worker.load import LoadTracker
+from engine_worker.step_loop import Admitted
 from frontend import router as router_module
 from frontend.router import Router
+from tests.test_router import fleet
 
 VLLM_BLOCK, BLOCK = 32, 16
 PROMPT = list(range(1000, 1100))  # three full vLLM blocks and a partial one
@@ -32,15 +36,38 @@ def test_cached_blocks_become_the_routers_hashes_of_the_same_tokens():
     first = index.apply([stored(range(0, 1), None)])
     second = index.apply([stored(range(1, 3), 9000)])
     ours = block_hashes(PROMPT, BLOCK)  # what a router computes for the prompt: 6 full blocks
-    assert first == CachedBlocks("engine-1", ours[:2], [], False)
-    assert second.stored == ours[2:6]
-    assert index.snapshot() == CachedBlocks("engine-1", ours[:6], [], True)
+    assert first == CachedBlocks("engine-1", 1, ours[:2], [], False)
+    assert (second.seq, second.stored) == (2, ours[2:6])
+    assert index.snapshot() == CachedBlocks("engine-1", 2, ours[:6], [], True)  # up to change 2
     # Evicting a vLLM block drops both of the router's blocks in it; one batch's net change is sent.
-    assert index.apply([BlockRemoved([9002], "GPU")]) == CachedBlocks("engine-1", [], ours[4:6], False)
+    assert index.apply([BlockRemoved([9002], "GPU")]) == CachedBlocks("engine-1", 3, [], ours[4:6], False)
     assert index.apply([BlockRemoved([9001], "GPU"), stored(range(1, 2), 9000)]).stored == ours[2:4]
-    assert index.apply([AllBlocksCleared()]) == CachedBlocks("engine-1", [], [], True)
-    assert index.snapshot().stored == []
+    assert index.apply([AllBlocksCleared()]) == CachedBlocks("engine-1", 5, [], [], True)
+    assert index.snapshot() == CachedBlocks("engine-1", 5, [], [], True)
     assert index.apply([BlockRemoved([9000], "GPU")]) is None  # nothing a router knows changed
+
+
+def test_the_index_estimates_how_much_of_a_prompt_the_cache_holds():
+    index = CacheIndex("engine-1", BLOCK)
+    assert index.cached_tokens(PROMPT) == 0
+    index.apply([stored(range(0, 2), None)])  # two vLLM blocks: the prompt's first 64 tokens
+    assert index.cached_tokens(PROMPT) == 64
+    assert index.cached_tokens(PROMPT[:40]) == 32  # the partial third router block is not counted
+    assert index.cached_tokens([7] + PROMPT[1:]) == 0  # another first token: another chain
+    index.apply([BlockRemoved([9001], "GPU")])
+    assert index.cached_tokens(PROMPT) == 32
+    index.apply([AllBlocksCleared()])
+    assert index.cached_tokens(PROMPT) == 0
+
+
+def test_admission_gives_each_request_the_prompt_tokens_the_cache_lacks():
+    inbox = queue.Queue()
+    index = CacheIndex("engine-1", BLOCK)
+    index.apply([stored(range(0, 1), None)])  # the prompt's first 32 tokens
+    admit = admitter(inbox, lambda message, at: Admitted(message, "prompt", "params"), index)
+    admit(1.0, Add("a", "fe~1", PROMPT, {}))
+    admit(2.0, Add("b", "fe~1", [5] + PROMPT[1:], {}))
+    assert [inbox.get(timeout=5)[1].prefill_tokens for _ in range(2)] == [100 - 32, 100]
 
 
 def test_blocks_a_router_cannot_tell_apart_are_not_reported(caplog):
@@ -89,7 +116,12 @@ def test_vllms_events_reach_the_frontends_and_a_welcome_brings_a_snapshot(tmp_pa
     publisher.send("fe~1", Welcome("engine-1", "fe~1", "m", "t", 8))
     receive(sub, Welcome, deadline)
     snapshot = receive(sub, CachedBlocks, deadline)
-    assert snapshot.cleared and sorted(snapshot.stored) == sorted(ours[:6])
+    assert snapshot.cleared and sorted(snapshot.stored) == sorted(ours[:6]) and snapshot.seq == index.seq
+    # Heartbeats name the last change sent, so a frontend that lost it notices; a Resync gets a snapshot.
+    while receive(sub, Heartbeat, deadline).cache_seq != index.seq:
+        pass
+    publisher.snapshot("fe~1")
+    assert receive(sub, CachedBlocks, deadline) == snapshot
     vllm_publisher.shutdown()
     publisher.close()
     publisher.socket.close(linger=0)
@@ -100,22 +132,19 @@ def test_vllms_events_reach_the_frontends_and_a_welcome_brings_a_snapshot(tmp_pa
 def test_the_router_places_by_what_engines_report_and_forgets_its_own_sends(monkeypatch):
     now = [1000.0]
     monkeypatch.setattr(router_module.time, "monotonic", lambda: now[0])
-    policy = Router(RouterConfig(block_size=BLOCK), 2)
-    loads = {0: 0.0, 1: 0.0}
-    home, _ = policy.home(block_hashes(PROMPT, BLOCK), loads, least=0)
+    policy, engines = Router(RouterConfig(block_size=BLOCK), 2), fleet()
+    home = Router(RouterConfig(block_size=BLOCK), 2).pick(PROMPT, fleet()).rank
     holder = 1 - home
     # Another frontend's request left the prefix on the engine that is not its home: this frontend
     # never sent it there, but the engine's report says it holds it.
     for rank in (0, 1):
-        policy.cache_changed(rank, CachedBlocks(f"engine-{rank}", [], [], True))
-    policy.cache_changed(holder, CachedBlocks("engine", block_hashes(PROMPT, BLOCK), [], False))
-    assert policy.pick(PROMPT + [1, 2, 3], loads) == (holder, "prefix")
+        engines[rank].cache_record.apply(CachedBlocks(f"engine-{rank}", 0, [], [], True))
+    engines[holder].cache_record.apply(CachedBlocks("engine", 1, block_hashes(PROMPT, BLOCK), [], False))
+    assert policy.pick(PROMPT + [1, 2, 3], engines)[:2] == (holder, "prefix")
     # The engine evicts it: the prompt goes home, and this frontend's send counts there for a while.
-    policy.cache_changed(holder, CachedBlocks("engine", [], block_hashes(PROMPT, BLOCK), False))
-    assert policy.pick(PROMPT, loads) == (holder, "prefix")  # still its own recent send to the holder
+    engines[holder].cache_record.apply(CachedBlocks("engine", 2, [], block_hashes(PROMPT, BLOCK), False))
+    assert policy.pick(PROMPT, engines)[:2] == (holder, "prefix")  # still its own recent send to the holder
     now[0] += router_module.SENT_MEMORY_S + 1
-    assert policy.pick(PROMPT, loads) == (home, "prefix")
+    assert policy.pick(PROMPT, engines)[:2] == (home, "prefix")
     now[0] += router_module.SENT_MEMORY_S + 1  # the home never reported it: the send is forgotten
-    assert policy.holder(block_hashes(PROMPT, BLOCK), loads) is None and not policy.cached[home]
-    policy.forget(holder)
-    assert not policy.reporting[holder] and policy.reporting[home] and not policy.held[holder]
+    assert policy.run(home, engines[home], block_hashes(PROMPT, BLOCK)) == 0 and not policy.sent[home]

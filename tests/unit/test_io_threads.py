@@ -8,7 +8,7 @@ import pytest
 import zmq
 
 from common.config import EngineLink
-from common.messages import Heartbeat, Hello, StepOutput, Welcome, encode, output_decoder
+from common.messages import CachedBlocks, Heartbeat, Hello, LoadReport, StepOutput, Welcome, encode, output_decoder
 from engine_worker.io_threads import OutputPublisher, start_request_reader
 from engine_worker.load import LoadTracker
 
@@ -111,3 +111,24 @@ def test_a_forgotten_frontend_leaves_the_heartbeat(addresses):
     publisher.close()
     context.destroy()
 
+
+
+def test_load_reports_are_numbered_and_name_the_last_cache_change(addresses):
+    context = zmq.Context()
+    publisher = OutputPublisher(context, addresses[1], LINK, "engine-1", LoadTracker())
+    sub = subscribe(context, addresses[1], b"*|")
+    deadline = time.monotonic() + 10
+    while not sub.poll(100):  # subscribed once a heartbeat comes
+        assert time.monotonic() < deadline
+    publisher.send(None, LoadReport("engine-1", 0, 1, 2, 300, 40, 5))
+    publisher.send(None, CachedBlocks("engine-1", 7, [1, 2], [], False))
+    publisher.send(None, LoadReport("engine-1", 0, 1, 2, 300, 40, 5))
+    reports = []
+    while len(reports) < 2 and time.monotonic() < deadline:
+        if sub.poll(100):
+            message = output_decoder.decode(sub.recv_multipart()[1])
+            if isinstance(message, LoadReport):
+                reports.append(message)
+    assert [(report.seq, report.cache_seq) for report in reports] == [(1, 0), (2, 7)]
+    publisher.close()
+    context.destroy()

@@ -4,9 +4,10 @@ import pytest
 
 from common.messages import Add, Hello, LoadLora, UnloadLora, Welcome
 from engine_worker.admission import VllmRequests
+from engine_worker.load import LoadTracker
 from engine_worker.lora import Adapters
 from engine_worker.step_loop import Admitted, StepLoop
-from tests.unit.test_step_loop import ENGINE_ID, FakeEngine, FakeLoad, FakePublisher
+from tests.unit.test_step_loop import ENGINE_ID, FakeEngine, FakePublisher
 
 FRONTEND = "host-0~aa"
 
@@ -35,7 +36,7 @@ def make_loop(runtime_updates: bool, modules: dict[str, str] | None = None) -> S
     engine = FakeLoraEngine()
     adapters = Adapters(engine, runtime_updates, model="model")
     adapters.load_configured(modules or {})
-    return StepLoop(engine, ENGINE_ID, "model", "/tokenizer", BeatingPublisher(), FakeLoad(), 0.01, adapters)
+    return StepLoop(engine, ENGINE_ID, "model", "/tokenizer", BeatingPublisher(), LoadTracker(), 0.01, adapters)
 
 
 def answer(loop: StepLoop, request_id: str):

@@ -1,5 +1,9 @@
-"""bench/side_by_side.py's load syntax and its summary of repeated loads."""
+"""bench/side_by_side.py's load syntax, its summary of repeated loads, and its router specs."""
+import msgspec
+
+from bench.services import router_config
 from bench.side_by_side import Load, median_lines, parse_load
+from common.config import ServerConfig
 
 
 def test_a_load_with_repeats_and_prompts():
@@ -26,3 +30,12 @@ def test_repeated_loads_give_the_median_of_their_runs_with_the_range():
 
 def test_single_runs_have_no_median_line():
     assert median_lines([run("ours-2fe", 1, 300, 40, repeats=1)]) == []
+
+
+def test_a_router_spec_becomes_server_yml_router_keys():
+    assert router_config("prefix") == {"policy": "prefix"}
+    assert router_config("approximate") == {"placement": "approximate"}
+    assert router_config("vllm_dp") == {"policy": "vllm_dp"}
+    assert router_config("prefix/requests") == {"policy": "prefix", "load_score": "requests"}
+    for spec in ("prefix", "approximate/requests", "load/tokens", "round_robin", "vllm_dp"):
+        msgspec.convert({"router": router_config(spec)}, ServerConfig)  # keys server.yml accepts

@@ -1,14 +1,16 @@
-"""The step loop over every row of its failure table, on a fake engine (FakeEngine: requests in a
-dict, one token per step, no vLLM) and a fake publisher (FakePublisher: records what it is given)."""
+"""The step loop over every row of its failure table, and its load reports, on a fake engine
+(FakeEngine: requests in a dict, one token per step, no vLLM) and a fake publisher (FakePublisher:
+records what it is given)."""
 import queue
 from types import SimpleNamespace
 
 import pytest
 
-from common.messages import Abort, Add, Goodbye, Hello, StepOutput, Welcome
+from common.messages import Abort, Add, Goodbye, Hello, LoadReport, Resync, StepOutput, Welcome
 from engine_worker import step_loop
 from engine_worker.admission import admitter
-from engine_worker.step_loop import Admitted, StepLoop
+from engine_worker.load import LoadTracker
+from engine_worker.step_loop import Admitted, Refused, StepLoop
 
 ENGINE_ID = "engine-1"
 
@@ -56,6 +58,7 @@ class FakePublisher:
     def __init__(self):
         self.sent: list[tuple[str | None, object]] = []
         self.forgotten: list[str] = []
+        self.snapshots: list[str] = []
         self.closed = False
 
     def send(self, frontend_id, message):
@@ -64,29 +67,27 @@ class FakePublisher:
     def forget(self, frontend_id):
         self.forgotten.append(frontend_id)
 
+    def snapshot(self, frontend_id):
+        self.snapshots.append(frontend_id)
+
     def close(self):
         self.closed = True
 
     def deltas(self, frontend_id):
         return [d for f, m in self.sent if f == frontend_id and isinstance(m, StepOutput) for d in m.deltas]
 
-
-class FakeLoad:
-    def __init__(self):
-        self.load = SimpleNamespace(prompt_tokens_total=0, generation_tokens_total=0)
-
-    def record_idle(self):
-        pass
+    def reports(self):
+        return [m for f, m in self.sent if isinstance(m, LoadReport)]
 
 
 @pytest.fixture
 def loop():
-    return StepLoop(FakeEngine(), ENGINE_ID, "model", "/tokenizer", FakePublisher(), FakeLoad(), idle_wait_s=0.01)
+    return StepLoop(FakeEngine(), ENGINE_ID, "model", "/tokenizer", FakePublisher(), LoadTracker(), idle_wait_s=0.01)
 
 
-def add(loop, request_id, frontend_id="host-0~aa", max_tokens=3):
+def add(loop, request_id, frontend_id="host-0~aa", max_tokens=3, prefill_tokens=None):
     message = Add(request_id, frontend_id, [1, 2], {"max_tokens": max_tokens})
-    loop.handle(0.0, Admitted(message, {"prompt_token_ids": [1, 2]}, {"max_tokens": max_tokens}))
+    loop.handle(0.0, Admitted(message, {"prompt_token_ids": [1, 2]}, {"max_tokens": max_tokens}, prefill_tokens))
 
 
 def test_requests_run_to_their_end(loop):
@@ -215,3 +216,57 @@ def test_an_idle_frontend_is_forgotten_and_welcomed_again_when_it_comes_back(loo
     loop.step()
     to_it = [type(m).__name__ for f, m in loop.publisher.sent if f == "host-0~aa"]
     assert to_it == ["Welcome", "StepOutput"]
+
+
+def test_each_step_that_changes_the_load_is_reported_once_acknowledging_every_frontends_adds(loop):
+    """One report a step at most, after the step, counting what each frontend sent since its Welcome,
+    and the prompt tokens still to prefill (net of the cache hits estimated at admission) until each
+    request's first token."""
+    loop.load.set_kv_cache(num_blocks=101, block_size=16)
+    add(loop, "a1", "host-0~aa", max_tokens=2, prefill_tokens=900)
+    add(loop, "a2", "host-0~aa", max_tokens=2, prefill_tokens=100)
+    add(loop, "b1", "host-1~bb", max_tokens=2)  # no estimate: its whole prompt (2 tokens)
+    loop.handle(0.0, Refused(Add("b2", "host-1~bb", [1], {}), "refused by vLLM"))
+    loop.report_load()
+    [before] = loop.publisher.reports()
+    assert before.taken == {"host-0~aa": 2, "host-1~bb": 2} and before.prefill_tokens == 1002
+    loop.report_load()  # nothing changed: nothing sent
+    assert len(loop.publisher.reports()) == 1
+    loop.load.load.running, loop.load.load.kv_cache_usage = 3, 0.25  # as vLLM's stats say after the step
+    loop.step()
+    loop.report_load()
+    after = loop.publisher.reports()[-1]
+    assert (after.running, after.prefill_tokens, after.kv_tokens, after.free_blocks) == (3, 0, 25 * 16, 75)
+
+
+def test_an_aborted_request_leaves_the_prefill_backlog(loop):
+    add(loop, "r1", prefill_tokens=500)
+    add(loop, "r2", prefill_tokens=300)
+    loop.handle(0.0, Abort(["r1"]))
+    assert loop.backlog.tokens == 300
+    loop.handle(0.0, Hello("host-0~aa"))  # a re-handshake aborts the rest
+    assert loop.backlog.tokens == 0 and len(loop.backlog) == 0
+
+
+def test_a_welcome_restarts_a_frontends_count(loop):
+    add(loop, "r1", max_tokens=1)
+    loop.handle(0.0, Hello("host-0~aa"))
+    add(loop, "r2", max_tokens=1)
+    loop.report_load()
+    assert loop.publisher.reports()[-1].taken == {"host-0~aa": 1}
+
+
+def test_a_resync_is_answered_with_a_snapshot_at_most_once_a_second(loop, monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr(step_loop.time, "monotonic", lambda: now[0])
+    for frontend_id in ("host-0~aa", "host-1~bb"):
+        loop.handle(0.0, Hello(frontend_id))
+    for _ in range(3):
+        loop.handle(0.0, Resync("host-0~aa"))
+    loop.handle(0.0, Resync("host-1~bb"))
+    loop.handle(0.0, Resync("host-2~never-welcomed"))
+    now[0] += step_loop.RESYNC_INTERVAL_S
+    loop.handle(0.0, Resync("host-0~aa"))
+    assert loop.publisher.snapshots == ["host-0~aa", "host-1~bb", "host-0~aa"]
+    assert set(loop.resynced) == {"host-0~aa", "host-1~bb"}
+
