@@ -93,6 +93,9 @@ class EngineLink:
         self.draining = False  # the engine said GOODBYE: it takes no new request
         self.welcome: Welcome | None = None
         self.loras: dict[str, str] = {}  # the LoRA adapters the engine serves, name -> path
+        # Requests to abort that the request socket did not take (at its high-water mark): sent
+        # again by the watch until they go, so the engine never runs on for a request given up here.
+        self.unsent_aborts: set[str] = set()
         self.tasks: list[asyncio.Task] = []
         self.handlers = {
             Welcome: self.on_welcome, StepOutput: self.on_step, Heartbeat: self.on_heartbeat, Goodbye: self.on_goodbye,
@@ -143,6 +146,7 @@ class EngineLink:
             raise EngineUnavailable(f"engine {self.rank} is not connected")
         queue = RequestQueue(deadline)
         self.streams[request_id] = queue
+        self.send_aborts()  # the socket took a message: it may take those it refused before
         return queue
 
     def serves(self, lora: str | None) -> bool:
@@ -150,7 +154,16 @@ class EngineLink:
 
     def release(self, request_id: str, abort: bool) -> None:
         if self.streams.pop(request_id, None) is not None and abort:
-            self.send(Abort([request_id]))
+            self.abort([request_id])
+
+    def abort(self, request_ids: list[str]) -> None:
+        """Tell the engine to drop these requests, now or, if the socket is full, at a later watch step."""
+        self.unsent_aborts.update(request_ids)
+        self.send_aborts()
+
+    def send_aborts(self) -> None:
+        if self.unsent_aborts and self.send(Abort(list(self.unsent_aborts))):
+            self.unsent_aborts.clear()
 
     def send(self, message) -> bool:
         return self.send_frame(encode(message))
@@ -186,6 +199,7 @@ class EngineLink:
     async def watch_engine(self) -> None:
         while True:
             try:
+                self.send_aborts()  # first: what frees room in the socket goes to them
                 if not self.ready:
                     self.send(Hello(self.frontend_id))
                 elif time.monotonic() - self.last_heartbeat > self.config.heartbeat_timeout_s:
@@ -202,7 +216,7 @@ class EngineLink:
             self.streams.pop(request_id).put_nowait(RequestTimeout(
                 f"the request ran past the {self.request_timeout_s:g} s request timeout"))
         if overdue:
-            self.send(Abort(overdue))
+            self.abort(overdue)
 
     def on_welcome(self, message: Welcome) -> None:
         if message.frontend_id != self.frontend_id:
@@ -257,6 +271,8 @@ class EngineLink:
         self.engine_id = None
         self.draining = False
         self.in_flight_at_heartbeat = 0
+        # A lost engine holds nothing of ours: a new one never had them, the same one drops them at our HELLO.
+        self.unsent_aborts.clear()
         streams, self.streams = self.streams, {}
         for queue in streams.values():
             queue.put_nowait(EngineLost(reason))
@@ -268,7 +284,7 @@ class EngineLink:
         for queue in streams.values():
             queue.put_nowait(error(reason))
         if streams:
-            self.send(Abort(list(streams)))
+            self.abort(list(streams))
 
     def view(self) -> dict:
         """What /health and the dashboard show of this engine."""
