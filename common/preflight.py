@@ -55,3 +55,14 @@ def check_engine_args(inference: InferenceConfig) -> None:
             close = difflib.get_close_matches(key, fields, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise StartRefused(f"inference.yml: engine_args.{key} is not an argument of vLLM's EngineArgs{hint}")
+
+
+def check_lora(server: ServerConfig, inference: InferenceConfig) -> None:
+    """Run-time LoRA loading reads only under lora_root, so it needs one that is there."""
+    if not inference.allow_runtime_lora_updating:
+        return
+    if not inference.lora_root:
+        raise StartRefused("inference.yml: allow_runtime_lora_updating needs lora_root, the directory run-time "
+                           "loads may read adapters from")
+    if not server.path(inference.lora_root).is_dir():
+        raise StartRefused(f"inference.yml: lora_root {inference.lora_root} is not a directory")

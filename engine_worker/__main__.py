@@ -105,7 +105,9 @@ def run_engine_worker_process() -> None:
     kv_events = kv_events_config(run_dir, rank) if reports_prefix_cache(server, inference) else None
     with stage(log, "start 2/3: vLLM load (weights, KV cache, compilation)"):
         engine = build_engine(model, inference, load.stat_logger_factory(), kv_events)
-    adapters = Adapters(engine, inference.allow_runtime_lora_updating, served_name(inference))
+    lora_root = server.path(inference.lora_root) if inference.lora_root else None
+    adapters = Adapters(engine, inference.allow_runtime_lora_updating, served_name(inference), lora_root,
+                        inference.lora_hub_downloads)
     if inference.lora_modules:
         with stage(log, f"start 2/3: LoRA adapters ({len(inference.lora_modules)})"):
             adapters.load_configured(inference.lora_modules)

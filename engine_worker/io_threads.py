@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 
 STOP = object()
 FORGET = object()
-BEAT = object()
 
 
 def start_request_reader(context, address: str, link: EngineLink, deliver, on_death):
@@ -61,7 +60,7 @@ def start_request_reader(context, address: str, link: EngineLink, deliver, on_de
 
 class OutputPublisher:
     def __init__(self, context, address: str, link: EngineLink, engine_id: str, load, adapters=None, cache=None):
-        self.adapters = adapters  # its `listing` goes in each heartbeat
+        self.adapters = adapters  # its `version` goes in each heartbeat
         self.cache = cache  # a CacheIndex: its snapshot follows each Welcome
         self.socket = make_socket(context, zmq.PUB, address, bind=True, link=link)
         self.engine_id = engine_id
@@ -79,10 +78,6 @@ class OutputPublisher:
     def forget(self, frontend_id: str) -> None:
         """Drop a frontend's numbering; its next Welcome starts it again."""
         self.outbox.put((frontend_id, FORGET))
-
-    def beat(self) -> None:
-        """Send a heartbeat now, after what is queued before it."""
-        self.outbox.put((None, BEAT))
 
     def close(self, timeout: float = 2.0) -> None:
         self.outbox.put(STOP)
@@ -105,8 +100,8 @@ class OutputPublisher:
 
     def send_heartbeat(self) -> None:
         try:
-            loras = self.adapters.listing if self.adapters is not None else {}
-            self.publish(None, Heartbeat(self.engine_id, self.load.snapshot(), dict(self.seqs), loras))
+            version = self.adapters.version if self.adapters is not None else 0
+            self.publish(None, Heartbeat(self.engine_id, self.load.snapshot(), dict(self.seqs), version))
         except Exception:
             log.exception("could not send a heartbeat")
 
@@ -119,9 +114,6 @@ class OutputPublisher:
     def publish(self, frontend_id: str | None, message) -> None:
         if message is FORGET:
             self.seqs.pop(frontend_id, None)
-            return
-        if message is BEAT:
-            self.send_heartbeat()
             return
         if isinstance(message, Welcome):
             self.seqs[frontend_id] = 0

@@ -24,8 +24,8 @@ import zmq
 from common.config import EngineLink as LinkConfig
 from common.config import ServerConfig, load_inference
 from common.messages import (
-    BROADCAST_TOPIC, Abort, Add, CachedBlocks, EngineLoad, Goodbye, Heartbeat, Hello, LoadLora, StepOutput,
-    UnloadLora, Welcome, encode, output_decoder, topic_for,
+    BROADCAST_TOPIC, Abort, Add, CachedBlocks, EngineLoad, Goodbye, Heartbeat, Hello, ListLoras, LoadLora, Loras,
+    StepOutput, UnloadLora, Welcome, encode, output_decoder, topic_for,
 )
 from common.sockets import make_socket
 from frontend.metrics import ROUTED
@@ -93,13 +93,14 @@ class EngineLink:
         self.draining = False  # the engine said GOODBYE: it takes no new request
         self.welcome: Welcome | None = None
         self.loras: dict[str, str] = {}  # the LoRA adapters the engine serves, name -> path
+        self.loras_version = 0  # the engine's version of that list
         # Requests to abort that the request socket did not take (at its high-water mark): sent
         # again by the watch until they go, so the engine never runs on for a request given up here.
         self.unsent_aborts: set[str] = set()
         self.tasks: list[asyncio.Task] = []
         self.handlers = {
             Welcome: self.on_welcome, StepOutput: self.on_step, Heartbeat: self.on_heartbeat, Goodbye: self.on_goodbye,
-            CachedBlocks: self.on_cached_blocks,
+            CachedBlocks: self.on_cached_blocks, Loras: self.on_loras,
         }
 
     @property
@@ -226,7 +227,8 @@ class EngineLink:
         if self.engine_id is None:
             log.info("engine %d: welcomed by %s (%s, context %d)", self.rank, message.engine_id, message.model,
                      message.max_model_len)
-        self.engine_id, self.welcome, self.loras = message.engine_id, message, message.loras
+        self.engine_id, self.welcome = message.engine_id, message
+        self.loras, self.loras_version = message.loras, message.loras_version
         self.seq = 0
         self.draining = False
         self.last_heartbeat = time.monotonic()
@@ -250,10 +252,15 @@ class EngineLink:
             self.engine_lost("the engine restarted")
         elif self.engine_id is not None:
             self.last_heartbeat = time.monotonic()
-            self.loras = message.loras
+            if message.loras_version != self.loras_version:  # the list of a change did not reach us
+                self.send(ListLoras(self.frontend_id))
             if message.last_seqs.get(self.frontend_id, 0) > self.seq:
                 self.engine_lost(f"outputs lost (the engine sent up to message {message.last_seqs[self.frontend_id]}, "
                                  f"the last one here was {self.seq})")
+
+    def on_loras(self, message: Loras) -> None:
+        if message.engine_id == self.engine_id:
+            self.loras, self.loras_version = message.loras, message.version
 
     def on_cached_blocks(self, message: CachedBlocks) -> None:
         if message.engine_id == self.engine_id:
@@ -401,8 +408,8 @@ class EngineClient:
                 return str(answer)
             if answer.finish_reason != "stop":
                 return answer.error or "refused"
-            # The engine's heartbeat went out before this answer; this keeps the list right even if
-            # that heartbeat was lost.
+            # The engine's Loras went out before this answer; this keeps the list right here even if
+            # that message was lost (the next heartbeat's version has the whole list asked for).
             if path is not None:
                 link.loras = {**link.loras, name: path}
             else:
