@@ -67,12 +67,19 @@ def error_handlers() -> dict:
     # Nobody reads this answer: the client has gone.
     handlers[ClientDisconnect] = lambda request, error: Response(status_code=499)
     # Routing's own 404 and 405, in the same shape as every other error of the path's protocol.
-    handlers[StarletteHTTPException] = lambda request, error: error_response(
-        HTTPError(error.status_code, error.detail, headers=error.headers), request.url.path)
+    handlers[StarletteHTTPException] = lambda request, error: error_response(routing_error(request, error),
+                                                                            request.url.path)
     # A bug: still an answer in the protocol's shape (the exception goes on to the log).
     handlers[Exception] = lambda request, error: error_response(
         HTTPError(500, "the server failed on this request; its log says why"), request.url.path)
     return handlers
+
+
+def routing_error(request: Request, error: StarletteHTTPException) -> HTTPError:
+    path = request.url.path[:200]
+    message = {404: f"there is no route {path}", 405: f"{request.method} is not allowed on {path}"}.get(
+        error.status_code, error.detail)
+    return HTTPError(error.status_code, message, headers=error.headers)
 
 
 def build_app(server: ServerConfig, frontend_id: str) -> Starlette:
