@@ -25,7 +25,8 @@ Who aborts and who cleans up:
 | engine SIGTERM                         | loop aborts every request            | loop sends error Deltas, then Goodbye      |
 | engine.step() raises (vLLM's core died)| loop aborts every request            | loop sends error Deltas, then Goodbye; the |
 |                                        |                                      |   process exits 1, supervisord restarts it |
-ABORT is idempotent: an unknown or finished id is ignored.
+ABORT is idempotent: an unknown or finished id is ignored. A frontend whose request socket refuses an
+ABORT (its high-water mark) sends it again until it goes, or until it declares the engine lost.
 """
 import logging
 import queue

@@ -62,10 +62,10 @@ async def read_json(request: Request, kind: type, max_bytes: int):
     if content_type != "application/json":
         given = f"not {content_type[:100]!r}" if content_type else "and the request has none"
         raise HTTPError(415, f"content-type must be application/json, {given}", "content-type")
-    length = request.headers.get("content-length")
-    if length is not None and header_number(length) is None:
+    length = header_number(request.headers.get("content-length", "0"))
+    if length is None:
         raise HTTPError(400, "content-length must be a number of bytes", "content-length")
-    if length is not None and header_number(length) > max_bytes:
+    if length > max_bytes:
         raise HTTPError(413, f"the body is larger than {max_bytes} bytes")
     body = bytearray()
     async for chunk in request.stream():

@@ -158,7 +158,6 @@ def test_admission_refuses_an_adapter_the_engine_does_not_hold():
 
 
 def test_heartbeats_carry_the_version_of_the_adapters(tmp_path):
-    import time
     from types import SimpleNamespace
 
     import zmq
@@ -181,3 +180,16 @@ def test_heartbeats_carry_the_version_of_the_adapters(tmp_path):
     assert isinstance(heartbeat, Heartbeat) and heartbeat.loras_version == 7
     publisher.close()
     context.destroy()
+
+
+def test_the_service_refuses_to_start_run_time_loading_without_a_lora_root(tmp_path):
+    from common.config import InferenceConfig, ServerConfig
+    from common.preflight import StartRefused, check_lora
+
+    server = ServerConfig()
+    check_lora(server, InferenceConfig())
+    with pytest.raises(StartRefused, match="allow_runtime_lora_updating needs lora_root"):
+        check_lora(server, InferenceConfig(allow_runtime_lora_updating=True))
+    with pytest.raises(StartRefused, match="is not a directory"):
+        check_lora(server, InferenceConfig(allow_runtime_lora_updating=True, lora_root=str(tmp_path / "none")))
+    check_lora(server, InferenceConfig(allow_runtime_lora_updating=True, lora_root=str(tmp_path)))
