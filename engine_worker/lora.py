@@ -101,7 +101,7 @@ class Adapters:
             raise LoraRefused(f"the LoRA adapter name {name!r} is the served model's own name")
         if len(self.requests) >= self.capacity:
             raise LoraRefused(f"this engine already holds {len(self.requests)} LoRA adapters, as many as vLLM keeps "
-                              "in memory (engine_args.max_cpu_loras in inference.yml): unload one first")
+                              "in memory: unload one, or raise engine_args.max_cpu_loras in inference.yml")
         # A new id for every load: vLLM caches adapters by id, so a reload from another path never
         # meets the weights loaded before it. The id stays the same for as long as the name is loaded.
         self.last_id += 1
