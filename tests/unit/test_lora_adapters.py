@@ -182,12 +182,15 @@ def test_heartbeats_carry_the_version_of_the_adapters(tmp_path):
     context.destroy()
 
 
-def test_the_service_refuses_to_start_run_time_loading_without_a_lora_root(tmp_path):
+def test_the_service_refuses_to_start_run_time_loading_without_a_lora_root_or_an_admin_key(tmp_path, monkeypatch):
+    monkeypatch.delenv("ADMIN_API_KEY", raising=False)
     from common.config import InferenceConfig, ServerConfig
     from common.preflight import StartRefused, check_lora
 
-    server = ServerConfig()
-    check_lora(server, InferenceConfig())
+    check_lora(ServerConfig(), InferenceConfig())
+    with pytest.raises(StartRefused, match="needs admin_api_key"):
+        check_lora(ServerConfig(), InferenceConfig(allow_runtime_lora_updating=True, lora_root=str(tmp_path)))
+    server = ServerConfig(admin_api_key="k")
     with pytest.raises(StartRefused, match="allow_runtime_lora_updating needs lora_root"):
         check_lora(server, InferenceConfig(allow_runtime_lora_updating=True))
     with pytest.raises(StartRefused, match="is not a directory"):
