@@ -31,10 +31,14 @@ def guarded_app(calls: list, **server) -> Starlette:
         calls.append(request.url.path)
         return JSONResponse({"ok": True})
 
+    async def fails(request):
+        raise RuntimeError("a bug")
+
     config = msgspec.convert(server, ServerConfig)
     return Starlette(
         routes=[Route("/generate", generate, methods=["POST"]), anthropic_route("/v1/messages", generate),
-                Route("/v1/load_lora_adapter", generate, methods=["POST"])],
+                Route("/v1/load_lora_adapter", generate, methods=["POST"]), Route("/v1/fails", fails),
+                Route("/v1/messages/fails", fails)],
         exception_handlers=error_handlers(),
         middleware=[Middleware(BrowserGuard, server=config),
                     Middleware(ApiKeyMiddleware, config.api_key, config.admin_api_key),
@@ -43,7 +47,8 @@ def guarded_app(calls: list, **server) -> Starlette:
 
 async def call(app, method: str, path: str, headers: dict | None = None, body: bytes | None = b'{"prompt": "hi"}',
                base_url: str = SERVICE) -> httpx.Response:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base_url) as http:
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url=base_url) as http:
         return await http.request(method, path, headers=headers, content=body)
 
 
@@ -155,3 +160,9 @@ async def test_the_admin_routes_take_the_admin_key_only():
 def test_any_origin_with_credentials_is_refused_at_start():
     with pytest.raises(msgspec.ValidationError, match=r"cors\.allowed_origins.*cors\.allow_credentials"):
         msgspec.convert({"cors": {"allowed_origins": ["*"], "allow_credentials": True}}, ServerConfig)
+
+
+async def test_a_bug_is_a_json_500_in_the_paths_shape():
+    app = guarded_app([])
+    assert openai_error(await call(app, "GET", "/v1/fails", None, None), 500, None)
+    assert anthropic_error(await call(app, "GET", "/v1/messages/fails", None, None), 500)["type"] == "api_error"
