@@ -80,6 +80,9 @@ class RequestLimits(msgspec.Struct, forbid_unknown_fields=True):
     max_stop_string_chars: int = 256
     max_bad_words: int = 64
     max_messages: int = 2048
+    # Content blocks (or parts) of one message, and of all messages, tool results and items of one request.
+    max_content_blocks_per_message: int = 512
+    max_content_blocks: int = 8192
     max_tools: int = 128
     max_logit_bias: int = 1024
     # Nesting of tool parameters, response_format and structured_outputs schemas, in JSON levels.
@@ -96,6 +99,12 @@ class CorsConfig(msgspec.Struct, forbid_unknown_fields=True):
     allowed_methods: list[str] = msgspec.field(default_factory=lambda: ["*"])
     allowed_headers: list[str] = msgspec.field(default_factory=lambda: ["*"])
     allow_credentials: bool = False
+
+    def __post_init__(self):
+        if "*" in self.allowed_origins and self.allow_credentials:
+            raise ValueError('cors.allowed_origins ["*"] with cors.allow_credentials true would let every web page '
+                             "call the API with its visitors' credentials: list the origins allowed, or set "
+                             "allow_credentials false")
 
 
 class ServerConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -115,6 +124,13 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True):
     # When set (or API_KEY in the env), every route but /health needs "Authorization: Bearer <api_key>"
     # or "x-api-key: <api_key>".
     api_key: str = ""
+    # When set (or ADMIN_API_KEY in the env), the operator's routes (loading and unloading LoRA adapters)
+    # take it, and only it; unset, they refuse everyone.
+    admin_api_key: str = ""
+    # Host headers answered besides the loopback names (localhost, 127.x.x.x, ::1), which are always
+    # answered. Empty: on a loopback `host` only loopback names (a web page a DNS rebinding points at
+    # 127.0.0.1 is refused), elsewhere any. ["*"]: any Host.
+    allowed_hosts: list[str] = []
     # Generations one frontend runs at once; past it, 503 with Retry-After at once.
     max_in_flight: int = 1024
     # A request still running after this is answered 504 and aborted in the engine.
@@ -215,6 +231,12 @@ class InferenceConfig(msgspec.Struct, forbid_unknown_fields=True):
     lora_modules: dict[str, str] = {}
     # POST /v1/load_lora_adapter and /v1/unload_lora_adapter (vLLM's VLLM_ALLOW_RUNTIME_LORA_UPDATING).
     allow_runtime_lora_updating: bool = False
+    # The directory run-time loads read from: a lora_path is taken relative to it, and must lie inside it
+    # once resolved (symlinks followed). Empty: run-time loads are refused.
+    lora_root: str = ""
+    # true: a run-time lora_path found nowhere under lora_root that reads as a hub id (org/name) is
+    # downloaded from the Hugging Face hub, as vLLM does; false: never.
+    lora_hub_downloads: bool = False
 
     @property
     def data_parallel_size(self) -> int:

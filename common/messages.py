@@ -46,6 +46,13 @@ class UnloadLora(msgspec.Struct, tag="unload_lora", array_like=True):
     name: str
 
 
+class ListLoras(msgspec.Struct, tag="list_loras", array_like=True):
+    """Ask for the engine's LoRA adapters: a heartbeat named a version of them this frontend has not
+    got (the Loras message of a change was lost). Answered with Loras on the frontend's topic."""
+
+    frontend_id: str
+
+
 class Abort(msgspec.Struct, tag="abort", array_like=True):
     request_ids: list[str]
 
@@ -60,7 +67,7 @@ class Resync(msgspec.Struct, tag="resync", array_like=True):
     frontend_id: str
 
 
-EngineRequest = Add | Abort | Hello | LoadLora | UnloadLora | Resync
+EngineRequest = Add | Abort | Hello | LoadLora | UnloadLora | Resync | ListLoras
 
 
 class TokenLogprob(msgspec.Struct, array_like=True):
@@ -97,6 +104,7 @@ class Welcome(msgspec.Struct, tag="welcome", array_like=True):
     max_model_len: int
     loras: dict[str, str] = {}  # the LoRA adapters it serves: name -> path
     runtime_lora_updating: bool = False  # it takes LoadLora and UnloadLora
+    loras_version: int = 0  # changes with every change of `loras`
 
 
 class GpuLoad(msgspec.Struct, array_like=True):
@@ -126,9 +134,9 @@ class Heartbeat(msgspec.Struct, tag="heartbeat", array_like=True):
     # For each frontend, the seq of the last StepOutput published to it before this heartbeat
     # (PUB keeps order on one connection), so a frontend notices the loss of its last message too.
     last_seqs: dict[str, int] = {}
-    # The LoRA adapters it serves, name -> path; sent at once after each change, so every frontend's
-    # list of models converges within one message.
-    loras: dict[str, str] = {}
+    # The version of its LoRA adapters: a frontend that holds another asks for them (ListLoras). The
+    # list itself goes out only when it changes (Loras), being up to 1,024 names and paths.
+    loras_version: int = 0
     cache_seq: int = 0  # the number of the last CachedBlocks published before this heartbeat
 
 
@@ -150,6 +158,15 @@ class LoadReport(msgspec.Struct, tag="load", array_like=True):
     cache_seq: int = 0  # the number of the last CachedBlocks published before this report
 
 
+class Loras(msgspec.Struct, tag="loras", array_like=True):
+    """The engine's LoRA adapters, name -> path: on the broadcast topic at each change (before the
+    frontend that asked for it is answered), and to one frontend that sent ListLoras."""
+
+    engine_id: str
+    version: int
+    loras: dict[str, str]
+
+
 class Goodbye(msgspec.Struct, tag="goodbye", array_like=True):
     engine_id: str
 
@@ -167,7 +184,7 @@ class CachedBlocks(msgspec.Struct, tag="cached", array_like=True):
     cleared: bool = False
 
 
-EngineOutput = StepOutput | Welcome | Heartbeat | Goodbye | CachedBlocks | LoadReport
+EngineOutput = StepOutput | Welcome | Heartbeat | Goodbye | CachedBlocks | LoadReport | Loras
 
 BROADCAST_TOPIC = b"*|"
 

@@ -69,3 +69,18 @@ def check_simulator(inference: InferenceConfig) -> None:
         load_profile(inference.simulator.profile_path)
     except ValueError as error:
         raise StartRefused(f"inference.yml: simulator.profile: {error}") from None
+
+
+def check_lora(server: ServerConfig, inference: InferenceConfig) -> None:
+    """Run-time LoRA loading reads only under lora_root, so it needs one that is there, and takes only
+    the admin API key, so it needs one."""
+    if not inference.allow_runtime_lora_updating:
+        return
+    if not (server.admin_api_key or os.environ.get("ADMIN_API_KEY")):
+        raise StartRefused("inference.yml: allow_runtime_lora_updating needs admin_api_key in server.yml (or "
+                           "ADMIN_API_KEY in the environment): the LoRA routes take only that key")
+    if not inference.lora_root:
+        raise StartRefused("inference.yml: allow_runtime_lora_updating needs lora_root, the directory run-time "
+                           "loads may read adapters from")
+    if not server.path(inference.lora_root).is_dir():
+        raise StartRefused(f"inference.yml: lora_root {inference.lora_root} is not a directory")

@@ -29,7 +29,7 @@ from string import Template
 
 from common.config import ROOT, ServerConfig, load_inference, load_server
 from common.logs import setup_logging
-from common.preflight import StartRefused, check_engine_args, check_exposure, check_simulator
+from common.preflight import StartRefused, check_engine_args, check_exposure, check_lora, check_simulator
 
 log = logging.getLogger("service")
 
@@ -324,8 +324,10 @@ def serve() -> int:
     setup_logging(server.log_level)
     try:
         check_exposure(server)
-        check_engine_args(load_inference())
-        check_simulator(load_inference())
+        inference = load_inference()
+        check_engine_args(inference)
+        check_lora(server, inference)
+        check_simulator(inference)
         lock_fd = lock_run_dir(server)  # before anything in run_dir changes
     except StartRefused as refusal:
         print(f"error: {refusal}", file=sys.stderr)

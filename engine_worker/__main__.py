@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 import uuid
+from pathlib import Path
 
 from common import default_model
 from common.config import InferenceConfig, ServerConfig, load_inference, load_server
@@ -64,14 +65,15 @@ def warm_up(engine) -> None:
         engine.step()
 
 
-def start_vllm(model: str, inference: InferenceConfig, load, kv_events: dict | None):
+def start_vllm(model: str, inference: InferenceConfig, load, kv_events: dict | None, lora_root: Path | None):
     """vLLM's engine, its LoRA adapters and its admission."""
     from engine_worker.admission import VllmRequests
     from engine_worker.lora import Adapters
 
     with stage(log, "start 2/3: vLLM load (weights, KV cache, compilation)"):
         engine = build_engine(model, inference, load.stat_logger_factory(), kv_events)
-    adapters = Adapters(engine, inference.allow_runtime_lora_updating, served_name(inference))
+    adapters = Adapters(engine, inference.allow_runtime_lora_updating, served_name(inference), lora_root,
+                        inference.lora_hub_downloads)
     if inference.lora_modules:
         with stage(log, f"start 2/3: LoRA adapters ({len(inference.lora_modules)})"):
             adapters.load_configured(inference.lora_modules)
@@ -138,10 +140,11 @@ def run_engine_worker_process() -> None:
         model = model_path(server, inference)
     load = LoadTracker(monitor_gpus=not simulated)
     kv_events = kv_events_config(run_dir, rank) if reports_prefix_cache(server, inference) else None
+    lora_root = server.path(inference.lora_root) if inference.lora_root else None
     if simulated:
         engine, adapters, prepare = start_simulated(model, inference, rank, load, kv_events is not None)
     else:
-        engine, adapters, prepare = start_vllm(model, inference, load, kv_events)
+        engine, adapters, prepare = start_vllm(model, inference, load, kv_events, lora_root)
     cache_config = engine.vllm_config.cache_config
     load.set_kv_cache(cache_config.num_gpu_blocks or 0, cache_config.block_size)
     engine_id = uuid.uuid4().hex[:12]

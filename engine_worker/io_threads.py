@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 
 STOP = object()
 FORGET = object()
-BEAT = object()
 SNAPSHOT = object()
 
 
@@ -64,7 +63,7 @@ def start_request_reader(context, address: str, link: EngineLink, deliver, on_de
 
 class OutputPublisher:
     def __init__(self, context, address: str, link: EngineLink, engine_id: str, load, adapters=None, cache=None):
-        self.adapters = adapters  # its `listing` goes in each heartbeat
+        self.adapters = adapters  # its `version` goes in each heartbeat
         self.cache = cache  # a CacheIndex: its snapshot follows each Welcome
         self.socket = make_socket(context, zmq.PUB, address, bind=True, link=link)
         self.engine_id = engine_id
@@ -84,10 +83,6 @@ class OutputPublisher:
     def forget(self, frontend_id: str) -> None:
         """Drop a frontend's numbering; its next Welcome starts it again."""
         self.outbox.put((frontend_id, FORGET))
-
-    def beat(self) -> None:
-        """Send a heartbeat now, after what is queued before it."""
-        self.outbox.put((None, BEAT))
 
     def snapshot(self, frontend_id: str) -> None:
         """Send the prefix cache's snapshot to one frontend, after what is queued before it."""
@@ -114,8 +109,8 @@ class OutputPublisher:
 
     def send_heartbeat(self) -> None:
         try:
-            loras = self.adapters.listing if self.adapters is not None else {}
-            heartbeat = Heartbeat(self.engine_id, self.load.snapshot(), dict(self.seqs), loras, self.cache_seq)
+            version = self.adapters.version if self.adapters is not None else 0
+            heartbeat = Heartbeat(self.engine_id, self.load.snapshot(), dict(self.seqs), version, self.cache_seq)
             self.publish(None, heartbeat)
         except Exception:
             log.exception("could not send a heartbeat")
@@ -129,9 +124,6 @@ class OutputPublisher:
     def publish(self, frontend_id: str | None, message) -> None:
         if message is FORGET:
             self.seqs.pop(frontend_id, None)
-            return
-        if message is BEAT:
-            self.send_heartbeat()
             return
         if message is SNAPSHOT:
             self.send_snapshot(frontend_id)

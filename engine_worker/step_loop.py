@@ -27,7 +27,8 @@ Who aborts and who cleans up:
 | engine SIGTERM                         | loop aborts every request            | loop sends error Deltas, then Goodbye      |
 | engine.step() raises (vLLM's core died)| loop aborts every request            | loop sends error Deltas, then Goodbye; the |
 |                                        |                                      |   process exits 1, supervisord restarts it |
-ABORT is idempotent: an unknown or finished id is ignored.
+ABORT is idempotent: an unknown or finished id is ignored. A frontend whose request socket refuses an
+ABORT (its high-water mark) sends it again until it goes, or until it declares the engine lost.
 """
 import logging
 import queue
@@ -36,11 +37,11 @@ from collections import defaultdict
 from typing import Any, NamedTuple
 
 from common.messages import (
-    Abort, Add, Delta, Goodbye, Hello, LoadLora, Resync, StepOutput, TokenLogprob, UnloadLora, Welcome,
-    frontend_slot,
+    Abort, Add, Delta, Goodbye, Hello, ListLoras, LoadLora, Loras, Resync, StepOutput, TokenLogprob, UnloadLora,
+    Welcome, frontend_slot,
 )
 from engine_worker.load import PrefillBacklog
-from engine_worker.lora import Adapters
+from engine_worker.lora import Adapters, LoraRefused
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ class StepLoop:
         self.stopping = False
         self.failure: str | None = None  # why the process must end with an error
         self.handlers = {Abort: self.abort, Hello: self.hello, Refused: self.refused, LoadLora: self.load_lora,
-                         UnloadLora: self.unload_lora, Resync: self.resync}
+                         UnloadLora: self.unload_lora, Resync: self.resync, ListLoras: self.list_loras}
 
     def serve(self) -> int:
         """Run until stopped or failed, then say Goodbye. Returns the process's exit status: 1 after a
@@ -195,17 +196,24 @@ class StepLoop:
         self.update_adapters(message, lambda: self.adapters.unload(message.name))
 
     def update_adapters(self, message: LoadLora | UnloadLora, update) -> None:
-        """Apply a LoadLora or UnloadLora and answer its frontend; a heartbeat with the new list goes
-        out first, so every frontend knows of the change before the one that asked is answered."""
+        """Apply a LoadLora or UnloadLora and answer its frontend; the new list goes out to every
+        frontend first, so all know of the change before the one that asked is answered."""
         self.heard_from(message.frontend_id)
         try:
             update()
         except Exception as error:  # a bad path or rank, a name in use or unknown: refused, nothing else
             log.info("refused a LoRA update from %s: %s", message.frontend_id, error)
-            self.send(message.frontend_id, [Delta(message.request_id, [], "error", error=str(error))])
+            reason = str(error) if isinstance(error, LoraRefused) else "the engine could not do it (its log says why)"
+            self.send(message.frontend_id, [Delta(message.request_id, [], "error", error=reason)])
             return
-        self.publisher.beat()
+        self.publisher.send(None, self.loras())
         self.send(message.frontend_id, [Delta(message.request_id, [], "stop")])
+
+    def list_loras(self, message: ListLoras) -> None:
+        self.publisher.send(message.frontend_id, self.loras())
+
+    def loras(self) -> Loras:
+        return Loras(self.engine_id, self.adapters.version, self.adapters.listing)
 
     def hello(self, message: Hello) -> None:
         """A frontend (re)joins. What it, or an earlier frontend in its slot, still runs here is
@@ -240,7 +248,7 @@ class StepLoop:
     def welcome(self, frontend_id: str) -> None:
         self.taken.pop(frontend_id, None)  # the frontend counts its sends afresh from a Welcome
         welcome = Welcome(self.engine_id, frontend_id, self.model, self.tokenizer, self.max_model_len,
-                          self.adapters.listing, self.adapters.runtime_updates)
+                          self.adapters.listing, self.adapters.runtime_updates, self.adapters.version)
         self.publisher.send(frontend_id, welcome)
 
     def forget_idle_frontends(self) -> None:

@@ -27,8 +27,8 @@ import zmq
 from common.config import EngineLink as LinkConfig
 from common.config import ServerConfig, load_inference
 from common.messages import (
-    BROADCAST_TOPIC, Abort, Add, CachedBlocks, EngineLoad, Goodbye, Heartbeat, Hello, LoadLora, LoadReport, Resync,
-    StepOutput, UnloadLora, Welcome, encode, frontend_slot, output_decoder, topic_for,
+    BROADCAST_TOPIC, Abort, Add, CachedBlocks, EngineLoad, Goodbye, Heartbeat, Hello, ListLoras, LoadLora, LoadReport,
+    Loras, Resync, StepOutput, UnloadLora, Welcome, encode, frontend_slot, output_decoder, topic_for,
 )
 from common.sockets import make_socket
 from frontend.cache_record import CacheRecord
@@ -98,10 +98,14 @@ class EngineLink:
         self.draining = False  # the engine said GOODBYE: it takes no new request
         self.welcome: Welcome | None = None
         self.loras: dict[str, str] = {}  # the LoRA adapters the engine serves, name -> path
+        self.loras_version = 0  # the engine's version of that list
+        # Requests to abort that the request socket did not take (at its high-water mark): sent
+        # again by the watch until they go, so the engine never runs on for a request given up here.
+        self.unsent_aborts: set[str] = set()
         self.tasks: list[asyncio.Task] = []
         self.handlers = {
             Welcome: self.on_welcome, StepOutput: self.on_step, Heartbeat: self.on_heartbeat, Goodbye: self.on_goodbye,
-            CachedBlocks: self.on_cached_blocks, LoadReport: self.on_load_report,
+            CachedBlocks: self.on_cached_blocks, LoadReport: self.on_load_report, Loras: self.on_loras,
         }
 
     @property
@@ -139,6 +143,7 @@ class EngineLink:
             raise EngineUnavailable(f"engine {self.rank} is not connected")
         queue = RequestQueue(deadline)
         self.streams[request_id] = queue
+        self.send_aborts()  # the socket took a message: it may take those it refused before
         return queue
 
     def serves(self, lora: str | None) -> bool:
@@ -146,7 +151,16 @@ class EngineLink:
 
     def release(self, request_id: str, abort: bool) -> None:
         if self.streams.pop(request_id, None) is not None and abort:
-            self.send(Abort([request_id]))
+            self.abort([request_id])
+
+    def abort(self, request_ids: list[str]) -> None:
+        """Tell the engine to drop these requests, now or, if the socket is full, at a later watch step."""
+        self.unsent_aborts.update(request_ids)
+        self.send_aborts()
+
+    def send_aborts(self) -> None:
+        if self.unsent_aborts and self.send(Abort(list(self.unsent_aborts))):
+            self.unsent_aborts.clear()
 
     def send(self, message) -> bool:
         return self.send_frame(encode(message))
@@ -182,6 +196,7 @@ class EngineLink:
     async def watch_engine(self) -> None:
         while True:
             try:
+                self.send_aborts()  # first: what frees room in the socket goes to them
                 if not self.ready:
                     self.send(Hello(self.frontend_id))
                 elif time.monotonic() - self.last_heartbeat > self.config.heartbeat_timeout_s:
@@ -198,7 +213,7 @@ class EngineLink:
             self.streams.pop(request_id).put_nowait(RequestTimeout(
                 f"the request ran past the {self.request_timeout_s:g} s request timeout"))
         if overdue:
-            self.send(Abort(overdue))
+            self.abort(overdue)
 
     def on_welcome(self, message: Welcome) -> None:
         if message.frontend_id != self.frontend_id:
@@ -208,7 +223,8 @@ class EngineLink:
         if self.engine_id is None:
             log.info("engine %d: welcomed by %s (%s, context %d)", self.rank, message.engine_id, message.model,
                      message.max_model_len)
-        self.engine_id, self.welcome, self.loras = message.engine_id, message, message.loras
+        self.engine_id, self.welcome = message.engine_id, message
+        self.loras, self.loras_version = message.loras, message.loras_version
         self.seq = 0
         self.load_view.welcomed()
         self.draining = False
@@ -232,7 +248,8 @@ class EngineLink:
             self.engine_lost("the engine restarted")
         elif self.engine_id is not None:
             self.last_heartbeat = time.monotonic()
-            self.loras = message.loras
+            if message.loras_version != self.loras_version:  # the list of a change did not reach us
+                self.send(ListLoras(self.frontend_id))
             if message.last_seqs.get(self.frontend_id, 0) > self.seq:
                 self.engine_lost(f"outputs lost (the engine sent up to message {message.last_seqs[self.frontend_id]}, "
                                  f"the last one here was {self.seq})")
@@ -247,6 +264,10 @@ class EngineLink:
             LOAD_REPORTS_LOST.labels(str(self.rank)).inc(lost)
         if self.cache_record.behind(message.cache_seq):
             self.resync()
+
+    def on_loras(self, message: Loras) -> None:
+        if message.engine_id == self.engine_id:
+            self.loras, self.loras_version = message.loras, message.version
 
     def on_cached_blocks(self, message: CachedBlocks) -> None:
         if message.engine_id == self.engine_id and not self.cache_record.apply(message):
@@ -272,6 +293,8 @@ class EngineLink:
         self.draining = False
         self.load_view.clear()
         self.cache_record.clear()
+        # A lost engine holds nothing of ours: a new one never had them, the same one drops them at our HELLO.
+        self.unsent_aborts.clear()
         streams, self.streams = self.streams, {}
         for queue in streams.values():
             queue.put_nowait(EngineLost(reason))
@@ -283,7 +306,7 @@ class EngineLink:
         for queue in streams.values():
             queue.put_nowait(error(reason))
         if streams:
-            self.send(Abort(list(streams)))
+            self.abort(list(streams))
 
     def view(self) -> dict:
         """What /health and the dashboard show of this engine."""
@@ -404,8 +427,8 @@ class EngineClient:
                 return str(answer)
             if answer.finish_reason != "stop":
                 return answer.error or "refused"
-            # The engine's heartbeat went out before this answer; this keeps the list right even if
-            # that heartbeat was lost.
+            # The engine's Loras went out before this answer; this keeps the list right here even if
+            # that message was lost (the next heartbeat's version has the whole list asked for).
             if path is not None:
                 link.loras = {**link.loras, name: path}
             else:

@@ -9,9 +9,13 @@ import msgspec
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-               405: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error",
-               503: "service_unavailable", 504: "timeout"}
+from frontend.anthropic.protocol import error_body as anthropic_error_body
+
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+               404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
+               415: "invalid_request_error", 503: "service_unavailable", 504: "timeout"}
+# Every path under it answers errors in Anthropic's shape, whatever layer answers (nginx decides the same way).
+ANTHROPIC_PREFIX = "/v1/messages"
 
 
 class HTTPError(Exception):
@@ -23,6 +27,27 @@ class HTTPError(Exception):
         return JSONResponse(error_body(self.status, self.message, self.param), self.status, headers=self.headers)
 
 
+def error_response(error: HTTPError, path: str) -> Response:
+    """`error` in the shape of the protocol the route at `path` speaks: for the layers that answer
+    before a route does (middleware, routing's own 404 and 405, CORS)."""
+    return anthropic_response(error) if path.startswith(ANTHROPIC_PREFIX) else error.response()
+
+
+def anthropic_response(error: HTTPError) -> Response:
+    body = msgspec.json.encode(anthropic_error_body(error.status, error.message, error.param))
+    return Response(body, error.status, headers=error.headers, media_type="application/json")
+
+
+def header_number(value: str | bytes | None, max_digits: int = 18) -> int | None:
+    """A header's value as a non-negative integer; None when it is not one of at most `max_digits`
+    digits (a longer number would be over any bound here, and Python refuses to parse 4,300 digits)."""
+    if value is None:
+        return None
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    found = re.fullmatch(r"\s*([0-9]{1,%d})\s*" % max_digits, text)
+    return int(found.group(1)) if found else None
+
+
 def error_body(status: int, message: str, param: str | None = None) -> dict:
     """OpenAI's error shape; `param` names the offending field."""
     kind = ERROR_TYPES.get(status, "server_error")
@@ -31,10 +56,16 @@ def error_body(status: int, message: str, param: str | None = None) -> dict:
 
 async def read_json(request: Request, kind: type, max_bytes: int):
     """Decode the body straight into `kind`; every problem is a 4xx that names the field."""
-    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    # Required, never assumed: a web page can send any other type (or none) without asking the
+    # browser's CORS preflight first, so a JSON route must not read such a body.
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/json":
-        raise HTTPError(415, f"content-type must be application/json, not {content_type!r}", "content-type")
-    if int(request.headers.get("content-length") or 0) > max_bytes:
+        given = f"not {content_type[:100]!r}" if content_type else "and the request has none"
+        raise HTTPError(415, f"content-type must be application/json, {given}", "content-type")
+    length = header_number(request.headers.get("content-length", "0"))
+    if length is None:
+        raise HTTPError(400, "content-length must be a number of bytes", "content-length")
+    if length > max_bytes:
         raise HTTPError(413, f"the body is larger than {max_bytes} bytes")
     body = bytearray()
     async for chunk in request.stream():

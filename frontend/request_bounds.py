@@ -57,6 +57,20 @@ def check_stop_strings(stop: list[str], limits: RequestLimits) -> None:
                                  f"{limits.max_stop_string_chars}", "stop")
 
 
+def check_content_blocks(messages: Iterable[tuple[str, int]], limits: RequestLimits, field: str) -> None:
+    """`messages` is each message's field name and how many content blocks (parts, tool calls, tool
+    results and the blocks inside them) it holds: each is bounded, and so is their sum."""
+    total = 0
+    for name, count in messages:
+        if count > limits.max_content_blocks_per_message:
+            raise HTTPError(400, f"{name} holds {count} content blocks, more than the limit of "
+                                 f"{limits.max_content_blocks_per_message}", name)
+        total += count
+    if total > limits.max_content_blocks:
+        raise HTTPError(400, f"{field} hold {total} content blocks in all, more than the limit of "
+                             f"{limits.max_content_blocks}", field)
+
+
 def check_generations(prompts: int, n: int, limits: RequestLimits) -> None:
     """Before any generation is built: the engine requests this one HTTP request would become."""
     check_count(range(prompts), limits.max_prompts, "prompt", "prompts")

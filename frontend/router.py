@@ -41,7 +41,7 @@ from common.blocks import block_hashes
 from common.config import RouterConfig
 from frontend.balancers import RoundRobin, VllmDataParallel
 from frontend.cache_record import CacheRecord
-from frontend.http import HTTPError
+from frontend.http import HTTPError, error_response, header_number
 from frontend.load_view import LoadView
 
 PIN_HEADER = "X-data-parallel-rank"
@@ -216,11 +216,11 @@ class RoutingScopeMiddleware:
         value = next((v for k, v in scope["headers"] if k == PIN_HEADER.lower().encode()), None)
         pinned = None
         if value is not None:
-            pinned = int(value) if value.strip().isdigit() else -1
-            if not 0 <= pinned < self.engines:
+            pinned = header_number(value, max_digits=6)
+            if pinned is None or pinned >= self.engines:
                 error = HTTPError(400, f"{PIN_HEADER} must be the rank of an engine, 0 to {self.engines - 1}; "
-                                       f"got {value.decode(errors='replace')!r}", PIN_HEADER)
-                await error.response()(scope, receive, send)
+                                       f"got {value[:40].decode(errors='replace')!r}", PIN_HEADER)
+                await error_response(error, scope["path"])(scope, receive, send)
                 return
         with routing_scope(RoutingScope(pinned)):
             await self.app(scope, receive, send)

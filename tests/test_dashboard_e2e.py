@@ -3,6 +3,7 @@ selenium), on a service of its own started by the test: the engine shows as star
 loads, then up; live charts fill with non-zero figures under load; a page opened after the load
 shows it from the history before any new request; a killed engine shows as restarting, a stopped
 one as down. Screenshots land in test-output/ (docs/ holds copies)."""
+import json
 import os
 import signal
 import threading
@@ -16,6 +17,7 @@ from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
+from tests.browser_pages import page_port, page_server, try_from_page
 from tests.conftest import OUTPUT_DIR, Deployment, has_gpu, is_healthy, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -28,12 +30,14 @@ CHROMIUM_FLAGS = [
 CLIENTS = 6
 # A loaded 2-core machine has been seen to take over 5 minutes to start vLLM.
 ENGINE_START_S = 600
+ALLOWED_PAGE = page_port()
 
 
 @pytest.fixture(scope="module")
 def fresh_service(model_dir):
     """The whole service, started for this module and not waited for: its engine is still loading."""
-    deployment = Deployment("dashboard")
+    # A page on ALLOWED_PAGE's origin may call its API (test_a_page_on_an_allowed_origin_is_served).
+    deployment = Deployment("dashboard", server={"cors": {"allowed_origins": [f"http://127.0.0.1:{ALLOWED_PAGE}"]}})
     deployment.start("-m", "common.service", log="service")
     try:
         yield deployment
@@ -214,6 +218,20 @@ def test_stats_polled_every_second_stays_small_and_the_history_is_bounded(fresh_
     assert times == sorted(times)
     # One sample a second: a late one (a busy event loop) is not made up for with a burst.
     assert len(history) - 3 <= history[-1]["time"] - history[0]["time"] <= 2 * len(history)
+
+
+# A page on an allowed origin (cors.allowed_origins), beside the foreign one of tests/test_browser_origin_e2e.py.
+
+
+def test_a_page_on_an_allowed_origin_is_served(fresh_service, browser):
+    wait_until_serving(fresh_service)
+    with page_server(ALLOWED_PAGE) as page:
+        results = try_from_page(browser, page, fresh_service.url)
+    answer = results["json"]
+    assert answer.get("status") == 200, answer
+    assert json.loads(answer["text"])["usage"]["completion_tokens"] == 4
+    # Without a JSON content type the API still takes nothing, allowed origin or not.
+    assert results["text_plain"].get("status") == 415 and "content-type" in results["text_plain"]["text"]
 
 
 def test_a_killed_engine_shows_as_restarting_and_a_stopped_one_as_down(fresh_service, browser):

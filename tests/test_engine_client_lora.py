@@ -1,15 +1,16 @@
 """The fleet client's LoRA adapters (frontend/engine_client.py) over real ZeroMQ sockets, with
 LoraFakeEngine standing in for each engine worker (tests/test_engine_client.py's FakeEngine, which
-also answers LoadLora and UnloadLora as a test tells it to): each engine's heartbeat says which
-adapters it has, requests for one go only where it is, and a load reaches every engine."""
+also answers LoadLora, UnloadLora and ListLoras): each engine sends its adapters when they change and
+their version in each heartbeat, a frontend that missed a change asks for them, requests for one go
+only where it is, and a load reaches every engine."""
 import asyncio
 
 import pytest
 
 from common.config import ServerConfig
 from common.messages import (
-    BROADCAST_TOPIC, Add, Delta, EngineLoad, Heartbeat, Hello, LoadLora, UnloadLora, Welcome, request_decoder,
-    topic_for,
+    BROADCAST_TOPIC, Add, Delta, EngineLoad, Heartbeat, Hello, ListLoras, LoadLora, Loras, UnloadLora, Welcome,
+    request_decoder, topic_for,
 )
 from frontend.router import RoutingScope, routing_scope
 from tests.test_engine_client import FRONTEND, FakeEngine, fleet_of, until
@@ -18,6 +19,8 @@ from tests.test_engine_client import FRONTEND, FakeEngine, fleet_of, until
 class LoraFakeEngine(FakeEngine):
     def __init__(self, server: ServerConfig, rank: int, engine_id: str):
         self.loras: dict[str, str] = {}
+        self.version = 0
+        self.asked: list[ListLoras] = []
         self.refusal: str | None = None  # the next LoadLora/UnloadLora is refused with it
         self.updates: list = []
         super().__init__(server, rank, engine_id)
@@ -27,13 +30,17 @@ class LoraFakeEngine(FakeEngine):
             message = request_decoder.decode(await self.pull.recv())
             if isinstance(message, Hello):
                 self.seq = 0
-                welcome = Welcome(self.engine_id, message.frontend_id, "m", "tok", 128, dict(self.loras), True)
+                welcome = Welcome(self.engine_id, message.frontend_id, "m", "tok", 128, dict(self.loras), True,
+                                  self.version)
                 await self.publish(topic_for(message.frontend_id), welcome)
             elif isinstance(message, Add):
                 self.added.append(message)
             elif isinstance(message, (LoadLora, UnloadLora)):
                 self.updates.append(message)
                 await self.update(message)
+            elif isinstance(message, ListLoras):
+                self.asked.append(message)
+                await self.publish(topic_for(message.frontend_id), Loras(self.engine_id, self.version, dict(self.loras)))
 
     async def update(self, message: LoadLora | UnloadLora) -> None:
         if self.refusal is not None:
@@ -43,13 +50,13 @@ class LoraFakeEngine(FakeEngine):
             self.loras[message.name] = message.path
         else:
             self.loras.pop(message.name)
-        await self.heartbeat()
+        self.version += 1
+        await self.publish(BROADCAST_TOPIC, Loras(self.engine_id, self.version, dict(self.loras)))
         await self.step(Delta(message.request_id, [], "stop"))
 
     async def heartbeat(self, load: EngineLoad | None = None, last_seq: int | None = None) -> None:
         last_seqs = {FRONTEND: self.seq if last_seq is None else last_seq}
-        await self.publish(BROADCAST_TOPIC, Heartbeat(self.engine_id, load or EngineLoad(), last_seqs,
-                                                      dict(self.loras)))
+        await self.publish(BROADCAST_TOPIC, Heartbeat(self.engine_id, load or EngineLoad(), last_seqs, self.version))
 
 
 @pytest.fixture
@@ -60,10 +67,12 @@ async def fleet(tmp_path):
 
 async def test_requests_for_an_adapter_go_only_to_engines_that_have_it(fleet):
     client, engines = fleet
-    engines[1].loras["sql"] = "/adapters/sql"
+    # A change whose Loras message this frontend missed: the heartbeat's version makes it ask.
+    engines[1].loras["sql"], engines[1].version = "/adapters/sql", 1
     # Engine 1 is far busier, but only it has the adapter.
     await engines[1].heartbeat(EngineLoad(running=50, waiting=50))
     await until(lambda: client.loras == {"sql": "/adapters/sql"})
+    assert [asked.frontend_id for asked in engines[1].asked] == [FRONTEND] and engines[0].asked == []
     assert client.runtime_lora_updating
     for i in range(4):
         with routing_scope(RoutingScope(lora="sql")):  # as served_model leaves it for a request naming "sql"

@@ -28,7 +28,7 @@ from frontend.http import HTTPError
 from frontend.openai.protocol import (
     ChatCompletionRequest, ChatMessage, FunctionCall, FunctionDefinition, MessageToolCall, Tool,
 )
-from frontend.request_bounds import check_count
+from frontend.request_bounds import check_content_blocks, check_count
 from frontend.text.run import Reasoning, Update
 from frontend.text.structured_outputs import check_schema, parse_lenient
 from frontend.text.tool_parsers import ToolCall
@@ -37,6 +37,9 @@ from frontend.text.tools import FunctionTool, ToolPlan
 
 def check_request_bounds(body: CountTokensRequest, limits: RequestLimits) -> None:
     check_count(body.messages, limits.max_messages, "messages", "messages")
+    system = [("system", len(body.system))] if isinstance(body.system, list) else []
+    check_content_blocks(system + [(f"messages[{index}].content", blocks_of(message.content))
+                                   for index, message in enumerate(body.messages)], limits, "messages")
     check_count(body.tools, limits.max_tools, "tools", "tools")
     stops = getattr(body, "stop_sequences", None) or []
     check_count(stops, limits.max_stop_strings, "stop_sequences", "strings")
@@ -44,6 +47,15 @@ def check_request_bounds(body: CountTokensRequest, limits: RequestLimits) -> Non
         if len(text) > limits.max_stop_string_chars:
             raise HTTPError(400, f"a stop sequence is {len(text)} characters long, more than the limit of "
                                  f"{limits.max_stop_string_chars}", f"stop_sequences[{index}]")
+
+
+def blocks_of(content: str | list) -> int:
+    """A message's content blocks, and those inside its tool results."""
+    if isinstance(content, str):
+        return 0
+    inner = sum(len(block.content) for block in content
+                if isinstance(block, ToolResultBlock) and isinstance(block.content, list))
+    return len(content) + inner
 
 
 def check_tools(body: CountTokensRequest, max_schema_depth: int) -> None:

@@ -14,12 +14,12 @@ from frontend.openai.logprobs import chat_logprobs
 from frontend.openai.models import served_model
 from frontend.openai.protocol import (
     AssistantMessage, CalledFunction, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk,
-    ChatCompletionRequest, ChatDelta, ChatLogprobs, NamedToolChoice, StreamedFunction, StreamOptions, ToolCallDelta,
+    ChatCompletionRequest, ChatDelta, ChatMessage, ChatLogprobs, NamedToolChoice, StreamedFunction, StreamOptions, ToolCallDelta,
     ToolCallOut, Usage, now, response_id, usage,
 )
 from frontend.openai.sampling import choice_specs, requested_grammar, sampling_kwargs
 from frontend.openai.sse import Chunks, event
-from frontend.request_bounds import check_count, check_generations, check_sampling
+from frontend.request_bounds import check_content_blocks, check_count, check_generations, check_sampling
 from frontend.state import FrontendState
 from frontend.text.chat_template import chat_prompt_ids
 from frontend.text.reasoning import prompt_tail
@@ -56,10 +56,22 @@ def finish_reason_of(plan: ToolPlan, finish_reason: str | None, called: bool) ->
 
 
 def check_chat_bounds(body: ChatCompletionRequest, limits: RequestLimits, vocab_size: int) -> None:
-    check_count(body.messages, limits.max_messages, "messages", "messages")
+    check_messages(body.messages, limits)
     check_count(body.tools, limits.max_tools, "tools", "tools")
     check_generations(1, body.n, limits)
     check_sampling(body, limits, vocab_size, body.n)
+
+
+def check_messages(messages: list[ChatMessage], limits: RequestLimits) -> None:
+    check_count(messages, limits.max_messages, "messages", "messages")
+    check_content_blocks(((f"messages[{index}]", blocks_of(message)) for index, message in enumerate(messages)),
+                         limits, "messages")
+
+
+def blocks_of(message: ChatMessage) -> int:
+    """Its content parts and tool calls."""
+    parts = len(message.content) if isinstance(message.content, list) else 0
+    return parts + len(message.tool_calls or [])
 
 
 def max_tokens_of(state: FrontendState, body: ChatCompletionRequest, prompt_tokens: int) -> int:

@@ -1,10 +1,12 @@
 """POST /v1/load_lora_adapter and /v1/unload_lora_adapter, with vLLM's bodies and answers: every engine
 that is up loads or unloads the adapter, and the answer waits for all of them.
 
-Off (404) unless an engine says it takes run-time updates (`allow_runtime_lora_updating` in
-inference.yml, as vLLM's VLLM_ALLOW_RUNTIME_LORA_UPDATING). A load goes to the engines without the
-adapter, so loading again after an engine restarted puts it back there. Every frontend learns of a
-change from the engines' heartbeats, which carry each engine's adapters (docs/lora.md).
+Only with the admin API key (frontend/auth.py). Off (404) unless an engine says it takes run-time
+updates (`allow_runtime_lora_updating` in inference.yml, as vLLM's VLLM_ALLOW_RUNTIME_LORA_UPDATING);
+each engine checks the path against its `lora_root`. A load goes to the engines without the adapter,
+so loading again after an engine restarted puts it back there. Every frontend learns of a change
+from the engines' Loras messages, and of one it missed from the version in their heartbeats
+(docs/lora.md).
 """
 from typing import Annotated
 

@@ -29,7 +29,7 @@ from frontend.openai.protocol import (
     ChatCompletionRequest, ChatMessage, FunctionCall, FunctionDefinition, MessageToolCall, SamplingRequest, Tool,
 )
 from frontend.openai.sampling import choice_specs, requested_grammar, sampling_kwargs
-from frontend.request_bounds import check_count, check_generations, check_sampling
+from frontend.request_bounds import check_content_blocks, check_count, check_generations, check_sampling
 from frontend.state import FrontendState
 from frontend.text.chat_template import chat_prompt_ids
 from frontend.text.reasoning import prompt_tail
@@ -494,10 +494,17 @@ def responses_fields():
 
 
 def check_bounds(body: ResponsesRequest, limits: RequestLimits, vocab_size: int) -> None:
-    check_count(body.input if isinstance(body.input, list) else None, limits.max_messages, "input", "items")
+    items = body.input if isinstance(body.input, list) else []
+    check_count(items, limits.max_messages, "input", "items")
+    check_content_blocks(((f"input[{index}]", parts_of(item.content) + parts_of(item.output))
+                          for index, item in enumerate(items)), limits, "input")
     check_count(body.tools, limits.max_tools, "tools", "tools")
     check_generations(1, body.n, limits)
     check_sampling(body, limits, vocab_size)
+
+
+def parts_of(content: str | list | None) -> int:
+    return len(content) if isinstance(content, list) else 0
 
 
 def as_chat(body: ResponsesRequest) -> ChatCompletionRequest:

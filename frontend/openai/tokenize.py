@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from frontend.http import HTTPError, read_json
+from frontend.openai.chat import check_messages
 from frontend.openai.models import served_model
 from frontend.openai.protocol import ChatCompletionRequest, ChatMessage, TokenId, Tool
 from frontend.request_bounds import check_count, check_token_ids
@@ -71,7 +72,7 @@ async def tokenize_endpoint(request: Request) -> Response:
 
 async def chat_ids(state: FrontendState, body: TokenizeRequest) -> list[int]:
     limits = state.server.limits
-    check_count(body.messages, limits.max_messages, "messages", "messages")
+    check_messages(body.messages, limits)
     check_count(body.tools, limits.max_tools, "tools", "tools")
     if body.continue_final_message and body.add_generation_prompt:
         raise HTTPError(400, "continue_final_message and add_generation_prompt cannot both be true",

@@ -6,6 +6,7 @@ parsers refuse them), and a free string may run into max_tokens. So JSON text is
 those characters escaped, and tool-call arguments are parsed with strict=False and re-serialized.
 """
 import json
+import logging
 from typing import Any
 
 import jsonschema
@@ -13,6 +14,12 @@ import jsonschema
 from frontend.http import HTTPError
 from frontend.request_bounds import check_depth
 from frontend.text.tool_parsers import ToolCall
+
+log = logging.getLogger(__name__)
+
+# A validator's message quotes the offending part of the schema: quote no more than this of it.
+MESSAGE_CHARS = 300
+LATEST = jsonschema.validators.Draft202012Validator
 
 # Pads nothing between JSON tokens where the backend honours it per request; the engine-wide
 # structured_outputs_config in conf/inference.yml does the same for vLLM versions that read it there.
@@ -29,10 +36,19 @@ def check_schema(schema: dict | str, max_depth: int, field: str) -> dict:
         if not isinstance(schema, dict):
             raise HTTPError(400, f"{field} must be a JSON object", field)
     check_depth(schema, max_depth, field)
+    if not isinstance(schema.get("$schema", ""), str):
+        raise HTTPError(400, f"{field}.$schema must be a string: the URI of a JSON Schema dialect", field)
     try:
-        jsonschema.validators.validator_for(schema).check_schema(schema)
+        # A dialect it does not know is checked as the latest (as xgrammar reads it), without a warning.
+        jsonschema.validators.validator_for(schema, default=LATEST).check_schema(schema)
     except jsonschema.SchemaError as error:
-        raise HTTPError(400, f"{field} is not a valid JSON schema: {error.message}", field) from None
+        where = error.json_path.removeprefix("$")
+        raise HTTPError(400, f"{field} is not a valid JSON schema: at {field}{where}: "
+                             f"{error.message[:MESSAGE_CHARS]}", field) from None
+    except Exception as error:  # the validator's own code failing on input it does not expect
+        log.info("%s: the JSON schema validator failed: %r", field, error)
+        raise HTTPError(400, f"{field} is not a valid JSON schema: the validator could not read it "
+                             f"({type(error).__name__})", field) from None
     return schema
 
 

@@ -38,7 +38,11 @@ class ToolPlan:
                  parameters_field: str = "tools[{index}].function.parameters", format_field: str = "response_format"):
         for index, tool in enumerate(tools):
             if tool.parameters is not None:
-                check_schema(tool.parameters, max_schema_depth, parameters_field.format(index=index))
+                field = parameters_field.format(index=index)
+                check_schema(tool.parameters, max_schema_depth, field)
+                # A draft-04 schema may hold any $defs; the grammar of `required` moves them to its root.
+                if not isinstance(tool.parameters.get("$defs", {}), dict):
+                    raise HTTPError(400, f"{field}.$defs must be an object of named schemas", f"{field}.$defs")
         self.tools = tools
         self.choice = choice
         self.tool_parser = tool_parser
