@@ -56,7 +56,7 @@ class FakeEngine:
 
     async def heartbeat(self, load: EngineLoad | None = None, last_seq: int | None = None, cache_seq: int = 0) -> None:
         last_seqs = {FRONTEND: self.seq if last_seq is None else last_seq}
-        await self.publish(BROADCAST_TOPIC, Heartbeat(self.engine_id, load or EngineLoad(), last_seqs, {}, cache_seq))
+        await self.publish(BROADCAST_TOPIC, Heartbeat(self.engine_id, load or EngineLoad(), last_seqs, 0, cache_seq))
 
     async def report(self, taken: dict[str, int], waiting: int = 0, running: int = 0, prefill_tokens: int = 0) -> None:
         """A LoadReport: the engine took `taken` ADDs from each frontend."""
