@@ -40,17 +40,32 @@ def reports_prefix_cache(server: ServerConfig, inference: InferenceConfig) -> bo
             and "kv_events_config" not in inference.engine_args)
 
 
-def build_engine(model: str, inference: InferenceConfig, stat_logger, kv_events: dict | None = None):
-    log.info("loading vLLM")
+def engine_args(model: str, inference: InferenceConfig, kv_events: dict | None = None):
     from vllm import EngineArgs
     from vllm.config import KVEventsConfig
-    from vllm.v1.engine.llm_engine import LLMEngine
 
     extra = {"kv_events_config": KVEventsConfig(**kv_events)} if kv_events else {}
-    args = EngineArgs(model=model, **{"served_model_name": served_name(inference), **inference.vllm_engine_args(),
+    return EngineArgs(model=model, **{"served_model_name": served_name(inference), **inference.vllm_engine_args(),
                                       **extra})
+
+
+def usage_context():
+    """What vLLM is told it serves: an OpenAI API server, as `vllm serve` tells it. vLLM picks the
+    defaults of max_num_batched_tokens and max_num_seqs by it (on an H100 or H200: 8192 and 1024
+    for a server, 2048 and 128 for LLMEngine's own default), so engine_args that leave them out
+    get what `vllm serve` gets."""
+    from vllm.usage.usage_lib import UsageContext
+
+    return UsageContext.OPENAI_API_SERVER
+
+
+def build_engine(model: str, inference: InferenceConfig, stat_logger, kv_events: dict | None = None):
+    log.info("loading vLLM")
+    from vllm.v1.engine.llm_engine import LLMEngine
+
+    args = engine_args(model, inference, kv_events)
     log.info("starting the engine on %s", model)
-    return LLMEngine.from_engine_args(args, stat_loggers=[stat_logger])
+    return LLMEngine.from_engine_args(args, usage_context=usage_context(), stat_loggers=[stat_logger])
 
 
 def warm_up(engine) -> None:
