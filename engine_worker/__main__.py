@@ -98,6 +98,10 @@ def run_engine_worker_process() -> None:
     if gpus := inference.gpus_of(rank, count_gpus() if inference.data_parallel_size > 1 else None):
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(inference.cpu_kv_cache_gib))
+    # vLLM's engine core starts as a fresh process, as under `vllm serve` (its CLI sets this; on a
+    # GPU LLMEngine would fork it), not as a copy of this one: NVML already open for the heartbeat,
+    # the tokenizer loaded, this process's heap and logging. vllm-cpu spawns it anyway.
+    os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
     run_dir = server.path(server.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     reap_previous_engine(run_dir, rank)
