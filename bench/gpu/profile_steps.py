@@ -402,7 +402,10 @@ def build_engine(args):
     from vllm import EngineArgs
     from vllm.v1.engine.llm_engine import LLMEngine
 
-    return LLMEngine.from_engine_args(EngineArgs(model=args.model, **args.engine_args))
+    from engine_worker.__main__ import usage_context
+
+    # vLLM's defaults for what engine_args leave out, as the engine worker gets them
+    return LLMEngine.from_engine_args(EngineArgs(model=args.model, **args.engine_args), usage_context=usage_context())
 
 
 def main(argv=None) -> None:
