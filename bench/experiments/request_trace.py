@@ -266,9 +266,9 @@ def load_records(run_dir: Path) -> dict[str, list[dict]]:
 
 
 def server_of(path: Path, run_dir: Path) -> str:
-    """The server's directory (side_by_side's OUT/<server name>/...), as a name."""
-    parts = path.relative_to(run_dir).parts
-    return parts[0] if len(parts) > 1 else run_dir.name
+    """The server's directory (side_by_side's OUT/<server name>, where its processes write), as a
+    name relative to run_dir: a report over several side_by_side runs names each run's servers."""
+    return str(path.parent.relative_to(run_dir)) if path.parent != run_dir else run_dir.name
 
 
 def prompt_tokens(record: dict) -> int:
