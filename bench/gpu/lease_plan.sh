@@ -37,7 +37,7 @@ start() {  # a copy outside the checkout: a later call replaces the checkout, an
     if [ -f "$RESULTS/pid" ] && kill -0 "$(cat "$RESULTS/pid")" 2>/dev/null; then
         echo "a plan is already running (pid $(cat "$RESULTS/pid")): collect it"; return 1
     fi
-    rm -rf "$SRC" && mkdir -p "$SRC" "$RESULTS"
+    rm -rf "$SRC" "$RESULTS/finished" && mkdir -p "$SRC" "$RESULTS"
     cp -r bench common engine_worker frontend conf "$SRC"/
     (cd "$SRC" && RESULTS=$RESULTS setsid bash bench/gpu/lease_plan.sh run > "$LOG" 2>&1 < /dev/null &)
     echo "plan started from $SRC: log $LOG, results $RESULTS"
