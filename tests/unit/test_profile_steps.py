@@ -77,7 +77,7 @@ def test_the_fit_recovers_the_costs_the_steps_were_made_with():
     rows = [("prefill", n, 0, 0, n * n) for n in (128, 512, 2048, 4096)]
     rows += [("decode", 0, b, b * c, 0) for b in (1, 16, 128) for c in (128, 2048)]
     rows += [("mixed", 256, 64, 64 * 512, 256 * 256), ("prefix", 64, 0, 0, 64 * 2112)]
-    coefficients, quality = fit(samples_of(steps_from(truth, rows), skip_first=0))
+    coefficients, quality = fit(samples_of(steps_from(truth, rows)))
     assert coefficients == pytest.approx(truth, rel=1e-6)
     assert quality["median_abs_error_pct"] < 1e-6 and quality["r2"] == pytest.approx(1.0)
     assert set(quality["families"]) == {"prefill", "decode", "mixed", "prefix"}
@@ -88,14 +88,14 @@ def test_no_cost_comes_out_negative():
     steps = [Step("decode", f"{b}x{c}", 0, b, b * c, 0, 0.005 + 1e-4 * b - 1e-9 * b * c)
              for b in (1, 8, 64) for c in (128, 4096)]
     steps += [Step("prefill", str(n), n, 0, 0, n * n, 0.005 + 2e-5 * n) for n in (128, 1024, 4096)]
-    coefficients, _ = fit(samples_of(steps, skip_first=0))
+    coefficients, _ = fit(samples_of(steps))
     assert min(coefficients.values()) >= 0
     assert coefficients["per_decode_seq_s"] > 0 and coefficients["per_prefill_token_s"] > 0
 
 
 def test_steps_of_a_point_are_one_sample_and_other_compositions_are_left_out():
-    steps = [Step("decode", "4x128", 0, 4, 4 * (128 + i), 0, t) for i, t in enumerate([9, 9, 1.0, 2.0, 3.0])]
+    steps = [Step("decode", "4x128", 0, 4, 4 * (128 + i), 0, t) for i, t in enumerate([1.0, 9.0, 2.0, 3.0, 2.5])]
     steps.append(Step("decode", "4x128", 64, 4, 512, 4096, 5.0))  # a prefill in a decode run: not a sample
-    [sample] = samples_of(steps, skip_first=2)
-    assert sample["step_s"] == 2.0 and sample["steps"] == 3 and sample["kv_tokens"] == 4 * 131
+    [sample] = samples_of(steps)
+    assert sample["step_s"] == 2.5 and sample["steps"] == 5 and sample["kv_tokens"] == 4 * 130
     assert set(FEATURES) <= set(sample)
