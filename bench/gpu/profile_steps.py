@@ -35,6 +35,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -374,7 +375,7 @@ def write_profile(path: Path, engine, args, steps: list[Step], started: float) -
         "measured": {
             "machine": machine, "gpu": gpu, "vllm": vllm.__version__, "model": model_summary(args.model),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join(["python -m bench.gpu.profile_steps", *sys.argv[1:]]),
+            "command": shlex.join(["python", "-m", "bench.gpu.profile_steps", *sys.argv[1:]]),
             "run_s": round(time.monotonic() - started, 1), "families_done": sorted({s.family for s in steps}),
             "fit": quality,
             "proposed": proposed,
