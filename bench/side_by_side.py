@@ -20,8 +20,9 @@ p1024+128/16x128@256/2048. Every load runs against every server, its repeats in 
 starts once. Each row also has the load's prefix-cache hit rate from vLLM's own counters.
 --cuda-visible-devices pins our engine workers (inference.yml's cuda_visible_devices: "0,0" with
 data_parallel_size 2 in --engine-args puts both engines on GPU 0).
-Writes OUT/results.json (after every run, so a sweep cut short keeps what it measured) (every `vllm bench serve` result, and vLLM's own timings of each load from
-the server's /metrics, see bench/vllm_timings.py), OUT/table.md (every run, then the median of each
+Writes OUT/results.json (every `vllm bench serve` result, and vLLM's own timings of each load from
+the server's /metrics, see bench/vllm_timings.py; saved after every run, so a sweep cut short keeps
+what it measured), OUT/table.md (every run, then the median of each
 repeated load), the servers' logs, and with --py-spy, py-spy dumps of every process of each server
 during its first load.
 """

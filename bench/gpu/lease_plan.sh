@@ -103,8 +103,9 @@ step() {
                 ours:4:bench.experiments.request_trace+bench.experiments.request_trace -- $C1_LOADS
             python3 -m bench.experiments.request_trace report "$RESULTS" > "$RESULTS/c1-fork/stages.txt" ;;
         placement)
-            CUDA_DEVICES=0,0 REPEATS=$REPEATS side_by_side placement \
-                "$(with_args "$(with_args "$ENGINE_ARGS" "$PLACEMENT_ARGS")" "{\"num_gpu_blocks_override\": $PREFIX_BLOCKS}")" \
+            local args
+            args=$(with_args "$(with_args "$ENGINE_ARGS" "$PLACEMENT_ARGS")" "{\"num_gpu_blocks_override\": $PREFIX_BLOCKS}")
+            CUDA_DEVICES=0,0 REPEATS=$REPEATS side_by_side placement "$args" \
                 ours:4 ours:4@approximate ours:4@load -- $PLACEMENT_LOADS ;;
         *) echo "unknown step $1" ;;
     esac

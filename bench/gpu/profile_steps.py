@@ -40,7 +40,7 @@ import statistics
 import sys
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 FEATURES = ("prefill_tokens", "decode_seqs", "kv_tokens", "prefill_attention")
@@ -144,9 +144,9 @@ class Driver:
 
     def prefilling(self, request_ids: list[str]) -> bool:
         """Whether any of these requests is still waiting or computing its prompt."""
-        requests = self.core.scheduler.requests
-        return any(r.num_computed_tokens < r.num_prompt_tokens for r in requests.values()
-                   if r.request_id.rsplit("-", 1)[0] in request_ids or r.request_id in request_ids)
+        wanted = set(request_ids)  # vLLM's ids are ours with a suffix: "p12-1a2b3c4d"
+        return any(r.num_computed_tokens < r.num_prompt_tokens for r in self.core.scheduler.requests.values()
+                   if r.request_id.rsplit("-", 1)[0] in wanted or r.request_id in wanted)
 
     def label(self, family: str | None, point: str = "") -> None:
         self.recorder.label = (family, point) if family else None
@@ -229,8 +229,8 @@ def start_decoders(driver: Driver, limits: Limits, prefix: list[int], context: i
     """`batch` requests of `context` tokens (the cached prefix, then a tail of their own), returned
     once every one of them is decoding."""
     driver.label(None)
-    decoders = [driver.add(prefix + driver.workload.token_ids(context - len(prefix)), limits.max_model_len - context - 1)
-                for _ in range(batch)]
+    longest = limits.max_model_len - context - 1
+    decoders = [driver.add(prefix + driver.workload.token_ids(context - len(prefix)), longest) for _ in range(batch)]
     while driver.prefilling(decoders):
         driver.step()
     for _ in range(3):  # their prefill steps leave the batch queue

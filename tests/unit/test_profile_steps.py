@@ -12,7 +12,8 @@ class FakeScheduler:
     """Counts computed tokens at schedule time, as vLLM's scheduler does."""
 
     def __init__(self, prompts: dict[str, tuple[int, int]]):  # id -> (prompt tokens, computed before)
-        self.requests = {i: SimpleNamespace(num_prompt_tokens=p, num_computed_tokens=c) for i, (p, c) in prompts.items()}
+        self.requests = {request_id: SimpleNamespace(num_prompt_tokens=prompt, num_computed_tokens=computed)
+                         for request_id, (prompt, computed) in prompts.items()}
         self.next_batch: dict[str, int] = {}
 
     def schedule(self):
