@@ -9,9 +9,10 @@ import psutil
 ROLES = (
     ("engine core", lambda name, cmd: "EngineCore" in name or "EngineCore" in cmd),
     ("frontend", lambda name, cmd: "-m frontend" in cmd or "--frontend" in cmd),
+    ("vllm api", lambda name, cmd: "vllm_cli.py serve" in cmd or "vllm serve" in cmd or "request_trace serve" in cmd
+     or "APIServer" in name + cmd),
     # the engine program, ours or a bench experiment standing in for it (bench/service_with_engine.py)
     ("engine worker", lambda name, cmd: "-m engine_worker" in cmd or "-m bench.experiments" in cmd),
-    ("vllm api", lambda name, cmd: "vllm_cli.py serve" in cmd or "vllm serve" in cmd or "APIServer" in name + cmd),
 )
 
 

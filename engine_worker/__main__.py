@@ -41,17 +41,32 @@ def reports_prefix_cache(server: ServerConfig, inference: InferenceConfig) -> bo
             and "kv_events_config" not in inference.engine_args)
 
 
-def build_engine(model: str, inference: InferenceConfig, stat_logger, kv_events: dict | None = None):
-    log.info("loading vLLM")
+def engine_args(model: str, inference: InferenceConfig, kv_events: dict | None = None):
     from vllm import EngineArgs
     from vllm.config import KVEventsConfig
-    from vllm.v1.engine.llm_engine import LLMEngine
 
     extra = {"kv_events_config": KVEventsConfig(**kv_events)} if kv_events else {}
-    args = EngineArgs(model=model, **{"served_model_name": served_name(inference), **inference.vllm_engine_args(),
+    return EngineArgs(model=model, **{"served_model_name": served_name(inference), **inference.vllm_engine_args(),
                                       **extra})
+
+
+def usage_context():
+    """What vLLM is told it serves: an OpenAI API server, as `vllm serve` tells it. vLLM picks the
+    defaults of max_num_batched_tokens and max_num_seqs by it (on an H100 or H200: 8192 and 1024
+    for a server, 2048 and 128 for LLMEngine's own default), so engine_args that leave them out
+    get what `vllm serve` gets."""
+    from vllm.usage.usage_lib import UsageContext
+
+    return UsageContext.OPENAI_API_SERVER
+
+
+def build_engine(model: str, inference: InferenceConfig, stat_logger, kv_events: dict | None = None):
+    log.info("loading vLLM")
+    from vllm.v1.engine.llm_engine import LLMEngine
+
+    args = engine_args(model, inference, kv_events)
     log.info("starting the engine on %s", model)
-    return LLMEngine.from_engine_args(args, stat_loggers=[stat_logger])
+    return LLMEngine.from_engine_args(args, usage_context=usage_context(), stat_loggers=[stat_logger])
 
 
 def warm_up(engine) -> None:
@@ -79,6 +94,7 @@ def start_vllm(model: str, inference: InferenceConfig, load, kv_events: dict | N
             adapters.load_configured(inference.lora_modules)
     with stage(log, "start 3/3: warm-up generation"):
         warm_up(engine)
+    freeze_heap()
     return engine, adapters, VllmRequests(engine, adapters)
 
 
@@ -96,6 +112,16 @@ def start_simulated(model: str, inference: InferenceConfig, rank: int, load, rep
             raise SystemExit(f"the simulated engine cannot start: {error}") from None
     log.info("start 3/3: no warm-up for a simulated engine")
     return engine, Adapters(engine, model=served_name(inference)), SimulatedRequests(engine)
+
+
+def freeze_heap() -> None:
+    """Everything allocated so far (vLLM, torch, the model's config) stays for the process's life:
+    move it out of the garbage collector's sight, so the collections that run between steps scan
+    only what serving allocates. `vllm serve`'s API process, which runs vLLM's output handling as
+    this process does, does the same once it has started."""
+    from vllm.utils.gc_utils import freeze_gc_heap
+
+    freeze_gc_heap()
 
 
 def count_gpus() -> int | None:
@@ -119,6 +145,10 @@ def run_engine_worker_process() -> None:
         if gpus := inference.gpus_of(rank, count_gpus() if inference.data_parallel_size > 1 else None):
             os.environ["CUDA_VISIBLE_DEVICES"] = gpus
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(inference.cpu_kv_cache_gib))
+        # vLLM's engine core starts as a fresh process, as under `vllm serve` (its CLI sets this; on a
+        # GPU LLMEngine would fork it), not as a copy of this one: NVML already open for the heartbeat,
+        # the tokenizer loaded, this process's heap and logging. vllm-cpu spawns it anyway.
+        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
     run_dir = server.path(server.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     reap_previous_engine(run_dir, rank)

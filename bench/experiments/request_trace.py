@@ -1,19 +1,31 @@
-"""Experiment: timestamps at each stage of every request, in the frontends and the engine worker,
-to see where a request's time goes between the HTTP request and its first byte out.
+"""Experiment: timestamps at each stage of every request, in ours and in `vllm serve`, to see where
+a request's time goes between the HTTP request and its first byte out.
 
-    side_by_side --servers ours:4:bench.experiments.request_trace+bench.experiments.request_trace ...
+    side_by_side --servers ours:4:bench.experiments.request_trace+bench.experiments.request_trace \
+        vllm:1:bench.experiments.request_trace ...
     python -m bench.experiments.request_trace report RUN_DIR
 
-Runs as the engine program (`engine`, the default) and as the frontend program (`--frontend`), each
-the real one with a few methods wrapped, nothing else changed. Each process appends one JSON line per
-request to TRACE_DIR (the directory of PROBE_OUT, which bench/services.py sets) /trace-<role>-<pid>.jsonl:
-- frontend: in (the HTTP request reached the app), tokenized_from/tokenized (prompt encoding), add (the
-  ADD went out), first_delta (its first output reached the frontend), first_body (first byte of the
-  answer handed to the server), end; prompt_tokens and in_flight (this frontend's requests at the ADD);
-- engine: received (the request socket read it), admitted (vLLM's input processing done), added
-  (add_request returned), first_output (the step that gave its first token returned), published (that
-  output went out on the PUB socket); running (requests in the engine at the ADD).
-All stamps are time.time(): every process is on one host.
+Runs as our engine program (`engine`, the default), as our frontend program (`--frontend`) and as
+`vllm serve` (`serve MODEL ...`, with one API process: that process is then the one that runs
+vLLM's output handling), each the real program with a few methods wrapped, nothing else changed.
+Each process appends one JSON line per request to TRACE_DIR (else the directory of PROBE_OUT,
+which bench/services.py sets) /trace-<role>-<pid>.jsonl:
+- frontend (ours) and vllm (`vllm serve`'s API process): in (the HTTP request reached the server),
+  first_body (first byte of the answer handed to the server), end; ours also tokenized_from/tokenized
+  (prompt encoding), add (the ADD went out), first_delta (its first output reached the frontend),
+  prompt_tokens and in_flight (this frontend's requests at the ADD); `vllm serve` add_request (its
+  AsyncLLM.add_request was called) and sent (it returned: the request is on its way to the engine
+  core; the await returns after the send, so the core may have queued it already);
+- engine (ours): received (the request socket read it), admitted (vLLM's input processing done),
+  added (add_request returned: on its way to the engine core), first_output (the step that gave
+  its first token returned), published (that output went out on the PUB socket); running (requests
+  in the engine at the ADD);
+- both, from vLLM's own request stats in the process that runs its output handling: arrival (as
+  vLLM counts it), queued (the engine core put it in its waiting queue), scheduled (first
+  scheduled), first_token (the engine core's output with its first token was made); vLLM's
+  prefill interval is scheduled to first_token; and first_token_seen (this process had it).
+All stamps are time.time(): every process is on one host, and the engine core's monotonic stamps
+are moved onto that clock with the offset between the two clocks in the process that reads them.
 """
 import contextvars
 import json
@@ -33,18 +45,20 @@ def trace_file(role: str):
     return (directory / f"trace-{role}-{os.getpid()}.jsonl").open("a", buffering=1)
 
 
-def trace_frontend() -> None:
-    from frontend import engine_client, metrics
-    from frontend.text import tokenizer
+class TracedApp:
+    """An ASGI app wrapped: a record per HTTP request in the context its handler runs in, stamped
+    when it arrives, when its first body bytes go out and when it ends; written if the handler named
+    its request id."""
 
-    out = trace_file("frontend")
-    by_id: dict[str, dict] = {}
-    call, encode_prompts = metrics.RouteMetricsMiddleware.__call__, tokenizer.Tokenizer.encode_prompts
-    add, on_step = engine_client.EngineClient.add, engine_client.EngineLink.on_step
+    def __init__(self, app, out):
+        self.app, self.out = app, out
 
-    async def traced_call(self, scope, receive, send):
+    def __getattr__(self, name):  # the server's own code reads its app's attributes (state, ...)
+        return getattr(self.app, name)
+
+    async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
-            return await call(self, scope, receive, send)
+            return await self.app(scope, receive, send)
         record = {"in": time.time(), "path": scope["path"]}
         token = current.set(record)
 
@@ -54,12 +68,56 @@ def trace_frontend() -> None:
             await send(message)
 
         try:
-            await call(self, scope, receive, stamped_send)
+            await self.app(scope, receive, stamped_send)
         finally:
             record["end"] = time.time()
             current.reset(token)
-            if "add" in record:
-                out.write(json.dumps(record) + "\n")
+            if "id" in record:
+                self.out.write(json.dumps(record) + "\n")
+
+
+def trace_http(out) -> None:
+    """Every app uvicorn serves in this process, wrapped in TracedApp."""
+    import uvicorn
+
+    init = uvicorn.Config.__init__
+
+    def traced_init(self, app, *args, **kwargs):
+        init(self, TracedApp(app, out), *args, **kwargs)
+
+    uvicorn.Config.__init__ = traced_init
+
+
+def trace_vllm_stats(found) -> None:
+    """vLLM's own stamps of each request, once its first token is processed in this process:
+    `found(request id, stamps)` is called with them (the id as the caller of add_request gave it)."""
+    from vllm.v1.engine.output_processor import OutputProcessor
+
+    update = OutputProcessor._update_stats_from_output
+
+    def traced_update(self, req_state, engine_core_output, engine_core_timestamp, iteration_stats):
+        first = req_state.is_prefilling
+        update(self, req_state, engine_core_output, engine_core_timestamp, iteration_stats)
+        stats = req_state.stats
+        if first and stats is not None and stats.first_token_ts:
+            offset = time.time() - time.monotonic()  # the engine core's stamps are monotonic
+            found(getattr(req_state, "external_req_id", None) or req_state.request_id, {
+                "vllm_arrival": stats.arrival_time, "queued": stats.queued_ts + offset,
+                "scheduled": stats.scheduled_ts + offset, "first_token": stats.first_token_ts + offset,
+                "first_token_seen": time.time(), "vllm_prompt_tokens": req_state.prompt_len,
+            })
+
+    OutputProcessor._update_stats_from_output = traced_update
+
+
+def trace_frontend() -> None:
+    from frontend import engine_client
+    from frontend.text import tokenizer
+
+    out = trace_file("frontend")
+    by_id: dict[str, dict] = {}
+    encode_prompts = tokenizer.Tokenizer.encode_prompts
+    add, on_step = engine_client.EngineClient.add, engine_client.EngineLink.on_step
 
     async def traced_encode(self, texts, *args, **kwargs):
         record = current.get()
@@ -85,7 +143,7 @@ def trace_frontend() -> None:
                 record["first_delta"] = now
         return on_step(self, message)
 
-    metrics.RouteMetricsMiddleware.__call__ = traced_call
+    trace_http(out)
     tokenizer.Tokenizer.encode_prompts = traced_encode
     engine_client.EngineClient.add = traced_add
     engine_client.EngineLink.on_step = traced_on_step
@@ -126,58 +184,124 @@ def trace_engine() -> None:
                 record["published"] = now
                 out.write(json.dumps(record) + "\n")
 
+    def found(request_id, stamps):
+        if (record := records.get(request_id)) is not None:
+            record.update(stamps)
+
     admission.VllmRequests.__call__ = traced_prepare
     step_loop.StepLoop.add = traced_add
     step_loop.StepLoop.send = traced_send
     io_threads.OutputPublisher.publish = traced_publish
+    trace_vllm_stats(found)
 
 
-STAGES = (  # (name, from, to, where the stamps are)
-    ("HTTP in to tokenizing", "in", "tokenized_from", "frontend"),
-    ("tokenizing", "tokenized_from", "tokenized", "frontend"),
-    ("tokenized to ADD sent", "tokenized", "add", "frontend"),
-    ("ADD: frontend to engine worker", "add", "received", "both"),
-    ("admission (vLLM input processing)", "received", "admitted", "engine"),
-    ("inbox wait + add_request", "admitted", "added", "engine"),
-    ("engine core: queue + prefill + output", "added", "first_output", "engine"),
-    ("publisher", "first_output", "published", "engine"),
-    ("output: engine worker to frontend", "published", "first_delta", "both"),
-    ("first delta to first byte out", "first_delta", "first_body", "frontend"),
-    ("total: HTTP in to first byte out", "in", "first_body", "frontend"),
+def trace_vllm_serve() -> None:
+    """`vllm serve`'s API process: the HTTP stamps, `sent` when AsyncLLM.add_request returns, and
+    vLLM's own stamps, all on one record per HTTP request."""
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    out = trace_file("vllm")
+    by_id: dict[str, dict] = {}
+    add_request = AsyncLLM.add_request
+
+    async def traced_add_request(self, request_id, *args, **kwargs):
+        record = current.get()
+        if record is not None and "id" not in record:
+            record.update(id=request_id, add_request=time.time())
+            by_id[request_id] = record
+        queue = await add_request(self, request_id, *args, **kwargs)
+        if record is not None and "sent" not in record:
+            record["sent"] = time.time()
+        return queue
+
+    def found(request_id, stamps):
+        if (record := by_id.pop(request_id, None)) is not None:
+            record.update(stamps)
+
+    trace_http(out)
+    AsyncLLM.add_request = traced_add_request
+    trace_vllm_stats(found)
+
+
+STAGES = (  # (name, from, to): each a span between two stamps of one request
+    ("HTTP in to tokenizing", "in", "tokenized_from"),
+    ("tokenizing", "tokenized_from", "tokenized"),
+    ("tokenized to ADD sent", "tokenized", "add"),
+    ("ADD: frontend to engine worker", "add", "received"),
+    ("admission (vLLM's input processing)", "received", "admitted"),
+    ("inbox wait + add_request", "admitted", "added"),
+    ("HTTP in to AsyncLLM.add_request", "in", "add_request"),
+    ("add_request (input processing, send)", "add_request", "sent"),
+    ("add_request returned to the engine core's queue", "sent", "queued"),
+    ("added to the engine core's queue", "added", "queued"),
+    ("engine core: queue", "queued", "scheduled"),
+    ("engine core: prefill (scheduled to first token)", "scheduled", "first_token"),
+    ("first token to this process", "first_token", "first_token_seen"),
+    ("first token seen to step returned", "first_token_seen", "first_output"),
+    ("publisher", "first_output", "published"),
+    ("output: engine worker to frontend", "published", "first_delta"),
+    ("first delta to first byte out", "first_delta", "first_body"),
+    ("first token seen to first byte out", "first_token_seen", "first_body"),
+    ("HTTP in to the engine core's queue", "in", "queued"),
+    ("engine core's first token to first byte out", "first_token", "first_body"),
+    ("total: HTTP in to first byte out", "in", "first_body"),
 )
 
 
-def report(run_dir: str) -> str:
-    """Per group of requests (prompt length, in-flight bucket): the median ms of each stage."""
-    engine = {}
-    for path in Path(run_dir).rglob("trace-engine-*.jsonl"):
+def load_records(run_dir: Path) -> dict[str, list[dict]]:
+    """Every traced request of every server under run_dir: {server directory: [merged record]}."""
+    engine: dict[str, dict] = {}
+    for path in run_dir.rglob("trace-engine-*.jsonl"):
         for line in path.read_text().splitlines():
             record = json.loads(line)
             engine[record["id"]] = record
-    groups = defaultdict(list)
-    for path in Path(run_dir).rglob("trace-frontend-*.jsonl"):
-        for line in path.read_text().splitlines():
-            record = json.loads(line)
-            record.update(engine.get(record.get("id"), {}))
-            groups[(round(record["prompt_tokens"], -2), bucket(record.get("running", 0)))].append(record)
+    servers: dict[str, list[dict]] = defaultdict(list)
+    for pattern in ("trace-frontend-*.jsonl", "trace-vllm-*.jsonl"):
+        for path in run_dir.rglob(pattern):
+            for line in path.read_text().splitlines():
+                record = json.loads(line)
+                record.update(engine.get(record.get("id"), {}))
+                servers[server_of(path, run_dir)].append(record)
+    return servers
+
+
+def server_of(path: Path, run_dir: Path) -> str:
+    """The server's directory (side_by_side's OUT/<server name>, where its processes write), as a
+    name relative to run_dir: a report over several side_by_side runs names each run's servers."""
+    return str(path.parent.relative_to(run_dir)) if path.parent != run_dir else run_dir.name
+
+
+def prompt_tokens(record: dict) -> int:
+    return record.get("prompt_tokens") or record.get("vllm_prompt_tokens") or 0
+
+
+def report(run_dir: str) -> str:
+    """Per server and prompt length: each stage's median and mean ms over the requests that have it."""
     lines = []
-    for (tokens, running), records in sorted(groups.items()):
-        lines.append(f"== prompts of ~{tokens} tokens, {running} running in the engine at the ADD: "
-                     f"{len(records)} requests")
-        for name, start, end, _ in STAGES:
-            spans = [1000 * (r[end] - r[start]) for r in records if start in r and end in r]
-            if spans:
-                lines.append(f"  {name:42s} p50 {statistics.median(spans):8.2f} ms   mean {statistics.fmean(spans):8.2f}")
+    for server, records in sorted(load_records(Path(run_dir)).items()):
+        groups = defaultdict(list)
+        for record in records:
+            groups[round(prompt_tokens(record), -2)].append(record)
+        for _, group in sorted(groups.items()):
+            tokens = statistics.median(prompt_tokens(r) for r in group)
+            lines.append(f"== {server}: prompts of {tokens:g} tokens (median), {len(group)} requests")
+            for name, start, end in STAGES:
+                spans = [1000 * (r[end] - r[start]) for r in group if start in r and end in r]
+                if spans:
+                    lines.append(f"  {name:48s} p50 {statistics.median(spans):8.2f} ms   "
+                                 f"mean {statistics.fmean(spans):8.2f}   n {len(spans)}")
     return "\n".join(lines)
-
-
-def bucket(running: int) -> str:
-    return next(label for limit, label in ((1, "1"), (8, "2-8"), (96, "9-96"), (10**9, ">96")) if running <= limit)
 
 
 def main() -> None:
     if sys.argv[1:2] == ["report"]:
         print(report(sys.argv[2]))
+    elif sys.argv[1:2] == ["serve"]:
+        from bench import vllm_cli
+
+        vllm_cli.prepare()
+        trace_vllm_serve()
+        sys.exit(vllm_cli.main(["serve", *sys.argv[2:]]))
     elif "--frontend" in sys.argv:
         sys.argv.remove("--frontend")
         trace_frontend()

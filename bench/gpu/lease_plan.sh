@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# One GPU lease for issues 22 and 24, in priority order, each step's results kept as it goes
+# (GPU seconds on one H200 after the install, estimated from the starts and loads measured there):
+#   profile      vLLM's step times on controlled batches, Llama-3-8B shape, issue 24's engine
+#                arguments (bench/gpu/profile_steps.py): the simulated engine's profile       ~180 s
+#   calibration  ours (4 frontends, one engine): 128/1024 at concurrency 1 (2 prompts a run,
+#                ~15 s), 64 (64, ~14 s), 256 (256, ~24 s), then a shared-prefix load under KV
+#                pressure (16 prefixes of 2,048 tokens, 2,560 KV blocks, ~8 s a run); 3 runs
+#                each; two server starts (~70 s each)                                         ~345 s
+#   c1           issue 24: ours (4 frontends) against `vllm serve` (1 API), 128/128 at
+#                concurrency 1, 30 requests a run (~20 s), 3 runs, every stage of every request
+#                timed in both (bench/experiments/request_trace.py)                          ~275 s
+#   placement    two engines of ours on GPU 0 (cuda_visible_devices "0,0", data_parallel_size 2,
+#                kv_cache_memory_bytes fixed), 16 shared prefixes under KV pressure: exact,
+#                approximate and load placement, 3 runs each (~8 s a run, ~100 s a start)      ~420 s
+#   c1fork       c1's ours again with vLLM's engine core forked from the engine worker, as before
+#                commit be0c8f9 (VLLM_WORKER_MULTIPROC_METHOD=fork): issue 24's first candidate,
+#                A against B on one machine                                                   ~140 s
+# In all about 22 minutes, so it fits a 30-minute lease after the bundle's copies and install;
+# c1fork comes last so that a lease cut short loses it first.
+#
+# usage, from the repository root on the GPU host (bundle installed, ../shared/gpu/README.md):
+#   bash bench/gpu/lease_plan.sh start              copies what it needs to /tmp/lease-src and
+#                                                   starts the plan there in its own session
+#   bash bench/gpu/lease_plan.sh collect SECONDS    waits up to SECONDS for the plan, then packs its
+#                                                   results and log into $OUT (every later call)
+# Knobs (environment): STEPS (e.g. "c1 placement"), MODEL (default /tmp/stage/model, made if missing),
+# ENGINE_ARGS (JSON), PROFILE_FLAGS, CALIBRATION_LOADS, PREFIX_LOADS, PREFIX_BLOCKS, C1_LOADS,
+# PLACEMENT_LOADS, PLACEMENT_ARGS (JSON added to ENGINE_ARGS), REPEATS (3), RESULTS
+# (/tmp/lease-results), LOG (/tmp/lease.log). The CPU run of bench/README.md scales them down.
+set -uo pipefail
+SRC=/tmp/lease-src
+RESULTS=${RESULTS:-/tmp/lease-results}
+LOG=${LOG:-/tmp/lease.log}
+
+start() {  # a copy outside the checkout: a later call replaces the checkout, and a job's directory with it
+    if [ -f "$RESULTS/pid" ] && kill -0 "$(cat "$RESULTS/pid")" 2>/dev/null; then
+        echo "a plan is already running (pid $(cat "$RESULTS/pid")): collect it"; return 1
+    fi
+    rm -rf "$SRC" "$RESULTS/finished" && mkdir -p "$SRC" "$RESULTS"
+    cp -r bench common engine_worker frontend conf "$SRC"/
+    (cd "$SRC" && RESULTS=$RESULTS setsid bash bench/gpu/lease_plan.sh run > "$LOG" 2>&1 < /dev/null &)
+    echo "plan started from $SRC: log $LOG, results $RESULTS"
+}
+
+collect() {
+    LOG=$LOG bash "$(dirname "$0")/gpu_collect.sh" "${1:-0}" "$RESULTS"
+    cat "$RESULTS/c1/stages.txt" "$RESULTS/c1-fork/stages.txt" 2>/dev/null
+}
+
+with_args() {  # JSON_A JSON_B: A with B's keys added
+    python3 -c 'import json, sys; print(json.dumps({**json.loads(sys.argv[1]), **json.loads(sys.argv[2])}))' "$1" "$2"
+}
+
+run() {
+    MODEL=${MODEL:-/tmp/stage/model}  # bench/gpu/bundle.sh puts it in the fourth part
+    source bench/gpu/gpu_common.sh
+    ENGINE_ARGS=${ENGINE_ARGS:-'{"load_format": "dummy", "max_model_len": 4096, "max_num_seqs": 256,
+        "max_num_batched_tokens": 8192, "gpu_memory_utilization": 0.85}'}
+    STEPS=${STEPS:-profile calibration c1 placement c1fork}
+    REPEATS=${REPEATS:-3}
+    CALIBRATION_LOADS=${CALIBRATION_LOADS:-"128x1024@1/2 128x1024@64/64 128x1024@256/256"}
+    # 16 prefixes of 128 blocks of 16 tokens (2,048 blocks) and the running requests' own blocks
+    # overflow 2,560 blocks: prefixes are evicted and computed again.
+    PREFIX_BLOCKS=${PREFIX_BLOCKS:-2560}
+    PREFIX_LOADS=${PREFIX_LOADS:-"p2048+128/16x128@64/256"}
+    C1_LOADS=${C1_LOADS:-"128x128@1/30"}
+    PLACEMENT_LOADS=${PLACEMENT_LOADS:-"p2048+128/16x128@128/256"}
+    # Each engine's KV memory fixed (vLLM's profiling assumes no other process on the GPU changes
+    # its memory use); gpu_memory_utilization only has to pass vLLM's start-up check of free memory.
+    PLACEMENT_ARGS=${PLACEMENT_ARGS:-'{"data_parallel_size": 2, "gpu_memory_utilization": 0.3,
+        "kv_cache_memory_bytes": 8589934592}'}
+    echo $$ > "$RESULTS/pid"
+    machine | tee "$RESULTS/machine.txt"
+    [ -d "$MODEL" ] || python3 -m bench.gpu.gpu_model "$MODEL"
+    for name in $STEPS; do
+        echo "#### step $name at $(date +%T)"
+        step "$name"
+        echo "#### step $name done at $(date +%T)"
+    done
+    echo "#### plan finished"
+    touch "$RESULTS/finished"
+}
+
+step() {
+    case $1 in
+        profile)
+            mkdir -p "$RESULTS/profile"
+            python3 -m bench.gpu.profile_steps --model "$MODEL" --engine-args "$ENGINE_ARGS" \
+                --out "$RESULTS/profile/profile.json" ${PROFILE_FLAGS:-} > "$RESULTS/profile/profile.log" 2>&1
+            grep "^engine ready\|: [0-9]* steps in\|Error" "$RESULTS/profile/profile.log" ;;
+        calibration)
+            REPEATS=$REPEATS side_by_side calibration "$ENGINE_ARGS" ours:4 -- $CALIBRATION_LOADS
+            REPEATS=$REPEATS side_by_side calibration-prefix \
+                "$(with_args "$ENGINE_ARGS" "{\"num_gpu_blocks_override\": $PREFIX_BLOCKS}")" ours:4 -- $PREFIX_LOADS ;;
+        c1)
+            REPEATS=$REPEATS side_by_side c1 "$ENGINE_ARGS" \
+                ours:4:bench.experiments.request_trace+bench.experiments.request_trace \
+                vllm:1:bench.experiments.request_trace -- $C1_LOADS
+            python3 -m bench.experiments.request_trace report "$RESULTS/c1" > "$RESULTS/c1/stages.txt" ;;
+        c1fork)
+            VLLM_WORKER_MULTIPROC_METHOD=fork REPEATS=$REPEATS side_by_side c1-fork "$ENGINE_ARGS" \
+                ours:4:bench.experiments.request_trace+bench.experiments.request_trace -- $C1_LOADS
+            python3 -m bench.experiments.request_trace report "$RESULTS" > "$RESULTS/c1-fork/stages.txt" ;;
+        placement)
+            local args
+            args=$(with_args "$(with_args "$ENGINE_ARGS" "$PLACEMENT_ARGS")" "{\"num_gpu_blocks_override\": $PREFIX_BLOCKS}")
+            CUDA_DEVICES=0,0 REPEATS=$REPEATS side_by_side placement "$args" \
+                ours:4 ours:4@approximate ours:4@load -- $PLACEMENT_LOADS ;;
+        *) echo "unknown step $1" ;;
+    esac
+}
+
+case ${1:-} in
+    start) start ;;
+    collect) collect "${2:-0}" ;;
+    run) run ;;
+    *) echo "usage: bash bench/gpu/lease_plan.sh start | collect SECONDS"; exit 2 ;;
+esac

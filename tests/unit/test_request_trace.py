@@ -1,0 +1,31 @@
+"""bench/experiments/request_trace.py's report: each server's records, ours merged across its
+frontend and engine worker by request id, as stage spans in ms."""
+import json
+
+from bench.experiments.request_trace import report
+
+
+def write(path, records):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+
+
+def test_each_server_gets_its_stages_with_the_engine_records_merged(tmp_path):
+    write(tmp_path / "ours-4fe" / "trace-frontend-1.jsonl",
+          [{"id": "a", "prompt_tokens": 128, "in": 10.000, "add": 10.001, "first_body": 10.020}])
+    write(tmp_path / "ours-4fe" / "trace-engine-2.jsonl",
+          [{"id": "a", "received": 10.0013, "added": 10.002, "queued": 10.0025, "scheduled": 10.003,
+            "first_token": 10.018}])
+    write(tmp_path / "vllm-serve-1api" / "trace-vllm-3.jsonl",
+          [{"id": "cmpl-1-0", "vllm_prompt_tokens": 128, "in": 20.000, "add_request": 20.001, "sent": 20.0015,
+            "queued": 20.002, "scheduled": 20.002, "first_token": 20.014, "first_body": 20.016}])
+    lines = report(str(tmp_path)).splitlines()
+    ours = lines[lines.index("== ours-4fe: prompts of 128 tokens (median), 1 requests") + 1:
+                 lines.index("== vllm-serve-1api: prompts of 128 tokens (median), 1 requests")]
+    serve = lines[lines.index("== vllm-serve-1api: prompts of 128 tokens (median), 1 requests") + 1:]
+    span = lambda part, name: next(float(line.split("p50")[1].split("ms")[0]) for line in part if name in line)
+    assert span(ours, "engine core: prefill (scheduled to first token)") == 15.0
+    assert span(ours, "ADD: frontend to engine worker") == 0.3
+    assert span(serve, "engine core: prefill (scheduled to first token)") == 12.0
+    assert span(serve, "total: HTTP in to first byte out") == 16.0
+    assert not any("ADD: frontend" in line for line in serve)
