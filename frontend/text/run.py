@@ -18,7 +18,7 @@ from frontend.http import HTTPError, unless_disconnected
 from frontend.state import FrontendState
 from frontend.text.generation import GenerationSpec, Piece, generate
 from frontend.text.reasoning import Content, Reasoning
-from frontend.text.structured_outputs import JsonText, is_json_grammar
+from frontend.text.tools import PlainText
 from frontend.text.tool_parsers import ToolCall
 
 
@@ -35,19 +35,6 @@ class Update:
     logprobs: list[list[TokenLogprob]] | None = None
     prompt_logprobs: list[list[TokenLogprob] | None] | None = None
     stop_reason: int | str | None = None  # vLLM's: the stop string or stop token id that ended it
-
-
-class PlainText:
-    def feed(self, text: str) -> list:
-        return [text] if text else []
-
-    def finish(self) -> list:
-        return []
-
-
-def text_reader(format_grammar: dict | None):
-    """How a choice's text reads when no tools are in play: grammar-made JSON escaped, else as it is."""
-    return JsonText() if is_json_grammar(format_grammar) else PlainText()
 
 
 class Choice:

@@ -25,8 +25,9 @@ from frontend.engine_client import EngineLost
 from frontend.http import HTTPError
 from frontend.text.generation import Piece
 from frontend.text.reasoning import make_reasoning_parser
-from frontend.text.run import Choice, Content, PlainText, Reasoning, Update
+from frontend.text.run import Choice, Content, Reasoning, Update
 from frontend.text.tool_parsers import ToolCall
+from frontend.text.tools import PlainText
 
 WEATHER = {"name": "get_weather", "description": "Weather of a city",
            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
