@@ -16,13 +16,13 @@ from frontend.anthropic.routes import ANTHROPIC_ROUTES
 from frontend.auth import ApiKeyMiddleware, api_keys
 from frontend.browser_guard import BrowserGuard
 from frontend.dashboard import Dashboard, dashboard_routes
-from frontend.errors import HANDLED, RETRY, as_http_error
 from frontend.grps.generate import generate_endpoint
 from frontend.http import HTTPError, error_response
 from frontend.metrics import RouteMetricsMiddleware, metrics_endpoint
 from frontend.openai.routes import OPENAI_ROUTES
 from frontend.router import RoutingScopeMiddleware
-from frontend.state import FrontendState
+from frontend.run.errors import HANDLED, RETRY, as_http_error
+from frontend.run.state import FrontendState
 
 
 async def health(request: Request) -> Response:

@@ -29,7 +29,8 @@ from frontend.openai.protocol import (
     ChatCompletionRequest, ChatMessage, FunctionCall, FunctionDefinition, MessageToolCall, Tool,
 )
 from frontend.request_bounds import check_content_blocks, check_count
-from frontend.text.run import Reasoning, Update
+from frontend.run.choices import Update
+from frontend.text.reasoning import Reasoning
 from frontend.text.structured_outputs import check_schema, parse_lenient
 from frontend.text.tool_parsers import ToolCall
 from frontend.text.tools import FunctionTool, ToolPlan

@@ -10,15 +10,15 @@ from frontend.anthropic.errors import error_response
 from frontend.anthropic.messages import MessageBuilder, chat_request, check_request_bounds, check_tools, tool_plan
 from frontend.anthropic.protocol import CountTokens, CountTokensRequest, MessagesRequest
 from frontend.anthropic.sse import message_events
-from frontend.errors import HANDLED
 from frontend.http import HTTPError, event_stream, json_response, read_json
 from frontend.openai.models import served_model
 from frontend.openai.sampling import sampling_kwargs
-from frontend.state import FrontendState
+from frontend.run.choices import Choice, run_choices, run_to_end
+from frontend.run.errors import HANDLED
+from frontend.run.generation import GenerationSpec
+from frontend.run.state import FrontendState
 from frontend.text.chat_template import chat_prompt_ids
-from frontend.text.generation import GenerationSpec
 from frontend.text.reasoning import prompt_tail
-from frontend.text.run import Choice, run_choices, run_to_end
 
 ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 

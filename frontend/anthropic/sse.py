@@ -8,7 +8,7 @@ import msgspec
 from frontend.anthropic.messages import MessageBuilder
 from frontend.anthropic.protocol import error_body
 from frontend.http import HTTPError
-from frontend.text.run import Update, rendered
+from frontend.run.choices import Update, rendered
 
 encode = msgspec.json.Encoder().encode
 
@@ -23,7 +23,7 @@ def error_event(error: HTTPError) -> bytes:
 
 
 class EventRenderer:
-    """The run's Updates as Anthropic's events (a Renderer of frontend.text.run)."""
+    """The run's Updates as Anthropic's events (a Renderer of frontend.run.choices)."""
 
     def __init__(self, builder: MessageBuilder):
         self.builder = builder

@@ -14,9 +14,10 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from frontend.http import HTTPError, error_body, read_json
 from frontend.openai.protocol import Seed
 from frontend.request_bounds import check_sampling
-from frontend.state import FrontendState
-from frontend.text.generation import GenerationSpec
-from frontend.text.run import Choice, Content, Update, rendered, run_choices, run_to_end
+from frontend.run.choices import Choice, Update, rendered, run_choices, run_to_end
+from frontend.run.generation import GenerationSpec
+from frontend.run.state import FrontendState
+from frontend.text.reasoning import Content
 
 Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
 

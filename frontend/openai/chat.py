@@ -20,10 +20,10 @@ from frontend.openai.protocol import (
 from frontend.openai.sampling import choice_specs, requested_grammar, sampling_kwargs
 from frontend.openai.sse import Chunks, event
 from frontend.request_bounds import check_content_blocks, check_count, check_generations, check_sampling
-from frontend.state import FrontendState
+from frontend.run.choices import Choice, Update, rendered, run_choices, run_to_end
+from frontend.run.state import FrontendState
 from frontend.text.chat_template import chat_prompt_ids
-from frontend.text.reasoning import prompt_tail
-from frontend.text.run import Choice, Reasoning, Update, rendered, run_choices, run_to_end
+from frontend.text.reasoning import Reasoning, prompt_tail
 from frontend.text.tokenizer import Tokenizer
 from frontend.text.tool_parsers import ToolCall
 from frontend.text.tools import FunctionTool, ToolPlan

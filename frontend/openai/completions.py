@@ -18,8 +18,9 @@ from frontend.openai.protocol import (
 from frontend.openai.sampling import choice_specs, requested_grammar, sampling_kwargs
 from frontend.openai.sse import Chunks, event
 from frontend.request_bounds import check_generations, check_sampling, check_token_ids
-from frontend.state import FrontendState
-from frontend.text.run import Choice, Content, Update, rendered, run_choices, run_to_end
+from frontend.run.choices import Choice, Update, rendered, run_choices, run_to_end
+from frontend.run.state import FrontendState
+from frontend.text.reasoning import Content
 from frontend.text.tokenizer import Tokenizer
 from frontend.text.tools import text_reader
 

@@ -30,10 +30,10 @@ from frontend.openai.protocol import (
 )
 from frontend.openai.sampling import choice_specs, requested_grammar, sampling_kwargs
 from frontend.request_bounds import check_content_blocks, check_count, check_generations, check_sampling
-from frontend.state import FrontendState
+from frontend.run.choices import Choice, rendered, run_choices, run_to_end
+from frontend.run.state import FrontendState
 from frontend.text.chat_template import chat_prompt_ids
-from frontend.text.reasoning import prompt_tail
-from frontend.text.run import Choice, Reasoning, rendered, run_choices, run_to_end
+from frontend.text.reasoning import Reasoning, prompt_tail
 from frontend.text.structured_outputs import COMPACT, check_schema
 from frontend.text.tool_parsers import ToolCall
 from frontend.text.tools import FunctionTool, ToolPlan
@@ -353,7 +353,7 @@ class ResponseWriter:
         events, self.events = self.events, []
         return events
 
-    # The stream, as frontend.text.run.rendered asks: update() for each Update, then last() or error().
+    # The stream, as frontend.run.choices.rendered asks: update() for each Update, then last() or error().
 
     def update(self, update) -> list[bytes]:
         if self.sequence == 0:

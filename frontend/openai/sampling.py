@@ -7,7 +7,7 @@ choices differ and each is reproducible.
 from frontend.http import HTTPError
 from frontend.openai.protocol import ResponseFormat, SamplingRequest, StructuredOutputs
 from frontend.request_bounds import as_list
-from frontend.text.generation import GenerationSpec
+from frontend.run.generation import GenerationSpec
 from frontend.text.structured_outputs import COMPACT, check_schema, is_json_grammar
 
 # Fields passed to vLLM's SamplingParams under their own names, when given.

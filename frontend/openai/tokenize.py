@@ -17,7 +17,7 @@ from frontend.openai.chat import check_messages
 from frontend.openai.models import served_model
 from frontend.openai.protocol import ChatCompletionRequest, ChatMessage, TokenId, Tool
 from frontend.request_bounds import check_count, check_token_ids
-from frontend.state import FrontendState
+from frontend.run.state import FrontendState
 from frontend.text.chat_template import chat_prompt_ids
 from frontend.text.structured_outputs import check_schema
 

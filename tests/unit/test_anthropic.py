@@ -23,9 +23,9 @@ from frontend.anthropic.sse import error_event, event, message_events
 from frontend.auth import ApiKeyMiddleware
 from frontend.engine_client import EngineLost
 from frontend.http import HTTPError
-from frontend.text.generation import Piece
-from frontend.text.reasoning import make_reasoning_parser
-from frontend.text.run import Choice, Content, Reasoning, Update
+from frontend.run.choices import Choice, Update
+from frontend.run.generation import Piece
+from frontend.text.reasoning import Content, Reasoning, make_reasoning_parser
 from frontend.text.tool_parsers import ToolCall
 from frontend.text.tools import PlainText
 

@@ -12,14 +12,14 @@ from typing import Protocol
 from starlette.requests import Request
 
 from common.messages import TokenLogprob
-from frontend.errors import HANDLED, as_http_error
-from frontend.fan_out import merged
 from frontend.http import HTTPError, unless_disconnected
-from frontend.state import FrontendState
-from frontend.text.generation import GenerationSpec, Piece, generate
+from frontend.run.errors import HANDLED, as_http_error
+from frontend.run.fan_out import merged
+from frontend.run.generation import GenerationSpec, Piece, generate
+from frontend.run.state import FrontendState
 from frontend.text.reasoning import Content, Reasoning
-from frontend.text.tools import PlainText
 from frontend.text.tool_parsers import ToolCall
+from frontend.text.tools import PlainText
 
 
 Event = Content | Reasoning | ToolCall

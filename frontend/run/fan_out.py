@@ -6,7 +6,7 @@ stream; closing it (client gone, error) closes every generation, which aborts it
 import asyncio
 from collections.abc import AsyncIterator
 
-from frontend.text.generation import Piece
+from frontend.run.generation import Piece
 
 DONE = object()
 
