@@ -148,10 +148,10 @@ def test_array_elements_skip_scalars_and_survive_a_runaway_nesting():
     assert runaway.feed("[" + "[" * 5000 + "]" * 5000 + ", {}]") == [{}]
 
 
-def chat_request(**fields):
-    from frontend.openai.protocol import ChatCompletionRequest, ChatMessage
+def chat(**fields):
+    from frontend.text.chat import Chat, ChatMessage
 
-    return ChatCompletionRequest(messages=[ChatMessage("user", "hi")], **fields)
+    return Chat(messages=[ChatMessage("user", "hi")], **fields)
 
 
 async def test_request_chat_templates_are_refused_unless_trusted(tokenizer):
@@ -162,10 +162,10 @@ async def test_request_chat_templates_are_refused_unless_trusted(tokenizer):
     for fields, param in ((dict(chat_template="{{ 'x' }}"), "chat_template"),
                           (kwargs_template, "chat_template_kwargs.chat_template")):
         with pytest.raises(HTTPError) as raised:
-            await chat_prompt_ids(tokenizer, chat_request(**fields), ServerConfig())
+            await chat_prompt_ids(tokenizer, chat(**fields), ServerConfig())
         assert raised.value.param == param and "trust_request_chat_template" in raised.value.message
     trusting = ServerConfig(trust_request_chat_template=True)
-    assert await chat_prompt_ids(tokenizer, chat_request(chat_template="hello"), trusting) == tokenizer.encode("hello")
+    assert await chat_prompt_ids(tokenizer, chat(chat_template="hello"), trusting) == tokenizer.encode("hello")
 
 
 async def test_a_trusted_template_is_stopped_in_time_and_bounded_in_output(tokenizer):
@@ -175,10 +175,10 @@ async def test_a_trusted_template_is_stopped_in_time_and_bounded_in_output(token
     server = ServerConfig(trust_request_chat_template=True,
                           limits=RequestLimits(chat_template_timeout_s=0.3, max_chat_prompt_chars=10_000))
     with pytest.raises(HTTPError) as raised:
-        await chat_prompt_ids(tokenizer, chat_request(chat_template=LOOP), server)
+        await chat_prompt_ids(tokenizer, chat(chat_template=LOOP), server)
     assert raised.value.param == "chat_template" and "0.3 s" in raised.value.message
     big = "{% for i in range(20000) %}xy{% endfor %}"
     with pytest.raises(HTTPError) as raised:
-        await chat_prompt_ids(tokenizer, chat_request(chat_template=big), server)
+        await chat_prompt_ids(tokenizer, chat(chat_template=big), server)
     assert raised.value.param == "chat_template" and "40000 characters" in raised.value.message
 

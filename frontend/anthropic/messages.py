@@ -1,6 +1,6 @@
-"""Anthropic Messages on the chat machinery: a request becomes a chat request (messages and tools
-for the chat template, sampling) and a ToolPlan (tools and tool_choice), and the run's Updates
-become a Message, whole or as events.
+"""Anthropic Messages on the chat machinery: a request becomes a Chat (messages and tools for the
+chat template), sampling and a ToolPlan (tools and tool_choice), and the run's Updates become a
+Message, whole or as events.
 
 How the content blocks map:
 - system (a string or text blocks), and messages of role "system", become system messages;
@@ -25,15 +25,15 @@ from frontend.anthropic.protocol import (
     ToolChoiceTool, ToolResultBlock, ToolUseBlock, ToolUseOut, Usage, message_id,
 )
 from frontend.http import HTTPError
-from frontend.openai.protocol import (
-    ChatCompletionRequest, ChatMessage, FunctionCall, FunctionDefinition, MessageToolCall, Tool,
-)
 from frontend.request_bounds import check_content_blocks, check_count
 from frontend.run.choices import Update
+from frontend.text.chat import Chat, ChatMessage, FunctionCall, FunctionDefinition, MessageToolCall, Tool
 from frontend.text.reasoning import Reasoning
 from frontend.text.structured_outputs import check_schema, parse_lenient
 from frontend.text.tool_parsers import ToolCall
 from frontend.text.tools import FunctionTool, ToolPlan
+
+SAMPLING_FIELDS = ("temperature", "top_p", "top_k")  # vLLM's names too
 
 
 def check_request_bounds(body: CountTokensRequest, limits: RequestLimits) -> None:
@@ -68,20 +68,22 @@ def check_tools(body: CountTokensRequest, max_schema_depth: int) -> None:
             raise HTTPError(400, f"{field}.type must be 'object': a tool's input is an object", f"{field}.type")
 
 
-def chat_request(body: CountTokensRequest) -> ChatCompletionRequest:
-    """The chat request that means the same to the chat template and the sampling (a worker thread's
-    work: it grows with the body)."""
+def as_chat(body: CountTokensRequest) -> Chat:
+    """The chat that means the same to the chat template (a worker thread's work: it grows with the body)."""
     tools = [Tool(function=FunctionDefinition(t.name, t.description, t.input_schema)) for t in body.tools or []]
-    request = ChatCompletionRequest(model=body.model, messages=chat_messages(body), tools=tools or None)
+    messages = chat_messages(body)
     # As Anthropic does, an answer to messages that end with the assistant's text continues that text.
-    last = request.messages[-1]
-    request.continue_final_message = last.role == "assistant" and not last.tool_calls
-    if isinstance(body, MessagesRequest):
-        request.max_tokens = body.max_tokens
-        request.stop = body.stop_sequences
-        request.temperature, request.top_p, request.top_k = body.temperature, body.top_p, body.top_k
-        request.stream = body.stream
-    return request
+    continuing = messages[-1].role == "assistant" and not messages[-1].tool_calls
+    return Chat(messages=messages, tools=tools or None, continue_final_message=continuing)
+
+
+def sampling_of(body: MessagesRequest, grammar: dict | None) -> dict:
+    """vLLM SamplingParams keyword arguments: the sampling fields given, max_tokens, the tools' grammar."""
+    sampling = {name: getattr(body, name) for name in SAMPLING_FIELDS if getattr(body, name) is not None}
+    sampling["max_tokens"] = body.max_tokens
+    if grammar is not None:
+        sampling["structured_outputs"] = grammar
+    return sampling
 
 
 def tool_plan(body: MessagesRequest, tool_parser: str, max_schema_depth: int) -> ToolPlan:

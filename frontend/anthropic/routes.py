@@ -7,12 +7,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from frontend.anthropic.errors import error_response
-from frontend.anthropic.messages import MessageBuilder, chat_request, check_request_bounds, check_tools, tool_plan
+from frontend.anthropic.messages import (
+    MessageBuilder, as_chat, check_request_bounds, check_tools, sampling_of, tool_plan,
+)
 from frontend.anthropic.protocol import CountTokens, CountTokensRequest, MessagesRequest
 from frontend.anthropic.sse import message_events
 from frontend.http import HTTPError, event_stream, json_response, read_json
 from frontend.openai.models import served_model
-from frontend.openai.sampling import sampling_kwargs
 from frontend.run.choices import Choice, run_choices, run_to_end
 from frontend.run.errors import HANDLED
 from frontend.run.generation import GenerationSpec
@@ -45,15 +46,15 @@ async def read_request(request: Request, kind: type):
     return state, body, model
 
 
-def checked_chat_request(body: CountTokensRequest, max_schema_depth: int):
+def checked_chat(body: CountTokensRequest, max_schema_depth: int):
     """A worker thread's work: it grows with the body."""
     check_tools(body, max_schema_depth)
-    return chat_request(body)
+    return as_chat(body)
 
 
 def prepare(body: MessagesRequest, tool_parser: str, max_schema_depth: int):
-    """The chat request and the tool plan."""
-    return chat_request(body), tool_plan(body, tool_parser, max_schema_depth)
+    """The chat and the tool plan."""
+    return as_chat(body), tool_plan(body, tool_parser, max_schema_depth)
 
 
 async def create_message(request: Request) -> Response:
@@ -62,7 +63,7 @@ async def create_message(request: Request) -> Response:
     chat, plan = await asyncio.to_thread(prepare, body, state.server.tool_parser, limits.max_schema_depth)
     prompt_ids = await chat_prompt_ids(state.tokenizer, chat, state.server)
     state.check_context(len(prompt_ids), body.max_tokens)
-    spec = GenerationSpec(prompt_ids, sampling_kwargs(chat, body.max_tokens, plan.grammar), body.stop_sequences or [])
+    spec = GenerationSpec(prompt_ids, sampling_of(body, plan.grammar), body.stop_sequences or [])
     builder = MessageBuilder(model, len(prompt_ids))
     reasoning = state.server.reasoning_parser
     tail = prompt_tail(state.tokenizer, prompt_ids) if reasoning else ""
@@ -77,7 +78,7 @@ async def create_message(request: Request) -> Response:
 async def count_tokens(request: Request) -> Response:
     """The prompt's tokens exactly as /v1/messages would count them: the same chat template run."""
     state, body, _ = await read_request(request, CountTokensRequest)
-    chat = await asyncio.to_thread(checked_chat_request, body, state.server.limits.max_schema_depth)
+    chat = await asyncio.to_thread(checked_chat, body, state.server.limits.max_schema_depth)
     prompt_ids = await chat_prompt_ids(state.tokenizer, chat, state.server)
     return json_response(CountTokens(len(prompt_ids)))
 

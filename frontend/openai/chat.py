@@ -14,8 +14,8 @@ from frontend.openai.logprobs import chat_logprobs
 from frontend.openai.models import served_model
 from frontend.openai.protocol import (
     AssistantMessage, CalledFunction, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk,
-    ChatCompletionRequest, ChatDelta, ChatMessage, ChatLogprobs, NamedToolChoice, StreamedFunction, StreamOptions, ToolCallDelta,
-    ToolCallOut, Usage, now, response_id, usage,
+    ChatCompletionRequest, ChatDelta, ChatLogprobs, ChatMessage, NamedToolChoice, StreamedFunction, StreamOptions,
+    ToolCallDelta, ToolCallOut, Usage, as_chat, now, response_id, usage,
 )
 from frontend.openai.sampling import choice_specs, requested_grammar, sampling_kwargs
 from frontend.openai.sse import Chunks, event
@@ -74,9 +74,15 @@ def blocks_of(message: ChatMessage) -> int:
     return parts + len(message.tool_calls or [])
 
 
-def max_tokens_of(state: FrontendState, body: ChatCompletionRequest, prompt_tokens: int) -> int:
-    field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
-    max_tokens = body.max_completion_tokens or body.max_tokens
+def requested_max_tokens(body: ChatCompletionRequest) -> tuple[int | None, str]:
+    """The cap the request gives, if any, and the field that gives it."""
+    if body.max_completion_tokens is not None:
+        return body.max_completion_tokens, "max_completion_tokens"
+    return body.max_tokens, "max_tokens"
+
+
+def max_tokens_of(state: FrontendState, prompt_tokens: int, max_tokens: int | None, field: str) -> int:
+    """The requested cap (named `field`), checked against the context, or what the context leaves."""
     if max_tokens is None:
         max_tokens = state.max_model_len - prompt_tokens
         if max_tokens < 1:
@@ -100,9 +106,10 @@ async def chat_completions_endpoint(request: Request) -> Response:
     check_chat_bounds(body, limits, tokenizer.vocab_size)
     constrained = bool(body.tools) or body.response_format is not None or body.structured_outputs is not None
     plan = await off_the_loop_if(constrained, tool_plan, body, state.server.tool_parser, limits.max_schema_depth)
-    prompt_ids = await chat_prompt_ids(tokenizer, body, state.server)
+    prompt_ids = await chat_prompt_ids(tokenizer, as_chat(body), state.server)
     top_logprobs = top_logprobs_of(body)
-    sampling = sampling_kwargs(body, max_tokens_of(state, body, len(prompt_ids)), plan.grammar, logprobs=top_logprobs)
+    max_tokens = max_tokens_of(state, len(prompt_ids), *requested_max_tokens(body))
+    sampling = sampling_kwargs(body, max_tokens, plan.grammar, logprobs=top_logprobs)
     specs = choice_specs(body, prompt_ids, sampling)
     reasoning = state.server.reasoning_parser
     tail = prompt_tail(tokenizer, prompt_ids) if reasoning else ""

@@ -26,7 +26,7 @@ from frontend.http import HTTPError, event_stream, json_response, off_the_loop_i
 from frontend.openai.chat import max_tokens_of
 from frontend.openai.models import served_model
 from frontend.openai.protocol import (
-    ChatCompletionRequest, ChatMessage, FunctionCall, FunctionDefinition, MessageToolCall, SamplingRequest, Tool,
+    Chat, ChatMessage, FunctionCall, FunctionDefinition, MessageToolCall, SamplingRequest, Tool,
 )
 from frontend.openai.sampling import choice_specs, requested_grammar, sampling_kwargs
 from frontend.request_bounds import check_content_blocks, check_count, check_generations, check_sampling
@@ -472,7 +472,6 @@ class ResponseWriter:
 
 CHAT_FIELDS = [  # chat's names for what the Responses API names otherwise, in errors raised by shared code
     (re.compile(r"\bmessages\b"), "input"),
-    (re.compile(r"\bmax_completion_tokens\b"), "max_output_tokens"),
 ]
 
 
@@ -507,10 +506,9 @@ def parts_of(content: str | list | None) -> int:
     return len(content) if isinstance(content, list) else 0
 
 
-def as_chat(body: ResponsesRequest) -> ChatCompletionRequest:
-    """The chat this request stands for, as the chat template and the context check take it."""
-    return ChatCompletionRequest(messages=chat_messages(body), tools=chat_tools(body),
-                                 max_completion_tokens=body.max_output_tokens)
+def as_chat(body: ResponsesRequest) -> Chat:
+    """The chat this request stands for, as the chat template takes it."""
+    return Chat(messages=chat_messages(body), tools=chat_tools(body))
 
 
 async def responses_endpoint(request: Request) -> Response:
@@ -525,7 +523,8 @@ async def responses_endpoint(request: Request) -> Response:
         constrained = bool(body.tools) or body.text is not None or body.structured_outputs is not None
         plan = await off_the_loop_if(constrained, tool_plan, body, state.server.tool_parser, limits.max_schema_depth)
         prompt_ids = await chat_prompt_ids(tokenizer, chat, state.server)
-        sampling = sampling_kwargs(body, max_tokens_of(state, chat, len(prompt_ids)), plan.grammar)
+        max_tokens = max_tokens_of(state, len(prompt_ids), body.max_output_tokens, "max_output_tokens")
+        sampling = sampling_kwargs(body, max_tokens, plan.grammar)
     reasoning = state.server.reasoning_parser
     tail = prompt_tail(tokenizer, prompt_ids) if reasoning else ""
     choice = Choice(0, plan.reader(), plan.reasoning_parser(reasoning, tail))

@@ -17,7 +17,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from common.config import RequestLimits
-from frontend.anthropic.messages import MessageBuilder, chat_request, check_request_bounds, check_tools, tool_plan
+from frontend.anthropic.messages import (
+    MessageBuilder, as_chat, check_request_bounds, check_tools, sampling_of, tool_plan,
+)
 from frontend.anthropic.protocol import CountTokensRequest, MessagesRequest, error_body
 from frontend.anthropic.sse import error_event, event, message_events
 from frontend.auth import ApiKeyMiddleware
@@ -51,7 +53,7 @@ def test_max_tokens_is_required_as_anthropic_requires():
 def test_count_tokens_takes_no_max_tokens():
     body = msgspec.json.decode(b'{"model": "m", "messages": [{"role": "user", "content": "Hi"}]}',
                                type=CountTokensRequest)
-    assert chat_request(body).max_tokens is None
+    assert [(m.role, m.content) for m in as_chat(body).messages] == [("user", "Hi")]
 
 
 def test_an_unsupported_block_is_named():
@@ -62,7 +64,7 @@ def test_an_unsupported_block_is_named():
 
 def test_system_string_and_blocks():
     for system in ("Be brief.", [{"type": "text", "text": "Be "}, {"type": "text", "text": "brief."}]):
-        messages = chat_request(request(system=system)).messages
+        messages = as_chat(request(system=system)).messages
         assert [(m.role, m.content) for m in messages] == [("system", "Be brief."), ("user", "Hi")]
 
 
@@ -78,7 +80,7 @@ def test_a_tool_round_trip_becomes_tool_calls_and_tool_messages():
             {"type": "tool_result", "tool_use_id": "toolu_2", "content": "no such city", "is_error": True},
             {"type": "text", "text": "And tomorrow?"}]},
     ])
-    messages = chat_request(body).messages
+    messages = as_chat(body).messages
     assert [m.role for m in messages] == ["user", "assistant", "tool", "tool", "user"]
     assistant = messages[1]
     assert assistant.content == "Let me look."
@@ -91,15 +93,15 @@ def test_a_tool_round_trip_becomes_tool_calls_and_tool_messages():
 
 def test_an_assistant_message_last_is_continued():
     prefilled = [{"role": "user", "content": "Pick one"}, {"role": "assistant", "content": "The best answer is ("}]
-    assert chat_request(request(messages=prefilled)).continue_final_message
-    assert not chat_request(request()).continue_final_message
+    assert as_chat(request(messages=prefilled)).continue_final_message
+    assert not as_chat(request()).continue_final_message
 
 
 def test_a_block_in_the_wrong_role_is_named():
     body = request(messages=[{"role": "assistant", "content": [
         {"type": "tool_result", "tool_use_id": "t", "content": "x"}]}])
     with pytest.raises(HTTPError) as raised:
-        chat_request(body)
+        as_chat(body)
     assert (raised.value.status, raised.value.param) == (400, "messages[0].content[0]")
 
 
@@ -116,7 +118,7 @@ def test_tool_choice(choice, expected, one_call):
     assert plan.choice == expected
     if expected == "required":
         assert (plan.grammar["json"].get("maxItems") == 1) == one_call
-    assert chat_request(request(tools=[WEATHER])).tools[0].function.parameters == WEATHER["input_schema"]
+    assert as_chat(request(tools=[WEATHER])).tools[0].function.parameters == WEATHER["input_schema"]
 
 
 def test_tool_choice_names_the_field():
@@ -127,8 +129,9 @@ def test_tool_choice_names_the_field():
 
 
 def test_sampling_fields_carry_over():
-    chat = chat_request(request(temperature=0.5, top_p=0.9, top_k=5, stop_sequences=["END"], metadata={"u": 1}))
-    assert (chat.max_tokens, chat.temperature, chat.top_p, chat.top_k, chat.stop) == (16, 0.5, 0.9, 5, ["END"])
+    body = request(temperature=0.5, top_p=0.9, top_k=5, stop_sequences=["END"], metadata={"u": 1})
+    assert sampling_of(body, None) == {"temperature": 0.5, "top_p": 0.9, "top_k": 5, "max_tokens": 16}
+    assert sampling_of(request(), {"json": {}}) == {"max_tokens": 16, "structured_outputs": {"json": {}}}
 
 
 def test_temperature_in_anthropic_range():
