@@ -16,6 +16,9 @@ The answer is built block by block (MessageBuilder), and the streamed events and
 come from the same builder, so a stream accumulates to exactly what the whole answer would be.
 """
 import json
+from collections.abc import Iterable
+
+from starlette.responses import Response
 
 from common.config import RequestLimits
 from frontend.anthropic.protocol import (
@@ -24,8 +27,10 @@ from frontend.anthropic.protocol import (
     TextBlock, TextDelta, TextOut, ThinkingBlock, ThinkingDelta, ThinkingOut, ToolChoiceAny, ToolChoiceNone,
     ToolChoiceTool, ToolResultBlock, ToolUseBlock, ToolUseOut, Usage, message_id,
 )
-from frontend.http import HTTPError
+from frontend.anthropic.sse import error_event, event
+from frontend.http import HTTPError, json_response
 from frontend.request_bounds import check_content_blocks, check_count
+from frontend.run.answer import Answer
 from frontend.run.choices import Update
 from frontend.text.chat import Chat, ChatMessage, FunctionCall, FunctionDefinition, MessageToolCall, Tool
 from frontend.text.reasoning import Reasoning
@@ -186,7 +191,7 @@ def input_of(arguments: str) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-class MessageBuilder:
+class MessageBuilder(Answer):
     """One answer as it grows, block by block: each step returns the events it streams, and
     `message()` is the whole answer so far.
 
@@ -205,6 +210,12 @@ class MessageBuilder:
         self.held, self.held_kind = "", None
         self.stop_reason: str | None = None
         self.stop_sequence: str | None = None
+
+    def renderer(self) -> "MessageEvents":
+        return MessageEvents(self)
+
+    def whole_response(self) -> Response:
+        return json_response(self.message())
 
     def start(self) -> list:
         return [MessageStart(self.message()), Ping()]
@@ -283,6 +294,30 @@ class MessageBuilder:
         content = [whole_block(block, texts) for block, texts in zip(self.blocks, self.texts)]
         return Message(id=self.id, model=self.model, content=content, stop_reason=self.stop_reason,
                        stop_sequence=self.stop_sequence, usage=self.usage())
+
+
+class MessageEvents:
+    """The run's Updates as Anthropic's events (a Renderer): message_start and a ping before the first
+    Update's; no end marker (message_stop comes with the finishing Update), and a failure after the
+    first byte an `error` event in Anthropic's error shape, which ends the stream."""
+
+    def __init__(self, builder: MessageBuilder):
+        self.builder = builder
+        self.started = False
+
+    def update(self, update: Update) -> Iterable[bytes]:
+        events = [] if self.started else self.builder.start()
+        self.started = True
+        return map(event, events + self.builder.take(update))
+
+    def last(self) -> Iterable[bytes]:
+        return []
+
+    def error(self, error: HTTPError) -> Iterable[bytes]:
+        return [error_event(error)]
+
+    def end(self) -> Iterable[bytes]:
+        return []
 
 
 def whole_block(block: OutputBlock, texts: list[str]) -> OutputBlock:

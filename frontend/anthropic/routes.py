@@ -11,15 +11,14 @@ from frontend.anthropic.messages import (
     MessageBuilder, as_chat, check_request_bounds, check_tools, sampling_of, tool_plan,
 )
 from frontend.anthropic.protocol import CountTokens, CountTokensRequest, MessagesRequest
-from frontend.anthropic.sse import message_events
-from frontend.http import HTTPError, event_stream, json_response, read_json
+from frontend.http import HTTPError, json_response, read_json
 from frontend.openai.models import served_model
-from frontend.run.choices import Choice, run_choices, run_to_end
+from frontend.run.answer import respond
+from frontend.run.choices import chat_choices
 from frontend.run.errors import HANDLED
 from frontend.run.generation import GenerationSpec
 from frontend.run.state import FrontendState
 from frontend.text.chat_template import chat_prompt_ids
-from frontend.text.reasoning import prompt_tail
 
 ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 
@@ -64,15 +63,8 @@ async def create_message(request: Request) -> Response:
     prompt_ids = await chat_prompt_ids(state.tokenizer, chat, state.server)
     state.check_context(len(prompt_ids), body.max_tokens)
     spec = GenerationSpec(prompt_ids, sampling_of(body, plan.grammar), body.stop_sequences or [])
-    builder = MessageBuilder(model, len(prompt_ids))
-    reasoning = state.server.reasoning_parser
-    tail = prompt_tail(state.tokenizer, prompt_ids) if reasoning else ""
-    choice = Choice(0, plan.reader(), plan.reasoning_parser(reasoning, tail))
-    updates = await run_choices(request, state, [spec], [choice])
-    if body.stream:
-        return event_stream(message_events(builder, updates))
-    await run_to_end(request, updates, builder.take)
-    return json_response(builder.message())
+    choices = chat_choices(state, plan, prompt_ids, 1)
+    return await respond(request, state, [spec], choices, MessageBuilder(model, len(prompt_ids)), body.stream)
 
 
 async def count_tokens(request: Request) -> Response:

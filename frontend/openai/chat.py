@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from common.config import RequestLimits
-from frontend.http import HTTPError, event_stream, json_response, off_the_loop_if, read_json
+from frontend.http import HTTPError, json_response, off_the_loop_if, read_json
 from frontend.openai.logprobs import chat_logprobs
 from frontend.openai.models import served_model
 from frontend.openai.protocol import (
@@ -20,10 +20,11 @@ from frontend.openai.protocol import (
 from frontend.openai.sampling import choice_specs, requested_grammar, sampling_kwargs
 from frontend.openai.sse import Chunks, event
 from frontend.request_bounds import check_content_blocks, check_count, check_generations, check_sampling
-from frontend.run.choices import Choice, Update, rendered, run_choices, run_to_end
+from frontend.run.answer import Answer, respond
+from frontend.run.choices import Choice, Update, chat_choices
 from frontend.run.state import FrontendState
 from frontend.text.chat_template import chat_prompt_ids
-from frontend.text.reasoning import Reasoning, prompt_tail
+from frontend.text.reasoning import Reasoning
 from frontend.text.tokenizer import Tokenizer
 from frontend.text.tool_parsers import ToolCall
 from frontend.text.tools import FunctionTool, ToolPlan
@@ -111,22 +112,16 @@ async def chat_completions_endpoint(request: Request) -> Response:
     max_tokens = max_tokens_of(state, len(prompt_ids), *requested_max_tokens(body))
     sampling = sampling_kwargs(body, max_tokens, plan.grammar, logprobs=top_logprobs)
     specs = choice_specs(body, prompt_ids, sampling)
-    reasoning = state.server.reasoning_parser
-    tail = prompt_tail(tokenizer, prompt_ids) if reasoning else ""
-    choices = [Choice(i, plan.reader(), plan.reasoning_parser(reasoning, tail)) for i in range(len(specs))]
-    answer = ChatAnswer(model, len(prompt_ids), plan, choices, top_logprobs, tokenizer)
-    updates = await run_choices(request, state, specs, choices)
-    if body.stream:
-        return event_stream(rendered(updates, ChatChunks(answer, body.stream_options)))
-    await run_to_end(request, updates)
-    return json_response(answer.completion())
+    choices = chat_choices(state, plan, prompt_ids, len(specs))
+    answer = ChatAnswer(model, len(prompt_ids), plan, choices, top_logprobs, tokenizer, body.stream_options)
+    return await respond(request, state, specs, choices, answer, body.stream)
 
 
-class ChatAnswer:
+class ChatAnswer(Answer):
     """One chat run as OpenAI shapes it: the whole completion, and the chunks' common fields."""
 
     def __init__(self, model: str, prompt_tokens: int, plan: ToolPlan, choices: list[Choice], top_logprobs: int | None,
-                 tokenizer: Tokenizer):
+                 tokenizer: Tokenizer, stream_options: StreamOptions | None):
         self.id = response_id("chatcmpl")
         self.created = now()
         self.model = model
@@ -135,6 +130,13 @@ class ChatAnswer:
         self.choices = choices
         self.top_logprobs = top_logprobs
         self.tokenizer = tokenizer
+        self.stream_options = stream_options
+
+    def renderer(self) -> "ChatChunks":
+        return ChatChunks(self, self.stream_options)
+
+    def whole_response(self) -> Response:
+        return json_response(self.completion())
 
     def usage(self) -> Usage:
         return usage(self.prompt_tokens, sum(choice.completion_tokens for choice in self.choices))

@@ -21,10 +21,11 @@ from frontend.anthropic.messages import (
     MessageBuilder, as_chat, check_request_bounds, check_tools, sampling_of, tool_plan,
 )
 from frontend.anthropic.protocol import CountTokensRequest, MessagesRequest, error_body
-from frontend.anthropic.sse import error_event, event, message_events
+from frontend.anthropic.sse import error_event, event
 from frontend.auth import ApiKeyMiddleware
 from frontend.engine_client import EngineLost
 from frontend.http import HTTPError
+from frontend.run.answer import rendered
 from frontend.run.choices import Choice, Update
 from frontend.run.generation import Piece
 from frontend.text.reasoning import Content, Reasoning, make_reasoning_parser
@@ -257,7 +258,7 @@ async def test_a_failure_mid_stream_ends_it_with_an_error_event():
         yield Update(0, [Content("Hello")], [1], 1)
         raise EngineLost("the engine went away")
 
-    frames = [frame.decode() async for frame in message_events(MessageBuilder("m", 3), updates())]
+    frames = [frame.decode() async for frame in rendered(updates(), MessageBuilder("m", 3).renderer())]
     names = [frame.split("\n")[0].removeprefix("event: ") for frame in frames]
     assert names == ["message_start", "ping", "content_block_start", "content_block_delta", "error"]
     assert json.loads(frames[-1].split("\n")[1].removeprefix("data: ")) == {

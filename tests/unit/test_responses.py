@@ -135,7 +135,7 @@ def step(events: list, tokens: int, finish_reason: str | None = None) -> Update:
 
 
 def run(writer: ResponseWriter, updates: list[Update]):
-    """A streamed run as frontend.run.choices.rendered drives it: its events and the response they end with."""
+    """A streamed run as frontend.run.answer.rendered drives it: its events and the response they end with."""
     chunks = [chunk for update in updates for chunk in writer.update(update)] + writer.last() + writer.end()
     return events_of(chunks), Response.model_validate_json(msgspec.json.encode(writer.response))
 
