@@ -17,7 +17,8 @@ from frontend.auth import ApiKeyMiddleware, api_keys
 from frontend.browser_guard import BrowserGuard
 from frontend.dashboard import Dashboard, dashboard_routes
 from frontend.grps.generate import generate_endpoint
-from frontend.http import HTTPError, error_response
+from frontend.error_shapes import error_response
+from frontend.http import HTTPError
 from frontend.metrics import RouteMetricsMiddleware, metrics_endpoint
 from frontend.openai.routes import OPENAI_ROUTES
 from frontend.router import RoutingScopeMiddleware

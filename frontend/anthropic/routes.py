@@ -6,7 +6,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from frontend.anthropic.errors import error_response
 from frontend.anthropic.messages import (
     MessageBuilder, as_chat, check_request_bounds, check_tools, sampling_of, tool_plan,
 )
@@ -15,7 +14,6 @@ from frontend.http import HTTPError, json_response, read_json
 from frontend.openai.models import served_model
 from frontend.run.answer import respond
 from frontend.run.choices import chat_choices
-from frontend.run.errors import HANDLED
 from frontend.run.generation import GenerationSpec
 from frontend.run.state import FrontendState
 from frontend.text.chat_template import chat_prompt_ids
@@ -24,15 +22,13 @@ ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 
 
 def anthropic_route(path: str, handler) -> Route:
-    """A POST route whose every error, its 405 included, is in Anthropic's shape."""
+    """A POST route that answers other methods with its own 405. Its errors, that 405 included, take
+    Anthropic's shape from the app's handlers (frontend/error_shapes.py), as its path says."""
 
     async def endpoint(request: Request) -> Response:
-        try:
-            if request.method != "POST":
-                raise HTTPError(405, f"{request.method} is not allowed here: use POST", headers={"Allow": "POST"})
-            return await handler(request)
-        except HANDLED as error:
-            return error_response(error)
+        if request.method != "POST":
+            raise HTTPError(405, f"{request.method} is not allowed here: use POST", headers={"Allow": "POST"})
+        return await handler(request)
 
     return Route(path, endpoint, methods=ANY_METHOD)
 

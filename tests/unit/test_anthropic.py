@@ -21,7 +21,9 @@ from frontend.anthropic.messages import (
     MessageBuilder, as_chat, check_request_bounds, check_tools, sampling_of, tool_plan,
 )
 from frontend.anthropic.protocol import CountTokensRequest, MessagesRequest, error_body
+from frontend.anthropic.routes import anthropic_route
 from frontend.anthropic.sse import error_event, event
+from frontend.app import error_handlers
 from frontend.auth import ApiKeyMiddleware
 from frontend.engine_client import EngineLost
 from frontend.http import HTTPError
@@ -296,6 +298,23 @@ async def test_bearer_still_works_and_other_routes_keep_their_shape():
         refused = await http.post("/v1/chat/completions", headers={"x-api-key": "wrong"}, json={})
         assert refused.status_code == 401 and refused.json()["error"]["type"] == "authentication_error"
         assert "code" in refused.json()["error"]  # OpenAI's shape
+
+
+async def test_a_route_error_takes_the_shape_of_its_path():
+    async def refuse(request):
+        raise HTTPError(400, "too hot", "temperature")
+
+    routes = [anthropic_route("/v1/messages", refuse), Route("/v1/completions", refuse, methods=["POST"])]
+    app = Starlette(routes=routes, exception_handlers=error_handlers())
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://f") as http:
+        anthropic_error = await http.post("/v1/messages", json={})
+        openai_error = await http.post("/v1/completions", json={})
+        not_post = await http.get("/v1/messages")
+    assert anthropic_error.status_code == 400 and anthropic_error.json() == {
+        "type": "error", "error": {"type": "invalid_request_error", "message": "temperature: too hot"}}
+    assert openai_error.status_code == 400 and openai_error.json()["error"]["param"] == "temperature"
+    assert not_post.status_code == 405 and not_post.headers["allow"] == "POST"
+    assert not_post.json()["error"]["type"] == "invalid_request_error" and not_post.json()["type"] == "error"
 
 
 def test_thinking_from_the_reasoning_parser_becomes_a_thinking_block():
