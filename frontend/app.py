@@ -15,7 +15,7 @@ from common.config import ROOT, ServerConfig
 from frontend.anthropic.routes import ANTHROPIC_ROUTES
 from frontend.auth import ApiKeyMiddleware, api_keys
 from frontend.browser_guard import BrowserGuard
-from frontend.dashboard import Dashboard, dashboard_routes
+from frontend.dashboard.routes import Dashboard, dashboard_routes
 from frontend.grps.generate import generate_endpoint
 from frontend.error_shapes import error_response
 from frontend.http import HTTPError
