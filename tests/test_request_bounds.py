@@ -9,8 +9,9 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from common.config import RequestLimits
 from frontend.http import HTTPError, deepest_field
+from frontend.openai.sampling import token_biases
 from frontend.request_bounds import (
-    check_depth, check_generations, check_seed, check_stop_strings, check_token_ids, depth_of, token_biases,
+    check_depth, check_generations, check_logit_bias, check_seed, check_stop_strings, check_token_ids, depth_of,
 )
 from frontend.text.chat_template import TemplateTimeout, deadline_tracer
 from frontend.text.structured_outputs import ForcedToolCalls, JsonArrayElements
@@ -46,12 +47,13 @@ def test_token_ids_outside_the_vocabulary_are_refused(token_id):
 
 
 def test_logit_bias_keys_are_token_ids_in_the_vocabulary():
-    assert token_biases({"5": 1.0, "7": -100}, VOCAB, LIMITS) == {5: 1.0, 7: -100}
-    assert token_biases({5: 1.0}, VOCAB, LIMITS) == {5: 1.0}
+    check_logit_bias({"5": 1.0, "7": -100}, VOCAB, LIMITS)
+    check_logit_bias({5: 1.0}, VOCAB, LIMITS)
+    assert token_biases({"5": 1.0, "7": -100}) == {5: 1.0, 7: -100}  # as they go to vLLM
     for key in (str(10**23), "-1", "abc", "1e3", str(VOCAB)):
-        assert refusal(token_biases, {key: 1.0}, VOCAB, LIMITS).param == "logit_bias"
+        assert refusal(check_logit_bias, {key: 1.0}, VOCAB, LIMITS).param == "logit_bias"
     many = {str(i): 0.0 for i in range(LIMITS.max_logit_bias + 1)}
-    assert "limit" in refusal(token_biases, many, VOCAB, LIMITS).message
+    assert "limit" in refusal(check_logit_bias, many, VOCAB, LIMITS).message
 
 
 def test_stop_strings_are_bounded_in_number_and_length():

@@ -32,7 +32,7 @@ def sampling_kwargs(body: SamplingRequest, max_tokens: int, structured: dict | N
 
 
 def token_biases(logit_bias: dict[str, float]) -> dict[int, float]:
-    # The keys were checked to be token ids (frontend.request_bounds).
+    # The keys were checked to be token ids (frontend.request_bounds.check_logit_bias).
     return {int(token): bias for token, bias in logit_bias.items()}
 
 
