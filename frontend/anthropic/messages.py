@@ -41,7 +41,7 @@ from frontend.text.tools import FunctionTool, ToolPlan
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k")  # vLLM's names too
 
 
-def check_request_bounds(body: CountTokensRequest, limits: RequestLimits) -> None:
+def check_bounds(body: CountTokensRequest, limits: RequestLimits) -> None:
     check_count(body.messages, limits.max_messages, "messages", "messages")
     system = [("system", len(body.system))] if isinstance(body.system, list) else []
     check_content_blocks(system + [(f"messages[{index}].content", blocks_of(message.content))

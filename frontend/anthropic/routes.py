@@ -7,7 +7,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from frontend.anthropic.messages import (
-    MessageBuilder, as_chat, check_request_bounds, check_tools, sampling_of, tool_plan,
+    MessageBuilder, as_chat, check_bounds, check_tools, sampling_of, tool_plan,
 )
 from frontend.anthropic.protocol import CountTokens, CountTokensRequest, MessagesRequest
 from frontend.http import HTTPError, json_response, read_json
@@ -37,7 +37,7 @@ async def read_request(request: Request, kind: type):
     state: FrontendState = request.app.state.frontend
     body = await read_json(request, kind, state.server.max_body_bytes)
     model = served_model(state, body.model)
-    check_request_bounds(body, state.server.limits)
+    check_bounds(body, state.server.limits)
     return state, body, model
 
 

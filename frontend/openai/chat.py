@@ -56,7 +56,7 @@ def finish_reason_of(plan: ToolPlan, finish_reason: str | None, called: bool) ->
     return finish_reason
 
 
-def check_chat_bounds(body: ChatCompletionRequest, limits: RequestLimits, vocab_size: int) -> None:
+def check_bounds(body: ChatCompletionRequest, limits: RequestLimits, vocab_size: int) -> None:
     check_messages(body.messages, limits)
     check_count(body.tools, limits.max_tools, "tools", "tools")
     check_generations(1, body.n, limits)
@@ -104,7 +104,7 @@ async def chat_completions_endpoint(request: Request) -> Response:
     body = await read_json(request, ChatCompletionRequest, state.server.max_body_bytes)
     model = served_model(state, body.model)
     tokenizer, limits = state.tokenizer, state.server.limits
-    check_chat_bounds(body, limits, tokenizer.vocab_size)
+    check_bounds(body, limits, tokenizer.vocab_size)
     constrained = bool(body.tools) or body.response_format is not None or body.structured_outputs is not None
     plan = await off_the_loop_if(constrained, tool_plan, body, state.server.tool_parser, limits.max_schema_depth)
     prompt_ids = await chat_prompt_ids(tokenizer, as_chat(body), state.server)

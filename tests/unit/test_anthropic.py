@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from common.config import RequestLimits
 from frontend.anthropic.messages import (
-    MessageBuilder, as_chat, check_request_bounds, check_tools, sampling_of, tool_plan,
+    MessageBuilder, as_chat, check_bounds, check_tools, sampling_of, tool_plan,
 )
 from frontend.anthropic.protocol import CountTokensRequest, MessagesRequest, error_body
 from frontend.anthropic.routes import anthropic_route
@@ -158,7 +158,7 @@ def test_limits_name_the_field():
              (dict(tools=[WEATHER, {**WEATHER, "name": "other"}]), "tools")]
     for fields, field in cases:
         with pytest.raises(HTTPError) as raised:
-            check_request_bounds(request(**fields), limits)
+            check_bounds(request(**fields), limits)
         assert raised.value.param == field
 
 
