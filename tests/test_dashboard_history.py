@@ -7,8 +7,8 @@ import logging
 import pytest
 
 from common.messages import EngineLoad
-from frontend.engine_state import EngineStateWatch, EngineView, Program, engine_entries
-from frontend.history import Buckets, History, Snapshot, every, increase, quantile
+from frontend.dashboard.engine_state import EngineStateWatch, EngineView, Program, engine_entries
+from frontend.dashboard.history import Buckets, History, Snapshot, every, increase, quantile
 
 BOUNDS = [0.01, 0.1, 1.0]
 
@@ -112,7 +112,7 @@ async def test_the_sampling_task_logs_an_error_and_goes_on(caplog):
         if len(calls) == 2:
             raise RuntimeError("a bad sample")
 
-    with caplog.at_level(logging.ERROR, logger="frontend.history"):
+    with caplog.at_level(logging.ERROR, logger="frontend.dashboard.history"):
         task = asyncio.create_task(every(0.01, sample, "the test's sample"))
         while len(calls) < 5:
             await asyncio.sleep(0.01)

@@ -406,14 +406,14 @@ def test_error_body_is_openais_shape(service):
 
 async def test_a_model_without_a_chat_template_cannot_chat(model_dir):
     from common.config import ServerConfig
-    from frontend.openai.protocol import ChatCompletionRequest, ChatMessage
+    from frontend.text.chat import Chat, ChatMessage
     from frontend.text.chat_template import chat_prompt_ids
     from frontend.text.tokenizer import Tokenizer
 
     tokenizer = Tokenizer(str(model_dir))
     tokenizer.hf.chat_template = None
     with pytest.raises(HTTPError) as raised:
-        await chat_prompt_ids(tokenizer, ChatCompletionRequest(messages=[ChatMessage("user", "hi")]), ServerConfig())
+        await chat_prompt_ids(tokenizer, Chat(messages=[ChatMessage("user", "hi")]), ServerConfig())
     assert raised.value.status == 400
     assert "chat template" in raised.value.message
 

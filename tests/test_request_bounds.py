@@ -9,8 +9,9 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from common.config import RequestLimits
 from frontend.http import HTTPError, deepest_field
+from frontend.openai.sampling import token_biases
 from frontend.request_bounds import (
-    check_depth, check_generations, check_seed, check_stop_strings, check_token_ids, depth_of, token_biases,
+    check_depth, check_generations, check_logit_bias, check_seed, check_stop_strings, check_token_ids, depth_of,
 )
 from frontend.text.chat_template import TemplateTimeout, deadline_tracer
 from frontend.text.structured_outputs import ForcedToolCalls, JsonArrayElements
@@ -46,12 +47,13 @@ def test_token_ids_outside_the_vocabulary_are_refused(token_id):
 
 
 def test_logit_bias_keys_are_token_ids_in_the_vocabulary():
-    assert token_biases({"5": 1.0, "7": -100}, VOCAB, LIMITS) == {5: 1.0, 7: -100}
-    assert token_biases({5: 1.0}, VOCAB, LIMITS) == {5: 1.0}
+    check_logit_bias({"5": 1.0, "7": -100}, VOCAB, LIMITS)
+    check_logit_bias({5: 1.0}, VOCAB, LIMITS)
+    assert token_biases({"5": 1.0, "7": -100}) == {5: 1.0, 7: -100}  # as they go to vLLM
     for key in (str(10**23), "-1", "abc", "1e3", str(VOCAB)):
-        assert refusal(token_biases, {key: 1.0}, VOCAB, LIMITS).param == "logit_bias"
+        assert refusal(check_logit_bias, {key: 1.0}, VOCAB, LIMITS).param == "logit_bias"
     many = {str(i): 0.0 for i in range(LIMITS.max_logit_bias + 1)}
-    assert "limit" in refusal(token_biases, many, VOCAB, LIMITS).message
+    assert "limit" in refusal(check_logit_bias, many, VOCAB, LIMITS).message
 
 
 def test_stop_strings_are_bounded_in_number_and_length():
@@ -148,10 +150,10 @@ def test_array_elements_skip_scalars_and_survive_a_runaway_nesting():
     assert runaway.feed("[" + "[" * 5000 + "]" * 5000 + ", {}]") == [{}]
 
 
-def chat_request(**fields):
-    from frontend.openai.protocol import ChatCompletionRequest, ChatMessage
+def chat(**fields):
+    from frontend.text.chat import Chat, ChatMessage
 
-    return ChatCompletionRequest(messages=[ChatMessage("user", "hi")], **fields)
+    return Chat(messages=[ChatMessage("user", "hi")], **fields)
 
 
 async def test_request_chat_templates_are_refused_unless_trusted(tokenizer):
@@ -162,10 +164,10 @@ async def test_request_chat_templates_are_refused_unless_trusted(tokenizer):
     for fields, param in ((dict(chat_template="{{ 'x' }}"), "chat_template"),
                           (kwargs_template, "chat_template_kwargs.chat_template")):
         with pytest.raises(HTTPError) as raised:
-            await chat_prompt_ids(tokenizer, chat_request(**fields), ServerConfig())
+            await chat_prompt_ids(tokenizer, chat(**fields), ServerConfig())
         assert raised.value.param == param and "trust_request_chat_template" in raised.value.message
     trusting = ServerConfig(trust_request_chat_template=True)
-    assert await chat_prompt_ids(tokenizer, chat_request(chat_template="hello"), trusting) == tokenizer.encode("hello")
+    assert await chat_prompt_ids(tokenizer, chat(chat_template="hello"), trusting) == tokenizer.encode("hello")
 
 
 async def test_a_trusted_template_is_stopped_in_time_and_bounded_in_output(tokenizer):
@@ -175,10 +177,10 @@ async def test_a_trusted_template_is_stopped_in_time_and_bounded_in_output(token
     server = ServerConfig(trust_request_chat_template=True,
                           limits=RequestLimits(chat_template_timeout_s=0.3, max_chat_prompt_chars=10_000))
     with pytest.raises(HTTPError) as raised:
-        await chat_prompt_ids(tokenizer, chat_request(chat_template=LOOP), server)
+        await chat_prompt_ids(tokenizer, chat(chat_template=LOOP), server)
     assert raised.value.param == "chat_template" and "0.3 s" in raised.value.message
     big = "{% for i in range(20000) %}xy{% endfor %}"
     with pytest.raises(HTTPError) as raised:
-        await chat_prompt_ids(tokenizer, chat_request(chat_template=big), server)
+        await chat_prompt_ids(tokenizer, chat(chat_template=big), server)
     assert raised.value.param == "chat_template" and "40000 characters" in raised.value.message
 

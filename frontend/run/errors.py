@@ -1,7 +1,7 @@
 """What each way a generation can fail means to an HTTP client."""
 from frontend.engine_client import EngineLost, EngineUnavailable, Overloaded, RequestTimeout
 from frontend.http import HTTPError
-from frontend.text.generation import EngineRefused
+from frontend.run.generation import EngineRefused
 
 RETRY = {"Retry-After": "1"}
 

@@ -1,9 +1,9 @@
-"""The live dashboard: GET / serves the page (frontend/dashboard/, no CDN), GET /stats its figures.
+"""The live dashboard: GET / serves the page (page/, no CDN), GET /stats its figures.
 
 /stats is built from the same collector as /metrics, so both say the same. Every frontend reads
 the whole service's figures (the shared multiprocess files and the engine's heartbeat), so each
-keeps the same history (frontend/history.py), sampled once a second in the background, and any
-of them can answer a page, whichever one nginx picks:
+keeps the same history (history.py), sampled once a second in the background, and any of them
+can answer a page, whichever one nginx picks:
 - `GET /stats`: the service's totals now (one collection, as a /metrics scrape makes), each
   engine's state, and the newest chart point: a few kilobytes, polled by the page every second;
 - `GET /stats?history=1`: the same, plus the last 15 minutes of chart points (asked once, when
@@ -19,11 +19,11 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from frontend.engine_state import EngineStateWatch, SupervisorPrograms, engine_entries, engine_views
-from frontend.history import SAMPLE_INTERVAL_S, Buckets, History, Snapshot, every
+from frontend.dashboard.engine_state import EngineStateWatch, SupervisorPrograms, engine_entries, engine_views
+from frontend.dashboard.history import SAMPLE_INTERVAL_S, Buckets, History, Snapshot, every
 from frontend.metrics import ServiceMetrics
 
-PAGE_DIR = Path(__file__).resolve().parent / "dashboard"
+PAGE_DIR = Path(__file__).resolve().parent / "page"
 HISTOGRAMS = {
     "ttft": "llm_time_to_first_token_seconds",
     "tpot": "llm_time_per_output_token_seconds",

@@ -3,23 +3,22 @@
 A request's choices are generated side by side; each choice reads its text (reasoning first, when a
 reasoning parser is set, then tool calls or plain text) and turns every Piece into an Update: what
 is new in that choice, as Content, Reasoning and ToolCall events. Protocols render Updates into
-their own chunks while streaming, and read the finished Choices for a whole answer.
+their own chunks while streaming, and read the finished Choices for a whole answer
+(frontend/run/answer.py).
 """
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 from starlette.requests import Request
 
 from common.messages import TokenLogprob
-from frontend.errors import HANDLED, as_http_error
-from frontend.fan_out import merged
-from frontend.http import HTTPError, unless_disconnected
-from frontend.state import FrontendState
-from frontend.text.generation import GenerationSpec, Piece, generate
-from frontend.text.reasoning import Content, Reasoning
-from frontend.text.structured_outputs import JsonText, is_json_grammar
+from frontend.http import unless_disconnected
+from frontend.run.fan_out import merged
+from frontend.run.generation import GenerationSpec, Piece, generate
+from frontend.run.state import FrontendState
+from frontend.text.reasoning import Content, Reasoning, prompt_tail
 from frontend.text.tool_parsers import ToolCall
+from frontend.text.tools import PlainText, ToolPlan
 
 
 Event = Content | Reasoning | ToolCall
@@ -35,19 +34,6 @@ class Update:
     logprobs: list[list[TokenLogprob]] | None = None
     prompt_logprobs: list[list[TokenLogprob] | None] | None = None
     stop_reason: int | str | None = None  # vLLM's: the stop string or stop token id that ended it
-
-
-class PlainText:
-    def feed(self, text: str) -> list:
-        return [text] if text else []
-
-    def finish(self) -> list:
-        return []
-
-
-def text_reader(format_grammar: dict | None):
-    """How a choice's text reads when no tools are in play: grammar-made JSON escaped, else as it is."""
-    return JsonText() if is_json_grammar(format_grammar) else PlainText()
 
 
 class Choice:
@@ -121,6 +107,14 @@ def as_event(item: str | ToolCall) -> Event:
     return Content(item) if isinstance(item, str) else item
 
 
+def chat_choices(state: FrontendState, plan: ToolPlan, prompt_ids: list[int], count: int) -> list[Choice]:
+    """`count` choices of a chat: each reads its text as the tool plan says, its thinking split out first
+    when server.yml names a reasoning parser (which reads the prompt's end for a marker left open)."""
+    reasoning = state.server.reasoning_parser
+    tail = prompt_tail(state.tokenizer, prompt_ids) if reasoning else ""
+    return [Choice(i, plan.reader(), plan.reasoning_parser(reasoning, tail)) for i in range(count)]
+
+
 async def run_choices(request: Request, state: FrontendState, specs: list[GenerationSpec],
                       choices: list[Choice]) -> AsyncIterator[Update]:
     """Generate choice i from specs[i]; the Updates in the order they come. The first is awaited
@@ -148,46 +142,15 @@ async def run_choices(request: Request, state: FrontendState, specs: list[Genera
     return first_then_rest()
 
 
-async def run_to_end(request: Request, updates: AsyncIterator[Update], take=None) -> None:
-    """Run every choice to its end (whole answers), handing each Update to `take` where the answer is
-    built from them rather than from the Choices; a client that leaves cancels them."""
+async def run_to_end(request: Request, updates: AsyncIterator[Update], take: Callable[[Update], object]) -> None:
+    """Run every choice to its end (whole answers), handing each Update to `take`; a client that leaves
+    cancels them."""
 
     async def drain():
         try:
             async for update in updates:
-                if take is not None:
-                    take(update)
+                take(update)
         finally:
             await updates.aclose()
 
     await unless_disconnected(request, drain())
-
-
-class Renderer(Protocol):
-    """A protocol's streamed wire format."""
-
-    def update(self, update: Update) -> Iterable[bytes]: ...
-
-    def last(self) -> Iterable[bytes]: ...  # after the last update
-
-    def error(self, error: HTTPError) -> Iterable[bytes]: ...  # the status line has gone out
-
-    def end(self) -> Iterable[bytes]: ...  # after everything, error or not
-
-
-async def rendered(updates: AsyncIterator[Update], renderer: Renderer) -> AsyncIterator[bytes]:
-    """The one streaming path: each Update in the renderer's format, a failure as its error chunk."""
-    try:
-        try:
-            async for update in updates:
-                for chunk in renderer.update(update):
-                    yield chunk
-        finally:
-            await updates.aclose()
-        for chunk in renderer.last():
-            yield chunk
-    except HANDLED as error:
-        for chunk in renderer.error(as_http_error(error)):
-            yield chunk
-    for chunk in renderer.end():
-        yield chunk

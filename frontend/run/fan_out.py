@@ -6,9 +6,9 @@ stream; closing it (client gone, error) closes every generation, which aborts it
 import asyncio
 from collections.abc import AsyncIterator
 
-from frontend.text.generation import Piece
+from frontend.run.generation import Piece
 
-DONE = object()
+ENDED = object()  # what a drained generation puts in the inbox last
 
 
 def merged(streams: list[AsyncIterator[Piece]]) -> AsyncIterator[tuple[int, Piece]]:
@@ -34,7 +34,7 @@ async def interleaved(streams: list[AsyncIterator[Piece]]) -> AsyncIterator[tupl
         while running:
             await asyncio.sleep(0)  # a backlog from many choices must not hold the event loop either
             index, item = await inbox.get()
-            if item is DONE:
+            if item is ENDED:
                 running -= 1
             elif isinstance(item, BaseException):
                 raise item
@@ -50,7 +50,7 @@ async def drain(index: int, stream: AsyncIterator[Piece], inbox: asyncio.Queue) 
     try:
         async for piece in stream:
             inbox.put_nowait((index, piece))
-        inbox.put_nowait((index, DONE))
+        inbox.put_nowait((index, ENDED))
     except Exception as error:
         inbox.put_nowait((index, error))
     finally:
