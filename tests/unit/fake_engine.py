@@ -1,16 +1,24 @@
-"""A fake engine worker: an engine's real ZeroMQ sockets with no vLLM behind them.
+"""Fake engine workers: an engine's real ZeroMQ sockets with no vLLM behind them.
 
 FakeEngine binds an engine's PULL and PUB, answers HELLO with WELCOME and publishes what a test tells
-it to, so the engine client's tests can drive a link message by message."""
+it to, so the engine client's tests can drive a link message by message. ScriptedEngine also runs
+what a frontend ADDs, on a thread of its own as an engine worker runs in a process of its own: one
+token a step for each running request, from a reply the test scripted or, unscripted, from tokens
+drawn with the prompt and seed as the random source; and a heartbeat every HEARTBEAT_S."""
 import asyncio
+import collections
+import random
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import zmq
 import zmq.asyncio
 
 from common.config import ServerConfig
 from common.messages import (
-    BROADCAST_TOPIC, Abort, Add, Delta, EngineLoad, Heartbeat, Hello, LoadReport, Resync, StepOutput, Welcome, encode,
-    request_decoder, topic_for,
+    BROADCAST_TOPIC, Abort, Add, Delta, EngineLoad, Heartbeat, Hello, LoadReport, Resync, StepOutput, TokenLogprob,
+    Welcome, encode, request_decoder, topic_for,
 )
 
 FRONTEND = "fe-test-0"
@@ -77,3 +85,155 @@ class FakeEngine:
         self.running.cancel()
         self.pull.close()
         self.pub.close()
+
+
+HEARTBEAT_S = 0.2
+STEP_S = 0.002
+UNSCRIPTED_TOKENS = 16  # an unscripted reply's length before its EOS
+
+
+@dataclass
+class Run:
+    """A request the engine is generating: its reply's tokens, and how far it got."""
+
+    add: Add
+    tokens: Iterator[int]
+    made: int = 0
+    first: bool = True
+
+
+class ScriptedEngine(FakeEngine):
+    """A FakeEngine that generates. Build it with `ScriptedEngine.start(...)`: it runs on its own
+    thread and event loop; `reply`, `refuse`, `added` and `aborted` are safe to use from the test's."""
+
+    def __init__(self, server: ServerConfig, tokenizer, model: str, context: zmq.asyncio.Context):
+        self.hf = tokenizer.hf
+        self.model, self.tokenizer, self.max_model_len = model, tokenizer.source, 8192
+        self.eos = self.hf.eos_token_id
+        self.plain = sorted(set(range(len(self.hf))) - set(self.hf.all_special_ids))
+        # What the next ADDs get, in order: a reply's token ids (EOS follows them), or a refusal's reason.
+        self.script: collections.deque[list[int] | str] = collections.deque()
+        self.runs: dict[str, Run] = {}
+        self.work = asyncio.Event()
+        super().__init__(server, 0, "scripted-engine", context)
+        self.tasks = [asyncio.create_task(self.generate()), asyncio.create_task(self.beat())]
+
+    @classmethod
+    def start(cls, server: ServerConfig, tokenizer, model: str) -> "ScriptedEngine":
+        started: dict = {}
+        ready = threading.Event()
+
+        def run():
+            loop = asyncio.new_event_loop()
+            context = zmq.asyncio.Context()
+
+            async def build():
+                started["engine"] = cls(server, tokenizer, model, context)
+
+            loop.run_until_complete(build())
+            started["engine"].loop, started["engine"].context = loop, context
+            ready.set()
+            loop.run_forever()
+            started["engine"].close()
+            context.destroy(linger=0)
+            loop.close()
+
+        thread = threading.Thread(target=run, name="scripted-engine", daemon=True)
+        thread.start()
+        ready.wait(10)
+        started["engine"].thread = thread
+        return started["engine"]
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+    def reply(self, *texts: str) -> None:
+        """The next ADDs, one each, get these texts as their replies (then EOS)."""
+        for text in texts:
+            self.script.append(self.hf.backend_tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def reply_ids(self, token_ids: list[int]) -> None:
+        self.script.append(list(token_ids))
+
+    def refuse(self, error: str) -> None:
+        """The next ADD is refused with `error`, as vLLM's own validation refuses one."""
+        self.script.append(error)
+
+    @property
+    def idle(self) -> bool:
+        return not self.runs
+
+    async def handle(self, message) -> None:
+        await super().handle(message)
+        if isinstance(message, Add):
+            await self.admit(message)
+        elif isinstance(message, Abort):
+            for request_id in message.request_ids:
+                self.runs.pop(request_id, None)
+
+    async def admit(self, add: Add) -> None:
+        scripted = self.script.popleft() if self.script else None
+        if isinstance(scripted, str):
+            await self.step(Delta(add.request_id, [], "error", error=scripted))
+            return
+        self.runs[add.request_id] = Run(add, self.tokens(add, scripted))
+        self.work.set()
+
+    def tokens(self, add: Add, scripted: list[int] | None):
+        """The reply, then EOS, then (for ignore_eos) more tokens until max_tokens."""
+        seed = add.sampling.get("seed")
+        rng = random.Random(f"{add.prompt_token_ids}/{seed}") if seed is not None else random.Random()
+        yield from scripted if scripted is not None else (rng.choice(self.plain) for _ in range(UNSCRIPTED_TOKENS))
+        yield self.eos
+        while True:
+            yield rng.choice(self.plain)
+
+    async def generate(self) -> None:
+        while True:
+            await self.work.wait()
+            if not self.runs:
+                self.work.clear()
+                continue
+            deltas = [self.next_delta(request_id, run) for request_id, run in list(self.runs.items())]
+            await self.step(*deltas)
+            await asyncio.sleep(STEP_S)
+
+    def next_delta(self, request_id: str, run: Run) -> Delta:
+        sampling = run.add.sampling
+        token = next(run.tokens)
+        run.made += 1
+        finish, stop_token = None, None
+        if token in (sampling.get("stop_token_ids") or []):
+            finish, stop_token = "stop", token
+        elif token == self.eos and not sampling.get("ignore_eos"):
+            finish = "stop"
+        elif run.made >= sampling.get("max_tokens", 16):
+            finish = "length"
+        if finish is not None:
+            del self.runs[request_id]
+        delta = Delta(request_id, [token], finish, logprobs=self.logprobs([token], sampling.get("logprobs")),
+                      stop_token_id=stop_token)
+        if run.first and sampling.get("prompt_logprobs") is not None:
+            delta.prompt_logprobs = [None, *self.logprobs(run.add.prompt_token_ids[1:], sampling["prompt_logprobs"])]
+        run.first = False
+        return delta
+
+    def logprobs(self, token_ids: list[int], top: int | None) -> list[list[TokenLogprob]] | None:
+        """The sampled token first, then `top` others, less likely each."""
+        if top is None:
+            return None
+        return [[TokenLogprob(token, -0.5, 1),
+                 *(TokenLogprob(other, -1.0 - i, i + 2)
+                   for i, other in enumerate([t for t in self.plain[:top + 1] if t != token][:top]))]
+                for token in token_ids]
+
+    async def beat(self) -> None:
+        while True:
+            await self.heartbeat(EngineLoad(running=len(self.runs)))
+            await asyncio.sleep(HEARTBEAT_S)
+
+    def close(self):
+        for task in self.tasks:
+            task.cancel()
+        super().close()
