@@ -42,6 +42,7 @@ class Frontend:
         self.uvicorn = DrainingServer(config)
         self.thread = threading.Thread(target=self.uvicorn.run, kwargs={"sockets": [listener]}, daemon=True,
                                        name="harness-frontend")
+        self.http = self.client()
         self.thread.start()
         self.wait(lambda: self.health().status_code in (200, 503), 30, "the frontend to listen")
         if engine_first:
@@ -55,18 +56,23 @@ class Frontend:
     def state(self):
         return self.app.state.frontend
 
+    def client(self, **kwargs) -> httpx.Client:
+        """An HTTP client of this frontend (and for the SDKs' `http_client`). Plain HTTP on loopback:
+        no TLS context is built, which costs tens of milliseconds of CPU a client."""
+        return httpx.Client(base_url=self.url, timeout=30, verify=False, **kwargs)
+
     def health(self) -> httpx.Response:
         try:
-            return httpx.get(self.url + "/health", timeout=5)
+            return self.http.get("/health", timeout=5)
         except httpx.HTTPError as error:
             return httpx.Response(599, text=str(error))
 
     def post(self, path: str, body=None, **kwargs) -> httpx.Response:
-        return httpx.post(self.url + path, json=body, timeout=30, **kwargs)
+        return self.http.post(path, json=body, **kwargs)
 
     def stream_lines(self, path: str, body: dict, **kwargs) -> list[str]:
         """A streamed answer's non-empty lines."""
-        with httpx.stream("POST", self.url + path, json=body, timeout=30, **kwargs) as response:
+        with self.http.stream("POST", path, json=body, **kwargs) as response:
             assert response.status_code == 200, response.read()
             return [line for line in response.iter_lines() if line]
 
@@ -89,6 +95,7 @@ class Frontend:
     def stop(self) -> None:
         self.uvicorn.should_exit = True
         self.thread.join(30)
+        self.http.close()
         if self.engine is not None:
             self.engine.stop()
 

@@ -138,12 +138,12 @@ def send(client: httpx.Client, route: str, body) -> httpx.Response:
     return client.post(route, content=content, headers={"content-type": "application/json"}, timeout=15)
 
 
-def stream_beside(url: str, result: dict, started: threading.Event) -> None:
+def stream_beside(frontend, result: dict, started: threading.Event) -> None:
     """A normal streamed completion, long enough to run through the whole table."""
     body = {"prompt": "A normal request", "max_tokens": 1000, "ignore_eos": True, "stream": True,
             "stream_options": {"include_usage": True}}
     events = []
-    with httpx.stream("POST", url + CMPL, json=body, timeout=120) as response:
+    with frontend.http.stream("POST", CMPL, json=body, timeout=120) as response:
         result["status"] = response.status_code
         for line in response.iter_lines():
             if line.startswith("data: "):
@@ -155,12 +155,12 @@ def stream_beside(url: str, result: dict, started: threading.Event) -> None:
 def test_hostile_requests_are_400s_naming_the_field_while_a_stream_runs_beside(frontend):
     beside: dict = {}
     started = threading.Event()
-    streamer = threading.Thread(target=stream_beside, args=(frontend.url, beside, started))
+    streamer = threading.Thread(target=stream_beside, args=(frontend, beside, started))
     streamer.start()
     assert started.wait(30), "the normal stream never started"
     sent = len(frontend.engine.added)
     wrong = {}
-    with httpx.Client(base_url=frontend.url) as client, ThreadPoolExecutor(4) as pool:
+    with frontend.client() as client, ThreadPoolExecutor(4) as pool:
         answers = pool.map(lambda row: (row[0], row[3], send(client, row[1], row[2])), HOSTILE)
         for name, field, answer in answers:
             param = answer.json()["error"]["param"] if answer.status_code == 400 else None
@@ -238,7 +238,7 @@ def test_langchain_bind_tools_required_gets_calls_not_json_text(frontend):
     for max_tokens in (8, 400):
         frontend.engine.reply(THREE_CALLS)
         model = ChatOpenAI(base_url=frontend.url + "/v1", api_key="unused", model=MODEL, max_tokens=max_tokens,
-                           seed=3, max_retries=0)
+                           seed=3, max_retries=0, http_client=frontend.http)
         message = model.bind_tools([get_weather], tool_choice="required").invoke("Weather in Paris for 3 days?")
         assert message.content == ""  # None on the wire: no raw JSON as text
         assert not message.invalid_tool_calls

@@ -3,7 +3,6 @@ stream shapes, token counts, n, stop strings, logprobs, tool calls as the fronte
 the text the scripted engine writes, and every refusal in OpenAI's error shape."""
 import json
 
-import httpx
 import openai
 import pytest
 from openai import OpenAI
@@ -33,7 +32,7 @@ CALL = '{"city": "Paris", "days": 3}'
 
 @pytest.fixture
 def client(frontend) -> OpenAI:
-    return OpenAI(base_url=f"{frontend.url}/v1", api_key="unused", max_retries=0, timeout=30)
+    return OpenAI(base_url=f"{frontend.url}/v1", api_key="unused", max_retries=0, timeout=30, http_client=frontend.http)
 
 
 def chat_prompt_tokens(tokenizer, messages, tools=None) -> int:
@@ -103,7 +102,7 @@ def test_chat_streams_the_same_text_as_the_whole_answer(client):
 
 def test_sse_stream_ends_with_done(frontend):
     body = {"model": MODEL, "prompt": "hi", "max_tokens": 4, "stream": True, "stream_options": {"include_usage": True}}
-    with httpx.stream("POST", frontend.url + "/v1/completions", json=body, timeout=30) as response:
+    with frontend.http.stream("POST", "/v1/completions", json=body) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         events = [line for line in response.iter_lines() if line]
     assert all(line.startswith("data: ") for line in events)
@@ -145,7 +144,7 @@ def test_n_2_streams_both_choices(client):
 
 def test_client_that_leaves_a_streamed_n_2_chat_aborts_both_engine_requests(frontend):
     body = {"model": MODEL, "messages": MESSAGES, "n": 2, "max_tokens": 4000, "stream": True, "ignore_eos": True}
-    with httpx.stream("POST", frontend.url + "/v1/chat/completions", json=body, timeout=30) as response:
+    with frontend.http.stream("POST", "/v1/chat/completions", json=body) as response:
         assert response.status_code == 200
         next(line for line in response.iter_lines() if line)
     both = [add.request_id for add in frontend.engine.added[-2:]]

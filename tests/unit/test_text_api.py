@@ -3,7 +3,6 @@ frontend harness, with server.yml's api_key, cors, reasoning_parser and trust_re
 as a deployment would set them; the scripted engine writes the text a thinking model would."""
 import re
 
-import httpx
 import pytest
 from openai import OpenAI
 
@@ -26,13 +25,13 @@ def text_api(frontends):
 
 @pytest.fixture
 def http(text_api):
-    with httpx.Client(base_url=text_api.url, headers=AUTH, timeout=30) as client:
+    with text_api.client(headers=AUTH) as client:
         yield client
 
 
 @pytest.fixture
 def openai_client(text_api):
-    return OpenAI(base_url=text_api.url + "/v1", api_key=API_KEY, max_retries=0)
+    return OpenAI(base_url=text_api.url + "/v1", api_key=API_KEY, max_retries=0, timeout=30, http_client=text_api.http)
 
 
 def test_tokenize_and_detokenize_a_prompt_round_trip(http, tokenizer):
@@ -88,7 +87,7 @@ def test_version_says_this_build_and_vllm(http):
 def test_a_preflight_is_answered_without_the_api_key(text_api):
     headers = {"Origin": ORIGIN, "Access-Control-Request-Method": "POST",
                "Access-Control-Request-Headers": "authorization, content-type"}
-    response = httpx.options(text_api.url + "/v1/chat/completions", headers=headers)
+    response = text_api.http.options("/v1/chat/completions", headers=headers)
     assert response.status_code == 200
     assert response.headers["access-control-allow-origin"] == ORIGIN
     assert "POST" in response.headers["access-control-allow-methods"]
@@ -96,31 +95,31 @@ def test_a_preflight_is_answered_without_the_api_key(text_api):
     assert "access-control-allow-credentials" not in response.headers
     # An origin not in server.yml is refused, as Starlette's CORSMiddleware does for vllm serve.
     elsewhere = {**headers, "Origin": "https://evil.example"}
-    response = httpx.options(text_api.url + "/v1/chat/completions", headers=elsewhere)
+    response = text_api.http.options("/v1/chat/completions", headers=elsewhere)
     assert response.status_code == 400 and "access-control-allow-origin" not in response.headers
 
 
 def test_answers_to_an_allowed_origin_carry_its_header(text_api):
-    response = httpx.get(text_api.url + "/v1/models", headers={**AUTH, "Origin": ORIGIN})
+    response = text_api.http.get("/v1/models", headers={**AUTH, "Origin": ORIGIN})
     assert response.status_code == 200 and response.headers["access-control-allow-origin"] == ORIGIN
     # The page can read why it was turned away.
-    response = httpx.get(text_api.url + "/v1/models", headers={"Origin": ORIGIN})
+    response = text_api.http.get("/v1/models", headers={"Origin": ORIGIN})
     assert response.status_code == 401 and response.headers["access-control-allow-origin"] == ORIGIN
 
 
 @pytest.mark.parametrize("headers", [{}, {"authorization": "Bearer wrong-key"}, {"authorization": API_KEY},
                                      {"x-api-key": "wrong-key"}], ids=["no key", "wrong key", "no Bearer", "wrong x-api-key"])
 def test_api_key_is_required(text_api, headers):
-    answer = httpx.post(text_api.url + "/generate", json={"prompt": "hi"}, headers=headers, timeout=30)
+    answer = text_api.http.post("/generate", json={"prompt": "hi"}, headers=headers)
     assert answer.status_code == 401
     assert "API key" in answer.json()["error"]["message"]
 
 
 def test_either_header_carries_the_key_and_health_needs_none(text_api):
     for headers in (AUTH, {"x-api-key": API_KEY}):
-        answer = httpx.post(text_api.url + "/generate", json={"prompt": "hi", "max_tokens": 2}, headers=headers)
+        answer = text_api.http.post("/generate", json={"prompt": "hi", "max_tokens": 2}, headers=headers)
         assert answer.status_code == 200
-    assert httpx.get(text_api.url + "/health", timeout=10).status_code == 200
+    assert text_api.http.get("/health").status_code == 200
 
 
 def test_stop_reason_names_the_stop_string(http, openai_client, text_api):
