@@ -4,9 +4,12 @@ FakeEngine binds an engine's PULL and PUB, answers HELLO with WELCOME and publis
 it to, so the engine client's tests can drive a link message by message. ScriptedEngine also runs
 what a frontend ADDs, on a thread of its own as an engine worker runs in a process of its own: one
 token a step for each running request, from a reply the test scripted or, unscripted, from tokens
-drawn with the prompt and seed as the random source; and a heartbeat every HEARTBEAT_S."""
+drawn with the prompt and seed as the random source; a heartbeat every HEARTBEAT_S; and, when
+built with lora_updates, LoRA adapters loaded and unloaded at run time (any existing directory is
+an adapter)."""
 import asyncio
 import collections
+import os
 import random
 import threading
 from collections.abc import Iterator
@@ -17,8 +20,8 @@ import zmq.asyncio
 
 from common.config import ServerConfig
 from common.messages import (
-    BROADCAST_TOPIC, Abort, Add, Delta, EngineLoad, Heartbeat, Hello, LoadReport, Resync, StepOutput, TokenLogprob,
-    Welcome, encode, request_decoder, topic_for,
+    BROADCAST_TOPIC, Abort, Add, Delta, EngineLoad, Heartbeat, Hello, LoadLora, LoadReport, Resync, StepOutput,
+    TokenLogprob, UnloadLora, Welcome, encode, request_decoder, topic_for,
 )
 
 FRONTEND = "fe-test-0"
@@ -106,7 +109,10 @@ class ScriptedEngine(FakeEngine):
     """A FakeEngine that generates. Build it with `ScriptedEngine.start(...)`: it runs on its own
     thread and event loop; `reply`, `refuse`, `added` and `aborted` are safe to use from the test's."""
 
-    def __init__(self, server: ServerConfig, tokenizer, model: str, context: zmq.asyncio.Context):
+    def __init__(self, server: ServerConfig, tokenizer, model: str, context: zmq.asyncio.Context,
+                 lora_updates: bool = False):
+        self.lora_updates = lora_updates
+        self.loras: dict[str, str] = {}
         self.hf = tokenizer.hf
         self.model, self.tokenizer, self.max_model_len = model, tokenizer.source, 8192
         self.eos = self.hf.eos_token_id
@@ -119,7 +125,7 @@ class ScriptedEngine(FakeEngine):
         self.tasks = [asyncio.create_task(self.generate()), asyncio.create_task(self.beat())]
 
     @classmethod
-    def start(cls, server: ServerConfig, tokenizer, model: str) -> "ScriptedEngine":
+    def start(cls, server: ServerConfig, tokenizer, model: str, lora_updates: bool = False) -> "ScriptedEngine":
         started: dict = {}
         ready = threading.Event()
 
@@ -128,7 +134,7 @@ class ScriptedEngine(FakeEngine):
             context = zmq.asyncio.Context()
 
             async def build():
-                started["engine"] = cls(server, tokenizer, model, context)
+                started["engine"] = cls(server, tokenizer, model, context, lora_updates)
 
             loop.run_until_complete(build())
             started["engine"].loop, started["engine"].context = loop, context
@@ -164,6 +170,10 @@ class ScriptedEngine(FakeEngine):
     def idle(self) -> bool:
         return not self.runs
 
+    def welcome(self, frontend_id: str) -> Welcome:
+        return Welcome(self.engine_id, frontend_id, self.model, self.tokenizer, self.max_model_len, dict(self.loras),
+                       self.lora_updates)
+
     async def handle(self, message) -> None:
         await super().handle(message)
         if isinstance(message, Add):
@@ -171,6 +181,20 @@ class ScriptedEngine(FakeEngine):
         elif isinstance(message, Abort):
             for request_id in message.request_ids:
                 self.runs.pop(request_id, None)
+        elif isinstance(message, (LoadLora, UnloadLora)):
+            await self.update_adapters(message)
+
+    async def update_adapters(self, message: LoadLora | UnloadLora) -> None:
+        """As the engine worker answers: the heartbeat with the new list first, then the request's end."""
+        if isinstance(message, LoadLora) and not os.path.isdir(message.path):
+            await self.step(Delta(message.request_id, [], "error", error=f"No adapter found for {message.path}"))
+            return
+        if isinstance(message, LoadLora):
+            self.loras[message.name] = message.path
+        else:
+            self.loras.pop(message.name, None)
+        await self.heartbeat(EngineLoad(running=len(self.runs)))
+        await self.step(Delta(message.request_id, [], "stop"))
 
     async def admit(self, add: Add) -> None:
         scripted = self.script.popleft() if self.script else None
@@ -227,6 +251,11 @@ class ScriptedEngine(FakeEngine):
                  *(TokenLogprob(other, -1.0 - i, i + 2)
                    for i, other in enumerate([t for t in self.plain[:top + 1] if t != token][:top]))]
                 for token in token_ids]
+
+    async def heartbeat(self, load: EngineLoad | None = None, last_seq: int | None = None, cache_seq: int = 0) -> None:
+        last_seqs = {self.frontend_id: self.seq if last_seq is None else last_seq}
+        await self.publish(BROADCAST_TOPIC, Heartbeat(self.engine_id, load or EngineLoad(), last_seqs, dict(self.loras),
+                                                      cache_seq))
 
     async def beat(self) -> None:
         while True:

@@ -24,8 +24,8 @@ from tests.unit.fake_engine import ScriptedEngine
 class Frontend:
     """One frontend app, built from the server.yml keys a test chooses, and its scripted engine."""
 
-    def __init__(self, run_dir: str, tokenizer, overlay: dict, engine_first: bool = True):
-        self.tokenizer = tokenizer
+    def __init__(self, run_dir: str, tokenizer, overlay: dict, engine_first: bool = True, lora_updates: bool = False):
+        self.tokenizer, self.lora_updates = tokenizer, lora_updates
         addresses = {"request_address": f"ipc://{run_dir}/engine-requests",
                      "output_address": f"ipc://{run_dir}/engine-outputs"}
         # The engine is reached as a remote one, so that no inference.yml is read for its count.
@@ -49,7 +49,7 @@ class Frontend:
             self.wait(lambda: self.health().status_code == 200, 30, "the frontend to be welcomed and turn healthy")
 
     def start_engine(self) -> ScriptedEngine:
-        self.engine = ScriptedEngine.start(self.server, self.tokenizer, default_model.NAME)
+        self.engine = ScriptedEngine.start(self.server, self.tokenizer, default_model.NAME, self.lora_updates)
         return self.engine
 
     @property
@@ -107,12 +107,13 @@ class Frontends:
         self.run_root, self.tokenizer = run_root, tokenizer
         self.started: dict[str, Frontend] = {}
 
-    def get(self, **overlay) -> Frontend:
-        key = msgspec.json.encode(overlay, order="sorted").decode()
+    def get(self, lora_updates: bool = False, **overlay) -> Frontend:
+        """The frontend for these server.yml keys; `lora_updates`: its engine takes LoRA adapters at run time."""
+        key = msgspec.json.encode([overlay, lora_updates], order="sorted").decode()
         if key not in self.started:
             run_dir = self.run_root / f"f{len(self.started)}"  # ipc:// paths must stay short
             run_dir.mkdir()
-            self.started[key] = Frontend(str(run_dir), self.tokenizer, overlay)
+            self.started[key] = Frontend(str(run_dir), self.tokenizer, overlay, lora_updates=lora_updates)
         frontend = self.started[key]
         frontend.reset()
         return frontend

@@ -147,6 +147,18 @@ def test_bad_requests_answer_in_anthropic_shape_naming_the_field(client, fronten
     assert len(frontend.engine.added) == sent
 
 
+@pytest.mark.parametrize("fields, field", [
+    (dict(messages=[]), "messages"),
+    (dict(messages=QUESTION, tools=[{"name": "f", "input_schema": {"type": "string"}}]), "tools[0].input_schema.type"),
+], ids=["no messages", "input_schema"])
+def test_count_tokens_refuses_naming_the_field_in_anthropic_shape(client, frontend, fields, field):
+    with pytest.raises(anthropic.BadRequestError) as raised:
+        client.messages.count_tokens(model=MODEL, **fields)
+    assert raised.value.body["type"] == "error" and raised.value.body["error"]["type"] == "invalid_request_error"
+    assert field in raised.value.body["error"]["message"]
+    assert frontend.http.get("/v1/messages/count_tokens").status_code == 405
+
+
 def test_the_routes_answer_only_post_in_anthropic_shape(frontend):
     answer = frontend.http.get("/v1/messages")
     assert answer.status_code == 405

@@ -101,3 +101,19 @@ def test_bad_input_is_a_400_naming_the_field_and_nothing_else_changes(frontend, 
     assert after.status_code == 200
     assert after.json()["usage"]["completion_tokens"] == 5
 
+
+
+@pytest.mark.parametrize("rank", ["1", "-1", "one"])
+def test_an_engine_pin_naming_no_engine_is_a_400_naming_the_header(frontend, rank):
+    answer = frontend.post("/generate", {"prompt": "pinned", "max_tokens": 2}, headers={"X-data-parallel-rank": rank})
+    assert answer.status_code == 400 and answer.json()["error"]["param"] == "X-data-parallel-rank"
+    assert frontend.post("/generate", {"prompt": "pinned", "max_tokens": 2},
+                         headers={"X-data-parallel-rank": "0"}).status_code == 200
+
+
+def test_a_wrong_method_or_path_is_answered_in_the_error_shape(frontend):
+    wrong_method = frontend.http.get("/generate")
+    assert wrong_method.status_code == 405
+    assert wrong_method.json()["error"]["code"] == 405
+    nowhere = frontend.post("/no/such/route", {})
+    assert nowhere.status_code == 404 and nowhere.json()["error"]["code"] == 404

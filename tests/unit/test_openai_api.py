@@ -55,6 +55,9 @@ def streamed_message(chunks) -> tuple[dict, str]:
 def test_models_list_the_served_model(client):
     assert [model.id for model in client.models.list().data] == [MODEL]
     assert client.models.retrieve(MODEL).id == MODEL
+    with pytest.raises(openai.NotFoundError) as raised:
+        client.models.retrieve("no-such-model")
+    assert raised.value.body["param"] == "model"
 
 
 def test_completion_counts_tokens_as_the_tokenizer_does(client, tokenizer):
