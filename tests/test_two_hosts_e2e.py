@@ -122,6 +122,7 @@ def test_a_peer_without_the_key_hears_nothing_and_one_with_it_does(two_hosts, tm
     assert not intruder_hears_anything(Pair, prefix=in_frontend_host)
     # A key pair of its own, the engine's public key known: still not authorized.
     stranger = tmp_path / "stranger"
+    stranger.mkdir()
     zmq.auth.create_certificates(str(stranger), "intruder")
     (stranger / "server.key").write_bytes((engine_host.dir / "keys" / "engine.key").read_bytes())
     assert not intruder_hears_anything(Pair, stranger, prefix=in_frontend_host)
