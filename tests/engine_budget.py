@@ -35,15 +35,16 @@ STARTS: list[EngineStart] = []
 
 
 def engine_starts(deployment: str, log: str) -> list[EngineStart]:
-    """The engine workers a deployment's log shows, one per process id that began loading a model."""
+    """The vLLM engines a deployment's log shows: one per engine worker process that began loading
+    vLLM (a simulated engine loads none), timed from its first stage."""
     lines: dict[str, list[tuple[datetime, str]]] = {}
     for stamp, pid, text in LINE.findall(log):
         lines.setdefault(pid, []).append((datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f"), text))
     starts = []
     for pid_lines in lines.values():
-        began = next((at for at, text in pid_lines if text.startswith("start 1/3: model")), None)
-        if began is None:
+        if not any(text.startswith("start 2/3: vLLM load") for _, text in pid_lines):
             continue
+        began = next(at for at, text in pid_lines if text.startswith("start "))
         ready = next((at for at, text in pid_lines if re.match(r"engine \w+ ready", text)), None)
         ended = ready or pid_lines[-1][0]
         starts.append(EngineStart(deployment, (ended - began).total_seconds(), ready is not None))
