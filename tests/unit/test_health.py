@@ -15,7 +15,8 @@ def test_a_frontend_started_before_its_engine_refuses_with_503_then_turns_health
         engine = frontend.start_engine()
         frontend.wait(lambda: frontend.health().status_code == 200, 30, "the frontend to turn healthy")
         assert frontend.health().json()["engine"] == engine.engine_id
-        answer = frontend.post("/generate", {"prompt": "hello", "max_tokens": 3}, headers={"accept": "application/json"})
+        answer = frontend.post("/generate", {"prompt": "hello", "max_tokens": 3},
+                               headers={"accept": "application/json"})
         assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] == 3
     finally:
         frontend.stop()

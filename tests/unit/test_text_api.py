@@ -108,7 +108,8 @@ def test_answers_to_an_allowed_origin_carry_its_header(text_api):
 
 
 @pytest.mark.parametrize("headers", [{}, {"authorization": "Bearer wrong-key"}, {"authorization": API_KEY},
-                                     {"x-api-key": "wrong-key"}], ids=["no key", "wrong key", "no Bearer", "wrong x-api-key"])
+                                     {"x-api-key": "wrong-key"}],
+                         ids=["no key", "wrong key", "no Bearer", "wrong x-api-key"])
 def test_api_key_is_required(text_api, headers):
     answer = text_api.http.post("/generate", json={"prompt": "hi"}, headers=headers)
     assert answer.status_code == 401
@@ -124,7 +125,8 @@ def test_either_header_carries_the_key_and_health_needs_none(text_api):
 
 def test_stop_reason_names_the_stop_string(http, openai_client, text_api):
     text_api.engine.reply("the quick lazy dog", "</think>the quick lazy dog", "</think>the quick lazy dog")
-    choice = http.post("/v1/completions", json={"prompt": "hi", "max_tokens": 40, "stop": ["lazy"]}).json()["choices"][0]
+    body = {"prompt": "hi", "max_tokens": 40, "stop": ["lazy"]}
+    choice = http.post("/v1/completions", json=body).json()["choices"][0]
     assert (choice["text"], choice["finish_reason"], choice["stop_reason"]) == ("the quick ", "stop", "lazy")
     # The thinking (deepseek_r1 on this frontend) ends at once.
     chat = openai_client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=40, stop=["lazy"])
