@@ -20,8 +20,8 @@ import zmq.asyncio
 
 from common.config import ServerConfig
 from common.messages import (
-    BROADCAST_TOPIC, Abort, Add, Delta, EngineLoad, Heartbeat, Hello, LoadLora, LoadReport, Resync, StepOutput,
-    TokenLogprob, UnloadLora, Welcome, encode, request_decoder, topic_for,
+    BROADCAST_TOPIC, Abort, Add, Delta, EngineLoad, Heartbeat, Hello, ListLoras, LoadLora, LoadReport, Loras, Resync,
+    StepOutput, TokenLogprob, UnloadLora, Welcome, encode, request_decoder, topic_for,
 )
 
 FRONTEND = "fe-test-0"
@@ -113,6 +113,7 @@ class ScriptedEngine(FakeEngine):
                  lora_updates: bool = False):
         self.lora_updates = lora_updates
         self.loras: dict[str, str] = {}
+        self.loras_version = 0
         self.hf = tokenizer.hf
         self.model, self.tokenizer, self.max_model_len = model, tokenizer.source, 8192
         self.eos = self.hf.eos_token_id
@@ -141,6 +142,7 @@ class ScriptedEngine(FakeEngine):
             ready.set()
             loop.run_forever()
             started["engine"].close()
+            loop.run_until_complete(asyncio.gather(*asyncio.all_tasks(loop), return_exceptions=True))
             context.destroy(linger=0)
             loop.close()
 
@@ -172,7 +174,7 @@ class ScriptedEngine(FakeEngine):
 
     def welcome(self, frontend_id: str) -> Welcome:
         return Welcome(self.engine_id, frontend_id, self.model, self.tokenizer, self.max_model_len, dict(self.loras),
-                       self.lora_updates)
+                       self.lora_updates, self.loras_version)
 
     async def handle(self, message) -> None:
         await super().handle(message)
@@ -183,17 +185,24 @@ class ScriptedEngine(FakeEngine):
                 self.runs.pop(request_id, None)
         elif isinstance(message, (LoadLora, UnloadLora)):
             await self.update_adapters(message)
+        elif isinstance(message, ListLoras):
+            await self.publish(topic_for(message.frontend_id), self.listing())
+
+    def listing(self) -> Loras:
+        return Loras(self.engine_id, self.loras_version, dict(self.loras))
 
     async def update_adapters(self, message: LoadLora | UnloadLora) -> None:
-        """As the engine worker answers: the heartbeat with the new list first, then the request's end."""
+        """As the engine worker answers: the new list to every frontend first, then the request's end."""
         if isinstance(message, LoadLora) and not os.path.isdir(message.path):
-            await self.step(Delta(message.request_id, [], "error", error=f"No adapter found for {message.path}"))
+            error = f"there is no LoRA adapter directory at lora_path {message.path!r}"
+            await self.step(Delta(message.request_id, [], "error", error=error))
             return
         if isinstance(message, LoadLora):
             self.loras[message.name] = message.path
         else:
             self.loras.pop(message.name, None)
-        await self.heartbeat(EngineLoad(running=len(self.runs)))
+        self.loras_version += 1
+        await self.publish(BROADCAST_TOPIC, self.listing())
         await self.step(Delta(message.request_id, [], "stop"))
 
     async def admit(self, add: Add) -> None:
@@ -254,8 +263,8 @@ class ScriptedEngine(FakeEngine):
 
     async def heartbeat(self, load: EngineLoad | None = None, last_seq: int | None = None, cache_seq: int = 0) -> None:
         last_seqs = {self.frontend_id: self.seq if last_seq is None else last_seq}
-        await self.publish(BROADCAST_TOPIC, Heartbeat(self.engine_id, load or EngineLoad(), last_seqs, dict(self.loras),
-                                                      cache_seq))
+        await self.publish(BROADCAST_TOPIC, Heartbeat(self.engine_id, load or EngineLoad(), last_seqs,
+                                                      self.loras_version, cache_seq))
 
     async def beat(self) -> None:
         while True:
