@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from common import default_model
-from tests.test_hostile_e2e import assert_service_whole, stream_beside
+from tests.test_hostile_e2e import assert_service_whole
 from tests.unit.test_hostile_schemas import SCHEMAS
 
 MODEL = default_model.NAME
@@ -30,6 +30,20 @@ PARTS_600 = [{"type": "text", "text": "a"}] * 600
 RESP, MSG, COUNT, TOK, DETOK = "/v1/responses", "/v1/messages", "/v1/messages/count_tokens", "/tokenize", "/detokenize"
 CHAT_ROUTE, CMPL = "/v1/chat/completions", "/v1/completions"
 LOAD, UNLOAD = "/v1/load_lora_adapter", "/v1/unload_lora_adapter"
+
+
+def stream_beside(url: str, result: dict, started: threading.Event) -> None:
+    """A normal streamed completion, long enough to run through the whole table."""
+    body = {"prompt": "A normal request", "max_tokens": 200, "ignore_eos": True, "stream": True,
+            "stream_options": {"include_usage": True}}
+    events = []
+    with httpx.stream("POST", url + CMPL, json=body, timeout=300) as response:
+        result["status"] = response.status_code
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                events.append(line[6:])
+                started.set()
+    result["events"] = events
 
 
 def messages(**fields) -> dict:
