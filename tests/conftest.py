@@ -6,6 +6,7 @@ session's `service` where a test can, and put a frontend-only setting on `fronte
 import contextlib
 import os
 import random
+import secrets
 import shutil
 import signal
 import socket
@@ -189,10 +190,15 @@ def model_dir() -> Path:
     return default_model.ensure(ROOT / ".data")
 
 
-def wait_until_whole(deployment: Deployment) -> None:
-    """Healthy through nginx, both frontends welcomed (not only the one nginx asked), engine idle."""
+def wait_until_whole(deployment: Deployment, starting: subprocess.Popen | None = None) -> None:
+    """Healthy through nginx, both frontends welcomed (not only the one nginx asked), engine idle.
+    `starting`: the service's process, whose end (a start it refused) ends the wait with its last words."""
     # A loaded 2-core machine has been seen to take over 3 minutes to start vLLM.
-    wait_for(lambda: is_healthy(deployment.url), 300, 0.5, "the service to turn healthy")
+    wait_for(lambda: is_healthy(deployment.url) or (starting and starting.poll() is not None), 300, 0.5,
+             "the service to turn healthy")
+    if starting is not None and starting.poll() is not None:
+        tail = (deployment.dir / "service.log").read_text(errors="replace")[-2000:]
+        raise AssertionError(f"{deployment.name} ended with status {starting.returncode} as it started:\n{tail}")
     for i in range(deployment.server["frontends"]):
         wait_for(lambda: is_healthy(deployment.frontend_url(i)), 60, 0.5, f"frontend {i} to turn healthy")
     wait_for(lambda: engine_idle(deployment.url), 30, 0.5, "the engine to be idle")
@@ -202,9 +208,9 @@ def wait_until_whole(deployment: Deployment) -> None:
 def running_service(name: str, **deployment_args):
     """The whole service as `make serve` runs it: supervisord, engine, frontends, nginx."""
     deployment = Deployment(name, **deployment_args)
-    deployment.start("-m", "common.service", log="service")
+    starting = deployment.start("-m", "common.service", log="service")
     try:
-        wait_until_whole(deployment)
+        wait_until_whole(deployment, starting)
         yield deployment
     finally:
         deployment.close()
@@ -224,7 +230,8 @@ def frontends_only(engine_of: Deployment, name: str, frontends: int = 1, **serve
     and a second frontend in a slot makes the engine drop the first one's requests."""
     deployment = Deployment(name, frontends=frontends, server={
         "local_engines": False, "engines": [engine_of.engine_addresses], **server})
-    deployment.prefix = ("unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', deployment.dir.name)
+    host = f"{name}-{secrets.token_hex(3)}"  # letters, digits and hyphens: what hostname(1) takes
+    deployment.prefix = ("unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', host)
     return deployment
 
 
@@ -232,25 +239,27 @@ def frontends_only(engine_of: Deployment, name: str, frontends: int = 1, **serve
 def frontends_on(engine_of: Deployment, name: str, frontends: int = 1, wait: bool = True, **server):
     """`frontends_only(...)` running as `make serve` runs it; `wait`: until every frontend is welcomed."""
     deployment = frontends_only(engine_of, name, frontends, **server)
-    deployment.start("-m", "common.service", log="service")
+    starting = deployment.start("-m", "common.service", log="service")
     try:
         if wait:
-            wait_until_whole(deployment)
+            wait_until_whole(deployment, starting)
         yield deployment
     finally:
         deployment.close()
 
 
 TEXT_API_KEY = "text-api-key"
+TEXT_API_ADMIN_KEY = "text-api-admin-key"
 TEXT_API_ORIGIN = "https://app.example.com"
 
 
 @pytest.fixture(scope="session")
 def text_api_service(service):
-    """A frontend and nginx on the session's engine with an API key, a CORS origin, deepseek_r1's
-    reasoning split and request chat templates allowed."""
-    with frontends_on(service, "text-api", api_key=TEXT_API_KEY, reasoning_parser="deepseek_r1",
-                      cors={"allowed_origins": [TEXT_API_ORIGIN]}, trust_request_chat_template=True) as deployment:
+    """A frontend and nginx on the session's engine with an API key and an admin API key, a CORS
+    origin, deepseek_r1's reasoning split and request chat templates allowed."""
+    with frontends_on(service, "text-api", api_key=TEXT_API_KEY, admin_api_key=TEXT_API_ADMIN_KEY,
+                      reasoning_parser="deepseek_r1", cors={"allowed_origins": [TEXT_API_ORIGIN]},
+                      trust_request_chat_template=True) as deployment:
         yield deployment
 
 

@@ -15,7 +15,7 @@ from openai import OpenAI
 
 from common import default_adapter, default_model
 from common.config import ROOT
-from tests.conftest import Deployment, frontends_on, is_healthy, wait_for, wait_until_whole
+from tests.conftest import TEXT_API_ADMIN_KEY, TEXT_API_KEY, Deployment, is_healthy, wait_for, wait_until_whole
 
 MODEL = default_model.NAME
 ADAPTER = "tiny-lora"
@@ -190,17 +190,18 @@ def test_an_adapter_whose_files_vanish_after_loading_fails_nothing(lora, client)
     wait_for(lambda: every_frontend_lists(lora, {MODEL, ADAPTER}), 10, what="both frontends to drop it")
 
 
-def test_runtime_updates_are_off_unless_enabled(service, adapter_dir):
-    """Frontends with this module's keys on the session's engine, which takes no adapters at run time."""
-    with frontends_on(service, "lora-off", api_key=API_KEY, admin_api_key=ADMIN_KEY) as off:
-        for route, body in [("/v1/load_lora_adapter", {"lora_name": "x", "lora_path": str(adapter_dir)}),
-                            ("/v1/unload_lora_adapter", {"lora_name": "x"})]:
-            answer = post(off, route, body, ADMIN)
-            assert answer.status_code == 404 and "allow_runtime_lora_updating" in answer.json()["error"]["message"]
-        assert model_ids(off.url) == [MODEL]
-        client = OpenAI(base_url=f"{off.url}/v1", api_key=API_KEY, max_retries=0, timeout=120)
-        with pytest.raises(openai.NotFoundError):
-            client.completions.create(model=ADAPTER, prompt="hi", max_tokens=2)
+def test_runtime_updates_are_off_unless_enabled(text_api_service, adapter_dir):
+    """On frontends with an admin key on the session's engine, which takes no adapters at run time."""
+    keyed = {"Authorization": f"Bearer {TEXT_API_KEY}"}
+    for route, body in [("/v1/load_lora_adapter", {"lora_name": "x", "lora_path": str(adapter_dir)}),
+                        ("/v1/unload_lora_adapter", {"lora_name": "x"})]:
+        answer = post(text_api_service, route, body, {"Authorization": f"Bearer {TEXT_API_ADMIN_KEY}"})
+        assert answer.status_code == 404 and "allow_runtime_lora_updating" in answer.json()["error"]["message"]
+    models = httpx.get(text_api_service.url + "/v1/models", headers=keyed).json()["data"]
+    assert [card["id"] for card in models] == [MODEL]
+    client = OpenAI(base_url=f"{text_api_service.url}/v1", api_key=TEXT_API_KEY, max_retries=0, timeout=120)
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model=ADAPTER, prompt="hi", max_tokens=2)
 
 
 # Hostile bodies on the LoRA routes while run-time loading is on (off: test_runtime_updates_are_off_unless_enabled
