@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from common import default_model
 from tests.test_hostile_e2e import assert_service_whole
+from tests.unit.test_hostile_input import stream_beside
 from tests.unit.test_hostile_schemas import SCHEMAS
 
 MODEL = default_model.NAME
@@ -30,20 +31,6 @@ PARTS_600 = [{"type": "text", "text": "a"}] * 600
 RESP, MSG, COUNT, TOK, DETOK = "/v1/responses", "/v1/messages", "/v1/messages/count_tokens", "/tokenize", "/detokenize"
 CHAT_ROUTE, CMPL = "/v1/chat/completions", "/v1/completions"
 LOAD, UNLOAD = "/v1/load_lora_adapter", "/v1/unload_lora_adapter"
-
-
-def stream_beside(url: str, result: dict, started: threading.Event) -> None:
-    """A normal streamed completion, long enough to run through the whole table."""
-    body = {"prompt": "A normal request", "max_tokens": 200, "ignore_eos": True, "stream": True,
-            "stream_options": {"include_usage": True}}
-    events = []
-    with httpx.stream("POST", url + CMPL, json=body, timeout=300) as response:
-        result["status"] = response.status_code
-        for line in response.iter_lines():
-            if line.startswith("data: "):
-                events.append(line[6:])
-                started.set()
-    result["events"] = events
 
 
 def messages(**fields) -> dict:
@@ -184,7 +171,8 @@ def test_hostile_requests_to_the_newer_routes_are_4xx_in_their_shape_naming_the_
     assert len(HOSTILE) >= 40
     beside: dict = {}
     started = threading.Event()
-    streamer = threading.Thread(target=stream_beside, args=(service.url, beside, started))
+    http = httpx.Client(base_url=service.url)
+    streamer = threading.Thread(target=stream_beside, args=(http, 200, beside, started))
     streamer.start()
     assert started.wait(60), "the normal stream never started"
     wrong = {}
@@ -198,6 +186,7 @@ def test_hostile_requests_to_the_newer_routes_are_4xx_in_their_shape_naming_the_
             if not right:
                 wrong[name] = (answer.status_code, answer.text[:300])
     streamer.join(300)
+    http.close()
     assert wrong == {}
     assert beside["status"] == 200 and beside["events"][-1] == "[DONE]"
     assert_every_route_answers(service)

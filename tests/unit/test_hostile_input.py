@@ -138,12 +138,12 @@ def send(client: httpx.Client, route: str, body) -> httpx.Response:
     return client.post(route, content=content, headers={"content-type": "application/json"}, timeout=15)
 
 
-def stream_beside(frontend, result: dict, started: threading.Event) -> None:
+def stream_beside(client: httpx.Client, max_tokens: int, result: dict, started: threading.Event) -> None:
     """A normal streamed completion, long enough to run through the whole table."""
-    body = {"prompt": "A normal request", "max_tokens": 1000, "ignore_eos": True, "stream": True,
+    body = {"prompt": "A normal request", "max_tokens": max_tokens, "ignore_eos": True, "stream": True,
             "stream_options": {"include_usage": True}}
     events = []
-    with frontend.http.stream("POST", CMPL, json=body, timeout=120) as response:
+    with client.stream("POST", CMPL, json=body, timeout=300) as response:
         result["status"] = response.status_code
         for line in response.iter_lines():
             if line.startswith("data: "):
@@ -155,7 +155,7 @@ def stream_beside(frontend, result: dict, started: threading.Event) -> None:
 def test_hostile_requests_are_400s_naming_the_field_while_a_stream_runs_beside(frontend):
     beside: dict = {}
     started = threading.Event()
-    streamer = threading.Thread(target=stream_beside, args=(frontend, beside, started))
+    streamer = threading.Thread(target=stream_beside, args=(frontend.http, 1000, beside, started))
     streamer.start()
     assert started.wait(30), "the normal stream never started"
     sent = len(frontend.engine.added)
