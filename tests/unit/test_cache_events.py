@@ -18,7 +18,7 @@ from engine_worker.load import LoadTracker
 from engine_worker.step_loop import Admitted
 from frontend import router as router_module
 from frontend.router import Router
-from tests.test_router import fleet
+from tests.unit.test_router import fleet
 
 VLLM_BLOCK, BLOCK = 32, 16
 PROMPT = list(range(1000, 1100))  # three full vLLM blocks and a partial one

@@ -1,77 +1,16 @@
 """The frontend's fleet client (frontend/engine_client.py) over real ZeroMQ sockets, with
-FakeEngine standing in for each engine worker: it binds the engine's two sockets, answers HELLO with
-WELCOME and publishes what a test tells it to, so the links' handshake, gap check, heartbeat watch and
-routing can be driven message by message without vLLM."""
+FakeEngine (tests/unit/fake_engine.py) standing in for each engine worker, so the links' handshake,
+gap check, heartbeat watch and routing can be driven message by message without vLLM."""
 import asyncio
 
 import msgspec
 import pytest
-import zmq
-import zmq.asyncio
 
 from common.config import ServerConfig
-from common.messages import (
-    BROADCAST_TOPIC, Abort, Add, CachedBlocks, Delta, EngineLoad, Goodbye, Heartbeat, Hello, LoadReport, Resync,
-    StepOutput, Welcome, encode, request_decoder, topic_for,
-)
+from common.messages import BROADCAST_TOPIC, CachedBlocks, Delta, Goodbye, StepOutput, encode, topic_for
 from frontend.engine_client import EngineClient, EngineLost, EngineUnavailable, ShuttingDown
 from frontend.metrics import CACHE_RESYNCS
-
-FRONTEND = "fe-test-0"
-
-
-class FakeEngine:
-    """A stand-in for one engine worker: its PULL and PUB, a WELCOME for each HELLO, heartbeats on demand."""
-
-    def __init__(self, server: ServerConfig, rank: int, engine_id: str):
-        context = zmq.asyncio.Context.instance()
-        self.engine_id = engine_id
-        self.pull = context.socket(zmq.PULL)
-        self.pull.bind(server.local_request_address(rank))
-        self.pub = context.socket(zmq.PUB)
-        self.pub.bind(server.local_output_address(rank))
-        self.added: list[Add] = []
-        self.aborted: list[str] = []
-        self.resyncs: list[Resync] = []
-        self.seq = 0
-        self.load_seq = 0
-        self.running = asyncio.create_task(self.serve())
-
-    async def serve(self):
-        while True:
-            message = request_decoder.decode(await self.pull.recv())
-            if isinstance(message, Hello):
-                self.seq = 0
-                await self.publish(topic_for(message.frontend_id), Welcome(self.engine_id, message.frontend_id, "m",
-                                                                          "tok", 128))
-            elif isinstance(message, Add):
-                self.added.append(message)
-            elif isinstance(message, Abort):
-                self.aborted.extend(message.request_ids)
-            elif isinstance(message, Resync):
-                self.resyncs.append(message)
-
-    async def publish(self, topic: bytes, message) -> None:
-        await self.pub.send_multipart([topic, encode(message)])
-
-    async def heartbeat(self, load: EngineLoad | None = None, last_seq: int | None = None, cache_seq: int = 0) -> None:
-        last_seqs = {FRONTEND: self.seq if last_seq is None else last_seq}
-        await self.publish(BROADCAST_TOPIC, Heartbeat(self.engine_id, load or EngineLoad(), last_seqs, 0, cache_seq))
-
-    async def report(self, taken: dict[str, int], waiting: int = 0, running: int = 0, prefill_tokens: int = 0) -> None:
-        """A LoadReport: the engine took `taken` ADDs from each frontend."""
-        self.load_seq += 1
-        report = LoadReport(self.engine_id, self.load_seq, waiting, running, prefill_tokens, 0, 0, taken)
-        await self.publish(BROADCAST_TOPIC, report)
-
-    async def step(self, *deltas: Delta) -> None:
-        self.seq += 1
-        await self.publish(topic_for(FRONTEND), StepOutput(self.engine_id, self.seq, list(deltas)))
-
-    def close(self):
-        self.running.cancel()
-        self.pull.close()
-        self.pub.close()
+from tests.unit.fake_engine import FRONTEND, FakeEngine
 
 
 async def until(predicate, timeout: float = 5.0):

@@ -1,5 +1,5 @@
 """The fleet client's LoRA adapters (frontend/engine_client.py) over real ZeroMQ sockets, with
-LoraFakeEngine standing in for each engine worker (tests/test_engine_client.py's FakeEngine, which
+LoraFakeEngine standing in for each engine worker (tests/unit/fake_engine.py's FakeEngine, which
 also answers LoadLora, UnloadLora and ListLoras): each engine sends its adapters when they change and
 their version in each heartbeat, a frontend that missed a change asks for them, requests for one go
 only where it is, and a load reaches every engine."""
@@ -9,11 +9,11 @@ import pytest
 
 from common.config import ServerConfig
 from common.messages import (
-    BROADCAST_TOPIC, Add, Delta, EngineLoad, Heartbeat, Hello, ListLoras, LoadLora, Loras, UnloadLora, Welcome,
-    request_decoder, topic_for,
+    BROADCAST_TOPIC, Delta, EngineLoad, Heartbeat, ListLoras, LoadLora, Loras, UnloadLora, Welcome, topic_for,
 )
 from frontend.router import RoutingScope, routing_scope
-from tests.test_engine_client import FRONTEND, FakeEngine, fleet_of, until
+from tests.unit.fake_engine import FRONTEND, FakeEngine
+from tests.unit.test_engine_client import fleet_of, until
 
 
 class LoraFakeEngine(FakeEngine):
@@ -25,22 +25,18 @@ class LoraFakeEngine(FakeEngine):
         self.updates: list = []
         super().__init__(server, rank, engine_id)
 
-    async def serve(self):
-        while True:
-            message = request_decoder.decode(await self.pull.recv())
-            if isinstance(message, Hello):
-                self.seq = 0
-                welcome = Welcome(self.engine_id, message.frontend_id, "m", "tok", 128, dict(self.loras), True,
-                                  self.version)
-                await self.publish(topic_for(message.frontend_id), welcome)
-            elif isinstance(message, Add):
-                self.added.append(message)
-            elif isinstance(message, (LoadLora, UnloadLora)):
-                self.updates.append(message)
-                await self.update(message)
-            elif isinstance(message, ListLoras):
-                self.asked.append(message)
-                await self.publish(topic_for(message.frontend_id), Loras(self.engine_id, self.version, dict(self.loras)))
+    def welcome(self, frontend_id: str) -> Welcome:
+        return Welcome(self.engine_id, frontend_id, self.model, self.tokenizer, self.max_model_len, dict(self.loras),
+                       True, self.version)
+
+    async def handle(self, message) -> None:
+        await super().handle(message)
+        if isinstance(message, (LoadLora, UnloadLora)):
+            self.updates.append(message)
+            await self.update(message)
+        elif isinstance(message, ListLoras):
+            self.asked.append(message)
+            await self.publish(topic_for(message.frontend_id), Loras(self.engine_id, self.version, dict(self.loras)))
 
     async def update(self, message: LoadLora | UnloadLora) -> None:
         if self.refusal is not None:
@@ -54,9 +50,10 @@ class LoraFakeEngine(FakeEngine):
         await self.publish(BROADCAST_TOPIC, Loras(self.engine_id, self.version, dict(self.loras)))
         await self.step(Delta(message.request_id, [], "stop"))
 
-    async def heartbeat(self, load: EngineLoad | None = None, last_seq: int | None = None) -> None:
-        last_seqs = {FRONTEND: self.seq if last_seq is None else last_seq}
-        await self.publish(BROADCAST_TOPIC, Heartbeat(self.engine_id, load or EngineLoad(), last_seqs, self.version))
+    async def heartbeat(self, load: EngineLoad | None = None, last_seq: int | None = None, cache_seq: int = 0) -> None:
+        last_seqs = {self.frontend_id: self.seq if last_seq is None else last_seq}
+        await self.publish(BROADCAST_TOPIC, Heartbeat(self.engine_id, load or EngineLoad(), last_seqs, self.version,
+                                                      cache_seq))
 
 
 @pytest.fixture
