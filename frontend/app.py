@@ -19,6 +19,7 @@ from frontend.dashboard.routes import Dashboard, dashboard_routes
 from frontend.grps.generate import generate_endpoint
 from frontend.error_shapes import error_response
 from frontend.http import HTTPError
+from frontend.engine_client import added_up
 from frontend.metrics import RouteMetricsMiddleware, metrics_endpoint
 from frontend.openai.routes import OPENAI_ROUTES
 from frontend.router import RoutingScopeMiddleware
@@ -27,19 +28,25 @@ from frontend.run.state import FrontendState
 
 
 async def health(request: Request) -> Response:
-    """200 while this frontend can serve: at least one engine up. The figures are the fleet's
-    (requests added up, KV cache use averaged over the engines up); `engines` has each one."""
+    """200 while this frontend can serve: at least one engine of one model up ("ok" when every model's
+    pool has one, "degraded" when only some have). The figures are every engine's (requests added up,
+    KV cache use averaged over the engines up); `engines` has each one, `models` each pool."""
     state: FrontendState = request.app.state.frontend
-    load = state.client.load
+    clients = [pool.client for pool in state.pools]
+    load = added_up([link.load for client in clients for link in client.up_links()])
+    ready = [pool.ready for pool in state.pools]
+    status = "draining" if state.draining else "ok" if all(ready) else "degraded" if any(ready) else \
+        "engine unavailable"
     body = {
-        "status": "draining" if state.draining else "ok" if state.ready else "engine unavailable",
+        "status": status,
         "frontend": state.frontend_id,
-        "engine": state.client.engine_id,
+        "engine": next((client.engine_id for client in clients if client.engine_id), None),
         "running": load.running,
         "waiting": load.waiting,
         "kv_cache_usage": load.kv_cache_usage,
-        "in_flight": state.client.in_flight,
-        "engines": state.client.engines(),
+        "in_flight": state.in_flight,
+        "engines": [view for client in clients for view in client.engines()],
+        "models": [{"model": pool.model, "ready": pool.ready} for pool in state.pools],
     }
     if state.ready and not state.draining:
         return JSONResponse(body)
@@ -111,7 +118,7 @@ def build_app(server: ServerConfig, frontend_id: str) -> Starlette:
         # the page readably.
         middleware=[Middleware(RouteMetricsMiddleware), Middleware(BrowserGuard, server=server),
                     Middleware(ApiKeyMiddleware, *api_keys(server)),
-                    Middleware(RoutingScopeMiddleware, engines=state.client.size)],
+                    Middleware(RoutingScopeMiddleware, engines=state.engines)],
         lifespan=lifespan,
     )
     app.state.frontend = state

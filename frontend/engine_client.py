@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import zmq
 
-from common.config import EngineLinkConfig, ServerConfig, load_inference
+from common.config import EngineLinkConfig, ServerConfig
 from common.messages import (
     BROADCAST_TOPIC, Abort, Add, CachedBlocks, EngineLoad, Goodbye, Heartbeat, Hello, ListLoras, LoadLora, LoadReport,
     Loras, Resync, StepOutput, UnloadLora, Welcome, encode, frontend_slot, output_decoder, topic_for,
@@ -260,7 +260,7 @@ class EngineLink:
             return
         lost = self.load_view.on_report(message, self.frontend_id)
         if lost:
-            LOAD_REPORTS_LOST.labels(str(self.rank)).inc(lost)
+            LOAD_REPORTS_LOST.labels(self.model, str(self.rank)).inc(lost)
         if self.cache_record.behind(message.cache_seq):
             self.resync()
 
@@ -276,7 +276,7 @@ class EngineLink:
         """A CachedBlocks was lost: ask the engine for its whole prefix cache."""
         if self.cache_record.ask_resync():
             log.info("engine %d: a prefix-cache report was lost; asking for a snapshot", self.rank)
-            CACHE_RESYNCS.labels(str(self.rank)).inc()
+            CACHE_RESYNCS.labels(self.model, str(self.rank)).inc()
             self.send(Resync(self.frontend_id))
 
     def on_goodbye(self, message: Goodbye) -> None:
@@ -307,10 +307,15 @@ class EngineLink:
         if streams:
             self.abort(list(streams))
 
+    @property
+    def model(self) -> str:
+        """The served name of its model, as its last Welcome gave it: the `model` label of its metrics."""
+        return self.welcome.model if self.welcome is not None else ""
+
     def view(self) -> dict:
         """What /health and the dashboard show of this engine."""
         report = self.load_view.report
-        return {"rank": self.rank, "up": self.up, "engine_id": self.engine_id, "draining": self.draining,
+        return {"rank": self.rank, "model": self.model, "up": self.up, "engine_id": self.engine_id, "draining": self.draining,
                 "running": self.load.running, "waiting": self.load.waiting,
                 "kv_cache_usage": self.load.kv_cache_usage, "in_flight": len(self.streams),
                 "queued_prefill_tokens": report.prefill_tokens, "free_kv_blocks": report.free_blocks,
@@ -318,19 +323,17 @@ class EngineLink:
 
 
 class EngineClient:
-    """The fleet: a link per engine (this host's data_parallel_size first, then server.yml's
-    `engines`), a router choosing one for each request, and the requests in flight on each."""
+    """The fleet of one model (a pool): a link per engine (this host's data_parallel_size first, then
+    server.yml's `engines` of that model), a router choosing one for each request, and the requests in
+    flight on each."""
 
-    def __init__(self, server: ServerConfig, frontend_id: str, local_engines: int | None = None):
+    def __init__(self, server: ServerConfig, frontend_id: str, addresses: list[tuple[str, str]],
+                 programs: list[str] = (), name: str = ""):
         self.frontend_id = frontend_id
+        self.name = name  # the served name from the configuration; "": what the engines' Welcome says
         self.max_in_flight = server.max_in_flight
         self.request_timeout_s = server.request_timeout_s
-        if local_engines is None:
-            local_engines = load_inference().data_parallel_size if server.local_engines else 0
-        self.local_engines = local_engines  # ranks 0 .. local_engines-1 run on this host
-        addresses = server.engine_addresses(local_engines)
-        if not addresses:
-            raise SystemExit("no engine to talk to: no local engines and no `engines` in server.yml")
+        self.programs = list(programs)  # the supervisord program of each engine on this host, by rank
         self.router = Router(server.router, len(addresses), frontend_index(frontend_id), max(server.frontends, 1))
         self.links = [EngineLink(rank, request, output, server.engine, frontend_id, server.request_timeout_s,
                                  self.router.forget, server.router.max_reported_blocks)
@@ -371,7 +374,7 @@ class EngineClient:
                 refused.add(link.rank)
         self.requests[request_id] = link
         link.load_view.sent_request(route.prefill_tokens, len(prompt_token_ids))  # in its load until acknowledged
-        ROUTED.labels(str(link.rank), route.reason).inc()
+        ROUTED.labels(link.model, str(link.rank), route.reason).inc()
         return queue
 
     def shut_down(self, reason: str) -> None:
@@ -468,20 +471,19 @@ class EngineClient:
         return None
 
     @property
+    def model(self) -> str:
+        """The served name of this pool's model: the configured one, else the one its engines gave."""
+        welcome = self.welcome
+        return self.name or (welcome.model if welcome is not None else "")
+
+    @property
     def engine_id(self) -> str | None:
         return next((link.engine_id for link in self.up_links()), None)
 
     @property
     def load(self) -> EngineLoad:
         """The fleet's load: requests added up over the engines that are up, KV cache use averaged."""
-        loads = [link.load for link in self.up_links()]
-        if not loads:
-            return EngineLoad()
-        return EngineLoad(running=sum(load.running for load in loads), waiting=sum(load.waiting for load in loads),
-                          kv_cache_usage=sum(load.kv_cache_usage for load in loads) / len(loads),
-                          prompt_tokens_total=sum(load.prompt_tokens_total for load in loads),
-                          generation_tokens_total=sum(load.generation_tokens_total for load in loads),
-                          gpus=[gpu for load in loads for gpu in load.gpus])
+        return added_up([link.load for link in self.up_links()])
 
     @property
     def in_flight(self) -> int:
@@ -490,6 +492,17 @@ class EngineClient:
     def engines(self) -> list[dict]:
         """One entry per engine, by rank: for /health, and for the dashboard's per-engine view."""
         return [link.view() for link in self.links]
+
+
+def added_up(loads: list[EngineLoad]) -> EngineLoad:
+    """Engines' loads as one: requests and tokens added up, KV cache use averaged."""
+    if not loads:
+        return EngineLoad()
+    return EngineLoad(running=sum(load.running for load in loads), waiting=sum(load.waiting for load in loads),
+                      kv_cache_usage=sum(load.kv_cache_usage for load in loads) / len(loads),
+                      prompt_tokens_total=sum(load.prompt_tokens_total for load in loads),
+                      generation_tokens_total=sum(load.generation_tokens_total for load in loads),
+                      gpus=[gpu for load in loads for gpu in load.gpus])
 
 
 def frontend_index(frontend_id: str) -> int:

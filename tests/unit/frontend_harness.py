@@ -78,7 +78,7 @@ class Frontend:
 
     def nothing_left(self) -> bool:
         """No request holds a slot here or runs in the engine."""
-        return self.state.client.in_flight == 0 and self.engine.idle
+        return self.state.in_flight == 0 and self.engine.idle
 
     def reset(self) -> None:
         self.engine.script.clear()
