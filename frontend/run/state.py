@@ -78,7 +78,7 @@ class FrontendState:
         scope = current_scope()
         pool, name = self.named(requested)
         if pool is None:
-            raise HTTPError(404, f"the model {requested!r} does not exist; {self.served()}", "model")
+            raise HTTPError(404, f"the model {requested[:256]!r} does not exist; {self.served()}", "model")
         if pool.client.welcome is None:
             raise EngineUnavailable(f"the engines of {pool.model or 'the model'} are not available")
         if name != pool.model and scope is not None:
