@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from common import default_model
 from common.config import InferenceConfig, RemoteEngine, ServerConfig
+from common.preflight import StartRefused, check_inference
 from tests.unit.frontend_harness import Frontend
 
 MODEL = default_model.NAME
@@ -153,3 +154,18 @@ def test_models_config_gives_each_pool_its_engines_programs_and_addresses():
 def test_a_models_config_that_cannot_be_served_is_refused(given, refusal):
     with pytest.raises(msgspec.ValidationError, match=refusal):
         msgspec.convert(given, InferenceConfig)
+
+
+def test_the_start_refuses_a_pool_whose_settings_cannot_run_naming_its_entry():
+    inference = msgspec.convert({"models": [
+        {"model": "/models/chat"},
+        {"model": "/models/other", "served_model_name": "other", "engine_args": {"served_model_name": "x"}},
+    ]}, InferenceConfig)
+    with pytest.raises(StartRefused, match=r"^inference.yml: models\[1\] \(other\): served_model_name is given twice"):
+        check_inference(ServerConfig(), inference)
+    simulated = msgspec.convert({"models": [
+        {"model": "/models/chat"},
+        {"served_model_name": "sim", "engine_backend": "simulated", "lora_modules": {"sql": "/adapters/sql"}},
+    ]}, InferenceConfig)
+    with pytest.raises(StartRefused, match=r"^inference.yml: models\[1\] \(sim\): the simulated engine serves no LoRA"):
+        check_inference(ServerConfig(), simulated)
