@@ -7,7 +7,7 @@ Updates become output items (reasoning, message, function_call) in the order the
 
 Frontends keep nothing between requests, so nothing is stored: `store` is taken and answered as
 false, `previous_response_id` and `conversation` are refused (the client sends the conversation
-as input items), and GET/DELETE /v1/responses/{id} answer 404 (docs/responses.md).
+as input items), and GET/DELETE /v1/responses/{id} answer 404 (docs/api.md, "Responses").
 """
 import contextlib
 import re
@@ -301,7 +301,7 @@ class ResponseObject(msgspec.Struct, kw_only=True):
     previous_response_id: None = None
     reasoning: None = None
     background: bool = False
-    store: bool = False  # whatever the request said: nothing is kept (docs/responses.md)
+    store: bool = False  # whatever the request said: nothing is kept (docs/api.md, "Responses")
     temperature: float | None
     top_p: float | None
     text: TextConfig
