@@ -74,8 +74,12 @@ class EngineLink:
 
     def __init__(self, rank: int, request_address: str, output_address: str, config: EngineLinkConfig,
                  frontend_id: str, request_timeout_s: float, on_lost: Callable[[int], None] = lambda rank: None,
-                 max_reported_blocks: int = 1 << 20):
+                 max_reported_blocks: int = 1 << 20, pool: str = ""):
         self.rank = rank
+        # The served name of its pool's model ("": whatever the engine serves): an engine that welcomes
+        # us for another model (a remote engine given the wrong `model`) is never used.
+        self.pool = pool
+        self.wrong_model: str | None = None
         self.request_timeout_s = request_timeout_s
         self.frontend_id = frontend_id
         self.config = config
@@ -217,6 +221,12 @@ class EngineLink:
     def on_welcome(self, message: Welcome) -> None:
         if message.frontend_id != self.frontend_id:
             return
+        if self.pool and message.model != self.pool:
+            if self.wrong_model != message.model:
+                log.error("engine %d of %s serves %r, not %r: it is not used (server.yml's engines give each "
+                          "remote engine the `model` it serves)", self.rank, self.pool, message.model, self.pool)
+                self.wrong_model = message.model
+            return
         if self.engine_id not in (None, message.engine_id):
             self.engine_lost("the engine restarted")
         if self.engine_id is None:
@@ -336,7 +346,7 @@ class EngineClient:
         self.programs = list(programs)  # the supervisord program of each engine on this host, by rank
         self.router = Router(server.router, len(addresses), frontend_index(frontend_id), max(server.frontends, 1))
         self.links = [EngineLink(rank, request, output, server.engine, frontend_id, server.request_timeout_s,
-                                 self.router.forget, server.router.max_reported_blocks)
+                                 self.router.forget, server.router.max_reported_blocks, name)
                       for rank, (request, output) in enumerate(addresses)]
         self.requests: dict[str, EngineLink] = {}
         self.closed: str | None = None  # why no request is taken any more (the frontend is stopping)

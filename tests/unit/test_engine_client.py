@@ -185,3 +185,29 @@ async def test_shutting_down_ends_every_running_request_aborts_it_and_takes_no_n
     for i in range(4):
         client.release(f"r{i}", abort=False)
     assert client.requests == {} and all(link.streams == {} for link in client.links)
+
+
+async def test_an_engine_that_serves_another_model_than_its_pools_is_never_used(tmp_path, caplog):
+    link = {"hello_interval_s": 0.05, "heartbeat_timeout_s": 30}
+    server = msgspec.convert({"run_dir": str(tmp_path), "engine": link}, ServerConfig)
+    engines = [FakeEngine(server, rank, f"engine-{rank}") for rank in range(2)]
+    engines[1].model = "other"  # a remote engine given the wrong `model` in server.yml
+    client = EngineClient(server, FRONTEND, server.pool_addresses([("m", 2)])["m"], name="m")
+    client.start()
+    try:
+        await until(lambda: client.links[0].ready
+                    and "engine 1 of m serves 'other', not 'm': it is not used" in caplog.text)
+        await asyncio.sleep(0.3)  # several HELLOs answered: still not used, and said once
+        assert not client.links[1].ready and client.links[1].welcome is None
+        assert caplog.text.count("serves 'other'") == 1
+        for engine in engines:
+            await engine.heartbeat()
+        await until(lambda: client.links[0].up)
+        for i in range(4):
+            add_to(client, f"r{i}")
+        await until(lambda: len(engines[0].added) == 4)
+        assert engines[1].added == []
+    finally:
+        await client.stop()
+        for engine in engines:
+            engine.close()
