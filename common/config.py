@@ -311,9 +311,10 @@ class InferenceConfig(PoolConfig, forbid_unknown_fields=True):
         moved = [name for name in PoolConfig.__struct_fields__ if getattr(self, name) != getattr(unset, name)]
         if moved:
             raise ValueError(f"with `models`, every model's keys go in its entry: move {', '.join(moved)} into one")
-        names = [pool.served_name for pool in self.models]
+        # A request's model names one pool: a model or a LoRA adapter of one, never two of them.
+        names = [name for pool in self.models for name in (pool.served_name, *pool.lora_modules)]
         if duplicate := next((name for name in names if names.count(name) > 1), None):
-            raise ValueError(f"two models are served as {duplicate!r}: give one a served_model_name of its own")
+            raise ValueError(f"two models or LoRA adapters are served as {duplicate!r}: give each a name of its own")
 
     @property
     def pools(self) -> list[PoolConfig]:

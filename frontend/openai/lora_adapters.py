@@ -51,6 +51,9 @@ async def load_lora_adapter(request: Request) -> Response:
         raise HTTPError(400, "3-D LoRA weights are not supported", "is_3d_lora_weight")
     if any(body.lora_name == other.model for other in state.pools):
         raise HTTPError(400, f"the LoRA adapter {body.lora_name!r} conflicts with a served model", "lora_name")
+    others = [other for other in state.pools if other is not pool]
+    if taken := next((other.model for other in others if body.lora_name in other.client.loras), None):
+        raise HTTPError(400, f"the LoRA adapter {body.lora_name!r} is already served by {taken}", "lora_name")
     loaded_from = pool.client.loras.get(body.lora_name, body.lora_path)
     if loaded_from != body.lora_path:
         raise HTTPError(400, f"the LoRA adapter {body.lora_name!r} is already loaded from {loaded_from}", "lora_path")

@@ -44,7 +44,7 @@ class Frontend:
         self.server = msgspec.convert({"run_dir": run_dir, "local_engines": False, "engines": engines,
                                        **overlay}, ServerConfig)
         self.engine = self.start_engine() if engine_first else None
-        self.pool_engines = {model: ScriptedEngine.start(server, tokenizer, model)
+        self.pool_engines = {model: ScriptedEngine.start(server, tokenizer, model, lora_updates)
                              for model, server in self.model_servers.items()}
         self.app = build_app(self.server, frontend_id=f"harness-0~{id(self):x}")
         listener = socket.socket()

@@ -149,7 +149,12 @@ def test_models_config_gives_each_pool_its_engines_programs_and_addresses():
 
 @pytest.mark.parametrize("given, refusal", [
     ({"model": "/m", "models": [{"model": "/n"}]}, "move model into one"),
-    ({"models": [{"model": "/m"}, {"model": "/n", "served_model_name": "/m"}]}, "two models are served as '/m'"),
+    ({"models": [{"model": "/m"}, {"model": "/n", "served_model_name": "/m"}]},
+     "two models or LoRA adapters are served as '/m'"),
+    ({"models": [{"model": "/m", "lora_modules": {"sql": "/a"}}, {"model": "/n", "lora_modules": {"sql": "/b"}}]},
+     "two models or LoRA adapters are served as 'sql'"),
+    ({"models": [{"model": "/m", "lora_modules": {"/n": "/a"}}, {"model": "/n"}]},
+     "two models or LoRA adapters are served as '/n'"),
 ])
 def test_a_models_config_that_cannot_be_served_is_refused(given, refusal):
     with pytest.raises(msgspec.ValidationError, match=refusal):
@@ -169,3 +174,26 @@ def test_the_start_refuses_a_pool_whose_settings_cannot_run_naming_its_entry():
     ]}, InferenceConfig)
     with pytest.raises(StartRefused, match=r"^inference.yml: models\[1\] \(sim\): the simulated engine serves no LoRA"):
         check_inference(ServerConfig(), simulated)
+
+
+def test_a_lora_adapter_loads_into_the_pool_model_names_and_its_name_routes_there(frontends, tmp_path):
+    admin = {"authorization": "Bearer admin-key"}
+    frontend = frontends.get(models=OTHERS[:1], lora_updates=True, admin_api_key="admin-key",
+                             engine={"heartbeat_timeout_s": 15})
+    second = frontend.pool_engines[OTHERS[0]]
+    try:
+        loaded = frontend.post("/v1/load_lora_adapter", {"lora_name": "sql", "lora_path": str(tmp_path),
+                                                         "model": OTHERS[0]}, headers=admin)
+        assert loaded.status_code == 200 and "sql" in second.loras and frontend.engine.loras == {}
+        frontend.wait(lambda: "sql" in frontend.state.pools[1].client.loras, 10, "the frontend to learn of sql")
+        cards = {card["id"]: card["parent"] for card in frontend.http.get("/v1/models").json()["data"]}
+        assert cards == {MODEL: None, OTHERS[0]: None, "sql": OTHERS[0]}
+        completion = frontend.post("/v1/completions", {"model": "sql", "prompt": "hi", "max_tokens": 2}).json()
+        assert completion["model"] == "sql" and second.added[-1].lora == "sql"
+        again = frontend.post("/v1/load_lora_adapter", {"lora_name": "sql", "lora_path": str(tmp_path)}, headers=admin)
+        assert again.status_code == 400 and f"already served by {OTHERS[0]}" in again.json()["error"]["message"]
+        wrong = frontend.post("/v1/load_lora_adapter", {"lora_name": "x", "lora_path": str(tmp_path), "model": "sql"},
+                              headers=admin)
+        assert wrong.status_code == 400 and wrong.json()["error"]["param"] == "model"
+    finally:
+        frontend.post("/v1/unload_lora_adapter", {"lora_name": "sql", "model": OTHERS[0]}, headers=admin)
