@@ -9,6 +9,7 @@ x time_scale (by more than 1 - MIN_TIME_KEPT), or where the client sent its requ
 host rather than the fleet: its summary says so.
 """
 import asyncio
+import atexit
 import itertools
 import os
 import signal
@@ -295,6 +296,7 @@ class FleetRun:
             # Another service there would answer for this one (a run left behind, another bench).
             raise RuntimeError(f"ports {taken} are in use: stop what listens there, or give another --port")
         self.service.start()
+        atexit.register(self.service.stop)  # however the bench ends, the service ends with it
         try:
             self.service.wait_ready(self.startup_timeout_s)
             # nginx starts once every frontend listens: a frontend answers first.
@@ -307,6 +309,7 @@ class FleetRun:
 
     def __exit__(self, *exc):
         self.service.stop()
+        atexit.unregister(self.service.stop)
 
     @property
     def url(self) -> str:
