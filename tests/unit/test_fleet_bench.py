@@ -108,7 +108,7 @@ async def test_the_oracle_reads_each_engines_cache_reports_from_its_pub_socket(t
             publisher.send_multipart([BROADCAST_TOPIC, encode(Heartbeat("e", EngineLoad()))])
             await asyncio.sleep(0.05)
         await starting
-        for message in (CachedBlocks("e", stored=[1, 2, 3], removed=[]), CachedBlocks("e", stored=[4], removed=[2]),
+        for message in (CachedBlocks("e", 1, stored=[1, 2, 3], removed=[]), CachedBlocks("e", 2, stored=[4], removed=[2]),
                         Goodbye("e")):
             publisher.send_multipart([BROADCAST_TOPIC, encode(message)])
         for _ in range(100):
@@ -116,7 +116,7 @@ async def test_the_oracle_reads_each_engines_cache_reports_from_its_pub_socket(t
                 break
             await asyncio.sleep(0.02)
         assert placer.held[0] == {1, 3, 4}
-        publisher.send_multipart([BROADCAST_TOPIC, encode(CachedBlocks("e", stored=[7], removed=[], cleared=True))])
+        publisher.send_multipart([BROADCAST_TOPIC, encode(CachedBlocks("e", 3, stored=[7], removed=[], cleared=True))])
         for _ in range(100):
             if placer.held[0] == {7}:
                 break
