@@ -142,14 +142,14 @@ def figures_of(summary: dict) -> dict:
     return {key: value for key, value in summary.items() if key not in RAW}
 
 
-def mean_load(reads: list[dict]) -> dict[int, float]:
-    """Each engine's mean requests (running + waiting, as its heartbeats gave them) over the reads in which
-    the fleet had any."""
-    samples = [{rank: read["running"].get(rank, 0) + read["waiting"].get(rank, 0) for rank in read["up"]}
-               for read in reads if read is not None]
-    samples = [sample for sample in samples if sum(sample.values()) > 0]
-    ranks = sorted({rank for sample in samples for rank in sample})
-    return {rank: statistics.fmean(sample.get(rank, 0) for sample in samples) for rank in ranks}
+def mean_load(reads: list[dict | None], series: tuple[str, ...] = ("running", "waiting")) -> dict[int, float]:
+    """Each engine's mean requests (of `series`, as its heartbeats gave them) over the reads in which the
+    fleet had any."""
+    busy = [read for read in reads if read is not None
+            and sum(read["running"].values()) + sum(read["waiting"].values()) > 0]
+    ranks = sorted({rank for read in busy for rank in read["up"]})
+    return {rank: statistics.fmean(sum(read[name].get(rank, 0) for name in series) for read in busy)
+            for rank in ranks}
 
 
 def simulated(outcomes: list[fleet_client.Outcome], started: float, time_scale: float) -> list[RequestResult]:
@@ -225,6 +225,7 @@ def summarize_run(outcomes: list[fleet_client.Outcome], started: float, before: 
     }
     if samples is not None:
         summary["mean_load_by_engine"] = mean_load(samples)
+        summary["mean_waiting_by_engine"] = mean_load(samples, ("waiting",))
         summary["load_spread"] = spread(list(summary["mean_load_by_engine"].values()))
     summary["host_kept_up"], summary["host_verdict"] = host_verdict(summary)
     return summary
