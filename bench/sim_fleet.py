@@ -31,6 +31,7 @@ from bench import fleet_client, process_cpu
 from bench.oracle import Oracle
 from bench.request_timings import RequestResult, summarize
 from bench.services import OurService, answers
+from bench.workload import Workload
 from common.config import ROOT, ServerConfig
 from common.step_time import load_profile
 
@@ -107,10 +108,8 @@ def clean_token_ids(model: str, count: int = 256) -> list[int]:
 
 
 def vocabulary(model: str) -> list[int]:
-    """The ids a random prompt draws from: every one that is not special."""
-    tokenizer = AutoTokenizer.from_pretrained(model)
-    special = set(tokenizer.all_special_ids)
-    return [token_id for token_id in range(len(tokenizer)) if token_id not in special]
+    """The ids a random prompt draws from: every one that is not special (bench/workload.py's)."""
+    return Workload(model).vocabulary
 
 
 def scrape(url: str) -> dict:
@@ -244,16 +243,6 @@ def host_verdict(summary: dict) -> tuple[bool, str]:
         kept = summary["time_kept"]
         return True, f"host kept time ({kept:.1%} of the modelled step time)" if kept else "host kept time"
     return False, "HOST DID NOT KEEP UP: " + "; ".join(lines) + ": raise time_scale, these figures measure the host"
-
-
-def run_line(summary: dict) -> str:
-    ttft, tpot = summary["ttft_s"], summary["tpot_s"]
-    hits = summary["prefix_cache_hit_rate"]
-    return (f"{summary['fleet']}: {summary['completed']}/{summary['requests']} done, "
-            f"{summary['output_throughput']:,.0f} output tok/s, TTFT p50/p90/p99 {ttft['p50']:.3f}/{ttft['p90']:.3f}/"
-            f"{ttft['p99']:.3f} s, TPOT p50 {1000 * tpot['p50']:.1f} ms, "
-            f"hits {'-' if hits is None else f'{100 * hits:.1f}%'}, requests spread "
-            f"{summary['request_spread'] or 0:.2f}, routing {summary['routing']}; {summary['host_verdict']}")
 
 
 def stop_on_sigterm() -> None:
