@@ -14,11 +14,14 @@ stop:
 status:
 	@$(VENV)/bin/python -m common.service status
 
+# tests/unit starts no process (the frontend's tests run on a harness without vLLM); every file
+# outside it, *_e2e.py, starts real services. The end-to-end run ends with the vLLM engines it
+# started, against tests/engine_budget.py's budget.
 test:
 	bash setup.sh --test
-	$(VENV)/bin/python -m pytest -v tests/unit
-	$(VENV)/bin/python -m pytest -v tests --ignore=tests/unit
+	$(VENV)/bin/python -m pytest -v --durations=15 tests/unit
+	$(VENV)/bin/python -m pytest -v --durations=30 tests --ignore=tests/unit
 
-# Unit tests of single modules, no vLLM engine: seconds.
+# tests/unit alone, no vLLM engine: under a minute.
 test-fast:
-	$(VENV)/bin/python -m pytest -q tests/unit
+	$(VENV)/bin/python -m pytest -q --durations=5 tests/unit

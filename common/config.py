@@ -15,7 +15,10 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class EngineLink(msgspec.Struct, forbid_unknown_fields=True):
+class EngineLinkConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """How frontends and engine workers reach each other (server.yml's `engine:`); the live link is
+    frontend.engine_client.EngineLink."""
+
     # Empty means ipc:// sockets in run_dir.
     request_address: str = ""
     output_address: str = ""
@@ -149,7 +152,7 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True):
     trust_request_chat_template: bool = False
     limits: RequestLimits = msgspec.field(default_factory=RequestLimits)
     cors: CorsConfig = msgspec.field(default_factory=CorsConfig)
-    engine: EngineLink = msgspec.field(default_factory=EngineLink)
+    engine: EngineLinkConfig = msgspec.field(default_factory=EngineLinkConfig)
     # false: this host runs no engine worker; its frontends use only `engines` (a frontend-only host).
     local_engines: bool = True
     # A local engine worker that crashes this many times in a row, each time within

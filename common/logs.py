@@ -4,11 +4,11 @@ import logging
 import time
 
 
+FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s"
+
+
 def setup_logging(level: str = "info") -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s",
-    )
+    logging.basicConfig(level=level.upper(), format=FORMAT)
 
 
 @contextlib.contextmanager

@@ -3,11 +3,11 @@ from pathlib import Path
 
 import zmq
 
-from common.config import ROOT, EngineLink
+from common.config import ROOT, EngineLinkConfig
 from common.curve import leaves_host, secure
 
 
-def make_socket(context: zmq.Context, kind: int, address: str, *, bind: bool, link: EngineLink):
+def make_socket(context: zmq.Context, kind: int, address: str, *, bind: bool, link: EngineLinkConfig):
     if leaves_host(address) and not link.curve:
         raise SystemExit(f"{address} leaves this host: set engine.curve: true (and curve_keys_dir)")
     socket = context.socket(kind)
@@ -28,5 +28,5 @@ def make_socket(context: zmq.Context, kind: int, address: str, *, bind: bool, li
     return socket
 
 
-def curve_keys_dir(link: EngineLink) -> Path:
+def curve_keys_dir(link: EngineLinkConfig) -> Path:
     return (ROOT / link.curve_keys_dir).resolve()

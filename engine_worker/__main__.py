@@ -7,10 +7,13 @@ import signal
 import sys
 import uuid
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from common import default_model
 from common.config import InferenceConfig, ServerConfig, load_inference, load_server
 from common.logs import setup_logging, stage
+from engine_worker.load import LoadTracker
+from engine_worker.lora import Adapters
 from engine_worker.orphans import reap_previous_engine
 
 log = logging.getLogger("engine_worker")
@@ -83,7 +86,6 @@ def warm_up(engine) -> None:
 def start_vllm(model: str, inference: InferenceConfig, load, kv_events: dict | None, lora_root: Path | None):
     """vLLM's engine, its LoRA adapters and its admission."""
     from engine_worker.admission import VllmRequests
-    from engine_worker.lora import Adapters
 
     with stage(log, "start 2/3: vLLM load (weights, KV cache, compilation)"):
         engine = build_engine(model, inference, load.stat_logger_factory(), kv_events)
@@ -100,7 +102,6 @@ def start_vllm(model: str, inference: InferenceConfig, load, kv_events: dict | N
 
 def start_simulated(model: str, inference: InferenceConfig, rank: int, load, report_kv_events: bool):
     """The simulated engine (no vLLM, no LoRA adapters) and its admission."""
-    from engine_worker.lora import Adapters
     from engine_worker.simulator import build_simulated_engine
     from engine_worker.simulator.admission import SimulatedRequests
 
@@ -134,14 +135,76 @@ def count_gpus() -> int | None:
         return None
 
 
+class StartedEngine(NamedTuple):
+    """A started engine (vLLM's, warmed up, or the simulated one), and what was made with it."""
+
+    engine: Any
+    model: str  # the path or hub id it loaded
+    load: LoadTracker  # fed by the engine's stat logger
+    adapters: Adapters  # the LoRA adapters it serves
+    requests: Any  # what admission checks each ADD with (VllmRequests, SimulatedRequests)
+    kv_events: dict | None  # where vLLM publishes its KV-cache events, when the engine reports its prefix cache
+
+
+def start_engine(server: ServerConfig, inference: InferenceConfig, run_dir: Path, rank: int) -> StartedEngine:
+    """The model found (or made), and the configured engine started on it."""
+    from engine_worker.cache_events import kv_events_config
+
+    simulated = inference.engine_backend == "simulated"
+    with stage(log, "start 1/3: model"):
+        model = model_path(server, inference)
+    load = LoadTracker(monitor_gpus=not simulated)
+    kv_events = kv_events_config(run_dir, rank) if reports_prefix_cache(server, inference) else None
+    if simulated:
+        engine, adapters, requests = start_simulated(model, inference, rank, load, kv_events is not None)
+    else:
+        lora_root = server.path(inference.lora_root) if inference.lora_root else None
+        engine, adapters, requests = start_vllm(model, inference, load, kv_events, lora_root)
+    cache_config = engine.vllm_config.cache_config
+    load.set_kv_cache(cache_config.num_gpu_blocks or 0, cache_config.block_size)
+    return StartedEngine(engine, model, load, adapters, requests, kv_events)
+
+
+def wire_up(server: ServerConfig, inference: InferenceConfig, rank: int, started: StartedEngine):
+    """The step loop over the engine, between its sockets: the output publisher, the request reader
+    (through admission) and, when the engine reports its prefix cache, its KV-cache events."""
+    import zmq
+
+    from common.curve import start_authenticator
+    from common.sockets import curve_keys_dir
+    from engine_worker.admission import admitter
+    from engine_worker.cache_events import CacheIndex, start_cache_event_reader, start_cache_event_relay
+    from engine_worker.io_threads import OutputPublisher, start_request_reader
+    from engine_worker.step_loop import StepLoop
+
+    engine_id = uuid.uuid4().hex[:12]
+    context = zmq.Context()
+    if server.engine.curve:
+        start_authenticator(context, curve_keys_dir(server.engine))
+    cache = CacheIndex(engine_id, server.router.block_size) if started.kv_events else None
+    publisher = OutputPublisher(context, server.local_output_address(rank), server.engine, engine_id, started.load,
+                                started.adapters, cache)
+    if cache is not None and inference.engine_backend == "simulated":
+        start_cache_event_relay(started.engine.kv_events, cache, lambda change: publisher.send(None, change))
+    elif cache is not None:
+        start_cache_event_reader(context, started.kv_events["endpoint"], cache,
+                                 lambda change: publisher.send(None, change))
+    loop = StepLoop(
+        started.engine, engine_id, served_name(inference), started.model, publisher, started.load,
+        server.engine.heartbeat_interval_s, started.adapters,
+    )
+    admit = admitter(loop.inbox, started.requests, cache)
+    start_request_reader(context, server.local_request_address(rank), server.engine, admit, on_death=loop.fail)
+    return loop
+
+
 def run_engine_worker_process() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rank", type=int, default=0)
     rank = parser.parse_args().rank
     server, inference = load_server(), load_inference()
     setup_logging(server.log_level)
-    simulated = inference.engine_backend == "simulated"
-    if not simulated:
+    if inference.engine_backend != "simulated":
         if gpus := inference.gpus_of(rank, count_gpus() if inference.data_parallel_size > 1 else None):
             os.environ["CUDA_VISIBLE_DEVICES"] = gpus
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(inference.cpu_kv_cache_gib))
@@ -152,47 +215,8 @@ def run_engine_worker_process() -> None:
     run_dir = server.path(server.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     reap_previous_engine(run_dir, rank)
-    request_address, output_address = server.local_request_address(rank), server.local_output_address(rank)
-
-    import zmq
-
-    from common.curve import start_authenticator
-    from common.sockets import curve_keys_dir
-    from engine_worker.admission import admitter
-    from engine_worker.cache_events import (
-        CacheIndex, kv_events_config, start_cache_event_reader, start_cache_event_relay,
-    )
-    from engine_worker.io_threads import OutputPublisher, start_request_reader
-    from engine_worker.load import LoadTracker
-    from engine_worker.step_loop import StepLoop
-
-    with stage(log, "start 1/3: model"):
-        model = model_path(server, inference)
-    load = LoadTracker(monitor_gpus=not simulated)
-    kv_events = kv_events_config(run_dir, rank) if reports_prefix_cache(server, inference) else None
-    lora_root = server.path(inference.lora_root) if inference.lora_root else None
-    if simulated:
-        engine, adapters, prepare = start_simulated(model, inference, rank, load, kv_events is not None)
-    else:
-        engine, adapters, prepare = start_vllm(model, inference, load, kv_events, lora_root)
-    cache_config = engine.vllm_config.cache_config
-    load.set_kv_cache(cache_config.num_gpu_blocks or 0, cache_config.block_size)
-    engine_id = uuid.uuid4().hex[:12]
-    context = zmq.Context()
-    if server.engine.curve:
-        start_authenticator(context, curve_keys_dir(server.engine))
-    cache = CacheIndex(engine_id, server.router.block_size) if kv_events else None
-    publisher = OutputPublisher(context, output_address, server.engine, engine_id, load, adapters, cache)
-    if cache is not None and simulated:
-        start_cache_event_relay(engine.kv_events, cache, lambda change: publisher.send(None, change))
-    elif cache is not None:
-        start_cache_event_reader(context, kv_events["endpoint"], cache, lambda change: publisher.send(None, change))
-    loop = StepLoop(
-        engine, engine_id, served_name(inference), model, publisher, load,
-        server.engine.heartbeat_interval_s, adapters,
-    )
-    admit = admitter(loop.inbox, prepare, cache)
-    start_request_reader(context, request_address, server.engine, admit, on_death=loop.fail)
+    started = start_engine(server, inference, run_dir, rank)
+    loop = wire_up(server, inference, rank, started)
 
     def stop(signum, frame):
         log.info("signal %d: finishing", signum)
@@ -200,11 +224,24 @@ def run_engine_worker_process() -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    log.info("engine %s ready (rank %d): requests on %s, outputs on %s", engine_id, rank, request_address,
-             output_address)
+    log.info("engine %s ready (rank %d): requests on %s, outputs on %s", loop.engine_id, rank,
+             server.local_request_address(rank), server.local_output_address(rank))
     status = loop.serve()
-    log.info("engine %s stopped%s", engine_id, f" ({loop.failure})" if loop.failure else "")
+    release_helper_processes(started.engine)
+    log.info("engine %s stopped%s", loop.engine_id, f" ({loop.failure})" if loop.failure else "")
     sys.exit(status)
+
+
+def release_helper_processes(engine) -> None:
+    """The engine core and multiprocessing's resource tracker end before this process does. Left to the
+    interpreter's exit, they outlive it for a moment as orphans: the tracker ignores SIGTERM and quits
+    only once every holder of its pipe (this process and the core) is gone, so `stop` would return with
+    a process of the service still running."""
+    from multiprocessing import resource_tracker
+
+    if core := getattr(engine, "engine_core", None):
+        core.shutdown()
+    resource_tracker._resource_tracker._stop()  # no public way to wait for it
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import time
 import msgspec
 import zmq
 
-from common.config import EngineLink
+from common.config import EngineLinkConfig
 from common.messages import (
     BROADCAST_TOPIC, CachedBlocks, Heartbeat, LoadReport, StepOutput, Welcome, encode, request_decoder, topic_for,
 )
@@ -31,7 +31,7 @@ FORGET = object()
 SNAPSHOT = object()
 
 
-def start_request_reader(context, address: str, link: EngineLink, deliver, on_death):
+def start_request_reader(context, address: str, link: EngineLinkConfig, deliver, on_death):
     socket = make_socket(context, zmq.PULL, address, bind=True, link=link)
 
     def read_forever():
@@ -62,7 +62,7 @@ def start_request_reader(context, address: str, link: EngineLink, deliver, on_de
 
 
 class OutputPublisher:
-    def __init__(self, context, address: str, link: EngineLink, engine_id: str, load, adapters=None, cache=None):
+    def __init__(self, context, address: str, link: EngineLinkConfig, engine_id: str, load, adapters=None, cache=None):
         self.adapters = adapters  # its `version` goes in each heartbeat
         self.cache = cache  # a CacheIndex: its snapshot follows each Welcome
         self.socket = make_socket(context, zmq.PUB, address, bind=True, link=link)

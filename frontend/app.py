@@ -15,14 +15,15 @@ from common.config import ROOT, ServerConfig
 from frontend.anthropic.routes import ANTHROPIC_ROUTES
 from frontend.auth import ApiKeyMiddleware, api_keys
 from frontend.browser_guard import BrowserGuard
-from frontend.dashboard import Dashboard, dashboard_routes
-from frontend.errors import HANDLED, RETRY, as_http_error
+from frontend.dashboard.routes import Dashboard, dashboard_routes
 from frontend.grps.generate import generate_endpoint
-from frontend.http import HTTPError, error_response
+from frontend.error_shapes import error_response
+from frontend.http import HTTPError
 from frontend.metrics import RouteMetricsMiddleware, metrics_endpoint
 from frontend.openai.routes import OPENAI_ROUTES
 from frontend.router import RoutingScopeMiddleware
-from frontend.state import FrontendState
+from frontend.run.errors import HANDLED, RETRY, as_http_error
+from frontend.run.state import FrontendState
 
 
 async def health(request: Request) -> Response:

@@ -6,7 +6,8 @@ import hmac
 import os
 
 from common.config import ServerConfig
-from frontend.http import HTTPError, error_response
+from frontend.error_shapes import error_response
+from frontend.http import HTTPError
 
 OPEN_PATHS = {"/health"}
 ADMIN_PATHS = {"/v1/load_lora_adapter", "/v1/unload_lora_adapter"}

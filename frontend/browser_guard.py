@@ -18,7 +18,8 @@ from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 
 from common.config import ServerConfig
-from frontend.http import HTTPError, error_response
+from frontend.error_shapes import error_response
+from frontend.http import HTTPError
 
 PREFLIGHT_FIELDS = {"origin": "origin", "method": "access-control-request-method",
                     "headers": "access-control-request-headers",

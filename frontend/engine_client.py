@@ -24,8 +24,7 @@ from collections.abc import Callable
 
 import zmq
 
-from common.config import EngineLink as LinkConfig
-from common.config import ServerConfig, load_inference
+from common.config import EngineLinkConfig, ServerConfig, load_inference
 from common.messages import (
     BROADCAST_TOPIC, Abort, Add, CachedBlocks, EngineLoad, Goodbye, Heartbeat, Hello, ListLoras, LoadLora, LoadReport,
     Loras, Resync, StepOutput, UnloadLora, Welcome, encode, frontend_slot, output_decoder, topic_for,
@@ -73,7 +72,7 @@ class EngineLink:
     """One engine worker as this frontend sees it: its sockets, handshake, gap check and heartbeat
     watch, and the requests this frontend sent it."""
 
-    def __init__(self, rank: int, request_address: str, output_address: str, config: LinkConfig,
+    def __init__(self, rank: int, request_address: str, output_address: str, config: EngineLinkConfig,
                  frontend_id: str, request_timeout_s: float, on_lost: Callable[[int], None] = lambda rank: None,
                  max_reported_blocks: int = 1 << 20):
         self.rank = rank

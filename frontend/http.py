@@ -9,13 +9,9 @@ import msgspec
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from frontend.anthropic.protocol import error_body as anthropic_error_body
-
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
                415: "invalid_request_error", 503: "service_unavailable", 504: "timeout"}
-# Every path under it answers errors in Anthropic's shape, whatever layer answers (nginx decides the same way).
-ANTHROPIC_PREFIX = "/v1/messages"
 
 
 class HTTPError(Exception):
@@ -25,17 +21,6 @@ class HTTPError(Exception):
 
     def response(self) -> JSONResponse:
         return JSONResponse(error_body(self.status, self.message, self.param), self.status, headers=self.headers)
-
-
-def error_response(error: HTTPError, path: str) -> Response:
-    """`error` in the shape of the protocol the route at `path` speaks: for the layers that answer
-    before a route does (middleware, routing's own 404 and 405, CORS)."""
-    return anthropic_response(error) if path.startswith(ANTHROPIC_PREFIX) else error.response()
-
-
-def anthropic_response(error: HTTPError) -> Response:
-    body = msgspec.json.encode(anthropic_error_body(error.status, error.message, error.param))
-    return Response(body, error.status, headers=error.headers, media_type="application/json")
 
 
 def header_number(value: str | bytes | None, max_digits: int = 18) -> int | None:

@@ -32,16 +32,13 @@ def check_token_ids(ids: Iterable[int], vocab_size: int, field: str) -> None:
                             field)
 
 
-def token_biases(logit_bias: dict, vocab_size: int, limits: RequestLimits) -> dict[int, float]:
-    """logit_bias with its keys (token ids, as strings in OpenAI's API) as ints, each in the vocabulary."""
+def check_logit_bias(logit_bias: dict, vocab_size: int, limits: RequestLimits) -> None:
+    """Its keys are token ids (as strings in OpenAI's API) in the vocabulary, and not too many."""
     check_count(logit_bias, limits.max_logit_bias, "logit_bias")
-    biases = {}
-    for key, bias in logit_bias.items():
+    for key in logit_bias:
         if isinstance(key, str) and not re.fullmatch(r"-?[0-9]{1,20}", key):
             raise HTTPError(400, f"logit_bias keys must be token ids, not {key[:40]!r}", "logit_bias")
-        biases[int(key)] = bias
-    check_token_ids(biases, vocab_size, "logit_bias")
-    return biases
+    check_token_ids(map(int, logit_bias), vocab_size, "logit_bias")
 
 
 def check_count(items, limit: int, field: str, what: str = "entries") -> None:
@@ -118,4 +115,4 @@ def check_sampling(body, limits: RequestLimits, vocab_size: int, n: int = 1) -> 
     for field in ("stop_token_ids", "allowed_token_ids"):
         check_token_ids(getattr(body, field) or [], vocab_size, field)
     if body.logit_bias:
-        token_biases(body.logit_bias, vocab_size, limits)
+        check_logit_bias(body.logit_bias, vocab_size, limits)

@@ -41,7 +41,8 @@ from common.blocks import block_hashes
 from common.config import RouterConfig
 from frontend.balancers import RoundRobin, VllmDataParallel
 from frontend.cache_record import CacheRecord
-from frontend.http import HTTPError, error_response, header_number
+from frontend.error_shapes import error_response
+from frontend.http import HTTPError, header_number
 from frontend.load_view import LoadView
 
 PIN_HEADER = "X-data-parallel-rank"

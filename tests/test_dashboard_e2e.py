@@ -128,6 +128,7 @@ def assert_clean_console(browser) -> None:
     assert errors == []
 
 
+@pytest.mark.timeout(1200)  # it waits out the engine's start
 def test_the_engine_shows_as_starting_while_it_loads_then_up(fresh_service, browser):
     # Hold the engine worker (and anything it started) still, so that the page is surely opened
     # while the engine loads, however fast this machine is; supervisord sees it STARTING.
@@ -171,6 +172,7 @@ LIVE_FIGURES = [("throughput", "total"), ("throughput", "output"), ("load", "in_
                 ("requests", "ended"), ("tpot", "p50")]
 
 
+@pytest.mark.timeout(1200)  # the engine's start, if the test before did not wait it out
 def test_charts_fill_under_load_and_a_page_opened_later_shows_the_load_from_history(fresh_service, browser):
     wait_until_serving(fresh_service)
     load_started = time.time()

@@ -1,5 +1,6 @@
 """Stopping the service while streams run past drain_timeout_s: each client gets its protocol's
-error event saying the server is shutting down, never a stream cut without one."""
+error event saying the server is shutting down, never a stream cut without one. The service stopped
+is a frontend-only one (drain_timeout_s is the frontends' setting) on the session's engine."""
 import json
 import signal
 import threading
@@ -7,7 +8,7 @@ import threading
 import httpx
 import msgspec
 
-from tests.conftest import running_service, wait_for
+from tests.conftest import frontends_on, wait_for
 
 # Far more than the tiny model writes in the drain time, so every stream is still running when it ends.
 LONG = 6000
@@ -26,7 +27,7 @@ def stream_lines(url: str, path: str, body: dict, started: threading.Event, resu
         results[path] = ("cut", repr(error))
 
 
-def test_streams_running_past_the_drain_timeout_end_with_a_shutting_down_error(model_dir):
+def test_streams_running_past_the_drain_timeout_end_with_a_shutting_down_error(service):
     streams = {
         "/v1/chat/completions": {"model": "tiny-llama", "messages": [{"role": "user", "content": "Tell me a story."}],
                                  "max_tokens": LONG, "ignore_eos": True, "stream": True},
@@ -34,8 +35,8 @@ def test_streams_running_past_the_drain_timeout_end_with_a_shutting_down_error(m
                             "ignore_eos": True, "stream": True},
         "/generate?streaming=true": {"prompt": "Once upon a time", "max_tokens": LONG, "ignore_eos": True},
     }
-    with running_service("drain-cut", frontends=1, server={"drain_timeout_s": 2}) as deployment:
-        service = deployment.processes[0][0]
+    with frontends_on(service, "drain-cut", drain_timeout_s=2) as deployment:
+        process = deployment.processes[0][0]
         results: dict = {}
         starts = {path: threading.Event() for path in streams}
         threads = [threading.Thread(target=stream_lines, args=(deployment.url, path, body, starts[path], results))
@@ -43,10 +44,10 @@ def test_streams_running_past_the_drain_timeout_end_with_a_shutting_down_error(m
         for thread in threads:
             thread.start()
         wait_for(lambda: all(event.is_set() for event in starts.values()), 120, what="every stream's first bytes")
-        service.send_signal(signal.SIGTERM)
+        process.send_signal(signal.SIGTERM)
         for thread in threads:
             thread.join(timeout=60)
-        assert service.wait(timeout=60) == 0
+        assert process.wait(timeout=60) == 0
 
     for path in ("/v1/chat/completions", "/v1/completions"):
         status, lines = results[path]

@@ -5,8 +5,9 @@ import os
 import re
 import signal
 
-from tests.conftest import Deployment, health, is_healthy, wait_for
-from tests.test_operations_e2e import alive_in
+import pytest
+
+from tests.conftest import Deployment, alive_in, health, is_healthy, wait_for
 
 STARTSECS = 30  # conf/supervisord-engine.conf: past this, supervisord counts a worker as started
 
@@ -22,6 +23,7 @@ def crash_after_start(deployment: Deployment) -> None:
     os.killpg(deployment.pid("engine-0"), signal.SIGKILL)
 
 
+@pytest.mark.timeout(2400)  # three engine starts, each bounded by its own wait
 def test_an_engine_crashing_after_its_start_again_and_again_ends_the_service_naming_it(model_dir):
     deployment = Deployment("crash-loop", frontends=1,
                             server={"engine_crash_limit": 2, "engine_crash_window_s": 600})
@@ -46,6 +48,7 @@ def test_an_engine_crashing_after_its_start_again_and_again_ends_the_service_nam
         deployment.close()
 
 
+@pytest.mark.timeout(1500)  # up to four tries to import vLLM
 def test_an_engine_that_cannot_start_ends_the_start_with_its_reason(model_dir):
     # A name vLLM knows (so the start's own check passes) with a value it refuses.
     deployment = Deployment("engine-fatal", frontends=1, engine_args={"dtype": "no-such-dtype"})

@@ -1,16 +1,25 @@
-"""Faults through nginx and supervisord on the real engine: nothing hangs, nothing is lost, and
-the service recovers without restarting what did not fail."""
+"""Faults through nginx and supervisord on the real engine: nothing hangs, nothing is lost, the
+service recovers without restarting what did not fail, and the metrics keep what was counted. Every
+test here that kills or stops something does it to this module's one victim deployment; the last one
+stops it for good, as `make stop` does from another shell."""
 import asyncio
 import os
+import re
 import signal
 import threading
 import time
 
 import httpx
+import msgspec
 import pytest
 
+from common.config import ServerConfig
+from common.messages import Goodbye, StepOutput
+from common.service import control
 from engine_worker.orphans import group_members, is_ours
-from tests.conftest import engine_idle, health, is_healthy, running_service, wait_for, wait_until_whole
+from tests.conftest import alive_in, engine_idle, health, is_healthy, running_service, wait_for, wait_until_whole
+from tests.test_engine_wire_e2e import WireClient
+from tests.test_metrics_e2e import scrape, scrape_vllm, series
 
 LONG = {"prompt": "a long answer", "max_tokens": 6000, "ignore_eos": True}
 
@@ -60,6 +69,9 @@ def test_engine_killed_mid_stream_fails_requests_fast_and_recovers_without_front
     for stream in streams:
         stream.start()
     wait_for(lambda: all(s.started() for s in streams), 60, what="both streams to start")
+    vllm_running, vllm_generated = series("vllm:num_requests_running"), series("vllm:generation_tokens_total")
+    wait_for(lambda: scrape_vllm(faults.url)[vllm_running] == 2, 15, what="vLLM to count both streams")
+    vllm_before = scrape_vllm(faults.url)
     with httpx.Client(timeout=30) as client:
         results = {}
 
@@ -88,6 +100,11 @@ def test_engine_killed_mid_stream_fails_requests_fast_and_recovers_without_front
     assert [faults.pid(f"frontend:frontend-{i}") for i in range(2)] == frontends_before
     # vLLM's child processes of the killed worker hold memory (a GPU, elsewhere): none is left.
     assert not [pid for pid in group_members(engine) if is_ours(pid)]
+    # vLLM's gauges are written per process (the most recent value wins): the new engine's figures
+    # replace the killed one's, while vLLM's counters keep what the killed engine counted.
+    vllm_after = scrape_vllm(faults.url)
+    assert vllm_after[vllm_running] == 0
+    assert vllm_after[vllm_generated] >= vllm_before[vllm_generated] > 0
 
 
 def test_frontend_killed_new_requests_go_to_the_other_and_it_comes_back(faults):
@@ -97,6 +114,24 @@ def test_frontend_killed_new_requests_go_to_the_other_and_it_comes_back(faults):
     assert [a.status_code for a in answers] == [200] * 10
     wait_for(lambda: faults.pid("frontend:frontend-0") not in (0, victim), 30, what="supervisord to restart it")
     wait_for(lambda: is_healthy(faults.frontend_url(0)), 60, what="the new frontend to be welcomed")
+
+
+def test_a_killed_frontend_keeps_its_totals_and_drops_its_in_flight_requests(faults):
+    survivor = faults.frontend_url(1)
+    before = scrape(survivor)
+    body = {"prompt": "in flight", "max_tokens": 4000, "ignore_eos": True}
+    with httpx.stream("POST", faults.frontend_url(0) + "/generate?streaming=true", json=body, timeout=60) as response:
+        chunks = response.iter_raw()  # kept: a dropped iterator closes the connection
+        next(chunks)
+        wait_for(lambda: scrape(survivor)[series("llm_requests_in_flight")] == 1, 10, what="one request in flight")
+        faults.supervisorctl("signal", "KILL", "frontend:frontend-0")
+        with pytest.raises(httpx.HTTPError):
+            list(chunks)
+    wait_for(lambda: is_healthy(faults.frontend_url(0)), 60, 0.5, "frontend 0 to come back")
+    after = scrape(survivor)
+    assert after[series("llm_requests_in_flight")] == 0
+    counters = [key for key in before if key[0].endswith("_total")]
+    assert counters and all(after[key] >= before[key] for key in counters)
 
 
 async def test_overload_is_503_with_retry_after_at_once(faults):
@@ -155,17 +190,68 @@ def test_frontend_sigterm_drains_running_streams_and_nginx_moves_on(faults):
 
 
 def test_engine_sigterm_ends_requests_with_an_error_says_goodbye_and_comes_back(faults):
+    """Seen by a client through nginx, and on the wire by a frontend's side of it (WireClient)."""
     frontends_before = [faults.pid(f"frontend:frontend-{i}") for i in range(2)]
     engine = faults.pid("engine-0")
-    stream = Stream(faults.url, LONG)
-    stream.start()
-    wait_for(stream.started, 30, what="the stream to start")
-    os.kill(engine, signal.SIGTERM)
-    stopped_at = time.monotonic()
+    wire = WireClient(faults.server["run_dir"], "test-2~sigterm", broadcast=True)
+    try:
+        wire.handshake(timeout=60)
+        wire.add("long", {"max_tokens": 8000, "ignore_eos": True})
+        next(wire.deltas(timeout=60))
+        stream = Stream(faults.url, LONG)
+        stream.start()
+        wait_for(stream.started, 30, what="the stream to start")
+        os.kill(engine, signal.SIGTERM)
+        stopped_at = time.monotonic()
+        ended = []
+        for message in wire.messages(timeout=30):
+            if isinstance(message, StepOutput):
+                ended += [d for d in message.deltas if d.finish_reason]
+            if isinstance(message, Goodbye):
+                break
+        else:
+            pytest.fail("no Goodbye")
+    finally:
+        wire.close()
+    assert [(d.request_id, d.finish_reason) for d in ended] == [("long", "abort")]
+    assert "shutting down" in ended[0].error
     stream.join(10)
     assert stream.ended_at - stopped_at < 3
     assert "shutting down" in stream.chunks[-1]
     wait_for(lambda: health(faults.url).status_code == 503, 5, what="/health to say the engine is down")
+    supervisord = control(msgspec.convert(faults.server, ServerConfig))
+    wait_for(lambda: supervisord.getProcessInfo("engine-0")["pid"] not in (0, engine), 60,
+             what="supervisord to see the engine exit")
+    assert supervisord.getProcessInfo("engine-0")["exitstatus"] == 0
     wait_until_whole(faults)
     assert short_request(faults.url).status_code == 200
     assert [faults.pid(f"frontend:frontend-{i}") for i in range(2)] == frontends_before
+
+
+def test_stop_from_another_shell_ends_every_process(faults):
+    service = faults.processes[0][0]
+    wait_for(lambda: all_running(faults), 60, what="every program to be RUNNING")
+    status = faults.service_command("status")
+    pids = [int(pid) for pid in re.findall(r"pid (\d+),", status.stdout)]
+    assert len(pids) == 4
+    stop = faults.service_command("stop")
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    assert service.wait(timeout=60) == 0
+    assert not any(alive(pid) for pid in pids), "a process outlived `stop`"
+    assert not alive_in(faults)
+    assert faults.service_command("status").returncode != 0
+
+
+def all_running(deployment) -> bool:
+    status = deployment.service_command("status")
+    rows = dict(re.findall(r"^(\S+)\s+(\S+)", status.stdout, re.MULTILINE))
+    return rows == {"engine-0": "RUNNING", "frontend:frontend-0": "RUNNING", "frontend:frontend-1": "RUNNING",
+                    "nginx": "RUNNING"}
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False

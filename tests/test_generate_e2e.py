@@ -1,13 +1,10 @@
-"""POST /generate end to end: curl-style clients through nginx, two frontends, the real engine."""
+"""POST /generate end to end: curl-style clients through nginx, two frontends, the real engine. Shapes
+and refusals are checked on the frontend harness (tests/unit/test_generate_api.py)."""
 import asyncio
-import json
 
 import httpx
-import pytest
 
 from tests.conftest import engine_idle, wait_for
-
-JSON = {"content-type": "application/json"}
 
 
 def post(service, body, **kwargs):
@@ -23,14 +20,6 @@ def test_the_original_curl_examples_answer(service):
         assert response.status_code == 200
         chunks = [chunk for chunk in response.iter_text() if chunk]
     assert len(chunks) > 1
-
-
-def test_json_answer_counts_tokens(service, tokenizer):
-    body = {"prompt": "hello there", "max_tokens": 20, "ignore_eos": True}
-    answer = post(service, body, headers={"accept": "application/json"}).json()
-    assert answer["finish_reason"] == "length"
-    assert answer["usage"]["completion_tokens"] == 20
-    assert answer["usage"]["prompt_tokens"] == len(tokenizer.encode("hello there"))
 
 
 async def stream_generate(client, body):
@@ -72,15 +61,6 @@ def test_stop_string_ends_the_text_and_frees_the_engine(service):
     wait_for(lambda: engine_idle(service.url), 10, what="the engine to drop the stopped request")
 
 
-def test_stop_string_with_streaming_never_shows_the_stop(service):
-    body = {"prompt": "stop test", "max_tokens": 200, "ignore_eos": True, "seed": 7}
-    full = post(service, body).text
-    stop = full[40:44]
-    with httpx.stream("POST", service.url + "/generate?streaming=true", json={**body, "stop": stop}, timeout=60) as r:
-        streamed = "".join(r.iter_text())
-    assert streamed == full[: full.index(stop)]
-
-
 async def test_client_that_disconnects_mid_stream_leaves_nothing_in_the_engine(service):
     body = {"prompt": "long", "max_tokens": 4000, "ignore_eos": True}
     async with httpx.AsyncClient(base_url=service.url, timeout=60) as client:
@@ -93,40 +73,3 @@ async def test_client_that_disconnects_mid_stream_leaves_nothing_in_the_engine(s
     assert running["running"] + running["waiting"] >= 0
     # … and is gone from the engine long before its 4000 tokens could have been made.
     wait_for(lambda: engine_idle(service.url), 10, what="the engine to drop the abandoned request")
-
-
-def test_non_streaming_client_that_disconnects_leaves_nothing_in_the_engine(service):
-    with pytest.raises(httpx.ReadTimeout):
-        post_with_timeout = httpx.post(
-            service.url + "/generate", json={"prompt": "x", "max_tokens": 4000, "ignore_eos": True}, timeout=1.0
-        )
-        del post_with_timeout
-    wait_for(lambda: engine_idle(service.url), 10, what="the engine to drop the abandoned request")
-
-
-BAD_INPUTS = [
-    ("not json", b"{prompt", JSON, "body"),
-    ("not an object", b"[1, 2]", JSON, "body"),
-    ("unknown field", json.dumps({"prompt": "x", "temprature": 1}).encode(), JSON, "temprature"),
-    ("wrong type", json.dumps({"prompt": "x", "max_tokens": "ten"}).encode(), JSON, "max_tokens"),
-    ("negative max_tokens", json.dumps({"prompt": "x", "max_tokens": -5}).encode(), JSON, "max_tokens"),
-    ("temperature below 0", json.dumps({"prompt": "x", "temperature": -0.5}).encode(), JSON, "temperature"),
-    ("top_p above 1", json.dumps({"prompt": "x", "top_p": 1.5}).encode(), JSON, "top_p"),
-    ("empty prompt", json.dumps({"prompt": ""}).encode(), JSON, "prompt"),
-    ("missing prompt", json.dumps({"max_tokens": 5}).encode(), JSON, "prompt"),
-    ("over the context", json.dumps({"prompt": "x", "max_tokens": 8192}).encode(), JSON, "max_tokens"),
-    ("prompt over the context", json.dumps({"prompt": "word " * 9000, "max_tokens": 1}).encode(), JSON, "max_tokens"),
-]
-
-
-@pytest.mark.parametrize("name,body,headers,field", BAD_INPUTS, ids=[row[0] for row in BAD_INPUTS])
-def test_bad_input_is_a_400_naming_the_field_and_nothing_else_changes(service, name, body, headers, field):
-    response = httpx.post(service.url + "/generate", content=body, headers=headers, timeout=30)
-    assert response.status_code == 400, response.text
-    error = response.json()["error"]
-    assert error["param"] == field
-    assert error["message"]
-    after = post(service, {"prompt": "still fine?", "max_tokens": 5, "ignore_eos": True},
-                 headers={"accept": "application/json"})
-    assert after.status_code == 200
-    assert after.json()["usage"]["completion_tokens"] == 5

@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from common import default_model
-from tests.test_hostile_e2e import assert_service_whole, stream_beside
+from tests.test_hostile_e2e import assert_service_whole
+from tests.unit.test_hostile_input import stream_beside
 from tests.unit.test_hostile_schemas import SCHEMAS
 
 MODEL = default_model.NAME
@@ -170,7 +171,8 @@ def test_hostile_requests_to_the_newer_routes_are_4xx_in_their_shape_naming_the_
     assert len(HOSTILE) >= 40
     beside: dict = {}
     started = threading.Event()
-    streamer = threading.Thread(target=stream_beside, args=(service.url, beside, started))
+    http = httpx.Client(base_url=service.url)
+    streamer = threading.Thread(target=stream_beside, args=(http, 200, beside, started))
     streamer.start()
     assert started.wait(60), "the normal stream never started"
     wrong = {}
@@ -184,6 +186,7 @@ def test_hostile_requests_to_the_newer_routes_are_4xx_in_their_shape_naming_the_
             if not right:
                 wrong[name] = (answer.status_code, answer.text[:300])
     streamer.join(300)
+    http.close()
     assert wrong == {}
     assert beside["status"] == 200 and beside["events"][-1] == "[DONE]"
     assert_every_route_answers(service)

@@ -1,6 +1,8 @@
-"""The service as `make serve` runs it, operated: a quiet start, a second start that refuses,
-status and stop from another shell, and a stop that lets running streams finish."""
-import contextlib
+"""The service as `make serve` runs it, operated: a quiet start, a second start that refuses, status
+from another shell, the connection limit, a stop that lets running streams finish, a start that
+cannot finish, and setup's own stamp. The session's service is only read; what must stop or fail
+runs as frontends of its own on its engine (`frontends_on`). Stopping a whole service from another
+shell, engine included: tests/test_faults_e2e.py, on its victim."""
 import json
 import os
 import re
@@ -15,27 +17,9 @@ from pathlib import Path
 import httpx
 
 from common.config import ROOT
-from tests.conftest import Deployment, health, is_healthy, wait_for
+from tests.conftest import alive_in, frontends_on, frontends_only, health, wait_for
 
 STREAM_TOKENS = 48
-
-
-@contextlib.contextmanager
-def running_service(name: str, **deployment_args):
-    """As conftest's, with more patience: a start on a 2-core machine shared with other engines
-    has taken over 5 minutes."""
-    deployment = Deployment(name, **deployment_args)
-    deployment.start("-m", "common.service", log="service")
-    try:
-        wait_for(lambda: is_healthy(deployment.url), 900, 1, "the service to turn healthy")
-        yield deployment
-    finally:
-        deployment.close()
-
-
-def service_command(deployment, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "common.service", *args], cwd=ROOT, env=deployment.env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def generate_requests_counted(url: str) -> float:
@@ -44,71 +28,53 @@ def generate_requests_counted(url: str) -> float:
     return sum(float(value) for value in re.findall(pattern, metrics, re.MULTILINE))
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
+def test_a_quiet_start_a_second_start_refused_and_status(service):
+    process = service.processes[0][0]
+    text = (service.dir / "service.log").read_text()
+    start = text[: text.index("\n", text.index("serving on"))]  # what the start said, to its last line
+    assert "CRIT" not in start
+    assert not re.search(r"\[(error|emerg|crit|alert)\]", start), "nginx complained at start"
+    assert "Uvicorn running on" not in start, "a frontend's own address presented as the service's"
+    assert len(re.findall(r"frontend \S+ ready on 127\.0\.0\.1:\d+", start)) == 2
+    assert re.search(r"engine \w+ ready", start)
+    assert f"serving on {service.url}" in start
+
+    httpx.post(service.url + "/generate", json={"prompt": "hi", "max_tokens": 2}, timeout=60)
+    counted = generate_requests_counted(service.url)
+    second = service.service_command(timeout=60)
+    assert second.returncode != 0
+    assert f"a service already runs in {service.server['run_dir']}" in second.stderr
+    assert f"service pid {process.pid}" in second.stderr and "supervisord pid" in second.stderr
+    assert "serving on" not in second.stdout
+    httpx.post(service.url + "/generate", json={"prompt": "hi", "max_tokens": 2}, timeout=60)
+    assert generate_requests_counted(service.url) == counted + 1, "the first service stopped counting"
+
+    status = service.service_command("status")
+    assert status.returncode == 0, status.stdout + status.stderr
+    rows = dict(re.findall(r"^(\S+)\s+(\S+)", status.stdout, re.MULTILINE))
+    assert rows == {"engine-0": "RUNNING", "frontend:frontend-0": "RUNNING",
+                    "frontend:frontend-1": "RUNNING", "nginx": "RUNNING"}
 
 
-def test_quiet_start_second_start_refused_status_and_stop(model_dir):
-    with running_service("ops", server={"max_connections_per_client": 4}) as deployment:
-        service = deployment.processes[0][0]
-        log_file = deployment.dir / "service.log"
-        wait_for(lambda: "serving on" in log_file.read_text(), 10, what="the service to say where it serves")
-        log = log_file.read_text()
-        assert "CRIT" not in log
-        assert not re.search(r"\[(error|emerg|crit|alert)\]", log), "nginx complained at start"
-        assert "Uvicorn running on" not in log, "a frontend's own address presented as the service's"
-        assert len(re.findall(r"frontend \S+ ready on 127\.0\.0\.1:\d+", log)) == 2
-        assert re.search(r"engine \w+ ready", log)
-        assert f"serving on {deployment.url}" in log
-
-        httpx.post(deployment.url + "/generate", json={"prompt": "hi", "max_tokens": 2}, timeout=60)
-        counted = generate_requests_counted(deployment.url)
-        second = service_command(deployment, timeout=60)
-        assert second.returncode != 0
-        assert f"a service already runs in {deployment.server['run_dir']}" in second.stderr
-        assert f"service pid {service.pid}" in second.stderr and "supervisord pid" in second.stderr
-        assert "serving on" not in second.stdout
-        httpx.post(deployment.url + "/generate", json={"prompt": "hi", "max_tokens": 2}, timeout=60)
-        assert generate_requests_counted(deployment.url) == counted + 1, "the first service stopped counting"
-
-        assert_connections_limited(deployment.url, 4)
-
-        status = service_command(deployment, "status")
-        assert status.returncode == 0, status.stdout + status.stderr
-        rows = dict(re.findall(r"^(\S+)\s+(\S+)", status.stdout, re.MULTILINE))
-        assert rows == {"engine-0": "RUNNING", "frontend:frontend-0": "RUNNING",
-                        "frontend:frontend-1": "RUNNING", "nginx": "RUNNING"}
-        pids = [int(pid) for pid in re.findall(r"pid (\d+),", status.stdout)]
-
-        stop = service_command(deployment, "stop")
-        assert stop.returncode == 0, stop.stdout + stop.stderr
-        assert service.wait(timeout=60) == 0
-        assert not any(alive(pid) for pid in pids), "a process outlived `stop`"
-        assert service_command(deployment, "status").returncode != 0
-
-
-def assert_connections_limited(url: str, limit: int) -> None:
+def test_connections_past_the_limit_per_client_get_429(service):
     """Requests whose bodies have not arrived yet hold their connections; one more gets 429."""
-    port = int(url.rsplit(":", 1)[1])
-    held = []
-    for _ in range(limit):
-        connection = socket.create_connection(("127.0.0.1", port))
-        connection.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                           b"Content-Length: 100\r\n\r\n")
-        held.append(connection)
-    try:
-        wait_for(lambda: getattr(health(url), "status_code", None) == 429, 30, what="a 429")
-        refused = httpx.get(url + "/health", timeout=5)
-        assert refused.status_code == 429
-        assert refused.json()["error"]["code"] == 429
-    finally:
-        for connection in held:
-            connection.close()
-    wait_for(lambda: httpx.get(url + "/health", timeout=5).status_code == 200, 10, what="the limit to free up")
+    with frontends_on(service, "conn-limit", max_connections_per_client=4) as limited:
+        held = []
+        for _ in range(4):
+            connection = socket.create_connection(("127.0.0.1", limited.port))
+            connection.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                               b"Content-Length: 100\r\n\r\n")
+            held.append(connection)
+        try:
+            wait_for(lambda: getattr(health(limited.url), "status_code", None) == 429, 30, what="a 429")
+            refused = httpx.get(limited.url + "/health", timeout=5)
+            assert refused.status_code == 429
+            assert refused.json()["error"]["code"] == 429
+        finally:
+            for connection in held:
+                connection.close()
+        wait_for(lambda: httpx.get(limited.url + "/health", timeout=5).status_code == 200, 10,
+                 what="the limit to free up")
 
 
 def stream_generate(url: str, started: threading.Event, results: dict, key: int) -> None:
@@ -139,9 +105,9 @@ def stream_chat(url: str, started: threading.Event, results: dict, key: int) -> 
         results[key] = ("chat", "cut", repr(error))
 
 
-def test_sigterm_lets_running_streams_finish(model_dir, tokenizer):
-    with running_service("drain", server={"drain_timeout_s": 120}) as deployment:
-        service = deployment.processes[0][0]
+def test_sigterm_lets_running_streams_finish(service, tokenizer):
+    with frontends_on(service, "drain", frontends=2, drain_timeout_s=120) as deployment:
+        process = deployment.processes[0][0]
         results: dict = {}
         starts = [threading.Event() for _ in range(8)]
         threads = [threading.Thread(target=stream_chat if i % 2 else stream_generate,
@@ -149,10 +115,10 @@ def test_sigterm_lets_running_streams_finish(model_dir, tokenizer):
         for thread in threads:
             thread.start()
         wait_for(lambda: all(event.is_set() for event in starts), 120, what="every stream's first bytes")
-        service.send_signal(signal.SIGTERM)
+        process.send_signal(signal.SIGTERM)
         for thread in threads:
             thread.join(timeout=180)
-        assert service.wait(timeout=180) == 0
+        assert process.wait(timeout=180) == 0
         assert len(results) == 8
         for kind, status, body in results.values():
             assert status == 200, body
@@ -166,13 +132,13 @@ def test_sigterm_lets_running_streams_finish(model_dir, tokenizer):
                 assert len(tokenizer.encode(body)) > STREAM_TOKENS // 2, body
 
 
-def test_a_process_that_cannot_start_ends_the_start_with_its_reason(model_dir):
-    deployment = Deployment("port-taken")
+def test_a_process_that_cannot_start_ends_the_start_with_its_reason(service):
+    deployment = frontends_only(service, "port-taken")
     taken = socket.socket()
     try:
         taken.bind(("127.0.0.1", deployment.port))
         taken.listen()
-        result = service_command(deployment, timeout=400)
+        result = deployment.service_command(timeout=400)
         assert result.returncode != 0
         assert "error: nginx could not start" in result.stderr
         assert f"127.0.0.1:{deployment.port} failed (98: Address already in use)" in result.stderr
@@ -182,12 +148,33 @@ def test_a_process_that_cannot_start_ends_the_start_with_its_reason(model_dir):
         shutil.rmtree(deployment.dir, ignore_errors=True)
 
 
-def alive_in(deployment) -> bool:
-    """A process of this deployment still runs (its directory is in its environment or command line)."""
-    for process in Path("/proc").glob("[0-9]*"):
-        try:
-            if str(deployment.dir).encode() in (process / "environ").read_bytes() + (process / "cmdline").read_bytes():
-                return True
-        except OSError:  # gone meanwhile
-            pass
-    return False
+def run_setup(checkout: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "VENV": str(checkout / "venv"), "VLLM_TARGET": "none", "SETUP_MODEL": "0"}
+    result = subprocess.run(["bash", "setup.sh"], cwd=checkout, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def test_setup_skips_itself_until_requirements_change(tmp_path):
+    """setup.sh on a copy whose requirements are only pip, in a throwaway venv that sees the
+    system's pip; vLLM is left out (VLLM_TARGET=none)."""
+    shutil.copy(ROOT / "setup.sh", tmp_path)
+    (tmp_path / "requirements.txt").write_text("pip\n")
+    (tmp_path / "requirements-test.txt").write_text("pip\n")
+    subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", "--system-site-packages",
+                    str(tmp_path / "venv")], check=True)
+    log = tmp_path / ".setup.log"
+
+    first = run_setup(tmp_path)
+    assert "setup: the service's dependencies" in first.stdout and "done in" in first.stdout
+    assert f"pip's output goes to {log}" in first.stdout
+    assert "Requirement already satisfied: pip" in log.read_text()
+
+    log.write_text("")
+    second = run_setup(tmp_path)
+    assert second.stdout == "" and log.read_text() == "", "nothing changed: no stage, no pip"
+
+    (tmp_path / "requirements.txt").write_text("pip\n# a new requirement\n")
+    third = run_setup(tmp_path)
+    assert "setup: the service's dependencies" in third.stdout
+    assert "Requirement already satisfied: pip" in log.read_text()

@@ -1,9 +1,10 @@
 """reuse_port: true, for hosts without nginx: every frontend binds the public port itself with
-SO_REUSEPORT, the kernel spreads connections among them, and supervisord starts no nginx."""
+SO_REUSEPORT, the kernel spreads connections among them, and supervisord starts no nginx. A frontend
+setting: its frontends run on the session's engine."""
 import httpx
 import pytest
 
-from tests.conftest import Deployment, health, wait_for
+from tests.conftest import frontends_on, health, wait_for
 
 
 def frontends_answering(url: str, asks: int = 40) -> set[str]:
@@ -17,14 +18,10 @@ def frontends_answering(url: str, asks: int = 40) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def shared_port(model_dir):
-    deployment = Deployment("reuse", server={"reuse_port": True})
-    deployment.start("-m", "common.service", log="service")
-    try:
+def shared_port(service):
+    with frontends_on(service, "reuse", frontends=2, wait=False, reuse_port=True) as deployment:
         wait_for(lambda: len(frontends_answering(deployment.url)) == 2, 300, 1, "both frontends on the one port")
         yield deployment
-    finally:
-        deployment.close()
 
 
 def test_both_frontends_serve_the_one_port_without_nginx(shared_port):

@@ -5,6 +5,8 @@ from the simulated engines' KV-cache events, a refusal in the protocol's shape, 
 (only its requests fail; supervisord restarts it) and one drained with SIGTERM. No vLLM is started."""
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import httpx
@@ -148,3 +150,22 @@ def test_sigterm_drains_one_engine_which_ends_its_requests_and_comes_back(fleet)
                          and engine["engine_id"] != old_id and engine, 120, 1, "engine 5 to come back")
     assert restarted["engine_id"] != old_id
     assert generate(fleet.url, {"prompt": "after the drain", "max_tokens": 4}, headers={PIN: "5"}).status_code == 200
+
+
+def test_a_simulated_engine_worker_never_imports_vllm_or_torch(tmp_path):
+    inference = tmp_path / "inference.yml"
+    inference.write_text(f"engine_backend: simulated\nsimulator: {{profile: {PROFILE}}}\n")
+    script = """
+import sys
+from common.config import load_inference, load_server
+from engine_worker.__main__ import model_path, start_simulated
+from engine_worker.io_threads import OutputPublisher
+from engine_worker.load import LoadTracker
+inference = load_inference()
+engine, adapters, prepare = start_simulated(model_path(load_server(), inference), inference, 0, LoadTracker(False), True)
+print(sorted({name.split('.')[0] for name in sys.modules} & {'vllm', 'torch', 'transformers'}))
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env={"INFERENCE_CONFIG": str(inference), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"

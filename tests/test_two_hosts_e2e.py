@@ -1,17 +1,18 @@
 """Two hosts, made of two network namespaces joined by a veth pair: one runs only an engine worker
 (frontends: 0), the other only frontends and nginx (local_engines: false, the engine listed in
-`engines`), over tcp with CURVE. Requests succeed; a peer without the key hears nothing."""
+`engines`), over tcp with CURVE. Requests succeed; a peer without the key, or with a key the engine
+does not know, hears nothing; one with the frontends' key does."""
 import secrets
 import subprocess
 import sys
 
 import pytest
 import yaml
+import zmq.auth
 
-from common.config import ROOT
 from common.curve import create_keys
+from common.messages import Hello, encode
 from tests.conftest import Deployment, wait_for
-from tests.test_security import intruder_hears_anything
 
 ENGINE_IP, FRONTEND_IP = "10.231.0.1", "10.231.0.2"
 REQUESTS_PORT, OUTPUTS_PORT = 5555, 5556
@@ -41,15 +42,6 @@ def namespaces():
         ip("netns", "del", frontend_ns)
 
 
-def start_in(ns: str, deployment: Deployment, log: str) -> None:
-    """`python -m common.service` inside the namespace (`ip netns exec` execs it: the pid is its own)."""
-    log_path = deployment.dir / f"{log}.log"
-    process = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "common.service"],
-                               env=deployment.env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
-                               start_new_session=True, cwd=ROOT)
-    deployment.processes.append((process, log_path))
-
-
 def write_server(deployment: Deployment, **changes) -> None:
     deployment.server.update(changes)
     (deployment.dir / "server.yml").write_text(yaml.safe_dump(deployment.server))
@@ -72,8 +64,9 @@ def two_hosts(namespaces, model_dir):
     write_server(frontend_host, local_engines=False, engines=[{"request_address": request, "output_address": output}],
                  engine={"curve": True, "curve_keys_dir": str(keys)})
     try:
-        start_in(engine_ns, engine_host, "service")
-        start_in(frontend_ns, frontend_host, "service")
+        for ns, deployment in ((engine_ns, engine_host), (frontend_ns, frontend_host)):
+            deployment.prefix = ("ip", "netns", "exec", ns)
+            deployment.start("-m", "common.service", log="service")
         frontend_host.ns = frontend_ns
         wait_for(lambda: curl(frontend_ns, frontend_host.url + "/health").stdout.endswith("200"), 900, 1,
                  "the frontend host to be served by the engine host")
@@ -95,6 +88,29 @@ def test_requests_through_nginx_reach_the_engine_on_the_other_host(two_hosts):
     assert '"up":true' in health.replace(" ", "")
 
 
+def intruder_hears_anything(pair, curve_keys=None, prefix: tuple[str, ...] = ()) -> bool:
+    """A second process (PUSH + SUB) tries the engine's sockets; True if any output reached it.
+    `prefix` runs it elsewhere, e.g. in another network namespace."""
+    script = f"""
+import sys, zmq, zmq.auth
+ctx = zmq.Context()
+sub, push = ctx.socket(zmq.SUB), ctx.socket(zmq.PUSH)
+for s in (sub, push):
+    s.linger = 0
+    keys = {str(curve_keys) if curve_keys else None!r}
+    if keys:
+        pub, sec = zmq.auth.load_certificate(keys + "/intruder.key_secret")
+        s.curve_publickey, s.curve_secretkey = pub, sec
+        s.curve_serverkey, _ = zmq.auth.load_certificate(keys + "/server.key")
+sub.setsockopt(zmq.SUBSCRIBE, b"")
+sub.connect({pair.output_address!r}); push.connect({pair.request_address!r})
+push.send(bytes.fromhex({encode(Hello("intruder")).hex()!r}), zmq.NOBLOCK) if push.poll(0, zmq.POLLOUT) else None
+print("heard" if sub.poll(3000) else "nothing")
+"""
+    result = subprocess.run([*prefix, sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    return result.stdout.strip().endswith("heard")
+
+
 class Pair:
     request_address = f"tcp://{ENGINE_IP}:{REQUESTS_PORT}"
     output_address = f"tcp://{ENGINE_IP}:{OUTPUTS_PORT}"
@@ -104,6 +120,12 @@ def test_a_peer_without_the_key_hears_nothing_and_one_with_it_does(two_hosts, tm
     frontend_host, engine_host = two_hosts
     in_frontend_host = ("ip", "netns", "exec", frontend_host.ns)
     assert not intruder_hears_anything(Pair, prefix=in_frontend_host)
+    # A key pair of its own, the engine's public key known: still not authorized.
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    zmq.auth.create_certificates(str(stranger), "intruder")
+    (stranger / "server.key").write_bytes((engine_host.dir / "keys" / "engine.key").read_bytes())
+    assert not intruder_hears_anything(Pair, stranger, prefix=in_frontend_host)
     # The same probe holding the frontends' key hears the heartbeats: the refusal above is CURVE's.
     keys = engine_host.dir / "keys"
     for name in ("frontend.key", "frontend.key_secret"):

@@ -24,13 +24,13 @@ import time
 
 import zmq
 
-from common.config import EngineLink as LinkConfig
+from common.config import EngineLinkConfig
 from common.messages import Welcome
 from engine_worker.io_threads import OutputPublisher
 from engine_worker.load import LoadTracker
 
 WARM_UP_S = 3.0
-LINK = LinkConfig(heartbeat_interval_s=0.5, heartbeat_timeout_s=3600)
+LINK = EngineLinkConfig(heartbeat_interval_s=0.5, heartbeat_timeout_s=3600)
 
 
 def cpu() -> float:

@@ -1,6 +1,6 @@
-"""Anthropic Messages on the chat machinery: a request becomes a chat request (messages and tools
-for the chat template, sampling) and a ToolPlan (tools and tool_choice), and the run's Updates
-become a Message, whole or as events.
+"""Anthropic Messages on the chat machinery: a request becomes a Chat (messages and tools for the
+chat template), sampling and a ToolPlan (tools and tool_choice), and the run's Updates become a
+Message, whole or as events.
 
 How the content blocks map:
 - system (a string or text blocks), and messages of role "system", become system messages;
@@ -16,6 +16,9 @@ The answer is built block by block (MessageBuilder), and the streamed events and
 come from the same builder, so a stream accumulates to exactly what the whole answer would be.
 """
 import json
+from collections.abc import Iterable
+
+from starlette.responses import Response
 
 from common.config import RequestLimits
 from frontend.anthropic.protocol import (
@@ -24,18 +27,21 @@ from frontend.anthropic.protocol import (
     TextBlock, TextDelta, TextOut, ThinkingBlock, ThinkingDelta, ThinkingOut, ToolChoiceAny, ToolChoiceNone,
     ToolChoiceTool, ToolResultBlock, ToolUseBlock, ToolUseOut, Usage, message_id,
 )
-from frontend.http import HTTPError
-from frontend.openai.protocol import (
-    ChatCompletionRequest, ChatMessage, FunctionCall, FunctionDefinition, MessageToolCall, Tool,
-)
+from frontend.anthropic.sse import error_event, event
+from frontend.http import HTTPError, json_response
 from frontend.request_bounds import check_content_blocks, check_count
-from frontend.text.run import Reasoning, Update
+from frontend.run.answer import Answer
+from frontend.run.choices import Update
+from frontend.text.chat import Chat, ChatMessage, FunctionCall, FunctionDefinition, MessageToolCall, Tool
+from frontend.text.reasoning import Reasoning
 from frontend.text.structured_outputs import check_schema, parse_lenient
 from frontend.text.tool_parsers import ToolCall
 from frontend.text.tools import FunctionTool, ToolPlan
 
+SAMPLING_FIELDS = ("temperature", "top_p", "top_k")  # vLLM's names too
 
-def check_request_bounds(body: CountTokensRequest, limits: RequestLimits) -> None:
+
+def check_bounds(body: CountTokensRequest, limits: RequestLimits) -> None:
     check_count(body.messages, limits.max_messages, "messages", "messages")
     system = [("system", len(body.system))] if isinstance(body.system, list) else []
     check_content_blocks(system + [(f"messages[{index}].content", blocks_of(message.content))
@@ -67,20 +73,22 @@ def check_tools(body: CountTokensRequest, max_schema_depth: int) -> None:
             raise HTTPError(400, f"{field}.type must be 'object': a tool's input is an object", f"{field}.type")
 
 
-def chat_request(body: CountTokensRequest) -> ChatCompletionRequest:
-    """The chat request that means the same to the chat template and the sampling (a worker thread's
-    work: it grows with the body)."""
+def as_chat(body: CountTokensRequest) -> Chat:
+    """The chat that means the same to the chat template (a worker thread's work: it grows with the body)."""
     tools = [Tool(function=FunctionDefinition(t.name, t.description, t.input_schema)) for t in body.tools or []]
-    request = ChatCompletionRequest(model=body.model, messages=chat_messages(body), tools=tools or None)
+    messages = chat_messages(body)
     # As Anthropic does, an answer to messages that end with the assistant's text continues that text.
-    last = request.messages[-1]
-    request.continue_final_message = last.role == "assistant" and not last.tool_calls
-    if isinstance(body, MessagesRequest):
-        request.max_tokens = body.max_tokens
-        request.stop = body.stop_sequences
-        request.temperature, request.top_p, request.top_k = body.temperature, body.top_p, body.top_k
-        request.stream = body.stream
-    return request
+    continuing = messages[-1].role == "assistant" and not messages[-1].tool_calls
+    return Chat(messages=messages, tools=tools or None, continue_final_message=continuing)
+
+
+def sampling_of(body: MessagesRequest, grammar: dict | None) -> dict:
+    """vLLM SamplingParams keyword arguments: the sampling fields given, max_tokens, the tools' grammar."""
+    sampling = {name: getattr(body, name) for name in SAMPLING_FIELDS if getattr(body, name) is not None}
+    sampling["max_tokens"] = body.max_tokens
+    if grammar is not None:
+        sampling["structured_outputs"] = grammar
+    return sampling
 
 
 def tool_plan(body: MessagesRequest, tool_parser: str, max_schema_depth: int) -> ToolPlan:
@@ -183,7 +191,7 @@ def input_of(arguments: str) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-class MessageBuilder:
+class MessageBuilder(Answer):
     """One answer as it grows, block by block: each step returns the events it streams, and
     `message()` is the whole answer so far.
 
@@ -202,6 +210,12 @@ class MessageBuilder:
         self.held, self.held_kind = "", None
         self.stop_reason: str | None = None
         self.stop_sequence: str | None = None
+
+    def renderer(self) -> "MessageEvents":
+        return MessageEvents(self)
+
+    def whole_response(self) -> Response:
+        return json_response(self.message())
 
     def start(self) -> list:
         return [MessageStart(self.message()), Ping()]
@@ -280,6 +294,30 @@ class MessageBuilder:
         content = [whole_block(block, texts) for block, texts in zip(self.blocks, self.texts)]
         return Message(id=self.id, model=self.model, content=content, stop_reason=self.stop_reason,
                        stop_sequence=self.stop_sequence, usage=self.usage())
+
+
+class MessageEvents:
+    """The run's Updates as Anthropic's events (a Renderer): message_start and a ping before the first
+    Update's; no end marker (message_stop comes with the finishing Update), and a failure after the
+    first byte an `error` event in Anthropic's error shape, which ends the stream."""
+
+    def __init__(self, builder: MessageBuilder):
+        self.builder = builder
+        self.started = False
+
+    def update(self, update: Update) -> Iterable[bytes]:
+        events = [] if self.started else self.builder.start()
+        self.started = True
+        return map(event, events + self.builder.take(update))
+
+    def last(self) -> Iterable[bytes]:
+        return []
+
+    def error(self, error: HTTPError) -> Iterable[bytes]:
+        return [error_event(error)]
+
+    def end(self) -> Iterable[bytes]:
+        return []
 
 
 def whole_block(block: OutputBlock, texts: list[str]) -> OutputBlock:

@@ -6,33 +6,29 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from frontend.anthropic.errors import error_response
-from frontend.anthropic.messages import MessageBuilder, chat_request, check_request_bounds, check_tools, tool_plan
+from frontend.anthropic.messages import (
+    MessageBuilder, as_chat, check_bounds, check_tools, sampling_of, tool_plan,
+)
 from frontend.anthropic.protocol import CountTokens, CountTokensRequest, MessagesRequest
-from frontend.anthropic.sse import message_events
-from frontend.errors import HANDLED
-from frontend.http import HTTPError, event_stream, json_response, read_json
+from frontend.http import HTTPError, json_response, read_json
 from frontend.openai.models import served_model
-from frontend.openai.sampling import sampling_kwargs
-from frontend.state import FrontendState
+from frontend.run.answer import respond
+from frontend.run.choices import chat_choices
+from frontend.run.generation import GenerationSpec
+from frontend.run.state import FrontendState
 from frontend.text.chat_template import chat_prompt_ids
-from frontend.text.generation import GenerationSpec
-from frontend.text.reasoning import prompt_tail
-from frontend.text.run import Choice, run_choices, run_to_end
 
 ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 
 
 def anthropic_route(path: str, handler) -> Route:
-    """A POST route whose every error, its 405 included, is in Anthropic's shape."""
+    """A POST route that answers other methods with its own 405. Its errors, that 405 included, take
+    Anthropic's shape from the app's handlers (frontend/error_shapes.py), as its path says."""
 
     async def endpoint(request: Request) -> Response:
-        try:
-            if request.method != "POST":
-                raise HTTPError(405, f"{request.method} is not allowed here: use POST", headers={"Allow": "POST"})
-            return await handler(request)
-        except HANDLED as error:
-            return error_response(error)
+        if request.method != "POST":
+            raise HTTPError(405, f"{request.method} is not allowed here: use POST", headers={"Allow": "POST"})
+        return await handler(request)
 
     return Route(path, endpoint, methods=ANY_METHOD)
 
@@ -41,19 +37,19 @@ async def read_request(request: Request, kind: type):
     state: FrontendState = request.app.state.frontend
     body = await read_json(request, kind, state.server.max_body_bytes)
     model = served_model(state, body.model)
-    check_request_bounds(body, state.server.limits)
+    check_bounds(body, state.server.limits)
     return state, body, model
 
 
-def checked_chat_request(body: CountTokensRequest, max_schema_depth: int):
+def checked_chat(body: CountTokensRequest, max_schema_depth: int):
     """A worker thread's work: it grows with the body."""
     check_tools(body, max_schema_depth)
-    return chat_request(body)
+    return as_chat(body)
 
 
 def prepare(body: MessagesRequest, tool_parser: str, max_schema_depth: int):
-    """The chat request and the tool plan."""
-    return chat_request(body), tool_plan(body, tool_parser, max_schema_depth)
+    """The chat and the tool plan."""
+    return as_chat(body), tool_plan(body, tool_parser, max_schema_depth)
 
 
 async def create_message(request: Request) -> Response:
@@ -62,22 +58,15 @@ async def create_message(request: Request) -> Response:
     chat, plan = await asyncio.to_thread(prepare, body, state.server.tool_parser, limits.max_schema_depth)
     prompt_ids = await chat_prompt_ids(state.tokenizer, chat, state.server)
     state.check_context(len(prompt_ids), body.max_tokens)
-    spec = GenerationSpec(prompt_ids, sampling_kwargs(chat, body.max_tokens, plan.grammar), body.stop_sequences or [])
-    builder = MessageBuilder(model, len(prompt_ids))
-    reasoning = state.server.reasoning_parser
-    tail = prompt_tail(state.tokenizer, prompt_ids) if reasoning else ""
-    choice = Choice(0, plan.reader(), plan.reasoning_parser(reasoning, tail))
-    updates = await run_choices(request, state, [spec], [choice])
-    if body.stream:
-        return event_stream(message_events(builder, updates))
-    await run_to_end(request, updates, builder.take)
-    return json_response(builder.message())
+    spec = GenerationSpec(prompt_ids, sampling_of(body, plan.grammar), body.stop_sequences or [])
+    choices = chat_choices(state, plan, prompt_ids, 1)
+    return await respond(request, state, [spec], choices, MessageBuilder(model, len(prompt_ids)), body.stream)
 
 
 async def count_tokens(request: Request) -> Response:
     """The prompt's tokens exactly as /v1/messages would count them: the same chat template run."""
     state, body, _ = await read_request(request, CountTokensRequest)
-    chat = await asyncio.to_thread(checked_chat_request, body, state.server.limits.max_schema_depth)
+    chat = await asyncio.to_thread(checked_chat, body, state.server.limits.max_schema_depth)
     prompt_ids = await chat_prompt_ids(state.tokenizer, chat, state.server)
     return json_response(CountTokens(len(prompt_ids)))
 

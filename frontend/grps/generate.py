@@ -4,6 +4,7 @@ Body: {"prompt": "...", "temperature": 0.1, "top_p": 0.5, "max_tokens": 4096, ..
 parameters}. Answer: the generated text; JSON with token counts when the client accepts
 application/json; with ?streaming=true the text as it is produced, each chunk the new text.
 """
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 import msgspec
@@ -14,9 +15,11 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from frontend.http import HTTPError, error_body, read_json
 from frontend.openai.protocol import Seed
 from frontend.request_bounds import check_sampling
-from frontend.state import FrontendState
-from frontend.text.generation import GenerationSpec
-from frontend.text.run import Choice, Content, Update, rendered, run_choices, run_to_end
+from frontend.run.answer import Answer, respond
+from frontend.run.choices import Choice, Update
+from frontend.run.generation import GenerationSpec
+from frontend.run.state import FrontendState
+from frontend.text.reasoning import Content
 
 Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
 
@@ -64,17 +67,33 @@ async def generate_endpoint(request: Request) -> Response:
     body = await read_json(request, GenerateRequest, state.server.max_body_bytes)
     spec = await generation_spec(state, body)
     choice = Choice(0)
-    updates = await run_choices(request, state, [spec], [choice])
-    if request.query_params.get("streaming", "false").lower() in ("true", "1"):
-        return StreamingResponse(rendered(updates, TextChunks()), media_type="text/plain; charset=utf-8")
-    await run_to_end(request, updates)
-    if "application/json" in request.headers.get("accept", ""):
-        prompt_tokens, completion_tokens = len(spec.prompt_token_ids), choice.completion_tokens
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                 "total_tokens": prompt_tokens + completion_tokens}
+    answer = GeneratedText(choice, len(spec.prompt_token_ids), "application/json" in request.headers.get("accept", ""))
+    streaming = request.query_params.get("streaming", "false").lower() in ("true", "1")
+    return await respond(request, state, [spec], [choice], answer, streaming)
+
+
+class GeneratedText(Answer):
+    """The text, whole: plain, or JSON with the token ids and counts (`as_json`); streamed: plain text."""
+
+    def __init__(self, choice: Choice, prompt_tokens: int, as_json: bool):
+        self.choice = choice
+        self.prompt_tokens = prompt_tokens
+        self.as_json = as_json
+
+    def renderer(self) -> "TextChunks":
+        return TextChunks()
+
+    def streaming_response(self, chunks: AsyncIterator[bytes]) -> Response:
+        return StreamingResponse(chunks, media_type="text/plain; charset=utf-8")
+
+    def whole_response(self) -> Response:
+        choice = self.choice
+        if not self.as_json:
+            return PlainTextResponse(choice.content)
+        usage = {"prompt_tokens": self.prompt_tokens, "completion_tokens": choice.completion_tokens,
+                 "total_tokens": self.prompt_tokens + choice.completion_tokens}
         return JSONResponse({"text": choice.content, "token_ids": choice.token_ids,
                              "finish_reason": choice.finish_reason, "usage": usage})
-    return PlainTextResponse(choice.content)
 
 
 class TextChunks:

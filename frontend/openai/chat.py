@@ -9,21 +9,22 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from common.config import RequestLimits
-from frontend.http import HTTPError, event_stream, json_response, off_the_loop_if, read_json
+from frontend.http import HTTPError, json_response, off_the_loop_if, read_json
 from frontend.openai.logprobs import chat_logprobs
 from frontend.openai.models import served_model
 from frontend.openai.protocol import (
     AssistantMessage, CalledFunction, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk,
-    ChatCompletionRequest, ChatDelta, ChatMessage, ChatLogprobs, NamedToolChoice, StreamedFunction, StreamOptions, ToolCallDelta,
-    ToolCallOut, Usage, now, response_id, usage,
+    ChatCompletionRequest, ChatDelta, ChatLogprobs, ChatMessage, NamedToolChoice, StreamedFunction, StreamOptions,
+    ToolCallDelta, ToolCallOut, Usage, as_chat, now, response_id, usage,
 )
 from frontend.openai.sampling import choice_specs, requested_grammar, sampling_kwargs
 from frontend.openai.sse import Chunks, event
 from frontend.request_bounds import check_content_blocks, check_count, check_generations, check_sampling
-from frontend.state import FrontendState
+from frontend.run.answer import Answer, respond
+from frontend.run.choices import Choice, Update, chat_choices
+from frontend.run.state import FrontendState
 from frontend.text.chat_template import chat_prompt_ids
-from frontend.text.reasoning import prompt_tail
-from frontend.text.run import Choice, Reasoning, Update, rendered, run_choices, run_to_end
+from frontend.text.reasoning import Reasoning
 from frontend.text.tokenizer import Tokenizer
 from frontend.text.tool_parsers import ToolCall
 from frontend.text.tools import FunctionTool, ToolPlan
@@ -55,7 +56,7 @@ def finish_reason_of(plan: ToolPlan, finish_reason: str | None, called: bool) ->
     return finish_reason
 
 
-def check_chat_bounds(body: ChatCompletionRequest, limits: RequestLimits, vocab_size: int) -> None:
+def check_bounds(body: ChatCompletionRequest, limits: RequestLimits, vocab_size: int) -> None:
     check_messages(body.messages, limits)
     check_count(body.tools, limits.max_tools, "tools", "tools")
     check_generations(1, body.n, limits)
@@ -74,9 +75,15 @@ def blocks_of(message: ChatMessage) -> int:
     return parts + len(message.tool_calls or [])
 
 
-def max_tokens_of(state: FrontendState, body: ChatCompletionRequest, prompt_tokens: int) -> int:
-    field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
-    max_tokens = body.max_completion_tokens or body.max_tokens
+def requested_max_tokens(body: ChatCompletionRequest) -> tuple[int | None, str]:
+    """The cap the request gives, if any, and the field that gives it."""
+    if body.max_completion_tokens is not None:
+        return body.max_completion_tokens, "max_completion_tokens"
+    return body.max_tokens, "max_tokens"
+
+
+def max_tokens_of(state: FrontendState, prompt_tokens: int, max_tokens: int | None, field: str) -> int:
+    """The requested cap (named `field`), checked against the context, or what the context leaves."""
     if max_tokens is None:
         max_tokens = state.max_model_len - prompt_tokens
         if max_tokens < 1:
@@ -97,29 +104,24 @@ async def chat_completions_endpoint(request: Request) -> Response:
     body = await read_json(request, ChatCompletionRequest, state.server.max_body_bytes)
     model = served_model(state, body.model)
     tokenizer, limits = state.tokenizer, state.server.limits
-    check_chat_bounds(body, limits, tokenizer.vocab_size)
+    check_bounds(body, limits, tokenizer.vocab_size)
     constrained = bool(body.tools) or body.response_format is not None or body.structured_outputs is not None
     plan = await off_the_loop_if(constrained, tool_plan, body, state.server.tool_parser, limits.max_schema_depth)
-    prompt_ids = await chat_prompt_ids(tokenizer, body, state.server)
+    prompt_ids = await chat_prompt_ids(tokenizer, as_chat(body), state.server)
     top_logprobs = top_logprobs_of(body)
-    sampling = sampling_kwargs(body, max_tokens_of(state, body, len(prompt_ids)), plan.grammar, logprobs=top_logprobs)
+    max_tokens = max_tokens_of(state, len(prompt_ids), *requested_max_tokens(body))
+    sampling = sampling_kwargs(body, max_tokens, plan.grammar, logprobs=top_logprobs)
     specs = choice_specs(body, prompt_ids, sampling)
-    reasoning = state.server.reasoning_parser
-    tail = prompt_tail(tokenizer, prompt_ids) if reasoning else ""
-    choices = [Choice(i, plan.reader(), plan.reasoning_parser(reasoning, tail)) for i in range(len(specs))]
-    answer = ChatAnswer(model, len(prompt_ids), plan, choices, top_logprobs, tokenizer)
-    updates = await run_choices(request, state, specs, choices)
-    if body.stream:
-        return event_stream(rendered(updates, ChatChunks(answer, body.stream_options)))
-    await run_to_end(request, updates)
-    return json_response(answer.completion())
+    choices = chat_choices(state, plan, prompt_ids, len(specs))
+    answer = ChatAnswer(model, len(prompt_ids), plan, choices, top_logprobs, tokenizer, body.stream_options)
+    return await respond(request, state, specs, choices, answer, body.stream)
 
 
-class ChatAnswer:
+class ChatAnswer(Answer):
     """One chat run as OpenAI shapes it: the whole completion, and the chunks' common fields."""
 
     def __init__(self, model: str, prompt_tokens: int, plan: ToolPlan, choices: list[Choice], top_logprobs: int | None,
-                 tokenizer: Tokenizer):
+                 tokenizer: Tokenizer, stream_options: StreamOptions | None):
         self.id = response_id("chatcmpl")
         self.created = now()
         self.model = model
@@ -128,6 +130,13 @@ class ChatAnswer:
         self.choices = choices
         self.top_logprobs = top_logprobs
         self.tokenizer = tokenizer
+        self.stream_options = stream_options
+
+    def renderer(self) -> "ChatChunks":
+        return ChatChunks(self, self.stream_options)
+
+    def whole_response(self) -> Response:
+        return json_response(self.completion())
 
     def usage(self) -> Usage:
         return usage(self.prompt_tokens, sum(choice.completion_tokens for choice in self.choices))

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from starlette.requests import Request
 from starlette.responses import Response
 
-from frontend.http import HTTPError, event_stream, json_response, off_the_loop_if, read_json
+from frontend.http import HTTPError, json_response, off_the_loop_if, read_json
 from frontend.openai.logprobs import CompletionLogprobsBuilder, extend_completion
 from frontend.openai.models import served_model
 from frontend.openai.protocol import (
@@ -18,9 +18,12 @@ from frontend.openai.protocol import (
 from frontend.openai.sampling import choice_specs, requested_grammar, sampling_kwargs
 from frontend.openai.sse import Chunks, event
 from frontend.request_bounds import check_generations, check_sampling, check_token_ids
-from frontend.state import FrontendState
-from frontend.text.run import Choice, Content, Update, rendered, run_choices, run_to_end, text_reader
+from frontend.run.answer import Answer, respond
+from frontend.run.choices import Choice, Update
+from frontend.run.state import FrontendState
+from frontend.text.reasoning import Content
 from frontend.text.tokenizer import Tokenizer
+from frontend.text.tools import text_reader
 
 
 @dataclass
@@ -38,11 +41,11 @@ def completion_logprobs(builder: CompletionLogprobsBuilder, echo: Prompt | None,
     return extend_completion(logprobs, builder.build(positions, token_ids))
 
 
-class CompletionAnswer:
+class CompletionAnswer(Answer):
     """One completions run as OpenAI shapes it: the chunks while streaming, and the whole answer."""
 
     def __init__(self, model: str, prompts: list[Prompt], choices: list[Choice], echoes: list[Prompt | None],
-                 logprobs: bool, tokenizer: Tokenizer):
+                 logprobs: bool, tokenizer: Tokenizer, stream_options: StreamOptions | None):
         self.id = response_id("cmpl")
         self.created = now()
         self.model = model
@@ -51,6 +54,13 @@ class CompletionAnswer:
         self.echoes = echoes  # each choice's prompt, when echoed
         self.logprobs = logprobs
         self.tokenizer = tokenizer
+        self.stream_options = stream_options
+
+    def renderer(self) -> "CompletionChunks":
+        return CompletionChunks(self, self.stream_options)
+
+    def whole_response(self) -> Response:
+        return json_response(self.completion())
 
     def usage(self) -> Usage:
         return usage(self.prompt_tokens, sum(choice.completion_tokens for choice in self.choices))
@@ -148,9 +158,6 @@ async def completions_endpoint(request: Request) -> Response:
         specs += choice_specs(body, prompt.ids, sampling)
         echoes += [prompt if body.echo else None] * body.n
     choices = [Choice(i, text_reader(grammar)) for i in range(len(specs))]
-    answer = CompletionAnswer(model, prompts, choices, echoes, body.logprobs is not None, tokenizer)
-    updates = await run_choices(request, state, specs, choices)
-    if body.stream:
-        return event_stream(rendered(updates, CompletionChunks(answer, body.stream_options)))
-    await run_to_end(request, updates)
-    return json_response(answer.completion())
+    answer = CompletionAnswer(model, prompts, choices, echoes, body.logprobs is not None, tokenizer,
+                              body.stream_options)
+    return await respond(request, state, specs, choices, answer, body.stream)

@@ -18,7 +18,7 @@ from starlette.responses import PlainTextResponse, Response
 from frontend.engine_client import EngineUnavailable
 from frontend.http import HTTPError, read_json
 from frontend.openai.models import model_card
-from frontend.state import FrontendState
+from frontend.run.state import FrontendState
 
 Name = Annotated[str, Meta(min_length=1, max_length=256)]
 Path = Annotated[str, Meta(min_length=1, max_length=4096)]

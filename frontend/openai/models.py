@@ -8,7 +8,7 @@ from frontend.engine_client import EngineUnavailable
 from frontend.http import HTTPError, json_response
 from frontend.openai.protocol import ModelCard, ModelList, now
 from frontend.router import current_scope
-from frontend.state import FrontendState
+from frontend.run.state import FrontendState
 
 
 def model_card(state: FrontendState) -> ModelCard:

@@ -11,6 +11,11 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+# The chat's own shapes are OpenAI's: they live with the chat template, and are taken from there.
+from frontend.text.chat import (
+    Chat, ChatMessage, FunctionCall, FunctionDefinition, MessageToolCall, TextPart, Tool,  # noqa: F401 (re-exported)
+)
+
 Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
 # Inside the vocabulary is checked against the tokenizer (frontend.request_bounds).
 TokenId = Annotated[int, Meta(ge=0)]
@@ -83,43 +88,6 @@ class CompletionRequest(SamplingRequest, kw_only=True):
     echo: bool = False
     suffix: str | None = None
     add_special_tokens: bool = True
-
-
-class TextPart(msgspec.Struct):
-    type: str
-    text: str | None = None
-
-
-class FunctionCall(msgspec.Struct):
-    name: str
-    arguments: str | dict[str, Any] = "{}"
-
-
-class MessageToolCall(msgspec.Struct):
-    function: FunctionCall
-    id: str | None = None
-    type: Literal["function"] = "function"
-
-
-class ChatMessage(msgspec.Struct):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
-    name: str | None = None
-    tool_calls: list[MessageToolCall] | None = None
-    tool_call_id: str | None = None
-
-
-class FunctionDefinition(msgspec.Struct, omit_defaults=True):
-    name: Annotated[str, Meta(min_length=1)]
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-    strict: bool | None = None
-
-
-class Tool(msgspec.Struct, kw_only=True):
-    # In OpenAI's order: templates write tools out as JSON.
-    type: Literal["function"] = "function"
-    function: FunctionDefinition
 
 
 class FunctionName(msgspec.Struct):
@@ -298,3 +266,11 @@ def now() -> int:
 
 def usage(prompt_tokens: int, completion_tokens: int) -> Usage:
     return Usage(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens)
+
+
+def as_chat(body) -> Chat:
+    """The chat a request's fields describe, for the chat template: chat completions' and /tokenize's,
+    which name them alike."""
+    return Chat(messages=body.messages, tools=body.tools, add_generation_prompt=body.add_generation_prompt,
+                continue_final_message=body.continue_final_message, chat_template=body.chat_template,
+                chat_template_kwargs=body.chat_template_kwargs)

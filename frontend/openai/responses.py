@@ -22,18 +22,19 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from common.config import RequestLimits
-from frontend.http import HTTPError, event_stream, json_response, off_the_loop_if, read_json
+from frontend.http import HTTPError, json_response, off_the_loop_if, read_json
 from frontend.openai.chat import max_tokens_of
 from frontend.openai.models import served_model
 from frontend.openai.protocol import (
-    ChatCompletionRequest, ChatMessage, FunctionCall, FunctionDefinition, MessageToolCall, SamplingRequest, Tool,
+    Chat, ChatMessage, FunctionCall, FunctionDefinition, MessageToolCall, SamplingRequest, Tool,
 )
 from frontend.openai.sampling import choice_specs, requested_grammar, sampling_kwargs
 from frontend.request_bounds import check_content_blocks, check_count, check_generations, check_sampling
-from frontend.state import FrontendState
+from frontend.run.answer import Answer, respond
+from frontend.run.choices import chat_choices
+from frontend.run.state import FrontendState
 from frontend.text.chat_template import chat_prompt_ids
-from frontend.text.reasoning import prompt_tail
-from frontend.text.run import Choice, Reasoning, rendered, run_choices, run_to_end
+from frontend.text.reasoning import Reasoning
 from frontend.text.structured_outputs import COMPACT, check_schema
 from frontend.text.tool_parsers import ToolCall
 from frontend.text.tools import FunctionTool, ToolPlan
@@ -316,10 +317,10 @@ def item_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
 
 
-class ResponseWriter:
+class ResponseWriter(Answer):
     """One response as its run goes: output items opened, grown and closed as the run's events come,
     and, when streaming, OpenAI's events for each step, numbered by sequence_number. `forced` runs
-    (a required or named tool) make only calls, never a message."""
+    (a required or named tool) make only calls, never a message. It is its own stream's renderer."""
 
     def __init__(self, body: ResponsesRequest, model: str, prompt_tokens: int, forced: bool, stream: bool):
         self.response = ResponseObject(
@@ -353,7 +354,13 @@ class ResponseWriter:
         events, self.events = self.events, []
         return events
 
-    # The stream, as frontend.text.run.rendered asks: update() for each Update, then last() or error().
+    def renderer(self) -> "ResponseWriter":
+        return self
+
+    def whole_response(self) -> Response:
+        return json_response(self.finish())
+
+    # The stream, as frontend.run.answer.rendered asks: update() for each Update, then last() or error().
 
     def update(self, update) -> list[bytes]:
         if self.sequence == 0:
@@ -472,7 +479,6 @@ class ResponseWriter:
 
 CHAT_FIELDS = [  # chat's names for what the Responses API names otherwise, in errors raised by shared code
     (re.compile(r"\bmessages\b"), "input"),
-    (re.compile(r"\bmax_completion_tokens\b"), "max_output_tokens"),
 ]
 
 
@@ -507,10 +513,9 @@ def parts_of(content: str | list | None) -> int:
     return len(content) if isinstance(content, list) else 0
 
 
-def as_chat(body: ResponsesRequest) -> ChatCompletionRequest:
-    """The chat this request stands for, as the chat template and the context check take it."""
-    return ChatCompletionRequest(messages=chat_messages(body), tools=chat_tools(body),
-                                 max_completion_tokens=body.max_output_tokens)
+def as_chat(body: ResponsesRequest) -> Chat:
+    """The chat this request stands for, as the chat template takes it."""
+    return Chat(messages=chat_messages(body), tools=chat_tools(body))
 
 
 async def responses_endpoint(request: Request) -> Response:
@@ -525,16 +530,11 @@ async def responses_endpoint(request: Request) -> Response:
         constrained = bool(body.tools) or body.text is not None or body.structured_outputs is not None
         plan = await off_the_loop_if(constrained, tool_plan, body, state.server.tool_parser, limits.max_schema_depth)
         prompt_ids = await chat_prompt_ids(tokenizer, chat, state.server)
-        sampling = sampling_kwargs(body, max_tokens_of(state, chat, len(prompt_ids)), plan.grammar)
-    reasoning = state.server.reasoning_parser
-    tail = prompt_tail(tokenizer, prompt_ids) if reasoning else ""
-    choice = Choice(0, plan.reader(), plan.reasoning_parser(reasoning, tail))
+        max_tokens = max_tokens_of(state, len(prompt_ids), body.max_output_tokens, "max_output_tokens")
+        sampling = sampling_kwargs(body, max_tokens, plan.grammar)
+    choices = chat_choices(state, plan, prompt_ids, 1)
     writer = ResponseWriter(body, model, len(prompt_ids), plan.forced, body.stream)
-    updates = await run_choices(request, state, choice_specs(body, prompt_ids, sampling), [choice])
-    if body.stream:
-        return event_stream(rendered(updates, writer))
-    await run_to_end(request, updates, writer.take)
-    return json_response(writer.finish())
+    return await respond(request, state, choice_specs(body, prompt_ids, sampling), choices, writer, body.stream)
 
 
 async def nothing_stored(request: Request) -> Response:

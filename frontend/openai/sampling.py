@@ -7,7 +7,7 @@ choices differ and each is reproducible.
 from frontend.http import HTTPError
 from frontend.openai.protocol import ResponseFormat, SamplingRequest, StructuredOutputs
 from frontend.request_bounds import as_list
-from frontend.text.generation import GenerationSpec
+from frontend.run.generation import GenerationSpec
 from frontend.text.structured_outputs import COMPACT, check_schema, is_json_grammar
 
 # Fields passed to vLLM's SamplingParams under their own names, when given.
@@ -32,7 +32,7 @@ def sampling_kwargs(body: SamplingRequest, max_tokens: int, structured: dict | N
 
 
 def token_biases(logit_bias: dict[str, float]) -> dict[int, float]:
-    # The keys were checked to be token ids (frontend.request_bounds).
+    # The keys were checked to be token ids (frontend.request_bounds.check_logit_bias).
     return {int(token): bias for token, bias in logit_bias.items()}
 
 

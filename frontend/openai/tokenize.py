@@ -15,9 +15,9 @@ from starlette.responses import Response
 from frontend.http import HTTPError, read_json
 from frontend.openai.chat import check_messages
 from frontend.openai.models import served_model
-from frontend.openai.protocol import ChatCompletionRequest, ChatMessage, TokenId, Tool
+from frontend.openai.protocol import ChatMessage, TokenId, Tool, as_chat
 from frontend.request_bounds import check_count, check_token_ids
-from frontend.state import FrontendState
+from frontend.run.state import FrontendState
 from frontend.text.chat_template import chat_prompt_ids
 from frontend.text.structured_outputs import check_schema
 
@@ -78,12 +78,7 @@ async def chat_ids(state: FrontendState, body: TokenizeRequest) -> list[int]:
         raise HTTPError(400, "continue_final_message and add_generation_prompt cannot both be true",
                         "continue_final_message")
     await asyncio.to_thread(check_tool_schemas, body.tools or [], limits.max_schema_depth)
-    chat = ChatCompletionRequest(
-        messages=body.messages, tools=body.tools, add_generation_prompt=body.add_generation_prompt,
-        continue_final_message=body.continue_final_message, chat_template=body.chat_template,
-        chat_template_kwargs=body.chat_template_kwargs,
-    )
-    return await chat_prompt_ids(state.tokenizer, chat, state.server, bool(body.add_special_tokens))
+    return await chat_prompt_ids(state.tokenizer, as_chat(body), state.server, bool(body.add_special_tokens))
 
 
 def check_tool_schemas(tools: list[Tool], max_depth: int) -> None:

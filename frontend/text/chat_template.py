@@ -1,5 +1,5 @@
-"""Chat prompts: OpenAI messages rendered with the model's own chat template (tokenizer_config), or
-with the request's own where server.yml trusts request templates.
+"""Chat prompts: a Chat (frontend/text/chat.py) rendered with the model's own chat template
+(tokenizer_config), or with the request's own where server.yml trusts request templates.
 
 A template is code, and what it does grows with the request: it is rendered on a worker thread,
 stopped past `limits.chat_template_timeout_s`, and its output is bounded in length.
@@ -14,7 +14,7 @@ import msgspec
 
 from common.config import ServerConfig
 from frontend.http import HTTPError
-from frontend.openai.protocol import ChatCompletionRequest, ChatMessage, MessageToolCall, TextPart
+from frontend.text.chat import Chat, ChatMessage, MessageToolCall, TextPart
 from frontend.text.tokenizer import Tokenizer
 
 # Many templates know only these four roles; OpenAI's newer "developer" is what "system" was.
@@ -28,17 +28,17 @@ class TemplateTimeout(Exception):
     pass
 
 
-async def chat_prompt_ids(tokenizer: Tokenizer, body: ChatCompletionRequest, server: ServerConfig,
+async def chat_prompt_ids(tokenizer: Tokenizer, chat: Chat, server: ServerConfig,
                           add_special_tokens: bool = False) -> list[int]:
-    template, field = request_template(body, server)
+    template, field = request_template(chat, server)
     if template is None and not tokenizer.hf.chat_template:
         raise HTTPError(400, "this model has no chat template, so it cannot chat: use /v1/completions", "messages")
-    continuing = body.continue_final_message
-    if continuing and body.messages[-1].role != "assistant":
+    continuing = chat.continue_final_message
+    if continuing and chat.messages[-1].role != "assistant":
         raise HTTPError(400, "continue_final_message needs an assistant message last", "continue_final_message")
     limits = server.limits
     loop = asyncio.get_running_loop()
-    prompt = await loop.run_in_executor(RENDERER, render, tokenizer, body, template, limits.chat_template_timeout_s)
+    prompt = await loop.run_in_executor(RENDERER, render, tokenizer, chat, template, limits.chat_template_timeout_s)
     if len(prompt) > limits.max_chat_prompt_chars:
         raise HTTPError(400, f"the rendered chat prompt is {len(prompt)} characters long, more than the limit of "
                              f"{limits.max_chat_prompt_chars}", field)
@@ -47,13 +47,13 @@ async def chat_prompt_ids(tokenizer: Tokenizer, body: ChatCompletionRequest, ser
     return (await tokenizer.encode_prompts([prompt], add_special_tokens))[0]
 
 
-def request_template(body: ChatCompletionRequest, server: ServerConfig) -> tuple[str | None, str]:
+def request_template(chat: Chat, server: ServerConfig) -> tuple[str | None, str]:
     """The request's own chat template, if it brings one and may, and the field that names it."""
-    kwargs = body.chat_template_kwargs or {}
+    kwargs = chat.chat_template_kwargs or {}
     if "chat_template" in kwargs:
         template, field = kwargs["chat_template"], "chat_template_kwargs.chat_template"
     else:
-        template, field = body.chat_template, "chat_template"
+        template, field = chat.chat_template, "chat_template"
     if template is None:
         return None, "messages"
     if not server.trust_request_chat_template:
@@ -64,19 +64,19 @@ def request_template(body: ChatCompletionRequest, server: ServerConfig) -> tuple
     return template, field
 
 
-def render(tokenizer: Tokenizer, body: ChatCompletionRequest, template: str | None, timeout_s: float) -> str:
+def render(tokenizer: Tokenizer, chat: Chat, template: str | None, timeout_s: float) -> str:
     """On a worker thread: the prompt text, or a 400 when the template refuses or runs too long."""
     field = "messages" if template is None else "chat_template"
-    continuing = body.continue_final_message
-    tools = [msgspec.to_builtins(tool) for tool in body.tools] if body.tools else None
-    kwargs = {name: value for name, value in (body.chat_template_kwargs or {}).items() if name != "chat_template"}
+    continuing = chat.continue_final_message
+    tools = [msgspec.to_builtins(tool) for tool in chat.tools] if chat.tools else None
+    kwargs = {name: value for name, value in (chat.chat_template_kwargs or {}).items() if name != "chat_template"}
     sys.settrace(deadline_tracer(time.monotonic() + timeout_s))
     try:
         return tokenizer.hf.apply_chat_template(
-            [template_message(message) for message in body.messages],
+            [template_message(message) for message in chat.messages],
             tools=tools,
             chat_template=template,
-            add_generation_prompt=body.add_generation_prompt and not continuing,
+            add_generation_prompt=chat.add_generation_prompt and not continuing,
             continue_final_message=continuing,
             tokenize=False,
             **kwargs,

@@ -12,8 +12,7 @@ from typing import Any
 
 from frontend.http import HTTPError
 from frontend.text.reasoning import ReasoningParser, make_reasoning_parser
-from frontend.text.run import text_reader
-from frontend.text.structured_outputs import COMPACT, ForcedToolCalls, check_schema, is_json_grammar
+from frontend.text.structured_outputs import COMPACT, ForcedToolCalls, JsonText, check_schema, is_json_grammar
 from frontend.text.tool_parsers import PARSERS, make_parser
 
 MODES = ("none", "auto", "required")
@@ -89,6 +88,19 @@ class ToolPlan:
         if self.choice == "auto":
             return make_parser(self.tool_parser)
         return text_reader(self.format_grammar)
+
+
+class PlainText:
+    def feed(self, text: str) -> list:
+        return [text] if text else []
+
+    def finish(self) -> list:
+        return []
+
+
+def text_reader(format_grammar: dict | None):
+    """How a choice's text reads when no tools are in play: grammar-made JSON escaped, else as it is."""
+    return JsonText() if is_json_grammar(format_grammar) else PlainText()
 
 
 def parameters_of(tool: FunctionTool) -> dict:

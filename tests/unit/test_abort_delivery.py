@@ -6,7 +6,7 @@ import time
 
 import zmq
 
-from common.config import EngineLink as LinkConfig
+from common.config import EngineLinkConfig
 from common.messages import Abort, request_decoder
 from frontend.engine_client import EngineLink, RequestQueue
 
@@ -17,7 +17,7 @@ async def full_link(tmp_path) -> tuple[EngineLink, zmq.Socket]:
     pull = zmq.Context.instance().socket(zmq.PULL)
     pull.setsockopt(zmq.RCVHWM, 1)
     pull.bind(address)
-    config = LinkConfig(send_hwm=1, receive_hwm=1, hello_interval_s=0.05)
+    config = EngineLinkConfig(send_hwm=1, receive_hwm=1, hello_interval_s=0.05)
     link = EngineLink(0, address, f"ipc://{tmp_path}/outputs", config, "fe-0", 60.0)
     deadline = time.monotonic() + 5
     while not link.send_frame(b"connected?"):

@@ -17,16 +17,22 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from common.config import RequestLimits
-from frontend.anthropic.messages import MessageBuilder, chat_request, check_request_bounds, check_tools, tool_plan
+from frontend.anthropic.messages import (
+    MessageBuilder, as_chat, check_bounds, check_tools, sampling_of, tool_plan,
+)
 from frontend.anthropic.protocol import CountTokensRequest, MessagesRequest, error_body
-from frontend.anthropic.sse import error_event, event, message_events
+from frontend.anthropic.routes import anthropic_route
+from frontend.anthropic.sse import error_event, event
+from frontend.app import error_handlers
 from frontend.auth import ApiKeyMiddleware
 from frontend.engine_client import EngineLost
 from frontend.http import HTTPError
-from frontend.text.generation import Piece
-from frontend.text.reasoning import make_reasoning_parser
-from frontend.text.run import Choice, Content, PlainText, Reasoning, Update
+from frontend.run.answer import rendered
+from frontend.run.choices import Choice, Update
+from frontend.run.generation import Piece
+from frontend.text.reasoning import Content, Reasoning, make_reasoning_parser
 from frontend.text.tool_parsers import ToolCall
+from frontend.text.tools import PlainText
 
 WEATHER = {"name": "get_weather", "description": "Weather of a city",
            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
@@ -50,7 +56,7 @@ def test_max_tokens_is_required_as_anthropic_requires():
 def test_count_tokens_takes_no_max_tokens():
     body = msgspec.json.decode(b'{"model": "m", "messages": [{"role": "user", "content": "Hi"}]}',
                                type=CountTokensRequest)
-    assert chat_request(body).max_tokens is None
+    assert [(m.role, m.content) for m in as_chat(body).messages] == [("user", "Hi")]
 
 
 def test_an_unsupported_block_is_named():
@@ -61,7 +67,7 @@ def test_an_unsupported_block_is_named():
 
 def test_system_string_and_blocks():
     for system in ("Be brief.", [{"type": "text", "text": "Be "}, {"type": "text", "text": "brief."}]):
-        messages = chat_request(request(system=system)).messages
+        messages = as_chat(request(system=system)).messages
         assert [(m.role, m.content) for m in messages] == [("system", "Be brief."), ("user", "Hi")]
 
 
@@ -77,7 +83,7 @@ def test_a_tool_round_trip_becomes_tool_calls_and_tool_messages():
             {"type": "tool_result", "tool_use_id": "toolu_2", "content": "no such city", "is_error": True},
             {"type": "text", "text": "And tomorrow?"}]},
     ])
-    messages = chat_request(body).messages
+    messages = as_chat(body).messages
     assert [m.role for m in messages] == ["user", "assistant", "tool", "tool", "user"]
     assistant = messages[1]
     assert assistant.content == "Let me look."
@@ -90,15 +96,15 @@ def test_a_tool_round_trip_becomes_tool_calls_and_tool_messages():
 
 def test_an_assistant_message_last_is_continued():
     prefilled = [{"role": "user", "content": "Pick one"}, {"role": "assistant", "content": "The best answer is ("}]
-    assert chat_request(request(messages=prefilled)).continue_final_message
-    assert not chat_request(request()).continue_final_message
+    assert as_chat(request(messages=prefilled)).continue_final_message
+    assert not as_chat(request()).continue_final_message
 
 
 def test_a_block_in_the_wrong_role_is_named():
     body = request(messages=[{"role": "assistant", "content": [
         {"type": "tool_result", "tool_use_id": "t", "content": "x"}]}])
     with pytest.raises(HTTPError) as raised:
-        chat_request(body)
+        as_chat(body)
     assert (raised.value.status, raised.value.param) == (400, "messages[0].content[0]")
 
 
@@ -115,7 +121,7 @@ def test_tool_choice(choice, expected, one_call):
     assert plan.choice == expected
     if expected == "required":
         assert (plan.grammar["json"].get("maxItems") == 1) == one_call
-    assert chat_request(request(tools=[WEATHER])).tools[0].function.parameters == WEATHER["input_schema"]
+    assert as_chat(request(tools=[WEATHER])).tools[0].function.parameters == WEATHER["input_schema"]
 
 
 def test_tool_choice_names_the_field():
@@ -126,8 +132,9 @@ def test_tool_choice_names_the_field():
 
 
 def test_sampling_fields_carry_over():
-    chat = chat_request(request(temperature=0.5, top_p=0.9, top_k=5, stop_sequences=["END"], metadata={"u": 1}))
-    assert (chat.max_tokens, chat.temperature, chat.top_p, chat.top_k, chat.stop) == (16, 0.5, 0.9, 5, ["END"])
+    body = request(temperature=0.5, top_p=0.9, top_k=5, stop_sequences=["END"], metadata={"u": 1})
+    assert sampling_of(body, None) == {"temperature": 0.5, "top_p": 0.9, "top_k": 5, "max_tokens": 16}
+    assert sampling_of(request(), {"json": {}}) == {"max_tokens": 16, "structured_outputs": {"json": {}}}
 
 
 def test_temperature_in_anthropic_range():
@@ -151,7 +158,7 @@ def test_limits_name_the_field():
              (dict(tools=[WEATHER, {**WEATHER, "name": "other"}]), "tools")]
     for fields, field in cases:
         with pytest.raises(HTTPError) as raised:
-            check_request_bounds(request(**fields), limits)
+            check_bounds(request(**fields), limits)
         assert raised.value.param == field
 
 
@@ -253,7 +260,7 @@ async def test_a_failure_mid_stream_ends_it_with_an_error_event():
         yield Update(0, [Content("Hello")], [1], 1)
         raise EngineLost("the engine went away")
 
-    frames = [frame.decode() async for frame in message_events(MessageBuilder("m", 3), updates())]
+    frames = [frame.decode() async for frame in rendered(updates(), MessageBuilder("m", 3).renderer())]
     names = [frame.split("\n")[0].removeprefix("event: ") for frame in frames]
     assert names == ["message_start", "ping", "content_block_start", "content_block_delta", "error"]
     assert json.loads(frames[-1].split("\n")[1].removeprefix("data: ")) == {
@@ -291,6 +298,23 @@ async def test_bearer_still_works_and_other_routes_keep_their_shape():
         refused = await http.post("/v1/chat/completions", headers={"x-api-key": "wrong"}, json={})
         assert refused.status_code == 401 and refused.json()["error"]["type"] == "authentication_error"
         assert "code" in refused.json()["error"]  # OpenAI's shape
+
+
+async def test_a_route_error_takes_the_shape_of_its_path():
+    async def refuse(request):
+        raise HTTPError(400, "too hot", "temperature")
+
+    routes = [anthropic_route("/v1/messages", refuse), Route("/v1/completions", refuse, methods=["POST"])]
+    app = Starlette(routes=routes, exception_handlers=error_handlers())
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://f") as http:
+        anthropic_error = await http.post("/v1/messages", json={})
+        openai_error = await http.post("/v1/completions", json={})
+        not_post = await http.get("/v1/messages")
+    assert anthropic_error.status_code == 400 and anthropic_error.json() == {
+        "type": "error", "error": {"type": "invalid_request_error", "message": "temperature: too hot"}}
+    assert openai_error.status_code == 400 and openai_error.json()["error"]["param"] == "temperature"
+    assert not_post.status_code == 405 and not_post.headers["allow"] == "POST"
+    assert not_post.json()["error"]["type"] == "invalid_request_error" and not_post.json()["type"] == "error"
 
 
 def test_thinking_from_the_reasoning_parser_becomes_a_thinking_block():

@@ -3,7 +3,7 @@ data-parallel balancer as its DPLBAsyncMPClient counts."""
 from common.config import RouterConfig
 from frontend import balancers
 from frontend.router import Router
-from tests.test_router import fleet, report
+from tests.unit.test_router import fleet, report
 
 
 def test_round_robin_takes_each_engine_up_in_turn_from_the_frontends_index():

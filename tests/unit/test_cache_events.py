@@ -9,7 +9,7 @@ import zmq
 from vllm.distributed.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVEventBatch, ZmqEventPublisher
 
 from common.blocks import block_hashes
-from common.config import EngineLink, RouterConfig
+from common.config import EngineLinkConfig, RouterConfig
 from common.messages import Add, CachedBlocks, Heartbeat, Welcome, output_decoder
 from engine_worker.admission import admitter
 from engine_worker.cache_events import TOPIC, CacheIndex, start_cache_event_reader
@@ -18,7 +18,7 @@ from engine_worker.load import LoadTracker
 from engine_worker.step_loop import Admitted
 from frontend import router as router_module
 from frontend.router import Router
-from tests.test_router import fleet
+from tests.unit.test_router import fleet
 
 VLLM_BLOCK, BLOCK = 32, 16
 PROMPT = list(range(1000, 1100))  # three full vLLM blocks and a partial one
@@ -97,7 +97,7 @@ def test_vllms_events_reach_the_frontends_and_a_welcome_brings_a_snapshot(tmp_pa
     endpoint, outputs = f"ipc://{tmp_path}/kv-events", f"ipc://{tmp_path}/outputs"
     vllm_publisher = ZmqEventPublisher(0, endpoint=endpoint, topic=TOPIC)
     index = CacheIndex("engine-1", BLOCK)
-    publisher = OutputPublisher(context, outputs, EngineLink(heartbeat_interval_s=0.05), "engine-1",
+    publisher = OutputPublisher(context, outputs, EngineLinkConfig(heartbeat_interval_s=0.05), "engine-1",
                                 LoadTracker(), cache=index)
     start_cache_event_reader(context, endpoint, index, lambda change: publisher.send(None, change))
     sub = context.socket(zmq.SUB)

@@ -7,12 +7,13 @@ import msgspec
 import pytest
 
 from common.config import RequestLimits
-from frontend.anthropic.messages import check_request_bounds
+from frontend.anthropic import messages as anthropic_messages
 from frontend.anthropic.protocol import CountTokensRequest
 from frontend.http import HTTPError
+from frontend.openai import responses
 from frontend.openai.chat import check_messages
 from frontend.openai.protocol import ChatCompletionRequest
-from frontend.openai.responses import ResponsesRequest, check_bounds
+from frontend.openai.responses import ResponsesRequest
 
 LIMITS = RequestLimits(max_content_blocks_per_message=4, max_content_blocks=10)
 TEXT = {"type": "text", "text": "a"}
@@ -41,7 +42,7 @@ def anthropic(messages, system=None):
     ([{"role": "user", "content": "hi"}], [TEXT] * 5, "system"),
 ])
 def test_anthropic_blocks(messages, system, field):
-    assert refused_field(lambda: check_request_bounds(anthropic(messages, system), LIMITS)) == field
+    assert refused_field(lambda: anthropic_messages.check_bounds(anthropic(messages, system), LIMITS)) == field
 
 
 @pytest.mark.parametrize("messages, field", [
@@ -64,4 +65,4 @@ def test_chat_parts_and_tool_calls(messages, field):
 ])
 def test_responses_item_parts(items, field):
     body = msgspec.json.decode(json.dumps({"input": items}), type=ResponsesRequest)
-    assert refused_field(lambda: check_bounds(body, LIMITS, 8192)) == field
+    assert refused_field(lambda: responses.check_bounds(body, LIMITS, 8192)) == field

@@ -6,7 +6,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from tokenizers.pre_tokenizers import ByteLevel
 
 from common.messages import Delta
-from frontend.text.generation import GenerationSpec, generate
+from frontend.run.generation import GenerationSpec, generate
 
 
 def byte_tokenizer() -> Tokenizer:

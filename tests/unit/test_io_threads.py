@@ -7,12 +7,12 @@ import time
 import pytest
 import zmq
 
-from common.config import EngineLink
+from common.config import EngineLinkConfig
 from common.messages import CachedBlocks, Heartbeat, Hello, LoadReport, StepOutput, Welcome, encode, output_decoder
 from engine_worker.io_threads import OutputPublisher, start_request_reader
 from engine_worker.load import LoadTracker
 
-LINK = EngineLink(heartbeat_interval_s=0.05)
+LINK = EngineLinkConfig(heartbeat_interval_s=0.05)
 
 
 @pytest.fixture

@@ -163,7 +163,7 @@ def test_heartbeats_carry_the_version_of_the_adapters(tmp_path):
 
     import zmq
 
-    from common.config import EngineLink
+    from common.config import EngineLinkConfig
     from common.messages import Heartbeat, output_decoder
     from engine_worker.io_threads import OutputPublisher
     from engine_worker.load import LoadTracker
@@ -171,7 +171,7 @@ def test_heartbeats_carry_the_version_of_the_adapters(tmp_path):
     context = zmq.Context()
     address = f"ipc://{tmp_path}/outputs"
     adapters = SimpleNamespace(version=7)
-    publisher = OutputPublisher(context, address, EngineLink(heartbeat_interval_s=0.05), ENGINE_ID, LoadTracker(),
+    publisher = OutputPublisher(context, address, EngineLinkConfig(heartbeat_interval_s=0.05), ENGINE_ID, LoadTracker(),
                                 adapters)
     sub = context.socket(zmq.SUB)
     sub.connect(address)

@@ -107,8 +107,8 @@ def test_grammars_from_the_first_token_are_not_read_for_thinking():
 
 
 def test_a_choice_reads_tool_calls_in_the_answer_after_the_thinking():
-    from frontend.text.generation import Piece
-    from frontend.text.run import Choice
+    from frontend.run.choices import Choice
+    from frontend.run.generation import Piece
     from frontend.text.tool_parsers import make_parser
 
     choice = Choice(0, make_parser("hermes"), make_reasoning_parser("deepseek_r1"))

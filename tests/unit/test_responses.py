@@ -12,7 +12,9 @@ from frontend.openai.responses import (
     ResponsesRequest, ResponseWriter, chat_messages, chat_tools, check_request, text_format, tool_choice_of,
     tool_plan,
 )
-from frontend.text.run import Content, Reasoning, ToolCall, Update
+from frontend.run.choices import Update
+from frontend.text.reasoning import Content, Reasoning
+from frontend.text.tool_parsers import ToolCall
 
 # Each event type of the SDK by its `type`, for validating events as strictly as pydantic does.
 EVENT_TYPES = {typing.get_args(kind.model_fields["type"].annotation)[0]: kind
@@ -133,7 +135,7 @@ def step(events: list, tokens: int, finish_reason: str | None = None) -> Update:
 
 
 def run(writer: ResponseWriter, updates: list[Update]):
-    """A streamed run as frontend.text.run.rendered drives it: its events and the response they end with."""
+    """A streamed run as frontend.run.answer.rendered drives it: its events and the response they end with."""
     chunks = [chunk for update in updates for chunk in writer.update(update)] + writer.last() + writer.end()
     return events_of(chunks), Response.model_validate_json(msgspec.json.encode(writer.response))
 

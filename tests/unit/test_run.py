@@ -4,8 +4,9 @@ import json
 import pytest
 
 from frontend.http import HTTPError
-from frontend.text.generation import Piece
-from frontend.text.run import Choice, Content, Reasoning
+from frontend.run.choices import Choice
+from frontend.run.generation import Piece
+from frontend.text.reasoning import Content, Reasoning
 from frontend.text.tool_parsers import ToolCall
 from frontend.text.tools import FunctionTool, ToolPlan
 

@@ -4,8 +4,8 @@ import asyncio
 
 from common.config import ServerConfig
 from common.messages import Welcome
-from frontend import state
-from frontend.state import FrontendState
+from frontend.run import state
+from frontend.run.state import FrontendState
 
 
 class FakeTokenizer:
