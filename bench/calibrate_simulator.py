@@ -3,15 +3,17 @@ again on one simulated engine with the same engine arguments, model files and `v
 ratios beside the real results (issue 22's targets: throughput, TTFT p50 and TPOT p50 within 15%,
 prefix-cache hit rate within 5 points).
 
-    .venv/bin/python -m bench.calibrate_simulator --results bench/results/gpu-h200-calibration/results.json \\
+    .venv/bin/python -m bench.calibrate_simulator --results bench/results/gpu-h200-lease/calibration/results.json \\
         --model .gpu/model --profile bench/profiles/h200-llama-3-8b.json \\
-        --engine-args '{"max_model_len": 4096}' --out bench/results/sim-calibration
+        --engine-args '{"max_model_len": 4096, "num_gpu_blocks_override": 53340}' --out bench/results/sim-calibration
 
 --engine-args must be those the GPU run was given (a load under KV pressure sets num_gpu_blocks_override
-there). Each load runs on a simulated engine of its own, at a time_scale that keeps its modelled token rate
-(the real run's, as a first guess) under --host-tokens-per-s on this host; its figures are then read on the
-simulated clock (throughput x time_scale, latencies / time_scale), and the simulation's time kept decides
-whether they count. Writes OUT/calibration.json and OUT/table.md.
+there); where the real engine sized its own KV cache, num_gpu_blocks_override is the number of blocks it
+found (the profile's engine_args.num_gpu_blocks). data_parallel_size 2 in --engine-args and --router
+compare a fleet's placement. Each load runs on a simulated engine of its own, at a time_scale that keeps
+its modelled token rate (the real run's, as a first guess) under --host-tokens-per-s on this host; its
+figures are then read on the simulated clock (throughput x time_scale, latencies / time_scale), and the
+simulation's time kept decides whether they count. Writes OUT/calibration.json and OUT/table.md.
 """
 import argparse
 import json
@@ -44,18 +46,18 @@ def median_of(rows: list[dict], key: str) -> float | None:
     return statistics.median(values) if values else None
 
 
-def time_scale_for(real_tokens_per_s: float, host_tokens_per_s: float) -> float:
+def time_scale_for(real_tokens_per_s: float, host_tokens_per_s: float, least: float = 1.0) -> float:
     """Slow the simulated engine until its token rate, if it matches the real one, is one this host streams."""
-    return max(1.0, round(real_tokens_per_s / host_tokens_per_s, 1))
+    return max(least, round(real_tokens_per_s / host_tokens_per_s, 1))
 
 
 def simulate(load: Load, rows: list[dict], args, out: Path, port: int) -> dict:
-    ts = time_scale_for(median_of(rows, "output_throughput"), args.host_tokens_per_s)
+    ts = time_scale_for(median_of(rows, "output_throughput"), args.host_tokens_per_s, args.min_time_scale)
     simulator = {"profile": str((ROOT / args.profile).resolve()), "time_scale": ts}
     server = {"request_timeout_s": 36_000.0, "max_connections_per_client": 0}
     service = OurService(out / load.label.replace("/", "of"), port, str(Path(args.model).resolve()),
-                         {**args.engine_args, "data_parallel_size": 1}, args.frontends, simulator=simulator,
-                         server=server)
+                         {"data_parallel_size": 1, **args.engine_args}, args.frontends, router=args.router,
+                         simulator=simulator, server=server)
     service.start()
     runs = []
     try:
@@ -66,7 +68,8 @@ def simulate(load: Load, rows: list[dict], args, out: Path, port: int) -> dict:
             with (service.run_dir / f"bench-r{repeat}.log").open("wb") as log:
                 subprocess.run(bench_command(service, load, args, result_file, repeat), stdout=log,
                                stderr=subprocess.STDOUT, check=True)
-            figures = engine_figures(difference(before, scrape(service.url)), 1)
+            engines = args.engine_args.get("data_parallel_size", 1)
+            figures = engine_figures(difference(before, scrape(service.url)), engines)
             result = json.loads(result_file.read_text())
             runs.append({"output_throughput": result["output_throughput"] * ts,
                          "median_ttft_ms": result["median_ttft_ms"] / ts,
@@ -129,9 +132,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "tokenizer; no weights are read)")
     parser.add_argument("--profile", required=True)
     parser.add_argument("--engine-args", default="{}", help="JSON: the GPU run's --engine-args")
+    parser.add_argument("--router", default="prefix", help="router.policy as bench/side_by_side.py's "
+                        "ours:N@POLICY names it (the GPU run's server, e.g. approximate or load)")
     parser.add_argument("--frontends", type=int, default=2)
     parser.add_argument("--host-tokens-per-s", type=float, default=1500.0,
                         help="output tokens a second this host streams while keeping time")
+    parser.add_argument("--min-time-scale", type=float, default=1.0, help="the least time_scale: a larger one "
+                        "shrinks this host's own per-request cost (HTTP, streaming) on the simulated clock")
     parser.add_argument("--warmups", type=int, default=4)
     parser.add_argument("--port", type=int, default=7480)
     parser.add_argument("--out", default="bench/results/sim-calibration")

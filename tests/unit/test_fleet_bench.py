@@ -199,3 +199,4 @@ def test_the_calibration_sets_the_simulated_medians_beside_the_real_ones():
     assert row["median_ttft_ms"]["ratio"] == 1.0 and row["median_ttft_ms"]["within"]
     assert row["prefix_cache_hit_rate"]["points"] == pytest.approx(8.0) and not row["prefix_cache_hit_rate"]["within"]
     assert calibrate_simulator.time_scale_for(9000, 1500) == 6.0 and calibrate_simulator.time_scale_for(100, 1500) == 1
+    assert calibrate_simulator.time_scale_for(100, 1500, least=4.0) == 4.0
