@@ -132,6 +132,13 @@ def test_a_profile_is_read_and_a_bad_one_refused_with_the_reason(tmp_path):
         load_profile(tmp_path / "missing.json")
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "bench" / "profiles").glob("*.json")), ids=lambda path: path.name)
+def test_every_profile_the_repository_keeps_is_one_a_simulated_engine_reads(path):
+    profile = load_profile(path)
+    assert profile.step_time.seconds(StepWork(1024, 8, 8192, 1024 * 1024)) > profile.step_time.constant_s
+    assert profile.samples and all(sample.step_s > 0 for sample in profile.samples)
+
+
 def test_eos_ends_a_request_once_min_tokens_are_out_unless_eos_is_ignored():
     simulated = engine(eos_probability=1.0)
     add(simulated, "eos", [5, 6, 7], max_tokens=10, min_tokens=2)
