@@ -1,8 +1,10 @@
 """Throughput and median TPOT against concurrency, one line per server configuration, from the
 `vllm bench serve` results that bench/side_by_side.py saved (SERVER-INxOUT@C[-rN].json); repeats of
-one point are averaged.
+one point are averaged. With --ladder, a ladder of bench/llmd_ladder.py: output throughput and TTFT p90
+against the request rate, one line per router policy, one column per fleet size.
 
     python -m bench.plot --out bench/results/gpu-h100.png run1=bench/results/gpu-h100-run1 run2=...
+    python -m bench.plot --ladder bench/results/llmd-ladder/ladder.json --out bench/results/llmd-ladder/ladder.png
 """
 import argparse
 import json
@@ -64,12 +66,46 @@ def plot(shapes: dict, out: str) -> None:
     figure.savefig(out, dpi=110)
 
 
+def plot_ladder(table: list[dict], out: str) -> None:
+    """`table`: bench/llmd_ladder.py's medians, one row per (engines, policy, rate)."""
+    fleets = sorted({row["engines"] for row in table})
+    policies = sorted({row["policy"] for row in table})
+    colors = {policy: plt.cm.tab10(index % 10) for index, policy in enumerate(policies)}
+    figure, axes = plt.subplots(2, len(fleets), figsize=(7 * len(fleets), 9), squeeze=False)
+    for column, engines in enumerate(fleets):
+        throughput, ttft = axes[0][column], axes[1][column]
+        for policy in policies:
+            rows = sorted((r for r in table if r["engines"] == engines and r["policy"] == policy),
+                          key=lambda r: r["rate"])
+            style = {"marker": "o", "color": colors[policy], "label": policy}
+            throughput.plot([r["rate"] for r in rows], [r["output_throughput"] for r in rows], **style)
+            ttft.plot([r["rate"] for r in rows], [r["ttft_p90_s"] for r in rows], **style)
+            censored = [r for r in rows if r["censored"]]  # cut off before their first token: a lower bound
+            ttft.plot([r["rate"] for r in censored], [r["ttft_p90_s"] for r in censored], linestyle="", marker="o",
+                      markerfacecolor="white", color=colors[policy])
+        throughput.set_title(f"{engines} engines: output tokens/s")
+        ttft.set_title(f"{engines} engines: TTFT p90 (s; hollow: at least)")
+        ttft.set_yscale("log")
+        for axis in (throughput, ttft):
+            axis.set_xlabel("request rate (requests/s)")
+            axis.grid(True, alpha=0.3)
+        throughput.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(out, dpi=110)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", help="[LABEL=]DIRECTORY with side_by_side results")
+    parser.add_argument("runs", nargs="*", help="[LABEL=]DIRECTORY with side_by_side results")
+    parser.add_argument("--ladder", help="ladder.json of bench/llmd_ladder.py")
     parser.add_argument("--out", required=True, help="PNG file")
     args = parser.parse_args()
-    plot(read_runs(args.runs), args.out)
+    if args.ladder:
+        from bench.llmd_ladder import medians
+
+        plot_ladder(medians(json.loads(Path(args.ladder).read_text())["runs"]), args.out)
+    else:
+        plot(read_runs(args.runs), args.out)
     print(args.out)
 
 

@@ -114,12 +114,17 @@ def router_config(spec: str) -> dict:
 
 
 class OurService(Server):
+    """`python -m common.service` on a server.yml and inference.yml of its own; with `simulator` (inference.yml's
+    `simulator:` section) every engine is a simulated one, and `server` adds to server.yml."""
+
     def __init__(self, out_dir: Path, port: int, model: str, engine_args: dict, frontends: int,
                  reuse_port: bool = False, cpu_kv_cache_gib: int = 2, engine_module: str = "engine_worker",
-                 router: str = "prefix", cuda_visible_devices: str = ""):
+                 router: str = "prefix", cuda_visible_devices: str = "", simulator: dict | None = None,
+                 server: dict | None = None):
         variant = "" if engine_module == "engine_worker" else "-" + engine_module.split("+")[0].rpartition(".")[2]
         dp = engine_args.get("data_parallel_size", 1)
         variant += (f"-dp{dp}" if dp > 1 else "") + ("" if router == "prefix" else "-" + router.replace("/", "-"))
+        variant += "-simulated" if simulator is not None else ""
         self.name = f"ours-{frontends}fe{variant}"
         super().__init__(out_dir, port)
         self.frontends = frontends
@@ -130,9 +135,12 @@ class OurService(Server):
             "run_dir": str(self.run_dir / "run"), "data_dir": str(ROOT / ".data"), "log_level": "warning",
             "router": router_config(router),
         }
+        self.server_config.update(server or {})
         # cuda_visible_devices "0,0" with data_parallel_size 2: both engines on GPU 0
         self.inference_config = {"model": model, "cpu_kv_cache_gib": cpu_kv_cache_gib, "engine_args": engine_args,
                                  "cuda_visible_devices": cuda_visible_devices}
+        if simulator is not None:
+            self.inference_config.update(engine_backend="simulated", simulator=simulator)
 
     def command(self) -> list[str]:
         (self.run_dir / "server.yml").write_text(yaml.safe_dump(self.server_config))
@@ -146,6 +154,13 @@ class OurService(Server):
         return {**os.environ, "SERVER_CONFIG": str(self.run_dir / "server.yml"),
                 "INFERENCE_CONFIG": str(self.run_dir / "inference.yml"),
                 "PROBE_OUT": str(self.run_dir / "engine-probe.json"), "TRACE_DIR": str(self.run_dir)}
+
+    def pid(self, program: str) -> int:
+        """The pid of one of supervisord's programs (engine-3, frontend-0, ...)."""
+        conf = self.run_dir / "run" / "supervisord.conf"
+        answer = subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c", str(conf), "pid", program],
+                                capture_output=True, text=True, check=True)
+        return int(answer.stdout.strip())
 
     def health_urls(self) -> list[str]:
         if self.reuse_port:  # the frontends share one port: ask often enough to reach each

@@ -126,6 +126,10 @@ class EngineLoad(msgspec.Struct, array_like=True):
     # Prompt tokens looked up in vLLM's prefix cache since the engine started, and those found there.
     prefix_cache_queries_total: int = 0
     prefix_cache_hits_total: int = 0
+    # A simulated engine only: its steps' modelled time x time_scale, and the wall time they took, in
+    # seconds since it started (engine_worker/simulator/engine.py's TimeKept); 0 for vLLM.
+    simulated_modelled_s_total: float = 0.0
+    simulated_busy_s_total: float = 0.0
 
 
 class Heartbeat(msgspec.Struct, tag="heartbeat", array_like=True):

@@ -54,12 +54,13 @@ class StepTime(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class Sample(msgspec.Struct):
-    """One measured step."""
+    """One measured point: its counts are the mean over the steps measured there (a profile that pools
+    several passes over its grid writes fractions)."""
 
-    prefill_tokens: int
-    decode_seqs: int
-    kv_tokens: int
-    prefill_attention: int
+    prefill_tokens: float
+    decode_seqs: float
+    kv_tokens: float
+    prefill_attention: float
     step_s: float
 
 

@@ -51,6 +51,7 @@ class LoadTracker:
                     tracker.load.waiting = scheduler_stats.num_waiting_reqs
                     tracker.load.kv_cache_usage = scheduler_stats.kv_cache_usage
                     tracker.record_prefix_cache(getattr(scheduler_stats, "prefix_cache_stats", None))
+                    tracker.record_time_kept(getattr(scheduler_stats, "time_kept", None))
 
             def log_engine_initialized(self):
                 pass
@@ -65,6 +66,12 @@ class LoadTracker:
         if stats is not None:
             self.load.prefix_cache_queries_total += stats.queries
             self.load.prefix_cache_hits_total += stats.hits
+
+    def record_time_kept(self, time_kept) -> None:
+        # A simulated engine's totals since it started (vLLM's stats have none).
+        if time_kept is not None:
+            self.load.simulated_modelled_s_total = time_kept.modelled_s
+            self.load.simulated_busy_s_total = time_kept.busy_s
 
     def record_idle(self) -> None:
         # vLLM reports its scheduler's figures only from a step; with nothing left there is no

@@ -189,6 +189,15 @@ ENGINE_COUNTERS = (
      lambda load: load.prefix_cache_hits_total),
 )
 
+# A simulated engine's time keeping: where busy runs ahead of modelled, the host did not keep up.
+SIMULATED_COUNTERS = (
+    ("llm_engine_simulated_modelled_seconds", "A simulated engine's steps: their modelled time x time_scale, "
+     "in seconds since it started", lambda load: load.simulated_modelled_s_total),
+    ("llm_engine_simulated_busy_seconds", "A simulated engine's steps: the wall time they took (and the time "
+     "between them while requests were unfinished), in seconds since it started",
+     lambda load: load.simulated_busy_s_total),
+)
+
 
 LOAD_VIEW_GAUGES = (
     ("llm_engine_queued_prefill_tokens", "Prompt tokens the engine has yet to prefill, net of its prefix-cache "
@@ -217,6 +226,12 @@ def engine_families(clients):
         family = GaugeMetricFamily(name, documentation, labels=["model", "engine"])
         for labels, link in live:
             family.add_metric(labels, figure(link.load_view.report))
+        yield family
+    for name, documentation, figure in SIMULATED_COUNTERS:
+        family = CounterMetricFamily(name, documentation, labels=["model", "engine"])
+        for labels, link in live:
+            if link.load.simulated_busy_s_total > 0:
+                family.add_metric(labels, figure(link.load))
         yield family
     reported = GaugeMetricFamily("llm_engine_reported_cache_blocks", "Prompt blocks the engine reports in its "
                                  "prefix cache (router.placement exact), as this frontend last heard",

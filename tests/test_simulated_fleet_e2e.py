@@ -77,6 +77,15 @@ def test_chat_streams_with_the_openai_client(fleet):
     assert chunks[-1].usage.completion_tokens == 20
 
 
+def test_a_prompt_of_token_ids_is_echoed_as_its_text_and_only_when_asked(fleet, tokenizer):
+    client = OpenAI(base_url=f"{fleet.url}/v1", api_key="unused", max_retries=0, timeout=120)
+    ids = tokenizer.encode("The capital of France is")
+    body = dict(model="tiny-llama", prompt=ids, max_tokens=6, seed=3, extra_body={"ignore_eos": True})
+    plain, echoed = client.completions.create(**body), client.completions.create(**body, echo=True)
+    assert echoed.choices[0].text == tokenizer.decode(ids, skip_special_tokens=False) + plain.choices[0].text
+    assert plain.usage.prompt_tokens == echoed.usage.prompt_tokens == len(ids)
+
+
 def test_what_the_simulation_does_not_model_is_refused_in_the_protocols_shape(fleet):
     body = {"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5,
             "response_format": {"type": "json_object"}}

@@ -12,7 +12,7 @@ events of the step for engine_worker/cache_events.py.
 import queue
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 from typing import NamedTuple
 
@@ -42,13 +42,26 @@ class RequestOutput(NamedTuple):
 
 
 @dataclass
+class TimeKept:
+    """How closely the steps kept their modelled time on this host, in wall seconds since the engine
+    started: the steps' modelled time x time_scale, and the wall time they took (from each step's start
+    to its end, and between steps while requests were unfinished). Where the host cannot keep up
+    (scheduling a step takes longer than its modelled time, sleeps overrun, the loop between steps is
+    slow), `busy_s` grows past `modelled_s`, and every time the simulation reports is stretched."""
+
+    modelled_s: float = 0.0
+    busy_s: float = 0.0
+
+
+@dataclass
 class SchedulerStats:
-    """vLLM's SchedulerStats, the fields its stat loggers read."""
+    """vLLM's SchedulerStats, the fields its stat loggers read, and the simulation's time kept."""
 
     num_running_reqs: int = 0
     num_waiting_reqs: int = 0
     kv_cache_usage: float = 0.0
     prefix_cache_stats: PrefixCacheStats = field(default_factory=PrefixCacheStats)
+    time_kept: TimeKept = field(default_factory=TimeKept)
 
 
 def work_of(chunks: list[Chunk]) -> StepWork:
@@ -86,7 +99,9 @@ class SimulatedEngine:
         )
         self.stat_loggers = [make(self.vllm_config, 0) for make in stat_loggers]
         self.kv_events: queue.Queue = queue.Queue()  # each step's events, when reported, for the relay
-        self.sleep = time.sleep
+        self.sleep, self.clock = time.sleep, time.monotonic
+        self.time_kept = TimeKept()
+        self.busy_since: float | None = None  # the end of the last step, while requests remain
 
     def get_supported_tasks(self) -> tuple[str, ...]:
         return ("generate",)
@@ -105,13 +120,20 @@ class SimulatedEngine:
         return self.scheduler.has_unfinished_requests()
 
     def step(self) -> list[RequestOutput]:
-        started = time.monotonic()
+        started = self.clock()
         chunks = self.scheduler.schedule()
         outputs = [output for chunk in chunks if (output := self.advance(chunk.request)) is not None]
         modelled = self.time_scale * self.step_time.seconds(work_of(chunks))
-        self.sleep(max(0.0, started + modelled - time.monotonic()))
+        self.sleep(max(0.0, started + modelled - self.clock()))
+        self.keep_time(started, modelled)
         self.report()
         return outputs
+
+    def keep_time(self, started: float, modelled: float) -> None:
+        ended = self.clock()
+        self.time_kept.modelled_s += modelled
+        self.time_kept.busy_s += ended - (started if self.busy_since is None else self.busy_since)
+        self.busy_since = ended if self.scheduler.has_unfinished_requests() else None
 
     def advance(self, request: Request) -> RequestOutput | None:
         """The request's token from this step, if its whole sequence is now computed (a prompt chunk
@@ -130,7 +152,7 @@ class SimulatedEngine:
 
     def report(self) -> None:
         stats = SchedulerStats(len(self.scheduler.running), len(self.scheduler.waiting), self.kv.usage(),
-                               self.kv.take_stats())
+                               self.kv.take_stats(), replace(self.time_kept))
         for logger in self.stat_loggers:
             logger.record(stats, None)
         if events := self.kv.take_events():

@@ -114,7 +114,10 @@ async def prompts_of(tokenizer: Tokenizer, body: CompletionRequest) -> list[Prom
         id_lists = [prompt] if isinstance(prompt[0], int) else prompt
         for ids in id_lists:
             check_token_ids(ids, tokenizer.vocab_size, "prompt")
-        texts = await asyncio.to_thread(lambda: [tokenizer.decode(ids, skip_special_tokens=False) for ids in id_lists])
+        texts = [""] * len(id_lists)
+        if body.echo:  # only an echo shows the prompt's text: a long prompt of ids costs milliseconds to decode
+            texts = await asyncio.to_thread(lambda: [tokenizer.decode(ids, skip_special_tokens=False)
+                                                     for ids in id_lists])
         prompts = [Prompt(text, ids) for text, ids in zip(texts, id_lists)]
     else:
         raise HTTPError(400, "prompt must be a text, a list of texts, token ids, or a list of token id lists", "prompt")

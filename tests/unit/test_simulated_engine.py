@@ -80,6 +80,43 @@ def test_the_step_time_is_the_profiles_model_of_what_the_step_computed():
     step_within_its_modelled_time(work)
 
 
+class SlowHost:
+    """A fake clock for one simulated engine: each step's sleep overruns by `overrun_s`, and the
+    engine worker's loop takes `between_s` between steps."""
+
+    def __init__(self, simulated: SimulatedEngine, overrun_s: float, between_s: float):
+        self.now, self.overrun_s, self.between_s = 100.0, overrun_s, between_s
+        simulated.clock = lambda: self.now
+        simulated.sleep = self.sleep
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds + self.overrun_s
+
+    def step(self, simulated: SimulatedEngine) -> None:
+        simulated.step()
+        self.now += self.between_s
+
+
+def test_the_time_kept_counts_overrun_sleeps_and_the_loop_between_busy_steps_but_not_idle_time():
+    load = LoadTracker(monitor_gpus=False)
+    simulated = engine(stat_loggers=[load.stat_logger_factory(base=object)])
+    simulated.time_scale = 2.0
+    host = SlowHost(simulated, overrun_s=0.001, between_s=0.004)
+    add(simulated, "a", list(range(10, 20)), max_tokens=3, ignore_eos=True)
+    for _ in range(3):  # a's prompt and first token, then two tokens: its end
+        host.step(simulated)
+    modelled = 2.0 * sum(STEP_TIME.seconds(work) for work in (StepWork(10, 0, 0, 100), StepWork(0, 1, 11, 0),
+                                                             StepWork(0, 1, 12, 0)))
+    # Each step overran by 1 ms; the loop's 4 ms between steps counted twice: the last left nothing to do.
+    assert load.load.simulated_modelled_s_total == pytest.approx(modelled)
+    assert load.load.simulated_busy_s_total == pytest.approx(modelled + 3 * 0.001 + 2 * 0.004)
+    host.now += 60.0  # idle: not the simulation's time
+    add(simulated, "b", list(range(30, 34)), max_tokens=1, ignore_eos=True)
+    host.step(simulated)
+    modelled += 2.0 * STEP_TIME.seconds(StepWork(4, 0, 0, 16))
+    assert load.load.simulated_busy_s_total == pytest.approx(modelled + 4 * 0.001 + 2 * 0.004)
+
+
 def test_a_profile_is_read_and_a_bad_one_refused_with_the_reason(tmp_path):
     profile = load_profile(FIXTURE_PROFILE)
     assert profile.engine_args["num_gpu_blocks"] == 50000 and profile.step_time.constant_s > 0
@@ -93,6 +130,13 @@ def test_a_profile_is_read_and_a_bad_one_refused_with_the_reason(tmp_path):
         load_profile(tmp_path / "future.json")
     with pytest.raises(ValueError, match="cannot read"):
         load_profile(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "bench" / "profiles").glob("*.json")), ids=lambda path: path.name)
+def test_every_profile_the_repository_keeps_is_one_a_simulated_engine_reads(path):
+    profile = load_profile(path)
+    assert profile.step_time.seconds(StepWork(1024, 8, 8192, 1024 * 1024)) > profile.step_time.constant_s
+    assert profile.samples and all(sample.step_s > 0 for sample in profile.samples)
 
 
 def test_eos_ends_a_request_once_min_tokens_are_out_unless_eos_is_ignored():

@@ -1,0 +1,168 @@
+"""The simulated engine against the real one: the loads a GPU run measured with bench/side_by_side.py, run
+again on one simulated engine with the same engine arguments, model files and `vllm bench serve`, and the
+ratios beside the real results (issue 22's targets: throughput, TTFT p50 and TPOT p50 within 15%,
+prefix-cache hit rate within 5 points).
+
+    .venv/bin/python -m bench.calibrate_simulator --results bench/results/gpu-h200-lease/calibration/results.json \\
+        --model .gpu/model --profile bench/profiles/h200-llama-3-8b.json \\
+        --engine-args '{"max_model_len": 4096, "num_gpu_blocks_override": 53340}' --out bench/results/sim-calibration
+
+--engine-args must be those the GPU run was given (a load under KV pressure sets num_gpu_blocks_override
+there); where the real engine sized its own KV cache, num_gpu_blocks_override is the number of blocks it
+found (the profile's engine_args.num_gpu_blocks). data_parallel_size 2 in --engine-args and --router
+compare a fleet's placement. Each load runs on a simulated engine of its own, at a time_scale that keeps
+its modelled token rate (the real run's, as a first guess) under --host-tokens-per-s on this host; its
+figures are then read on the simulated clock (throughput x time_scale, latencies / time_scale), and the
+simulation's time kept decides whether they count. Writes OUT/calibration.json and OUT/table.md.
+"""
+import argparse
+import json
+import statistics
+import subprocess
+from pathlib import Path
+
+from bench.services import OurService
+from bench.side_by_side import Load, bench_command
+from bench.sim_fleet import MIN_TIME_KEPT, difference, engine_figures, scrape, stop_on_sigterm
+from common.config import ROOT
+
+TARGET_RATIO, TARGET_HITS_POINTS = 0.15, 5.0
+KEYS = ("output_throughput", "median_ttft_ms", "median_tpot_ms")
+
+
+def real_runs(results: list[dict], server: str | None) -> tuple[str, dict[str, list[dict]]]:
+    """The server compared against (the first of ours in the file unless named) and its runs by load label."""
+    rows = [row for row in results if row.get("load") and "error" not in (row.get("result") or {})]
+    server = server or next(row["server"] for row in rows if row["server"].startswith("ours"))
+    runs: dict[str, list[dict]] = {}
+    for row in rows:
+        if row["server"] == server:
+            runs.setdefault(Load(**row["load"]).label, []).append(row)
+    return server, runs
+
+
+def median_of(rows: list[dict], key: str) -> float | None:
+    values = [row["result"].get(key) for row in rows if row["result"].get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def time_scale_for(real_tokens_per_s: float, host_tokens_per_s: float, least: float = 1.0) -> float:
+    """Slow the simulated engine until its token rate, if it matches the real one, is one this host streams."""
+    return max(least, round(real_tokens_per_s / host_tokens_per_s, 1))
+
+
+def simulate(load: Load, rows: list[dict], args, out: Path, port: int) -> dict:
+    ts = time_scale_for(median_of(rows, "output_throughput"), args.host_tokens_per_s, args.min_time_scale)
+    simulator = {"profile": str((ROOT / args.profile).resolve()), "time_scale": ts}
+    server = {"request_timeout_s": 36_000.0, "max_connections_per_client": 0}
+    service = OurService(out / load.label.replace("/", "of"), port, str(Path(args.model).resolve()),
+                         {"data_parallel_size": 1, **args.engine_args}, args.frontends, router=args.router,
+                         simulator=simulator, server=server)
+    service.start()
+    runs = []
+    try:
+        service.wait_ready(600)
+        for repeat in range(1, load.repeats + 1):
+            result_file = service.run_dir / f"sim-{load.label.replace('/', 'of')}-r{repeat}.json"
+            before = scrape(service.url)
+            with (service.run_dir / f"bench-r{repeat}.log").open("wb") as log:
+                subprocess.run(bench_command(service, load, args, result_file, repeat), stdout=log,
+                               stderr=subprocess.STDOUT, check=True)
+            engines = args.engine_args.get("data_parallel_size", 1)
+            figures = engine_figures(difference(before, scrape(service.url)), engines)
+            result = json.loads(result_file.read_text())
+            runs.append({"output_throughput": result["output_throughput"] * ts,
+                         "median_ttft_ms": result["median_ttft_ms"] / ts,
+                         "median_tpot_ms": result["median_tpot_ms"] / ts,
+                         "prefix_cache_hit_rate": figures["prefix_cache_hit_rate"], "time_kept": figures["time_kept"],
+                         "completed": result["completed"]})
+    finally:
+        service.stop()
+    return {"load": load.label, "time_scale": ts, "runs": runs}
+
+
+def compare(real: list[dict], simulated: dict) -> dict:
+    """Medians of both, the ratios (simulated / real) and whether each is within its target."""
+    row = {"load": simulated["load"], "time_scale": simulated["time_scale"], "runs": len(simulated["runs"])}
+    for key in KEYS:
+        mine = statistics.median(run[key] for run in simulated["runs"])
+        theirs = median_of(real, key)
+        ratio = mine / theirs if theirs else None
+        row[key] = {"real": theirs, "simulated": mine, "ratio": ratio,
+                    "within": ratio is not None and abs(ratio - 1) <= TARGET_RATIO}
+    hits = [run["prefix_cache_hit_rate"] for run in simulated["runs"] if run["prefix_cache_hit_rate"] is not None]
+    theirs = median_of(real, "prefix_cache_hit_rate")
+    mine = statistics.median(hits) if hits else None
+    points = None if mine is None or theirs is None else 100 * (mine - theirs)
+    row["prefix_cache_hit_rate"] = {"real": theirs, "simulated": mine, "points": points,
+                                    "within": points is None or abs(points) <= TARGET_HITS_POINTS}
+    row["time_kept"] = min(run["time_kept"] or 0.0 for run in simulated["runs"])
+    return row
+
+
+def table(rows: list[dict], server: str, args) -> str:
+    def ratio_cell(cell, spec):
+        if cell["real"] is None:
+            return "-"
+        mark = "" if cell["within"] else " **out**"
+        return f"{cell['real']:{spec}} / {cell['simulated']:{spec}} = {cell['ratio']:.2f}{mark}"
+
+    lines = [f"Simulated engine ({args.profile}) against {server} in {args.results}; real / simulated = ratio "
+             f"(target within {TARGET_RATIO:.0%}; hits within {TARGET_HITS_POINTS:g} points)", "",
+             "| load | runs | output tok/s | TTFT p50 ms | TPOT p50 ms | prefix-cache hits % (real / simulated) | "
+             "time_scale | time kept |", "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        hits = row["prefix_cache_hit_rate"]
+        hit_cell = "-" if hits["real"] is None or hits["simulated"] is None else (
+            f"{100 * hits['real']:.1f} / {100 * hits['simulated']:.1f} ({hits['points']:+.1f})"
+            + ("" if hits["within"] else " **out**"))
+        kept = row["time_kept"]
+        lines.append(f"| {row['load']} | {row['runs']} | {ratio_cell(row['output_throughput'], ',.0f')} | "
+                     f"{ratio_cell(row['median_ttft_ms'], '.1f')} | {ratio_cell(row['median_tpot_ms'], '.2f')} | "
+                     f"{hit_cell} | {row['time_scale']:g} | {100 * kept:.1f}%"
+                     f"{'' if kept >= MIN_TIME_KEPT else ' (host did not keep up: not a calibration)'} |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", required=True, help="bench/side_by_side.py's results.json of the GPU run")
+    parser.add_argument("--server", help="the server of that file to compare with (default: the first ours-*)")
+    parser.add_argument("--model", required=True, help="the model directory the GPU run served (its config and "
+                        "tokenizer; no weights are read)")
+    parser.add_argument("--profile", required=True)
+    parser.add_argument("--engine-args", default="{}", help="JSON: the GPU run's --engine-args")
+    parser.add_argument("--router", default="prefix", help="router.policy as bench/side_by_side.py's "
+                        "ours:N@POLICY names it (the GPU run's server, e.g. approximate or load)")
+    parser.add_argument("--frontends", type=int, default=2)
+    parser.add_argument("--host-tokens-per-s", type=float, default=1500.0,
+                        help="output tokens a second this host streams while keeping time")
+    parser.add_argument("--min-time-scale", type=float, default=1.0, help="the least time_scale: a larger one "
+                        "shrinks this host's own per-request cost (HTTP, streaming) on the simulated clock")
+    parser.add_argument("--warmups", type=int, default=4)
+    parser.add_argument("--port", type=int, default=7480)
+    parser.add_argument("--out", default="bench/results/sim-calibration")
+    args = parser.parse_args(argv)
+    args.engine_args = json.loads(args.engine_args)
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    stop_on_sigterm()
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    server, runs = real_runs(json.loads(Path(args.results).read_text()), args.server)
+    rows = []
+    for index, (label, real) in enumerate(runs.items()):
+        load = Load(**{**real[0]["load"], "repeats": len(real)})
+        rows.append(compare(real, simulate(load, real, args, out, args.port + 10 * index)))
+        (out / "calibration.json").write_text(json.dumps({"args": vars(args), "server": server, "rows": rows},
+                                                         indent=1))
+        print(table(rows[-1:], server, args).splitlines()[-1], flush=True)
+    (out / "table.md").write_text(table(rows, server, args))
+    print(table(rows, server, args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""The simulated-fleet benches' arithmetic, on made-up figures: what a run's /metrics add up to, the host's
+time-keeping verdict, the oracle's placements, the ladder's stages and targets, the calibration's ratios."""
+import asyncio
+import random
+from types import SimpleNamespace
+
+import pytest
+import zmq
+
+from bench import calibrate_simulator, llmd_ladder
+from bench.fleet_client import CUT, Outcome
+from bench.fleet_workloads import PromptMaker, SharedPrefixPrompts, poisson_times
+from bench.oracle import Oracle
+from bench.routing_suite import ideal_hit_rate
+from bench.sim_fleet import FleetSpec, difference, engine_figures, host_verdict, spread
+from common.blocks import block_hashes
+from common.messages import BROADCAST_TOPIC, CachedBlocks, EngineLoad, Goodbye, Heartbeat, encode
+
+
+def test_a_runs_engine_figures_are_what_its_counters_moved():
+    before = {"queries": {0: 100, 1: 0}, "hits": {0: 50, 1: 0}, "prompt_tokens": {0: 100, 1: 0},
+              "generation_tokens": {0: 10, 1: 0}, "modelled_s": {0: 1.0, 1: 0.0}, "busy_s": {0: 1.0, 1: 0.0},
+              "routed": {(0, "prefix"): 3}}
+    after = {"queries": {0: 300, 1: 200}, "hits": {0: 250, 1: 50}, "prompt_tokens": {0: 300, 1: 200},
+             "generation_tokens": {0: 30, 1: 40}, "modelled_s": {0: 10.0, 1: 8.0}, "busy_s": {0: 11.0, 1: 8.0},
+             "routed": {(0, "prefix"): 5, (1, "load"): 2}}
+    figures = engine_figures(difference(before, after), 2)
+    assert figures["prefix_cache_hit_rate"] == pytest.approx(250 / 400)
+    assert figures["requests_by_engine"] == [2, 2] and figures["routing"] == {"load": 2, "prefix": 2}
+    assert figures["work_by_engine"] == [(200 - 200) + 20, (200 - 50) + 40]  # prompt tokens computed + generated
+    assert figures["time_kept_by_engine"] == {0: pytest.approx(9 / 10), 1: 1.0}
+    assert figures["time_kept"] == pytest.approx(17 / 18)
+    assert spread([1, 1, 4]) == 2.0
+    # An engine restarted during the run counts from zero.
+    assert difference({"hits": {0: 500}}, {"hits": {0: 20}}) == {"hits": {0: 20}}
+
+
+def test_a_run_whose_engines_or_client_fell_behind_says_so():
+    summary = {"time_kept_by_engine": {0: 0.99, 1: 0.97}, "time_kept": 0.98, "client_lag_p99_s": 0.001}
+    assert host_verdict(summary) == (True, "host kept time (98.0% of the modelled step time)")
+    kept, why = host_verdict({**summary, "time_kept_by_engine": {0: 0.99, 1: 0.80}, "client_lag_p99_s": 0.5})
+    assert not kept
+    assert "1 engines kept under 95% of the modelled time (engine 1: 80%)" in why and "late (p99 0.500 s)" in why
+
+
+def test_poisson_arrivals_and_shared_prefix_prompts_repeat_with_their_seeds():
+    times = poisson_times(10.0, 100.0, random.Random(1), start_s=5.0)
+    assert times == poisson_times(10.0, 100.0, random.Random(1), start_s=5.0)
+    assert all(5.0 <= t < 105.0 for t in times) and 900 < len(times) < 1100 and times == sorted(times)
+    prompts = SharedPrefixPrompts(PromptMaker(list(range(100, 200)), seed=3), groups=3, users=2, system_len=32,
+                                  question_len=8, draw_seed=4)
+    assert len(prompts.prompts) == 6 and all(len(p) == 40 for p in prompts.prompts)
+    assert prompts.prompts[0][:32] == prompts.prompts[1][:32] != prompts.prompts[2][:32]
+    sent = [session.turns[0].prompt for session in prompts.requests([0.0] * 20, 5)]
+    again = SharedPrefixPrompts(PromptMaker(list(range(100, 200)), seed=9), 3, 2, 32, 8, draw_seed=4)
+    # Other tokens, the same draws: runs compared with each other send the same sequence of prompts.
+    assert [prompts.prompts.index(p) for p in sent] == \
+        [again.prompts.index(s.turns[0].prompt) for s in again.requests([0.0] * 20, 5)]
+
+
+def test_the_ideal_hit_rate_keeps_each_group_on_one_engine_that_never_evicts():
+    system = list(range(32))
+    first, second = system + [100] * 16, system + [200] * 16
+    # first: nothing; second: the system prompt; first again: all but its last token, in whole blocks.
+    assert ideal_hit_rate([first, second, first], users=2, system_len=32) == pytest.approx((32 + 32) / 144)
+
+
+def oracle(engines: int = 2, max_num_seqs: int = 4) -> Oracle:
+    return Oracle([f"ipc:///nowhere-{rank}" for rank in range(engines)], block_size=4, max_num_seqs=max_num_seqs)
+
+
+def test_the_oracle_keeps_a_prefix_on_its_engine_while_its_queue_is_within_the_window():
+    placer = Oracle(["ipc:///nowhere-0", "ipc:///nowhere-1"], block_size=4, max_num_seqs=4, window_tokens=64)
+    shared = list(range(40))
+    placer.held[1].update(block_hashes(shared, 4))  # engine 1 reported it holds the prefix
+    assert placer.place(shared + [1, 2, 3, 4], 8) == 1
+    assert placer.queued_prefill == [0, 4]  # only the new block is computed there
+    placer.queued_prefill[1] = 64  # at the window's edge: it stays
+    assert placer.place(shared + [5, 6, 7, 8], 8) == 1
+    assert placer.queued_prefill[1] == 68  # past it: the least queued engine, which computes it all
+    assert placer.place(shared + [9, 10, 11, 12], 8) == 0 and placer.queued_prefill[0] == 44
+    # What it sent to 0 counts as held there at once, before any report.
+    assert placer.cached_tokens(0, block_hashes(shared, 4)) == 40
+    # A prompt nobody holds: the least queued (44 tokens against 68).
+    assert placer.place(list(range(100, 140)), 8) == 0
+
+
+def test_the_oracle_counts_prefill_until_the_first_token_and_forgets_what_ended():
+    placer = oracle(max_num_seqs=1)
+    prompt = list(range(8))
+    first = placer.place(prompt, 4)
+    second = placer.place(list(range(50, 58)), 4)
+    assert {first, second} == {0, 1}  # one sequence slot each
+    placer.first_token(first)
+    assert placer.queued_prefill[first] == 0
+    placer.ended(first, prompt, SimpleNamespace(first_token_at=1.0))
+    assert placer.in_flight[first] == 0 and not placer.sent[first]
+
+
+async def test_the_oracle_reads_each_engines_cache_reports_from_its_pub_socket(tmp_path):
+    address = f"ipc://{tmp_path}/engine-outputs"
+    publisher = zmq.Context.instance().socket(zmq.PUB)
+    publisher.bind(address)
+    placer = Oracle([address], block_size=4, max_num_seqs=4)
+    starting = asyncio.create_task(placer.start(timeout_s=10))
+    try:
+        while not starting.done():  # until the subscription takes effect and a heartbeat arrives
+            publisher.send_multipart([BROADCAST_TOPIC, encode(Heartbeat("e", EngineLoad()))])
+            await asyncio.sleep(0.05)
+        await starting
+        for message in (CachedBlocks("e", 1, stored=[1, 2, 3], removed=[]), CachedBlocks("e", 2, stored=[4], removed=[2]),
+                        Goodbye("e")):
+            publisher.send_multipart([BROADCAST_TOPIC, encode(message)])
+        for _ in range(100):
+            if placer.held[0] == {1, 3, 4}:
+                break
+            await asyncio.sleep(0.02)
+        assert placer.held[0] == {1, 3, 4}
+        publisher.send_multipart([BROADCAST_TOPIC, encode(CachedBlocks("e", 3, stored=[7], removed=[], cleared=True))])
+        for _ in range(100):
+            if placer.held[0] == {7}:
+                break
+            await asyncio.sleep(0.02)
+        assert placer.held[0] == {7}
+    finally:
+        await placer.stop()
+        publisher.close(linger=0)
+
+
+def outcome(planned: float, start: float, first: float | None, end: float | None, tokens: int = 10,
+            error: str | None = None) -> Outcome:
+    return Outcome(start=start, first_token_at=first, end=end, output_tokens=tokens, planned_at=planned, error=error)
+
+
+def test_each_ladder_stage_is_measured_by_itself_and_a_request_cut_off_waits_at_least_its_wait():
+    spec = FleetSpec(engines=2, time_scale=2.0)
+    stages = [llmd_ladder.Stage(2.0, 10.0, warm_up=True), llmd_ladder.Stage(4.0, 10.0)]
+    bounds = [0.0, 10.0, 20.0]
+    reads = [{"generation_tokens": {0: 0, 1: 0}, "queries": {0: 0}, "hits": {0: 0}},
+             {"generation_tokens": {0: 100, 1: 100}, "queries": {0: 100}, "hits": {0: 50}},
+             {"generation_tokens": {0: 300, 1: 500}, "queries": {0: 300}, "hits": {0: 250}}]
+    started = 1000.0
+    outcomes = [outcome(1002, 1002, 1004, 1010),  # warm-up: TTFT 1 s simulated
+                outcome(1030, 1030, 1031, 1049),  # stage 1: TTFT 0.5 s, TPOT (18 / 2) / 9 = 1 s
+                outcome(1038, 1038, None, None, 0, CUT)]  # cut off at the run's end (1049): waited 5.5 s
+    summary = {"started": started, "before": reads[0], "scrapes": reads[1:], "outcomes": outcomes}
+    warm, stage = llmd_ladder.stage_figures(summary, stages, bounds, spec)
+    assert warm["warm_up"] and warm["requests"] == 1 and warm["ttft_p50_s"] == 1.0
+    assert warm["output_throughput"] == 20.0 and warm["prefix_cache_hit_rate"] == 0.5
+    assert stage["requests"] == 2 and stage["completed"] == 1 and stage["failed"] == 0
+    assert stage["ttft_censored"] == 1 and stage["ttft_p50_s"] == pytest.approx((0.5 + 5.5) / 2)
+    assert stage["tpot_p50_s"] == pytest.approx(1.0)
+    assert stage["output_throughput"] == 60.0 and stage["prefix_cache_hit_rate"] == 1.0
+    assert stage["rate_per_engine"] == 2.0
+
+
+def ladder_run(policy: str, throughputs: list[float], ttft_p90: list[float], hits: float) -> dict:
+    return {"engines": 8, "policy": policy, "stages": [
+        {"warm_up": False, "rate": rate, "output_throughput": tok_s, "ttft_p90_s": ttft, "ttft_p50_s": ttft / 2,
+         "tpot_p50_s": 0.02, "prefix_cache_hit_rate": hits, "time_kept": 0.99, "ttft_censored": 0}
+        for rate, tok_s, ttft in zip((8, 16, 24), throughputs, ttft_p90)]}
+
+
+def test_the_ladder_takes_medians_over_repeats_and_checks_the_targets():
+    runs = [ladder_run("prefix", [8000, 16000, 24000], [0.3, 0.4, 0.6], 0.80),
+            ladder_run("prefix", [8000, 16000, 22000], [0.3, 0.5, 0.9], 0.82),
+            ladder_run("prefix", [8000, 15000, 23000], [0.3, 0.5, 0.7], 0.81),
+            ladder_run("round_robin", [8000, 10000, 11000], [0.5, 50, 150], 0.20),
+            ladder_run("vllm_dp", [8000, 12000, 12000], [0.5, 30, 120], 0.20),
+            ladder_run("oracle", [8000, 16000, 24000], [0.3, 0.4, 0.5], 0.90)]
+    table = llmd_ladder.medians(runs)
+    top = next(row for row in table if row["policy"] == "prefix" and row["rate"] == 24)
+    assert top["runs"] == 3 and top["output_throughput"] == 23000 and top["output_throughput_range"] == (22000, 24000)
+    assert top["ttft_p90_s"] == 0.7
+    lines = llmd_ladder.targets(table, 8)
+    assert "peak output throughput 2.09x round_robin's (target 2.0x): met" in lines[0]
+    assert "peak output throughput 1.92x vllm_dp's (target 1.3x): met" in lines[1]
+    assert "0.70 s against round_robin's 150.0 s" in lines[2] and lines[2].endswith(": met")
+    assert "81.0% against the oracle's 90.0% (target within 5 points): NOT met" in lines[3]
+
+
+def real_row(repeat: int, tok_s: float, ttft: float, tpot: float, hits: float | None) -> dict:
+    load = {"input_len": 128, "output_len": 1024, "concurrency": 64, "prompts": 128, "repeats": 3}
+    return {"server": "ours-2fe", "load": load, "repeat": repeat,
+            "result": {"output_throughput": tok_s, "median_ttft_ms": ttft, "median_tpot_ms": tpot,
+                       "prefix_cache_hit_rate": hits}}
+
+
+def test_the_calibration_sets_the_simulated_medians_beside_the_real_ones():
+    results = [real_row(1, 1000, 100, 10, 0.5), real_row(2, 1100, 90, 11, 0.6), real_row(3, 900, 110, 9, 0.4),
+               {**real_row(1, 5, 5, 5, None), "server": "vllm-serve-1api"}]
+    server, runs = calibrate_simulator.real_runs(results, None)
+    assert server == "ours-2fe" and list(runs) == ["128x1024@64"] and len(runs["128x1024@64"]) == 3
+    simulated = {"load": "128x1024@64", "time_scale": 2.0, "runs": [
+        {"output_throughput": 1200, "median_ttft_ms": 100, "median_tpot_ms": 10, "prefix_cache_hit_rate": 0.58,
+         "time_kept": 0.99}] * 3}
+    row = calibrate_simulator.compare(runs["128x1024@64"], simulated)
+    assert row["output_throughput"]["ratio"] == pytest.approx(1.2) and not row["output_throughput"]["within"]
+    assert row["median_ttft_ms"]["ratio"] == 1.0 and row["median_ttft_ms"]["within"]
+    assert row["prefix_cache_hit_rate"]["points"] == pytest.approx(8.0) and not row["prefix_cache_hit_rate"]["within"]
+    assert calibrate_simulator.time_scale_for(9000, 1500) == 6.0 and calibrate_simulator.time_scale_for(100, 1500) == 1
+    assert calibrate_simulator.time_scale_for(100, 1500, least=4.0) == 4.0
