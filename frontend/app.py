@@ -12,6 +12,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from common.config import ROOT, ServerConfig
+from frontend.admin import ADMIN_ROUTES
 from frontend.anthropic.routes import ANTHROPIC_ROUTES
 from frontend.auth import ApiKeyMiddleware, api_keys
 from frontend.browser_guard import BrowserGuard
@@ -30,9 +31,29 @@ async def health(request: Request) -> Response:
     """200 while this frontend can serve: at least one engine up. The figures are the fleet's
     (requests added up, KV cache use averaged over the engines up); `engines` has each one."""
     state: FrontendState = request.app.state.frontend
+    serving = state.ready and not state.draining
+    return health_answer(state, serving, "ok" if state.ready else "engine unavailable")
+
+
+async def live(request: Request) -> Response:
+    """200 while this frontend's process answers at all: the liveness probe."""
+    return JSONResponse({"status": "ok", "frontend": request.app.state.frontend.frontend_id})
+
+
+async def ready(request: Request) -> Response:
+    """200 while this frontend can serve new requests on an engine that makes progress: one that is up,
+    not stalled and not taken out of routing. The readiness probe."""
+    state: FrontendState = request.app.state.frontend
+    progressing = state.client.progressing()
+    serving = state.ready and progressing and not state.draining
+    return health_answer(state, serving, "ok" if serving else "no engine is making progress" if state.ready
+                         else "engine unavailable")
+
+
+def health_answer(state: FrontendState, serving: bool, status: str) -> Response:
     load = state.client.load
     body = {
-        "status": "draining" if state.draining else "ok" if state.ready else "engine unavailable",
+        "status": "draining" if state.draining else status,
         "frontend": state.frontend_id,
         "engine": state.client.engine_id,
         "running": load.running,
@@ -41,9 +62,7 @@ async def health(request: Request) -> Response:
         "in_flight": state.client.in_flight,
         "engines": state.client.engines(),
     }
-    if state.ready and not state.draining:
-        return JSONResponse(body)
-    return JSONResponse(body, 503, headers=RETRY)
+    return JSONResponse(body) if serving else JSONResponse(body, 503, headers=RETRY)
 
 
 @functools.cache
@@ -98,11 +117,14 @@ def build_app(server: ServerConfig, frontend_id: str) -> Starlette:
     app = Starlette(
         routes=[
             Route("/health", health),
+            Route("/health/live", live),
+            Route("/health/ready", ready),
             Route("/version", version),
             Route("/generate", generate_endpoint, methods=["POST"]),
             *OPENAI_ROUTES,
             *ANTHROPIC_ROUTES,
             Route("/metrics", metrics_endpoint),
+            *ADMIN_ROUTES,
             *dashboard_routes(),
         ],
         exception_handlers=error_handlers(),
