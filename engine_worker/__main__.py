@@ -234,8 +234,21 @@ def run_engine_worker_process() -> None:
     log.info("engine %s ready (rank %d): requests on %s, outputs on %s", loop.engine_id, rank,
              server.local_request_address(rank), server.local_output_address(rank))
     status = loop.serve()
+    release_helper_processes(started.engine)
     log.info("engine %s stopped%s", loop.engine_id, f" ({loop.failure})" if loop.failure else "")
     sys.exit(status)
+
+
+def release_helper_processes(engine) -> None:
+    """The engine core and multiprocessing's resource tracker end before this process does. Left to the
+    interpreter's exit, they outlive it for a moment as orphans: the tracker ignores SIGTERM and quits
+    only once every holder of its pipe (this process and the core) is gone, so `stop` would return with
+    a process of the service still running."""
+    from multiprocessing import resource_tracker
+
+    if core := getattr(engine, "engine_core", None):
+        core.shutdown()
+    resource_tracker._resource_tracker._stop()  # no public way to wait for it
 
 
 if __name__ == "__main__":
