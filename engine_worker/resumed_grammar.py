@@ -14,16 +14,21 @@ vLLM takes a scheduler by `scheduler_cls`; `scheduler` builds the class vLLM its
 vLLM's own thread pool, and so does the advance: it never holds up the engine's steps.
 """
 import functools
+import logging
 from concurrent.futures import Future
+
+log = logging.getLogger(__name__)
 
 RESUMED_TOKENS = "resumed_output_tokens"  # the SamplingParams.extra_args key
 SCHEDULER = f"{__name__}.scheduler"  # what engine_args' scheduler_cls names
 
 
-def mark(params, resumed_tokens: int) -> None:
+def mark(request_id: str, params, resumed_tokens: int) -> None:
     """Mark vLLM's SamplingParams of a moved request: its prompt's last `resumed_tokens` were generated."""
     if resumed_tokens and params.structured_outputs is not None:
         params.extra_args = {**(params.extra_args or {}), RESUMED_TOKENS: resumed_tokens}
+        log.info("request %s: its grammar resumes after the %d tokens it generated elsewhere", request_id,
+                 resumed_tokens)
 
 
 def scheduler(*, vllm_config, **kwargs):
