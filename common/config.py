@@ -5,12 +5,15 @@ conf/inference.yml: the model and vLLM's engine arguments (passed straight to En
 SERVER_CONFIG and INFERENCE_CONFIG name other files; unknown keys are an error.
 """
 import os
+import re
 from pathlib import Path
 from urllib.parse import urlparse
 from typing import Annotated, Any, Literal
 
 import msgspec
 import yaml
+
+from common import default_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,6 +41,8 @@ class RemoteEngine(msgspec.Struct, forbid_unknown_fields=True):
     """An engine worker on another host (tcp://), reached with the settings of `engine`."""
     request_address: str
     output_address: str
+    # The served name of the model it runs, whose pool it joins; empty: the first pool.
+    model: str = ""
 
 
 class RouterConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -200,11 +205,22 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True):
         return f"tcp://{url.hostname}:{url.port + rank}" if ":" not in url.hostname else \
             f"tcp://[{url.hostname}]:{url.port + rank}"
 
-    def engine_addresses(self, local_engines: int) -> list[tuple[str, str]]:
-        """(request, output) address of every engine a frontend talks to, by rank."""
-        local = [(self.local_request_address(rank), self.local_output_address(rank))
-                 for rank in range(local_engines if self.local_engines else 0)]
-        return local + [(remote.request_address, remote.output_address) for remote in self.engines]
+    def pool_addresses(self, local_pools: list[tuple[str, int]]) -> dict[str, list[tuple[str, str]]]:
+        """The (request, output) address of every engine a frontend talks to, by pool (the served name of
+        its model), each pool's by rank: first this host's engine workers, `local_pools` giving each pool's
+        name and count (numbered together, pool by pool: InferenceConfig.first_slot), then `engines`. A
+        remote engine without `model` joins the first pool; a pool named "" (remote engines only, none
+        named) is called what its engines' Welcome says."""
+        pools: dict[str, list[tuple[str, str]]] = {}
+        slot = 0
+        for name, count in local_pools if self.local_engines else []:
+            pools[name] = [(self.local_request_address(s), self.local_output_address(s))
+                           for s in range(slot, slot + count)]
+            slot += count
+        for remote in self.engines:
+            name = remote.model or next(iter(pools), "")
+            pools.setdefault(name, []).append((remote.request_address, remote.output_address))
+        return pools
 
 
 class SimulatorConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -223,14 +239,19 @@ class SimulatorConfig(msgspec.Struct, forbid_unknown_fields=True):
         return (ROOT / self.profile).resolve()
 
 
-class InferenceConfig(msgspec.Struct, forbid_unknown_fields=True):
+class PoolConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """One model and its engine workers (a pool): the whole of inference.yml when it serves one model,
+    each entry of `models:` when it serves several."""
     # A hub id or a directory in HF format; empty serves the embedded default model.
     model: str = ""
+    # The name clients give as `model` (vLLM's --served-model-name); empty: engine_args' served_model_name,
+    # else `model`, else the embedded default model's name.
+    served_model_name: str = ""
     # "vllm": each engine worker runs vLLM; "simulated": a simulated engine with vLLM's scheduler and
     # KV cache and a GPU's measured step times, without vLLM or a GPU (for measuring fleets).
     engine_backend: Literal["vllm", "simulated"] = "vllm"
     simulator: SimulatorConfig = msgspec.field(default_factory=SimulatorConfig)
-    # Pins the engine worker to these GPUs; empty leaves CUDA_VISIBLE_DEVICES as it is.
+    # Pins the engine workers to these GPUs; empty leaves CUDA_VISIBLE_DEVICES as it is.
     cuda_visible_devices: str = ""
     # Gibibytes of memory for the KV cache when vLLM runs on the CPU.
     cpu_kv_cache_gib: int = 2
@@ -246,6 +267,16 @@ class InferenceConfig(msgspec.Struct, forbid_unknown_fields=True):
     # true: a run-time lora_path found nowhere under lora_root that reads as a hub id (org/name) is
     # downloaded from the Hugging Face hub, as vLLM does; false: never.
     lora_hub_downloads: bool = False
+
+    @property
+    def served_name(self) -> str:
+        """What the model is called in /v1/models, in requests' `model` and in vLLM's own metrics."""
+        if self.served_model_name:
+            return self.served_model_name
+        names = self.engine_args.get("served_model_name")
+        if names:
+            return names if isinstance(names, str) else names[0]
+        return self.model or default_model.NAME
 
     @property
     def data_parallel_size(self) -> int:
@@ -272,6 +303,44 @@ class InferenceConfig(msgspec.Struct, forbid_unknown_fields=True):
         """CUDA_VISIBLE_DEVICES of local engine `rank`: GPUs rank*tp .. rank*tp+tp-1 of
         cuda_visible_devices (or of the host's GPUs); "" leaves the environment as it is."""
         return gpus_of(rank, self.tensor_parallel_size, self.data_parallel_size, self.cuda_visible_devices, all_gpus)
+
+
+class InferenceConfig(PoolConfig, forbid_unknown_fields=True):
+    """inference.yml: one model at the top level, or several under `models:` (docs/pools.md)."""
+    # Each entry a pool of its own; when given, the keys above stay unset.
+    models: list[PoolConfig] = []
+
+    def __post_init__(self):
+        if not self.models:
+            return
+        unset = PoolConfig()
+        moved = [name for name in PoolConfig.__struct_fields__ if getattr(self, name) != getattr(unset, name)]
+        if moved:
+            raise ValueError(f"with `models`, every model's keys go in its entry: move {', '.join(moved)} into one")
+        # A request's model names one pool: a model or a LoRA adapter of one, never two of them.
+        names = [name for pool in self.models for name in (pool.served_name, *pool.lora_modules)]
+        if duplicate := next((name for name in names if names.count(name) > 1), None):
+            raise ValueError(f"two models or LoRA adapters are served as {duplicate!r}: give each a name of its own")
+
+    @property
+    def pools(self) -> list[PoolConfig]:
+        return self.models or [self]
+
+    def first_slot(self, pool: int) -> int:
+        """The local engine workers of every pool are numbered together (their sockets, orphans and
+        event sockets): pool `pool`'s rank r is slot first_slot(pool) + r."""
+        return sum(config.data_parallel_size for config in self.pools[:pool])
+
+    @property
+    def local_engines(self) -> int:
+        return self.first_slot(len(self.pools))
+
+    def program(self, pool: int, rank: int) -> str:
+        """The supervisord program of a local engine worker: engine-<rank> while there is one pool, else
+        engine-<served name>-<rank>, the name made safe for supervisord and file names."""
+        if len(self.pools) == 1:
+            return f"engine-{rank}"
+        return f"engine-{re.sub(r'[^A-Za-z0-9_.-]+', '-', self.pools[pool].served_name)}-{rank}"
 
 
 def gpus_of(rank: int, tp: int, dp: int, visible: str, all_gpus: int | None) -> str:

@@ -6,7 +6,7 @@ import ipaddress
 import os
 from pathlib import Path
 
-from common.config import InferenceConfig, ServerConfig
+from common.config import InferenceConfig, PoolConfig, ServerConfig
 from common.step_time import load_profile
 
 
@@ -45,9 +45,21 @@ def engine_args_fields() -> set[str] | None:
             if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)}
 
 
-def check_engine_args(inference: InferenceConfig) -> None:
+def check_inference(server: ServerConfig, inference: InferenceConfig) -> None:
+    """Every model's pool: its engine arguments, its LoRA settings, a simulated engine's profile."""
+    several = len(inference.pools) > 1
+    for index, pool in enumerate(inference.pools):
+        where = f"inference.yml: models[{index}] ({pool.served_name})" if several else "inference.yml"
+        check_engine_args(pool, where)
+        check_lora(server, pool, where)
+        check_simulator(pool, where)
+
+
+def check_engine_args(inference: PoolConfig, where: str = "inference.yml") -> None:
     if "model" in inference.engine_args:
-        raise StartRefused("inference.yml: engine_args.model: set the model as `model` at the top level")
+        raise StartRefused(f"{where}: engine_args.model: set the model as `model` beside engine_args")
+    if inference.served_model_name and "served_model_name" in inference.engine_args:
+        raise StartRefused(f"{where}: served_model_name is given twice, at the top and in engine_args: keep one")
     fields = engine_args_fields()
     if fields is None:
         return
@@ -55,32 +67,32 @@ def check_engine_args(inference: InferenceConfig) -> None:
         if key not in fields:
             close = difflib.get_close_matches(key, fields, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
-            raise StartRefused(f"inference.yml: engine_args.{key} is not an argument of vLLM's EngineArgs{hint}")
+            raise StartRefused(f"{where}: engine_args.{key} is not an argument of vLLM's EngineArgs{hint}")
 
 
-def check_simulator(inference: InferenceConfig) -> None:
+def check_simulator(inference: PoolConfig, where: str = "inference.yml") -> None:
     """With `engine_backend: simulated`: a readable step-time profile, and no LoRA adapters."""
     if inference.engine_backend != "simulated":
         return
     if inference.serves_lora:
-        raise StartRefused("inference.yml: the simulated engine serves no LoRA adapters: remove lora_modules and "
+        raise StartRefused(f"{where}: the simulated engine serves no LoRA adapters: remove lora_modules and "
                            "allow_runtime_lora_updating, or use engine_backend: vllm")
     try:
         load_profile(inference.simulator.profile_path)
     except ValueError as error:
-        raise StartRefused(f"inference.yml: simulator.profile: {error}") from None
+        raise StartRefused(f"{where}: simulator.profile: {error}") from None
 
 
-def check_lora(server: ServerConfig, inference: InferenceConfig) -> None:
+def check_lora(server: ServerConfig, inference: PoolConfig, where: str = "inference.yml") -> None:
     """Run-time LoRA loading reads only under lora_root, so it needs one that is there, and takes only
     the admin API key, so it needs one."""
     if not inference.allow_runtime_lora_updating:
         return
     if not (server.admin_api_key or os.environ.get("ADMIN_API_KEY")):
-        raise StartRefused("inference.yml: allow_runtime_lora_updating needs admin_api_key in server.yml (or "
+        raise StartRefused(f"{where}: allow_runtime_lora_updating needs admin_api_key in server.yml (or "
                            "ADMIN_API_KEY in the environment): the LoRA routes take only that key")
     if not inference.lora_root:
-        raise StartRefused("inference.yml: allow_runtime_lora_updating needs lora_root, the directory run-time "
+        raise StartRefused(f"{where}: allow_runtime_lora_updating needs lora_root, the directory run-time "
                            "loads may read adapters from")
     if not server.path(inference.lora_root).is_dir():
-        raise StartRefused(f"inference.yml: lora_root {inference.lora_root} is not a directory")
+        raise StartRefused(f"{where}: lora_root {inference.lora_root} is not a directory")

@@ -29,7 +29,7 @@ from string import Template
 
 from common.config import ROOT, ServerConfig, load_inference, load_server
 from common.logs import setup_logging
-from common.preflight import StartRefused, check_engine_args, check_exposure, check_lora, check_simulator
+from common.preflight import StartRefused, check_exposure, check_inference
 
 log = logging.getLogger("service")
 
@@ -44,11 +44,14 @@ EXITED = re.compile(r"exited: (\S+) \((.*?)(?:; not expected|; expected)?\)$")
 
 
 def engine_programs(server: ServerConfig, values: dict) -> str:
-    """One supervisord program per engine worker of this host: engine-0 ... engine-(N-1)."""
+    """One supervisord program per engine worker of this host: engine-0 ... engine-(N-1) for one model,
+    engine-<served name>-<rank> for each model's pool when there are several."""
     if not server.local_engines:
         return ""
     template = Template((ROOT / "conf" / "supervisord-engine.conf").read_text())
-    return "\n".join(template.substitute(values, rank=rank) for rank in range(load_inference().data_parallel_size))
+    inference = load_inference()
+    return "\n".join(template.substitute(values, program=inference.program(pool, rank), pool=pool, rank=rank)
+                     for pool, config in enumerate(inference.pools) for rank in range(config.data_parallel_size))
 
 
 def render(server: ServerConfig) -> Path:
@@ -324,10 +327,7 @@ def serve() -> int:
     setup_logging(server.log_level)
     try:
         check_exposure(server)
-        inference = load_inference()
-        check_engine_args(inference)
-        check_lora(server, inference)
-        check_simulator(inference)
+        check_inference(server, load_inference())
         lock_fd = lock_run_dir(server)  # before anything in run_dir changes
     except StartRefused as refusal:
         print(f"error: {refusal}", file=sys.stderr)

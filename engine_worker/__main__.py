@@ -1,5 +1,6 @@
-"""Entry point of the engine worker process: `python -m engine_worker [--rank I]`; engine I of this
-host's data_parallel_size takes its own GPUs and addresses."""
+"""Entry point of the engine worker process: `python -m engine_worker [--pool P] [--rank I]`; engine I of
+model P's data_parallel_size (inference.yml's `models`, the one model without it) takes its own GPUs,
+and the addresses of its slot among every local engine worker of every pool."""
 import argparse
 import logging
 import os
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from common import default_model
-from common.config import InferenceConfig, ServerConfig, load_inference, load_server
+from common.config import PoolConfig, ServerConfig, load_inference, load_server
 from common.logs import setup_logging, stage
 from engine_worker import resumed_grammar
 from engine_worker.load import LoadTracker
@@ -23,20 +24,11 @@ WARM_UP_PROMPT = [1, 2, 3, 4]  # ids every vocabulary has
 WARM_UP_TOKENS = 4
 
 
-def model_path(server: ServerConfig, inference: InferenceConfig) -> str:
+def model_path(server: ServerConfig, inference: PoolConfig) -> str:
     return inference.model or str(default_model.ensure(server.path(server.data_dir)))
 
 
-def served_name(inference: InferenceConfig) -> str:
-    """What the model is called in /v1/models and in vLLM's own metrics: `served_model_name` if the
-    engine arguments give one (the first, if several), else the configured model."""
-    names = inference.engine_args.get("served_model_name")
-    if names:
-        return names if isinstance(names, str) else names[0]
-    return inference.model or default_model.NAME
-
-
-def reports_prefix_cache(server: ServerConfig, inference: InferenceConfig) -> bool:
+def reports_prefix_cache(server: ServerConfig, inference: PoolConfig) -> bool:
     """Whether this engine tells the frontends what its prefix cache holds: for exact placement, when
     there is a choice of engines (several on this host, or this one serving other hosts), and unless
     the engine arguments already give vLLM's KV-cache events to someone else."""
@@ -45,18 +37,18 @@ def reports_prefix_cache(server: ServerConfig, inference: InferenceConfig) -> bo
             and "kv_events_config" not in inference.engine_args)
 
 
-def resumes_grammars(inference: InferenceConfig) -> bool:
+def resumes_grammars(inference: PoolConfig) -> bool:
     """Whether the engine runs the scheduler that resumes a moved request's grammar: unless the engine
     arguments name a scheduler of their own (a simulated engine takes no grammars)."""
     return inference.engine_backend != "simulated" and "scheduler_cls" not in inference.engine_args
 
 
-def engine_args(model: str, inference: InferenceConfig, kv_events: dict | None = None):
+def engine_args(model: str, inference: PoolConfig, kv_events: dict | None = None):
     from vllm import EngineArgs
     from vllm.config import KVEventsConfig
 
     extra = {"kv_events_config": KVEventsConfig(**kv_events)} if kv_events else {}
-    ours = {"served_model_name": served_name(inference), "scheduler_cls": resumed_grammar.SCHEDULER}
+    ours = {"served_model_name": inference.served_name, "scheduler_cls": resumed_grammar.SCHEDULER}
     return EngineArgs(model=model, **{**ours, **inference.vllm_engine_args(), **extra})
 
 
@@ -70,7 +62,7 @@ def usage_context():
     return UsageContext.OPENAI_API_SERVER
 
 
-def build_engine(model: str, inference: InferenceConfig, stat_logger, kv_events: dict | None = None):
+def build_engine(model: str, inference: PoolConfig, stat_logger, kv_events: dict | None = None):
     log.info("loading vLLM")
     from vllm.v1.engine.llm_engine import LLMEngine
 
@@ -90,13 +82,13 @@ def warm_up(engine) -> None:
         engine.step()
 
 
-def start_vllm(model: str, inference: InferenceConfig, load, kv_events: dict | None, lora_root: Path | None):
+def start_vllm(model: str, inference: PoolConfig, load, kv_events: dict | None, lora_root: Path | None):
     """vLLM's engine, its LoRA adapters and its admission."""
     from engine_worker.admission import VllmRequests
 
     with stage(log, "start 2/3: vLLM load (weights, KV cache, compilation)"):
         engine = build_engine(model, inference, load.stat_logger_factory(), kv_events)
-    adapters = Adapters(engine, inference.allow_runtime_lora_updating, served_name(inference), lora_root,
+    adapters = Adapters(engine, inference.allow_runtime_lora_updating, inference.served_name, lora_root,
                         inference.lora_hub_downloads)
     if inference.lora_modules:
         with stage(log, f"start 2/3: LoRA adapters ({len(inference.lora_modules)})"):
@@ -107,7 +99,7 @@ def start_vllm(model: str, inference: InferenceConfig, load, kv_events: dict | N
     return engine, adapters, VllmRequests(engine, adapters)
 
 
-def start_simulated(model: str, inference: InferenceConfig, rank: int, load, report_kv_events: bool):
+def start_simulated(model: str, inference: PoolConfig, rank: int, load, report_kv_events: bool):
     """The simulated engine (no vLLM, no LoRA adapters) and its admission."""
     from engine_worker.simulator import build_simulated_engine
     from engine_worker.simulator.admission import SimulatedRequests
@@ -119,7 +111,7 @@ def start_simulated(model: str, inference: InferenceConfig, rank: int, load, rep
         except ValueError as error:  # a shape vLLM would refuse, a profile or a model it cannot read
             raise SystemExit(f"the simulated engine cannot start: {error}") from None
     log.info("start 3/3: no warm-up for a simulated engine")
-    return engine, Adapters(engine, model=served_name(inference)), SimulatedRequests(engine)
+    return engine, Adapters(engine, model=inference.served_name), SimulatedRequests(engine)
 
 
 def freeze_heap() -> None:
@@ -153,15 +145,16 @@ class StartedEngine(NamedTuple):
     kv_events: dict | None  # where vLLM publishes its KV-cache events, when the engine reports its prefix cache
 
 
-def start_engine(server: ServerConfig, inference: InferenceConfig, run_dir: Path, rank: int) -> StartedEngine:
-    """The model found (or made), and the configured engine started on it."""
+def start_engine(server: ServerConfig, inference: PoolConfig, run_dir: Path, rank: int, slot: int) -> StartedEngine:
+    """The model found (or made), and the configured engine started on it: engine `rank` of its pool,
+    in local slot `slot`."""
     from engine_worker.cache_events import kv_events_config
 
     simulated = inference.engine_backend == "simulated"
     with stage(log, "start 1/3: model"):
         model = model_path(server, inference)
     load = LoadTracker(monitor_gpus=not simulated)
-    kv_events = kv_events_config(run_dir, rank) if reports_prefix_cache(server, inference) else None
+    kv_events = kv_events_config(run_dir, slot) if reports_prefix_cache(server, inference) else None
     if simulated:
         engine, adapters, requests = start_simulated(model, inference, rank, load, kv_events is not None)
     else:
@@ -172,9 +165,9 @@ def start_engine(server: ServerConfig, inference: InferenceConfig, run_dir: Path
     return StartedEngine(engine, model, load, adapters, requests, kv_events)
 
 
-def wire_up(server: ServerConfig, inference: InferenceConfig, rank: int, started: StartedEngine):
-    """The step loop over the engine, between its sockets: the output publisher, the request reader
-    (through admission) and, when the engine reports its prefix cache, its KV-cache events."""
+def wire_up(server: ServerConfig, inference: PoolConfig, slot: int, started: StartedEngine):
+    """The step loop over the engine, between the sockets of local slot `slot`: the output publisher, the
+    request reader (through admission) and, when the engine reports its prefix cache, its KV-cache events."""
     import zmq
 
     from common.curve import start_authenticator
@@ -189,7 +182,7 @@ def wire_up(server: ServerConfig, inference: InferenceConfig, rank: int, started
     if server.engine.curve:
         start_authenticator(context, curve_keys_dir(server.engine))
     cache = CacheIndex(engine_id, server.router.block_size) if started.kv_events else None
-    publisher = OutputPublisher(context, server.local_output_address(rank), server.engine, engine_id, started.load,
+    publisher = OutputPublisher(context, server.local_output_address(slot), server.engine, engine_id, started.load,
                                 started.adapters, cache)
     if cache is not None and inference.engine_backend == "simulated":
         start_cache_event_relay(started.engine.kv_events, cache, lambda change: publisher.send(None, change))
@@ -197,20 +190,22 @@ def wire_up(server: ServerConfig, inference: InferenceConfig, rank: int, started
         start_cache_event_reader(context, started.kv_events["endpoint"], cache,
                                  lambda change: publisher.send(None, change))
     loop = StepLoop(
-        started.engine, engine_id, served_name(inference), started.model, publisher, started.load,
+        started.engine, engine_id, inference.served_name, started.model, publisher, started.load,
         server.engine.heartbeat_interval_s, started.adapters, resumes_grammars(inference),
     )
     admit = admitter(loop.inbox, started.requests, cache)
-    start_request_reader(context, server.local_request_address(rank), server.engine, admit, on_death=loop.fail)
+    start_request_reader(context, server.local_request_address(slot), server.engine, admit, on_death=loop.fail)
     return loop
 
 
 def run_engine_worker_process() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--pool", type=int, default=0)
     parser.add_argument("--rank", type=int, default=0)
-    rank = parser.parse_args().rank
-    server, inference = load_server(), load_inference()
+    args = parser.parse_args()
+    server, pools = load_server(), load_inference()
     setup_logging(server.log_level)
+    inference, rank, slot = pools.pools[args.pool], args.rank, pools.first_slot(args.pool) + args.rank
     if inference.engine_backend != "simulated":
         if gpus := inference.gpus_of(rank, count_gpus() if inference.data_parallel_size > 1 else None):
             os.environ["CUDA_VISIBLE_DEVICES"] = gpus
@@ -221,9 +216,9 @@ def run_engine_worker_process() -> None:
         os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
     run_dir = server.path(server.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    reap_previous_engine(run_dir, rank)
-    started = start_engine(server, inference, run_dir, rank)
-    loop = wire_up(server, inference, rank, started)
+    reap_previous_engine(run_dir, slot)
+    started = start_engine(server, inference, run_dir, rank, slot)
+    loop = wire_up(server, inference, slot, started)
 
     def stop(signum, frame):
         log.info("signal %d: finishing", signum)
@@ -231,8 +226,8 @@ def run_engine_worker_process() -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    log.info("engine %s ready (rank %d): requests on %s, outputs on %s", loop.engine_id, rank,
-             server.local_request_address(rank), server.local_output_address(rank))
+    log.info("engine %s ready (%s, rank %d): requests on %s, outputs on %s", loop.engine_id, inference.served_name,
+             rank, server.local_request_address(slot), server.local_output_address(slot))
     status = loop.serve()
     release_helper_processes(started.engine)
     log.info("engine %s stopped%s", loop.engine_id, f" ({loop.failure})" if loop.failure else "")

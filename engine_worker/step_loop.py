@@ -6,36 +6,28 @@ It only steps: each ADD reaches it already checked and turned into vLLM's reques
 the request reader's thread (engine_worker/admission.py), so no request's validation holds up the
 others' steps.
 
-Who aborts and who cleans up:
+The engine's part when things fail; what a client sees, and the frontend's part, are in the one
+failure table, docs/failures.md:
 
-| case                                   | who aborts the engine request        | who cleans up what                         |
-|----------------------------------------|--------------------------------------|--------------------------------------------|
-| request finishes (eos, length, stop id)| nobody (vLLM frees it)               | loop drops its owner entry on finish       |
-| stop string matched                    | frontend sends ABORT                 | frontend ends the HTTP response            |
-| client disconnects                     | frontend sends ABORT                 | frontend drops the request's queue         |
-| frontend stopping, drain_timeout_s over| frontend sends ABORT                 | frontend ends the response with a 503      |
-|                                        |                                      |   "shutting down" error event              |
-| engine refuses the request (admission  | nobody (never added)                 | loop sends a Delta with an error           |
-|   or add_request)                      |                                      |                                            |
-| frontend says HELLO again (it saw a    | loop aborts every request it owned,  | loop sends each owner abort Deltas before  |
-|   gap), or a new frontend says HELLO   |   and those of the earlier frontend  |   the Welcome (a frontend that             |
-|   in the slot of an earlier one        |   in its slot                        |   re-handshakes already failed them)       |
-| frontend silent for FORGET_AFTER_S,    | nobody (it has none)                 | loop forgets it and its output numbering;  |
-|   with no request                      |                                      |   a later ADD from it gets a Welcome first |
-| engine killed or restarted             | (the engine is gone)                 | frontend moves its in-flight requests to   |
-|                                        |                                      |   another engine (or fails them) when the  |
-|                                        |                                      |   connection drops, heartbeats stop or the |
-|                                        |                                      |   engine id changes                        |
-| engine SIGTERM                         | loop aborts every request            | loop sends Goodbye, then abort Deltas; the |
-|                                        |                                      |   frontend moves them at the Goodbye       |
-| engine.step() raises (vLLM's core died)| loop aborts every request            | as SIGTERM, Goodbye saying it failed; the  |
-|                                        |                                      |   process exits 1, supervisord restarts it |
-| steps stall (no progress for           | frontend sends ABORT for each one it | frontend moves them to another engine, and |
-|   stall_timeout_s while it has work)   |   moves                              |   routes nothing there until it steps again|
-| frontend moves a request here          | (as any request)                     | admission marks it so that its grammar     |
-|   (Add.resumed_tokens)                 |                                      |   resumes after the tokens generated       |
-ABORT is idempotent: an unknown or finished id is ignored. A frontend whose request socket refuses an
-ABORT (its high-water mark) sends it again until it goes, or until it declares the engine lost.
+| case                                         | what the step loop does                                  |
+|----------------------------------------------|----------------------------------------------------------|
+| request finishes (eos, length, stop id)      | drops its owner entry (vLLM frees the request)           |
+| ABORT (a stop string, a client gone, a       | aborts it in vLLM; an unknown or finished id is ignored  |
+|   timeout, a drain that ran out, a request   |                                                          |
+|   the frontend moved off a stalled engine)   |                                                          |
+| engine refuses the request (admission or     | never adds it; sends its owner a Delta with the error    |
+|   add_request)                               |                                                          |
+| a frontend says HELLO again (it saw a gap),  | aborts every request it owned, and those of the earlier  |
+|   or a new one in the slot of an earlier one |   frontend in its slot; sends each owner abort Deltas    |
+|                                              |   before the Welcome                                     |
+| a frontend silent for FORGET_AFTER_S, with   | forgets it and its output numbering; a later ADD from it |
+|   no request                                 |   gets a Welcome first                                   |
+| SIGTERM                                      | sends Goodbye (frontends move its requests to another    |
+|                                              |   engine), then aborts every request with abort Deltas   |
+| engine.step() raises (vLLM's core died)      | the same, its Goodbye saying it failed; then the process |
+|                                              |   exits 1 and supervisord restarts it                    |
+| an ADD moved here (Add.resumed_tokens)       | admission marks it so that its grammar resumes after the |
+|                                              |   tokens generated elsewhere (resumed_grammar.py)        |
 """
 import logging
 import queue

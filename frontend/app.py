@@ -20,6 +20,7 @@ from frontend.dashboard.routes import Dashboard, dashboard_routes
 from frontend.grps.generate import generate_endpoint
 from frontend.error_shapes import error_response
 from frontend.http import HTTPError
+from frontend.engine_client import added_up
 from frontend.metrics import RouteMetricsMiddleware, metrics_endpoint
 from frontend.openai.routes import OPENAI_ROUTES
 from frontend.router import RoutingScopeMiddleware
@@ -28,11 +29,13 @@ from frontend.run.state import FrontendState
 
 
 async def health(request: Request) -> Response:
-    """200 while this frontend can serve: at least one engine up. The figures are the fleet's
-    (requests added up, KV cache use averaged over the engines up); `engines` has each one."""
+    """200 while this frontend can serve: at least one engine of one model up ("ok" when every model's
+    pool has one, "degraded" when only some have). The figures are every engine's (requests added up,
+    KV cache use averaged over the engines up); `engines` has each one, `models` each pool."""
     state: FrontendState = request.app.state.frontend
-    serving = state.ready and not state.draining
-    return health_answer(state, serving, "ok" if state.ready else "engine unavailable")
+    ready = [pool.ready for pool in state.pools]
+    status = "ok" if all(ready) else "degraded" if any(ready) else "engine unavailable"
+    return health_answer(state, state.ready and not state.draining, status)
 
 
 async def live(request: Request) -> Response:
@@ -44,23 +47,25 @@ async def ready(request: Request) -> Response:
     """200 while this frontend can serve new requests on an engine that makes progress: one that is up,
     not stalled and not taken out of routing. The readiness probe."""
     state: FrontendState = request.app.state.frontend
-    progressing = state.client.progressing()
+    progressing = any(pool.client.progressing() for pool in state.pools)
     serving = state.ready and progressing and not state.draining
     return health_answer(state, serving, "ok" if serving else "no engine is making progress" if state.ready
                          else "engine unavailable")
 
 
 def health_answer(state: FrontendState, serving: bool, status: str) -> Response:
-    load = state.client.load
+    clients = [pool.client for pool in state.pools]
+    load = added_up([link.load for client in clients for link in client.up_links()])
     body = {
         "status": "draining" if state.draining else status,
         "frontend": state.frontend_id,
-        "engine": state.client.engine_id,
+        "engine": next((client.engine_id for client in clients if client.engine_id), None),
         "running": load.running,
         "waiting": load.waiting,
         "kv_cache_usage": load.kv_cache_usage,
-        "in_flight": state.client.in_flight,
-        "engines": state.client.engines(),
+        "in_flight": state.in_flight,
+        "engines": [view for client in clients for view in client.engines()],
+        "models": [{"model": pool.model, "ready": pool.ready} for pool in state.pools],
     }
     return JSONResponse(body) if serving else JSONResponse(body, 503, headers=RETRY)
 
@@ -133,7 +138,7 @@ def build_app(server: ServerConfig, frontend_id: str) -> Starlette:
         # the page readably.
         middleware=[Middleware(RouteMetricsMiddleware), Middleware(BrowserGuard, server=server),
                     Middleware(ApiKeyMiddleware, *api_keys(server)),
-                    Middleware(RoutingScopeMiddleware, engines=state.client.size)],
+                    Middleware(RoutingScopeMiddleware, engines=state.engines)],
         lifespan=lifespan,
     )
     app.state.frontend = state

@@ -28,7 +28,7 @@ from collections.abc import Callable
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from common.config import EngineLinkConfig, ServerConfig, load_inference
+from common.config import EngineLinkConfig, ServerConfig
 from common.messages import (
     BROADCAST_TOPIC, Abort, Add, CachedBlocks, Delta, EngineLoad, Goodbye, Heartbeat, Hello, ListLoras, LoadLora,
     LoadReport, Loras, Resync, SetOffline, StepOutput, UnloadLora, Welcome, encode, frontend_slot, output_decoder,
@@ -96,8 +96,13 @@ class EngineLink:
 
     def __init__(self, rank: int, request_address: str, output_address: str, config: EngineLinkConfig,
                  frontend_id: str, request_timeout_s: float, on_lost: Callable[[int], None] = lambda rank: None,
-                 max_reported_blocks: int = 1 << 20, stall_timeout_s: float = 10.0, relocate=fail_each):
+                 max_reported_blocks: int = 1 << 20, pool: str = "", stall_timeout_s: float = 10.0,
+                 relocate=fail_each):
         self.rank = rank
+        # The served name of its pool's model ("": whatever the engine serves): an engine that welcomes
+        # us for another model (a remote engine given the wrong `model`) is never used.
+        self.pool = pool
+        self.wrong_model: str | None = None
         self.request_timeout_s = request_timeout_s
         self.frontend_id = frontend_id
         self.config = config
@@ -283,7 +288,7 @@ class EngineLink:
         if stalled != self.was_stalled:
             self.was_stalled = stalled
             if stalled:
-                STALLS.labels(str(self.rank)).inc()
+                STALLS.labels(self.model, str(self.rank)).inc()
                 log.warning("engine %d (%s) stalled: %s", self.rank, self.engine_id,
                             "silent with its connection open" if self.silent else
                             f"no step finished for {self.since_progress_s:.0f} s")
@@ -305,6 +310,12 @@ class EngineLink:
 
     def on_welcome(self, message: Welcome) -> None:
         if message.frontend_id != self.frontend_id:
+            return
+        if self.pool and message.model != self.pool:
+            if self.wrong_model != message.model:
+                log.error("engine %d of %s serves %r, not %r: it is not used (server.yml's engines give each "
+                          "remote engine the `model` it serves)", self.rank, self.pool, message.model, self.pool)
+                self.wrong_model = message.model
             return
         if self.engine_id not in (None, message.engine_id):
             self.engine_lost("the engine restarted", "crash")
@@ -358,7 +369,7 @@ class EngineLink:
             return
         lost = self.load_view.on_report(message, self.frontend_id)
         if lost:
-            LOAD_REPORTS_LOST.labels(str(self.rank)).inc(lost)
+            LOAD_REPORTS_LOST.labels(self.model, str(self.rank)).inc(lost)
         if self.cache_record.behind(message.cache_seq):
             self.resync()
 
@@ -374,7 +385,7 @@ class EngineLink:
         """A CachedBlocks was lost: ask the engine for its whole prefix cache."""
         if self.cache_record.ask_resync():
             log.info("engine %d: a prefix-cache report was lost; asking for a snapshot", self.rank)
-            CACHE_RESYNCS.labels(str(self.rank)).inc()
+            CACHE_RESYNCS.labels(self.model, str(self.rank)).inc()
             self.send(Resync(self.frontend_id))
 
     def on_goodbye(self, message: Goodbye) -> None:
@@ -408,11 +419,17 @@ class EngineLink:
         if streams:
             self.abort(list(streams))
 
+    @property
+    def model(self) -> str:
+        """The served name of its model, as its last Welcome gave it: the `model` label of its metrics."""
+        return self.welcome.model if self.welcome is not None else ""
+
     def view(self) -> dict:
         """What /health and the dashboard show of this engine."""
         report = self.load_view.report
-        return {"rank": self.rank, "up": self.up, "engine_id": self.engine_id, "draining": self.draining,
-                "stalled": self.stalled, "offline": self.offline, "running": self.load.running, "waiting": self.load.waiting,
+        return {"rank": self.rank, "model": self.model, "up": self.up, "engine_id": self.engine_id,
+                "draining": self.draining, "stalled": self.stalled, "offline": self.offline,
+                "running": self.load.running, "waiting": self.load.waiting,
                 "kv_cache_usage": self.load.kv_cache_usage, "in_flight": len(self.streams),
                 "queued_prefill_tokens": report.prefill_tokens, "free_kv_blocks": report.free_blocks,
                 "unacknowledged": len(self.load_view.unacknowledged)}
@@ -428,24 +445,21 @@ NOT_MOVED_BECAUSE = {
 
 
 class EngineClient:
-    """The fleet: a link per engine (this host's data_parallel_size first, then server.yml's
-    `engines`), a router choosing one for each request, and the requests in flight on each, which it
-    moves to another engine when theirs is lost (frontend/migration.py)."""
+    """The fleet of one model (a pool): a link per engine (this host's data_parallel_size first, then
+    server.yml's `engines` of that model), a router choosing one for each request, and the requests in
+    flight on each, which it moves to another engine of the pool when theirs is lost (frontend/migration.py)."""
 
-    def __init__(self, server: ServerConfig, frontend_id: str, local_engines: int | None = None):
+    def __init__(self, server: ServerConfig, frontend_id: str, addresses: list[tuple[str, str]],
+                 programs: list[str] = (), name: str = ""):
         self.frontend_id = frontend_id
+        self.name = name  # the served name from the configuration; "": what the engines' Welcome says
         self.max_in_flight = server.max_in_flight
         self.request_timeout_s = server.request_timeout_s
         self.migration_limit = server.migration_limit
-        if local_engines is None:
-            local_engines = load_inference().data_parallel_size if server.local_engines else 0
-        self.local_engines = local_engines  # ranks 0 .. local_engines-1 run on this host
-        addresses = server.engine_addresses(local_engines)
-        if not addresses:
-            raise SystemExit("no engine to talk to: no local engines and no `engines` in server.yml")
+        self.programs = list(programs)  # the supervisord program of each engine on this host, by rank
         self.router = Router(server.router, len(addresses), frontend_index(frontend_id), max(server.frontends, 1))
         self.links = [EngineLink(rank, request, output, server.engine, frontend_id, server.request_timeout_s,
-                                 self.router.forget, server.router.max_reported_blocks, server.stall_timeout_s,
+                                 self.router.forget, server.router.max_reported_blocks, name, server.stall_timeout_s,
                                  self.relocate)
                       for rank, (request, output) in enumerate(addresses)]
         self.requests: dict[str, Flight] = {}
@@ -493,7 +507,7 @@ class EngineClient:
         flight.link = link
         # In its load until acknowledged.
         link.load_view.sent_request(route.prefill_tokens, len(add.prompt_token_ids))
-        ROUTED.labels(str(link.rank), route.reason).inc()
+        ROUTED.labels(link.model, str(link.rank), route.reason).inc()
 
     def refusing(self, lora: str | None, grammar: bool = False) -> set[int]:
         """The engines that cannot take a request: without its LoRA adapter (its requests go only where
@@ -652,20 +666,19 @@ class EngineClient:
         return None
 
     @property
+    def model(self) -> str:
+        """The served name of this pool's model: the configured one, else the one its engines gave."""
+        welcome = self.welcome
+        return self.name or (welcome.model if welcome is not None else "")
+
+    @property
     def engine_id(self) -> str | None:
         return next((link.engine_id for link in self.up_links()), None)
 
     @property
     def load(self) -> EngineLoad:
         """The fleet's load: requests added up over the engines that are up, KV cache use averaged."""
-        loads = [link.load for link in self.up_links()]
-        if not loads:
-            return EngineLoad()
-        return EngineLoad(running=sum(load.running for load in loads), waiting=sum(load.waiting for load in loads),
-                          kv_cache_usage=sum(load.kv_cache_usage for load in loads) / len(loads),
-                          prompt_tokens_total=sum(load.prompt_tokens_total for load in loads),
-                          generation_tokens_total=sum(load.generation_tokens_total for load in loads),
-                          gpus=[gpu for load in loads for gpu in load.gpus])
+        return added_up([link.load for link in self.up_links()])
 
     @property
     def in_flight(self) -> int:
@@ -674,6 +687,17 @@ class EngineClient:
     def engines(self) -> list[dict]:
         """One entry per engine, by rank: for /health, and for the dashboard's per-engine view."""
         return [link.view() for link in self.links]
+
+
+def added_up(loads: list[EngineLoad]) -> EngineLoad:
+    """Engines' loads as one: requests and tokens added up, KV cache use averaged."""
+    if not loads:
+        return EngineLoad()
+    return EngineLoad(running=sum(load.running for load in loads), waiting=sum(load.waiting for load in loads),
+                      kv_cache_usage=sum(load.kv_cache_usage for load in loads) / len(loads),
+                      prompt_tokens_total=sum(load.prompt_tokens_total for load in loads),
+                      generation_tokens_total=sum(load.generation_tokens_total for load in loads),
+                      gpus=[gpu for load in loads for gpu in load.gpus])
 
 
 def frontend_index(frontend_id: str) -> int:

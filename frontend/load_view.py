@@ -14,7 +14,7 @@ from collections import deque
 
 from common.messages import LoadReport
 
-# b/a and c/a for Llama-3-8B on an H100 (bench/RESULTS.md, "GPU (H100 ...)", run 1, `vllm serve`): a
+# b/a and c/a for Llama-3-8B on an H100 (bench/HISTORY.md, "Run 1", `vllm serve`): a
 # prefill token costs a ≈ 22 µs (TTFT at concurrency 1: 37.5 ms for 1,024 tokens, 18.1 ms for 128); a
 # decoding request 35 to 39 µs a step (TPOT 6.23, 8.43 and 16.10 ms at concurrency 1, 64 and 256), of
 # which reading its ~640 tokens of KV cache is c·640 ≈ 25 µs (128 KiB a token at 3.35 TB/s: c ≈ 39 ns),

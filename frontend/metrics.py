@@ -7,6 +7,8 @@ Two sources, so that whichever frontend nginx picks for a scrape answers for the
   into prometheus_client's multiprocess files in PROMETHEUS_MULTIPROC_DIR (set by supervisord,
   wiped at service start), and any frontend's scrape adds up the files of all of them. Without
   that directory (a frontend started on its own) the figures are this process's alone.
+Every series of a model's generations and engines carries a `model` label, its served name: each
+model's pool is watched on its own.
 """
 import contextlib
 import glob
@@ -39,63 +41,73 @@ E2E_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 60.0, 120.
 
 HTTP_REQUESTS = Counter("llm_http_requests", "HTTP requests answered, by route template, method and status",
                         ["route", "method", "status"], registry=LOCAL)
-IN_FLIGHT = Gauge("llm_requests_in_flight", "Generations sent to the engine and not yet ended",
+IN_FLIGHT = Gauge("llm_requests_in_flight", "Generations sent to the engine and not yet ended", ["model"],
                   multiprocess_mode="livesum", registry=LOCAL)
 QUEUED = Gauge("llm_requests_queued", "Generations in flight that have no token yet (waiting or in prefill)",
-               multiprocess_mode="livesum", registry=LOCAL)
-PROMPT_TOKENS = Counter("llm_prompt_tokens", "Prompt tokens of the generations sent to the engine", registry=LOCAL)
-GENERATION_TOKENS = Counter("llm_generation_tokens", "Tokens the engine generated for the frontends",
+               ["model"], multiprocess_mode="livesum", registry=LOCAL)
+PROMPT_TOKENS = Counter("llm_prompt_tokens", "Prompt tokens of the generations sent to the engine", ["model"],
+                        registry=LOCAL)
+GENERATION_TOKENS = Counter("llm_generation_tokens", "Tokens the engine generated for the frontends", ["model"],
                             registry=LOCAL)
-TTFT = Histogram("llm_time_to_first_token_seconds", "From sending a generation to its first token",
+TTFT = Histogram("llm_time_to_first_token_seconds", "From sending a generation to its first token", ["model"],
                  buckets=TTFT_BUCKETS, registry=LOCAL)
 TPOT = Histogram("llm_time_per_output_token_seconds",
-                 "Per finished generation: (last token time - first token time) / (tokens - 1)",
+                 "Per finished generation: (last token time - first token time) / (tokens - 1)", ["model"],
                  buckets=TPOT_BUCKETS, registry=LOCAL)
 E2E = Histogram("llm_e2e_request_latency_seconds", "From sending a generation to its end, finished ones only",
-                buckets=E2E_BUCKETS, registry=LOCAL)
+                ["model"], buckets=E2E_BUCKETS, registry=LOCAL)
 FINISHED = Counter("llm_requests_finished", "Generations that ended normally, by finish reason",
-                   ["finish_reason"], registry=LOCAL)
-ABORTED = Counter("llm_requests_aborted", "Generations given up because the client went away", registry=LOCAL)
-FAILED = Counter("llm_requests_failed", "Generations that ended with an error, by reason", ["reason"],
+                   ["model", "finish_reason"], registry=LOCAL)
+ABORTED = Counter("llm_requests_aborted", "Generations given up because the client went away", ["model"],
+                  registry=LOCAL)
+FAILED = Counter("llm_requests_failed", "Generations that ended with an error, by reason", ["model", "reason"],
                  registry=LOCAL)
 ROUTED = Counter("llm_engine_routed_requests", "Generations sent to each engine, by why the router chose it "
-                 "(pinned, prefix, load, round_robin, vllm_dp)", ["engine", "reason"], registry=LOCAL)
+                 "(pinned, prefix, load, round_robin, vllm_dp)", ["model", "engine", "reason"], registry=LOCAL)
 CACHE_RESYNCS = Counter("llm_router_cache_resyncs", "Snapshots of an engine's prefix cache asked for because one "
-                        "of its CachedBlocks reports never arrived", ["engine"], registry=LOCAL)
+                        "of its CachedBlocks reports never arrived", ["model", "engine"], registry=LOCAL)
 LOAD_REPORTS_LOST = Counter("llm_router_load_reports_lost", "LoadReports of an engine that never arrived (seen "
-                            "in their numbers)", ["engine"], registry=LOCAL)
+                            "in their numbers)", ["model", "engine"], registry=LOCAL)
 MIGRATIONS = Counter("llm_migrations", "Generations moved to another engine when theirs was lost, by cause "
                      "(crash, heartbeat, drain, stall, outputs_lost)", ["cause"], registry=LOCAL)
 NOT_MOVED = Counter("llm_migrations_refused", "Generations whose engine was lost and that could not move, by why "
                     "(pinned, limit, grammar, no_engine)", ["reason"], registry=LOCAL)
 STALLS = Counter("llm_engine_stalls", "Times an engine was seen to stall (steps not advancing, or silent while "
-                 "connected), counted by each frontend that saw it", ["engine"], registry=LOCAL)
-
-# Every labelled series exists from the start, at zero, so alerts and rates see it before its first event.
-for reason in ("stop", "length"):
-    FINISHED.labels(reason)
-# failure_reason() of generation's errors:
-for reason in ("engine_lost", "engine_refused", "request_timeout", "shutting_down"):
-    FAILED.labels(reason)
+                 "connected), counted by each frontend that saw it", ["model", "engine"], registry=LOCAL)
 for cause in CAUSES:
     MIGRATIONS.labels(cause)
 for reason in REFUSALS:
     NOT_MOVED.labels(reason)
 
 
-class GenerationMeter:
-    """Times one generation and counts its tokens; `end()` files it under how it ended."""
+def open_series(model: str) -> None:
+    """Every labelled series of a model exists from the start, at zero, so alerts and rates see it before
+    its first event."""
+    for gauge in (IN_FLIGHT, QUEUED):
+        gauge.labels(model)
+    for counter in (PROMPT_TOKENS, GENERATION_TOKENS, ABORTED):
+        counter.labels(model)
+    for reason in ("stop", "length"):
+        FINISHED.labels(model, reason)
+    # failure_reason() of generation's errors:
+    for reason in ("engine_lost", "engine_refused", "request_timeout", "shutting_down"):
+        FAILED.labels(model, reason)
 
-    def __init__(self, prompt_tokens: int):
+
+class GenerationMeter:
+    """Times one generation of a model and counts its tokens; `end()` files it under how it ended."""
+
+    def __init__(self, model: str, prompt_tokens: int):
+        self.model = model
         self.started = time.perf_counter()
         self.first_token_at: float | None = None
         self.last_token_at = 0.0
         self.tokens = 0
         self.finish_reason: str | None = None
         self.failure: BaseException | None = None
-        IN_FLIGHT.inc()
-        QUEUED.inc()
-        PROMPT_TOKENS.inc(prompt_tokens)
+        IN_FLIGHT.labels(model).inc()
+        QUEUED.labels(model).inc()
+        PROMPT_TOKENS.labels(model).inc(prompt_tokens)
 
     def tokens_arrived(self, count: int) -> None:
         if count == 0:
@@ -103,28 +115,28 @@ class GenerationMeter:
         now = time.perf_counter()
         if self.first_token_at is None:
             self.first_token_at = now
-            TTFT.observe(now - self.started)
-            QUEUED.dec()
+            TTFT.labels(self.model).observe(now - self.started)
+            QUEUED.labels(self.model).dec()
         self.last_token_at = now
         self.tokens += count
-        GENERATION_TOKENS.inc(count)
+        GENERATION_TOKENS.labels(self.model).inc(count)
 
     def end(self) -> None:
-        IN_FLIGHT.dec()
+        IN_FLIGHT.labels(self.model).dec()
         if self.first_token_at is None:
-            QUEUED.dec()
+            QUEUED.labels(self.model).dec()
         if self.failure is not None:
-            FAILED.labels(failure_reason(self.failure)).inc()
+            FAILED.labels(self.model, failure_reason(self.failure)).inc()
         elif self.finish_reason is not None:
             self.observe_finished()
         else:
-            ABORTED.inc()
+            ABORTED.labels(self.model).inc()
 
     def observe_finished(self) -> None:
-        FINISHED.labels(self.finish_reason).inc()
-        E2E.observe(time.perf_counter() - self.started)
+        FINISHED.labels(self.model, self.finish_reason).inc()
+        E2E.labels(self.model).observe(time.perf_counter() - self.started)
         if self.tokens > 1:
-            TPOT.observe((self.last_token_at - self.first_token_at) / (self.tokens - 1))
+            TPOT.labels(self.model).observe((self.last_token_at - self.first_token_at) / (self.tokens - 1))
 
 
 def failure_reason(error: BaseException) -> str:
@@ -198,40 +210,40 @@ LOAD_VIEW_GAUGES = (
 )
 
 
-def engine_families(client):
-    """Each engine's figures from its latest heartbeat, labelled engine=<rank>; only `llm_engine_up`
-    for an engine that is down."""
-    links = client.links
-    up = GaugeMetricFamily("llm_engine_up", "1 while the engine's heartbeats arrive", labels=["engine"])
+def engine_families(clients):
+    """Each engine's figures from its latest heartbeat, labelled model=<served name>, engine=<rank in its
+    pool>; only `llm_engine_up`, `llm_engine_stalled` and `llm_engine_offline` for an engine that is down."""
+    links = [(client.model, link) for client in clients for link in client.links]
+    up = GaugeMetricFamily("llm_engine_up", "1 while the engine's heartbeats arrive", labels=["model", "engine"])
     stalled = GaugeMetricFamily("llm_engine_stalled", "1 while the engine is stalled: steps not advancing for "
-                                "stall_timeout_s, or silent with its connection open", labels=["engine"])
+                                "stall_timeout_s, or silent with its connection open", labels=["model", "engine"])
     offline = GaugeMetricFamily("llm_engine_offline", "1 while an operator has the engine out of routing",
-                                labels=["engine"])
-    for link in links:
-        up.add_metric([str(link.rank)], int(link.heartbeat_fresh()))
-        stalled.add_metric([str(link.rank)], int(link.stalled))
-        offline.add_metric([str(link.rank)], int(link.offline))
+                                labels=["model", "engine"])
+    for model, link in links:
+        up.add_metric([model, str(link.rank)], int(link.heartbeat_fresh()))
+        stalled.add_metric([model, str(link.rank)], int(link.stalled))
+        offline.add_metric([model, str(link.rank)], int(link.offline))
     yield from (up, stalled, offline)
-    live = [link for link in links if link.heartbeat_fresh()]
+    live = [([model, str(link.rank)], link) for model, link in links if link.heartbeat_fresh()]
     for kind, figures in ((GaugeMetricFamily, ENGINE_GAUGES), (CounterMetricFamily, ENGINE_COUNTERS)):
         for name, documentation, figure in figures:
-            family = kind(name, documentation, labels=["engine"])
-            for link in live:
-                family.add_metric([str(link.rank)], figure(link.load))
+            family = kind(name, documentation, labels=["model", "engine"])
+            for labels, link in live:
+                family.add_metric(labels, figure(link.load))
             yield family
     for name, documentation, figure in LOAD_VIEW_GAUGES:
-        family = GaugeMetricFamily(name, documentation, labels=["engine"])
-        for link in live:
-            family.add_metric([str(link.rank)], figure(link.load_view.report))
+        family = GaugeMetricFamily(name, documentation, labels=["model", "engine"])
+        for labels, link in live:
+            family.add_metric(labels, figure(link.load_view.report))
         yield family
     reported = GaugeMetricFamily("llm_engine_reported_cache_blocks", "Prompt blocks the engine reports in its "
                                  "prefix cache (router.placement exact), as this frontend last heard",
-                                 labels=["engine"])
-    for link in live:
+                                 labels=["model", "engine"])
+    for labels, link in live:
         if link.cache_record.reporting:
-            reported.add_metric([str(link.rank)], len(link.cache_record))
+            reported.add_metric(labels, len(link.cache_record))
     yield reported
-    gpus = [(link.rank, gpu) for link in live for gpu in link.load.gpus]
+    gpus = [(labels, gpu) for labels, link in live for gpu in link.load.gpus]
     if gpus:  # on a machine without GPU the GPU series are absent, not zero
         yield from gpu_families(gpus)
 
@@ -246,26 +258,26 @@ GPU_FIGURES = (
 
 def gpu_families(gpus):
     for name, documentation, figure in GPU_FIGURES:
-        family = GaugeMetricFamily(name, documentation, labels=["engine", "gpu", "name"])
-        for rank, gpu in gpus:
-            family.add_metric([str(rank), str(gpu.index), gpu.name], figure(gpu))
+        family = GaugeMetricFamily(name, documentation, labels=["model", "engine", "gpu", "name"])
+        for labels, gpu in gpus:
+            family.add_metric([*labels, str(gpu.index), gpu.name], figure(gpu))
         yield family
 
 
 class ServiceMetrics:
-    """Everything /metrics reports, as one collector: all frontends' figures, then the engine's."""
+    """Everything /metrics reports, as one collector: all frontends' figures, then each pool's engines'."""
 
-    def __init__(self, client):
-        self.client = client
+    def __init__(self, clients):
+        self.clients = clients
 
     def collect(self):
         yield from (MultiProcessCollector(None) if MULTIPROC_DIR else LOCAL).collect()
-        yield from engine_families(self.client)
+        yield from engine_families(self.clients)
 
 
 async def metrics_endpoint(request: Request) -> Response:
-    client = request.app.state.frontend.client
-    return Response(generate_latest(ServiceMetrics(client)), media_type=CONTENT_TYPE_LATEST)
+    clients = [pool.client for pool in request.app.state.frontend.pools]
+    return Response(generate_latest(ServiceMetrics(clients)), media_type=CONTENT_TYPE_LATEST)
 
 
 def forget_dead_processes() -> None:

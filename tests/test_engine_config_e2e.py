@@ -7,7 +7,7 @@ import pytest
 
 from bench.services import engine_flags
 from common.config import InferenceConfig
-from engine_worker.__main__ import engine_args, served_name, usage_context
+from engine_worker.__main__ import engine_args, usage_context
 
 CASES = {
     "batch sizes given": {"max_model_len": 4096, "max_num_seqs": 32, "max_num_batched_tokens": 1024,
@@ -49,6 +49,6 @@ def test_engine_config_is_vllm_serves(given, model_dir):
 
     inference = InferenceConfig(model=str(model_dir), engine_args=given)
     ours = engine_args(str(model_dir), inference).create_engine_config(usage_context())
-    theirs = serve_args(str(model_dir), given, served_name(inference)).create_engine_config(
+    theirs = serve_args(str(model_dir), given, inference.served_name).create_engine_config(
         UsageContext.OPENAI_API_SERVER)
     assert differences(ours, theirs) == []

@@ -67,8 +67,8 @@ def test_litellm_streaming_with_a_small_max_tokens_gets_no_json_content(service)
 def test_every_failure_counter_exists_and_vllm_series_carry_the_served_name(service):
     metrics = httpx.get(service.url + "/metrics", timeout=10).text
     for reason in ("engine_lost", "engine_refused", "request_timeout"):
-        assert f'llm_requests_failed_total{{reason="{reason}"}}' in metrics
+        assert f'llm_requests_failed_total{{model="{MODEL}",reason="{reason}"}}' in metrics
     for reason in ("stop", "length"):
-        assert f'llm_requests_finished_total{{finish_reason="{reason}"}}' in metrics
+        assert f'llm_requests_finished_total{{finish_reason="{reason}",model="{MODEL}"}}' in metrics
     vllm_lines = [line for line in metrics.splitlines() if line.startswith("vllm:") and "model_name=" in line]
     assert vllm_lines and all(f'model_name="{MODEL}"' in line for line in vllm_lines)

@@ -5,8 +5,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from common import default_model
 from tests.conftest import engine_idle, has_gpu, health, wait_for
 
+MODEL = default_model.NAME
 MAX_TOKENS = 12
 PROMPTS = [f"count the tokens of request number {i}" for i in range(8)]
 STREAMED = {3, 7}  # which of PROMPTS go out with ?streaming=true
@@ -78,17 +80,17 @@ def test_counters_match_the_requests_sent_whichever_frontend_answers(metered, to
     count, generated = len(PROMPTS), len(PROMPTS) * MAX_TOKENS
     expected = {
         series("llm_http_requests_total", route="/generate", method="POST", status="200"): count,
-        series("llm_requests_finished_total", finish_reason="length"): count,
-        series("llm_requests_aborted_total"): 0,
-        series("llm_prompt_tokens_total"): prompt_tokens,
-        series("llm_generation_tokens_total"): generated,
-        series("llm_time_to_first_token_seconds_count"): count,
-        series("llm_time_per_output_token_seconds_count"): count,
-        series("llm_e2e_request_latency_seconds_count"): count,
-        series("llm_requests_in_flight"): 0,
-        series("llm_requests_queued"): 0,
-        series("llm_engine_prompt_tokens_total", engine="0"): prompt_tokens,
-        series("llm_engine_generation_tokens_total", engine="0"): generated,
+        series("llm_requests_finished_total", model=MODEL, finish_reason="length"): count,
+        series("llm_requests_aborted_total", model=MODEL): 0,
+        series("llm_prompt_tokens_total", model=MODEL): prompt_tokens,
+        series("llm_generation_tokens_total", model=MODEL): generated,
+        series("llm_time_to_first_token_seconds_count", model=MODEL): count,
+        series("llm_time_per_output_token_seconds_count", model=MODEL): count,
+        series("llm_e2e_request_latency_seconds_count", model=MODEL): count,
+        series("llm_requests_in_flight", model=MODEL): 0,
+        series("llm_requests_queued", model=MODEL): 0,
+        series("llm_engine_prompt_tokens_total", model=MODEL, engine="0"): prompt_tokens,
+        series("llm_engine_generation_tokens_total", model=MODEL, engine="0"): generated,
     }
     for url in (metered.url, metered.frontend_url(0), metered.frontend_url(1)):
         assert_changes(url, before, expected)
@@ -116,10 +118,10 @@ def test_engine_figures_and_gpu_series(metered):
     wait_for(lambda: engine_idle(metered.url), 30, what="the engine to go idle")
     metrics = scrape(metered.url)
     # One engine, rank 0: its series carry engine="0".
-    assert metrics[series("llm_engine_up", engine="0")] == 1
-    assert metrics[series("llm_engine_running_requests", engine="0")] == 0
-    assert metrics[series("llm_engine_waiting_requests", engine="0")] == 0
-    assert 0 <= metrics[series("llm_engine_kv_cache_usage_ratio", engine="0")] <= 1
+    assert metrics[series("llm_engine_up", model=MODEL, engine="0")] == 1
+    assert metrics[series("llm_engine_running_requests", model=MODEL, engine="0")] == 0
+    assert metrics[series("llm_engine_waiting_requests", model=MODEL, engine="0")] == 0
+    assert 0 <= metrics[series("llm_engine_kv_cache_usage_ratio", model=MODEL, engine="0")] <= 1
     gpu_series = {name for name, _ in metrics if name.startswith("llm_gpu_")}
     if has_gpu():
         assert {"llm_gpu_utilization_ratio", "llm_gpu_memory_used_bytes", "llm_gpu_power_watts"} <= gpu_series
@@ -131,9 +133,10 @@ def test_stats_says_what_metrics_says(metered):
     wait_for(lambda: engine_idle(metered.url), 30, what="the engine to go idle")
     metrics = scrape(metered.url)
     stats = httpx.get(metered.url + "/stats", timeout=10).json()
-    assert stats["tokens"]["generated"] == metrics[series("llm_generation_tokens_total")]
-    assert stats["tokens"]["prompt"] == metrics[series("llm_prompt_tokens_total")]
-    assert stats["latency"]["ttft"]["counts"][-1] == metrics[series("llm_time_to_first_token_seconds_count")]
+    assert stats["tokens"]["generated"] == metrics[series("llm_generation_tokens_total", model=MODEL)]
+    assert stats["tokens"]["prompt"] == metrics[series("llm_prompt_tokens_total", model=MODEL)]
+    ttft_count = metrics[series("llm_time_to_first_token_seconds_count", model=MODEL)]
+    assert stats["latency"]["ttft"]["counts"][-1] == ttft_count
     assert [engine["state"] for engine in stats["engines"]] == ["up"]
     assert stats["gpus"] == [] or has_gpu()
 
@@ -157,9 +160,9 @@ def test_refusals_aborts_and_routes_are_counted_by_path_template(metered):
         series("llm_http_requests_total", route="/generate", method="GET", status="405"): 1,
         series("llm_http_requests_total", route="unmatched", method="GET", status="404"): 1,
         series("llm_http_requests_total", route="/v1/models/{model:path}", method="GET", status="200"): 1,
-        series("llm_requests_failed_total", reason="engine_refused"): 1,
-        series("llm_requests_aborted_total"): 1,
-        series("llm_requests_finished_total", finish_reason="length"): 0,
-        series("llm_requests_in_flight"): 0,
+        series("llm_requests_failed_total", model=MODEL, reason="engine_refused"): 1,
+        series("llm_requests_aborted_total", model=MODEL): 1,
+        series("llm_requests_finished_total", model=MODEL, finish_reason="length"): 0,
+        series("llm_requests_in_flight", model=MODEL): 0,
     }
     assert_changes(metered.url, before, expected)

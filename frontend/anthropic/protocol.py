@@ -84,7 +84,7 @@ class CountTokensRequest(msgspec.Struct, kw_only=True):
     system: str | list[TextBlock] | None = None
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None
-    thinking: dict[str, Any] | None = None  # the model's reasoning parser decides; see docs/anthropic.md
+    thinking: dict[str, Any] | None = None  # the model's reasoning parser decides; see docs/api.md
 
 
 class MessagesRequest(CountTokensRequest, kw_only=True):

@@ -11,7 +11,6 @@ from frontend.anthropic.messages import (
 )
 from frontend.anthropic.protocol import CountTokens, CountTokensRequest, MessagesRequest
 from frontend.http import HTTPError, json_response, read_json
-from frontend.openai.models import served_model
 from frontend.run.answer import respond
 from frontend.run.choices import chat_choices
 from frontend.run.generation import GenerationSpec
@@ -36,9 +35,9 @@ def anthropic_route(path: str, handler) -> Route:
 async def read_request(request: Request, kind: type):
     state: FrontendState = request.app.state.frontend
     body = await read_json(request, kind, state.server.max_body_bytes)
-    model = served_model(state, body.model)
+    pool, model = state.pool_for(body.model)
     check_bounds(body, state.server.limits)
-    return state, body, model
+    return state, pool, body, model
 
 
 def checked_chat(body: CountTokensRequest, max_schema_depth: int):
@@ -53,21 +52,21 @@ def prepare(body: MessagesRequest, tool_parser: str, max_schema_depth: int):
 
 
 async def create_message(request: Request) -> Response:
-    state, body, model = await read_request(request, MessagesRequest)
+    state, pool, body, model = await read_request(request, MessagesRequest)
     limits = state.server.limits
     chat, plan = await asyncio.to_thread(prepare, body, state.server.tool_parser, limits.max_schema_depth)
-    prompt_ids = await chat_prompt_ids(state.tokenizer, chat, state.server)
-    state.check_context(len(prompt_ids), body.max_tokens)
+    prompt_ids = await chat_prompt_ids(pool.tokenizer, chat, state.server)
+    pool.check_context(len(prompt_ids), body.max_tokens)
     spec = GenerationSpec(prompt_ids, sampling_of(body, plan.grammar), body.stop_sequences or [])
-    choices = chat_choices(state, plan, prompt_ids, 1)
-    return await respond(request, state, [spec], choices, MessageBuilder(model, len(prompt_ids)), body.stream)
+    choices = chat_choices(state.server, pool, plan, prompt_ids, 1)
+    return await respond(request, pool, [spec], choices, MessageBuilder(model, len(prompt_ids)), body.stream)
 
 
 async def count_tokens(request: Request) -> Response:
     """The prompt's tokens exactly as /v1/messages would count them: the same chat template run."""
-    state, body, _ = await read_request(request, CountTokensRequest)
+    state, pool, body, _ = await read_request(request, CountTokensRequest)
     chat = await asyncio.to_thread(checked_chat, body, state.server.limits.max_schema_depth)
-    prompt_ids = await chat_prompt_ids(state.tokenizer, chat, state.server)
+    prompt_ids = await chat_prompt_ids(pool.tokenizer, chat, state.server)
     return json_response(CountTokens(len(prompt_ids)))
 
 

@@ -35,6 +35,7 @@ class Program(NamedTuple):
 
 class EngineView(NamedTuple):
     """What a frontend knows of one engine: what /stats' engine entry and its state are made of."""
+    model: str  # the served name of its pool's model
     rank: int
     programs: tuple[str, ...]  # supervisord program names it may run under; () for a remote engine
     engine_id: str | None
@@ -42,13 +43,13 @@ class EngineView(NamedTuple):
     load: EngineLoad
 
 
-def engine_views(client) -> list[EngineView]:
-    """One view per engine of the fleet; this host's engines are supervisord's `engine-<rank>`, an
-    engine on another host has no program here."""
+def engine_views(clients) -> list[EngineView]:
+    """One view per engine of each pool's fleet; this host's engines have their supervisord program
+    (`engine-<rank>`, or `engine-<model>-<rank>` with several models), an engine on another host none."""
     return [
-        EngineView(link.rank, (f"engine-{link.rank}",) if link.rank < client.local_engines else (),
-                   link.engine_id, link.heartbeat_fresh(), link.load)
-        for link in client.links
+        EngineView(client.model, link.rank, tuple(client.programs[link.rank:link.rank + 1]), link.engine_id,
+                   link.heartbeat_fresh(), link.load)
+        for client in clients for link in client.links
     ]
 
 
@@ -81,13 +82,15 @@ class EngineStateWatch:
 
 
 def engine_entries(views: list[EngineView], programs: dict[str, Program] | None,
-                   watches: dict[int, EngineStateWatch]) -> list[dict]:
-    """/stats' `engines`: one entry per engine, by rank. `programs` is None without supervisord."""
+                   watches: dict[tuple[str, int], EngineStateWatch]) -> list[dict]:
+    """/stats' `engines`: one entry per engine, pool by pool, by rank. `programs` is None without
+    supervisord."""
     entries = []
-    for view in sorted(views, key=lambda view: view.rank):
+    for view in views:
         program = next((programs[name] for name in view.programs if name in programs), None) if programs else None
-        state = watches.setdefault(view.rank, EngineStateWatch()).state(program, view.fresh)
+        state = watches.setdefault((view.model, view.rank), EngineStateWatch()).state(program, view.fresh)
         entries.append({
+            "model": view.model,
             "rank": view.rank,
             "state": state,
             "engine_id": view.engine_id,

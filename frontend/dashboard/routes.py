@@ -45,7 +45,7 @@ class Dashboard:
         self.state = state
         self.history = History()
         self.programs = SupervisorPrograms(state.server.path(state.server.run_dir))
-        self.watches: dict[int, EngineStateWatch] = {}
+        self.watches: dict[tuple[str, int], EngineStateWatch] = {}
         self.tasks: list[asyncio.Task] = []
 
     def start(self) -> None:
@@ -61,18 +61,23 @@ class Dashboard:
         self.programs.close()
 
     def engines(self) -> list[dict]:
-        return engine_entries(engine_views(self.state.client), self.programs.latest(), self.watches)
+        return engine_entries(engine_views(self.clients), self.programs.latest(), self.watches)
+
+    @property
+    def clients(self) -> list:
+        return [pool.client for pool in self.state.pools]
 
     async def sample(self) -> None:
-        samples = await asyncio.to_thread(collect, self.state.client)
+        samples = await asyncio.to_thread(collect, self.clients)
         self.history.record(snapshot(samples, self.engines(), time.time()))
 
     def stats(self, samples: list, with_history: bool) -> dict:
         total = totals(samples)
-        welcome = self.state.client.welcome
+        models = [pool.model for pool in self.state.pools if pool.model]
         body = {
             "time": time.time(),
-            "model": welcome.model if welcome else None,
+            "model": ", ".join(models) or None,
+            "models": models,
             "engines": self.engines(),
             "gpus": gpus(samples),
             "requests": {
@@ -100,7 +105,7 @@ async def stats_endpoint(request: Request) -> Response:
     with_history = request.query_params.get("history", "") not in ("", "0", "false")
     # Reading the multiprocess files and encoding 15 minutes of points are the slow parts (tens of
     # milliseconds on a busy CPU): on a worker thread, so the streams on the event loop go on.
-    samples = await asyncio.to_thread(collect, dashboard.state.client)
+    samples = await asyncio.to_thread(collect, dashboard.clients)
     return await asyncio.to_thread(JSONResponse, dashboard.stats(samples, with_history))
 
 
@@ -112,8 +117,8 @@ def dashboard_routes() -> list:
     ]
 
 
-def collect(client) -> list:
-    return [sample for family in ServiceMetrics(client).collect() for sample in family.samples]
+def collect(clients) -> list:
+    return [sample for family in ServiceMetrics(clients).collect() for sample in family.samples]
 
 
 def snapshot(samples: list, engines: list[dict], now: float) -> Snapshot:
@@ -148,10 +153,12 @@ def totals(samples) -> defaultdict:
 
 def buckets(samples, name: str) -> Buckets:
     """Finite upper bounds and cumulative counts, the +Inf bucket last (JSON has no Infinity)."""
-    by_bound = sorted(
-        (float(sample.labels["le"]), sample.value) for sample in samples if sample.name == name + "_bucket"
-    )
-    return Buckets([bound for bound, _ in by_bound[:-1]], [count for _, count in by_bound])
+    by_bound = defaultdict(float)  # added up over the models
+    for sample in samples:
+        if sample.name == name + "_bucket":
+            by_bound[float(sample.labels["le"])] += sample.value
+    bounds = sorted(by_bound)
+    return Buckets(bounds[:-1], [by_bound[bound] for bound in bounds])
 
 
 def gpus(samples) -> list[dict]:

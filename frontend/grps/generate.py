@@ -18,6 +18,7 @@ from frontend.request_bounds import check_sampling
 from frontend.run.answer import Answer, respond
 from frontend.run.choices import Choice, Update
 from frontend.run.generation import GenerationSpec
+from frontend.run.pool import Pool
 from frontend.run.state import FrontendState
 from frontend.text.reasoning import Content
 
@@ -26,6 +27,7 @@ Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
 
 class GenerateRequest(msgspec.Struct, forbid_unknown_fields=True):
     prompt: Annotated[str, Meta(min_length=1)]
+    model: str | None = None  # which model's pool generates (the first when none is named)
     max_tokens: Annotated[int, Meta(ge=1, le=2**31 - 1)] = 16
     min_tokens: Annotated[int, Meta(ge=0, le=2**31 - 1)] = 0
     temperature: Annotated[float, Meta(ge=0.0)] = 1.0
@@ -46,13 +48,13 @@ class GenerateRequest(msgspec.Struct, forbid_unknown_fields=True):
     logit_bias: dict[int, float] | None = None
 
 
-FRONTEND_ONLY = {"prompt", "stop", "include_stop_str_in_output", "skip_special_tokens"}
+FRONTEND_ONLY = {"prompt", "model", "stop", "include_stop_str_in_output", "skip_special_tokens"}
 
 
-async def generation_spec(state: FrontendState, body: GenerateRequest) -> GenerationSpec:
-    check_sampling(body, state.server.limits, state.tokenizer.vocab_size)
-    prompt_ids = await state.encode(body.prompt)
-    state.check_context(len(prompt_ids), body.max_tokens)
+async def generation_spec(state: FrontendState, pool: Pool, body: GenerateRequest) -> GenerationSpec:
+    check_sampling(body, state.server.limits, pool.tokenizer.vocab_size)
+    prompt_ids = await pool.encode(body.prompt)
+    pool.check_context(len(prompt_ids), body.max_tokens)
     sampling = {
         name: getattr(body, name)
         for name in body.__struct_fields__
@@ -65,11 +67,12 @@ async def generation_spec(state: FrontendState, body: GenerateRequest) -> Genera
 async def generate_endpoint(request: Request) -> Response:
     state: FrontendState = request.app.state.frontend
     body = await read_json(request, GenerateRequest, state.server.max_body_bytes)
-    spec = await generation_spec(state, body)
+    pool, _ = state.pool_for(body.model)
+    spec = await generation_spec(state, pool, body)
     choice = Choice(0)
     answer = GeneratedText(choice, len(spec.prompt_token_ids), "application/json" in request.headers.get("accept", ""))
     streaming = request.query_params.get("streaming", "false").lower() in ("true", "1")
-    return await respond(request, state, [spec], [choice], answer, streaming)
+    return await respond(request, pool, [spec], [choice], answer, streaming)
 
 
 class GeneratedText(Answer):

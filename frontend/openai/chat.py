@@ -11,7 +11,6 @@ from starlette.responses import Response
 from common.config import RequestLimits
 from frontend.http import HTTPError, json_response, off_the_loop_if, read_json
 from frontend.openai.logprobs import chat_logprobs
-from frontend.openai.models import served_model
 from frontend.openai.protocol import (
     AssistantMessage, CalledFunction, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk,
     ChatCompletionRequest, ChatDelta, ChatLogprobs, ChatMessage, NamedToolChoice, StreamedFunction, StreamOptions,
@@ -22,6 +21,7 @@ from frontend.openai.sse import Chunks, event
 from frontend.request_bounds import check_content_blocks, check_count, check_generations, check_sampling
 from frontend.run.answer import Answer, respond
 from frontend.run.choices import Choice, Update, chat_choices
+from frontend.run.pool import Pool
 from frontend.run.state import FrontendState
 from frontend.text.chat_template import chat_prompt_ids
 from frontend.text.reasoning import Reasoning
@@ -82,14 +82,14 @@ def requested_max_tokens(body: ChatCompletionRequest) -> tuple[int | None, str]:
     return body.max_tokens, "max_tokens"
 
 
-def max_tokens_of(state: FrontendState, prompt_tokens: int, max_tokens: int | None, field: str) -> int:
+def max_tokens_of(pool: Pool, prompt_tokens: int, max_tokens: int | None, field: str) -> int:
     """The requested cap (named `field`), checked against the context, or what the context leaves."""
     if max_tokens is None:
-        max_tokens = state.max_model_len - prompt_tokens
+        max_tokens = pool.max_model_len - prompt_tokens
         if max_tokens < 1:
             raise HTTPError(400, f"the prompt ({prompt_tokens} tokens) fills the model's context of "
-                                 f"{state.max_model_len} tokens", "messages")
-    state.check_context(prompt_tokens, max_tokens, field)
+                                 f"{pool.max_model_len} tokens", "messages")
+    pool.check_context(prompt_tokens, max_tokens, field)
     return max_tokens
 
 
@@ -102,19 +102,19 @@ def top_logprobs_of(body: ChatCompletionRequest) -> int | None:
 async def chat_completions_endpoint(request: Request) -> Response:
     state: FrontendState = request.app.state.frontend
     body = await read_json(request, ChatCompletionRequest, state.server.max_body_bytes)
-    model = served_model(state, body.model)
-    tokenizer, limits = state.tokenizer, state.server.limits
+    pool, model = state.pool_for(body.model)
+    tokenizer, limits = pool.tokenizer, state.server.limits
     check_bounds(body, limits, tokenizer.vocab_size)
     constrained = bool(body.tools) or body.response_format is not None or body.structured_outputs is not None
     plan = await off_the_loop_if(constrained, tool_plan, body, state.server.tool_parser, limits.max_schema_depth)
     prompt_ids = await chat_prompt_ids(tokenizer, as_chat(body), state.server)
     top_logprobs = top_logprobs_of(body)
-    max_tokens = max_tokens_of(state, len(prompt_ids), *requested_max_tokens(body))
+    max_tokens = max_tokens_of(pool, len(prompt_ids), *requested_max_tokens(body))
     sampling = sampling_kwargs(body, max_tokens, plan.grammar, logprobs=top_logprobs)
     specs = choice_specs(body, prompt_ids, sampling)
-    choices = chat_choices(state, plan, prompt_ids, len(specs))
+    choices = chat_choices(state.server, pool, plan, prompt_ids, len(specs))
     answer = ChatAnswer(model, len(prompt_ids), plan, choices, top_logprobs, tokenizer, body.stream_options)
-    return await respond(request, state, specs, choices, answer, body.stream)
+    return await respond(request, pool, specs, choices, answer, body.stream)
 
 
 class ChatAnswer(Answer):

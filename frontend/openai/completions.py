@@ -11,7 +11,6 @@ from starlette.responses import Response
 
 from frontend.http import HTTPError, json_response, off_the_loop_if, read_json
 from frontend.openai.logprobs import CompletionLogprobsBuilder, extend_completion
-from frontend.openai.models import served_model
 from frontend.openai.protocol import (
     Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, StreamOptions, Usage, now, response_id, usage,
 )
@@ -139,9 +138,9 @@ def prompt_count(prompt: str | list) -> int:
 async def completions_endpoint(request: Request) -> Response:
     state: FrontendState = request.app.state.frontend
     body = await read_json(request, CompletionRequest, state.server.max_body_bytes)
-    model = served_model(state, body.model)
+    pool, model = state.pool_for(body.model)
     check_supported(body)
-    tokenizer, limits = state.tokenizer, state.server.limits
+    tokenizer, limits = pool.tokenizer, state.server.limits
     check_generations(prompt_count(body.prompt), body.n, limits)
     check_sampling(body, limits, tokenizer.vocab_size, body.n)
     prompts = await prompts_of(tokenizer, body)
@@ -149,7 +148,7 @@ async def completions_endpoint(request: Request) -> Response:
     grammar = await off_the_loop_if(constrained, requested_grammar, body, limits.max_schema_depth)
     specs, echoes = [], []
     for prompt in prompts:
-        state.check_context(len(prompt.ids), body.max_tokens)
+        pool.check_context(len(prompt.ids), body.max_tokens)
         sampling = sampling_kwargs(body, body.max_tokens, grammar, logprobs=body.logprobs,
                                    prompt_logprobs=body.logprobs if body.echo else None)
         specs += choice_specs(body, prompt.ids, sampling)
@@ -157,4 +156,4 @@ async def completions_endpoint(request: Request) -> Response:
     choices = [Choice(i, text_reader(grammar)) for i in range(len(specs))]
     answer = CompletionAnswer(model, prompts, choices, echoes, body.logprobs is not None, tokenizer,
                               body.stream_options)
-    return await respond(request, state, specs, choices, answer, body.stream)
+    return await respond(request, pool, specs, choices, answer, body.stream)

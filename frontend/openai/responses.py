@@ -7,7 +7,7 @@ Updates become output items (reasoning, message, function_call) in the order the
 
 Frontends keep nothing between requests, so nothing is stored: `store` is taken and answered as
 false, `previous_response_id` and `conversation` are refused (the client sends the conversation
-as input items), and GET/DELETE /v1/responses/{id} answer 404 (docs/responses.md).
+as input items), and GET/DELETE /v1/responses/{id} answer 404 (docs/api.md, "Responses").
 """
 import contextlib
 import re
@@ -24,7 +24,6 @@ from starlette.routing import Route
 from common.config import RequestLimits
 from frontend.http import HTTPError, json_response, off_the_loop_if, read_json
 from frontend.openai.chat import max_tokens_of
-from frontend.openai.models import served_model
 from frontend.openai.protocol import (
     Chat, ChatMessage, FunctionCall, FunctionDefinition, MessageToolCall, SamplingRequest, Tool,
 )
@@ -302,7 +301,7 @@ class ResponseObject(msgspec.Struct, kw_only=True):
     previous_response_id: None = None
     reasoning: None = None
     background: bool = False
-    store: bool = False  # whatever the request said: nothing is kept (docs/responses.md)
+    store: bool = False  # whatever the request said: nothing is kept (docs/api.md, "Responses")
     temperature: float | None
     top_p: float | None
     text: TextConfig
@@ -521,8 +520,8 @@ def as_chat(body: ResponsesRequest) -> Chat:
 async def responses_endpoint(request: Request) -> Response:
     state: FrontendState = request.app.state.frontend
     body = await read_json(request, ResponsesRequest, state.server.max_body_bytes)
-    model = served_model(state, body.model)
-    tokenizer, limits = state.tokenizer, state.server.limits
+    pool, model = state.pool_for(body.model)
+    tokenizer, limits = pool.tokenizer, state.server.limits
     with responses_fields():
         check_request(body)
         check_bounds(body, limits, tokenizer.vocab_size)
@@ -530,11 +529,11 @@ async def responses_endpoint(request: Request) -> Response:
         constrained = bool(body.tools) or body.text is not None or body.structured_outputs is not None
         plan = await off_the_loop_if(constrained, tool_plan, body, state.server.tool_parser, limits.max_schema_depth)
         prompt_ids = await chat_prompt_ids(tokenizer, chat, state.server)
-        max_tokens = max_tokens_of(state, len(prompt_ids), body.max_output_tokens, "max_output_tokens")
+        max_tokens = max_tokens_of(pool, len(prompt_ids), body.max_output_tokens, "max_output_tokens")
         sampling = sampling_kwargs(body, max_tokens, plan.grammar)
-    choices = chat_choices(state, plan, prompt_ids, 1)
+    choices = chat_choices(state.server, pool, plan, prompt_ids, 1)
     writer = ResponseWriter(body, model, len(prompt_ids), plan.forced, body.stream)
-    return await respond(request, state, choice_specs(body, prompt_ids, sampling), choices, writer, body.stream)
+    return await respond(request, pool, choice_specs(body, prompt_ids, sampling), choices, writer, body.stream)
 
 
 async def nothing_stored(request: Request) -> Response:

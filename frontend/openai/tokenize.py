@@ -14,9 +14,9 @@ from starlette.responses import Response
 
 from frontend.http import HTTPError, read_json
 from frontend.openai.chat import check_messages
-from frontend.openai.models import served_model
 from frontend.openai.protocol import ChatMessage, TokenId, Tool, as_chat
 from frontend.request_bounds import check_count, check_token_ids
+from frontend.run.pool import Pool
 from frontend.run.state import FrontendState
 from frontend.text.chat_template import chat_prompt_ids
 from frontend.text.structured_outputs import check_schema
@@ -57,20 +57,20 @@ class DetokenizeResponse(msgspec.Struct):
 async def tokenize_endpoint(request: Request) -> Response:
     state: FrontendState = request.app.state.frontend
     body = await read_json(request, TokenizeRequest, state.server.max_body_bytes)
-    served_model(state, body.model)
-    tokenizer = state.tokenizer
+    pool, _ = state.pool_for(body.model)
+    tokenizer = pool.tokenizer
     if (body.prompt is None) == (body.messages is None):
         raise HTTPError(400, "give either prompt or messages", "prompt" if body.prompt is None else "messages")
     if body.prompt is not None:
         add_special_tokens = True if body.add_special_tokens is None else body.add_special_tokens
         ids = (await tokenizer.encode_prompts([body.prompt], add_special_tokens))[0]
     else:
-        ids = await chat_ids(state, body)
-    answer = TokenizeResponse(len(ids), state.max_model_len, ids)
+        ids = await chat_ids(state, pool, body)
+    answer = TokenizeResponse(len(ids), pool.max_model_len, ids)
     return await asyncio.to_thread(tokenize_answer, tokenizer, answer, bool(body.return_token_strs))
 
 
-async def chat_ids(state: FrontendState, body: TokenizeRequest) -> list[int]:
+async def chat_ids(state: FrontendState, pool: Pool, body: TokenizeRequest) -> list[int]:
     limits = state.server.limits
     check_messages(body.messages, limits)
     check_count(body.tools, limits.max_tools, "tools", "tools")
@@ -78,7 +78,7 @@ async def chat_ids(state: FrontendState, body: TokenizeRequest) -> list[int]:
         raise HTTPError(400, "continue_final_message and add_generation_prompt cannot both be true",
                         "continue_final_message")
     await asyncio.to_thread(check_tool_schemas, body.tools or [], limits.max_schema_depth)
-    return await chat_prompt_ids(state.tokenizer, as_chat(body), state.server, bool(body.add_special_tokens))
+    return await chat_prompt_ids(pool.tokenizer, as_chat(body), state.server, bool(body.add_special_tokens))
 
 
 def check_tool_schemas(tools: list[Tool], max_depth: int) -> None:
@@ -96,8 +96,8 @@ def tokenize_answer(tokenizer, answer: TokenizeResponse, token_strs: bool) -> Re
 async def detokenize_endpoint(request: Request) -> Response:
     state: FrontendState = request.app.state.frontend
     body = await read_json(request, DetokenizeRequest, state.server.max_body_bytes)
-    served_model(state, body.model)
-    tokenizer = state.tokenizer
+    pool, _ = state.pool_for(body.model)
+    tokenizer = pool.tokenizer
 
     def detokenize() -> Response:
         check_token_ids(body.tokens, tokenizer.vocab_size, "tokens")

@@ -15,7 +15,7 @@ from frontend.http import HTTPError, event_stream
 from frontend.run.choices import Choice, Update, run_choices, run_to_end
 from frontend.run.errors import HANDLED, as_http_error
 from frontend.run.generation import GenerationSpec
-from frontend.run.state import FrontendState
+from frontend.run.pool import Pool
 
 
 class Renderer(Protocol):
@@ -48,10 +48,11 @@ class Answer(ABC):
         return event_stream(chunks)
 
 
-async def respond(request: Request, state: FrontendState, specs: list[GenerationSpec], choices: list[Choice],
+async def respond(request: Request, pool: Pool, specs: list[GenerationSpec], choices: list[Choice],
                   answer: Answer, stream: bool) -> Response:
-    """Generate choice i from specs[i], and answer: streamed, or whole once every choice has ended."""
-    updates = await run_choices(request, state, specs, choices)
+    """Generate choice i from specs[i] on the pool's engines, and answer: streamed, or whole once every
+    choice has ended."""
+    updates = await run_choices(request, pool, specs, choices)
     if stream:
         return answer.streaming_response(rendered(updates, answer.renderer()))
     await run_to_end(request, updates, answer.take)

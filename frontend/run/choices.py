@@ -11,11 +11,12 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
+from common.config import ServerConfig
 from common.messages import TokenLogprob
 from frontend.http import unless_disconnected
 from frontend.run.fan_out import merged
 from frontend.run.generation import GenerationSpec, Piece, generate
-from frontend.run.state import FrontendState
+from frontend.run.pool import Pool
 from frontend.text.reasoning import Content, Reasoning, prompt_tail
 from frontend.text.tool_parsers import ToolCall
 from frontend.text.tools import PlainText, ToolPlan
@@ -107,19 +108,20 @@ def as_event(item: str | ToolCall) -> Event:
     return Content(item) if isinstance(item, str) else item
 
 
-def chat_choices(state: FrontendState, plan: ToolPlan, prompt_ids: list[int], count: int) -> list[Choice]:
+def chat_choices(server: ServerConfig, pool: Pool, plan: ToolPlan, prompt_ids: list[int],
+                 count: int) -> list[Choice]:
     """`count` choices of a chat: each reads its text as the tool plan says, its thinking split out first
     when server.yml names a reasoning parser (which reads the prompt's end for a marker left open)."""
-    reasoning = state.server.reasoning_parser
-    tail = prompt_tail(state.tokenizer, prompt_ids) if reasoning else ""
+    reasoning = server.reasoning_parser
+    tail = prompt_tail(pool.tokenizer, prompt_ids) if reasoning else ""
     return [Choice(i, plan.reader(), plan.reasoning_parser(reasoning, tail)) for i in range(count)]
 
 
-async def run_choices(request: Request, state: FrontendState, specs: list[GenerationSpec],
+async def run_choices(request: Request, pool: Pool, specs: list[GenerationSpec],
                       choices: list[Choice]) -> AsyncIterator[Update]:
-    """Generate choice i from specs[i]; the Updates in the order they come. The first is awaited
-    here, before any byte is sent, so that a refusal is still an HTTP error."""
-    pieces = merged([generate(state.client, state.tokenizer.backend, spec) for spec in specs])
+    """Generate choice i from specs[i] on the pool's engines; the Updates in the order they come. The
+    first is awaited here, before any byte is sent, so that a refusal is still an HTTP error."""
+    pieces = merged([generate(pool.client, pool.tokenizer.backend, spec) for spec in specs])
 
     async def updates():
         try:

@@ -46,7 +46,7 @@ async def generate(client: EngineClient, tokenizer, spec: GenerationSpec):
     stops = StopStrings(spec.stop, spec.include_stop_str_in_output)
     # Nothing may raise between taking the slot and the `try` that gives it back.
     queue = client.add(request_id, spec.prompt_token_ids, spec.sampling)
-    meter = GenerationMeter(len(spec.prompt_token_ids))
+    meter = GenerationMeter(client.model, len(spec.prompt_token_ids))
     finished = False
     try:
         while not finished:

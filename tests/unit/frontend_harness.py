@@ -9,6 +9,7 @@ disconnect handling, body limits and engine client's start and stop are what the
 import socket
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import msgspec
@@ -21,17 +22,30 @@ from frontend.app import build_app
 from tests.unit.fake_engine import ScriptedEngine
 
 
+def engine_addresses(run_dir: str) -> dict:
+    return {"request_address": f"ipc://{run_dir}/engine-requests", "output_address": f"ipc://{run_dir}/engine-outputs"}
+
+
 class Frontend:
     """One frontend app, built from the server.yml keys a test chooses, and its scripted engine."""
 
-    def __init__(self, run_dir: str, tokenizer, overlay: dict, engine_first: bool = True, lora_updates: bool = False):
+    def __init__(self, run_dir: str, tokenizer, overlay: dict, engine_first: bool = True, lora_updates: bool = False,
+                 models: tuple[str, ...] = ()):
+        """`models`: the served names of more models, each a pool of one scripted engine of its own after
+        the first pool (the embedded model's); `pool_engines` has each by name."""
         self.tokenizer, self.lora_updates = tokenizer, lora_updates
-        addresses = {"request_address": f"ipc://{run_dir}/engine-requests",
-                     "output_address": f"ipc://{run_dir}/engine-outputs"}
-        # The engine is reached as a remote one, so that no inference.yml is read for its count.
-        self.server = msgspec.convert({"run_dir": run_dir, "local_engines": False, "engines": [addresses],
+        # The engines are reached as remote ones, so that no inference.yml is read for their count.
+        engines = [engine_addresses(run_dir)]
+        self.model_servers = {}
+        for index, model in enumerate(models):
+            Path(f"{run_dir}/p{index}").mkdir(exist_ok=True)
+            self.model_servers[model] = ServerConfig(run_dir=f"{run_dir}/p{index}")
+            engines.append({**engine_addresses(f"{run_dir}/p{index}"), "model": model})
+        self.server = msgspec.convert({"run_dir": run_dir, "local_engines": False, "engines": engines,
                                        **overlay}, ServerConfig)
         self.engine = self.start_engine() if engine_first else None
+        self.pool_engines = {model: ScriptedEngine.start(server, tokenizer, model, lora_updates)
+                             for model, server in self.model_servers.items()}
         self.app = build_app(self.server, frontend_id=f"harness-0~{id(self):x}")
         listener = socket.socket()
         listener.bind(("127.0.0.1", 0))
@@ -46,7 +60,8 @@ class Frontend:
         self.thread.start()
         self.wait(lambda: self.health().status_code in (200, 503), 30, "the frontend to listen")
         if engine_first:
-            self.wait(lambda: self.health().status_code == 200, 30, "the frontend to be welcomed and turn healthy")
+            self.wait(lambda: self.health().status_code == 200 and self.health().json()["status"] == "ok", 30,
+                      "the frontend to be welcomed by every pool and turn healthy")
 
     def start_engine(self) -> ScriptedEngine:
         self.engine = ScriptedEngine.start(self.server, self.tokenizer, default_model.NAME, self.lora_updates)
@@ -78,10 +93,15 @@ class Frontend:
 
     def nothing_left(self) -> bool:
         """No request holds a slot here or runs in the engine."""
-        return self.state.client.in_flight == 0 and self.engine.idle
+        return self.state.in_flight == 0 and all(engine.idle for engine in self.engines)
+
+    @property
+    def engines(self) -> list[ScriptedEngine]:
+        return [engine for engine in (self.engine, *self.pool_engines.values()) if engine is not None]
 
     def reset(self) -> None:
-        self.engine.script.clear()
+        for engine in self.engines:
+            engine.script.clear()
         self.wait(self.nothing_left, 10, "the requests of the test before to end")
 
     @staticmethod
@@ -96,8 +116,8 @@ class Frontend:
         self.uvicorn.should_exit = True
         self.thread.join(30)
         self.http.close()
-        if self.engine is not None:
-            self.engine.stop()
+        for engine in self.engines:
+            engine.stop()
 
 
 class Frontends:
@@ -107,13 +127,15 @@ class Frontends:
         self.run_root, self.tokenizer = run_root, tokenizer
         self.started: dict[str, Frontend] = {}
 
-    def get(self, lora_updates: bool = False, **overlay) -> Frontend:
-        """The frontend for these server.yml keys; `lora_updates`: its engine takes LoRA adapters at run time."""
-        key = msgspec.json.encode([overlay, lora_updates], order="sorted").decode()
+    def get(self, lora_updates: bool = False, models: tuple[str, ...] = (), **overlay) -> Frontend:
+        """The frontend for these server.yml keys; `lora_updates`: its engine takes LoRA adapters at run time;
+        `models`: more pools (Frontend)."""
+        key = msgspec.json.encode([overlay, lora_updates, models], order="sorted").decode()
         if key not in self.started:
             run_dir = self.run_root / f"f{len(self.started)}"  # ipc:// paths must stay short
             run_dir.mkdir()
-            self.started[key] = Frontend(str(run_dir), self.tokenizer, overlay, lora_updates=lora_updates)
+            self.started[key] = Frontend(str(run_dir), self.tokenizer, overlay, lora_updates=lora_updates,
+                                         models=models)
         frontend = self.started[key]
         frontend.reset()
         return frontend

@@ -177,17 +177,17 @@ def test_without_supervisord_the_state_is_up_or_down_by_the_heartbeats():
     assert states([(None, False), (None, True), (None, False)]) == ["down", "up", "down"]
 
 
-def test_engine_entries_one_per_engine_by_rank_with_its_program():
+def test_engine_entries_one_per_engine_of_each_pool_with_its_program():
     load = EngineLoad(running=3, waiting=1, kv_cache_usage=0.5)
     views = [
-        EngineView(1, ("engine-1",), None, False, EngineLoad()),
-        EngineView(0, ("engine", "engine-0"), "abc", True, load),
-        EngineView(2, (), "def", True, load),  # on another host: no program here
+        EngineView("chat", 0, ("engine-chat-0",), "abc", True, load),
+        EngineView("chat", 1, ("engine-chat-1",), None, False, EngineLoad()),
+        EngineView("embed", 0, (), "def", True, load),  # on another host: no program here
     ]
-    programs = {"engine-0": Program("RUNNING", 10), "engine-1": Program("STARTING", 11)}
+    programs = {"engine-chat-0": Program("RUNNING", 10), "engine-chat-1": Program("STARTING", 11)}
     entries = engine_entries(views, programs, {})
-    assert [(entry["rank"], entry["state"], entry["program"]) for entry in entries] == [
-        (0, "up", "RUNNING"), (1, "starting", "STARTING"), (2, "up", None)]
+    assert [(entry["model"], entry["rank"], entry["state"], entry["program"]) for entry in entries] == [
+        ("chat", 0, "up", "RUNNING"), ("chat", 1, "starting", "STARTING"), ("embed", 0, "up", None)]
     assert entries[0] | {"engine_id": "abc", "running": 3, "waiting": 1, "kv_cache_usage": 0.5} == entries[0]
     assert entries[1]["running"] is None and entries[1]["kv_cache_usage"] is None
     assert [entry["state"] for entry in engine_entries(views, None, {})] == ["up", "down", "up"]

@@ -31,7 +31,7 @@ async def fleet_of(engine_class, tmp_path):
     link = {"hello_interval_s": 0.05, "heartbeat_timeout_s": 30}
     server = msgspec.convert({"run_dir": str(tmp_path), "engine": link}, ServerConfig)
     engines = [engine_class(server, rank, f"engine-{rank}") for rank in range(2)]
-    client = EngineClient(server, FRONTEND, local_engines=2)
+    client = EngineClient(server, FRONTEND, server.pool_addresses([("m", 2)])["m"])
     client.start()
     await until(lambda: all(link.ready for link in client.links))
     for engine in engines:
@@ -156,14 +156,14 @@ async def test_the_engines_report_acknowledges_our_sends_and_counts_them_from_th
 async def test_a_lost_cache_report_brings_a_resync_and_the_snapshot_restores_the_record(fleet):
     client, engines = fleet
     link, engine = client.links[0], engines[0]
-    resyncs_before = CACHE_RESYNCS.labels("0")._value.get()
+    resyncs_before = CACHE_RESYNCS.labels(link.model, "0")._value.get()
     snapshot = CachedBlocks("engine-0", 0, [11, 12], [], True)
     await engine.publish(topic_for(FRONTEND), snapshot)
     await engine.publish(BROADCAST_TOPIC, CachedBlocks("engine-0", 1, [13], [], False))
     await until(lambda: 13 in link.cache_record)
     await engine.publish(BROADCAST_TOPIC, CachedBlocks("engine-0", 3, [15], [], False))  # 2 never came
     await until(lambda: len(engine.resyncs) == 1)
-    assert 15 not in link.cache_record and CACHE_RESYNCS.labels("0")._value.get() == resyncs_before + 1
+    assert 15 not in link.cache_record and CACHE_RESYNCS.labels(link.model, "0")._value.get() == resyncs_before + 1
     await engine.publish(topic_for(FRONTEND), CachedBlocks("engine-0", 3, [11, 13, 14, 15], [12], True))
     await engine.publish(BROADCAST_TOPIC, CachedBlocks("engine-0", 3, [15], [], False))  # in the snapshot
     await engine.publish(BROADCAST_TOPIC, CachedBlocks("engine-0", 4, [16], [], False))
@@ -187,3 +187,29 @@ async def test_shutting_down_ends_every_running_request_aborts_it_and_takes_no_n
     for i in range(4):
         client.release(f"r{i}", abort=False)
     assert client.requests == {} and all(link.streams == {} for link in client.links)
+
+
+async def test_an_engine_that_serves_another_model_than_its_pools_is_never_used(tmp_path, caplog):
+    link = {"hello_interval_s": 0.05, "heartbeat_timeout_s": 30}
+    server = msgspec.convert({"run_dir": str(tmp_path), "engine": link}, ServerConfig)
+    engines = [FakeEngine(server, rank, f"engine-{rank}") for rank in range(2)]
+    engines[1].model = "other"  # a remote engine given the wrong `model` in server.yml
+    client = EngineClient(server, FRONTEND, server.pool_addresses([("m", 2)])["m"], name="m")
+    client.start()
+    try:
+        await until(lambda: client.links[0].ready
+                    and "engine 1 of m serves 'other', not 'm': it is not used" in caplog.text)
+        await asyncio.sleep(0.3)  # several HELLOs answered: still not used, and said once
+        assert not client.links[1].ready and client.links[1].welcome is None
+        assert caplog.text.count("serves 'other'") == 1
+        for engine in engines:
+            await engine.heartbeat()
+        await until(lambda: client.links[0].up)
+        for i in range(4):
+            add_to(client, f"r{i}")
+        await until(lambda: len(engines[0].added) == 4)
+        assert engines[1].added == []
+    finally:
+        await client.stop()
+        for engine in engines:
+            engine.close()

@@ -20,6 +20,8 @@ def byte_tokenizer() -> Tokenizer:
 class FakeEngineClient:
     """Hands each request the queue the test prepared for it."""
 
+    model = "m"
+
     def __init__(self, queues: dict[str, asyncio.Queue]):
         self.queues = list(queues.values())
         self.released = 0

@@ -21,7 +21,7 @@ async def fleet_with(tmp_path, **server):
     link = {"hello_interval_s": 0.05, "heartbeat_timeout_s": 30}
     config = msgspec.convert({"run_dir": str(tmp_path), "engine": link, **server}, ServerConfig)
     engines = [FakeEngine(config, rank, f"engine-{rank}") for rank in range(2)]
-    client = EngineClient(config, FRONTEND, local_engines=2)
+    client = EngineClient(config, FRONTEND, config.pool_addresses([("m", 2)])["m"])
     client.start()
     await until(lambda: all(link.ready for link in client.links))
     for engine in engines:

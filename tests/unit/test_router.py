@@ -208,16 +208,16 @@ def test_an_engine_down_is_never_chosen_and_a_restarted_one_is_forgotten():
 
 def test_engine_addresses_local_then_remote():
     server = ServerConfig(run_dir="/tmp/r", engines=[RemoteEngine("tcp://10.0.0.2:5555", "tcp://10.0.0.2:5556")])
-    assert server.engine_addresses(2) == [
+    assert server.pool_addresses([("m", 2)]) == {"m": [
         ("ipc:///tmp/r/engine-requests", "ipc:///tmp/r/engine-outputs"),
         ("ipc:///tmp/r/engine-1-requests", "ipc:///tmp/r/engine-1-outputs"),
         ("tcp://10.0.0.2:5555", "tcp://10.0.0.2:5556"),
-    ]
+    ]}
     tcp = msgspec.convert({"engine": {"request_address": "tcp://127.0.0.1:6000",
                                       "output_address": "tcp://127.0.0.1:6100"}, "local_engines": False}, ServerConfig)
     assert tcp.local_request_address(3) == "tcp://127.0.0.1:6003"
     assert tcp.local_output_address(3) == "tcp://127.0.0.1:6103"
-    assert tcp.engine_addresses(2) == []  # a frontend-only host
+    assert tcp.pool_addresses([("m", 2)]) == {}  # a frontend-only host
 
 
 def test_gpu_assignment():

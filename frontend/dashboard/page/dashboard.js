@@ -43,8 +43,8 @@ function percent(ratio) {
 function makeServiceCharts(stats) {
   if (!charts.kv) {
     const several = stats.engines.length > 1;
-    const series = stats.engines.map((engine) => [
-      `engine${engine.rank}`, several ? `engine ${engine.rank}` : "in use",
+    const series = stats.engines.map((engine, index) => [
+      `engine${index}`, several ? engineName(engine, stats.engines) : "in use",
     ]);
     charts.kv = chart("kv", series, { max: 100 });
   }
@@ -104,15 +104,22 @@ function showTiles(stats) {
   setText("tile-outcomes", `${requests.finished} / ${requests.aborted} / ${requests.failed}`);
 }
 
+// What an engine is called: its rank, after its model's name when the service serves several models.
+function engineName(engine, engines) {
+  const several = new Set(engines.map((each) => each.model)).size > 1;
+  return several ? `${engine.model} engine ${engine.rank}` : `engine ${engine.rank}`;
+}
+
 // One badge per engine: starting, up, down or restarting.
 function showEngines(engines) {
   const badges = document.getElementById("engines");
   badges.replaceChildren(...engines.map((engine) => {
     const badge = document.createElement("span");
     badge.className = `pill ${engine.state}`;
+    badge.dataset.model = engine.model;
     badge.dataset.rank = String(engine.rank);
     badge.dataset.state = engine.state;
-    badge.textContent = engines.length > 1 ? `engine ${engine.rank} ${engine.state}` : `engine ${engine.state}`;
+    badge.textContent = engines.length > 1 ? `${engineName(engine, engines)} ${engine.state}` : `engine ${engine.state}`;
     const program = engine.program ? `supervisord: ${engine.program}` : "no supervisord program";
     badge.title = `${program}${engine.engine_id ? `, engine id ${engine.engine_id}` : ""}`;
     return badge;
