@@ -173,14 +173,14 @@ def test_a_stopped_engine_is_stalled_its_streams_move_and_it_rejoins_when_contin
     pid = victim.pid(f"engine-{stopped}")
     os.kill(pid, signal.SIGSTOP)
     try:
+        # Silent past the heartbeat timeout with its connection open: both frontends list it stalled.
+        wait_for(lambda: all(health(victim.frontend_url(i)).json()["engines"][stopped]["stalled"] for i in range(2)),
+                 15, what="both frontends to list the stopped engine stalled")
+        assert httpx.get(victim.url + "/health/ready").status_code == 200
         for stream in streams:
             stream.join(120)
             stream.assert_whole()
             assert stream.usage["completion_tokens"] == TOKENS
-        for i in range(2):
-            answer = health(victim.frontend_url(i))
-            assert answer.status_code == 200 and answer.json()["engines"][stopped]["stalled"] is True
-        assert httpx.get(victim.url + "/health/ready").status_code == 200
         assert migrations(victim, "heartbeat") >= 1
     finally:
         os.kill(pid, signal.SIGCONT)
@@ -198,7 +198,7 @@ def test_a_killed_engines_streams_go_on_elsewhere_whole(victim):
     counts = in_flight(victim)
     busiest = counts.index(max(counts))
     os.kill(victim.pid(f"engine-{busiest}"), signal.SIGKILL)
-    assert sum(counts) >= 28 and counts[busiest] >= 8, counts  # the kill came while they ran
+    assert sum(counts) >= 24 and counts[busiest] >= 8, counts  # the kill came while they ran
     for stream in plain + grammar:
         stream.join(300)
         stream.assert_whole()
