@@ -164,6 +164,12 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True):
     # engine_crash_window_s of its start, is stopped and the service exits naming it. 0: no limit.
     engine_crash_limit: int = 3
     engine_crash_window_s: float = 900.0
+    # A request whose engine is lost, drains or stalls goes on on another engine at most this many times
+    # (docs/failures.md); 0: never.
+    migration_limit: Annotated[int, msgspec.Meta(ge=0)] = 2
+    # An engine with requests whose steps have not advanced for this long is stalled: no new requests
+    # go to it, and its requests move.
+    stall_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     # Engine workers on other hosts, ranked after this host's own engines.
     engines: list[RemoteEngine] = []
     router: RouterConfig = msgspec.field(default_factory=RouterConfig)

@@ -26,6 +26,9 @@ class Add(msgspec.Struct, tag="add", array_like=True):
     # engine turns into vLLM's StructuredOutputsParams.
     sampling: dict[str, Any]
     lora: str | None = None  # the name of the LoRA adapter to apply; None: the base model
+    # A request moved here from a lost engine: its prompt's last `resumed_tokens` ids are the output it
+    # had generated, which its structured-output grammar resumes after (engine_worker/resumed_grammar.py).
+    resumed_tokens: int = 0
 
 
 class LoadLora(msgspec.Struct, tag="load_lora", array_like=True):
@@ -44,6 +47,15 @@ class UnloadLora(msgspec.Struct, tag="unload_lora", array_like=True):
     request_id: str
     frontend_id: str
     name: str
+
+
+class SetOffline(msgspec.Struct, tag="set_offline", array_like=True):
+    """Take the engine out of the frontends' routing (`offline`) or put it back; its heartbeats then
+    say so to every frontend. Answered like LoadLora, with the state changed."""
+
+    request_id: str
+    frontend_id: str
+    offline: bool
 
 
 class ListLoras(msgspec.Struct, tag="list_loras", array_like=True):
@@ -67,7 +79,7 @@ class Resync(msgspec.Struct, tag="resync", array_like=True):
     frontend_id: str
 
 
-EngineRequest = Add | Abort | Hello | LoadLora | UnloadLora | Resync | ListLoras
+EngineRequest = Add | Abort | Hello | LoadLora | UnloadLora | Resync | ListLoras | SetOffline
 
 
 class TokenLogprob(msgspec.Struct, array_like=True):
@@ -105,6 +117,8 @@ class Welcome(msgspec.Struct, tag="welcome", array_like=True):
     loras: dict[str, str] = {}  # the LoRA adapters it serves: name -> path
     runtime_lora_updating: bool = False  # it takes LoadLora and UnloadLora
     loras_version: int = 0  # changes with every change of `loras`
+    # Its structured-output grammars can resume after a moved request's generated tokens (Add.resumed_tokens).
+    resumes_grammars: bool = False
 
 
 class GpuLoad(msgspec.Struct, array_like=True):
@@ -142,6 +156,11 @@ class Heartbeat(msgspec.Struct, tag="heartbeat", array_like=True):
     # list itself goes out only when it changes (Loras), being up to 1,024 names and paths.
     loras_version: int = 0
     cache_seq: int = 0  # the number of the last CachedBlocks published before this heartbeat
+    # Seconds since the step loop last finished a step (or found nothing to do): while it holds requests,
+    # how long they have made no progress. The heartbeat comes from its own thread, so it says so even
+    # while a step hangs.
+    since_progress_s: float = 0.0
+    offline: bool = False  # an operator took it out of routing (SetOffline)
 
 
 class LoadReport(msgspec.Struct, tag="load", array_like=True):
@@ -172,7 +191,10 @@ class Loras(msgspec.Struct, tag="loras", array_like=True):
 
 
 class Goodbye(msgspec.Struct, tag="goodbye", array_like=True):
+    """The engine is going: sent before it aborts what it still runs, so frontends move those elsewhere."""
+
     engine_id: str
+    failed: bool = False  # its engine failed (rather than being asked to stop)
 
 
 class CachedBlocks(msgspec.Struct, tag="cached", array_like=True):

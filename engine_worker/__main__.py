@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 from common import default_model
 from common.config import PoolConfig, ServerConfig, load_inference, load_server
 from common.logs import setup_logging, stage
+from engine_worker import resumed_grammar
 from engine_worker.load import LoadTracker
 from engine_worker.lora import Adapters
 from engine_worker.orphans import reap_previous_engine
@@ -36,13 +37,19 @@ def reports_prefix_cache(server: ServerConfig, inference: PoolConfig) -> bool:
             and "kv_events_config" not in inference.engine_args)
 
 
+def resumes_grammars(inference: PoolConfig) -> bool:
+    """Whether the engine runs the scheduler that resumes a moved request's grammar: unless the engine
+    arguments name a scheduler of their own (a simulated engine takes no grammars)."""
+    return inference.engine_backend != "simulated" and "scheduler_cls" not in inference.engine_args
+
+
 def engine_args(model: str, inference: PoolConfig, kv_events: dict | None = None):
     from vllm import EngineArgs
     from vllm.config import KVEventsConfig
 
     extra = {"kv_events_config": KVEventsConfig(**kv_events)} if kv_events else {}
-    return EngineArgs(model=model, **{**inference.vllm_engine_args(), "served_model_name": inference.served_name,
-                                      **extra})
+    ours = {"served_model_name": inference.served_name, "scheduler_cls": resumed_grammar.SCHEDULER}
+    return EngineArgs(model=model, **{**ours, **inference.vllm_engine_args(), **extra})
 
 
 def usage_context():
@@ -184,7 +191,7 @@ def wire_up(server: ServerConfig, inference: PoolConfig, slot: int, started: Sta
                                  lambda change: publisher.send(None, change))
     loop = StepLoop(
         started.engine, engine_id, inference.served_name, started.model, publisher, started.load,
-        server.engine.heartbeat_interval_s, started.adapters,
+        server.engine.heartbeat_interval_s, started.adapters, resumes_grammars(inference),
     )
     admit = admitter(loop.inbox, started.requests, cache)
     start_request_reader(context, server.local_request_address(slot), server.engine, admit, on_death=loop.fail)

@@ -3,7 +3,8 @@
 Requests: PULL socket -> decode -> `deliver(time received, message)` (admission, which fills the
 step loop's inbox).
 Outputs: outbox queue -> number per frontend -> PUB socket, plus a heartbeat on the broadcast
-topic every interval, sent even while the step loop is inside a long step, and after each Welcome
+topic every interval, sent even while the step loop is inside a long step (saying how long: the
+frontends' stall watch), and after each Welcome
 (and on each Resync) the prefix cache's snapshot when the engine reports it
 (engine_worker/cache_events.py). LoadReports are numbered here, and they and heartbeats carry the
 number of the last CachedBlocks sent, so a frontend notices the loss of the last one too.
@@ -110,7 +111,8 @@ class OutputPublisher:
     def send_heartbeat(self) -> None:
         try:
             version = self.adapters.version if self.adapters is not None else 0
-            heartbeat = Heartbeat(self.engine_id, self.load.snapshot(), dict(self.seqs), version, self.cache_seq)
+            heartbeat = Heartbeat(self.engine_id, self.load.snapshot(), dict(self.seqs), version, self.cache_seq,
+                                  self.load.since_progress(), self.load.offline)
             self.publish(None, heartbeat)
         except Exception:
             log.exception("could not send a heartbeat")

@@ -1,6 +1,8 @@
-"""The engine's load: as the heartbeat reports it (scheduler figures from vLLM, GPUs from NVML), and
-as each step's LoadReport gives it to the routers."""
+"""The engine's load: as the heartbeat reports it (scheduler figures from vLLM, GPUs from NVML, the
+step loop's progress, whether it is out of routing), and as each step's LoadReport gives it to the
+routers."""
 import logging
+import time
 
 import msgspec
 
@@ -18,6 +20,16 @@ class LoadTracker:
         self.usable_blocks = 0  # KV cache blocks a request can hold
         self.block_size = 0
         self.reported: tuple | None = None  # the figures of the last LoadReport
+        self.progress_at = time.monotonic()  # when the step loop last finished a pass (a step, or idle)
+        self.offline = False  # an operator took the engine out of routing
+
+    def progressed(self) -> None:
+        self.progress_at = time.monotonic()
+
+    def since_progress(self) -> float:
+        """Seconds since the step loop last finished a pass: long only while a step (or what the loop
+        does between steps) hangs, since an idle loop passes every heartbeat interval."""
+        return time.monotonic() - self.progress_at
 
     def set_kv_cache(self, num_blocks: int, block_size: int) -> None:
         # vLLM keeps one block as its null block, never used nor free (BlockPool.get_usage).

@@ -13,7 +13,8 @@ failure table, docs/failures.md:
 |----------------------------------------------|----------------------------------------------------------|
 | request finishes (eos, length, stop id)      | drops its owner entry (vLLM frees the request)           |
 | ABORT (a stop string, a client gone, a       | aborts it in vLLM; an unknown or finished id is ignored  |
-|   timeout, a drain that ran out)             |                                                          |
+|   timeout, a drain that ran out, a request   |                                                          |
+|   the frontend moved off a stalled engine)   |                                                          |
 | engine refuses the request (admission or     | never adds it; sends its owner a Delta with the error    |
 |   add_request)                               |                                                          |
 | a frontend says HELLO again (it saw a gap),  | aborts every request it owned, and those of the earlier  |
@@ -21,9 +22,12 @@ failure table, docs/failures.md:
 |                                              |   before the Welcome                                     |
 | a frontend silent for FORGET_AFTER_S, with   | forgets it and its output numbering; a later ADD from it |
 |   no request                                 |   gets a Welcome first                                   |
-| SIGTERM                                      | aborts every request, sends error Deltas, then Goodbye   |
-| engine.step() raises (vLLM's core died)      | the same; then the process exits 1 and supervisord       |
-|                                              |   restarts it                                            |
+| SIGTERM                                      | sends Goodbye (frontends move its requests to another    |
+|                                              |   engine), then aborts every request with abort Deltas   |
+| engine.step() raises (vLLM's core died)      | the same, its Goodbye saying it failed; then the process |
+|                                              |   exits 1 and supervisord restarts it                    |
+| an ADD moved here (Add.resumed_tokens)       | admission marks it so that its grammar resumes after the |
+|                                              |   tokens generated elsewhere (resumed_grammar.py)        |
 """
 import logging
 import queue
@@ -32,8 +36,8 @@ from collections import defaultdict
 from typing import Any, NamedTuple
 
 from common.messages import (
-    Abort, Add, Delta, Goodbye, Hello, ListLoras, LoadLora, Loras, Resync, StepOutput, TokenLogprob, UnloadLora,
-    Welcome, frontend_slot,
+    Abort, Add, Delta, Goodbye, Hello, ListLoras, LoadLora, Loras, Resync, SetOffline, StepOutput, TokenLogprob,
+    UnloadLora, Welcome, frontend_slot,
 )
 from engine_worker.load import PrefillBacklog
 from engine_worker.lora import Adapters, LoraRefused
@@ -46,6 +50,9 @@ FORGET_AFTER_S = 600.0
 # A frontend that lost a CachedBlocks gets at most one snapshot this often: a snapshot is the whole
 # prefix cache, and a frontend too slow to keep up would otherwise ask again and again.
 RESYNC_INTERVAL_S = 1.0
+# vLLM ends a request with finish reason "error" on its own failures (a grammar that would not compile
+# or resume), and says why only in its log.
+ENDED_BY_ERROR = "the engine could not go on with this request (its log says why)"
 
 
 class Admitted(NamedTuple):
@@ -67,7 +74,7 @@ class Refused(NamedTuple):
 
 class StepLoop:
     def __init__(self, engine, engine_id: str, model: str, tokenizer: str, publisher, load, idle_wait_s: float,
-                 adapters: Adapters | None = None):
+                 adapters: Adapters | None = None, resumes_grammars: bool = False):
         self.engine = engine
         self.adapters = adapters or Adapters(engine)
         self.engine_id = engine_id
@@ -77,6 +84,7 @@ class StepLoop:
         self.publisher = publisher
         self.load = load
         self.idle_wait_s = idle_wait_s
+        self.resumes_grammars = resumes_grammars  # said in each Welcome
         self.inbox: queue.Queue = queue.Queue()
         self.owners: dict[str, str] = {}  # request id -> frontend id
         self.backlog = PrefillBacklog()  # the owned requests with no output token yet
@@ -87,16 +95,21 @@ class StepLoop:
         self.stopping = False
         self.failure: str | None = None  # why the process must end with an error
         self.handlers = {Abort: self.abort, Hello: self.hello, Refused: self.refused, LoadLora: self.load_lora,
-                         UnloadLora: self.unload_lora, Resync: self.resync, ListLoras: self.list_loras}
+                         UnloadLora: self.unload_lora, Resync: self.resync, ListLoras: self.list_loras,
+                         SetOffline: self.set_offline}
 
     def serve(self) -> int:
-        """Run until stopped or failed, then say Goodbye. Returns the process's exit status: 1 after a
-        failure, so supervisord restarts the worker."""
+        """Run until stopped or failed, then say Goodbye and abort what still runs. Returns the process's
+        exit status: 1 after a failure, so supervisord restarts the worker."""
         try:
             self.run()
         except Exception as error:
+            log.exception("the engine failed")
             self.failure = f"the engine failed: {error}"
-        self.publisher.send(None, Goodbye(self.engine_id))
+        # Goodbye first: a frontend that hears it moves its requests to another engine, so the aborts
+        # after it reach only requests that cannot move.
+        self.publisher.send(None, Goodbye(self.engine_id, failed=self.failure is not None))
+        self.abort_all(self.failure or "the engine is shutting down")
         self.publisher.close()
         return 1 if self.failure else 0
 
@@ -107,21 +120,16 @@ class StepLoop:
         self.stopping = True
 
     def run(self) -> None:
-        """Steps until `stopping`. An exception from the engine fails every request, then propagates."""
-        try:
-            while not self.stopping:
-                self.take_requests(block=not self.owners)
-                if self.owners:
-                    self.step()
-                else:
-                    self.load.record_idle()
-                self.report_load()
-                self.forget_idle_frontends()
-        except Exception as error:
-            log.exception("the engine failed")
-            self.abort_all(f"the engine failed: {error}")
-            raise
-        self.abort_all("the engine is shutting down")
+        """Steps until `stopping`; an exception from the engine propagates."""
+        while not self.stopping:
+            self.take_requests(block=not self.owners)
+            if self.owners:
+                self.step()
+            else:
+                self.load.record_idle()
+            self.load.progressed()
+            self.report_load()
+            self.forget_idle_frontends()
 
     def take_requests(self, block: bool) -> None:
         try:
@@ -204,6 +212,14 @@ class StepLoop:
         self.publisher.send(None, self.loras())
         self.send(message.frontend_id, [Delta(message.request_id, [], "stop")])
 
+    def set_offline(self, message: SetOffline) -> None:
+        """In or out of the frontends' routing: every frontend reads it in the next heartbeat."""
+        self.heard_from(message.frontend_id)
+        if self.load.offline != message.offline:
+            log.info("engine %s %s", self.engine_id, "taken out of routing" if message.offline else "back in routing")
+        self.load.offline = message.offline
+        self.send(message.frontend_id, [Delta(message.request_id, [], "stop")])
+
     def list_loras(self, message: ListLoras) -> None:
         self.publisher.send(message.frontend_id, self.loras())
 
@@ -243,7 +259,8 @@ class StepLoop:
     def welcome(self, frontend_id: str) -> None:
         self.taken.pop(frontend_id, None)  # the frontend counts its sends afresh from a Welcome
         welcome = Welcome(self.engine_id, frontend_id, self.model, self.tokenizer, self.max_model_len,
-                          self.adapters.listing, self.adapters.runtime_updates, self.adapters.version)
+                          self.adapters.listing, self.adapters.runtime_updates, self.adapters.version,
+                          self.resumes_grammars)
         self.publisher.send(frontend_id, welcome)
 
     def forget_idle_frontends(self) -> None:
@@ -279,6 +296,7 @@ class StepLoop:
                     output.request_id,
                     token_ids,
                     finish_reason,
+                    error=ENDED_BY_ERROR if finish_reason == "error" else None,
                     logprobs=convert_logprobs(token_ids, completion.logprobs),
                     prompt_logprobs=prompt_logprobs(output),
                     stop_token_id=stop_token_id(completion) if output.finished else None,

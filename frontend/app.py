@@ -12,6 +12,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from common.config import ROOT, ServerConfig
+from frontend.admin import ADMIN_ROUTES
 from frontend.anthropic.routes import ANTHROPIC_ROUTES
 from frontend.auth import ApiKeyMiddleware, api_keys
 from frontend.browser_guard import BrowserGuard
@@ -32,13 +33,31 @@ async def health(request: Request) -> Response:
     pool has one, "degraded" when only some have). The figures are every engine's (requests added up,
     KV cache use averaged over the engines up); `engines` has each one, `models` each pool."""
     state: FrontendState = request.app.state.frontend
+    ready = [pool.ready for pool in state.pools]
+    status = "ok" if all(ready) else "degraded" if any(ready) else "engine unavailable"
+    return health_answer(state, state.ready and not state.draining, status)
+
+
+async def live(request: Request) -> Response:
+    """200 while this frontend's process answers at all: the liveness probe."""
+    return JSONResponse({"status": "ok", "frontend": request.app.state.frontend.frontend_id})
+
+
+async def ready(request: Request) -> Response:
+    """200 while this frontend can serve new requests on an engine that makes progress: one that is up,
+    not stalled and not taken out of routing. The readiness probe."""
+    state: FrontendState = request.app.state.frontend
+    progressing = any(pool.client.progressing() for pool in state.pools)
+    serving = state.ready and progressing and not state.draining
+    return health_answer(state, serving, "ok" if serving else "no engine is making progress" if state.ready
+                         else "engine unavailable")
+
+
+def health_answer(state: FrontendState, serving: bool, status: str) -> Response:
     clients = [pool.client for pool in state.pools]
     load = added_up([link.load for client in clients for link in client.up_links()])
-    ready = [pool.ready for pool in state.pools]
-    status = "draining" if state.draining else "ok" if all(ready) else "degraded" if any(ready) else \
-        "engine unavailable"
     body = {
-        "status": status,
+        "status": "draining" if state.draining else status,
         "frontend": state.frontend_id,
         "engine": next((client.engine_id for client in clients if client.engine_id), None),
         "running": load.running,
@@ -48,9 +67,7 @@ async def health(request: Request) -> Response:
         "engines": [view for client in clients for view in client.engines()],
         "models": [{"model": pool.model, "ready": pool.ready} for pool in state.pools],
     }
-    if state.ready and not state.draining:
-        return JSONResponse(body)
-    return JSONResponse(body, 503, headers=RETRY)
+    return JSONResponse(body) if serving else JSONResponse(body, 503, headers=RETRY)
 
 
 @functools.cache
@@ -105,11 +122,14 @@ def build_app(server: ServerConfig, frontend_id: str) -> Starlette:
     app = Starlette(
         routes=[
             Route("/health", health),
+            Route("/health/live", live),
+            Route("/health/ready", ready),
             Route("/version", version),
             Route("/generate", generate_endpoint, methods=["POST"]),
             *OPENAI_ROUTES,
             *ANTHROPIC_ROUTES,
             Route("/metrics", metrics_endpoint),
+            *ADMIN_ROUTES,
             *dashboard_routes(),
         ],
         exception_handlers=error_handlers(),

@@ -1,7 +1,8 @@
-"""API keys. With `api_key` set, every route but /health needs it: `Authorization: Bearer <key>`, or
-`x-api-key: <key>` as Anthropic's clients send it. The operator's routes (ADMIN_PATHS: loading and
-unloading LoRA adapters) need `admin_api_key` instead, whether or not `api_key` is set, and refuse
-everyone while it is not; the admin key opens every route. Refusals are in the route's protocol shape."""
+"""API keys. With `api_key` set, every route but /health and its probes needs it: `Authorization:
+Bearer <key>`, or `x-api-key: <key>` as Anthropic's clients send it. The operator's routes (ADMIN_PATHS:
+loading and unloading LoRA adapters; everything under /admin/: engines out of routing and back) need
+`admin_api_key` instead, whether or not `api_key` is set, and refuse everyone while it is not; the
+admin key opens every route. Refusals are in the route's protocol shape."""
 import hmac
 import os
 
@@ -9,8 +10,9 @@ from common.config import ServerConfig
 from frontend.error_shapes import error_response
 from frontend.http import HTTPError
 
-OPEN_PATHS = {"/health"}
+OPEN_PATHS = {"/health", "/health/live", "/health/ready"}  # probes carry no key
 ADMIN_PATHS = {"/v1/load_lora_adapter", "/v1/unload_lora_adapter"}
+ADMIN_PREFIX = "/admin/"
 HOW = "Authorization: Bearer <key>, or x-api-key: <key>"
 
 
@@ -34,7 +36,7 @@ class ApiKeyMiddleware:
 
     def refusal(self, path: str, headers: dict) -> HTTPError | None:
         admin = self.holds(self.admin_api_key, headers)
-        if path in ADMIN_PATHS:
+        if path in ADMIN_PATHS or path.startswith(ADMIN_PREFIX):
             if admin:
                 return None
             if not self.admin_api_key:

@@ -25,6 +25,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match
 
+from frontend.migration import CAUSES, REFUSALS
+
 MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
 # Multiprocess mode has no *_created series; a frontend on its own should say the same.
 disable_created_metrics()
@@ -66,6 +68,16 @@ CACHE_RESYNCS = Counter("llm_router_cache_resyncs", "Snapshots of an engine's pr
                         "of its CachedBlocks reports never arrived", ["model", "engine"], registry=LOCAL)
 LOAD_REPORTS_LOST = Counter("llm_router_load_reports_lost", "LoadReports of an engine that never arrived (seen "
                             "in their numbers)", ["model", "engine"], registry=LOCAL)
+MIGRATIONS = Counter("llm_migrations", "Generations moved to another engine when theirs was lost, by cause "
+                     "(crash, heartbeat, drain, stall, outputs_lost)", ["cause"], registry=LOCAL)
+NOT_MOVED = Counter("llm_migrations_refused", "Generations whose engine was lost and that could not move, by why "
+                    "(pinned, limit, grammar, no_engine)", ["reason"], registry=LOCAL)
+STALLS = Counter("llm_engine_stalls", "Times an engine was seen to stall (steps not advancing, or silent while "
+                 "connected), counted by each frontend that saw it", ["model", "engine"], registry=LOCAL)
+for cause in CAUSES:
+    MIGRATIONS.labels(cause)
+for reason in REFUSALS:
+    NOT_MOVED.labels(reason)
 
 
 def open_series(model: str) -> None:
@@ -209,12 +221,18 @@ LOAD_VIEW_GAUGES = (
 
 def engine_families(clients):
     """Each engine's figures from its latest heartbeat, labelled model=<served name>, engine=<rank in its
-    pool>; only `llm_engine_up` for an engine that is down."""
+    pool>; only `llm_engine_up`, `llm_engine_stalled` and `llm_engine_offline` for an engine that is down."""
     links = [(client.model, link) for client in clients for link in client.links]
     up = GaugeMetricFamily("llm_engine_up", "1 while the engine's heartbeats arrive", labels=["model", "engine"])
+    stalled = GaugeMetricFamily("llm_engine_stalled", "1 while the engine is stalled: steps not advancing for "
+                                "stall_timeout_s, or silent with its connection open", labels=["model", "engine"])
+    offline = GaugeMetricFamily("llm_engine_offline", "1 while an operator has the engine out of routing",
+                                labels=["model", "engine"])
     for model, link in links:
         up.add_metric([model, str(link.rank)], int(link.heartbeat_fresh()))
-    yield up
+        stalled.add_metric([model, str(link.rank)], int(link.stalled))
+        offline.add_metric([model, str(link.rank)], int(link.offline))
+    yield from (up, stalled, offline)
     live = [([model, str(link.rank)], link) for model, link in links if link.heartbeat_fresh()]
     for kind, figures in ((GaugeMetricFamily, ENGINE_GAUGES), (CounterMetricFamily, ENGINE_COUNTERS)):
         for name, documentation, figure in figures:

@@ -56,7 +56,7 @@ async def test_a_lost_engine_takes_its_unsent_aborts_with_it(tmp_path):
         link.streams[request_id] = RequestQueue(float("inf"))
     link.fail_all(RuntimeError, "stopping")
     assert link.unsent_aborts == {"a", "b"}
-    link.engine_lost("no heartbeat")
+    link.engine_lost("no heartbeat", "heartbeat")
     assert link.unsent_aborts == set()
     link.push.close()
     link.sub.close()

@@ -74,7 +74,7 @@ async def test_requests_for_an_adapter_go_only_to_engines_that_have_it(fleet):
     for i in range(4):
         with routing_scope(RoutingScope(lora="sql")):  # as served_model leaves it for a request naming "sql"
             client.add(f"r{i}", [1, 2, 3], {"max_tokens": 4})
-    assert {client.requests[f"r{i}"].rank for i in range(4)} == {1}
+    assert {client.requests[f"r{i}"].link.rank for i in range(4)} == {1}
     await until(lambda: len(engines[1].added) == 4)
     assert {add.lora for add in engines[1].added} == {"sql"}
     for i in range(4):

@@ -170,7 +170,13 @@ def test_an_abort_during_a_step_drops_what_that_step_still_reports(loop):
     assert loop.engine.aborted == ["r1"]
 
 
-def test_a_failing_step_ends_every_request_with_an_error_then_goodbye_and_exit_1(loop):
+def goodbye_comes_before_the_aborts(sent, goodbye) -> bool:
+    aborts = [i for i, (_, m) in enumerate(sent)
+              if isinstance(m, StepOutput) and any(d.finish_reason == "abort" for d in m.deltas)]
+    return bool(aborts) and sent.index((None, goodbye)) < min(aborts)
+
+
+def test_a_failing_step_says_goodbye_then_ends_every_request_with_an_error_and_exit_1(loop):
     add(loop, "r1")
     add(loop, "r2", frontend_id="host-1~bb")
     loop.engine.fail_next_step = RuntimeError("EngineCore died")
@@ -179,11 +185,13 @@ def test_a_failing_step_ends_every_request_with_an_error_then_goodbye_and_exit_1
         [delta] = loop.publisher.deltas(frontend_id)
         assert (delta.request_id, delta.finish_reason) == (request_id, "abort")
         assert "EngineCore died" in delta.error
-    assert loop.publisher.sent[-1] == (None, Goodbye(ENGINE_ID)) and loop.publisher.closed
+    # Goodbye first: frontends move what they can before the aborts arrive.
+    assert (None, Goodbye(ENGINE_ID, failed=True)) in loop.publisher.sent and loop.publisher.closed
+    assert goodbye_comes_before_the_aborts(loop.publisher.sent, Goodbye(ENGINE_ID, failed=True))
     assert "EngineCore died" in loop.failure
 
 
-def test_shutdown_aborts_every_request_then_goodbye_and_exit_0(loop):
+def test_shutdown_says_goodbye_then_aborts_every_request_and_exit_0(loop):
     add(loop, "r1", max_tokens=1000)
     real_step = loop.engine.step
 
@@ -196,7 +204,7 @@ def test_shutdown_aborts_every_request_then_goodbye_and_exit_0(loop):
     deltas = loop.publisher.deltas("host-0~aa")
     assert deltas[-1].finish_reason == "abort" and "shutting down" in deltas[-1].error
     assert loop.engine.aborted == ["r1"]
-    assert loop.publisher.sent[-1] == (None, Goodbye(ENGINE_ID))
+    assert goodbye_comes_before_the_aborts(loop.publisher.sent, Goodbye(ENGINE_ID))
 
 
 def test_a_broken_request_socket_ends_the_process_with_an_error(loop):
