@@ -296,6 +296,8 @@ def start(server: ServerConfig, supervisord: Supervisord, crashes: EngineCrashes
             except xmlrpc.client.Fault as fault:
                 print(f"error: nginx could not start ({fault.faultString})", file=sys.stderr)
                 return failed(supervisord)
+            except OSError:  # supervisord went while nginx started: a stop, asked for meanwhile
+                return False
             log.info("nginx ready on %s:%d", server.host, server.port)
             nginx_started = True
         if nginx_started and answers(url) == 200:

@@ -1,12 +1,17 @@
 """The engine worker gives vLLM the configuration `vllm serve` gives it for the same engine arguments
 (the flags bench/side_by_side.py passes to `vllm serve`), so a comparison of the two servers compares
-how each drives one and the same engine. No engine starts: vLLM only builds its configuration."""
+how each drives one and the same engine. No engine starts: vLLM only builds its configuration.
+
+One difference is ours on purpose: the scheduler class, vLLM's own with the step that resumes a moved
+request's grammar (engine_worker/resumed_grammar.py); everything else about the scheduler, async
+scheduling included, must match."""
 import dataclasses
 
 import pytest
 
 from bench.services import engine_flags
 from common.config import InferenceConfig
+from engine_worker import resumed_grammar
 from engine_worker.__main__ import engine_args, usage_context
 
 CASES = {
@@ -51,4 +56,6 @@ def test_engine_config_is_vllm_serves(given, model_dir):
     ours = engine_args(str(model_dir), inference).create_engine_config(usage_context())
     theirs = serve_args(str(model_dir), given, inference.served_name).create_engine_config(
         UsageContext.OPENAI_API_SERVER)
+    assert ours.scheduler_config.scheduler_cls == resumed_grammar.SCHEDULER
+    theirs.scheduler_config.scheduler_cls = resumed_grammar.SCHEDULER
     assert differences(ours, theirs) == []
