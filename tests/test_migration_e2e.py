@@ -230,6 +230,7 @@ def test_a_drained_engines_stream_at_temperature_0_reads_as_if_undisturbed(victi
     moved = SseStream(victim.url, "/v1/completions", body)
     moved.start()
     wait_for(lambda: len(moved.events) >= 30, 60, 0.05, what="the stream to get going")
+    wait_for(lambda: sum(in_flight(victim)) == 1, 10, 0.05, what="/health to count the stream")
     counts = in_flight(victim)
     drains_before = migrations(victim, "drain")
     rank = counts.index(max(counts))
