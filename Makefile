@@ -1,4 +1,4 @@
-.PHONY: setup serve stop status test test-fast
+.PHONY: setup serve stop status reload test test-fast
 VENV ?= .venv
 
 setup:
@@ -13,6 +13,10 @@ stop:
 
 status:
 	@$(VENV)/bin/python -m common.service status
+
+# The frontends read their tenants again (docs/tenants.md).
+reload:
+	@$(VENV)/bin/python -m common.service reload
 
 # tests/unit starts no process (the frontend's tests run on a harness without vLLM); every file
 # outside it, *_e2e.py, starts real services. The end-to-end run ends with the vLLM engines it

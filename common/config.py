@@ -45,6 +45,21 @@ class RemoteEngine(msgspec.Struct, forbid_unknown_fields=True):
     model: str = ""
 
 
+class TenantConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """One team sharing the service (server.yml's `tenants:`, docs/tenants.md): its keys and its limits."""
+    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    # "sha256:<64 hex digits>" of each API key (python -m frontend.tenants hash): the file holds no key.
+    api_key_hashes: list[Annotated[str, msgspec.Meta(pattern=r"^sha256:[0-9a-f]{64}$")]]
+    # The models (pools' served names) it may use; empty: every model.
+    models: list[str] = []
+    # A generation's max_tokens is lowered to this (finish_reason "length" says where it stopped); 0: no cap.
+    max_tokens: Annotated[int, msgspec.Meta(ge=0)] = 0
+    # Requests (POST) it may have open at once on each frontend; past it, 429. 0: no limit.
+    max_concurrent: Annotated[int, msgspec.Meta(ge=0)] = 0
+    # Its requests' timeout in place of server.yml's request_timeout_s; 0: that one.
+    request_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+
+
 class RouterConfig(msgspec.Struct, forbid_unknown_fields=True):
     """How each frontend picks the engine for a request (docs/fleet.md)."""
     # "prefix": the engine likely to hold the prompt's prefix, unless load says otherwise; "load": least
@@ -135,6 +150,10 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True):
     # When set (or ADMIN_API_KEY in the env), the operator's routes (loading and unloading LoRA adapters)
     # take it, and only it; unset, they refuse everyone.
     admin_api_key: str = ""
+    # Teams, each with API keys of its own and limits (docs/tenants.md); with any, every route but the
+    # probes needs a key. tenants_file names a YAML file with a `tenants:` list of more, read again on SIGHUP.
+    tenants: list[TenantConfig] = []
+    tenants_file: str = ""
     # Host headers answered besides the loopback names (localhost, 127.x.x.x, ::1), which are always
     # answered. Empty: on a loopback `host` only loopback names (a web page a DNS rebinding points at
     # 127.0.0.1 is refused), elsewhere any. ["*"]: any Host.
@@ -366,6 +385,36 @@ def _load(kind: type, env: str, default: str):
         return msgspec.convert(data, kind)
     except msgspec.ValidationError as error:
         raise SystemExit(f"{file}: {error}") from None
+
+
+class TenantsFile(msgspec.Struct, forbid_unknown_fields=True):
+    """The file server.yml's tenants_file names."""
+    tenants: list[TenantConfig] = []
+
+
+RESERVED_TENANTS = ("default", "admin")  # the tenants of api_key and admin_api_key
+
+
+def load_tenants(server: ServerConfig) -> list[TenantConfig]:
+    """server.yml's tenants, then tenants_file's (relative to the checkout); ValueError names what is
+    wrong: the file, a name taken, a key held twice."""
+    tenants = list(server.tenants)
+    if server.tenants_file:
+        path = server.path(server.tenants_file)
+        try:
+            tenants += msgspec.convert(yaml.safe_load(path.read_text()) or {}, TenantsFile).tenants
+        except (OSError, yaml.YAMLError, msgspec.ValidationError) as error:
+            raise ValueError(f"{path}: {error}") from None
+    names, digests = set(RESERVED_TENANTS), set()
+    for tenant in tenants:
+        if tenant.name in names:
+            raise ValueError(f"tenants: the name {tenant.name!r} is given twice or reserved "
+                             f"({' and '.join(RESERVED_TENANTS)} are the tenants of api_key and admin_api_key)")
+        names.add(tenant.name)
+        if digests & set(tenant.api_key_hashes):
+            raise ValueError(f"tenants: {tenant.name!r} holds a key another tenant holds too")
+        digests |= set(tenant.api_key_hashes)
+    return tenants
 
 
 def load_server() -> ServerConfig:

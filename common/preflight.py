@@ -6,7 +6,7 @@ import ipaddress
 import os
 from pathlib import Path
 
-from common.config import InferenceConfig, PoolConfig, ServerConfig
+from common.config import InferenceConfig, PoolConfig, ServerConfig, load_tenants
 from common.step_time import load_profile
 
 
@@ -24,10 +24,14 @@ def is_loopback(host: str) -> bool:
 
 
 def check_exposure(server: ServerConfig) -> None:
-    if not is_loopback(server.host) and not (server.api_key or os.environ.get("API_KEY")):
+    try:
+        tenants = load_tenants(server)
+    except ValueError as error:
+        raise StartRefused(str(error)) from None
+    if not is_loopback(server.host) and not (server.api_key or os.environ.get("API_KEY") or tenants):
         raise StartRefused(
             f"refusing to listen on {server.host}:{server.port}, beyond loopback, without an API key: "
-            "set API_KEY in the environment (docker run -e API_KEY=...) or api_key in server.yml, "
+            "set API_KEY in the environment (docker run -e API_KEY=...), api_key or tenants in server.yml, "
             "or listen on 127.0.0.1"
         )
 

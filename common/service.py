@@ -376,7 +376,7 @@ def held_lock(run_dir: Path) -> int | None:
 
 
 def ask(server: ServerConfig, command: str) -> int:
-    """`status` or `stop` on the service running in run_dir, through supervisorctl."""
+    """`status`, `stop` or `reload` on the service running in run_dir, through supervisorctl."""
     run_dir = server.path(server.run_dir)
     lock = held_lock(run_dir)
     if lock is None:
@@ -386,6 +386,8 @@ def ask(server: ServerConfig, command: str) -> int:
     if command == "status":
         code = subprocess.run([*supervisorctl, "status"]).returncode
         return 0 if code in (0, 3) else code  # 3: some process is not running; the table says which
+    if command == "reload":  # the frontends read their tenants again (docs/tenants.md)
+        return subprocess.run([*supervisorctl, "signal", "HUP", "frontend:*"]).returncode
     # shutdown stops the programs in order (frontends drain, then nginx, then the engine) and
     # supervisord exits; the lock is free once this service and its supervisord have ended.
     code = subprocess.run([*supervisorctl, "shutdown"]).returncode
@@ -398,7 +400,7 @@ def ask(server: ServerConfig, command: str) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m common.service")
-    parser.add_argument("command", nargs="?", default="serve", choices=["serve", "status", "stop"])
+    parser.add_argument("command", nargs="?", default="serve", choices=["serve", "status", "stop", "reload"])
     command = parser.parse_args().command
     return serve() if command == "serve" else ask(load_server(), command)
 

@@ -3,6 +3,7 @@ import argparse
 import asyncio
 import logging
 import secrets
+import signal
 import socket
 
 import uvicorn
@@ -37,7 +38,9 @@ def run_frontend_process() -> None:
         access_log=False,
         timeout_graceful_shutdown=server.drain_timeout_s + LAST_EVENT_GRACE_S,
     )
-    DrainingServer(config).run(sockets=[shared_socket(server.host, server.port)] if server.reuse_port else None)
+    frontend = DrainingServer(config)
+    signal.signal(signal.SIGHUP, frontend.on_sighup)
+    frontend.run(sockets=[shared_socket(server.host, server.port)] if server.reuse_port else None)
     metrics.forget_this_process()
 
 
@@ -65,6 +68,7 @@ class DrainingServer(uvicorn.Server):
 
     def __init__(self, config: uvicorn.Config):
         super().__init__(config)
+        self.loop: asyncio.AbstractEventLoop | None = None
         if config.log_level not in ("debug", "trace"):
             logging.getLogger("uvicorn.error").addFilter(quiet_routine_lines)
 
@@ -72,7 +76,24 @@ class DrainingServer(uvicorn.Server):
         await super().startup(sockets)
         if self.started:
             frontend = self.config.app.state.frontend
+            self.loop = asyncio.get_running_loop()
             log.info("frontend %s ready on 127.0.0.1:%d", frontend.frontend_id, self.config.port)
+
+    def on_sighup(self, signum, frame) -> None:
+        """`python -m common.service reload`: server.yml's tenants and its tenants_file read again."""
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.reload_tenants)
+
+    def reload_tenants(self) -> None:
+        async def reload():
+            try:
+                server = await asyncio.to_thread(load_server)
+            except (SystemExit, Exception) as error:  # SystemExit: how load_server names a wrong key
+                log.error("tenants not reloaded, the ones before stay: %s", error)
+                return
+            self.config.app.state.tenants.reload(server)
+
+        asyncio.get_running_loop().create_task(reload())
 
     def _log_started_message(self, listeners):
         pass

@@ -14,7 +14,7 @@ from starlette.routing import Route
 from common.config import ROOT, ServerConfig
 from frontend.admin import ADMIN_ROUTES
 from frontend.anthropic.routes import ANTHROPIC_ROUTES
-from frontend.auth import ApiKeyMiddleware, api_keys
+from frontend.auth import TenantAuthMiddleware, api_keys
 from frontend.browser_guard import BrowserGuard
 from frontend.dashboard.routes import Dashboard, dashboard_routes
 from frontend.grps.generate import generate_endpoint
@@ -26,6 +26,7 @@ from frontend.openai.routes import OPENAI_ROUTES
 from frontend.router import RoutingScopeMiddleware
 from frontend.run.errors import HANDLED, RETRY, as_http_error
 from frontend.run.state import FrontendState
+from frontend.tenants import Tenants
 
 
 async def health(request: Request) -> Response:
@@ -109,6 +110,7 @@ def routing_error(request: Request, error: StarletteHTTPException) -> HTTPError:
 
 def build_app(server: ServerConfig, frontend_id: str) -> Starlette:
     state = FrontendState(server, frontend_id)
+    tenants = Tenants(server, *api_keys(server))
     dashboard = Dashboard(state)
 
     @contextlib.asynccontextmanager
@@ -137,10 +139,11 @@ def build_app(server: ServerConfig, frontend_id: str) -> Starlette:
         # CORS) before the API key, as a browser's preflight carries no key, and its 401 must reach
         # the page readably.
         middleware=[Middleware(RouteMetricsMiddleware), Middleware(BrowserGuard, server=server),
-                    Middleware(ApiKeyMiddleware, *api_keys(server)),
+                    Middleware(TenantAuthMiddleware, tenants=tenants),
                     Middleware(RoutingScopeMiddleware, engines=state.engines)],
         lifespan=lifespan,
     )
     app.state.frontend = state
+    app.state.tenants = tenants
     app.state.dashboard = dashboard
     return app

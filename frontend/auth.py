@@ -1,19 +1,22 @@
-"""API keys. With `api_key` set, every route but /health and its probes needs it: `Authorization:
-Bearer <key>`, or `x-api-key: <key>` as Anthropic's clients send it. The operator's routes (ADMIN_PATHS:
-loading and unloading LoRA adapters; everything under /admin/: engines out of routing and back) need
-`admin_api_key` instead, whether or not `api_key` is set, and refuse everyone while it is not; the
-admin key opens every route. Refusals are in the route's protocol shape."""
-import hmac
+"""API keys and the tenant each opens (frontend/tenants.py). With `api_key` or `tenants` set, every route
+but /health and its probes needs a key: `Authorization: Bearer <key>`, or `x-api-key: <key>` as
+Anthropic's clients send it. The operator's routes (ADMIN_PATHS: loading and unloading LoRA adapters;
+everything under /admin/: engines out of routing and back) need `admin_api_key` instead, whether or not
+other keys are set, and refuse everyone while it is not; the admin key opens every route. A tenant's
+`max_concurrent` counts its open POSTs here, so every route, present or future, is held to it. Refusals
+are in the route's protocol shape."""
 import os
 
 from common.config import ServerConfig
 from frontend.error_shapes import error_response
 from frontend.http import HTTPError
+from frontend.tenants import ANONYMOUS, Tenant, Tenants, tenant_scope
 
 OPEN_PATHS = {"/health", "/health/live", "/health/ready"}  # probes carry no key
 ADMIN_PATHS = {"/v1/load_lora_adapter", "/v1/unload_lora_adapter"}
 ADMIN_PREFIX = "/admin/"
 HOW = "Authorization: Bearer <key>, or x-api-key: <key>"
+RETRY = {"Retry-After": "1"}
 
 
 def api_keys(server: ServerConfig) -> tuple[str, str]:
@@ -21,38 +24,49 @@ def api_keys(server: ServerConfig) -> tuple[str, str]:
     return (os.environ.get("API_KEY") or server.api_key, os.environ.get("ADMIN_API_KEY") or server.admin_api_key)
 
 
-class ApiKeyMiddleware:
-    def __init__(self, app, api_key: str, admin_api_key: str = ""):
+class TenantAuthMiddleware:
+    def __init__(self, app, tenants: Tenants):
         self.app = app
-        self.api_key, self.admin_api_key = api_key.encode(), admin_api_key.encode()
+        self.tenants = tenants
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
-            error = self.refusal(scope["path"], dict(scope["headers"]))
-            if error is not None:
-                await error_response(error, scope["path"])(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        tenant = self.tenants.holder(dict(scope["headers"]))
+        error = self.refusal(scope["path"], dict(scope["headers"]), tenant)
+        tenant = tenant or ANONYMOUS
+        counted = scope["method"] == "POST" and tenant.max_concurrent > 0
+        if error is None and counted and self.tenants.open.get(tenant.name, 0) >= tenant.max_concurrent:
+            error = HTTPError(429, f"the tenant {tenant.name!r} has its limit of {tenant.max_concurrent} "
+                                   "requests open at once on this server", headers=RETRY)
+        if error is not None:
+            await error_response(error, scope["path"])(scope, receive, send)
+            return
+        if counted:
+            self.tenants.open[tenant.name] = self.tenants.open.get(tenant.name, 0) + 1
+        try:
+            with tenant_scope(tenant):
+                await self.app(scope, receive, send)
+        finally:
+            if counted:
+                self.tenants.open[tenant.name] -= 1
 
-    def refusal(self, path: str, headers: dict) -> HTTPError | None:
-        admin = self.holds(self.admin_api_key, headers)
+    def refusal(self, path: str, headers: dict, tenant: Tenant | None) -> HTTPError | None:
         if path in ADMIN_PATHS or path.startswith(ADMIN_PREFIX):
-            if admin:
+            if tenant is not None and tenant.admin:
                 return None
-            if not self.admin_api_key:
+            if not self.tenants.admin_api_key:
                 return HTTPError(403, "the operator's routes are off: set admin_api_key in server.yml "
                                       "(or ADMIN_API_KEY in the environment) to use them")
-            if self.holds(self.api_key, headers):
+            if tenant is not None:
                 return HTTPError(403, "this route needs the admin API key (admin_api_key), not the API key")
             return HTTPError(401, f"the admin API key is needed: {HOW}")
-        if not self.api_key or admin or self.holds(self.api_key, headers):
+        if tenant is not None or not self.tenants.keys_required:
             return None
-        return HTTPError(401, f"a valid API key is needed: {HOW}")
+        given = "the API key given is not one this server knows" if has_key(headers) else "an API key is needed"
+        return HTTPError(401, f"{given}: {HOW}")
 
-    @staticmethod
-    def holds(key: bytes, headers: dict) -> bool:
-        if not key:
-            return False
-        # Constant-time, both: how much of a guess matched must not show in the answer's timing.
-        bearer = hmac.compare_digest(headers.get(b"authorization", b""), b"Bearer " + key)
-        return hmac.compare_digest(headers.get(b"x-api-key", b""), key) | bearer
+
+def has_key(headers: dict) -> bool:
+    return b"x-api-key" in headers or b"authorization" in headers

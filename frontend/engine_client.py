@@ -40,6 +40,7 @@ from frontend.load_view import LoadView
 from frontend.metrics import CACHE_RESYNCS, LOAD_REPORTS_LOST, MIGRATIONS, NOT_MOVED, ROUTED, STALLS
 from frontend.migration import Flight
 from frontend.router import Route, Router, RoutingScope, current_scope
+from frontend.tenants import current_tenant
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +71,11 @@ class RequestQueue(asyncio.Queue):
     """Where one request's Deltas arrive, with the time by which it must be done, and the token ids
     that arrived on it (from every engine it ran on): what a move to another engine goes on from."""
 
-    def __init__(self, deadline: float, request_id: str = ""):
+    def __init__(self, timeout_s: float, request_id: str = ""):
         super().__init__()
         self.request_id = request_id
-        self.deadline = deadline
+        self.timeout_s = timeout_s
+        self.deadline = time.monotonic() + timeout_s
         self.generated: list[int] = []
         self.finished = False  # its last Delta is in
 
@@ -303,8 +305,8 @@ class EngineLink:
         now = time.monotonic()
         overdue = [request_id for request_id, queue in self.streams.items() if queue.deadline < now]
         for request_id in overdue:
-            self.streams.pop(request_id).put_nowait(RequestTimeout(
-                f"the request ran past the {self.request_timeout_s:g} s request timeout"))
+            queue = self.streams.pop(request_id)
+            queue.put_nowait(RequestTimeout(f"the request ran past its {queue.timeout_s:g} s request timeout"))
         if overdue:
             self.abort(overdue)
 
@@ -483,9 +485,12 @@ class EngineClient:
             raise EngineUnavailable(self.closed)
         if len(self.requests) >= self.max_in_flight:
             raise Overloaded(f"this server is at its limit of {self.max_in_flight} requests in flight")
+        tenant = current_tenant()
+        if tenant.max_tokens and sampling["max_tokens"] > tenant.max_tokens:
+            sampling = {**sampling, "max_tokens": tenant.max_tokens}
         add = Add(request_id, self.frontend_id, prompt_token_ids, sampling, lora)
         frame = encode(add)
-        flight = Flight(add, RequestQueue(time.monotonic() + self.request_timeout_s, request_id),
+        flight = Flight(add, RequestQueue(tenant.request_timeout_s or self.request_timeout_s, request_id),
                         pinned=scope is not None and scope.pinned is not None)
         self.send(flight, add, frame, self.refusing(lora), scope)
         self.requests[request_id] = flight
@@ -617,7 +622,7 @@ class EngineClient:
     async def ask(self, link: EngineLink, message: LoadLora | UnloadLora | SetOffline) -> str | None:
         """Send an operator's message to one engine and wait for its answer: None when it did it, else
         why not."""
-        queue = RequestQueue(time.monotonic() + self.request_timeout_s, message.request_id)
+        queue = RequestQueue(self.request_timeout_s, message.request_id)
         try:
             link.add(message.request_id, encode(message), queue)
         except EngineUnavailable as error:

@@ -10,10 +10,12 @@ from frontend.run.state import FrontendState
 
 
 def model_cards(state: FrontendState) -> list[ModelCard]:
-    """Every pool whose engines have said hello (those since down too: a request to one is a 503), each
-    followed by its LoRA adapters."""
+    """Every pool the request's tenant may use whose engines have said hello (those since down too: a
+    request to one is a 503), each followed by its LoRA adapters."""
     cards = []
-    for pool in state.pools:
+    if all(pool.client.welcome is None for pool in state.pools):
+        raise EngineUnavailable("no engine is available")
+    for pool in state.usable():
         welcome = pool.client.welcome
         if welcome is None:
             continue
@@ -21,8 +23,6 @@ def model_cards(state: FrontendState) -> list[ModelCard]:
         cards += [base, *(ModelCard(id=name, created=base.created, root=path, parent=base.id,
                                     max_model_len=base.max_model_len)
                           for name, path in sorted(pool.client.loras.items()))]
-    if not cards:
-        raise EngineUnavailable("no engine is available")
     return cards
 
 

@@ -9,6 +9,7 @@ from frontend.engine_client import EngineClient, EngineUnavailable
 from frontend.http import HTTPError
 from frontend.router import PIN_HEADER, current_scope
 from frontend.run.pool import Pool
+from frontend.tenants import current_tenant
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +75,12 @@ class FrontendState:
         """The pool a request's `model` names, and the name its answer gives: a pool's model (the first
         pool's when none is named), or a LoRA adapter of one, which its generations then use (through
         the request's RoutingScope). Any other name is a 404, as with OpenAI; a model whose engines have
-        not yet said hello is a 503, as one that is down."""
+        not yet said hello is a 503, as one that is down. A model the request's tenant may not use is
+        a 404 too, as OpenAI answers: to that tenant it does not exist."""
         scope = current_scope()
         pool, name = self.named(requested)
         if pool is None:
-            raise HTTPError(404, f"the model {requested[:256]!r} does not exist; {self.served()}", "model")
+            raise HTTPError(404, f"the model {(requested or '')[:256]!r} does not exist; {self.served()}", "model")
         if pool.client.welcome is None:
             raise EngineUnavailable(f"the engines of {pool.model or 'the model'} are not available")
         if name != pool.model and scope is not None:
@@ -89,19 +91,25 @@ class FrontendState:
         return pool, name
 
     def named(self, requested: str | None) -> tuple[Pool | None, str]:
+        pools = self.usable()
         if not requested:
-            return self.pools[0], self.pools[0].model
-        for pool in self.pools:
+            return (pools[0], pools[0].model) if pools else (None, "")
+        for pool in pools:
             if requested == pool.model:
                 return pool, requested
-        for pool in self.pools:
+        for pool in pools:
             if requested in pool.client.loras:
                 return pool, requested
         return None, requested
 
+    def usable(self) -> list[Pool]:
+        """The pools the request's tenant may use (tenants' `models`), each with its LoRA adapters."""
+        tenant = current_tenant()
+        return [pool for pool in self.pools if tenant.may_use(pool.model)]
+
     def served(self) -> str:
-        """The models served, as a 404 names them."""
-        listing = ", ".join(repr(pool.model) for pool in self.pools if pool.model)
-        adapters = sum(len(pool.client.loras) for pool in self.pools)
+        """The models served to the request's tenant, as a 404 names them."""
+        listing = ", ".join(repr(pool.model) for pool in self.usable() if pool.model) or "no model to this API key"
+        adapters = sum(len(pool.client.loras) for pool in self.usable())
         return (f"this server serves {listing}" + (f" and {adapters} LoRA adapters" if adapters else "")
                 + " (GET /v1/models lists them)")

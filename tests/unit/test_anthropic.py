@@ -16,7 +16,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from common.config import RequestLimits
+from common.config import RequestLimits, ServerConfig
 from frontend.anthropic.messages import (
     MessageBuilder, as_chat, check_bounds, check_tools, sampling_of, tool_plan,
 )
@@ -24,7 +24,8 @@ from frontend.anthropic.protocol import CountTokensRequest, MessagesRequest, err
 from frontend.anthropic.routes import anthropic_route
 from frontend.anthropic.sse import error_event, event
 from frontend.app import error_handlers
-from frontend.auth import ApiKeyMiddleware
+from frontend.auth import TenantAuthMiddleware
+from frontend.tenants import Tenants
 from frontend.engine_client import EngineLost
 from frontend.http import HTTPError
 from frontend.run.answer import rendered
@@ -273,7 +274,7 @@ def keyed_app(key: str):
         return JSONResponse({"input_tokens": 3})
 
     app = Starlette(routes=[Route("/v1/messages/count_tokens", counted, methods=["POST"])])
-    return ApiKeyMiddleware(app, key)
+    return TenantAuthMiddleware(app, Tenants(ServerConfig(), key))
 
 
 def sdk_client(key: str) -> AsyncAnthropic:

@@ -12,7 +12,8 @@ from starlette.routing import Route
 from common.config import ServerConfig
 from frontend.anthropic.routes import anthropic_route
 from frontend.app import error_handlers
-from frontend.auth import ApiKeyMiddleware
+from frontend.auth import TenantAuthMiddleware
+from frontend.tenants import Tenants
 from frontend.browser_guard import BrowserGuard, host_name, is_loopback_name
 from frontend.http import read_json
 from frontend.router import RoutingScopeMiddleware
@@ -41,7 +42,7 @@ def guarded_app(calls: list, **server) -> Starlette:
                 Route("/v1/messages/fails", fails)],
         exception_handlers=error_handlers(),
         middleware=[Middleware(BrowserGuard, server=config),
-                    Middleware(ApiKeyMiddleware, config.api_key, config.admin_api_key),
+                    Middleware(TenantAuthMiddleware, tenants=Tenants(config, config.api_key, config.admin_api_key)),
                     Middleware(RoutingScopeMiddleware, engines=2)])
 
 

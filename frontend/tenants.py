@@ -1,0 +1,134 @@
+"""Tenants: the teams that share the service, each known by the API keys it holds (docs/tenants.md).
+
+Keys are kept as SHA-256 digests, so that server.yml and the tenants file hold no secret. An API key is
+a random secret of 128 bits or more, not a word a person chose: no guessing reverses a fast digest of
+one, so a password hash (bcrypt, argon2), which costs tens of milliseconds of CPU by design, would
+only slow every request. A key presented is looked up by its digest, so the time a lookup takes says
+nothing about the key.
+
+`python -m frontend.tenants new-key` prints a fresh key and its digest; `python -m frontend.tenants hash`
+prints the digest of a key read from standard input (the same as `printf %s KEY | sha256sum`).
+"""
+import argparse
+import contextlib
+import contextvars
+import hashlib
+import logging
+import secrets
+import sys
+from dataclasses import dataclass
+
+from common.config import RESERVED_TENANTS, ServerConfig, TenantConfig, load_tenants
+
+log = logging.getLogger(__name__)
+
+# The tenant of server.yml's api_key (and of every request while no key is configured), and of admin_api_key.
+DEFAULT, ADMIN = RESERVED_TENANTS
+MAX_KEY_BYTES = 512  # a longer header value is no key this service gave out: refused without hashing
+
+
+@dataclass(frozen=True)
+class Tenant:
+    name: str
+    models: frozenset[str] = frozenset()
+    max_tokens: int = 0
+    max_concurrent: int = 0
+    request_timeout_s: float = 0.0
+    admin: bool = False
+
+    def may_use(self, model: str) -> bool:
+        return not self.models or model in self.models
+
+    @classmethod
+    def of(cls, config: TenantConfig) -> "Tenant":
+        return cls(config.name, frozenset(config.models), config.max_tokens, config.max_concurrent,
+                   config.request_timeout_s)
+
+
+ANONYMOUS = Tenant(DEFAULT)
+
+
+def key_hash(key: str | bytes) -> str:
+    return "sha256:" + hashlib.sha256(key.encode() if isinstance(key, str) else key).hexdigest()
+
+
+def keyring(server: ServerConfig, api_key: str, admin_api_key: str) -> dict[str, Tenant]:
+    """Every key's digest and the tenant it opens (ValueError: the tenants configured are wrong)."""
+    ring = {digest: Tenant.of(config) for config in load_tenants(server) for digest in config.api_key_hashes}
+    if api_key:
+        ring[key_hash(api_key)] = Tenant(DEFAULT)
+    if admin_api_key:
+        ring[key_hash(admin_api_key)] = Tenant(ADMIN, admin=True)
+    return ring
+
+
+class Tenants:
+    """The keys one frontend takes now, and how many requests each tenant has open on it."""
+
+    def __init__(self, server: ServerConfig, api_key: str = "", admin_api_key: str = ""):
+        self.api_key, self.admin_api_key = api_key, admin_api_key
+        self.ring = keyring(server, api_key, admin_api_key)
+        self.open: dict[str, int] = {}
+
+    @property
+    def keys_required(self) -> bool:
+        """Some key other than the admin's is configured: requests without one are refused."""
+        return any(not tenant.admin for tenant in self.ring.values())
+
+    def reload(self, server: ServerConfig) -> None:
+        """Take `server`'s tenants in place of the current ones; requests already admitted go on as
+        their tenant was. A configuration that does not load changes nothing."""
+        try:
+            self.ring = keyring(server, self.api_key, self.admin_api_key)
+        except ValueError as error:
+            log.error("tenants not reloaded, the ones before stay: %s", error)
+            return
+        log.info("tenants reloaded: %d keys of %d tenants", len(self.ring),
+                 len({tenant.name for tenant in self.ring.values()}))
+
+    def holder(self, headers: dict) -> Tenant | None:
+        """The tenant whose key the request carries (Bearer, or x-api-key), else None."""
+        for value in (headers.get(b"x-api-key"), bearer(headers.get(b"authorization", b""))):
+            if value and len(value) <= MAX_KEY_BYTES and (tenant := self.ring.get(key_hash(value))):
+                return tenant
+        return None
+
+
+def bearer(authorization: bytes) -> bytes | None:
+    scheme, _, token = authorization.partition(b" ")
+    return token.strip() if scheme.lower() == b"bearer" else None
+
+
+_tenant: contextvars.ContextVar[Tenant] = contextvars.ContextVar("tenant", default=ANONYMOUS)
+
+
+def current_tenant() -> Tenant:
+    return _tenant.get()
+
+
+@contextlib.contextmanager
+def tenant_scope(tenant: Tenant):
+    token = _tenant.set(tenant)
+    try:
+        yield tenant
+    finally:
+        _tenant.reset(token)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m frontend.tenants")
+    parser.add_argument("command", choices=["hash", "new-key"],
+                        help="hash: the digest of the key on standard input; new-key: a fresh key and its digest")
+    if parser.parse_args().command == "hash":
+        key = sys.stdin.read().removesuffix("\n")
+        if not key:
+            parser.error("no key on standard input")
+        print(key_hash(key))
+    else:
+        key = "sk-" + secrets.token_urlsafe(32)
+        print(f"key:    {key}\nsha256: {key_hash(key)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

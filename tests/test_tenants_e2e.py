@@ -1,0 +1,99 @@
+"""Tenants end to end: two frontends behind nginx on the session's vLLM engine, their tenants in a
+tenants_file. Two tenants served with their own keys through the OpenAI and Anthropic SDKs, an unknown
+key refused in each protocol's shape, a model a tenant may not use, and `python -m common.service
+reload` (SIGHUP to the frontends) adding a key while a stream runs."""
+import subprocess
+import sys
+import threading
+
+import anthropic
+import httpx
+import openai
+import pytest
+import yaml
+
+from common import default_model
+from common.config import ROOT
+from frontend.tenants import key_hash
+from tests.conftest import frontends_on, wait_for
+
+MODEL = default_model.NAME
+ALPHA_KEY, BETA_KEY, GAMMA_KEY = "sk-alpha-e2e-0123456789", "sk-beta-e2e-0123456789", "sk-gamma-e2e-0123456789"
+ALPHA = {"name": "alpha", "api_key_hashes": [key_hash(ALPHA_KEY)]}
+BETA = {"name": "beta", "api_key_hashes": [key_hash(BETA_KEY)], "models": ["a-model-it-may-use"]}
+GAMMA = {"name": "gamma", "api_key_hashes": [key_hash(GAMMA_KEY)]}
+
+
+@pytest.fixture(scope="module")
+def tenanted(service, tmp_path_factory):
+    listed = tmp_path_factory.mktemp("tenants") / "tenants.yml"
+    listed.write_text(yaml.safe_dump({"tenants": [ALPHA, BETA]}))
+    with frontends_on(service, "tenants", frontends=2, tenants_file=str(listed)) as deployment:
+        deployment.tenants_file = listed
+        yield deployment
+
+
+def openai_client(url: str, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=60)
+
+
+def anthropic_client(url: str, key: str) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=url, api_key=key, max_retries=0, timeout=60)
+
+
+def test_each_tenant_is_served_with_its_own_key_and_an_unknown_key_is_a_401_in_each_shape(tenanted):
+    chat = openai_client(tenanted.url, ALPHA_KEY).chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+    assert chat.usage.completion_tokens == 3
+    message = anthropic_client(tenanted.url, ALPHA_KEY).messages.create(
+        model=MODEL, max_tokens=3, messages=[{"role": "user", "content": "hi"}])
+    assert message.usage.output_tokens == 3
+    with pytest.raises(openai.AuthenticationError, match="not one this server knows"):
+        openai_client(tenanted.url, "sk-unknown").completions.create(model=MODEL, prompt="hi", max_tokens=3)
+    with pytest.raises(anthropic.AuthenticationError, match="not one this server knows"):
+        anthropic_client(tenanted.url, "sk-unknown").messages.create(
+            model=MODEL, max_tokens=3, messages=[{"role": "user", "content": "hi"}])
+    generate = httpx.post(f"{tenanted.url}/generate", json={"prompt": "hi", "max_tokens": 3}, timeout=60)
+    assert generate.status_code == 401
+    assert generate.json()["error"] == {"message": "an API key is needed: Authorization: Bearer <key>, or "
+                                                   "x-api-key: <key>", "type": "authentication_error",
+                                        "param": None, "code": 401}
+
+
+def test_a_model_the_tenant_may_not_use_is_a_404(tenanted):
+    with pytest.raises(openai.NotFoundError, match=f"the model '{MODEL}' does not exist"):
+        openai_client(tenanted.url, BETA_KEY).completions.create(model=MODEL, prompt="hi", max_tokens=3)
+    with pytest.raises(anthropic.NotFoundError):
+        anthropic_client(tenanted.url, BETA_KEY).messages.create(
+            model=MODEL, max_tokens=3, messages=[{"role": "user", "content": "hi"}])
+    assert openai_client(tenanted.url, BETA_KEY).models.list().data == []
+
+
+def test_a_reload_adds_a_key_while_a_stream_runs_and_the_stream_completes(tenanted):
+    events: list[str] = []
+    started = threading.Event()
+
+    def stream():
+        chunks = openai_client(tenanted.url, ALPHA_KEY).completions.create(
+            model=MODEL, prompt="hi", max_tokens=1000, stream=True, extra_body={"ignore_eos": True},
+            stream_options={"include_usage": True})
+        for chunk in chunks:
+            started.set()
+            events.append(chunk)
+
+    streaming = threading.Thread(target=stream)
+    streaming.start()
+    assert started.wait(60), "the stream never started"
+    for index in range(2):
+        assert httpx.post(f"{tenanted.frontend_url(index)}/generate", json={"prompt": "hi", "max_tokens": 2},
+                          headers={"x-api-key": GAMMA_KEY}, timeout=60).status_code == 401
+    tenanted.tenants_file.write_text(yaml.safe_dump({"tenants": [ALPHA, BETA, GAMMA]}))
+    subprocess.run([sys.executable, "-m", "common.service", "reload"], cwd=ROOT, env=tenanted.env, check=True)
+    for index in range(2):
+        wait_for(lambda: httpx.post(f"{tenanted.frontend_url(index)}/generate", json={"prompt": "hi", "max_tokens": 2},
+                                    headers={"x-api-key": GAMMA_KEY}, timeout=60).status_code == 200,
+                 30, 0.5, f"frontend {index} to take the new key")
+    assert streaming.is_alive(), "the stream ended before the reload: make it longer"
+    streaming.join(300)
+    assert events[-1].usage.completion_tokens == 1000
+    assert events[-2].choices[0].finish_reason == "length"
