@@ -56,6 +56,10 @@ class TenantConfig(msgspec.Struct, forbid_unknown_fields=True):
     max_tokens: Annotated[int, msgspec.Meta(ge=0)] = 0
     # Requests (POST) it may have open at once on each frontend; past it, 429. 0: no limit.
     max_concurrent: Annotated[int, msgspec.Meta(ge=0)] = 0
+    # Quotas over the whole fleet in each minute of the wall clock, as the engines count them; past one,
+    # 429 until the minute turns. 0: none.
+    requests_per_minute: Annotated[int, msgspec.Meta(ge=0)] = 0
+    tokens_per_minute: Annotated[int, msgspec.Meta(ge=0)] = 0
     # Its requests' timeout in place of server.yml's request_timeout_s; 0: that one.
     request_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
 
@@ -154,6 +158,8 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True):
     # probes needs a key. tenants_file names a YAML file with a `tenants:` list of more, read again on SIGHUP.
     tenants: list[TenantConfig] = []
     tenants_file: str = ""
+    # A prompt token found in the prefix cache counts this much of a token against tokens_per_minute.
+    cached_token_weight: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.1
     # Host headers answered besides the loopback names (localhost, 127.x.x.x, ::1), which are always
     # answered. Empty: on a loopback `host` only loopback names (a web page a DNS rebinding points at
     # 127.0.0.1 is refused), elsewhere any. ["*"]: any Host.

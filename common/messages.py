@@ -29,6 +29,7 @@ class Add(msgspec.Struct, tag="add", array_like=True):
     # A request moved here from a lost engine: its prompt's last `resumed_tokens` ids are the output it
     # had generated, which its structured-output grammar resumes after (engine_worker/resumed_grammar.py).
     resumed_tokens: int = 0
+    tenant: str = ""  # whose request it is (docs/tenants.md): the engine counts its use in LoadReport.usage
 
 
 class LoadLora(msgspec.Struct, tag="load_lora", array_like=True):
@@ -163,6 +164,15 @@ class Heartbeat(msgspec.Struct, tag="heartbeat", array_like=True):
     offline: bool = False  # an operator took it out of routing (SetOffline)
 
 
+class TenantUse(msgspec.Struct, array_like=True):
+    """What one tenant used on one engine in one minute."""
+
+    requests: int = 0  # ADDs taken, but those moved here from a lost engine
+    prompt_tokens: int = 0  # prompt tokens computed
+    cached_tokens: int = 0  # prompt tokens found in the prefix cache (vLLM's num_cached_tokens)
+    output_tokens: int = 0
+
+
 class LoadReport(msgspec.Struct, tag="load", array_like=True):
     """The engine's load after a step, for every frontend's router: the one load view they share."""
 
@@ -179,6 +189,10 @@ class LoadReport(msgspec.Struct, tag="load", array_like=True):
     # refused): what each frontend sent is counted in the figures above from then on.
     taken: dict[str, int] = {}
     cache_seq: int = 0  # the number of the last CachedBlocks published before this report
+    # Each tenant's use of this engine in the wall clock's minute `usage_minute` (int(time.time() // 60)):
+    # what every frontend adds up to hold tenants to their quotas (frontend/quotas.py).
+    usage_minute: int = 0
+    usage: dict[str, TenantUse] = {}
 
 
 class Loras(msgspec.Struct, tag="loras", array_like=True):

@@ -6,7 +6,7 @@ import time
 
 import msgspec
 
-from common.messages import EngineLoad, GpuLoad, LoadReport
+from common.messages import EngineLoad, GpuLoad, LoadReport, TenantUse
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +35,17 @@ class LoadTracker:
         # vLLM keeps one block as its null block, never used nor free (BlockPool.get_usage).
         self.usable_blocks, self.block_size = max(num_blocks - 1, 0), block_size
 
-    def step_report(self, engine_id: str, taken: dict[str, int], prefill_tokens: int) -> LoadReport | None:
+    def step_report(self, engine_id: str, taken: dict[str, int], prefill_tokens: int,
+                    usage: "TenantUsage") -> LoadReport | None:
         """The load after a step, or None when nothing in it changed since the last report."""
         free = round((1.0 - self.load.kv_cache_usage) * self.usable_blocks)
         figures = (self.load.waiting, self.load.running, prefill_tokens, (self.usable_blocks - free) * self.block_size,
                    free)
-        if (figures, taken) == self.reported:
+        minute, used = usage.now()
+        if (figures, taken, minute, used) == self.reported:
             return None
-        self.reported = (figures, dict(taken))
-        return LoadReport(engine_id, 0, *figures, dict(taken))
+        self.reported = (figures, dict(taken), minute, used)
+        return LoadReport(engine_id, 0, *figures, dict(taken), usage_minute=minute, usage=used)
 
     def stat_logger_factory(self, base: type | None = None):
         """The stat logger class vLLM's engine makes and calls with its scheduler's figures, derived
@@ -90,6 +92,33 @@ class LoadTracker:
         # step to report that the last requests are gone.
         self.load.running = self.load.waiting = 0
         self.load.kv_cache_usage = 0.0
+
+
+class TenantUsage:
+    """What each tenant used on this engine in the wall clock's current minute (frontend/quotas.py)."""
+
+    def __init__(self):
+        self.minute = 0
+        self.used: dict[str, TenantUse] = {}
+
+    def count(self, tenant: str, requests: int = 0, prompt_tokens: int = 0, cached_tokens: int = 0,
+              output_tokens: int = 0) -> None:
+        self.turn()
+        use = self.used.setdefault(tenant, TenantUse())
+        use.requests += requests
+        use.prompt_tokens += prompt_tokens
+        use.cached_tokens += cached_tokens
+        use.output_tokens += output_tokens
+
+    def now(self) -> tuple[int, dict[str, TenantUse]]:
+        """The minute and a copy of its table, to send."""
+        self.turn()
+        return self.minute, {tenant: msgspec.structs.replace(use) for tenant, use in self.used.items()}
+
+    def turn(self) -> None:
+        minute = int(time.time() // 60)
+        if minute != self.minute:
+            self.minute, self.used = minute, {}
 
 
 class PrefillBacklog:

@@ -39,7 +39,7 @@ from common.messages import (
     Abort, Add, Delta, Goodbye, Hello, ListLoras, LoadLora, Loras, Resync, SetOffline, StepOutput, TokenLogprob,
     UnloadLora, Welcome, frontend_slot,
 )
-from engine_worker.load import PrefillBacklog
+from engine_worker.load import PrefillBacklog, TenantUsage
 from engine_worker.lora import Adapters, LoraRefused
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,8 @@ class StepLoop:
         self.inbox: queue.Queue = queue.Queue()
         self.owners: dict[str, str] = {}  # request id -> frontend id
         self.backlog = PrefillBacklog()  # the owned requests with no output token yet
+        self.usage = TenantUsage()
+        self.tenant_of: dict[str, tuple[str, int]] = {}  # request id -> its tenant and prompt tokens
         self.frontends: dict[str, float] = {}  # frontend id -> when it last sent a HELLO or an ADD
         self.taken: dict[str, int] = {}  # frontend id -> ADDs taken from it since its last Welcome
         self.resynced: dict[str, float] = {}  # frontend id -> when it was last sent a snapshot for a Resync
@@ -166,6 +168,8 @@ class StepLoop:
             return
         self.owners[request_id] = frontend_id
         prompt_tokens = len(admitted.add.prompt_token_ids)
+        self.tenant_of[request_id] = (admitted.add.tenant, prompt_tokens)
+        self.usage.count(admitted.add.tenant, requests=0 if admitted.add.resumed_tokens else 1)
         self.backlog.add(request_id, prompt_tokens if admitted.prefill_tokens is None else admitted.prefill_tokens)
         self.load.load.prompt_tokens_total += prompt_tokens
 
@@ -188,6 +192,7 @@ class StepLoop:
         known = [(r, owner) for r in message.request_ids if (owner := self.owners.pop(r, None)) is not None]
         for request_id, _ in known:
             self.backlog.done(request_id)
+            self.tenant_of.pop(request_id, None)
         if known:
             self.engine.abort_request([r for r, _ in known])
         return known
@@ -288,6 +293,7 @@ class StepLoop:
             if output.finished:
                 del self.owners[output.request_id]
             token_ids = list(completion.token_ids)
+            self.count_use(output, len(token_ids))
             if token_ids or output.finished:  # its prefill is done
                 self.backlog.done(output.request_id)
             generated += len(token_ids)
@@ -306,11 +312,22 @@ class StepLoop:
         for frontend_id, deltas in by_frontend.items():
             self.send(frontend_id, deltas)
 
+    def count_use(self, output, generated: int) -> None:
+        """The tenant's tokens of this step: its prompt's with its first output (computed, and found in
+        the prefix cache), and what it generated."""
+        tenant, prompt_tokens = self.tenant_of.get(output.request_id, ("", 0))
+        prefilled = output.request_id in self.backlog.requests and (generated or output.finished)
+        cached = min(getattr(output, "num_cached_tokens", None) or 0, prompt_tokens) if prefilled else 0
+        self.usage.count(tenant, prompt_tokens=prompt_tokens - cached if prefilled else 0, cached_tokens=cached,
+                         output_tokens=generated)
+        if output.finished:
+            self.tenant_of.pop(output.request_id, None)
+
     def send(self, frontend_id: str, deltas: list[Delta]) -> None:
         self.publisher.send(frontend_id, StepOutput(self.engine_id, 0, deltas))
 
     def report_load(self) -> None:
-        report = self.load.step_report(self.engine_id, self.taken, self.backlog.tokens)
+        report = self.load.step_report(self.engine_id, self.taken, self.backlog.tokens, self.usage)
         if report is not None:
             self.publisher.send(None, report)
 

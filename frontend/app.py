@@ -139,7 +139,8 @@ def build_app(server: ServerConfig, frontend_id: str) -> Starlette:
         # CORS) before the API key, as a browser's preflight carries no key, and its 401 must reach
         # the page readably.
         middleware=[Middleware(RouteMetricsMiddleware), Middleware(BrowserGuard, server=server),
-                    Middleware(TenantAuthMiddleware, tenants=tenants),
+                    Middleware(TenantAuthMiddleware, tenants=tenants, reports=state.load_reports,
+                               cached_token_weight=server.cached_token_weight),
                     Middleware(RoutingScopeMiddleware, engines=state.engines)],
         lifespan=lifespan,
     )

@@ -3,13 +3,16 @@ but /health and its probes needs a key: `Authorization: Bearer <key>`, or `x-api
 Anthropic's clients send it. The operator's routes (ADMIN_PATHS: loading and unloading LoRA adapters;
 everything under /admin/: engines out of routing and back) need `admin_api_key` instead, whether or not
 other keys are set, and refuse everyone while it is not; the admin key opens every route. A tenant's
-`max_concurrent` counts its open POSTs here, so every route, present or future, is held to it. Refusals
-are in the route's protocol shape."""
+`max_concurrent` counts its open POSTs here, and its quotas (frontend/quotas.py) turn POSTs away here,
+so every route, present or future, is held to them. Refusals are in the route's protocol shape."""
 import os
+from collections.abc import Callable, Iterable
 
 from common.config import ServerConfig
 from frontend.error_shapes import error_response
+from common.messages import LoadReport
 from frontend.http import HTTPError
+from frontend.quotas import quota_refusal
 from frontend.tenants import ANONYMOUS, Tenant, Tenants, tenant_scope
 
 OPEN_PATHS = {"/health", "/health/live", "/health/ready"}  # probes carry no key
@@ -25,9 +28,12 @@ def api_keys(server: ServerConfig) -> tuple[str, str]:
 
 
 class TenantAuthMiddleware:
-    def __init__(self, app, tenants: Tenants):
+    def __init__(self, app, tenants: Tenants, reports: Callable[[], Iterable[LoadReport]] = tuple,
+                 cached_token_weight: float = 0.0):
         self.app = app
         self.tenants = tenants
+        self.reports = reports  # every engine's latest LoadReport, whose usage the quotas add up
+        self.cached_token_weight = cached_token_weight
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
@@ -36,10 +42,13 @@ class TenantAuthMiddleware:
         tenant = self.tenants.holder(dict(scope["headers"]))
         error = self.refusal(scope["path"], dict(scope["headers"]), tenant)
         tenant = tenant or ANONYMOUS
-        counted = scope["method"] == "POST" and tenant.max_concurrent > 0
+        post = scope["method"] == "POST"
+        counted = post and tenant.max_concurrent > 0
         if error is None and counted and self.tenants.open.get(tenant.name, 0) >= tenant.max_concurrent:
             error = HTTPError(429, f"the tenant {tenant.name!r} has its limit of {tenant.max_concurrent} "
                                    "requests open at once on this server", headers=RETRY)
+        if error is None and post:
+            error = quota_refusal(tenant, self.reports(), self.cached_token_weight)
         if error is not None:
             await error_response(error, scope["path"])(scope, receive, send)
             return

@@ -488,7 +488,7 @@ class EngineClient:
         tenant = current_tenant()
         if tenant.max_tokens and sampling["max_tokens"] > tenant.max_tokens:
             sampling = {**sampling, "max_tokens": tenant.max_tokens}
-        add = Add(request_id, self.frontend_id, prompt_token_ids, sampling, lora)
+        add = Add(request_id, self.frontend_id, prompt_token_ids, sampling, lora, tenant=tenant.name)
         frame = encode(add)
         flight = Flight(add, RequestQueue(tenant.request_timeout_s or self.request_timeout_s, request_id),
                         pinned=scope is not None and scope.pinned is not None)

@@ -70,4 +70,4 @@ class Flight:
         if generated:  # they came with the first output, for the first prompt
             sampling.pop("prompt_logprobs", None)
         return Add(self.engine_request_id, self.add.frontend_id, self.add.prompt_token_ids + generated, sampling,
-                   self.add.lora, len(generated))
+                   self.add.lora, len(generated), self.add.tenant)

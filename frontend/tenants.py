@@ -34,6 +34,8 @@ class Tenant:
     max_tokens: int = 0
     max_concurrent: int = 0
     request_timeout_s: float = 0.0
+    requests_per_minute: int = 0
+    tokens_per_minute: int = 0
     admin: bool = False
 
     def may_use(self, model: str) -> bool:
@@ -42,7 +44,7 @@ class Tenant:
     @classmethod
     def of(cls, config: TenantConfig) -> "Tenant":
         return cls(config.name, frozenset(config.models), config.max_tokens, config.max_concurrent,
-                   config.request_timeout_s)
+                   config.request_timeout_s, config.requests_per_minute, config.tokens_per_minute)
 
 
 ANONYMOUS = Tenant(DEFAULT)

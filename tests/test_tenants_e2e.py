@@ -1,10 +1,12 @@
 """Tenants end to end: two frontends behind nginx on the session's vLLM engine, their tenants in a
 tenants_file. Two tenants served with their own keys through the OpenAI and Anthropic SDKs, an unknown
-key refused in each protocol's shape, a model a tenant may not use, and `python -m common.service
-reload` (SIGHUP to the frontends) adding a key while a stream runs."""
+key refused in each protocol's shape, a model a tenant may not use, a tokens_per_minute quota held over
+both frontends, and `python -m common.service reload` (SIGHUP to the frontends) adding a key while a
+stream runs."""
 import subprocess
 import sys
 import threading
+import time
 
 import anthropic
 import httpx
@@ -22,13 +24,16 @@ ALPHA_KEY, BETA_KEY, GAMMA_KEY = "sk-alpha-e2e-0123456789", "sk-beta-e2e-0123456
 ALPHA = {"name": "alpha", "api_key_hashes": [key_hash(ALPHA_KEY)]}
 BETA = {"name": "beta", "api_key_hashes": [key_hash(BETA_KEY)], "models": ["a-model-it-may-use"]}
 GAMMA = {"name": "gamma", "api_key_hashes": [key_hash(GAMMA_KEY)]}
+METERED_KEY, QUOTA = "sk-metered-e2e-0123456789", 300
+METERED = {"name": "metered", "api_key_hashes": [key_hash(METERED_KEY)], "tokens_per_minute": QUOTA}
 
 
 @pytest.fixture(scope="module")
 def tenanted(service, tmp_path_factory):
     listed = tmp_path_factory.mktemp("tenants") / "tenants.yml"
-    listed.write_text(yaml.safe_dump({"tenants": [ALPHA, BETA]}))
-    with frontends_on(service, "tenants", frontends=2, tenants_file=str(listed)) as deployment:
+    listed.write_text(yaml.safe_dump({"tenants": [ALPHA, BETA, METERED]}))
+    # A stream of 1,000 tokens on a loaded 2-core host can see steps slower than the default stall timeout.
+    with frontends_on(service, "tenants", frontends=2, tenants_file=str(listed), stall_timeout_s=60) as deployment:
         deployment.tenants_file = listed
         yield deployment
 
@@ -87,7 +92,7 @@ def test_a_reload_adds_a_key_while_a_stream_runs_and_the_stream_completes(tenant
     for index in range(2):
         assert httpx.post(f"{tenanted.frontend_url(index)}/generate", json={"prompt": "hi", "max_tokens": 2},
                           headers={"x-api-key": GAMMA_KEY}, timeout=60).status_code == 401
-    tenanted.tenants_file.write_text(yaml.safe_dump({"tenants": [ALPHA, BETA, GAMMA]}))
+    tenanted.tenants_file.write_text(yaml.safe_dump({"tenants": [ALPHA, BETA, METERED, GAMMA]}))
     subprocess.run([sys.executable, "-m", "common.service", "reload"], cwd=ROOT, env=tenanted.env, check=True)
     for index in range(2):
         wait_for(lambda: httpx.post(f"{tenanted.frontend_url(index)}/generate", json={"prompt": "hi", "max_tokens": 2},
@@ -97,3 +102,34 @@ def test_a_reload_adds_a_key_while_a_stream_runs_and_the_stream_completes(tenant
     streaming.join(300)
     assert events[-1].usage.completion_tokens == 1000
     assert events[-2].choices[0].finish_reason == "length"
+
+
+def test_a_tokens_per_minute_quota_holds_over_both_frontends(tenanted):
+    """Requests alternate between the two frontends: each admits while the engine's reports say the
+    tenant is under its quota, so what is admitted stays within the quota plus what the requests
+    admitted under it go on to use (each within its prompt and max_tokens: docs/tenants.md)."""
+    if time.time() % 60 > 30:  # the whole run within one minute of the wall clock
+        time.sleep(60 - time.time() % 60)
+    minute = int(time.time() // 60)
+    frontends = [openai_client(tenanted.frontend_url(index), METERED_KEY) for index in range(2)]
+    admitted, refused = 0, None
+    for sent in range(40):
+        try:
+            answer = frontends[sent % 2].completions.create(model=MODEL, prompt="hi", max_tokens=20,
+                                                            extra_body={"ignore_eos": True})
+        except openai.RateLimitError as error:
+            refused = error
+            break
+        admitted += answer.usage.total_tokens
+        one_request = answer.usage.total_tokens
+    assert int(time.time() // 60) == minute, "the minute turned during the test"
+    assert refused is not None, f"{admitted} tokens admitted, none refused"
+    assert QUOTA <= admitted <= QUOTA + 2 * one_request
+    assert refused.response.headers["x-ratelimit-remaining-tokens"] == "0"
+    assert 1 <= int(refused.response.headers["retry-after"]) <= 60
+    # the other frontend refuses too, in Anthropic's shape
+    with pytest.raises(anthropic.RateLimitError):
+        anthropic_client(tenanted.frontend_url(1 - sent % 2), METERED_KEY).messages.create(
+            model=MODEL, max_tokens=3, messages=[{"role": "user", "content": "hi"}])
+    # other tenants go on
+    assert openai_client(tenanted.url, ALPHA_KEY).completions.create(model=MODEL, prompt="hi", max_tokens=2)

@@ -27,7 +27,7 @@ import zmq
 from common.config import EngineLinkConfig
 from common.messages import Welcome
 from engine_worker.io_threads import OutputPublisher
-from engine_worker.load import LoadTracker
+from engine_worker.load import LoadTracker, TenantUsage
 
 WARM_UP_S = 3.0
 LINK = EngineLinkConfig(heartbeat_interval_s=0.5, heartbeat_timeout_s=3600)
@@ -68,7 +68,7 @@ def engines(directory: str, count: int, frontends: list[str], step_s: float, pha
             tracker.load.running, tracker.load.waiting = 200 + step % 7, step % 3
             tracker.load.kv_cache_usage = (step % 100) / 100
             taken[frontends[step % len(frontends)]] += 1
-            report = tracker.step_report(f"engine-{rank}", taken, 1000 + step % 13)
+            report = tracker.step_report(f"engine-{rank}", taken, 1000 + step % 13, TenantUsage())
             if report is not None:
                 publisher.send(None, report)
                 sent += 1

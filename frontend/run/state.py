@@ -66,6 +66,10 @@ class FrontendState:
     def in_flight(self) -> int:
         return sum(pool.client.in_flight for pool in self.pools)
 
+    def load_reports(self) -> list:
+        """Every engine's latest LoadReport, of every pool: the tenants' use of the fleet (frontend/quotas.py)."""
+        return [link.load_view.report for pool in self.pools for link in pool.client.links]
+
     @property
     def engines(self) -> int:
         """The most engines any pool has: the bound of a pinned rank before the pool is known."""

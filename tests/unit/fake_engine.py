@@ -74,10 +74,12 @@ class FakeEngine:
         await self.publish(BROADCAST_TOPIC, Heartbeat(self.engine_id, load or EngineLoad(), last_seqs,
                                                       cache_seq=cache_seq))
 
-    async def report(self, taken: dict[str, int], waiting: int = 0, running: int = 0, prefill_tokens: int = 0) -> None:
-        """A LoadReport: the engine took `taken` ADDs from each frontend."""
+    async def report(self, taken: dict[str, int], waiting: int = 0, running: int = 0, prefill_tokens: int = 0,
+                     usage_minute: int = 0, usage: dict | None = None) -> None:
+        """A LoadReport: the engine took `taken` ADDs from each frontend; `usage`: each tenant's TenantUse."""
         self.load_seq += 1
-        report = LoadReport(self.engine_id, self.load_seq, waiting, running, prefill_tokens, 0, 0, taken)
+        report = LoadReport(self.engine_id, self.load_seq, waiting, running, prefill_tokens, 0, 0, taken,
+                            usage_minute=usage_minute, usage=usage or {})
         await self.publish(BROADCAST_TOPIC, report)
 
     async def step(self, *deltas: Delta) -> None:

@@ -2,11 +2,12 @@
 (FakeEngine: requests in a dict, one token per step, no vLLM) and a fake publisher (FakePublisher:
 records what it is given)."""
 import queue
+import time
 from types import SimpleNamespace
 
 import pytest
 
-from common.messages import Abort, Add, Goodbye, Hello, LoadReport, Resync, StepOutput, Welcome
+from common.messages import Abort, Add, Goodbye, Hello, LoadReport, Resync, StepOutput, TenantUse, Welcome
 from engine_worker import step_loop
 from engine_worker.admission import admitter
 from engine_worker.load import LoadTracker
@@ -245,6 +246,26 @@ def test_each_step_that_changes_the_load_is_reported_once_acknowledging_every_fr
     loop.report_load()
     after = loop.publisher.reports()[-1]
     assert (after.running, after.prefill_tokens, after.kv_tokens, after.free_blocks) == (3, 0, 25 * 16, 75)
+
+
+def test_each_tenants_use_of_the_minute_is_reported(loop):
+    """Requests when taken (not one moved here), prompt tokens with the first output, computed and
+    from the prefix cache apart, and output tokens as they come."""
+    steps = loop.engine.step
+    loop.engine.step = lambda: [SimpleNamespace(**vars(output), num_cached_tokens=1) for output in steps()]
+    for request_id, tenant, resumed in (("a1", "alpha", 0), ("a2", "alpha", 0), ("b1", "beta", 0), ("b2", "beta", 1)):
+        message = Add(request_id, "host-0~aa", [1, 2, 3], {"max_tokens": 2}, resumed_tokens=resumed, tenant=tenant)
+        loop.handle(0.0, Admitted(message, {"prompt_token_ids": [1, 2, 3]}, {"max_tokens": 2}))
+    loop.handle(0.0, Abort(["a2"]))
+    loop.step()
+    loop.report_load()
+    first = loop.publisher.reports()[-1]
+    assert first.usage_minute == int(time.time() // 60)
+    assert first.usage == {"alpha": TenantUse(2, 2, 1, 1), "beta": TenantUse(1, 4, 2, 2)}
+    loop.step()
+    loop.report_load()
+    assert loop.publisher.reports()[-1].usage == {"alpha": TenantUse(2, 2, 1, 2), "beta": TenantUse(1, 4, 2, 4)}
+    assert loop.tenant_of == {}
 
 
 def test_an_aborted_request_leaves_the_prefill_backlog(loop):
