@@ -101,6 +101,8 @@ class Delta(msgspec.Struct, array_like=True):
     prompt_logprobs: list[list[TokenLogprob] | None] | None = None
     # The id in the request's stop_token_ids that ended it (vLLM's stop_reason); None for EOS or length.
     stop_token_id: int | None = None
+    # With a request's first output: its prompt tokens found in the prefix cache (vLLM's num_cached_tokens).
+    num_cached_tokens: int | None = None
 
 
 class StepOutput(msgspec.Struct, tag="step", array_like=True):

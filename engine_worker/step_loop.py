@@ -293,7 +293,7 @@ class StepLoop:
             if output.finished:
                 del self.owners[output.request_id]
             token_ids = list(completion.token_ids)
-            self.count_use(output, len(token_ids))
+            cached = self.count_use(output, len(token_ids))
             if token_ids or output.finished:  # its prefill is done
                 self.backlog.done(output.request_id)
             generated += len(token_ids)
@@ -306,15 +306,17 @@ class StepLoop:
                     logprobs=convert_logprobs(token_ids, completion.logprobs),
                     prompt_logprobs=prompt_logprobs(output),
                     stop_token_id=stop_token_id(completion) if output.finished else None,
+                    num_cached_tokens=cached,
                 )
             )
         self.load.load.generation_tokens_total += generated
         for frontend_id, deltas in by_frontend.items():
             self.send(frontend_id, deltas)
 
-    def count_use(self, output, generated: int) -> None:
+    def count_use(self, output, generated: int) -> int | None:
         """The tenant's tokens of this step: its prompt's with its first output (computed, and found in
-        the prefix cache), and what it generated."""
+        the prefix cache), and what it generated. Returns the prompt tokens from the cache with the first
+        output, else None."""
         tenant, prompt_tokens = self.tenant_of.get(output.request_id, ("", 0))
         prefilled = output.request_id in self.backlog.requests and (generated or output.finished)
         cached = min(getattr(output, "num_cached_tokens", None) or 0, prompt_tokens) if prefilled else 0
@@ -322,6 +324,7 @@ class StepLoop:
                          output_tokens=generated)
         if output.finished:
             self.tenant_of.pop(output.request_id, None)
+        return cached if prefilled else None
 
     def send(self, frontend_id: str, deltas: list[Delta]) -> None:
         self.publisher.send(frontend_id, StepOutput(self.engine_id, 0, deltas))

@@ -133,3 +133,19 @@ def test_a_tokens_per_minute_quota_holds_over_both_frontends(tenanted):
             model=MODEL, max_tokens=3, messages=[{"role": "user", "content": "hi"}])
     # other tenants go on
     assert openai_client(tenanted.url, ALPHA_KEY).completions.create(model=MODEL, prompt="hi", max_tokens=2)
+
+
+def test_usage_reports_the_prompt_tokens_vllm_found_in_its_prefix_cache(tenanted):
+    prompt = "The quick brown fox jumps over the lazy dog. " * 40  # a few hundred tokens: whole blocks
+    client = openai_client(tenanted.url, ALPHA_KEY)
+    first = client.completions.create(model=MODEL, prompt=prompt, max_tokens=2).usage
+    again = client.completions.create(model=MODEL, prompt=prompt, max_tokens=2).usage
+    assert first.prompt_tokens == again.prompt_tokens
+    assert 0 < again.prompt_tokens_details.cached_tokens < again.prompt_tokens
+    message = anthropic_client(tenanted.url, ALPHA_KEY).messages.create(
+        model=MODEL, max_tokens=2, messages=[{"role": "user", "content": prompt}])
+    again = anthropic_client(tenanted.url, ALPHA_KEY).messages.create(
+        model=MODEL, max_tokens=2, messages=[{"role": "user", "content": prompt}])
+    assert again.usage.cache_read_input_tokens > 0
+    assert again.usage.input_tokens + again.usage.cache_read_input_tokens == \
+        message.usage.input_tokens + message.usage.cache_read_input_tokens

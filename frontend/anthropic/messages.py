@@ -204,6 +204,7 @@ class MessageBuilder(Answer):
         self.model = model
         self.input_tokens = input_tokens
         self.output_tokens = 0
+        self.cached_tokens = 0
         self.blocks: list[OutputBlock] = []
         self.texts: list[list[str]] = []  # the text of each text or thinking block, in pieces
         self.open: str | None = None  # the kind of the block open for more text: "text" or "thinking"
@@ -262,6 +263,7 @@ class MessageBuilder(Answer):
     def take(self, update: Update) -> list:
         """The events one Update of the run makes."""
         events = []
+        self.cached_tokens = update.cached_tokens
         for item in update.events:
             if isinstance(item, ToolCall):
                 events += self.tool_use(item)
@@ -288,7 +290,8 @@ class MessageBuilder(Answer):
                                MessageStop()]
 
     def usage(self) -> Usage:
-        return Usage(self.input_tokens, self.output_tokens)
+        # Anthropic's input_tokens leave out the tokens read from the cache.
+        return Usage(self.input_tokens - self.cached_tokens, self.output_tokens, self.cached_tokens)
 
     def message(self) -> Message:
         content = [whole_block(block, texts) for block, texts in zip(self.blocks, self.texts)]

@@ -101,8 +101,10 @@ class MessagesRequest(CountTokensRequest, kw_only=True):
 
 
 class Usage(msgspec.Struct):
-    input_tokens: int
+    input_tokens: int  # not counting cache_read_input_tokens, as Anthropic counts
     output_tokens: int
+    cache_read_input_tokens: int = 0  # found in the prefix cache
+    cache_creation_input_tokens: int = 0
 
 
 class TextOut(msgspec.Struct, tag_field="type", tag="text"):

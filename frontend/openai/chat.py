@@ -14,7 +14,7 @@ from frontend.openai.logprobs import chat_logprobs
 from frontend.openai.protocol import (
     AssistantMessage, CalledFunction, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk,
     ChatCompletionRequest, ChatDelta, ChatLogprobs, ChatMessage, NamedToolChoice, StreamedFunction, StreamOptions,
-    ToolCallDelta, ToolCallOut, Usage, as_chat, now, response_id, usage,
+    ToolCallDelta, ToolCallOut, Usage, as_chat, cached_tokens, now, response_id, usage,
 )
 from frontend.openai.sampling import choice_specs, requested_grammar, sampling_kwargs
 from frontend.openai.sse import Chunks, event
@@ -139,7 +139,8 @@ class ChatAnswer(Answer):
         return json_response(self.completion())
 
     def usage(self) -> Usage:
-        return usage(self.prompt_tokens, sum(choice.completion_tokens for choice in self.choices))
+        return usage(self.prompt_tokens, sum(choice.completion_tokens for choice in self.choices),
+                     cached_tokens(self.choices))
 
     def logprobs(self, positions: list) -> ChatLogprobs | None:
         if self.top_logprobs is None:

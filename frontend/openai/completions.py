@@ -12,7 +12,8 @@ from starlette.responses import Response
 from frontend.http import HTTPError, json_response, off_the_loop_if, read_json
 from frontend.openai.logprobs import CompletionLogprobsBuilder, extend_completion
 from frontend.openai.protocol import (
-    Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, StreamOptions, Usage, now, response_id, usage,
+    Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, StreamOptions, Usage, cached_tokens, now, response_id,
+    usage,
 )
 from frontend.openai.sampling import choice_specs, requested_grammar, sampling_kwargs
 from frontend.openai.sse import Chunks, event
@@ -49,6 +50,7 @@ class CompletionAnswer(Answer):
         self.created = now()
         self.model = model
         self.prompt_tokens = sum(len(prompt.ids) for prompt in prompts)
+        self.prompts = len(prompts)
         self.choices = choices
         self.echoes = echoes  # each choice's prompt, when echoed
         self.logprobs = logprobs
@@ -62,7 +64,8 @@ class CompletionAnswer(Answer):
         return json_response(self.completion())
 
     def usage(self) -> Usage:
-        return usage(self.prompt_tokens, sum(choice.completion_tokens for choice in self.choices))
+        return usage(self.prompt_tokens, sum(choice.completion_tokens for choice in self.choices),
+                     cached_tokens(self.choices, self.prompts))
 
     def chunk(self, choices: list[CompletionChoice], with_usage: bool = False) -> Completion:
         return Completion(id=self.id, created=self.created, model=self.model, choices=choices,

@@ -118,10 +118,15 @@ class ChatCompletionRequest(SamplingRequest, kw_only=True):
 # Responses. Fields without a default are always written, as null where OpenAI writes null.
 
 
+class PromptTokensDetails(msgspec.Struct):
+    cached_tokens: int = 0  # found in the prefix cache
+
+
 class Usage(msgspec.Struct):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails = msgspec.field(default_factory=PromptTokensDetails)
 
 
 class CompletionLogprobs(msgspec.Struct):
@@ -264,8 +269,16 @@ def now() -> int:
     return int(time.time())
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> Usage:
-    return Usage(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens)
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> Usage:
+    return Usage(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens, PromptTokensDetails(cached_tokens))
+
+
+def cached_tokens(choices: list, prompts: int = 1) -> int:
+    """The prompt tokens found in the prefix cache: of each prompt, its choices' largest figure (n
+    choices a prompt, prompt by prompt)."""
+    n = max(len(choices) // max(prompts, 1), 1)
+    return sum(max((choice.cached_tokens for choice in choices[i:i + n]), default=0)
+               for i in range(0, len(choices), n))
 
 
 def as_chat(body) -> Chat:

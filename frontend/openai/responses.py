@@ -337,6 +337,7 @@ class ResponseWriter(Answer):
         self.texts: list[str] = []  # the open item's text so far
         self.space = ""  # whitespace not yet in any item: dropped unless visible text follows
         self.output_tokens = 0
+        self.cached_tokens = 0
         self.finish_reason: str | None = None
 
     @property
@@ -392,6 +393,7 @@ class ResponseWriter(Answer):
             else:
                 self.content(event.text)
         self.output_tokens = update.completion_tokens
+        self.cached_tokens = update.cached_tokens
         if update.finish_reason is not None:
             self.finish_reason = update.finish_reason
 
@@ -465,7 +467,8 @@ class ResponseWriter(Answer):
             self.texts.append(self.space)
         self.close_open()
         response = self.response
-        response.usage = ResponseUsage(self.prompt_tokens, self.output_tokens, self.prompt_tokens + self.output_tokens)
+        response.usage = ResponseUsage(self.prompt_tokens, self.output_tokens, self.prompt_tokens + self.output_tokens,
+                                       {"cached_tokens": self.cached_tokens, "cache_write_tokens": 0})
         if self.finish_reason == "length":
             response.status, response.incomplete_details = "incomplete", {"reason": "max_output_tokens"}
         else:

@@ -35,6 +35,7 @@ class Update:
     logprobs: list[list[TokenLogprob]] | None = None
     prompt_logprobs: list[list[TokenLogprob] | None] | None = None
     stop_reason: int | str | None = None  # vLLM's: the stop string or stop token id that ended it
+    cached_tokens: int = 0  # the choice's prompt tokens found in the prefix cache
 
 
 class Choice:
@@ -49,6 +50,7 @@ class Choice:
         self.reasoning_parser = reasoning_parser
         self.contents: list[str] = []
         self.thoughts: list[str] = []
+        self.cached_tokens = 0  # of its prompt, found in the prefix cache
         self.tool_calls: list[ToolCall] = []
         self.token_ids: list[int] = []
         self.logprobs: list[list[TokenLogprob]] = []
@@ -86,10 +88,12 @@ class Choice:
         self.token_ids += piece.token_ids
         self.logprobs += piece.logprobs or []
         self.completion_tokens += len(piece.token_ids)
+        if piece.cached_tokens is not None:
+            self.cached_tokens = piece.cached_tokens
         if finished:
             self.finish_reason, self.stop_reason = piece.finish_reason, piece.stop_reason
         return Update(self.index, events, piece.token_ids, self.completion_tokens, piece.finish_reason,
-                      piece.logprobs, piece.prompt_logprobs, piece.stop_reason)
+                      piece.logprobs, piece.prompt_logprobs, piece.stop_reason, self.cached_tokens)
 
     def read(self, split: list[Content | Reasoning], finished: bool) -> list[Event]:
         """The reader's events for the content, reasoning passed by as it is."""

@@ -124,6 +124,7 @@ class ScriptedEngine(FakeEngine):
         self.script: collections.deque[list[int] | str] = collections.deque()
         self.runs: dict[str, Run] = {}
         self.work = asyncio.Event()
+        self.cached_tokens = 0  # what each request's first output says its prompt found in the prefix cache
         super().__init__(server, 0, "scripted-engine", context)
         self.tasks = [asyncio.create_task(self.generate()), asyncio.create_task(self.beat())]
 
@@ -251,6 +252,8 @@ class ScriptedEngine(FakeEngine):
                       stop_token_id=stop_token)
         if run.first and sampling.get("prompt_logprobs") is not None:
             delta.prompt_logprobs = [None, *self.logprobs(run.add.prompt_token_ids[1:], sampling["prompt_logprobs"])]
+        if run.first:
+            delta.num_cached_tokens = min(self.cached_tokens, len(run.add.prompt_token_ids))
         run.first = False
         return delta
 

@@ -102,6 +102,7 @@ class Frontend:
     def reset(self) -> None:
         for engine in self.engines:
             engine.script.clear()
+            engine.cached_tokens = 0
         self.wait(self.nothing_left, 10, "the requests of the test before to end")
 
     @staticmethod

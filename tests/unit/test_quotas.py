@@ -85,3 +85,23 @@ def test_each_protocol_answers_its_rate_limit_error_and_other_tenants_go_on(fron
     assert raised.value.body["error"]["type"] == "rate_limit_error"
     served = frontend.post("/generate", {"prompt": "hi", "max_tokens": 2}, headers={"x-api-key": SEARCH_KEY})
     assert served.status_code == 200
+
+
+def test_usage_answers_report_the_prompt_tokens_found_in_the_prefix_cache(frontend):
+    frontend.engine.cached_tokens = 16
+    chat = frontend.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "a " * 40}],
+                                                  "max_tokens": 2}).json()["usage"]
+    assert chat["prompt_tokens_details"] == {"cached_tokens": 16} and chat["prompt_tokens"] > 16
+    # two prompts, n=2: each prompt's cached tokens once
+    completions = frontend.post("/v1/completions", {"prompt": ["a " * 40, "b " * 40], "n": 2, "max_tokens": 2})
+    assert completions.json()["usage"]["prompt_tokens_details"] == {"cached_tokens": 32}
+    streamed = frontend.stream_lines("/v1/completions", {"prompt": "a " * 40, "max_tokens": 2, "stream": True,
+                                                         "stream_options": {"include_usage": True}})
+    assert '"prompt_tokens_details":{"cached_tokens":16}' in streamed[-2]
+    responses = frontend.post("/v1/responses", {"input": "a " * 40, "max_output_tokens": 2}).json()["usage"]
+    assert responses["input_tokens_details"]["cached_tokens"] == 16
+    message = anthropic.Anthropic(base_url=frontend.url, api_key="unused", max_retries=0).messages.create(
+        model="tiny-llama", max_tokens=2, messages=[{"role": "user", "content": "a " * 40}])
+    assert message.usage.cache_read_input_tokens == 16
+    # Anthropic's input_tokens leave out what was read from the cache
+    assert message.usage.input_tokens + 16 == chat["prompt_tokens"]
