@@ -140,7 +140,8 @@ def build_app(server: ServerConfig, frontend_id: str) -> Starlette:
         # the page readably.
         middleware=[Middleware(RouteMetricsMiddleware), Middleware(BrowserGuard, server=server),
                     Middleware(TenantAuthMiddleware, tenants=tenants, reports=state.load_reports,
-                               cached_token_weight=server.cached_token_weight),
+                               cached_token_weight=server.cached_token_weight,
+                               request_timeout_s=server.request_timeout_s),
                     Middleware(RoutingScopeMiddleware, engines=state.engines)],
         lifespan=lifespan,
     )

@@ -12,7 +12,9 @@ from common.config import ServerConfig
 from frontend.error_shapes import error_response
 from common.messages import LoadReport
 from frontend.http import HTTPError
-from frontend.quotas import quota_refusal
+from frontend.metrics import TENANT_LIMITED, TENANT_REQUESTS
+from frontend.deadlines import TIMEOUT_HEADER, request_timeout
+from frontend.quotas import RateLimited, quota_refusal
 from frontend.tenants import ANONYMOUS, Tenant, Tenants, tenant_scope
 
 OPEN_PATHS = {"/health", "/health/live", "/health/ready"}  # probes carry no key
@@ -29,9 +31,10 @@ def api_keys(server: ServerConfig) -> tuple[str, str]:
 
 class TenantAuthMiddleware:
     def __init__(self, app, tenants: Tenants, reports: Callable[[], Iterable[LoadReport]] = tuple,
-                 cached_token_weight: float = 0.0):
+                 cached_token_weight: float = 0.0, request_timeout_s: float = 600.0):
         self.app = app
         self.tenants = tenants
+        self.request_timeout_s = request_timeout_s  # server.yml's, for tenants without their own
         self.reports = reports  # every engine's latest LoadReport, whose usage the quotas add up
         self.cached_token_weight = cached_token_weight
 
@@ -45,13 +48,19 @@ class TenantAuthMiddleware:
         post = scope["method"] == "POST"
         counted = post and tenant.max_concurrent > 0
         if error is None and counted and self.tenants.open.get(tenant.name, 0) >= tenant.max_concurrent:
-            error = HTTPError(429, f"the tenant {tenant.name!r} has its limit of {tenant.max_concurrent} "
-                                   "requests open at once on this server", headers=RETRY)
+            error = RateLimited("max_concurrent", f"the tenant {tenant.name!r} has its limit of "
+                                f"{tenant.max_concurrent} requests open at once on this server", headers=RETRY)
         if error is None and post:
             error = quota_refusal(tenant, self.reports(), self.cached_token_weight)
+        if error is None:
+            tenant, error = request_timeout(tenant, self.request_timeout_s, dict(scope["headers"]).get(TIMEOUT_HEADER))
         if error is not None:
+            if isinstance(error, RateLimited):
+                TENANT_LIMITED.labels(tenant.name, error.limit).inc()
             await error_response(error, scope["path"])(scope, receive, send)
             return
+        if post:
+            TENANT_REQUESTS.labels(tenant.name).inc()
         if counted:
             self.tenants.open[tenant.name] = self.tenants.open.get(tenant.name, 0) + 1
         try:

@@ -62,6 +62,20 @@ ABORTED = Counter("llm_requests_aborted", "Generations given up because the clie
                   registry=LOCAL)
 FAILED = Counter("llm_requests_failed", "Generations that ended with an error, by reason", ["model", "reason"],
                  registry=LOCAL)
+TIMEOUTS = Counter("llm_request_timeouts", "Generations ended by their request timeout, by whether they had a "
+                   "token yet (queued: waiting or in prefill) or not (running)", ["model", "stage"], registry=LOCAL)
+# Per tenant (docs/tenants.md): the label's values are the tenants of the configuration, so they are bounded.
+TENANT_REQUESTS = Counter("llm_tenant_requests", "POST requests admitted, by tenant", ["tenant"], registry=LOCAL)
+TENANT_LIMITED = Counter("llm_tenant_rate_limited", "Requests answered 429, by tenant and the limit reached "
+                         "(max_concurrent, requests_per_minute, tokens_per_minute)", ["tenant", "limit"], registry=LOCAL)
+TENANT_TOKENS = Counter("llm_tenant_tokens", "Tokens of ended generations, by tenant and kind (prompt: computed; "
+                        "cached: prompt tokens found in the prefix cache; output)", ["tenant", "kind"], registry=LOCAL)
+TENANT_TIMEOUTS = Counter("llm_tenant_request_timeouts", "Generations ended by their request timeout, by tenant and "
+                          "stage", ["tenant", "stage"], registry=LOCAL)
+TENANT_TTFT = Histogram("llm_tenant_time_to_first_token_seconds", "From sending a generation to its first token",
+                        ["tenant"], buckets=TTFT_BUCKETS, registry=LOCAL)
+TENANT_E2E = Histogram("llm_tenant_e2e_request_latency_seconds", "From sending a generation to its end, finished "
+                       "ones only", ["tenant"], buckets=E2E_BUCKETS, registry=LOCAL)
 ROUTED = Counter("llm_engine_routed_requests", "Generations sent to each engine, by why the router chose it "
                  "(pinned, prefix, load, round_robin, vllm_dp)", ["model", "engine", "reason"], registry=LOCAL)
 CACHE_RESYNCS = Counter("llm_router_cache_resyncs", "Snapshots of an engine's prefix cache asked for because one "
@@ -92,13 +106,17 @@ def open_series(model: str) -> None:
     # failure_reason() of generation's errors:
     for reason in ("engine_lost", "engine_refused", "request_timeout", "shutting_down"):
         FAILED.labels(model, reason)
+    for stage in ("queued", "running"):
+        TIMEOUTS.labels(model, stage)
 
 
 class GenerationMeter:
     """Times one generation of a model and counts its tokens; `end()` files it under how it ended."""
 
-    def __init__(self, model: str, prompt_tokens: int):
-        self.model = model
+    def __init__(self, model: str, prompt_tokens: int, tenant: str = ""):
+        self.model, self.tenant = model, tenant
+        self.prompt_tokens = prompt_tokens
+        self.cached_tokens = 0
         self.started = time.perf_counter()
         self.first_token_at: float | None = None
         self.last_token_at = 0.0
@@ -116,6 +134,7 @@ class GenerationMeter:
         if self.first_token_at is None:
             self.first_token_at = now
             TTFT.labels(self.model).observe(now - self.started)
+            TENANT_TTFT.labels(self.tenant).observe(now - self.started)
             QUEUED.labels(self.model).dec()
         self.last_token_at = now
         self.tokens += count
@@ -126,17 +145,38 @@ class GenerationMeter:
         if self.first_token_at is None:
             QUEUED.labels(self.model).dec()
         if self.failure is not None:
-            FAILED.labels(self.model, failure_reason(self.failure)).inc()
+            reason = failure_reason(self.failure)
+            FAILED.labels(self.model, reason).inc()
+            if reason == "request_timeout":
+                stage = "queued" if self.first_token_at is None else "running"
+                TIMEOUTS.labels(self.model, stage).inc()
+                TENANT_TIMEOUTS.labels(self.tenant, stage).inc()
         elif self.finish_reason is not None:
             self.observe_finished()
         else:
             ABORTED.labels(self.model).inc()
+        for kind, tokens in (("prompt", self.prompt_tokens - self.cached_tokens), ("cached", self.cached_tokens),
+                             ("output", self.tokens)):
+            TENANT_TOKENS.labels(self.tenant, kind).inc(tokens)
 
     def observe_finished(self) -> None:
         FINISHED.labels(self.model, self.finish_reason).inc()
         E2E.labels(self.model).observe(time.perf_counter() - self.started)
+        TENANT_E2E.labels(self.tenant).observe(time.perf_counter() - self.started)
         if self.tokens > 1:
             TPOT.labels(self.model).observe((self.last_token_at - self.first_token_at) / (self.tokens - 1))
+
+
+def open_tenant_series(tenants: set[str]) -> None:
+    """Each tenant's series exist from the start (and from the reload that brings it), at zero."""
+    for tenant in tenants:
+        TENANT_REQUESTS.labels(tenant)
+        for limit in ("max_concurrent", "requests_per_minute", "tokens_per_minute"):
+            TENANT_LIMITED.labels(tenant, limit)
+        for kind in ("prompt", "cached", "output"):
+            TENANT_TOKENS.labels(tenant, kind)
+        for stage in ("queued", "running"):
+            TENANT_TIMEOUTS.labels(tenant, stage)
 
 
 def failure_reason(error: BaseException) -> str:

@@ -19,6 +19,14 @@ from frontend.tenants import Tenant
 MINUTE_S = 60
 
 
+class RateLimited(HTTPError):
+    """A 429, naming the tenant's limit it reached (for llm_tenant_rate_limited_total)."""
+
+    def __init__(self, limit: str, message: str, headers: dict):
+        super().__init__(429, message, headers=headers)
+        self.limit = limit
+
+
 def current_minute(now: float) -> int:
     return int(now // MINUTE_S)
 
@@ -42,7 +50,7 @@ def counted_tokens(use: TenantUse, cached_token_weight: float) -> int:
 
 
 def quota_refusal(tenant: Tenant, reports: Iterable[LoadReport], cached_token_weight: float,
-                  now: float | None = None) -> HTTPError | None:
+                  now: float | None = None) -> RateLimited | None:
     """A 429 when `tenant` has used a quota up in this minute, with OpenAI's x-ratelimit-* headers and
     Retry-After (the seconds until the minute turns); else None."""
     if not (tenant.requests_per_minute or tenant.tokens_per_minute):
@@ -50,7 +58,7 @@ def quota_refusal(tenant: Tenant, reports: Iterable[LoadReport], cached_token_we
     now = time.time() if now is None else now
     use = fleet_use(reports, tenant.name, current_minute(now))
     reset_s = math.ceil(MINUTE_S - now % MINUTE_S)
-    headers, spent = {}, []
+    headers, spent, limits = {}, [], []
     for kind, limit, used in (("requests", tenant.requests_per_minute, use.requests),
                               ("tokens", tenant.tokens_per_minute, counted_tokens(use, cached_token_weight))):
         if limit:
@@ -59,7 +67,8 @@ def quota_refusal(tenant: Tenant, reports: Iterable[LoadReport], cached_token_we
                         f"x-ratelimit-reset-{kind}": f"{reset_s}s"}
             if used >= limit:
                 spent.append(f"{limit} {kind} a minute (used {used})")
+                limits.append(f"{kind}_per_minute")
     if not spent:
         return None
-    return HTTPError(429, f"the tenant {tenant.name!r} has used its {' and '.join(spent)}; the next minute "
-                          f"starts in {reset_s} s", headers={"Retry-After": str(reset_s), **headers})
+    return RateLimited(limits[0], f"the tenant {tenant.name!r} has used its {' and '.join(spent)}; the next "
+                                  f"minute starts in {reset_s} s", headers={"Retry-After": str(reset_s), **headers})

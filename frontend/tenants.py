@@ -19,6 +19,7 @@ import sys
 from dataclasses import dataclass
 
 from common.config import RESERVED_TENANTS, ServerConfig, TenantConfig, load_tenants
+from frontend.metrics import open_tenant_series
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ class Tenants:
         self.api_key, self.admin_api_key = api_key, admin_api_key
         self.ring = keyring(server, api_key, admin_api_key)
         self.open: dict[str, int] = {}
+        open_tenant_series(self.names())
 
     @property
     def keys_required(self) -> bool:
@@ -85,8 +87,12 @@ class Tenants:
         except ValueError as error:
             log.error("tenants not reloaded, the ones before stay: %s", error)
             return
-        log.info("tenants reloaded: %d keys of %d tenants", len(self.ring),
-                 len({tenant.name for tenant in self.ring.values()}))
+        open_tenant_series(self.names())
+        log.info("tenants reloaded: %d keys of %d tenants", len(self.ring), len(self.names()))
+
+    def names(self) -> set[str]:
+        """The tenants that can be served: those of the keys, or the anonymous one while none is needed."""
+        return {tenant.name for tenant in self.ring.values()} | (set() if self.keys_required else {ANONYMOUS.name})
 
     def holder(self, headers: dict) -> Tenant | None:
         """The tenant whose key the request carries (Bearer, or x-api-key), else None."""

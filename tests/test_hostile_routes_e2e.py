@@ -24,6 +24,7 @@ DRAFT4 = "http://json-schema.org/draft-04/schema#"
 BAD_DEFS = {"$schema": DRAFT4, "type": "object", "$defs": 5}
 JSON = {"content-type": "application/json"}
 RANK = "X-data-parallel-rank"
+TIMEOUT = "X-Request-Timeout"
 FIVE_THOUSAND_DIGITS = "9" * 5000
 BLOCKS_20K = [{"type": "tool_result", "tool_use_id": ""}] * 20_000  # 0.9 MB: within the body limit
 PARTS_600 = [{"type": "text", "text": "a"}] * 600
@@ -73,6 +74,12 @@ HOSTILE = [
     ("responses: text/plain", "POST", RESP, {"content-type": "text/plain"}, {"input": "hi"}, 415, "content-type"),
     ("responses: no content type", "POST", RESP, {}, {"input": "hi"}, 415, "content-type"),
     ("responses: rank 5,000 digits", "POST", RESP, {RANK: FIVE_THOUSAND_DIGITS, **JSON}, {"input": "hi"}, 400, RANK),
+    # Deadlines and keys (docs/tenants.md)
+    ("completions: X-Request-Timeout 1e308", "POST", CMPL, {TIMEOUT: "1e308", **JSON}, {"prompt": "hi"}, 400, TIMEOUT),
+    ("completions: X-Request-Timeout -1", "POST", CMPL, {TIMEOUT: "-1", **JSON}, {"prompt": "hi"}, 400, TIMEOUT),
+    ("messages: X-Request-Timeout NaN", "POST", MSG, {TIMEOUT: "NaN", **JSON}, messages(), 400, TIMEOUT),
+    ("chat: a 10 MB API key", "POST", CHAT_ROUTE, {"authorization": "Bearer " + "k" * 10_000_000, **JSON},
+     {"messages": CHAT, "max_tokens": 3}, 400, None),
     # Messages
     ("messages: 20,000 tool_result blocks in one message", "POST", MSG, JSON,
      messages(messages=[{"role": "user", "content": BLOCKS_20K}]), 400, "messages[0].content"),

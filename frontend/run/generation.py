@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from common.messages import Delta, TokenLogprob
 from frontend.engine_client import EngineClient, EngineLost, RequestTimeout
 from frontend.metrics import GenerationMeter
+from frontend.tenants import current_tenant
 from frontend.text.detokenizer import Detokenizer
 from frontend.text.stop_strings import StopStrings
 
@@ -47,7 +48,7 @@ async def generate(client: EngineClient, tokenizer, spec: GenerationSpec):
     stops = StopStrings(spec.stop, spec.include_stop_str_in_output)
     # Nothing may raise between taking the slot and the `try` that gives it back.
     queue = client.add(request_id, spec.prompt_token_ids, spec.sampling)
-    meter = GenerationMeter(client.model, len(spec.prompt_token_ids))
+    meter = GenerationMeter(client.model, len(spec.prompt_token_ids), current_tenant().name)
     finished = False
     try:
         while not finished:
@@ -65,6 +66,8 @@ async def generate(client: EngineClient, tokenizer, spec: GenerationSpec):
                 finished = True
                 raise EngineLost(delta.error or "the engine aborted the request")
             meter.tokens_arrived(len(delta.token_ids))
+            if delta.num_cached_tokens is not None:
+                meter.cached_tokens = delta.num_cached_tokens
             finished = delta.finish_reason is not None
             text = detokenizer.add(shown_ids(delta, spec.include_stop_str_in_output))
             if finished:

@@ -10,6 +10,7 @@ import msgspec
 import openai
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from common import default_model
 from common.config import ROOT, ServerConfig, load_tenants
@@ -186,3 +187,42 @@ def test_a_reload_adds_and_removes_keys_while_requests_run(tenanted, tmp_path):
         assert generate_status(tenanted, GAMMA_KEY) == 200
     finally:
         tenants.ring = before
+
+
+def tenant_samples(frontend, name: str) -> dict:
+    text = frontend.http.get("/metrics", headers=keyed(ALPHA_KEY)).text
+    return {tuple(sorted(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples if sample.name == name}
+
+
+def test_each_tenants_requests_tokens_429s_timeouts_and_latencies_are_counted_under_its_name(tenanted):
+    names = ("llm_tenant_requests_total", "llm_tenant_tokens_total", "llm_tenant_rate_limited_total",
+             "llm_tenant_request_timeouts_total", "llm_tenant_time_to_first_token_seconds_count",
+             "llm_tenant_e2e_request_latency_seconds_count")
+    before = {name: tenant_samples(tenanted, name) for name in names}
+    # every configured tenant's series exist at 0 before it sends anything
+    assert {labels for labels in before["llm_tenant_requests_total"]} >= {(("tenant", name),)
+                                                                           for name in ("alpha", "beta", "delta")}
+    tenanted.engine.cached_tokens = 2
+    answer = tenanted.post("/v1/completions", {"prompt": "hello there", "max_tokens": 2, "ignore_eos": True},
+                           headers=keyed(ALPHA_KEY)).json()
+    assert tenanted.post("/v1/completions", {"prompt": "hi", **LONG}, headers=keyed(DELTA_KEY)).status_code == 504
+    body = {"model": OTHER_MODEL, "prompt": "hi", "stream": True, **LONG}
+    with tenanted.http.stream("POST", "/v1/completions", json=body, headers=keyed(BETA_KEY)):
+        assert tenanted.post("/v1/completions", body, headers=keyed(BETA_KEY)).status_code == 429
+    tenanted.wait(lambda: tenanted.nothing_left(), 10, "the stream to end")
+    after = {name: tenant_samples(tenanted, name) for name in names}
+
+    def grew(name: str, **labels) -> float:
+        key = tuple(sorted(labels.items()))
+        return after[name][key] - before[name].get(key, 0)
+
+    assert grew("llm_tenant_requests_total", tenant="alpha") == 1
+    assert grew("llm_tenant_tokens_total", tenant="alpha", kind="prompt") == answer["usage"]["prompt_tokens"] - 2
+    assert grew("llm_tenant_tokens_total", tenant="alpha", kind="cached") == 2
+    assert grew("llm_tenant_tokens_total", tenant="alpha", kind="output") == 2
+    assert grew("llm_tenant_time_to_first_token_seconds_count", tenant="alpha") == 1
+    assert grew("llm_tenant_e2e_request_latency_seconds_count", tenant="alpha") == 1
+    assert grew("llm_tenant_request_timeouts_total", tenant="delta", stage="running") == 1
+    assert grew("llm_tenant_rate_limited_total", tenant="beta", limit="max_concurrent") == 1
+    assert grew("llm_tenant_requests_total", tenant="beta") == 1  # the stream; not the one turned away
