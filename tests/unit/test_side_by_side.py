@@ -39,3 +39,52 @@ def test_a_router_spec_becomes_server_yml_router_keys():
     assert router_config("prefix/requests") == {"policy": "prefix", "load_score": "requests"}
     for spec in ("prefix", "approximate/requests", "load/tokens", "round_robin", "vllm_dp"):
         msgspec.convert({"router": router_config(spec)}, ServerConfig)  # keys server.yml accepts
+
+
+def test_a_server_spec_can_set_a_key_of_inference_yml(tmp_path):
+    import argparse
+
+    from bench.side_by_side import make_server
+
+    args = argparse.Namespace(model=str(tmp_path), engine_args={}, reuse_port=False, cpu_kv_cache_gib=2,
+                              cuda_visible_devices="")
+    plain = make_server("ours:4:bench.experiments.request_trace+bench.experiments.request_trace~resume_grammars=false",
+                        args, tmp_path, 7000)
+    assert plain.inference_config["resume_grammars"] is False
+    assert plain.name == "ours-4fe-request_trace-resume_grammars-false"
+    assert "resume_grammars" not in make_server("ours:4", args, tmp_path, 7000).inference_config
+
+
+def test_pinning_puts_the_engine_core_on_its_cores_and_the_rest_elsewhere():
+    import os
+    import subprocess
+    import sys
+
+    from bench.side_by_side import parse_cpu_list, pin_engine_core
+
+    assert parse_cpu_list("0-2,5") == [0, 1, 2, 5]
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        return
+    # A real server's processes: a parent (named as an engine worker would be) and a child named as
+    # vLLM names its engine core process.
+    script = ("import setproctitle, subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', "
+              "'import setproctitle, time; setproctitle.setproctitle(\"VLLM::EngineCore\"); time.sleep(30)']); "
+              "time.sleep(30)")
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        import psutil
+
+        server = type("Server", (), {"name": "test", "processes": lambda self: [psutil.Process(parent.pid),
+                                                                              *psutil.Process(parent.pid).children()]})()
+        import time
+        while not psutil.Process(parent.pid).children() or "EngineCor" not in psutil.Process(parent.pid).children()[0].name():
+            time.sleep(0.05)
+        pin_engine_core(server, str(cores[0]))
+        child = psutil.Process(parent.pid).children()[0]
+        assert os.sched_getaffinity(child.pid) == {cores[0]}
+        assert os.sched_getaffinity(parent.pid) == set(cores[1:])
+    finally:
+        for process in psutil.Process(parent.pid).children():
+            process.kill()
+        parent.kill()
