@@ -196,3 +196,22 @@ def test_hostile_pooling_requests_are_4xx_naming_the_field_while_a_stream_runs_b
     streamer.join(120)
     assert wrong == {}
     assert beside["status"] == 200 and beside["events"][-1] == "[DONE]"
+
+
+def metric(frontend, name: str, **labels) -> float:
+    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+    for line in frontend.http.get("/metrics").text.splitlines():
+        if line.startswith(name + "{"):
+            found = ",".join(sorted(line[len(name) + 1:line.index("}")].split(",")))
+            if found == wanted:
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_pooling_requests_and_their_tokens_count_on_their_models_series(pools):
+    before = (metric(pools, "llm_prompt_tokens_total", model=EMBED),
+              metric(pools, "llm_requests_finished_total", model=EMBED, finish_reason="stop"))
+    pools.post("/v1/embeddings", {"model": EMBED, "input": [[1, 2, 3], [4, 5]]})
+    after = (metric(pools, "llm_prompt_tokens_total", model=EMBED),
+             metric(pools, "llm_requests_finished_total", model=EMBED, finish_reason="stop"))
+    assert (after[0] - before[0], after[1] - before[1]) == (5, 2)
