@@ -7,7 +7,7 @@ from frontend.http import HTTPError, json_response, read_json, unless_disconnect
 from frontend.openai.protocol import now, response_id
 from frontend.pooling.inputs import as_inputs, input_ids
 from frontend.pooling.protocol import (
-    Embedding, EmbeddingRequest, ListResponse, PooledData, PoolingRequest, pooling_usage,
+    Embedding, EmbeddingRequest, ListResponse, PooledData, PoolingRequest, check_unserved, pooling_usage,
 )
 from frontend.pooling.run import pool_inputs
 from frontend.pooling.vectors import answer_off_the_loop, as_encoded
@@ -33,6 +33,7 @@ def check_dimensions(pool: Pool, dimensions: int | None) -> None:
 async def embed(request: Request, body: EmbeddingRequest, task: str):
     """The pool, the name answered, each input's vector and the prompt tokens in all."""
     state: FrontendState = request.app.state.frontend
+    check_unserved(body)
     pool, name = state.pool_for(body.model, task)
     if task == "embed":
         check_dimensions(pool, body.dimensions)

@@ -1,11 +1,12 @@
 """The request and response bodies of the pooling routes, as vLLM's own server takes and gives them
 (vllm/entrypoints/pooling/: embed, pooling, scoring, classify), so OpenAI's, Cohere's and Jina's
 clients read them."""
-from typing import Annotated, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import msgspec
 from msgspec import Meta
 
+from frontend.http import HTTPError
 from frontend.pooling.inputs import Inputs, TruncatePromptTokens, TruncationSide
 
 
@@ -41,6 +42,21 @@ class PoolingOptions(msgspec.Struct, kw_only=True):
     truncate_prompt_tokens: TruncatePromptTokens | None = None
     truncation_side: TruncationSide | None = None
     use_activation: bool | None = None  # vLLM's: None takes the model's pooler default
+    # vLLM's, not served here: a request that sets one is refused (check_unserved), not half-answered.
+    messages: Any = None
+    padding: Any = None
+    embed_dtype: Any = None
+    endianness: Any = None
+    mm_processor_kwargs: Any = None
+
+
+UNSERVED = ("messages", "padding", "embed_dtype", "endianness", "mm_processor_kwargs")
+
+
+def check_unserved(body: PoolingOptions) -> None:
+    for field in UNSERVED:
+        if getattr(body, field) is not None:
+            raise HTTPError(400, f"{field} is not served here (docs/pooling.md, \"Not served\")", field)
 
 
 class EmbeddingRequest(PoolingOptions, kw_only=True):

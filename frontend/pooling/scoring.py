@@ -11,7 +11,7 @@ from frontend.openai.protocol import now, response_id
 from frontend.pooling.inputs import check_lengths
 from frontend.pooling.protocol import (
     ListResponse, RerankDocument, RerankRequest, RerankResponse, RerankResult, RerankUsage, ScoreData, ScoreOptions,
-    ScoreRequest, pooling_usage,
+    ScoreRequest, check_unserved, pooling_usage,
 )
 from frontend.pooling.run import pool_inputs
 from frontend.request_bounds import check_count
@@ -88,6 +88,7 @@ def first_one(token_type_ids: list[int]) -> int:
 async def scores(request: Request, body: ScoreOptions, pairs: list[tuple[str, str]], field: str):
     """The pool, the name answered, each pair's score, and the prompt tokens in all."""
     state: FrontendState = request.app.state.frontend
+    check_unserved(body)
     pool, name = state.pool_for(body.model, "classify")
     check_count(pairs, state.server.limits.max_pooling_inputs, field, "pairs")
     check_scorer(pool, name)
