@@ -18,13 +18,12 @@ import httpx
 import numpy as np
 import openai
 import pytest
-import yaml
 from openai import OpenAI
 
 from common import default_model, pooling_models
 from common.config import ROOT
 from tests import engine_budget
-from tests.conftest import CPU_KV_CACHE_GIB, frontends_only, health, wait_for, wait_until_whole
+from tests.conftest import CPU_KV_CACHE_GIB, health, pools_beside, wait_for
 
 CHAT = default_model.NAME
 EMBED, RERANK = "tiny-embed", "tiny-rerank"
@@ -58,18 +57,10 @@ def reference(models) -> dict:
 
 @pytest.fixture(scope="module")
 def pools(service, models):
-    deployment = frontends_only(service, "pooling", frontends=1, local_engines=True,
-                                engines=[{**service.engine_addresses, "model": CHAT}])
     entries = [{"model": str(path), "served_model_name": name, "cpu_kv_cache_gib": CPU_KV_CACHE_GIB,
                 "engine_args": POOL_ENGINE_ARGS} for path, name in zip(models, (EMBED, RERANK))]
-    (deployment.dir / "inference.yml").write_text(yaml.safe_dump({"models": entries}))
-    starting = deployment.start("-m", "common.service", log="service")
-    try:
-        wait_until_whole(deployment, starting)
-        wait_for(lambda: health(deployment.url).json()["status"] == "ok", 300, 0.5, "every pool up")
+    with pools_beside(service, "pooling", entries, CHAT) as deployment:
         yield deployment
-    finally:
-        deployment.close()
 
 
 @pytest.fixture(scope="module")
