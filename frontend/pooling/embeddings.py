@@ -25,13 +25,12 @@ def check_dimensions(pool: Pool, dimensions: int | None) -> None:
                              "cannot be shortened, so dimensions must be left out", "dimensions")
     allowed = welcome.matryoshka_dimensions
     if dimensions > welcome.embedding_size or (allowed and dimensions not in allowed):
-        accepted = allowed if allowed else f"1 to {welcome.embedding_size}"
-        raise HTTPError(400, f"dimensions must be one of {accepted} for {pool.model!r}; got {dimensions}",
-                        "dimensions")
+        accepted = f"one of {allowed}" if allowed else f"from 1 to {welcome.embedding_size}"
+        raise HTTPError(400, f"dimensions must be {accepted} for {pool.model!r}; got {dimensions}", "dimensions")
 
 
 async def embed(request: Request, body: EmbeddingRequest, task: str):
-    """The pool, the name answered, each input's vector and the prompt tokens in all."""
+    """The name answered, each input's vector, and the prompt tokens in all."""
     state: FrontendState = request.app.state.frontend
     check_unserved(body)
     pool, name = state.pool_for(body.model, task)

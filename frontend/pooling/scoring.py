@@ -86,7 +86,7 @@ def first_one(token_type_ids: list[int]) -> int:
 
 
 async def scores(request: Request, body: ScoreOptions, pairs: list[tuple[str, str]], field: str):
-    """The pool, the name answered, each pair's score, and the prompt tokens in all."""
+    """The name answered, each pair's score, and the prompt tokens in all."""
     state: FrontendState = request.app.state.frontend
     check_unserved(body)
     pool, name = state.pool_for(body.model, "classify")
