@@ -220,3 +220,18 @@ def test_pooling_requests_and_their_tokens_count_on_their_models_series(pools):
     after = (metric(pools, "llm_prompt_tokens_total", model=EMBED),
              metric(pools, "llm_requests_finished_total", model=EMBED, finish_reason="stop"))
     assert (after[0] - before[0], after[1] - before[1]) == (5, 2)
+
+
+def test_coheres_clients_rerank(pools):
+    import cohere
+
+    scores = [item["score"] for item in pools.post("/score", {"model": RERANK, "queries": "q", "documents": [
+        "a", "b", "c"]}).json()["data"]]
+    order = sorted(range(3), key=lambda index: -scores[index])[:2]
+    v2 = cohere.ClientV2(api_key="unused", base_url=pools.url, httpx_client=pools.client())
+    answer = v2.rerank(model=RERANK, query="q", documents=["a", "b", "c"], top_n=2)
+    assert [result.index for result in answer.results] == order
+    assert [result.relevance_score for result in answer.results] == pytest.approx([scores[i] for i in order])
+    v1 = cohere.Client(api_key="unused", base_url=pools.url, httpx_client=pools.client())
+    answer = v1.rerank(model=RERANK, query="q", documents=["a", "b", "c"], top_n=2, return_documents=True)
+    assert [(result.index, result.document.text) for result in answer.results] == [(i, "abc"[i]) for i in order]
