@@ -92,7 +92,8 @@ def bench_server(spec: str, args, out: Path, rows: list[dict]) -> None:
         asyncio.run(run_load(server.url, model, warmups, args.concurrency))
         for repeat in range(1, args.repeats + 1):
             result = asyncio.run(run_load(server.url, model, bodies, args.concurrency))
-            result.update(server=server.name, repeat=repeat, inputs_per_s=args.inputs * result["requests"] / result["wall_s"])
+            inputs_per_s = args.inputs * result["requests"] / result["wall_s"]
+            result.update(server=server.name, repeat=repeat, inputs_per_s=inputs_per_s)
             rows.append(result)
             print(table_line(result), flush=True)
             (out / "results.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))

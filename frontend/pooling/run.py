@@ -20,7 +20,8 @@ async def pool_inputs(pool: Pool, prompts: list[list[int]], pooling: dict,
     """The pooled vector of each prompt (float32), in order; `pooling` is PoolingParams' keyword arguments,
     to which `extras` adds each prompt's own."""
     extras = extras or [{}] * len(prompts)
-    runs = [asyncio.ensure_future(pool_one(pool, prompt, {**pooling, **extra})) for prompt, extra in zip(prompts, extras)]
+    runs = [asyncio.ensure_future(pool_one(pool, prompt, {**pooling, **extra}))
+            for prompt, extra in zip(prompts, extras)]
     try:
         return await asyncio.gather(*runs)
     finally:
