@@ -13,6 +13,7 @@ from frontend.engine_client import EngineLost, RequestTimeout
 from frontend.metrics import GenerationMeter
 from frontend.run.generation import EngineRefused
 from frontend.run.pool import Pool
+from frontend.tenants import current_tenant
 
 
 async def pool_inputs(pool: Pool, prompts: list[list[int]], pooling: dict,
@@ -35,7 +36,7 @@ async def pool_one(pool: Pool, prompt: list[int], pooling: dict) -> np.ndarray:
     client = pool.client
     # Nothing may raise between taking the slot and the `try` that gives it back.
     queue = client.add(request_id, prompt, {}, pooling)
-    meter = GenerationMeter(client.model, len(prompt))
+    meter = GenerationMeter(client.model, len(prompt), current_tenant().name)
     finished = False
     try:
         delta = await queue.get()
