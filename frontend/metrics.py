@@ -67,7 +67,8 @@ TIMEOUTS = Counter("llm_request_timeouts", "Generations ended by their request t
 # Per tenant (docs/tenants.md): the label's values are the tenants of the configuration, so they are bounded.
 TENANT_REQUESTS = Counter("llm_tenant_requests", "POST requests admitted, by tenant", ["tenant"], registry=LOCAL)
 TENANT_LIMITED = Counter("llm_tenant_rate_limited", "Requests answered 429, by tenant and the limit reached "
-                         "(max_concurrent, requests_per_minute, tokens_per_minute)", ["tenant", "limit"], registry=LOCAL)
+                         "(max_concurrent, requests_per_minute, tokens_per_minute)", ["tenant", "limit"],
+                         registry=LOCAL)
 TENANT_TOKENS = Counter("llm_tenant_tokens", "Tokens of ended generations, by tenant and kind (prompt: computed; "
                         "cached: prompt tokens found in the prefix cache; output)", ["tenant", "kind"], registry=LOCAL)
 TENANT_TIMEOUTS = Counter("llm_tenant_request_timeouts", "Generations ended by their request timeout, by tenant and "

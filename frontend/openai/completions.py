@@ -12,8 +12,8 @@ from starlette.responses import Response
 from frontend.http import HTTPError, json_response, off_the_loop_if, read_json
 from frontend.openai.logprobs import CompletionLogprobsBuilder, extend_completion
 from frontend.openai.protocol import (
-    Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, StreamOptions, Usage, cached_tokens, now, response_id,
-    usage,
+    Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, StreamOptions, Usage, cached_tokens, now,
+    response_id, usage,
 )
 from frontend.openai.sampling import choice_specs, requested_grammar, sampling_kwargs
 from frontend.openai.sse import Chunks, event

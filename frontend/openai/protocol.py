@@ -270,7 +270,8 @@ def now() -> int:
 
 
 def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> Usage:
-    return Usage(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens, PromptTokensDetails(cached_tokens))
+    return Usage(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens,
+                 PromptTokensDetails(cached_tokens))
 
 
 def cached_tokens(choices: list, prompts: int = 1) -> int:
