@@ -29,6 +29,10 @@ class Add(msgspec.Struct, tag="add", array_like=True):
     # A request moved here from a lost engine: its prompt's last `resumed_tokens` ids are the output it
     # had generated, which its structured-output grammar resumes after (engine_worker/resumed_grammar.py).
     resumed_tokens: int = 0
+    # The prompt's images, each as the client gave it (PNG, JPEG, ...; at most limits.max_image_bytes), in
+    # the order of the prompt's image placeholder tokens (Welcome.image_token_id), which vLLM's processor
+    # for the model expands to the model's own placeholders.
+    images: list[bytes] = []
 
 
 class LoadLora(msgspec.Struct, tag="load_lora", array_like=True):
@@ -119,6 +123,8 @@ class Welcome(msgspec.Struct, tag="welcome", array_like=True):
     loras_version: int = 0  # changes with every change of `loras`
     # Its structured-output grammars can resume after a moved request's generated tokens (Add.resumed_tokens).
     resumes_grammars: bool = False
+    # The token the chat template writes for each image part; None: the model takes no images.
+    image_token_id: int | None = None
 
 
 class GpuLoad(msgspec.Struct, array_like=True):

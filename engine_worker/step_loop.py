@@ -39,6 +39,7 @@ from common.messages import (
     Abort, Add, Delta, Goodbye, Hello, ListLoras, LoadLora, Loras, Resync, SetOffline, StepOutput, TokenLogprob,
     UnloadLora, Welcome, frontend_slot,
 )
+from engine_worker.images import image_token_id
 from engine_worker.load import PrefillBacklog
 from engine_worker.lora import Adapters, LoraRefused
 
@@ -81,6 +82,7 @@ class StepLoop:
         self.model = model
         self.tokenizer = tokenizer
         self.max_model_len = engine.model_config.max_model_len
+        self.image_token_id = image_token_id(engine)  # said in each Welcome
         self.publisher = publisher
         self.load = load
         self.idle_wait_s = idle_wait_s
@@ -260,7 +262,7 @@ class StepLoop:
         self.taken.pop(frontend_id, None)  # the frontend counts its sends afresh from a Welcome
         welcome = Welcome(self.engine_id, frontend_id, self.model, self.tokenizer, self.max_model_len,
                           self.adapters.listing, self.adapters.runtime_updates, self.adapters.version,
-                          self.resumes_grammars)
+                          self.resumes_grammars, self.image_token_id)
         self.publisher.send(frontend_id, welcome)
 
     def forget_idle_frontends(self) -> None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from common.messages import Delta, TokenLogprob
 from frontend.engine_client import EngineClient, EngineLost, RequestTimeout
+from frontend.media import PromptImages
 from frontend.metrics import GenerationMeter
 from frontend.text.detokenizer import Detokenizer
 from frontend.text.stop_strings import StopStrings
@@ -37,6 +38,7 @@ class GenerationSpec:
     stop: list[str] = field(default_factory=list)
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    images: PromptImages | None = None
 
 
 async def generate(client: EngineClient, tokenizer, spec: GenerationSpec):
@@ -45,7 +47,7 @@ async def generate(client: EngineClient, tokenizer, spec: GenerationSpec):
     detokenizer = Detokenizer(tokenizer, spec.skip_special_tokens)
     stops = StopStrings(spec.stop, spec.include_stop_str_in_output)
     # Nothing may raise between taking the slot and the `try` that gives it back.
-    queue = client.add(request_id, spec.prompt_token_ids, spec.sampling)
+    queue = client.add(request_id, spec.prompt_token_ids, spec.sampling, spec.images)
     meter = GenerationMeter(client.model, len(spec.prompt_token_ids))
     finished = False
     try:

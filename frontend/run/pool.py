@@ -57,6 +57,11 @@ class Pool:
     def max_model_len(self) -> int:
         return self.client.welcome.max_model_len
 
+    @property
+    def image_token_id(self) -> int | None:
+        """The token the chat template writes for each image; None: the model takes no images."""
+        return self.client.welcome.image_token_id
+
     async def encode(self, text: str) -> list[int]:
         return (await self.tokenizer.encode_prompts([text]))[0]
 
