@@ -132,7 +132,9 @@ def checked_key(data: bytes, field: str, limits: RequestLimits) -> int:
         raise
     except Image.DecompressionBombError:  # Pillow's own bound, far above any sensible max_image_pixels
         raise HTTPError(400, f"the image has more pixels than the limit of {limits.max_image_pixels}", field) from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+    except UnidentifiedImageError:
+        raise HTTPError(400, "the image cannot be decoded: it is in no image format this server reads", field) from None
+    except (OSError, ValueError, SyntaxError) as error:
         raise HTTPError(400, f"the image cannot be decoded: {error}", field) from None
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big", signed=True)
 
