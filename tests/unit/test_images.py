@@ -6,15 +6,19 @@ import base64
 import io
 import struct
 import zlib
+from types import SimpleNamespace
 
 import pytest
 from PIL import Image
 
 from common import vision_model
 from common.blocks import block_hashes
-from common.config import RequestLimits
+from common.config import RequestLimits, RouterConfig
+from frontend.cache_record import CacheRecord
 from frontend.http import HTTPError
+from frontend.load_view import LoadView
 from frontend.media import ImageSource, check_allowed, checked_key, from_data_url
+from frontend.router import Router
 
 VISION = vision_model.NAME
 CHAT, RESP, MSG = "/v1/chat/completions", "/v1/responses", "/v1/messages"
@@ -193,3 +197,18 @@ def test_an_image_for_a_text_only_pool_is_a_400_naming_its_field(vision):
     assert answer.status_code == 400
     error = answer.json()["error"]
     assert error["param"] == "messages[0].content[0].image_url" and "takes no images" in error["message"]
+
+
+# The router
+
+
+def test_the_router_keeps_a_prompt_with_the_same_image_together_and_not_one_with_another():
+    policy = Router(RouterConfig(block_size=16), 2)
+    engines = {rank: SimpleNamespace(load_view=LoadView(), cache_record=CacheRecord(rank, 1 << 20)) for rank in (0, 1)}
+    tokens = [7] * 8 + [9000] + list(range(200))  # an image token at 8, then the question
+    first = policy.pick(tokens, engines, {8: 111})
+    engines[first.rank].load_view.sent_request(first.prefill_tokens, len(tokens))
+    same = policy.pick(tokens, engines, {8: 111})
+    assert (same.rank, same.reason, same.prefill_tokens) == (first.rank, "prefix", len(tokens) - 208)
+    other = policy.pick(tokens, engines, {8: 222})
+    assert other.prefill_tokens == len(tokens)  # no block of it is cached anywhere: the image differs
