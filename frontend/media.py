@@ -75,7 +75,12 @@ async def chat_prompt(pool, chat: Chat, server: ServerConfig, generations: int =
         many = f"{len(sources)} images" + (f" x n={generations}" if generations > 1 else "")
         raise HTTPError(400, f"the request has {many}, more than the limit of {limits.max_images_per_request} "
                              "images", sources[min(limits.max_images_per_request, len(sources) - 1)].field)
-    loaded = await asyncio.gather(*(load(source, pool.model, server) for source in sources))
+    try:
+        async with asyncio.TaskGroup() as group:  # the first bad image cancels the other fetches
+            tasks = [group.create_task(load(source, pool.model, server)) for source in sources]
+    except ExceptionGroup as failed:
+        raise failed.exceptions[0] from None
+    loaded = [task.result() for task in tasks]
     prompt_ids = await chat_prompt_ids(pool.tokenizer, chat, server)
     positions = [position for position, token in enumerate(prompt_ids) if token == image_token_id]
     if len(positions) != len(sources):

@@ -6,6 +6,7 @@ the one host of `allowed_media_domains`; a URL elsewhere, an image too large or 
 image for the text-only pool are each a 400 naming the field, and the service is whole after them."""
 import base64
 import io
+import random
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -29,9 +30,9 @@ MAX_IMAGE_PIXELS = 256 * 256
 
 
 def png(size: tuple[int, int], color=None, seed: int = 0) -> bytes:
-    """A PNG of one color, or of noise drawn with `seed`."""
+    """A PNG of one color, or of noise drawn with `seed` (which PNG cannot compress)."""
     if color is None:
-        image = Image.frombytes("RGB", size, bytes((seed * 7919 + i * 31) % 251 for i in range(size[0] * size[1] * 3)))
+        image = Image.frombytes("RGB", size, random.Random(seed).randbytes(size[0] * size[1] * 3))
     else:
         image = Image.new("RGB", size, color)
     out = io.BytesIO()
