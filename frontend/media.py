@@ -64,12 +64,10 @@ async def chat_prompt(pool, chat: Chat, server: ServerConfig, generations: int =
     """The chat's prompt token ids (its template rendered, frontend/text/chat_template.py) and its images,
     loaded, checked and placed at the image tokens the template wrote (None when it has none). Each of
     the request's `generations` (n) carries the images to the engine: they count n times."""
-    sources = image_sources(chat)
+    sources = taken_images(pool, chat)
     if not sources:
         return await chat_prompt_ids(pool.tokenizer, chat, server), None
     image_token_id = pool.image_token_id
-    if image_token_id is None:
-        raise HTTPError(400, f"the model {pool.model} takes no images", sources[0].field)
     limits = server.limits
     if len(sources) * generations > limits.max_images_per_request:
         many = f"{len(sources)} images" + (f" x n={generations}" if generations > 1 else "")
@@ -87,6 +85,14 @@ async def chat_prompt(pool, chat: Chat, server: ServerConfig, generations: int =
         raise HTTPError(400, f"the chat template placed {len(positions)} images in the prompt, not the "
                              f"{len(sources)} the messages hold", "messages")
     return prompt_ids, PromptImages([data for data, _ in loaded], {p: key for p, (_, key) in zip(positions, loaded)})
+
+
+def taken_images(pool, chat: Chat) -> list[ImageSource]:
+    """The chat's images, when its pool's model takes images; a 400 naming the first when it does not."""
+    sources = image_sources(chat)
+    if sources and pool.image_token_id is None:
+        raise HTTPError(400, f"the model {pool.model} takes no images", sources[0].field)
+    return sources
 
 
 async def load(source: ImageSource, model: str, server: ServerConfig) -> tuple[bytes, int]:

@@ -11,7 +11,7 @@ from frontend.anthropic.messages import (
 )
 from frontend.anthropic.protocol import CountTokens, CountTokensRequest, MessagesRequest
 from frontend.http import HTTPError, json_response, read_json
-from frontend.media import chat_prompt
+from frontend.media import chat_prompt, taken_images
 from frontend.run.answer import respond
 from frontend.run.choices import chat_choices
 from frontend.run.generation import GenerationSpec
@@ -67,6 +67,7 @@ async def count_tokens(request: Request) -> Response:
     """The prompt's tokens exactly as /v1/messages would count them: the same chat template run."""
     state, pool, body, _ = await read_request(request, CountTokensRequest)
     chat = await asyncio.to_thread(checked_chat, body, state.server.limits.max_schema_depth)
+    taken_images(pool, chat)  # counted as their image tokens, not fetched
     prompt_ids = await chat_prompt_ids(pool.tokenizer, chat, state.server)
     return json_response(CountTokens(len(prompt_ids)))
 

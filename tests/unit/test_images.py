@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from common import vision_model
+from common import default_model, vision_model
 from common.blocks import block_hashes
 from common.config import RequestLimits, RouterConfig
 from frontend.cache_record import CacheRecord
@@ -212,3 +212,16 @@ def test_the_router_keeps_a_prompt_with_the_same_image_together_and_not_one_with
     assert (same.rank, same.reason, same.prefill_tokens) == (first.rank, "prefix", len(tokens) - 208)
     other = policy.pick(tokens, engines, {8: 222})
     assert other.prefill_tokens == len(tokens)  # no block of it is cached anywhere: the image differs
+
+
+@pytest.mark.parametrize("route, body, field", [
+    ("/tokenize", {"messages": image_chat(data_url(RED))}, "messages[0].content[0].image_url"),
+    ("/v1/messages/count_tokens", {"messages": [{"role": "user", "content": [{"type": "image", "source": {
+        "type": "base64", "media_type": "image/png", "data": base64.b64encode(RED).decode()}}]}]},
+     "messages[0].content[0].source"),
+])
+def test_token_counts_take_images_only_for_a_vision_pool(vision, route, body, field):
+    refused = vision.post(route, {"model": default_model.NAME, **body})
+    assert refused.status_code == 400 and field in refused.text and "takes no images" in refused.text
+    counted = vision.post(route, {"model": VISION, **body})
+    assert counted.status_code == 200, counted.text
