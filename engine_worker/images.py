@@ -3,6 +3,8 @@ frontends in each Welcome), and an ADD's prompt with its images as vLLM takes it
 the model expands each such token into the model's own placeholder tokens."""
 import io
 
+from PIL import Image
+
 from common.messages import Add
 
 
@@ -25,12 +27,10 @@ def prompt_of(add: Add) -> dict:
     The frontend checked each decodes within its limits before sending it."""
     prompt = {"prompt_token_ids": add.prompt_token_ids}
     if add.images:
-        from PIL import Image
-
-        prompt["multi_modal_data"] = {"image": [decoded(Image, data) for data in add.images]}
+        prompt["multi_modal_data"] = {"image": [decoded(data) for data in add.images]}
     return prompt
 
 
-def decoded(Image, data: bytes):
+def decoded(data: bytes):
     with Image.open(io.BytesIO(data)) as image:
         return image.convert("RGB")  # as vLLM's own image loader gives images to the processor

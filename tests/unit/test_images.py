@@ -14,6 +14,8 @@ from PIL import Image
 from common import default_model, vision_model
 from common.blocks import block_hashes
 from common.config import RequestLimits, RouterConfig
+from common.messages import Add
+from engine_worker.images import image_token_id, prompt_of
 from frontend.cache_record import CacheRecord
 from frontend.http import HTTPError
 from frontend.load_view import LoadView
@@ -225,3 +227,19 @@ def test_token_counts_take_images_only_for_a_vision_pool(vision, route, body, fi
     assert refused.status_code == 400 and field in refused.text and "takes no images" in refused.text
     counted = vision.post(route, {"model": VISION, **body})
     assert counted.status_code == 200, counted.text
+
+
+# The engine's side (engine_worker/images.py)
+
+
+def test_the_engine_gives_vllm_the_images_decoded_and_names_the_models_image_token():
+    add = Add("r", "fe", [1, 2, 3], {"max_tokens": 1}, images=[RED, png((4, 2), (0, 0, 255))])
+    prompt = prompt_of(add)
+    assert prompt["prompt_token_ids"] == [1, 2, 3]
+    assert [(image.mode, image.size) for image in prompt["multi_modal_data"]["image"]] == [("RGB", (8, 8)),
+                                                                                         ("RGB", (4, 2))]
+    assert prompt_of(Add("r", "fe", [1], {})) == {"prompt_token_ids": [1]}
+    vision = SimpleNamespace(model_config=SimpleNamespace(is_multimodal_model=True,
+                                                          hf_config=SimpleNamespace(image_token_index=32000)))
+    text = SimpleNamespace(model_config=SimpleNamespace(is_multimodal_model=False, hf_config=SimpleNamespace()))
+    assert (image_token_id(vision), image_token_id(text)) == (32000, None)
