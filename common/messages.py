@@ -104,6 +104,9 @@ class Delta(msgspec.Struct, array_like=True):
     prompt_logprobs: list[list[TokenLogprob] | None] | None = None
     # The id in the request's stop_token_ids that ended it (vLLM's stop_reason); None for EOS or length.
     stop_token_id: int | None = None
+    # On a request's first Delta, when the engine's prompt is longer than the ADD's (the model's processor
+    # expanded its images into placeholder tokens): the prompt's length as the engine runs it.
+    prompt_tokens: int | None = None
 
 
 class StepOutput(msgspec.Struct, tag="step", array_like=True):

@@ -90,6 +90,7 @@ class StepLoop:
         self.inbox: queue.Queue = queue.Queue()
         self.owners: dict[str, str] = {}  # request id -> frontend id
         self.backlog = PrefillBacklog()  # the owned requests with no output token yet
+        self.expanded: dict[str, int] = {}  # request id -> its prompt's length in vLLM, until its first Delta
         self.frontends: dict[str, float] = {}  # frontend id -> when it last sent a HELLO or an ADD
         self.taken: dict[str, int] = {}  # frontend id -> ADDs taken from it since its last Welcome
         self.resynced: dict[str, float] = {}  # frontend id -> when it was last sent a snapshot for a Resync
@@ -168,6 +169,8 @@ class StepLoop:
             return
         self.owners[request_id] = frontend_id
         prompt_tokens = len(admitted.add.prompt_token_ids)
+        if admitted.add.images:
+            self.expanded[request_id] = len(getattr(admitted.prompt, "prompt_token_ids", None) or [])
         self.backlog.add(request_id, prompt_tokens if admitted.prefill_tokens is None else admitted.prefill_tokens)
         self.load.load.prompt_tokens_total += prompt_tokens
 
@@ -190,6 +193,7 @@ class StepLoop:
         known = [(r, owner) for r in message.request_ids if (owner := self.owners.pop(r, None)) is not None]
         for request_id, _ in known:
             self.backlog.done(request_id)
+            self.expanded.pop(request_id, None)
         if known:
             self.engine.abort_request([r for r, _ in known])
         return known
@@ -302,6 +306,7 @@ class StepLoop:
                     logprobs=convert_logprobs(token_ids, completion.logprobs),
                     prompt_logprobs=prompt_logprobs(output),
                     stop_token_id=stop_token_id(completion) if output.finished else None,
+                    prompt_tokens=self.expanded.pop(output.request_id, None),
                 )
             )
         self.load.load.generation_tokens_total += generated
@@ -326,6 +331,7 @@ class StepLoop:
             except Exception as error:  # its core may already be gone with the same signal
                 log.warning("could not abort in the engine: %s", error)
         self.owners.clear()
+        self.expanded.clear()
         self.backlog.clear()
         for frontend_id, deltas in by_frontend.items():
             self.send(frontend_id, deltas)

@@ -126,12 +126,26 @@ def test_an_image_chat_through_the_openai_package(client):
     assert answers[0].choices[0].message.content != answers[2].choices[0].message.content
 
 
+def test_usage_counts_the_placeholder_tokens_the_model_ran(images, client):
+    messages = ask(data_url(RED))
+    counted = httpx.post(images.url + "/tokenize", json={"model": VISION, "messages": messages,
+                                                         "add_generation_prompt": True}, timeout=60).json()["count"]
+    answer = client.chat.completions.create(model=VISION, messages=messages, max_tokens=2)
+    # vLLM's processor made the template's one <image> of: <fake_token_around_image> <global-img>, the
+    # image's IMAGE_TOKENS <image>s, <fake_token_around_image>.
+    assert answer.usage.prompt_tokens == counted - 1 + vision_model.IMAGE_TOKENS + 3
+
+
 def test_an_image_through_the_anthropic_package_and_the_responses_api(images, client):
     claude = anthropic.Anthropic(base_url=images.url, api_key="unused", max_retries=0, timeout=120)
     source = {"type": "base64", "media_type": "image/png", "data": base64.b64encode(RED).decode()}
     message = claude.messages.create(model=VISION, max_tokens=6, messages=[{"role": "user", "content": [
         {"type": "image", "source": source}, {"type": "text", "text": "Describe it."}]}])
     assert message.usage.output_tokens == 6 and message.content[0].text
+    expanded = vision_model.IMAGE_TOKENS + 2
+    assert message.usage.input_tokens == claude.messages.count_tokens(
+        model=VISION, messages=[{"role": "user", "content": [{"type": "image", "source": source},
+                                                             {"type": "text", "text": "Describe it."}]}]).input_tokens + expanded
     response = client.responses.create(model=VISION, max_output_tokens=6, input=[{"role": "user", "content": [
         {"type": "input_image", "image_url": data_url(RED)}, {"type": "input_text", "text": "Describe it."}]}])
     assert response.status == "incomplete" and response.output_text

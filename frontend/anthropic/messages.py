@@ -236,6 +236,9 @@ class MessageBuilder(Answer):
     def renderer(self) -> "MessageEvents":
         return MessageEvents(self)
 
+    def count_prompt(self, tokens: int) -> None:
+        self.input_tokens = tokens
+
     def whole_response(self) -> Response:
         return json_response(self.message())
 

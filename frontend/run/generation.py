@@ -29,6 +29,7 @@ class Piece:
     prompt_logprobs: list[list[TokenLogprob] | None] | None = None
     # What ended it, as vLLM's stop_reason: the stop string matched, the stop token id, or None.
     stop_reason: int | str | None = None
+    prompt_tokens: int | None = None  # the engine's count of the prompt, where it differs (Delta.prompt_tokens)
 
 
 @dataclass
@@ -73,13 +74,14 @@ async def generate(client: EngineClient, tokenizer, spec: GenerationSpec):
             text = stops.feed(text)
             if stops.matched is not None:
                 meter.finish_reason = "stop"
-                yield Piece(text, delta.token_ids, "stop", delta.logprobs, delta.prompt_logprobs, stops.matched)
+                yield Piece(text, delta.token_ids, "stop", delta.logprobs, delta.prompt_logprobs, stops.matched,
+                            delta.prompt_tokens)
                 return
             if finished:
                 text += stops.flush()
             meter.finish_reason = delta.finish_reason
             yield Piece(text, delta.token_ids, delta.finish_reason, delta.logprobs, delta.prompt_logprobs,
-                        delta.stop_token_id)
+                        delta.stop_token_id, delta.prompt_tokens)
     except Exception as error:
         meter.failure = error
         raise

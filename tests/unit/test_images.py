@@ -2,6 +2,7 @@
 image shape on the frontend harness with a vision pool (a scripted engine that says it takes images,
 with the tiny vision model's tokenizer): the image reaches the engine as bytes in the ADD, at the
 placeholder the chat template wrote, and every bad image is a 400 naming its field that sends nothing."""
+import asyncio
 import base64
 import io
 import struct
@@ -21,6 +22,8 @@ from frontend.http import HTTPError
 from frontend.load_view import LoadView
 from frontend.media import ImageSource, check_allowed, checked_key, from_data_url
 from frontend.router import Router
+from frontend.run.answer import counted
+from frontend.run.choices import Update
 
 VISION = vision_model.NAME
 CHAT, RESP, MSG = "/v1/chat/completions", "/v1/responses", "/v1/messages"
@@ -243,3 +246,18 @@ def test_the_engine_gives_vllm_the_images_decoded_and_names_the_models_image_tok
                                                           hf_config=SimpleNamespace(image_token_index=32000)))
     text = SimpleNamespace(model_config=SimpleNamespace(is_multimodal_model=False, hf_config=SimpleNamespace()))
     assert (image_token_id(vision), image_token_id(text)) == (32000, None)
+
+
+def test_usage_takes_the_engines_first_count_of_the_prompt():
+    """A moved generation's engine counts its prompt with the tokens generated before: not taken."""
+    answer = SimpleNamespace(prompt_tokens=21)
+    answer.count_prompt = lambda tokens: setattr(answer, "prompt_tokens", tokens)
+
+    async def updates():
+        for prompt_tokens in (27, None, 30):
+            yield Update(0, [], [5], 1, prompt_tokens=prompt_tokens)
+
+    async def run():
+        return [update async for update in counted(updates(), answer)]
+
+    assert len(asyncio.run(run())) == 3 and answer.prompt_tokens == 27
