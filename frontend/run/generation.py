@@ -48,7 +48,7 @@ async def generate(client: EngineClient, tokenizer, spec: GenerationSpec):
     detokenizer = Detokenizer(tokenizer, spec.skip_special_tokens)
     stops = StopStrings(spec.stop, spec.include_stop_str_in_output)
     # Nothing may raise between taking the slot and the `try` that gives it back.
-    queue = client.add(request_id, spec.prompt_token_ids, spec.sampling, spec.images)
+    queue = client.add(request_id, spec.prompt_token_ids, spec.sampling, images=spec.images)
     meter = GenerationMeter(client.model, len(spec.prompt_token_ids))
     finished = False
     try:
