@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from common.messages import Delta, TokenLogprob
 from frontend.engine_client import EngineClient, EngineLost, RequestTimeout
+from frontend.media import PromptImages
 from frontend.metrics import GenerationMeter
 from frontend.tenants import current_tenant
 from frontend.text.detokenizer import Detokenizer
@@ -29,6 +30,7 @@ class Piece:
     prompt_logprobs: list[list[TokenLogprob] | None] | None = None
     # What ended it, as vLLM's stop_reason: the stop string matched, the stop token id, or None.
     stop_reason: int | str | None = None
+    prompt_tokens: int | None = None  # the engine's count of the prompt, where it differs (Delta.prompt_tokens)
     cached_tokens: int | None = None  # with the first piece: the prompt tokens found in the prefix cache
 
 
@@ -39,6 +41,7 @@ class GenerationSpec:
     stop: list[str] = field(default_factory=list)
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    images: PromptImages | None = None
 
 
 async def generate(client: EngineClient, tokenizer, spec: GenerationSpec):
@@ -47,7 +50,7 @@ async def generate(client: EngineClient, tokenizer, spec: GenerationSpec):
     detokenizer = Detokenizer(tokenizer, spec.skip_special_tokens)
     stops = StopStrings(spec.stop, spec.include_stop_str_in_output)
     # Nothing may raise between taking the slot and the `try` that gives it back.
-    queue = client.add(request_id, spec.prompt_token_ids, spec.sampling)
+    queue = client.add(request_id, spec.prompt_token_ids, spec.sampling, images=spec.images)
     meter = GenerationMeter(client.model, len(spec.prompt_token_ids), current_tenant().name)
     finished = False
     try:
@@ -76,13 +79,13 @@ async def generate(client: EngineClient, tokenizer, spec: GenerationSpec):
             if stops.matched is not None:
                 meter.finish_reason = "stop"
                 yield Piece(text, delta.token_ids, "stop", delta.logprobs, delta.prompt_logprobs, stops.matched,
-                            delta.num_cached_tokens)
+                            delta.prompt_tokens, delta.num_cached_tokens)
                 return
             if finished:
                 text += stops.flush()
             meter.finish_reason = delta.finish_reason
             yield Piece(text, delta.token_ids, delta.finish_reason, delta.logprobs, delta.prompt_logprobs,
-                        delta.stop_token_id, delta.num_cached_tokens)
+                        delta.stop_token_id, delta.prompt_tokens, delta.num_cached_tokens)
     except Exception as error:
         meter.failure = error
         raise
