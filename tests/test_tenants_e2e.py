@@ -75,13 +75,16 @@ def test_a_model_the_tenant_may_not_use_is_a_404(tenanted):
     assert openai_client(tenanted.url, BETA_KEY).models.list().data == []
 
 
+STREAMED = 3000  # tokens: long enough to outlast the reload on an idle host, short of the stall timeout on a busy one
+
+
 def test_a_reload_adds_a_key_while_a_stream_runs_and_the_stream_completes(tenanted):
     events: list[str] = []
     started = threading.Event()
 
     def stream():
         chunks = openai_client(tenanted.url, ALPHA_KEY).completions.create(
-            model=MODEL, prompt="hi", max_tokens=1000, stream=True, extra_body={"ignore_eos": True},
+            model=MODEL, prompt="hi", max_tokens=STREAMED, stream=True, extra_body={"ignore_eos": True},
             stream_options={"include_usage": True})
         for chunk in chunks:
             started.set()
@@ -95,13 +98,13 @@ def test_a_reload_adds_a_key_while_a_stream_runs_and_the_stream_completes(tenant
                           headers={"x-api-key": GAMMA_KEY}, timeout=60).status_code == 401
     tenanted.tenants_file.write_text(yaml.safe_dump({"tenants": [ALPHA, BETA, METERED, GAMMA]}))
     subprocess.run([sys.executable, "-m", "common.service", "reload"], cwd=ROOT, env=tenanted.env, check=True)
+    assert streaming.is_alive(), "the stream ended before the reload: make it longer"
     for index in range(2):
         wait_for(lambda: httpx.post(f"{tenanted.frontend_url(index)}/generate", json={"prompt": "hi", "max_tokens": 2},
                                     headers={"x-api-key": GAMMA_KEY}, timeout=60).status_code == 200,
                  30, 0.5, f"frontend {index} to take the new key")
-    assert streaming.is_alive(), "the stream ended before the reload: make it longer"
-    streaming.join(300)
-    assert events[-1].usage.completion_tokens == 1000
+    streaming.join(600)
+    assert events[-1].usage.completion_tokens == STREAMED
     assert events[-2].choices[0].finish_reason == "length"
 
 
