@@ -17,6 +17,15 @@ from typing import Any
 import msgspec
 
 
+class TraceContext(msgspec.Struct, array_like=True, omit_defaults=True):
+    """W3C trace context (docs/tracing.md): the frontend's span that the engine's spans of a request are
+    children of. Only a sampled request carries one."""
+
+    trace_id: bytes  # 16 bytes
+    span_id: bytes  # 8 bytes
+    state: str = ""  # the tracestate header, as the client sent it
+
+
 class Add(msgspec.Struct, tag="add", array_like=True):
     request_id: str
     frontend_id: str
@@ -29,6 +38,7 @@ class Add(msgspec.Struct, tag="add", array_like=True):
     # A request moved here from a lost engine: its prompt's last `resumed_tokens` ids are the output it
     # had generated, which its structured-output grammar resumes after (engine_worker/resumed_grammar.py).
     resumed_tokens: int = 0
+    trace: TraceContext | None = None  # None (one byte): the request is not traced
 
 
 class LoadLora(msgspec.Struct, tag="load_lora", array_like=True):

@@ -39,6 +39,7 @@ from common.messages import (
     Abort, Add, Delta, Goodbye, Hello, ListLoras, LoadLora, Loras, Resync, SetOffline, StepOutput, TokenLogprob,
     UnloadLora, Welcome, frontend_slot,
 )
+from common.tracing import log_fields
 from engine_worker.load import PrefillBacklog
 from engine_worker.lora import Adapters, LoraRefused
 
@@ -74,7 +75,7 @@ class Refused(NamedTuple):
 
 class StepLoop:
     def __init__(self, engine, engine_id: str, model: str, tokenizer: str, publisher, load, idle_wait_s: float,
-                 adapters: Adapters | None = None, resumes_grammars: bool = False):
+                 adapters: Adapters | None = None, resumes_grammars: bool = False, tracing=None):
         self.engine = engine
         self.adapters = adapters or Adapters(engine)
         self.engine_id = engine_id
@@ -85,6 +86,7 @@ class StepLoop:
         self.load = load
         self.idle_wait_s = idle_wait_s
         self.resumes_grammars = resumes_grammars  # said in each Welcome
+        self.tracing = tracing  # engine_worker/tracing.py's EngineTracing, when server.yml's tracing is on
         self.inbox: queue.Queue = queue.Queue()
         self.owners: dict[str, str] = {}  # request id -> frontend id
         self.backlog = PrefillBacklog()  # the owned requests with no output token yet
@@ -179,17 +181,21 @@ class StepLoop:
         self.refuse(refused)
 
     def refuse(self, refused: Refused) -> None:
-        log.info("refused request %s: %s", refused.add.request_id, refused.error)
+        log.info("refused request %s: %s", refused.add.request_id, refused.error, extra=log_fields(refused.add))
+        if self.tracing is not None:
+            self.tracing.stopped([refused.add.request_id], "error", refused.error)
         self.heard_from(refused.add.frontend_id)
         self.send(refused.add.frontend_id, [Delta(refused.add.request_id, [], "error", error=refused.error)])
 
-    def abort(self, message: Abort) -> list[tuple[str, str]]:
+    def abort(self, message: Abort, reason: str = "its frontend aborted it") -> list[tuple[str, str]]:
         """Abort the requests named; returns (request id, owner) for those that were running."""
         known = [(r, owner) for r in message.request_ids if (owner := self.owners.pop(r, None)) is not None]
         for request_id, _ in known:
             self.backlog.done(request_id)
         if known:
             self.engine.abort_request([r for r, _ in known])
+            if self.tracing is not None:
+                self.tracing.stopped([r for r, _ in known], "abort", reason)
         return known
 
     def load_lora(self, message: LoadLora) -> None:
@@ -233,7 +239,7 @@ class StepLoop:
         owned = [r for r, frontend in self.owners.items() if frontend_slot(frontend) == slot]
         reason = f"frontend {message.frontend_id} said HELLO, so the engine dropped this frontend's requests"
         by_owner = defaultdict(list)
-        for request_id, owner in self.abort(Abort(owned)):
+        for request_id, owner in self.abort(Abort(owned), reason):
             by_owner[owner].append(Delta(request_id, [], "abort", error=reason))
         for owner, deltas in by_owner.items():
             self.send(owner, deltas)
@@ -287,6 +293,8 @@ class StepLoop:
             finish_reason = completion.finish_reason if output.finished else None
             if output.finished:
                 del self.owners[output.request_id]
+                if self.tracing is not None:
+                    self.tracing.finished(output)
             token_ids = list(completion.token_ids)
             if token_ids or output.finished:  # its prefill is done
                 self.backlog.done(output.request_id)
@@ -323,6 +331,8 @@ class StepLoop:
                 self.engine.abort_request(list(self.owners))
             except Exception as error:  # its core may already be gone with the same signal
                 log.warning("could not abort in the engine: %s", error)
+            if self.tracing is not None:
+                self.tracing.stopped(list(self.owners), "abort", reason)
         self.owners.clear()
         self.backlog.clear()
         for frontend_id, deltas in by_frontend.items():

@@ -24,7 +24,7 @@ def run_frontend_process() -> None:
     parser.add_argument("--index", type=int, default=0)
     args = parser.parse_args()
     server = load_server()
-    setup_logging(server.log_level)
+    setup_logging(server.log_level, server.log_format)
     metrics.forget_dead_processes()
     app = build_app(server, frontend_id=frontend_id(args.index))
     config = uvicorn.Config(
