@@ -141,6 +141,9 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True):
     # "json": one JSON object a log line (time, level, logger, process, message, and a request's id,
     # tenant and trace id), in frontends and engine workers.
     log_format: Literal["text", "json"] = "text"
+    # One log line for each HTTP request a frontend answers (method, path, status, seconds) and each
+    # request an engine worker ends (how it ended), as vLLM's --enable-log-requests.
+    log_requests: bool = False
     max_body_bytes: int = 1_048_576
     # Open connections nginx accepts from one client address; past it, 429. 0: no limit.
     max_connections_per_client: int = 1024

@@ -196,6 +196,7 @@ def wire_up(server: ServerConfig, inference: PoolConfig, slot: int, started: Sta
     loop = StepLoop(
         started.engine, engine_id, inference.served_name, started.model, publisher, started.load,
         server.engine.heartbeat_interval_s, started.adapters, resumes_grammars(inference), tracing,
+        server.log_requests,
     )
     admit = admitter(loop.inbox, started.requests, cache, tracing)
     start_request_reader(context, server.local_request_address(slot), server.engine, admit, on_death=loop.fail)

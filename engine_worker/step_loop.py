@@ -75,7 +75,8 @@ class Refused(NamedTuple):
 
 class StepLoop:
     def __init__(self, engine, engine_id: str, model: str, tokenizer: str, publisher, load, idle_wait_s: float,
-                 adapters: Adapters | None = None, resumes_grammars: bool = False, tracing=None):
+                 adapters: Adapters | None = None, resumes_grammars: bool = False, tracing=None,
+                 log_requests: bool = False):
         self.engine = engine
         self.adapters = adapters or Adapters(engine)
         self.engine_id = engine_id
@@ -87,6 +88,8 @@ class StepLoop:
         self.idle_wait_s = idle_wait_s
         self.resumes_grammars = resumes_grammars  # said in each Welcome
         self.tracing = tracing  # engine_worker/tracing.py's EngineTracing, when server.yml's tracing is on
+        self.log_requests = log_requests
+        self.traces: dict[str, str] = {}  # request id -> its trace id, for its log line (log_requests)
         self.inbox: queue.Queue = queue.Queue()
         self.owners: dict[str, str] = {}  # request id -> frontend id
         self.backlog = PrefillBacklog()  # the owned requests with no output token yet
@@ -167,6 +170,8 @@ class StepLoop:
             self.refuse(Refused(admitted.add, str(error)))
             return
         self.owners[request_id] = frontend_id
+        if self.log_requests and admitted.add.trace is not None:
+            self.traces[request_id] = admitted.add.trace.trace_id.hex()
         prompt_tokens = len(admitted.add.prompt_token_ids)
         self.backlog.add(request_id, prompt_tokens if admitted.prefill_tokens is None else admitted.prefill_tokens)
         self.load.load.prompt_tokens_total += prompt_tokens
@@ -196,6 +201,9 @@ class StepLoop:
             self.engine.abort_request([r for r, _ in known])
             if self.tracing is not None:
                 self.tracing.stopped([r for r, _ in known], "abort", reason)
+            if self.log_requests:
+                for request_id, _ in known:
+                    self.log_end(request_id, "abort")
         return known
 
     def load_lora(self, message: LoadLora) -> None:
@@ -295,6 +303,8 @@ class StepLoop:
                 del self.owners[output.request_id]
                 if self.tracing is not None:
                     self.tracing.finished(output)
+                if self.log_requests:
+                    self.log_end(output.request_id, finish_reason)
             token_ids = list(completion.token_ids)
             if token_ids or output.finished:  # its prefill is done
                 self.backlog.done(output.request_id)
@@ -313,6 +323,12 @@ class StepLoop:
         self.load.load.generation_tokens_total += generated
         for frontend_id, deltas in by_frontend.items():
             self.send(frontend_id, deltas)
+
+    def log_end(self, request_id: str, how: str) -> None:
+        fields = {"request_id": request_id}
+        if trace_id := self.traces.pop(request_id, None):
+            fields["trace_id"] = trace_id
+        log.info("request %s ended: %s", request_id, how, extra=fields)
 
     def send(self, frontend_id: str, deltas: list[Delta]) -> None:
         self.publisher.send(frontend_id, StepOutput(self.engine_id, 0, deltas))

@@ -142,7 +142,8 @@ def build_app(server: ServerConfig, frontend_id: str) -> Starlette:
         # the browser guard (Host, Origin, CORS) before the API key, as a browser's preflight carries no
         # key, and its 401 must reach the page readably.
         middleware=[Middleware(RouteMetricsMiddleware),
-                    Middleware(RequestTracing, tracing.get_tracer("llm-serving") if tracing else None),
+                    Middleware(RequestTracing, tracing.get_tracer("llm-serving") if tracing else None,
+                               server.log_requests),
                     Middleware(BrowserGuard, server=server),
                     Middleware(ApiKeyMiddleware, *api_keys(server)),
                     Middleware(RoutingScopeMiddleware, engines=state.engines)],

@@ -10,6 +10,7 @@ on the wire to the engine worker, with `route`, `queue` (until the first token) 
 Off, none of it makes an OpenTelemetry object: `span` and `generation` return at the first test."""
 import contextlib
 import contextvars
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 from common.logs import request_fields
 from common.messages import TraceContext
 from common.tracing import wire_context
+
+log = logging.getLogger("frontend.requests")
 
 REQUEST_ID_HEADER = b"x-request-id"
 TRACE_ID_HEADER = b"x-trace-id"
@@ -52,9 +55,10 @@ def new_request_id() -> str:
 class RequestTracing:
     """Outermost but for the route metrics: every route gets an id and, traced, a span."""
 
-    def __init__(self, app, tracer=None):
+    def __init__(self, app, tracer=None, log_requests: bool = False):
         self.app = app
         self.tracer = tracer
+        self.log_requests = log_requests
         if tracer is not None:
             from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
             self.propagator = TraceContextTextMapPropagator()
@@ -84,10 +88,14 @@ class RequestTracing:
                 message = {**message, "headers": [*message.get("headers", []), *headers]}
             await send(message)
 
+        started = time.perf_counter()
         scope_token, fields_token = _scope.set(request), request_fields.set(fields)
         try:
             await self.app(scope, receive, send_with_ids)
         finally:
+            if self.log_requests:
+                log.info("%s %s %d in %.3f s", scope["method"], scope["path"][:200], status,
+                         time.perf_counter() - started)
             _scope.reset(scope_token)
             request_fields.reset(fields_token)
             if request.span is not None:
