@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 from common import default_model
 from common.config import PoolConfig, ServerConfig, load_inference, load_server
-from common.logs import setup_logging, stage, vllm_logging_config
+from common.logs import json_lines_only, setup_logging, stage, vllm_logging_config
 from common.tracing import build_provider
 from engine_worker import resumed_grammar
 from engine_worker.load import LoadTracker
@@ -209,6 +209,8 @@ def run_engine_worker_process() -> None:
     parser.add_argument("--rank", type=int, default=0)
     args = parser.parse_args()
     server, pools = load_server(), load_inference()
+    if server.log_format == "json":
+        json_lines_only()
     setup_logging(server.log_level, server.log_format)
     inference, rank, slot = pools.pools[args.pool], args.rank, pools.first_slot(args.pool) + args.rank
     run_dir = server.path(server.run_dir)

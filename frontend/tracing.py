@@ -21,6 +21,9 @@ from common.tracing import wire_context
 
 log = logging.getLogger("frontend.requests")
 
+# Probes, scrapes and the dashboard's polling: neither traced nor logged.
+UNTRACED = ("/health", "/metrics", "/stats", "/dashboard/")
+
 REQUEST_ID_HEADER = b"x-request-id"
 TRACE_ID_HEADER = b"x-trace-id"
 
@@ -64,7 +67,7 @@ class RequestTracing:
             self.propagator = TraceContextTextMapPropagator()
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"].startswith(UNTRACED):
             await self.app(scope, receive, send)
             return
         request_id = uuid.uuid4().hex
