@@ -10,7 +10,7 @@ import pytest
 from openai import OpenAI
 
 from common import default_model
-from tests.conftest import frontends_on, running_service, wait_for
+from tests.conftest import OUTPUT_DIR, frontends_on, running_service, wait_for
 from tests.otlp_receiver import OtlpReceiver
 
 CLIENT_SPAN = "00f067aa0ba902b7"
@@ -70,6 +70,17 @@ def test_a_client_traceparent_joins_frontend_engine_worker_and_vllm_spans_in_one
     vllm = spans["llm_request"]
     assert vllm.parent_span_id == engine.span_id
     assert vllm.attributes["gen_ai.request.id"] == request_id
+    save_example(receiver.trace(trace_id))
+
+
+def save_example(spans) -> None:
+    """The trace as exported, for docs/tracing.md's example: test-output/tracing-example.json."""
+    OUTPUT_DIR.mkdir(exist_ok=True)
+    rows = [{"name": s.name, "span_id": s.span_id, "parent_span_id": s.parent_span_id, "process": s.resource.get(
+        "llm.process", s.resource.get("service.name")), "ms": round((s.end_ns - s.start_ns) / 1e6, 3),
+             "start_ns": s.start_ns, "attributes": s.attributes, "events": [name for name, _ in s.events]}
+            for s in sorted(spans, key=lambda s: s.start_ns)]
+    (OUTPUT_DIR / "tracing-example.json").write_text(json.dumps(rows, indent=1))
 
 
 def test_a_request_without_traceparent_starts_a_trace_down_to_the_engine(traced, receiver):
