@@ -1,6 +1,6 @@
 """The engine worker's spans of a traced request (docs/tracing.md): `engine.request`, a child of the
-frontend's `generate` span whose context came with the ADD, with `admission`, `queue` (waiting in
-vLLM's scheduler), `prefill` and `decode` spans built from vLLM's own per-request timestamps once the
+frontend's `generate` span whose context came with the ADD, with `engine.admission`, `engine.queue`
+(waiting in vLLM's scheduler), `engine.prefill` and `engine.decode` spans built from vLLM's own per-request timestamps once the
 request ends, an `abort` event, and a `resumed` event for a request moved here from another engine.
 
 The request reader's thread starts the request's span at admission (its context goes to vLLM as
@@ -90,8 +90,8 @@ class EngineTracing:
             wall = time.time() - time.monotonic()  # vLLM's engine core stamps with the monotonic clock
             queued, scheduled, first, last = (wall + t for t in (stats.queued_ts, stats.scheduled_ts,
                                                                  stats.first_token_ts, stats.last_token_ts))
-            for name, start, stop in (("admission", received_at, queued), ("queue", queued, scheduled),
-                                      ("prefill", scheduled, first), ("decode", first, last)):
+            for name, start, stop in (("engine.admission", received_at, queued), ("engine.queue", queued, scheduled),
+                                      ("engine.prefill", scheduled, first), ("engine.decode", first, last)):
                 self.tracer.start_span(name, context, start_time=ns(start)).end(ns(max(stop, start)))
             span.set_attributes({"llm.completion_tokens": stats.num_generation_tokens,
                                  "llm.preemptions": stats.num_preemptions})

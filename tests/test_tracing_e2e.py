@@ -14,7 +14,7 @@ from tests.conftest import OUTPUT_DIR, frontends_on, running_service, wait_for
 from tests.otlp_receiver import OtlpReceiver
 
 CLIENT_SPAN = "00f067aa0ba902b7"
-ENGINE_SPANS = ("admission", "queue", "prefill", "decode")
+ENGINE_SPANS = ("engine.admission", "engine.queue", "engine.prefill", "engine.decode")
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def completion(url: str, traceparent: str | None = None):
 
 
 def engine_spans_of(receiver: OtlpReceiver, trace_id: str) -> dict:
-    spans = receiver.wait_for(lambda spans: {"decode", "llm_request", "stream"} <= {
+    spans = receiver.wait_for(lambda spans: {"engine.decode", "llm_request", "stream"} <= {
         span.name for span in spans if span.trace_id == trace_id})
     return {span.name: span for span in spans if span.trace_id == trace_id}
 

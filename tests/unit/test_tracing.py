@@ -1,11 +1,14 @@
 """Trace context and request ids on the frontend harness (tests/unit/frontend_harness.py), its spans
 exported by the real OTLP exporter to a real OTLP/HTTP receiver (tests/otlp_receiver.py); JSON log lines."""
 import io
+import subprocess
+import sys
 import json
 import logging
 
 import pytest
 
+from common.config import ROOT
 from common.logs import RequestFields, json_formatter, request_fields
 from tests.otlp_receiver import OtlpReceiver
 
@@ -146,3 +149,25 @@ def test_a_json_line_keeps_a_traceback_in_one_line():
 
     (line,) = json_lines(log_with)
     assert "ValueError: broken" in line["exc_info"]
+
+
+def test_with_json_lines_only_every_line_a_process_and_its_children_write_is_json():
+    code = """if True:
+        import logging, os, subprocess, sys, warnings
+        from common.logs import json_lines_only, setup_logging
+        json_lines_only()
+        setup_logging("info", "json")
+        logging.getLogger("worker").info("a record", extra={"request_id": "r1"})
+        print("a print")
+        os.write(2, b"a C++ warning\\n")
+        warnings.warn("a Python warning")
+        subprocess.run([sys.executable, "-c", "print('a child process')"])
+    """
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    lines = [json.loads(line) for line in output.stdout.splitlines()]
+    assert output.stderr == ""
+    assert [(line["logger"], line["message"]) for line in lines[:4]] == [
+        ("worker", "a record"), ("output", "a print"), ("output", "a C++ warning"),
+        ("py.warnings", lines[3]["message"])]
+    assert "a Python warning" in lines[3]["message"] and lines[0]["request_id"] == "r1"
+    assert (lines[4]["logger"], lines[4]["message"]) == ("output", "a child process")
