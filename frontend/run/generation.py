@@ -46,7 +46,7 @@ async def generate(client: EngineClient, tokenizer, spec: GenerationSpec):
     stops = StopStrings(spec.stop, spec.include_stop_str_in_output)
     trace = tracing.generation(request_id, len(spec.prompt_token_ids))
     try:
-        queue = client.add(request_id, spec.prompt_token_ids, spec.sampling, trace)
+        queue = client.add(request_id, spec.prompt_token_ids, spec.sampling, trace=trace)
     except Exception as error:
         if trace is not None:
             trace.end(None, 0, error)
