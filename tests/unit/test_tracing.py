@@ -171,3 +171,17 @@ def test_with_json_lines_only_every_line_a_process_and_its_children_write_is_jso
         ("py.warnings", lines[3]["message"])]
     assert "a Python warning" in lines[3]["message"] and lines[0]["request_id"] == "r1"
     assert (lines[4]["logger"], lines[4]["message"]) == ("output", "a child process")
+
+
+def test_a_moved_generation_carries_its_trace_context_to_the_next_engine():
+    from common.messages import Add, TraceContext
+    from frontend.migration import Flight
+
+    class FakeQueue:  # what a RequestQueue keeps of the tokens that arrived
+        generated = [7, 8]
+
+    trace = TraceContext(b"\x01" * 16, b"\x02" * 8, "vendor=1")
+    flight = Flight(Add("r", "fe~1", [1, 2], {"max_tokens": 5}, trace=trace), FakeQueue(), pinned=False, moves=1)
+    moved = flight.continuation()
+    assert (moved.request_id, moved.prompt_token_ids, moved.resumed_tokens) == ("r.1", [1, 2, 7, 8], 2)
+    assert moved.trace == trace and moved.pooling is None
