@@ -283,6 +283,10 @@ class PoolConfig(msgspec.Struct, forbid_unknown_fields=True):
     # "vllm": each engine worker runs vLLM; "simulated": a simulated engine with vLLM's scheduler and
     # KV cache and a GPU's measured step times, without vLLM or a GPU (for measuring fleets).
     engine_backend: Literal["vllm", "simulated"] = "vllm"
+    # true: vLLM's own scheduler with one step added, which resumes a moved request's structured-output
+    # grammar (engine_worker/resumed_grammar.py); false: vLLM's own scheduler, and grammar-bound
+    # requests never move to this pool's engines.
+    resume_grammars: bool = True
     simulator: SimulatorConfig = msgspec.field(default_factory=SimulatorConfig)
     # Pins the engine workers to these GPUs; empty leaves CUDA_VISIBLE_DEVICES as it is.
     cuda_visible_devices: str = ""
