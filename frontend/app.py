@@ -12,6 +12,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from common.config import ROOT, ServerConfig
+from common.tracing import build_provider
 from frontend.admin import ADMIN_ROUTES
 from frontend.anthropic.routes import ANTHROPIC_ROUTES
 from frontend.auth import TenantAuthMiddleware, api_keys
@@ -27,6 +28,7 @@ from frontend.pooling.routes import POOLING_ROUTES
 from frontend.router import RoutingScopeMiddleware
 from frontend.run.errors import HANDLED, RETRY, as_http_error
 from frontend.run.state import FrontendState
+from frontend.tracing import RequestTracing
 from frontend.tenants import Tenants
 
 
@@ -113,6 +115,7 @@ def build_app(server: ServerConfig, frontend_id: str) -> Starlette:
     state = FrontendState(server, frontend_id)
     tenants = Tenants(server, *api_keys(server))
     dashboard = Dashboard(state)
+    tracing = build_provider(server.tracing, "frontend", frontend_id)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -121,6 +124,8 @@ def build_app(server: ServerConfig, frontend_id: str) -> Starlette:
         yield
         await dashboard.stop()
         await state.stop()
+        if tracing is not None:
+            tracing.shutdown()  # exports the spans still batched
 
     app = Starlette(
         routes=[
@@ -137,10 +142,13 @@ def build_app(server: ServerConfig, frontend_id: str) -> Starlette:
             *dashboard_routes(),
         ],
         exception_handlers=error_handlers(),
-        # Metrics outermost, so requests turned away are counted too; the browser guard (Host, Origin,
-        # CORS) before the API key, as a browser's preflight carries no key, and its 401 must reach
-        # the page readably.
-        middleware=[Middleware(RouteMetricsMiddleware), Middleware(BrowserGuard, server=server),
+        # Metrics outermost, so requests turned away are counted too, then each request's id and trace;
+        # the browser guard (Host, Origin, CORS) before the API key, as a browser's preflight carries no
+        # key, and its 401 must reach the page readably.
+        middleware=[Middleware(RouteMetricsMiddleware),
+                    Middleware(RequestTracing, tracing.get_tracer("llm-serving") if tracing else None,
+                               server.log_requests),
+                    Middleware(BrowserGuard, server=server),
                     Middleware(TenantAuthMiddleware, tenants=tenants, reports=state.load_reports,
                                cached_token_weight=server.cached_token_weight,
                                request_timeout_s=server.request_timeout_s),
