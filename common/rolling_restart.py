@@ -72,8 +72,10 @@ def serving(view: list[dict], model: str, rank: int, not_id: str | None = None) 
 
 
 class RollingRestart:
+    """The local engine workers of `inference`, restarted in turn through supervisord (`control`)."""
+
     def __init__(self, server: ServerConfig, inference: InferenceConfig, control, timeout_s: float):
-        self.server, self.inference, self.control, self.timeout_s = server, inference, control, timeout_s
+        self.server, self.control, self.timeout_s = server, control, timeout_s
         # (program, served model name, rank) of every local engine worker, pool by pool
         self.engines = [(inference.program(pool, rank), config.served_name, rank)
                         for pool, config in enumerate(inference.pools) for rank in range(config.data_parallel_size)]
@@ -104,8 +106,9 @@ class RollingRestart:
         return 0
 
     def restart(self, program: str, model: str, rank: int) -> str | None:
-        old_id = entry(engine_views(self.server)[0], model, rank).get("engine_id")
-        if sum(engine["model"] == model for engine in engine_views(self.server)[0]) < 2:
+        view = engine_views(self.server)[0]
+        old_id = entry(view, model, rank).get("engine_id")
+        if sum(engine["model"] == model for engine in view) < 2:
             print(f"{program}: the only engine of {model}: its requests fail while it restarts", flush=True)
         print(f"{program} ({old_id}): draining", flush=True)
         began = time.monotonic()
