@@ -92,6 +92,11 @@ if [ "${SETUP_MODEL:-1}" != 0 ]; then
     begin "the embedded default model" "about 10 s the first time"
     "$VENV/bin/python" -m common.default_model >>"$SETUP_LOG" 2>&1
     end
+    if [ "$MODE" = "--test" ]; then
+        begin "the tiny pooling models of the tests (embedding, cross-encoder)" "a few seconds"
+        "$VENV/bin/python" -m common.pooling_models >>"$SETUP_LOG" 2>&1
+        end
+    fi
 fi
 stamp >"$STAMP"
 echo "setup: done"

@@ -98,6 +98,10 @@ class RequestLimits(msgspec.Struct, forbid_unknown_fields=True):
     # Rendering a chat template past this is a 400; the rendered prompt may hold at most this many characters.
     chat_template_timeout_s: float = 5.0
     max_chat_prompt_chars: int = 2_097_152
+    # Inputs of one pooling request (embeddings, /pooling, /classify; score pairs and rerank documents),
+    # each an engine request, and their tokens in all.
+    max_pooling_inputs: int = 256
+    max_pooling_tokens: int = 262_144
 
 
 class CorsConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -239,6 +243,16 @@ class SimulatorConfig(msgspec.Struct, forbid_unknown_fields=True):
         return (ROOT / self.profile).resolve()
 
 
+# What a pool's `task` sets in vLLM's engine arguments, unless engine_args set it themselves.
+TASK_ENGINE_ARGS = {
+    "auto": {},
+    "generate": {"runner": "generate"},
+    "embed": {"runner": "pooling", "convert": "embed"},
+    "score": {"runner": "pooling", "convert": "classify"},
+    "classify": {"runner": "pooling", "convert": "classify"},
+}
+
+
 class PoolConfig(msgspec.Struct, forbid_unknown_fields=True):
     """One model and its engine workers (a pool): the whole of inference.yml when it serves one model,
     each entry of `models:` when it serves several."""
@@ -267,6 +281,10 @@ class PoolConfig(msgspec.Struct, forbid_unknown_fields=True):
     # true: a run-time lora_path found nowhere under lora_root that reads as a hub id (org/name) is
     # downloaded from the Hugging Face hub, as vLLM does; false: never.
     lora_hub_downloads: bool = False
+    # What the pool serves (docs/pooling.md): "auto" takes vLLM's detection from the model's architecture
+    # and files; "generate", "embed", or "score"/"classify" (a sequence classifier, such as a cross-encoder)
+    # set vLLM's runner and convert for a model detected otherwise.
+    task: Literal["auto", "generate", "embed", "score", "classify"] = "auto"
 
     @property
     def served_name(self) -> str:
@@ -297,6 +315,8 @@ class PoolConfig(msgspec.Struct, forbid_unknown_fields=True):
         args = {key: value for key, value in self.engine_args.items() if key != "data_parallel_size"}
         if self.serves_lora:
             args.setdefault("enable_lora", True)
+        for key, value in TASK_ENGINE_ARGS[self.task].items():
+            args.setdefault(key, value)
         return args
 
     def gpus_of(self, rank: int, all_gpus: int | None = None) -> str:

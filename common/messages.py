@@ -29,6 +29,9 @@ class Add(msgspec.Struct, tag="add", array_like=True):
     # A request moved here from a lost engine: its prompt's last `resumed_tokens` ids are the output it
     # had generated, which its structured-output grammar resumes after (engine_worker/resumed_grammar.py).
     resumed_tokens: int = 0
+    # A pooling request (embed, classify) instead of a generation: keyword arguments for vLLM's
+    # PoolingParams (task, dimensions, use_activation, extra_kwargs); `sampling` is then empty.
+    pooling: dict[str, Any] | None = None
 
 
 class LoadLora(msgspec.Struct, tag="load_lora", array_like=True):
@@ -100,6 +103,9 @@ class Delta(msgspec.Struct, array_like=True):
     prompt_logprobs: list[list[TokenLogprob] | None] | None = None
     # The id in the request's stop_token_ids that ended it (vLLM's stop_reason); None for EOS or length.
     stop_token_id: int | None = None
+    # A pooling request's result, in its one Delta (finish_reason "stop"): the pooled vector as
+    # little-endian float32, exactly as vLLM computed it (an embedding, or a classifier's probabilities).
+    pooled: bytes | None = None
 
 
 class StepOutput(msgspec.Struct, tag="step", array_like=True):
@@ -119,6 +125,17 @@ class Welcome(msgspec.Struct, tag="welcome", array_like=True):
     loras_version: int = 0  # changes with every change of `loras`
     # Its structured-output grammars can resume after a moved request's generated tokens (Add.resumed_tokens).
     resumes_grammars: bool = False
+    # What its model does, as vLLM's supported tasks: "generate", or pooling tasks ("embed", "classify", ...).
+    tasks: list[str] = msgspec.field(default_factory=lambda: ["generate"])
+    # How the model reads a (query, document) pair for scoring: joined by the tokenizer's separator
+    # (a cross-encoder), or simply concatenated (an LLM turned reranker); vLLM's use_sep_token.
+    score_sep_token: bool = True
+    # An embedding model: the length of its vectors, and whether a request may ask for fewer
+    # (`dimensions`: matryoshka; any from 1 up, or only those listed when it lists them).
+    embedding_size: int = 0
+    is_matryoshka: bool = False
+    matryoshka_dimensions: list[int] | None = None
+    labels: list[str] = []  # a classifier's label of each class, in order
 
 
 class GpuLoad(msgspec.Struct, array_like=True):

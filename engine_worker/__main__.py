@@ -72,11 +72,15 @@ def build_engine(model: str, inference: PoolConfig, stat_logger, kv_events: dict
 
 
 def warm_up(engine) -> None:
-    """One short generation, so the first request does not pay for what vLLM sets up lazily.
-    It bypasses the step loop, so the engine's token totals leave it out."""
-    from vllm import SamplingParams
+    """One short generation (or pooling, for a pooling model), so the first request does not pay for
+    what vLLM sets up lazily. It bypasses the step loop, so the engine's token totals leave it out."""
+    from vllm import PoolingParams, SamplingParams
 
-    params = SamplingParams(max_tokens=WARM_UP_TOKENS, ignore_eos=True, detokenize=False)
+    tasks = engine.get_supported_tasks()
+    if "generate" in tasks:
+        params = SamplingParams(max_tokens=WARM_UP_TOKENS, ignore_eos=True, detokenize=False)
+    else:
+        params = PoolingParams(task=next(task for task in ("embed", "classify", *tasks) if task in tasks))
     engine.add_request("warm-up", {"prompt_token_ids": WARM_UP_PROMPT}, params)
     while engine.has_unfinished_requests():
         engine.step()

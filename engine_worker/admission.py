@@ -52,17 +52,20 @@ class VllmRequests:
         self.extra = {"supported_tasks": engine.get_supported_tasks()} if "supported_tasks" in accepted else {}
 
     def __call__(self, message: Add, received_at: float) -> Admitted:
-        params = sampling_params(message.sampling)
+        params = sampling_params(message.sampling) if message.pooling is None else pooling_params(message.pooling)
         lora = self.adapters.request_for(message.lora)
         if self.processor is None:
             if lora is not None:
                 raise ValueError("LoRA adapters need a vLLM with an input processor")
-            resumed_grammar.mark(message.request_id, params, message.resumed_tokens)
+            if message.pooling is None:
+                resumed_grammar.mark(message.request_id, params, message.resumed_tokens)
             return Admitted(message, {"prompt_token_ids": message.prompt_token_ids}, params)
         request = self.processor.process_inputs(
             message.request_id, {"prompt_token_ids": message.prompt_token_ids}, params,
             arrival_time=received_at, lora_request=lora, **self.extra,
         )
+        if message.pooling is not None:
+            return Admitted(message, request, request.pooling_params)
         resumed_grammar.mark(message.request_id, request.sampling_params, message.resumed_tokens)
         return Admitted(message, request, request.sampling_params)
 
@@ -78,3 +81,11 @@ def sampling_params(sampling: dict):
     if (structured := kwargs.pop("structured_outputs", None)) is not None:
         kwargs["structured_outputs"] = StructuredOutputsParams(**structured)
     return SamplingParams(**kwargs, detokenize=False, output_kind=RequestOutputKind.DELTA)
+
+
+def pooling_params(pooling: dict):
+    """vLLM's PoolingParams from the frontend's keyword arguments (task, dimensions, use_activation,
+    extra_kwargs)."""
+    from vllm import PoolingParams
+
+    return PoolingParams(**pooling)

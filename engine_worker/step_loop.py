@@ -85,6 +85,7 @@ class StepLoop:
         self.load = load
         self.idle_wait_s = idle_wait_s
         self.resumes_grammars = resumes_grammars  # said in each Welcome
+        self.model_facts = model_facts(engine)  # said in each Welcome too
         self.inbox: queue.Queue = queue.Queue()
         self.owners: dict[str, str] = {}  # request id -> frontend id
         self.backlog = PrefillBacklog()  # the owned requests with no output token yet
@@ -260,7 +261,7 @@ class StepLoop:
         self.taken.pop(frontend_id, None)  # the frontend counts its sends afresh from a Welcome
         welcome = Welcome(self.engine_id, frontend_id, self.model, self.tokenizer, self.max_model_len,
                           self.adapters.listing, self.adapters.runtime_updates, self.adapters.version,
-                          self.resumes_grammars)
+                          self.resumes_grammars, **self.model_facts)
         self.publisher.send(frontend_id, welcome)
 
     def forget_idle_frontends(self) -> None:
@@ -282,6 +283,11 @@ class StepLoop:
         for output in self.engine.step():
             frontend_id = self.owners.get(output.request_id)
             if frontend_id is None:  # aborted while in the step
+                continue
+            if not isinstance(output.outputs, list):  # a pooling request's result: it finished in this step
+                del self.owners[output.request_id]
+                self.backlog.done(output.request_id)
+                by_frontend[frontend_id].append(pooled_delta(output))
                 continue
             completion = output.outputs[0]
             finish_reason = completion.finish_reason if output.finished else None
@@ -327,6 +333,29 @@ class StepLoop:
         self.backlog.clear()
         for frontend_id, deltas in by_frontend.items():
             self.send(frontend_id, deltas)
+
+
+def model_facts(engine) -> dict:
+    """What the frontends need to know of the model to serve its tasks (the Welcome's fields)."""
+    get_tasks = getattr(engine, "get_supported_tasks", None)
+    tasks = list(get_tasks()) if get_tasks is not None else ["generate"]
+    config = engine.model_config
+    facts = {"tasks": tasks, "score_sep_token": bool(getattr(config, "use_sep_token", True))}
+    if "embed" in tasks:
+        facts.update(embedding_size=config.get_hidden_size(), is_matryoshka=bool(config.is_matryoshka),
+                     matryoshka_dimensions=config.matryoshka_dimensions)
+    if "classify" in tasks:
+        names = getattr(config.hf_config, "id2label", None) or {}
+        facts["labels"] = [str(names.get(index, index)) for index in range(len(names))]
+    return facts
+
+
+def pooled_delta(output) -> Delta:
+    """A finished pooling request's one Delta: its vector as little-endian float32."""
+    import torch
+
+    vector = output.outputs.data.to(torch.float32).flatten().numpy().astype("<f4")
+    return Delta(output.request_id, [], "stop", pooled=vector.tobytes())
 
 
 def stop_token_id(completion) -> int | None:

@@ -23,6 +23,7 @@ from frontend.http import HTTPError
 from frontend.engine_client import added_up
 from frontend.metrics import RouteMetricsMiddleware, metrics_endpoint
 from frontend.openai.routes import OPENAI_ROUTES
+from frontend.pooling.routes import POOLING_ROUTES
 from frontend.router import RoutingScopeMiddleware
 from frontend.run.errors import HANDLED, RETRY, as_http_error
 from frontend.run.state import FrontendState
@@ -127,6 +128,7 @@ def build_app(server: ServerConfig, frontend_id: str) -> Starlette:
             Route("/version", version),
             Route("/generate", generate_endpoint, methods=["POST"]),
             *OPENAI_ROUTES,
+            *POOLING_ROUTES,
             *ANTHROPIC_ROUTES,
             Route("/metrics", metrics_endpoint),
             *ADMIN_ROUTES,

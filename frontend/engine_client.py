@@ -472,18 +472,20 @@ class EngineClient:
     async def stop(self) -> None:
         await asyncio.gather(*(link.stop() for link in self.links))
 
-    def add(self, request_id: str, prompt_token_ids: list[int], sampling: dict) -> RequestQueue:
+    def add(self, request_id: str, prompt_token_ids: list[int], sampling: dict,
+            pooling: dict | None = None) -> RequestQueue:
         """Send the request to the engine the router picks, among those serving the LoRA adapter the
         HTTP request's `model` names; its Deltas (or an EngineLost) arrive on the queue returned, from
         whichever engine it goes on on if its engine is lost (frontend/migration.py). Every generation
-        of one HTTP request goes to the same engine."""
+        of one HTTP request goes to the same engine. `pooling`: a pooling request (PoolingParams'
+        keyword arguments), whose one Delta carries its pooled vector."""
         scope = current_scope()
         lora = scope.lora if scope is not None else None
         if self.closed is not None:
             raise EngineUnavailable(self.closed)
         if len(self.requests) >= self.max_in_flight:
             raise Overloaded(f"this server is at its limit of {self.max_in_flight} requests in flight")
-        add = Add(request_id, self.frontend_id, prompt_token_ids, sampling, lora)
+        add = Add(request_id, self.frontend_id, prompt_token_ids, sampling, lora, pooling=pooling)
         frame = encode(add)
         flight = Flight(add, RequestQueue(time.monotonic() + self.request_timeout_s, request_id),
                         pinned=scope is not None and scope.pinned is not None)

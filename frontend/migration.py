@@ -59,10 +59,15 @@ class Flight:
         return None
 
     def remaining(self) -> int:
+        if self.add.pooling is not None:  # a pooling request has one result, all of it still to come
+            return 1
         return self.add.sampling["max_tokens"] - len(self.generated)
 
     def continuation(self) -> Add:
-        """The ADD that goes on where the generated ids end."""
+        """The ADD that goes on where the generated ids end (a pooling request: the same one again)."""
+        if self.add.pooling is not None:
+            return Add(self.engine_request_id, self.add.frontend_id, self.add.prompt_token_ids, {}, self.add.lora,
+                       pooling=self.add.pooling)
         generated = self.generated
         sampling = {**self.add.sampling, "max_tokens": self.remaining()}
         if sampling.get("min_tokens"):

@@ -236,6 +236,23 @@ def frontends_only(engine_of: Deployment, name: str, frontends: int = 1, **serve
 
 
 @contextlib.contextmanager
+def pools_beside(engine_of: Deployment, name: str, models: list[dict], remote_model: str):
+    """This host's pools (inference.yml's `models:` entries) and the engine of `engine_of` as a remote pool
+    serving `remote_model`, behind one frontend and nginx, as `make serve` runs them; yielded once every
+    pool is up."""
+    deployment = frontends_only(engine_of, name, frontends=1, local_engines=True,
+                                engines=[{**engine_of.engine_addresses, "model": remote_model}])
+    (deployment.dir / "inference.yml").write_text(yaml.safe_dump({"models": models}))
+    starting = deployment.start("-m", "common.service", log="service")
+    try:
+        wait_until_whole(deployment, starting)
+        wait_for(lambda: health(deployment.url).json()["status"] == "ok", 300, 0.5, "every pool up")
+        yield deployment
+    finally:
+        deployment.close()
+
+
+@contextlib.contextmanager
 def frontends_on(engine_of: Deployment, name: str, frontends: int = 1, wait: bool = True, **server):
     """`frontends_only(...)` running as `make serve` runs it; `wait`: until every frontend is welcomed."""
     deployment = frontends_only(engine_of, name, frontends, **server)

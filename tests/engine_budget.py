@@ -19,8 +19,10 @@ import pytest
 # Engines that became ready in a whole run of the end-to-end tests: the shared service 1, faults 3
 # (its victim, restarted after a SIGKILL and after a SIGTERM), fleet 3 (two, one restarted), the
 # engine crash loop 2, dashboard 1, gap 1, LoRA 1, two hosts 1, migration 6 (two, each restarted once:
-# after the SIGKILL and after the SIGTERM its streams moved away from, then both by restart-engines).
-ENGINE_BUDGET = 19
+# after the SIGKILL and after the SIGTERM its streams moved away from, then both by restart-engines),
+# pooling 4 (the embedding and cross-encoder pools, and vLLM's own LLM.embed and LLM.score references,
+# counted by the test itself; the embedding engine's restart after its SIGKILL is not waited for).
+ENGINE_BUDGET = 23
 
 LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ engine_worker\[(\d+)\] (.*)$", re.MULTILINE)
 

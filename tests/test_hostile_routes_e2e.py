@@ -1,5 +1,6 @@
 """Hostile requests to the routes added since tests/test_hostile_e2e.py's table (Responses, Messages,
-count_tokens, tokenize, detokenize, version, the LoRA routes, CORS preflights, the rank header), and
+count_tokens, tokenize, detokenize, version, the LoRA routes, the pooling routes, CORS preflights, the
+rank header), and
 generated malformed JSON schemas on every route that takes one, through nginx on the shared service.
 Each is a 4xx in the route's own protocol shape naming the field, answered within the client's
 timeout, while a normal stream runs beside them; afterwards every route answers a normal request and
@@ -137,6 +138,19 @@ HOSTILE = [
      {"prompt": "hi", "structured_outputs": {"json": {"$schema": ["x"]}}}, 400, "structured_outputs.json"),
     ("completions: structured_outputs json text with an object $schema", "POST", CMPL, JSON,
      {"prompt": "hi", "structured_outputs": {"json": json.dumps({"$schema": {}})}}, 400, "structured_outputs.json"),
+    # pooling routes, on a service whose one model generates (tests/test_pooling_e2e.py: on pooling models)
+    ("embeddings: a chat model", "POST", "/v1/embeddings", JSON, {"model": MODEL, "input": "hi"}, 400, "model"),
+    ("embeddings: input a number", "POST", "/v1/embeddings", JSON, {"input": 5}, 400, "input"),
+    ("embeddings: encoding_format bytes", "POST", "/v1/embeddings", JSON, {"input": "hi", "encoding_format": "bytes"},
+     400, "encoding_format"),
+    ("embeddings: dimensions 0", "POST", "/v1/embeddings", JSON, {"input": "hi", "dimensions": 0}, 400, "dimensions"),
+    ("embeddings: no content type", "POST", "/v1/embeddings", {}, {"input": "hi"}, 415, "content-type"),
+    ("pooling: task token_embed", "POST", "/pooling", JSON, {"input": "hi", "task": "token_embed"}, 400, "task"),
+    ("classify: a chat model", "POST", "/classify", JSON, {"model": MODEL, "input": "hi"}, 400, "model"),
+    ("score: a chat model", "POST", "/score", JSON, {"queries": "a", "documents": ["b"]}, 400, "model"),
+    ("rerank: no query", "POST", "/rerank", JSON, {"documents": ["b"]}, 400, "query"),
+    ("rerank: top_n -1", "POST", "/v1/rerank", JSON, {"query": "a", "documents": ["b"], "top_n": -1}, 400, "top_n"),
+    ("rerank: GET", "GET", "/v1/rerank", {}, None, 405, "GET"),
     # CORS preflights and the rank header elsewhere
     ("chat: preflight from a foreign origin", "OPTIONS", CHAT_ROUTE, preflight(EVIL), None, 400, "origin"),
     ("generate: preflight from a foreign origin", "OPTIONS", "/generate", preflight(EVIL), None, 400, "origin"),

@@ -7,12 +7,11 @@ others serve, and serves again once its engine is back. No vLLM engine is starte
 import httpx
 import openai
 import pytest
-import yaml
 from openai import OpenAI
 
 from common import default_model
 from common.config import ROOT
-from tests.conftest import ENGINE_ARGS, frontends_only, health, wait_for, wait_until_whole
+from tests.conftest import ENGINE_ARGS, health, pools_beside, wait_for
 from tests.test_fleet_e2e import per_engine
 
 MODEL = default_model.NAME
@@ -23,18 +22,10 @@ ASK = [{"role": "user", "content": "Say something."}]
 
 @pytest.fixture(scope="module")
 def pools(service):
-    deployment = frontends_only(service, "pools", frontends=1, local_engines=True,
-                                engines=[{**service.engine_addresses, "model": MODEL}])
     models = [{"served_model_name": name, "engine_backend": "simulated", "engine_args": ENGINE_ARGS,
                "simulator": {"profile": str(PROFILE), "seed": 7}} for name in SIMULATED]
-    (deployment.dir / "inference.yml").write_text(yaml.safe_dump({"models": models}))
-    starting = deployment.start("-m", "common.service", log="service")
-    try:
-        wait_until_whole(deployment, starting)
-        wait_for(lambda: health(deployment.url).json()["status"] == "ok", 120, 0.5, "every pool up")
+    with pools_beside(service, "pools", models, MODEL) as deployment:
         yield deployment
-    finally:
-        deployment.close()
 
 
 @pytest.fixture(scope="module")

@@ -76,7 +76,7 @@ async def unload_lora_adapter(request: Request) -> Response:
 def runtime_updating(state: FrontendState, model: str | None) -> Pool:
     """The pool whose engines the update goes to, once it is known they take it."""
     if model is not None:
-        pool, name = state.pool_for(model)
+        pool, name = state.pool_for(model, task=None)
         if name != pool.model:
             raise HTTPError(400, f"model must name a served model, not the LoRA adapter {name!r}", "model")
     else:

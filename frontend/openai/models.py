@@ -32,5 +32,5 @@ async def list_models(request: Request) -> Response:
 
 async def retrieve_model(request: Request) -> Response:
     state: FrontendState = request.app.state.frontend
-    _, name = state.pool_for(request.path_params["model"])
+    _, name = state.pool_for(request.path_params["model"], task=None)
     return json_response(next(card for card in model_cards(state) if card.id == name))

@@ -57,7 +57,7 @@ class DetokenizeResponse(msgspec.Struct):
 async def tokenize_endpoint(request: Request) -> Response:
     state: FrontendState = request.app.state.frontend
     body = await read_json(request, TokenizeRequest, state.server.max_body_bytes)
-    pool, _ = state.pool_for(body.model)
+    pool, _ = state.pool_for(body.model, task=None)
     tokenizer = pool.tokenizer
     if (body.prompt is None) == (body.messages is None):
         raise HTTPError(400, "give either prompt or messages", "prompt" if body.prompt is None else "messages")
@@ -96,7 +96,7 @@ def tokenize_answer(tokenizer, answer: TokenizeResponse, token_strs: bool) -> Re
 async def detokenize_endpoint(request: Request) -> Response:
     state: FrontendState = request.app.state.frontend
     body = await read_json(request, DetokenizeRequest, state.server.max_body_bytes)
-    pool, _ = state.pool_for(body.model)
+    pool, _ = state.pool_for(body.model, task=None)
     tokenizer = pool.tokenizer
 
     def detokenize() -> Response:

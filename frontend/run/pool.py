@@ -11,6 +11,12 @@ from frontend.text.tokenizer import Tokenizer
 log = logging.getLogger(__name__)
 
 TOKENIZER_RETRY_S = 5.0
+# What a route's task asks of a model, as a 400 says it.
+TASK_ROUTES = {
+    "generate": "generates text",
+    "embed": "embeds (an embedding model)",
+    "classify": "classifies (a sequence classifier or cross-encoder)",
+}
 
 
 class Pool:
@@ -56,6 +62,20 @@ class Pool:
     @property
     def max_model_len(self) -> int:
         return self.client.welcome.max_model_len
+
+    @property
+    def tasks(self) -> list[str]:
+        """vLLM's tasks for the model (its engines' Welcome): "generate", or pooling tasks."""
+        return self.client.welcome.tasks
+
+    def check_task(self, task: str, name: str) -> None:
+        """A 400 naming `model` when the model `name` (this pool's) cannot do `task`."""
+        if task in self.tasks:
+            return
+        does = "generates text" if "generate" in self.tasks else f"is a pooling model ({', '.join(self.tasks)})"
+        wants = TASK_ROUTES.get(task, task)
+        raise HTTPError(400, f"the model {name[:256]!r} {does}; this route needs a model that {wants}", "model")
+
 
     async def encode(self, text: str) -> list[int]:
         return (await self.tokenizer.encode_prompts([text]))[0]

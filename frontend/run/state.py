@@ -70,17 +70,20 @@ class FrontendState:
         """The most engines any pool has: the bound of a pinned rank before the pool is known."""
         return max(pool.client.size for pool in self.pools)
 
-    def pool_for(self, requested: str | None) -> tuple[Pool, str]:
+    def pool_for(self, requested: str | None, task: str | None = "generate") -> tuple[Pool, str]:
         """The pool a request's `model` names, and the name its answer gives: a pool's model (the first
         pool's when none is named), or a LoRA adapter of one, which its generations then use (through
         the request's RoutingScope). Any other name is a 404, as with OpenAI; a model whose engines have
-        not yet said hello is a 503, as one that is down."""
+        not yet said hello is a 503, as one that is down. A model that cannot do the route's `task`
+        (vLLM's: "generate", "embed", "classify"; None: any) is a 400 naming `model`."""
         scope = current_scope()
         pool, name = self.named(requested)
         if pool is None:
             raise HTTPError(404, f"the model {requested[:256]!r} does not exist; {self.served()}", "model")
         if pool.client.welcome is None:
             raise EngineUnavailable(f"the engines of {pool.model or 'the model'} are not available")
+        if task is not None:
+            pool.check_task(task, name)
         if name != pool.model and scope is not None:
             scope.lora = name
         if scope is not None and scope.pinned is not None and scope.pinned >= pool.client.size:

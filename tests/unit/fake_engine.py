@@ -6,7 +6,9 @@ what a frontend ADDs, on a thread of its own as an engine worker runs in a proce
 token a step for each running request, from a reply the test scripted or, unscripted, from tokens
 drawn with the prompt and seed as the random source; a heartbeat every HEARTBEAT_S; and, when
 built with lora_updates, LoRA adapters loaded and unloaded at run time (any existing directory is
-an adapter)."""
+an adapter). Served as FAKE_EMBEDDING or FAKE_CROSS_ENCODER it is a fake pooling model instead: its
+Welcome says so, and each pooling ADD gets its pooled vector at once (fake_pooled), drawn with the
+prompt as the random source."""
 import asyncio
 import collections
 import os
@@ -15,6 +17,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import zmq
 import zmq.asyncio
 
@@ -25,6 +28,23 @@ from common.messages import (
 )
 
 FRONTEND = "fe-test-0"
+# Fake pooling models, by served name: what their Welcome says of them.
+FAKE_EMBEDDING, FAKE_CROSS_ENCODER = "fake-embedding", "fake-cross-encoder"
+FAKE_POOLING = {
+    FAKE_EMBEDDING: {"tasks": ["embed", "token_embed"], "embedding_size": 8, "is_matryoshka": True,
+                     "matryoshka_dimensions": [4, 8]},
+    FAKE_CROSS_ENCODER: {"tasks": ["classify", "token_classify"], "labels": ["relevant"]},
+}
+
+
+def fake_pooled(add: Add) -> bytes:
+    """A fake model's pooled vector for `add`: a unit vector drawn from the prompt (cut to `dimensions`),
+    or a classifier's one probability."""
+    rng = np.random.default_rng(abs(hash(tuple(add.prompt_token_ids))))
+    if add.pooling["task"] == "classify":
+        return np.array([rng.uniform(0.01, 0.99)], dtype="<f4").tobytes()
+    vector = rng.normal(size=add.pooling.get("dimensions") or FAKE_POOLING[FAKE_EMBEDDING]["embedding_size"])
+    return (vector / np.linalg.norm(vector)).astype("<f4").tobytes()
 
 
 class FakeEngine:
@@ -174,7 +194,7 @@ class ScriptedEngine(FakeEngine):
 
     def welcome(self, frontend_id: str) -> Welcome:
         return Welcome(self.engine_id, frontend_id, self.model, self.tokenizer, self.max_model_len, dict(self.loras),
-                       self.lora_updates, self.loras_version)
+                       self.lora_updates, self.loras_version, **FAKE_POOLING.get(self.model, {}))
 
     async def handle(self, message) -> None:
         await super().handle(message)
@@ -209,6 +229,9 @@ class ScriptedEngine(FakeEngine):
         scripted = self.script.popleft() if self.script else None
         if isinstance(scripted, str):
             await self.step(Delta(add.request_id, [], "error", error=scripted))
+            return
+        if add.pooling is not None:
+            await self.step(Delta(add.request_id, [], "stop", pooled=fake_pooled(add)))
             return
         self.runs[add.request_id] = Run(add, self.tokens(add, scripted))
         self.work.set()

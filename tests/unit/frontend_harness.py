@@ -95,6 +95,9 @@ class Frontend:
         """No request holds a slot here or runs in the engine."""
         return self.state.in_flight == 0 and all(engine.idle for engine in self.engines)
 
+    def engine_of(self, model: str) -> ScriptedEngine:
+        return self.pool_engines[model]
+
     @property
     def engines(self) -> list[ScriptedEngine]:
         return [engine for engine in (self.engine, *self.pool_engines.values()) if engine is not None]

@@ -67,6 +67,20 @@ async def test_a_request_with_no_output_yet_is_simply_sent_elsewhere(fleet):
     assert on(client, "r1") == 1 - rank and queue.empty()
 
 
+async def test_a_pooling_request_whose_engine_goes_is_sent_whole_to_another(fleet):
+    client, engines = fleet
+    pooling = {"task": "embed", "dimensions": None, "use_activation": None}
+    queue = client.add("p1", PROMPT, {}, pooling)
+    rank = on(client, "p1")
+    await taken(engines[rank], 1)
+    await engines[rank].publish(BROADCAST_TOPIC, Goodbye(f"engine-{rank}"))
+    add = await taken(engines[1 - rank], 1)
+    assert (add.request_id, add.prompt_token_ids, add.sampling, add.pooling) == ("p1.1", PROMPT, {}, pooling)
+    await engines[1 - rank].step(Delta("p1.1", [], "stop", pooled=b"\0\0\x80?"))
+    assert (await asyncio.wait_for(queue.get(), 5)).pooled == b"\0\0\x80?"
+    client.release("p1", abort=False)
+
+
 async def test_the_generation_run_sees_one_stream_and_every_token_once(fleet, tokenizer):
     """Tokens from both engines arrive as one generation: each once, in order, so usage counts each once."""
     client, engines = fleet

@@ -278,3 +278,42 @@ def test_a_resync_is_answered_with_a_snapshot_at_most_once_a_second(loop, monkey
     assert loop.publisher.snapshots == ["host-0~aa", "host-1~bb", "host-0~aa"]
     assert set(loop.resynced) == {"host-0~aa", "host-1~bb"}
 
+
+
+class FakePoolingEngine(FakeEngine):
+    """An embedding model: each request finishes in its first step with its pooled vector (PoolingOutput.data)."""
+
+    def __init__(self):
+        super().__init__()
+        self.model_config = SimpleNamespace(max_model_len=64, get_hidden_size=lambda: 3, is_matryoshka=True,
+                                            matryoshka_dimensions=[2, 3], use_sep_token=True)
+
+    def get_supported_tasks(self):
+        return ("embed", "token_embed")
+
+    def add_request(self, request_id, prompt, params, arrival_time=None):
+        self.running[request_id] = 1
+
+    def step(self):
+        import torch
+
+        outputs = [SimpleNamespace(request_id=request_id, outputs=SimpleNamespace(data=torch.tensor([0.5, -1.0, 2.0])),
+                                   finished=True) for request_id in self.running]
+        self.running = {}
+        return outputs
+
+
+def test_a_pooling_request_ends_in_one_delta_carrying_its_vector_and_the_welcome_says_what_the_model_does():
+    loop = StepLoop(FakePoolingEngine(), ENGINE_ID, "embedder", "/tokenizer", FakePublisher(), LoadTracker(),
+                    idle_wait_s=0.01)
+    loop.handle(0.0, Hello("host-0~aa"))
+    message = Add("p1", "host-0~aa", [1, 2], {}, pooling={"task": "embed"})
+    loop.handle(0.0, Admitted(message, {"prompt_token_ids": [1, 2]}, "pooling params"))
+    loop.step()
+    [delta] = loop.publisher.deltas("host-0~aa")
+    assert (delta.request_id, delta.token_ids, delta.finish_reason, delta.pooled) == (
+        "p1", [], "stop", b"\x00\x00\x00?\x00\x00\x80\xbf\x00\x00\x00@")
+    assert loop.owners == {} and loop.backlog.tokens == 0
+    [welcome] = [m for _, m in loop.publisher.sent if isinstance(m, Welcome)]
+    assert (welcome.tasks, welcome.embedding_size, welcome.is_matryoshka, welcome.matryoshka_dimensions) == (
+        ["embed", "token_embed"], 3, True, [2, 3])
