@@ -96,6 +96,9 @@ if [ "${SETUP_MODEL:-1}" != 0 ]; then
         begin "the tiny pooling models of the tests (embedding, cross-encoder)" "a few seconds"
         "$VENV/bin/python" -m common.pooling_models >>"$SETUP_LOG" 2>&1
         end
+        begin "the tiny vision model of the image tests" "about 10 s the first time"
+        "$VENV/bin/python" -m common.vision_model >>"$SETUP_LOG" 2>&1
+        end
     fi
 fi
 stamp >"$STAMP"

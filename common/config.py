@@ -102,6 +102,12 @@ class RequestLimits(msgspec.Struct, forbid_unknown_fields=True):
     # each an engine request, and their tokens in all.
     max_pooling_inputs: int = 256
     max_pooling_tokens: int = 262_144
+    # Images (docs/images.md): per request; bytes of one image as sent or fetched; pixels of one image
+    # decoded (4096 x 4096); seconds to fetch one image from an allowed_media_domains URL.
+    max_images_per_request: int = 16
+    max_image_bytes: int = 10_485_760
+    max_image_pixels: int = 16_777_216
+    image_fetch_timeout_s: float = 10.0
 
 
 class CorsConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -159,6 +165,9 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True):
     # Chat templates sent in a request (`chat_template`, `chat_template_kwargs.chat_template`) are
     # refused unless this is true: a template is code the server runs (vLLM's --trust-request-chat-template).
     trust_request_chat_template: bool = False
+    # Hosts whose http(s) image URLs the frontends fetch (exact names, as vLLM's --allowed-media-domains);
+    # empty: images come only inline, as data URLs or base64 (docs/images.md).
+    allowed_media_domains: list[str] = []
     limits: RequestLimits = msgspec.field(default_factory=RequestLimits)
     cors: CorsConfig = msgspec.field(default_factory=CorsConfig)
     engine: EngineLinkConfig = msgspec.field(default_factory=EngineLinkConfig)
@@ -264,6 +273,10 @@ class PoolConfig(msgspec.Struct, forbid_unknown_fields=True):
     # "vllm": each engine worker runs vLLM; "simulated": a simulated engine with vLLM's scheduler and
     # KV cache and a GPU's measured step times, without vLLM or a GPU (for measuring fleets).
     engine_backend: Literal["vllm", "simulated"] = "vllm"
+    # true: vLLM's own scheduler with one step added, which resumes a moved request's structured-output
+    # grammar (engine_worker/resumed_grammar.py); false: vLLM's own scheduler, and grammar-bound
+    # requests never move to this pool's engines.
+    resume_grammars: bool = True
     simulator: SimulatorConfig = msgspec.field(default_factory=SimulatorConfig)
     # Pins the engine workers to these GPUs; empty leaves CUDA_VISIBLE_DEVICES as it is.
     cuda_visible_devices: str = ""

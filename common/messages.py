@@ -32,6 +32,10 @@ class Add(msgspec.Struct, tag="add", array_like=True):
     # A pooling request (embed, classify) instead of a generation: keyword arguments for vLLM's
     # PoolingParams (task, dimensions, use_activation, extra_kwargs); `sampling` is then empty.
     pooling: dict[str, Any] | None = None
+    # The prompt's images, each as the client gave it (PNG, JPEG, ...; at most limits.max_image_bytes), in
+    # the order of the prompt's image placeholder tokens (Welcome.image_token_id), which vLLM's processor
+    # for the model expands to the model's own placeholders.
+    images: list[bytes] = []
 
 
 class LoadLora(msgspec.Struct, tag="load_lora", array_like=True):
@@ -106,6 +110,9 @@ class Delta(msgspec.Struct, array_like=True):
     # A pooling request's result, in its one Delta (finish_reason "stop"): the pooled vector as
     # little-endian float32, exactly as vLLM computed it (an embedding, or a classifier's probabilities).
     pooled: bytes | None = None
+    # On a request's first Delta, when the engine's prompt is longer than the ADD's (the model's processor
+    # expanded its images into placeholder tokens): the prompt's length as the engine runs it.
+    prompt_tokens: int | None = None
 
 
 class StepOutput(msgspec.Struct, tag="step", array_like=True):
@@ -136,6 +143,8 @@ class Welcome(msgspec.Struct, tag="welcome", array_like=True):
     is_matryoshka: bool = False
     matryoshka_dimensions: list[int] | None = None
     labels: list[str] = []  # a classifier's label of each class, in order
+    # The token the chat template writes for each image part; None: the model takes no images.
+    image_token_id: int | None = None
 
 
 class GpuLoad(msgspec.Struct, array_like=True):

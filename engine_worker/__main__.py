@@ -38,17 +38,25 @@ def reports_prefix_cache(server: ServerConfig, inference: PoolConfig) -> bool:
 
 
 def resumes_grammars(inference: PoolConfig) -> bool:
-    """Whether the engine runs the scheduler that resumes a moved request's grammar: unless the engine
-    arguments name a scheduler of their own (a simulated engine takes no grammars)."""
-    return inference.engine_backend != "simulated" and "scheduler_cls" not in inference.engine_args
+    """Whether vLLM's engine runs the scheduler that resumes a moved request's grammar: when the pool
+    asks for it (resume_grammars), its engine arguments name no scheduler of their own, and the installed
+    vLLM has what it takes; else vLLM's own scheduler, said once in the log."""
+    if not inference.resume_grammars or "scheduler_cls" in inference.engine_args:
+        return False
+    if lacking := resumed_grammar.missing():
+        log.warning("%s: vLLM's own scheduler; requests with a grammar will not move to this engine", lacking)
+        return False
+    return True
 
 
-def engine_args(model: str, inference: PoolConfig, kv_events: dict | None = None):
+def engine_args(model: str, inference: PoolConfig, kv_events: dict | None = None, resume_grammars: bool = False):
     from vllm import EngineArgs
     from vllm.config import KVEventsConfig
 
     extra = {"kv_events_config": KVEventsConfig(**kv_events)} if kv_events else {}
-    ours = {"served_model_name": inference.served_name, "scheduler_cls": resumed_grammar.SCHEDULER}
+    ours = {"served_model_name": inference.served_name}
+    if resume_grammars:
+        ours["scheduler_cls"] = resumed_grammar.SCHEDULER
     return EngineArgs(model=model, **{**ours, **inference.vllm_engine_args(), **extra})
 
 
@@ -62,11 +70,12 @@ def usage_context():
     return UsageContext.OPENAI_API_SERVER
 
 
-def build_engine(model: str, inference: PoolConfig, stat_logger, kv_events: dict | None = None):
+def build_engine(model: str, inference: PoolConfig, stat_logger, kv_events: dict | None = None,
+                 resume_grammars: bool = False):
     log.info("loading vLLM")
     from vllm.v1.engine.llm_engine import LLMEngine
 
-    args = engine_args(model, inference, kv_events)
+    args = engine_args(model, inference, kv_events, resume_grammars)
     log.info("starting the engine on %s", model)
     return LLMEngine.from_engine_args(args, usage_context=usage_context(), stat_loggers=[stat_logger])
 
@@ -86,12 +95,13 @@ def warm_up(engine) -> None:
         engine.step()
 
 
-def start_vllm(model: str, inference: PoolConfig, load, kv_events: dict | None, lora_root: Path | None):
+def start_vllm(model: str, inference: PoolConfig, load, kv_events: dict | None, lora_root: Path | None,
+               resume_grammars: bool):
     """vLLM's engine, its LoRA adapters and its admission."""
     from engine_worker.admission import VllmRequests
 
     with stage(log, "start 2/3: vLLM load (weights, KV cache, compilation)"):
-        engine = build_engine(model, inference, load.stat_logger_factory(), kv_events)
+        engine = build_engine(model, inference, load.stat_logger_factory(), kv_events, resume_grammars)
     adapters = Adapters(engine, inference.allow_runtime_lora_updating, inference.served_name, lora_root,
                         inference.lora_hub_downloads)
     if inference.lora_modules:
@@ -147,6 +157,7 @@ class StartedEngine(NamedTuple):
     adapters: Adapters  # the LoRA adapters it serves
     requests: Any  # what admission checks each ADD with (VllmRequests, SimulatedRequests)
     kv_events: dict | None  # where vLLM publishes its KV-cache events, when the engine reports its prefix cache
+    resumes_grammars: bool  # its scheduler resumes a moved request's grammar
 
 
 def start_engine(server: ServerConfig, inference: PoolConfig, run_dir: Path, rank: int, slot: int) -> StartedEngine:
@@ -159,14 +170,15 @@ def start_engine(server: ServerConfig, inference: PoolConfig, run_dir: Path, ran
         model = model_path(server, inference)
     load = LoadTracker(monitor_gpus=not simulated)
     kv_events = kv_events_config(run_dir, slot) if reports_prefix_cache(server, inference) else None
+    resume = not simulated and resumes_grammars(inference)  # a simulated engine takes no grammars
     if simulated:
         engine, adapters, requests = start_simulated(model, inference, rank, load, kv_events is not None)
     else:
         lora_root = server.path(inference.lora_root) if inference.lora_root else None
-        engine, adapters, requests = start_vllm(model, inference, load, kv_events, lora_root)
+        engine, adapters, requests = start_vllm(model, inference, load, kv_events, lora_root, resume)
     cache_config = engine.vllm_config.cache_config
     load.set_kv_cache(cache_config.num_gpu_blocks or 0, cache_config.block_size)
-    return StartedEngine(engine, model, load, adapters, requests, kv_events)
+    return StartedEngine(engine, model, load, adapters, requests, kv_events, resume)
 
 
 def wire_up(server: ServerConfig, inference: PoolConfig, slot: int, started: StartedEngine):
@@ -195,7 +207,7 @@ def wire_up(server: ServerConfig, inference: PoolConfig, slot: int, started: Sta
                                  lambda change: publisher.send(None, change))
     loop = StepLoop(
         started.engine, engine_id, inference.served_name, started.model, publisher, started.load,
-        server.engine.heartbeat_interval_s, started.adapters, resumes_grammars(inference),
+        server.engine.heartbeat_interval_s, started.adapters, started.resumes_grammars,
     )
     admit = admitter(loop.inbox, started.requests, cache)
     start_request_reader(context, server.local_request_address(slot), server.engine, admit, on_death=loop.fail)

@@ -11,6 +11,7 @@ import queue
 from common.messages import Add
 from engine_worker import resumed_grammar
 from engine_worker.cache_events import CacheIndex
+from engine_worker.images import prompt_of
 from engine_worker.step_loop import Admitted, Refused
 
 log = logging.getLogger(__name__)
@@ -59,9 +60,9 @@ class VllmRequests:
                 raise ValueError("LoRA adapters need a vLLM with an input processor")
             if message.pooling is None:
                 resumed_grammar.mark(message.request_id, params, message.resumed_tokens)
-            return Admitted(message, {"prompt_token_ids": message.prompt_token_ids}, params)
+            return Admitted(message, prompt_of(message), params)
         request = self.processor.process_inputs(
-            message.request_id, {"prompt_token_ids": message.prompt_token_ids}, params,
+            message.request_id, prompt_of(message), params,
             arrival_time=received_at, lora_request=lora, **self.extra,
         )
         if message.pooling is not None:

@@ -31,6 +31,37 @@ def mark(request_id: str, params, resumed_tokens: int) -> None:
                  resumed_tokens)
 
 
+def missing() -> str | None:
+    """What the installed vLLM lacks that resuming grammars takes (None: nothing): the scheduler classes
+    this one derives from, a scheduler_cls to pass it by, extra_args carried to the engine core, and the
+    grammar's slot and methods, none of which vLLM promises to keep."""
+    import dataclasses
+
+    import vllm
+    from vllm.config import SchedulerConfig
+    from vllm.sampling_params import SamplingParams
+    from vllm.v1.structured_output.backend_types import StructuredOutputGrammar
+    from vllm.v1.structured_output.request import StructuredOutputRequest
+
+    try:
+        from vllm.v1.core.sched.async_scheduler import AsyncScheduler
+        from vllm.v1.core.sched.scheduler import Scheduler
+    except ImportError as error:
+        return f"vLLM {vllm.__version__} has no {error.name}"
+    needs = {
+        "Scheduler.add_request": hasattr(Scheduler, "add_request") and issubclass(AsyncScheduler, Scheduler),
+        "SchedulerConfig.scheduler_cls": "scheduler_cls" in {f.name for f in dataclasses.fields(SchedulerConfig)},
+        "SamplingParams.extra_args": "extra_args" in SamplingParams.__struct_fields__,
+        "StructuredOutputRequest._grammar": "_grammar" in {f.name for f in dataclasses.fields(StructuredOutputRequest)},
+        "StructuredOutputRequest.grammar's setter": getattr(StructuredOutputRequest, "grammar", None) is not None
+        and StructuredOutputRequest.grammar.fset is not None,
+        "StructuredOutputGrammar.accept_tokens and is_terminated": all(
+            hasattr(StructuredOutputGrammar, name) for name in ("accept_tokens", "is_terminated")),
+    }
+    lacking = [name for name, present in needs.items() if not present]
+    return f"vLLM {vllm.__version__} lacks {', '.join(lacking)}" if lacking else None
+
+
 def scheduler(*, vllm_config, **kwargs):
     """vLLM's scheduler for this engine, resuming the grammars of moved requests."""
     from vllm.v1.core.sched.async_scheduler import AsyncScheduler

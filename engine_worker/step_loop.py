@@ -39,6 +39,7 @@ from common.messages import (
     Abort, Add, Delta, Goodbye, Hello, ListLoras, LoadLora, Loras, Resync, SetOffline, StepOutput, TokenLogprob,
     UnloadLora, Welcome, frontend_slot,
 )
+from engine_worker.images import image_token_id
 from engine_worker.load import PrefillBacklog
 from engine_worker.lora import Adapters, LoraRefused
 
@@ -81,6 +82,7 @@ class StepLoop:
         self.model = model
         self.tokenizer = tokenizer
         self.max_model_len = engine.model_config.max_model_len
+        self.image_token_id = image_token_id(engine)  # said in each Welcome
         self.publisher = publisher
         self.load = load
         self.idle_wait_s = idle_wait_s
@@ -89,6 +91,7 @@ class StepLoop:
         self.inbox: queue.Queue = queue.Queue()
         self.owners: dict[str, str] = {}  # request id -> frontend id
         self.backlog = PrefillBacklog()  # the owned requests with no output token yet
+        self.expanded: dict[str, int] = {}  # request id -> its prompt's length in vLLM, until its first Delta
         self.frontends: dict[str, float] = {}  # frontend id -> when it last sent a HELLO or an ADD
         self.taken: dict[str, int] = {}  # frontend id -> ADDs taken from it since its last Welcome
         self.resynced: dict[str, float] = {}  # frontend id -> when it was last sent a snapshot for a Resync
@@ -167,6 +170,8 @@ class StepLoop:
             return
         self.owners[request_id] = frontend_id
         prompt_tokens = len(admitted.add.prompt_token_ids)
+        if admitted.add.images:
+            self.expanded[request_id] = len(getattr(admitted.prompt, "prompt_token_ids", None) or [])
         self.backlog.add(request_id, prompt_tokens if admitted.prefill_tokens is None else admitted.prefill_tokens)
         self.load.load.prompt_tokens_total += prompt_tokens
 
@@ -189,6 +194,7 @@ class StepLoop:
         known = [(r, owner) for r in message.request_ids if (owner := self.owners.pop(r, None)) is not None]
         for request_id, _ in known:
             self.backlog.done(request_id)
+            self.expanded.pop(request_id, None)
         if known:
             self.engine.abort_request([r for r, _ in known])
         return known
@@ -261,7 +267,7 @@ class StepLoop:
         self.taken.pop(frontend_id, None)  # the frontend counts its sends afresh from a Welcome
         welcome = Welcome(self.engine_id, frontend_id, self.model, self.tokenizer, self.max_model_len,
                           self.adapters.listing, self.adapters.runtime_updates, self.adapters.version,
-                          self.resumes_grammars, **self.model_facts)
+                          self.resumes_grammars, image_token_id=self.image_token_id, **self.model_facts)
         self.publisher.send(frontend_id, welcome)
 
     def forget_idle_frontends(self) -> None:
@@ -306,6 +312,7 @@ class StepLoop:
                     logprobs=convert_logprobs(token_ids, completion.logprobs),
                     prompt_logprobs=prompt_logprobs(output),
                     stop_token_id=stop_token_id(completion) if output.finished else None,
+                    prompt_tokens=self.expanded.pop(output.request_id, None),
                 )
             )
         self.load.load.generation_tokens_total += generated
@@ -330,6 +337,7 @@ class StepLoop:
             except Exception as error:  # its core may already be gone with the same signal
                 log.warning("could not abort in the engine: %s", error)
         self.owners.clear()
+        self.expanded.clear()
         self.backlog.clear()
         for frontend_id, deltas in by_frontend.items():
             self.send(frontend_id, deltas)

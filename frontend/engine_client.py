@@ -37,6 +37,7 @@ from common.messages import (
 from common.sockets import make_socket
 from frontend.cache_record import CacheRecord
 from frontend.load_view import LoadView
+from frontend.media import PromptImages
 from frontend.metrics import CACHE_RESYNCS, LOAD_REPORTS_LOST, MIGRATIONS, NOT_MOVED, ROUTED, STALLS
 from frontend.migration import Flight
 from frontend.router import Route, Router, RoutingScope, current_scope
@@ -473,7 +474,7 @@ class EngineClient:
         await asyncio.gather(*(link.stop() for link in self.links))
 
     def add(self, request_id: str, prompt_token_ids: list[int], sampling: dict,
-            pooling: dict | None = None) -> RequestQueue:
+            pooling: dict | None = None, images: PromptImages | None = None) -> RequestQueue:
         """Send the request to the engine the router picks, among those serving the LoRA adapter the
         HTTP request's `model` names; its Deltas (or an EngineLost) arrive on the queue returned, from
         whichever engine it goes on on if its engine is lost (frontend/migration.py). Every generation
@@ -485,10 +486,12 @@ class EngineClient:
             raise EngineUnavailable(self.closed)
         if len(self.requests) >= self.max_in_flight:
             raise Overloaded(f"this server is at its limit of {self.max_in_flight} requests in flight")
-        add = Add(request_id, self.frontend_id, prompt_token_ids, sampling, lora, pooling=pooling)
+        add = Add(request_id, self.frontend_id, prompt_token_ids, sampling, lora, pooling=pooling,
+                  images=images.data if images is not None else [])
         frame = encode(add)
         flight = Flight(add, RequestQueue(time.monotonic() + self.request_timeout_s, request_id),
-                        pinned=scope is not None and scope.pinned is not None)
+                        pinned=scope is not None and scope.pinned is not None,
+                        image_keys=images.keys if images is not None else None)
         self.send(flight, add, frame, self.refusing(lora), scope)
         self.requests[request_id] = flight
         return flight.queue
@@ -496,7 +499,7 @@ class EngineClient:
     def send(self, flight: Flight, add: Add, frame: bytes, refused: set[int], scope: RoutingScope | None) -> None:
         """Send an encoded ADD of the flight to the engine the router picks, but none of `refused`."""
         while True:
-            route = self.pick(add.prompt_token_ids, refused, scope)
+            route = self.pick(add.prompt_token_ids, refused, scope, flight.image_keys)
             link = self.links[route.rank]
             try:
                 link.add(add.request_id, frame, flight.queue)
@@ -559,7 +562,8 @@ class EngineClient:
         for link in self.links:
             link.fail_all(ShuttingDown, reason)
 
-    def pick(self, prompt_token_ids: list[int], refused: set[int], scope: RoutingScope | None) -> Route:
+    def pick(self, prompt_token_ids: list[int], refused: set[int], scope: RoutingScope | None,
+             image_keys: dict[int, int] | None = None) -> Route:
         if scope is not None and scope.pinned is not None:
             # A pinned engine without the adapter refuses the request itself, with its reason.
             return Route(scope.pinned, "pinned", len(prompt_token_ids))
@@ -569,7 +573,7 @@ class EngineClient:
         engines = {link.rank: link for link in self.links if link.routable and link.rank not in refused}
         if not engines:
             raise EngineUnavailable("no engine is available")
-        route = self.router.pick(prompt_token_ids, engines)
+        route = self.router.pick(prompt_token_ids, engines, image_keys)
         if scope is not None:
             scope.rank, scope.reason = route.rank, route.reason
         return route

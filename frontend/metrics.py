@@ -58,6 +58,10 @@ E2E = Histogram("llm_e2e_request_latency_seconds", "From sending a generation to
                 ["model"], buckets=E2E_BUCKETS, registry=LOCAL)
 FINISHED = Counter("llm_requests_finished", "Generations that ended normally, by finish reason",
                    ["model", "finish_reason"], registry=LOCAL)
+IMAGES = Counter("llm_request_images", "Images in requests, by source: inline (data URL, base64) or url (fetched)",
+                 ["model", "source"], registry=LOCAL)
+IMAGE_FETCHED_BYTES = Counter("llm_image_fetched_bytes", "Bytes of images fetched from allowed_media_domains URLs",
+                              ["model"], registry=LOCAL)
 ABORTED = Counter("llm_requests_aborted", "Generations given up because the client went away", ["model"],
                   registry=LOCAL)
 FAILED = Counter("llm_requests_failed", "Generations that ended with an error, by reason", ["model", "reason"],

@@ -78,12 +78,14 @@ class Router:
                          "vllm_dp": lambda: VllmDataParallel(engines, frontend_index, frontends)
                          }.get(config.policy, lambda: None)()
 
-    def pick(self, token_ids: list[int], engines: dict[int, Engine]) -> Route:
-        """The engine for a prompt, among `engines` (those up that may take it)."""
+    def pick(self, token_ids: list[int], engines: dict[int, Engine], image_keys: dict[int, int] | None = None) -> Route:
+        """The engine for a prompt, among `engines` (those up that may take it); `image_keys`: its
+        images' content hashes at their placeholders, which the blocks holding them hash too."""
         if self.balancer is not None:
             return Route(self.balancer.pick(engines), self.config.policy, len(token_ids))
         key = hash(tuple(token_ids))
-        blocks = block_hashes(token_ids, self.config.block_size) if self.config.policy == "prefix" else []
+        blocks = (block_hashes(token_ids, self.config.block_size, extra_keys=image_keys)
+                  if self.config.policy == "prefix" else [])
         runs = {rank: self.run(rank, engine, blocks) for rank, engine in engines.items()}
         prefill = {rank: len(token_ids) - run * self.config.block_size for rank, run in runs.items()}
         loads = {rank: self.load(engines[rank].load_view, prefill[rank]) for rank in engines}

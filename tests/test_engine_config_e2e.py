@@ -4,7 +4,7 @@ how each drives one and the same engine. No engine starts: vLLM only builds its 
 
 One difference is ours on purpose: the scheduler class, vLLM's own with the step that resumes a moved
 request's grammar (engine_worker/resumed_grammar.py); everything else about the scheduler, async
-scheduling included, must match."""
+scheduling included, must match. With `resume_grammars: false` there is no difference at all."""
 import dataclasses
 
 import pytest
@@ -12,7 +12,7 @@ import pytest
 from bench.services import engine_flags
 from common.config import InferenceConfig
 from engine_worker import resumed_grammar
-from engine_worker.__main__ import engine_args, usage_context
+from engine_worker.__main__ import engine_args, resumes_grammars, usage_context
 
 CASES = {
     "batch sizes given": {"max_model_len": 4096, "max_num_seqs": 32, "max_num_batched_tokens": 1024,
@@ -48,14 +48,18 @@ def differences(ours, theirs) -> list[str]:
     return found
 
 
+@pytest.mark.parametrize("resume", [True, False], ids=["resume_grammars", "vllm's own scheduler"])
 @pytest.mark.parametrize("given", CASES.values(), ids=CASES.keys())
-def test_engine_config_is_vllm_serves(given, model_dir):
+def test_engine_config_is_vllm_serves(given, resume, model_dir):
     from vllm.usage.usage_lib import UsageContext
 
-    inference = InferenceConfig(model=str(model_dir), engine_args=given)
-    ours = engine_args(str(model_dir), inference).create_engine_config(usage_context())
+    inference = InferenceConfig(model=str(model_dir), engine_args=given, resume_grammars=resume)
+    assert resumes_grammars(inference) == resume  # the installed vLLM has what resuming takes
+    ours = engine_args(str(model_dir), inference, resume_grammars=resumes_grammars(inference)).create_engine_config(
+        usage_context())
     theirs = serve_args(str(model_dir), given, inference.served_name).create_engine_config(
         UsageContext.OPENAI_API_SERVER)
-    assert ours.scheduler_config.scheduler_cls == resumed_grammar.SCHEDULER
-    theirs.scheduler_config.scheduler_cls = resumed_grammar.SCHEDULER
+    if resume:
+        assert ours.scheduler_config.scheduler_cls == resumed_grammar.SCHEDULER
+        theirs.scheduler_config.scheduler_cls = resumed_grammar.SCHEDULER
     assert differences(ours, theirs) == []

@@ -28,6 +28,8 @@ RANK = "X-data-parallel-rank"
 FIVE_THOUSAND_DIGITS = "9" * 5000
 BLOCKS_20K = [{"type": "tool_result", "tool_use_id": ""}] * 20_000  # 0.9 MB: within the body limit
 PARTS_600 = [{"type": "text", "text": "a"}] * 600
+IMAGE_SOURCE = {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}
+IMAGE_URL = "data:image/png;base64,iVBORw0KGgo="
 
 RESP, MSG, COUNT, TOK, DETOK = "/v1/responses", "/v1/messages", "/v1/messages/count_tokens", "/tokenize", "/detokenize"
 CHAT_ROUTE, CMPL = "/v1/chat/completions", "/v1/completions"
@@ -84,8 +86,18 @@ HOSTILE = [
     ("messages: draft-04 $defs of 5 with tool_choice any", "POST", MSG, JSON,
      messages(tools=[anthropic_tool(BAD_DEFS)], tool_choice={"type": "any"}), 400, "tools[0].input_schema.$defs"),
     ("messages: no max_tokens", "POST", MSG, JSON, {"model": MODEL, "messages": CHAT}, 400, "max_tokens"),
-    ("messages: an image block", "POST", MSG, JSON,
-     messages(messages=[{"role": "user", "content": [{"type": "image", "source": {}}]}]), 400, "messages[0].content[0]"),
+    ("messages: an image block without a source type", "POST", MSG, JSON,
+     messages(messages=[{"role": "user", "content": [{"type": "image", "source": {}}]}]), 400,
+     "messages[0].content[0].source"),
+    ("messages: an image for the text-only model", "POST", MSG, JSON,
+     messages(messages=[{"role": "user", "content": [{"type": "image", "source": IMAGE_SOURCE}]}]), 400,
+     "messages[0].content[0].source"),
+    ("responses: an input_image for the text-only model", "POST", RESP, JSON,
+     {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": IMAGE_URL}]}]}, 400,
+     "input[0].content[0].image_url"),
+    ("chat: an image_url for the text-only model", "POST", CHAT_ROUTE, JSON,
+     {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": IMAGE_URL}}]}]}, 400,
+     "messages[0].content[0].image_url"),
     ("messages: no content type", "POST", MSG, {}, messages(), 415, "content-type"),
     ("messages: rank 5,000 digits", "POST", MSG, {RANK: FIVE_THOUSAND_DIGITS, **JSON}, messages(), 400, RANK),
     ("messages: rank past the engines", "POST", MSG, {RANK: "7", **JSON}, messages(), 400, RANK),

@@ -24,10 +24,14 @@ which bench/services.py sets) /trace-<role>-<pid>.jsonl:
   vLLM counts it), queued (the engine core put it in its waiting queue), scheduled (first
   scheduled), first_token (the engine core's output with its first token was made); vLLM's
   prefill interval is scheduled to first_token; and first_token_seen (this process had it).
+Both also write each request's SamplingParams, as vLLM's input processor made them for the engine
+core, to params-<role>-<pid>.jsonl (the first MAX_PARAMS requests); the report lists the fields whose
+values differ between the servers.
 All stamps are time.time(): every process is on one host, and the engine core's monotonic stamps
 are moved onto that clock with the offset between the two clocks in the process that reads them.
 """
 import contextvars
+import functools
 import json
 import os
 import statistics
@@ -39,10 +43,10 @@ from pathlib import Path
 current = contextvars.ContextVar("request_trace", default=None)
 
 
-def trace_file(role: str):
+def trace_file(role: str, kind: str = "trace"):
     directory = Path(os.environ.get("TRACE_DIR") or Path(os.environ.get("PROBE_OUT", "./x")).parent)
     directory.mkdir(parents=True, exist_ok=True)
-    return (directory / f"trace-{role}-{os.getpid()}.jsonl").open("a", buffering=1)
+    return (directory / f"{kind}-{role}-{os.getpid()}.jsonl").open("a", buffering=1)
 
 
 class TracedApp:
@@ -149,6 +153,51 @@ def trace_frontend() -> None:
     engine_client.EngineLink.on_step = traced_on_step
 
 
+MAX_PARAMS = 200
+PER_REQUEST = {"seed"}  # fields a client sets per request: compared by whether they are set
+
+
+def trace_params(role: str) -> None:
+    """Every request's SamplingParams as the engine core gets them: the fields of the request vLLM's
+    input processor returns, in this process, whoever calls it."""
+    from vllm.v1.engine.input_processor import InputProcessor
+
+    out = trace_file(role, "params")
+    process_inputs, written = InputProcessor.process_inputs, [0]
+
+    @functools.wraps(process_inputs)  # its signature too: admission reads which arguments it takes
+    def traced(self, *args, **kwargs):
+        request = process_inputs(self, *args, **kwargs)
+        params = getattr(request, "sampling_params", None)
+        if params is not None and written[0] < MAX_PARAMS:
+            written[0] += 1
+            fields = {name: repr(getattr(params, name)) for name in params.__struct_fields__}
+            fields.update({name: repr(getattr(request, name, None)) for name in ("priority", "cache_salt",
+                                                                                  "lora_request", "data_parallel_rank")})
+            out.write(json.dumps(fields) + "\n")
+        return request
+
+    InputProcessor.process_inputs = traced
+
+
+def params_report(run_dir: Path) -> list[str]:
+    """Each SamplingParams field whose values differ between the servers under run_dir, with every value
+    each server gave it."""
+    values: dict[str, dict[str, set]] = defaultdict(lambda: defaultdict(set))
+    for path in run_dir.rglob("params-*.jsonl"):
+        server = server_of(path, run_dir)
+        for line in path.read_text().splitlines():
+            for name, value in json.loads(line).items():
+                values[name][server].add(("set" if value != "None" else "None") if name in PER_REQUEST else value)
+    servers = sorted({server for by_server in values.values() for server in by_server})
+    lines = [f"== SamplingParams: fields that differ between {', '.join(servers)}"]
+    for name, by_server in sorted(values.items()):
+        if len({frozenset(found) for found in by_server.values()}) > 1 or len(by_server) < len(servers):
+            lines.append(f"  {name}: " + "; ".join(f"{server} {sorted(by_server.get(server, {'-'}))}"
+                                                   for server in servers))
+    return lines if len(servers) > 1 else []
+
+
 def trace_engine() -> None:
     from engine_worker import admission, io_threads, step_loop
 
@@ -193,6 +242,7 @@ def trace_engine() -> None:
     step_loop.StepLoop.send = traced_send
     io_threads.OutputPublisher.publish = traced_publish
     trace_vllm_stats(found)
+    trace_params("engine")
 
 
 def trace_vllm_serve() -> None:
@@ -221,6 +271,7 @@ def trace_vllm_serve() -> None:
     trace_http(out)
     AsyncLLM.add_request = traced_add_request
     trace_vllm_stats(found)
+    trace_params("vllm")
 
 
 STAGES = (  # (name, from, to): each a span between two stamps of one request
@@ -290,7 +341,7 @@ def report(run_dir: str) -> str:
                 if spans:
                     lines.append(f"  {name:48s} p50 {statistics.median(spans):8.2f} ms   "
                                  f"mean {statistics.fmean(spans):8.2f}   n {len(spans)}")
-    return "\n".join(lines)
+    return "\n".join(lines + params_report(Path(run_dir)))
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 # What bench/gpu/gpu_sweep.sh and bench/gpu/fleet_sweep.sh share on the GPU host: the environment of the
 # bundle, the machine's description, and one side-by-side step (REPEATS=, PYSPY=, CUDA_DEVICES= for our
-# engine workers' GPUs). Sourced after RESULTS is set.
+# engine workers' GPUs, PIN= for the cores of vLLM's engine core). Sourced after RESULTS is set.
 export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
 MODEL=${MODEL:-$PWD/.gpu/model}
 # Without nginx on the host, our frontends share the port through SO_REUSEPORT.
@@ -24,5 +24,5 @@ side_by_side() {  # NAME ENGINE_ARGS SERVERS... -- LOADS...
     loads=("$@")
     python3 -m bench.side_by_side --model "$MODEL" --engine-args "$engine_args" $REUSE --warmups 8 --port $PORT \
         --repeats "${REPEATS:-1}" --servers "${servers[@]}" --loads "${loads[@]}" --out "$RESULTS/$name" \
-        ${PYSPY:+--py-spy $PYSPY} ${CUDA_DEVICES:+--cuda-visible-devices $CUDA_DEVICES}
+        ${PYSPY:+--py-spy $PYSPY} ${CUDA_DEVICES:+--cuda-visible-devices $CUDA_DEVICES} ${PIN:+--pin-engine-core $PIN}
 }

@@ -7,17 +7,22 @@
 #                ~15 s), 64 (64, ~14 s), 256 (256, ~24 s), then a shared-prefix load under KV
 #                pressure (16 prefixes of 2,048 tokens, 2,560 KV blocks, ~8 s a run); 3 runs
 #                each; two server starts (~70 s each)                                         ~345 s
-#   c1           issue 24: ours (4 frontends) against `vllm serve` (1 API), 128/128 at
-#                concurrency 1, 30 requests a run (~20 s), 3 runs, every stage of every request
-#                timed in both (bench/experiments/request_trace.py)                          ~275 s
+#   c1           issue 24: ours (4 frontends) against `vllm serve` (1 API), then ours with vLLM's
+#                own scheduler (resume_grammars: false), 128/128 at concurrency 1, 30 requests a
+#                run (~20 s), 3 runs, every stage of every request timed and every request's
+#                SamplingParams logged in each (bench/experiments/request_trace.py)           ~400 s
 #   placement    two engines of ours on GPU 0 (cuda_visible_devices "0,0", data_parallel_size 2,
 #                kv_cache_memory_bytes fixed), 16 shared prefixes under KV pressure: exact,
 #                approximate and load placement, 3 runs each (~8 s a run, ~100 s a start)      ~420 s
 #   c1fork       c1's ours again with vLLM's engine core forked from the engine worker, as before
 #                commit be0c8f9 (VLLM_WORKER_MULTIPROC_METHOD=fork): issue 24's first candidate,
 #                A against B on one machine                                                   ~140 s
-# In all about 22 minutes, so it fits a 30-minute lease after the bundle's copies and install;
-# c1fork comes last so that a lease cut short loses it first.
+#   c1pin        c1's ours again with vLLM's engine core process alone on cores PIN_CPUS (0-1) and
+#                every other process of ours on the rest                                      ~140 s
+#   targets      issue 24's other loads, ours (4 frontends) against `vllm serve` (1 API): 128/1024
+#                at 64 (128 prompts) and 256 (512), 1024/128 at 1 (30) and 256 (512), 3 runs ~690 s
+# The default plan (issue 24's lease of 2026-12-03): c1 c1fork c1pin targets, about 23 minutes;
+# the steps of the 2026-12-02 lease (profile calibration c1 placement c1fork) by STEPS=.
 #
 # usage, from the repository root on the GPU host (bundle installed, ../shared/gpu/README.md):
 #   bash bench/gpu/lease_plan.sh start              copies what it needs to /tmp/lease-src and
@@ -25,7 +30,7 @@
 #   bash bench/gpu/lease_plan.sh collect SECONDS    waits up to SECONDS for the plan, then packs its
 #                                                   results and log into $OUT (every later call)
 # Knobs (environment): STEPS (e.g. "c1 placement"), MODEL (default /tmp/stage/model, made if missing),
-# ENGINE_ARGS (JSON), PROFILE_FLAGS, CALIBRATION_LOADS, PREFIX_LOADS, PREFIX_BLOCKS, C1_LOADS,
+# ENGINE_ARGS (JSON), PROFILE_FLAGS, CALIBRATION_LOADS, PREFIX_LOADS, PREFIX_BLOCKS, C1_LOADS, TARGET_LOADS, PIN_CPUS,
 # PLACEMENT_LOADS, PLACEMENT_ARGS (JSON added to ENGINE_ARGS), REPEATS (3), RESULTS
 # (/tmp/lease-results), LOG (/tmp/lease.log). The CPU run of bench/README.md scales them down.
 set -uo pipefail
@@ -45,7 +50,7 @@ start() {  # a copy outside the checkout: a later call replaces the checkout, an
 
 collect() {
     LOG=$LOG bash "$(dirname "$0")/gpu_collect.sh" "${1:-0}" "$RESULTS"
-    cat "$RESULTS/c1/stages.txt" "$RESULTS/c1-fork/stages.txt" 2>/dev/null
+    cat "$RESULTS/c1/stages.txt" "$RESULTS/c1-fork/stages.txt" "$RESULTS/c1-pin/stages.txt" 2>/dev/null
 }
 
 with_args() {  # JSON_A JSON_B: A with B's keys added
@@ -57,7 +62,7 @@ run() {
     source bench/gpu/gpu_common.sh
     ENGINE_ARGS=${ENGINE_ARGS:-'{"load_format": "dummy", "max_model_len": 4096, "max_num_seqs": 256,
         "max_num_batched_tokens": 8192, "gpu_memory_utilization": 0.85}'}
-    STEPS=${STEPS:-profile calibration c1 placement c1fork}
+    STEPS=${STEPS:-c1 c1fork c1pin targets}
     REPEATS=${REPEATS:-3}
     CALIBRATION_LOADS=${CALIBRATION_LOADS:-"128x1024@1/2 128x1024@64/64 128x1024@256/256"}
     # 16 prefixes of 128 blocks of 16 tokens (2,048 blocks) and the running requests' own blocks
@@ -65,6 +70,7 @@ run() {
     PREFIX_BLOCKS=${PREFIX_BLOCKS:-2560}
     PREFIX_LOADS=${PREFIX_LOADS:-"p2048+128/16x128@64/256"}
     C1_LOADS=${C1_LOADS:-"128x128@1/30"}
+    TARGET_LOADS=${TARGET_LOADS:-"128x1024@64/128 128x1024@256/512 1024x128@1/30 1024x128@256/512"}
     PLACEMENT_LOADS=${PLACEMENT_LOADS:-"p2048+128/16x128@128/256"}
     # Each engine's KV memory fixed (vLLM's profiling assumes no other process on the GPU changes
     # its memory use); gpu_memory_utilization only has to pass vLLM's start-up check of free memory.
@@ -96,12 +102,20 @@ step() {
         c1)
             REPEATS=$REPEATS side_by_side c1 "$ENGINE_ARGS" \
                 ours:4:bench.experiments.request_trace+bench.experiments.request_trace \
-                vllm:1:bench.experiments.request_trace -- $C1_LOADS
+                vllm:1:bench.experiments.request_trace \
+                ours:4:bench.experiments.request_trace+bench.experiments.request_trace~resume_grammars=false \
+                -- $C1_LOADS
             python3 -m bench.experiments.request_trace report "$RESULTS/c1" > "$RESULTS/c1/stages.txt" ;;
+        c1pin)
+            PIN=${PIN_CPUS:-0-1} REPEATS=$REPEATS side_by_side c1-pin "$ENGINE_ARGS" \
+                ours:4:bench.experiments.request_trace+bench.experiments.request_trace -- $C1_LOADS
+            python3 -m bench.experiments.request_trace report "$RESULTS/c1-pin" > "$RESULTS/c1-pin/stages.txt" ;;
+        targets)
+            REPEATS=$REPEATS side_by_side targets "$ENGINE_ARGS" ours:4 vllm:1 -- $TARGET_LOADS ;;
         c1fork)
             VLLM_WORKER_MULTIPROC_METHOD=fork REPEATS=$REPEATS side_by_side c1-fork "$ENGINE_ARGS" \
                 ours:4:bench.experiments.request_trace+bench.experiments.request_trace -- $C1_LOADS
-            python3 -m bench.experiments.request_trace report "$RESULTS" > "$RESULTS/c1-fork/stages.txt" ;;
+            python3 -m bench.experiments.request_trace report "$RESULTS/c1-fork" > "$RESULTS/c1-fork/stages.txt" ;;
         placement)
             local args
             args=$(with_args "$(with_args "$ENGINE_ARGS" "$PLACEMENT_ARGS")" "{\"num_gpu_blocks_override\": $PREFIX_BLOCKS}")

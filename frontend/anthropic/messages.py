@@ -22,17 +22,20 @@ from starlette.responses import Response
 
 from common.config import RequestLimits
 from frontend.anthropic.protocol import (
-    ContentBlockDelta, ContentBlockStart, ContentBlockStop, CountTokensRequest, InputJsonDelta, InputMessage, Message,
+    Base64Source, ContentBlockDelta, ContentBlockStart, ContentBlockStop, CountTokensRequest, ImageBlock,
+    InputJsonDelta, InputMessage, Message,
     MessageDelta, MessagesRequest, MessageStart, MessageStop, OutputBlock, Ping, RedactedThinkingBlock, StopDelta,
     TextBlock, TextDelta, TextOut, ThinkingBlock, ThinkingDelta, ThinkingOut, ToolChoiceAny, ToolChoiceNone,
-    ToolChoiceTool, ToolResultBlock, ToolUseBlock, ToolUseOut, Usage, message_id,
+    ToolChoiceTool, ToolResultBlock, ToolUseBlock, ToolUseOut, UrlSource, Usage, message_id,
 )
 from frontend.anthropic.sse import error_event, event
 from frontend.http import HTTPError, json_response
 from frontend.request_bounds import check_content_blocks, check_count
 from frontend.run.answer import Answer
 from frontend.run.choices import Update
-from frontend.text.chat import Chat, ChatMessage, FunctionCall, FunctionDefinition, MessageToolCall, Tool
+from frontend.text.chat import (
+    Chat, ChatMessage, ContentPart, FunctionCall, FunctionDefinition, ImageURL, MessageToolCall, Tool,
+)
 from frontend.text.reasoning import Reasoning
 from frontend.text.structured_outputs import check_schema, parse_lenient
 from frontend.text.tool_parsers import ToolCall
@@ -76,10 +79,11 @@ def check_tools(body: CountTokensRequest, max_schema_depth: int) -> None:
 def as_chat(body: CountTokensRequest) -> Chat:
     """The chat that means the same to the chat template (a worker thread's work: it grows with the body)."""
     tools = [Tool(function=FunctionDefinition(t.name, t.description, t.input_schema)) for t in body.tools or []]
-    messages = chat_messages(body)
+    image_fields = []
+    messages = chat_messages(body, image_fields)
     # As Anthropic does, an answer to messages that end with the assistant's text continues that text.
     continuing = messages[-1].role == "assistant" and not messages[-1].tool_calls
-    return Chat(messages=messages, tools=tools or None, continue_final_message=continuing)
+    return Chat(messages=messages, tools=tools or None, continue_final_message=continuing, image_fields=image_fields)
 
 
 def sampling_of(body: MessagesRequest, grammar: dict | None) -> dict:
@@ -116,12 +120,13 @@ def tool_choice_of(body: CountTokensRequest) -> str:
     return "auto"  # Anthropic's default where tools are given
 
 
-def chat_messages(body: CountTokensRequest) -> list[ChatMessage]:
+def chat_messages(body: CountTokensRequest, image_fields: list[str]) -> list[ChatMessage]:
+    """The chat's messages; the field of each image block goes into `image_fields`, in order."""
     messages = []
     if body.system:
         messages.append(ChatMessage("system", text_of(body.system)))
     for index, message in enumerate(body.messages):
-        messages += chat_messages_of(message, f"messages[{index}]")
+        messages += chat_messages_of(message, f"messages[{index}]", image_fields)
     return messages
 
 
@@ -131,27 +136,44 @@ def text_of(content: str | list[TextBlock] | None) -> str:
     return content if isinstance(content, str) else "".join(block.text for block in content)
 
 
-def chat_messages_of(message: InputMessage, field: str) -> list[ChatMessage]:
+def chat_messages_of(message: InputMessage, field: str, image_fields: list[str]) -> list[ChatMessage]:
     if isinstance(message.content, str):
         return [ChatMessage(message.role, message.content)]
     if message.role == "assistant":
         return [assistant_message(message.content, field)]
-    messages, texts = [], []
+    messages, parts = [], []
     for index, block in enumerate(message.content):
         if isinstance(block, TextBlock):
-            texts.append(block.text)
+            parts.append(ContentPart("text", block.text))
+        elif isinstance(block, ImageBlock) and message.role == "user":
+            parts.append(ContentPart("image_url", image_url=ImageURL(image_url(block.source))))
+            image_fields.append(f"{field}.content[{index}].source")
         elif isinstance(block, ToolResultBlock) and message.role == "user":
-            if texts:
-                messages.append(ChatMessage(message.role, "".join(texts)))
-                texts = []
+            if parts:
+                messages.append(ChatMessage(message.role, content_of(parts)))
+                parts = []
             prefix = "Error: " if block.is_error else ""
             messages.append(ChatMessage("tool", prefix + text_of(block.content), tool_call_id=block.tool_use_id))
         else:
             raise HTTPError(400, f"a {message.role} message cannot hold a {block_type(block)} block",
                             f"{field}.content[{index}]")
-    if texts or not messages:
-        messages.append(ChatMessage(message.role, "".join(texts)))
+    if parts or not messages:
+        messages.append(ChatMessage(message.role, content_of(parts)))
     return messages
+
+
+def content_of(parts: list[ContentPart]) -> str | list[ContentPart]:
+    """Text as one string; with images, the parts in their order."""
+    if any(part.type == "image_url" for part in parts):
+        return parts
+    return "".join(part.text for part in parts)
+
+
+def image_url(source: Base64Source | UrlSource) -> str:
+    """As frontend/media.py takes images: base64 data as a data URL."""
+    if isinstance(source, UrlSource):
+        return source.url
+    return f"data:{source.media_type};base64,{source.data}"
 
 
 def assistant_message(blocks: list, field: str) -> ChatMessage:
@@ -213,6 +235,9 @@ class MessageBuilder(Answer):
 
     def renderer(self) -> "MessageEvents":
         return MessageEvents(self)
+
+    def count_prompt(self, tokens: int) -> None:
+        self.input_tokens = tokens
 
     def whole_response(self) -> Response:
         return json_response(self.message())

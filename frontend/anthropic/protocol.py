@@ -41,7 +41,20 @@ class RedactedThinkingBlock(msgspec.Struct, tag_field="type", tag="redacted_thin
     data: str = ""
 
 
-InputBlock = TextBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock | RedactedThinkingBlock
+class Base64Source(msgspec.Struct, tag_field="type", tag="base64"):
+    media_type: str
+    data: str
+
+
+class UrlSource(msgspec.Struct, tag_field="type", tag="url"):
+    url: str
+
+
+class ImageBlock(msgspec.Struct, tag_field="type", tag="image"):
+    source: Base64Source | UrlSource
+
+
+InputBlock = TextBlock | ImageBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock | RedactedThinkingBlock
 
 
 class InputMessage(msgspec.Struct):

@@ -11,6 +11,7 @@ from frontend.anthropic.messages import (
 )
 from frontend.anthropic.protocol import CountTokens, CountTokensRequest, MessagesRequest
 from frontend.http import HTTPError, json_response, read_json
+from frontend.media import chat_prompt, taken_images
 from frontend.run.answer import respond
 from frontend.run.choices import chat_choices
 from frontend.run.generation import GenerationSpec
@@ -55,9 +56,9 @@ async def create_message(request: Request) -> Response:
     state, pool, body, model = await read_request(request, MessagesRequest)
     limits = state.server.limits
     chat, plan = await asyncio.to_thread(prepare, body, state.server.tool_parser, limits.max_schema_depth)
-    prompt_ids = await chat_prompt_ids(pool.tokenizer, chat, state.server)
+    prompt_ids, images = await chat_prompt(pool, chat, state.server)
     pool.check_context(len(prompt_ids), body.max_tokens)
-    spec = GenerationSpec(prompt_ids, sampling_of(body, plan.grammar), body.stop_sequences or [])
+    spec = GenerationSpec(prompt_ids, sampling_of(body, plan.grammar), body.stop_sequences or [], images=images)
     choices = chat_choices(state.server, pool, plan, prompt_ids, 1)
     return await respond(request, pool, [spec], choices, MessageBuilder(model, len(prompt_ids)), body.stream)
 
@@ -66,6 +67,7 @@ async def count_tokens(request: Request) -> Response:
     """The prompt's tokens exactly as /v1/messages would count them: the same chat template run."""
     state, pool, body, _ = await read_request(request, CountTokensRequest)
     chat = await asyncio.to_thread(checked_chat, body, state.server.limits.max_schema_depth)
+    taken_images(pool, chat)  # counted as their image tokens, not fetched
     prompt_ids = await chat_prompt_ids(pool.tokenizer, chat, state.server)
     return json_response(CountTokens(len(prompt_ids)))
 

@@ -23,7 +23,7 @@ from frontend.run.answer import Answer, respond
 from frontend.run.choices import Choice, Update, chat_choices
 from frontend.run.pool import Pool
 from frontend.run.state import FrontendState
-from frontend.text.chat_template import chat_prompt_ids
+from frontend.media import chat_prompt
 from frontend.text.reasoning import Reasoning
 from frontend.text.tokenizer import Tokenizer
 from frontend.text.tool_parsers import ToolCall
@@ -107,11 +107,11 @@ async def chat_completions_endpoint(request: Request) -> Response:
     check_bounds(body, limits, tokenizer.vocab_size)
     constrained = bool(body.tools) or body.response_format is not None or body.structured_outputs is not None
     plan = await off_the_loop_if(constrained, tool_plan, body, state.server.tool_parser, limits.max_schema_depth)
-    prompt_ids = await chat_prompt_ids(tokenizer, as_chat(body), state.server)
+    prompt_ids, images = await chat_prompt(pool, as_chat(body), state.server, body.n)
     top_logprobs = top_logprobs_of(body)
     max_tokens = max_tokens_of(pool, len(prompt_ids), *requested_max_tokens(body))
     sampling = sampling_kwargs(body, max_tokens, plan.grammar, logprobs=top_logprobs)
-    specs = choice_specs(body, prompt_ids, sampling)
+    specs = choice_specs(body, prompt_ids, sampling, images)
     choices = chat_choices(state.server, pool, plan, prompt_ids, len(specs))
     answer = ChatAnswer(model, len(prompt_ids), plan, choices, top_logprobs, tokenizer, body.stream_options)
     return await respond(request, pool, specs, choices, answer, body.stream)

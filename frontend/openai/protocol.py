@@ -13,7 +13,7 @@ from msgspec import Meta
 
 # The chat's own shapes are OpenAI's: they live with the chat template, and are taken from there.
 from frontend.text.chat import (
-    Chat, ChatMessage, FunctionCall, FunctionDefinition, MessageToolCall, TextPart, Tool,  # noqa: F401 (re-exported)
+    Chat, ChatMessage, FunctionCall, FunctionDefinition, MessageToolCall, ContentPart, Tool,  # noqa: F401 (re-exported)
 )
 
 Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]

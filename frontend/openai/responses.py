@@ -32,7 +32,8 @@ from frontend.request_bounds import check_content_blocks, check_count, check_gen
 from frontend.run.answer import Answer, respond
 from frontend.run.choices import chat_choices
 from frontend.run.state import FrontendState
-from frontend.text.chat_template import chat_prompt_ids
+from frontend.media import chat_prompt
+from frontend.text.chat import ContentPart as ChatPart, ImageURL
 from frontend.text.reasoning import Reasoning
 from frontend.text.structured_outputs import COMPACT, check_schema
 from frontend.text.tool_parsers import ToolCall
@@ -45,6 +46,8 @@ class ContentPart(msgspec.Struct, kw_only=True):
     type: str
     text: str | None = None
     refusal: str | None = None
+    image_url: str | None = None  # input_image: a data URL, or http(s) (frontend/media.py)
+    detail: str | None = None
 
 
 class InputItem(msgspec.Struct, kw_only=True):
@@ -125,20 +128,21 @@ def check_request(body: ResponsesRequest) -> None:
 # Translation into a chat
 
 
-def chat_messages(body: ResponsesRequest) -> list[ChatMessage]:
-    """`instructions` as the system message, then the input items as the chat template takes them."""
+def chat_messages(body: ResponsesRequest, image_fields: list[str]) -> list[ChatMessage]:
+    """`instructions` as the system message, then the input items as the chat template takes them; the
+    field of each input_image goes into `image_fields`, in order."""
     messages = [] if body.instructions is None else [ChatMessage("system", body.instructions)]
     if isinstance(body.input, str):
         return messages + [ChatMessage("user", body.input)]
     for index, item in enumerate(body.input):
-        add_item(messages, item, f"input[{index}]")
+        add_item(messages, item, f"input[{index}]", image_fields)
     return messages
 
 
-def add_item(messages: list[ChatMessage], item: InputItem, field: str) -> None:
+def add_item(messages: list[ChatMessage], item: InputItem, field: str, image_fields: list[str]) -> None:
     if item.type == "message":
         role = needed(item.role, f"{field}.role")
-        messages.append(ChatMessage(role, text_of(item.content, f"{field}.content")))
+        messages.append(ChatMessage(role, message_content(item.content, f"{field}.content", image_fields)))
     elif item.type == "function_call":
         function = FunctionCall(needed(item.name, f"{field}.name"), item.arguments or "{}")
         call = MessageToolCall(function, id=needed(item.call_id, f"{field}.call_id"))
@@ -168,13 +172,32 @@ TEXT_PARTS = ("input_text", "output_text", "text")
 def text_of(content: str | list[ContentPart] | None, field: str) -> str:
     if content is None or isinstance(content, str):
         return content or ""
-    texts = []
+    return "".join(part_text(part, f"{field}[{index}]") for index, part in enumerate(content))
+
+
+def part_text(part: ContentPart, field: str) -> str:
+    text = part.refusal if part.type == "refusal" else part.text if part.type in TEXT_PARTS else None
+    if text is None:
+        raise HTTPError(400, f"only text and input_image parts are supported, not {part.type[:40]!r}", field)
+    return text
+
+
+def message_content(content: str | list[ContentPart] | None, field: str,
+                    image_fields: list[str]) -> str | list[ChatPart]:
+    """A message's text, or with input_image parts, text and image_url parts in their order."""
+    if not isinstance(content, list) or all(part.type != "input_image" for part in content):
+        return text_of(content, field)
+    parts = []
     for index, part in enumerate(content):
-        text = part.refusal if part.type == "refusal" else part.text if part.type in TEXT_PARTS else None
-        if text is None:
-            raise HTTPError(400, f"only text parts are supported, not {part.type[:40]!r}", f"{field}[{index}]")
-        texts.append(text)
-    return "".join(texts)
+        if part.type != "input_image":
+            parts.append(ChatPart("text", part_text(part, f"{field}[{index}]")))
+        elif part.image_url is None:
+            raise HTTPError(400, "an input_image needs image_url (a data URL or an http(s) URL): this server keeps "
+                                 "no files for file_id", f"{field}[{index}].image_url")
+        else:
+            parts.append(ChatPart("image_url", image_url=ImageURL(part.image_url, part.detail)))
+            image_fields.append(f"{field}[{index}].image_url")
+    return parts
 
 
 def chat_tools(body: ResponsesRequest) -> list[Tool] | None:
@@ -514,7 +537,8 @@ def parts_of(content: str | list | None) -> int:
 
 def as_chat(body: ResponsesRequest) -> Chat:
     """The chat this request stands for, as the chat template takes it."""
-    return Chat(messages=chat_messages(body), tools=chat_tools(body))
+    image_fields = []
+    return Chat(messages=chat_messages(body, image_fields), tools=chat_tools(body), image_fields=image_fields)
 
 
 async def responses_endpoint(request: Request) -> Response:
@@ -528,12 +552,12 @@ async def responses_endpoint(request: Request) -> Response:
         chat = as_chat(body)
         constrained = bool(body.tools) or body.text is not None or body.structured_outputs is not None
         plan = await off_the_loop_if(constrained, tool_plan, body, state.server.tool_parser, limits.max_schema_depth)
-        prompt_ids = await chat_prompt_ids(tokenizer, chat, state.server)
+        prompt_ids, images = await chat_prompt(pool, chat, state.server)
         max_tokens = max_tokens_of(pool, len(prompt_ids), body.max_output_tokens, "max_output_tokens")
         sampling = sampling_kwargs(body, max_tokens, plan.grammar)
     choices = chat_choices(state.server, pool, plan, prompt_ids, 1)
     writer = ResponseWriter(body, model, len(prompt_ids), plan.forced, body.stream)
-    return await respond(request, pool, choice_specs(body, prompt_ids, sampling), choices, writer, body.stream)
+    return await respond(request, pool, choice_specs(body, prompt_ids, sampling, images), choices, writer, body.stream)
 
 
 async def nothing_stored(request: Request) -> Response:

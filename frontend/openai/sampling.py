@@ -5,6 +5,7 @@ n choices are n engine requests, fanned out here; with a seed, choice i gets see
 choices differ and each is reproducible.
 """
 from frontend.http import HTTPError
+from frontend.media import PromptImages
 from frontend.openai.protocol import ResponseFormat, SamplingRequest, StructuredOutputs
 from frontend.request_bounds import as_list
 from frontend.run.generation import GenerationSpec
@@ -36,13 +37,14 @@ def token_biases(logit_bias: dict[str, float]) -> dict[int, float]:
     return {int(token): bias for token, bias in logit_bias.items()}
 
 
-def choice_specs(body: SamplingRequest, prompt_ids: list[int], sampling: dict) -> list[GenerationSpec]:
+def choice_specs(body: SamplingRequest, prompt_ids: list[int], sampling: dict,
+                 images: PromptImages | None = None) -> list[GenerationSpec]:
     specs = []
     for i in range(body.n):
         seeded = sampling if body.seed is None else {**sampling, "seed": body.seed + i}
         specs.append(
             GenerationSpec(prompt_ids, seeded, as_list(body.stop), body.include_stop_str_in_output,
-                           body.skip_special_tokens)
+                           body.skip_special_tokens, images)
         )
     return specs
 

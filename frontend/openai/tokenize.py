@@ -18,6 +18,7 @@ from frontend.openai.protocol import ChatMessage, TokenId, Tool, as_chat
 from frontend.request_bounds import check_count, check_token_ids
 from frontend.run.pool import Pool
 from frontend.run.state import FrontendState
+from frontend.media import taken_images
 from frontend.text.chat_template import chat_prompt_ids
 from frontend.text.structured_outputs import check_schema
 
@@ -78,7 +79,9 @@ async def chat_ids(state: FrontendState, pool: Pool, body: TokenizeRequest) -> l
         raise HTTPError(400, "continue_final_message and add_generation_prompt cannot both be true",
                         "continue_final_message")
     await asyncio.to_thread(check_tool_schemas, body.tools or [], limits.max_schema_depth)
-    return await chat_prompt_ids(pool.tokenizer, as_chat(body), state.server, bool(body.add_special_tokens))
+    chat = as_chat(body)
+    taken_images(pool, chat)  # counted as their image tokens, not fetched
+    return await chat_prompt_ids(pool.tokenizer, chat, state.server, bool(body.add_special_tokens))
 
 
 def check_tool_schemas(tools: list[Tool], max_depth: int) -> None:

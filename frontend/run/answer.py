@@ -44,6 +44,11 @@ class Answer(ABC):
     def take(self, update: Update) -> None:
         """Each Update of a whole answer, for an answer built from them rather than from the Choices."""
 
+    def count_prompt(self, tokens: int) -> None:
+        """The engine's count of the prompt, where it differs from the frontend's: vLLM's processor
+        expanded its images into the model's placeholder tokens. Usage says what the model ran."""
+        self.prompt_tokens = tokens
+
     def streaming_response(self, chunks: AsyncIterator[bytes]) -> Response:
         return event_stream(chunks)
 
@@ -52,11 +57,25 @@ async def respond(request: Request, pool: Pool, specs: list[GenerationSpec], cho
                   answer: Answer, stream: bool) -> Response:
     """Generate choice i from specs[i] on the pool's engines, and answer: streamed, or whole once every
     choice has ended."""
-    updates = await run_choices(request, pool, specs, choices)
+    updates = counted(await run_choices(request, pool, specs, choices), answer)
     if stream:
         return answer.streaming_response(rendered(updates, answer.renderer()))
     await run_to_end(request, updates, answer.take)
     return answer.whole_response()
+
+
+async def counted(updates: AsyncIterator[Update], answer: Answer) -> AsyncIterator[Update]:
+    """The updates, the engine's count of the prompt handed to the answer: the first one only, as a
+    generation moved to another engine is counted there with the tokens it had generated."""
+    told = False
+    try:
+        async for update in updates:
+            if update.prompt_tokens is not None and not told:
+                answer.count_prompt(update.prompt_tokens)
+                told = True
+            yield update
+    finally:
+        await updates.aclose()
 
 
 async def rendered(updates: AsyncIterator[Update], renderer: Renderer) -> AsyncIterator[bytes]:

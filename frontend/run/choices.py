@@ -35,6 +35,7 @@ class Update:
     logprobs: list[list[TokenLogprob]] | None = None
     prompt_logprobs: list[list[TokenLogprob] | None] | None = None
     stop_reason: int | str | None = None  # vLLM's: the stop string or stop token id that ended it
+    prompt_tokens: int | None = None  # the engine's count of the prompt, where it differs from the frontend's
 
 
 class Choice:
@@ -89,7 +90,7 @@ class Choice:
         if finished:
             self.finish_reason, self.stop_reason = piece.finish_reason, piece.stop_reason
         return Update(self.index, events, piece.token_ids, self.completion_tokens, piece.finish_reason,
-                      piece.logprobs, piece.prompt_logprobs, piece.stop_reason)
+                      piece.logprobs, piece.prompt_logprobs, piece.stop_reason, piece.prompt_tokens)
 
     def read(self, split: list[Content | Reasoning], finished: bool) -> list[Event]:
         """The reader's events for the content, reasoning passed by as it is."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from common.messages import Delta, TokenLogprob
 from frontend.engine_client import EngineClient, EngineLost, RequestTimeout
+from frontend.media import PromptImages
 from frontend.metrics import GenerationMeter
 from frontend.text.detokenizer import Detokenizer
 from frontend.text.stop_strings import StopStrings
@@ -28,6 +29,7 @@ class Piece:
     prompt_logprobs: list[list[TokenLogprob] | None] | None = None
     # What ended it, as vLLM's stop_reason: the stop string matched, the stop token id, or None.
     stop_reason: int | str | None = None
+    prompt_tokens: int | None = None  # the engine's count of the prompt, where it differs (Delta.prompt_tokens)
 
 
 @dataclass
@@ -37,6 +39,7 @@ class GenerationSpec:
     stop: list[str] = field(default_factory=list)
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    images: PromptImages | None = None
 
 
 async def generate(client: EngineClient, tokenizer, spec: GenerationSpec):
@@ -45,7 +48,7 @@ async def generate(client: EngineClient, tokenizer, spec: GenerationSpec):
     detokenizer = Detokenizer(tokenizer, spec.skip_special_tokens)
     stops = StopStrings(spec.stop, spec.include_stop_str_in_output)
     # Nothing may raise between taking the slot and the `try` that gives it back.
-    queue = client.add(request_id, spec.prompt_token_ids, spec.sampling)
+    queue = client.add(request_id, spec.prompt_token_ids, spec.sampling, images=spec.images)
     meter = GenerationMeter(client.model, len(spec.prompt_token_ids))
     finished = False
     try:
@@ -71,13 +74,14 @@ async def generate(client: EngineClient, tokenizer, spec: GenerationSpec):
             text = stops.feed(text)
             if stops.matched is not None:
                 meter.finish_reason = "stop"
-                yield Piece(text, delta.token_ids, "stop", delta.logprobs, delta.prompt_logprobs, stops.matched)
+                yield Piece(text, delta.token_ids, "stop", delta.logprobs, delta.prompt_logprobs, stops.matched,
+                            delta.prompt_tokens)
                 return
             if finished:
                 text += stops.flush()
             meter.finish_reason = delta.finish_reason
             yield Piece(text, delta.token_ids, delta.finish_reason, delta.logprobs, delta.prompt_logprobs,
-                        delta.stop_token_id)
+                        delta.stop_token_id, delta.prompt_tokens)
     except Exception as error:
         meter.failure = error
         raise

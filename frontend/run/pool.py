@@ -64,6 +64,11 @@ class Pool:
         return self.client.welcome.max_model_len
 
     @property
+    def image_token_id(self) -> int | None:
+        """The token the chat template writes for each image; None: the model takes no images."""
+        return self.client.welcome.image_token_id
+
+    @property
     def tasks(self) -> list[str]:
         """vLLM's tasks for the model (its engines' Welcome): "generate", or pooling tasks."""
         return self.client.welcome.tasks
@@ -75,7 +80,6 @@ class Pool:
         does = "generates text" if "generate" in self.tasks else f"is a pooling model ({', '.join(self.tasks)})"
         wants = TASK_ROUTES.get(task, task)
         raise HTTPError(400, f"the model {name[:256]!r} {does}; this route needs a model that {wants}", "model")
-
 
     async def encode(self, text: str) -> list[int]:
         return (await self.tokenizer.encode_prompts([text]))[0]

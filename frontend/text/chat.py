@@ -10,9 +10,17 @@ import msgspec
 from msgspec import Meta
 
 
-class TextPart(msgspec.Struct):
+class ImageURL(msgspec.Struct):
+    url: str  # a data URL, or http(s) on a host of allowed_media_domains (frontend/media.py)
+    detail: str | None = None
+
+
+class ContentPart(msgspec.Struct):
+    """A text part, or an image_url part (other protocols' images are put in as one)."""
+
     type: str
     text: str | None = None
+    image_url: ImageURL | None = None
 
 
 class FunctionCall(msgspec.Struct):
@@ -28,7 +36,7 @@ class MessageToolCall(msgspec.Struct):
 
 class ChatMessage(msgspec.Struct):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
+    content: str | list[ContentPart] | None = None
     name: str | None = None
     tool_calls: list[MessageToolCall] | None = None
     tool_call_id: str | None = None
@@ -56,3 +64,6 @@ class Chat(msgspec.Struct, kw_only=True):
     continue_final_message: bool = False  # the last (assistant) message is continued, not answered
     chat_template: str | None = None  # refused unless server.yml's trust_request_chat_template
     chat_template_kwargs: dict[str, Any] | None = None
+    # The request's field of each image_url part, in order, where the protocol's fields are not the
+    # chat's own (messages[i].content[j].image_url): for errors that name it.
+    image_fields: list[str] = []

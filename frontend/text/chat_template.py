@@ -14,7 +14,7 @@ import msgspec
 
 from common.config import ServerConfig
 from frontend.http import HTTPError
-from frontend.text.chat import Chat, ChatMessage, MessageToolCall, TextPart
+from frontend.text.chat import Chat, ChatMessage, MessageToolCall, ContentPart
 from frontend.text.tokenizer import Tokenizer
 
 # Many templates know only these four roles; OpenAI's newer "developer" is what "system" was.
@@ -107,7 +107,7 @@ def deadline_tracer(deadline: float):
 
 
 def template_message(message: ChatMessage) -> dict:
-    rendered = {"role": ROLE_ALIASES.get(message.role, message.role), "content": text_of(message.content)}
+    rendered = {"role": ROLE_ALIASES.get(message.role, message.role), "content": content_of(message.content)}
     if message.name is not None:
         rendered["name"] = message.name
     if message.tool_calls:
@@ -117,15 +117,19 @@ def template_message(message: ChatMessage) -> dict:
     return rendered
 
 
-def text_of(content: str | list[TextPart] | None) -> str:
+def content_of(content: str | list[ContentPart] | None) -> str | list[dict]:
+    """Text as one string; with images, parts as vision models' templates take them: {"type": "image"}
+    where each image goes (the engine's processor turns it into the model's placeholder tokens)."""
     if content is None:
         return ""
     if isinstance(content, str):
         return content
     for part in content:
-        if part.type != "text" or part.text is None:
-            raise HTTPError(400, f"only text content is supported, not {part.type!r}", "messages")
-    return "".join(part.text for part in content)
+        if part.type not in ("text", "image_url") or (part.type == "text" and part.text is None):
+            raise HTTPError(400, f"only text and image_url content is supported, not {part.type!r}", "messages")
+    if all(part.type == "text" for part in content):
+        return "".join(part.text for part in content)
+    return [{"type": "image"} if part.type == "image_url" else {"type": "text", "text": part.text} for part in content]
 
 
 def template_tool_call(call: MessageToolCall) -> dict:

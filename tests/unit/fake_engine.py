@@ -130,8 +130,9 @@ class ScriptedEngine(FakeEngine):
     thread and event loop; `reply`, `refuse`, `added` and `aborted` are safe to use from the test's."""
 
     def __init__(self, server: ServerConfig, tokenizer, model: str, context: zmq.asyncio.Context,
-                 lora_updates: bool = False):
+                 lora_updates: bool = False, image_token_id: int | None = None):
         self.lora_updates = lora_updates
+        self.image_token_id = image_token_id  # a vision model's, said in the Welcome
         self.loras: dict[str, str] = {}
         self.loras_version = 0
         self.hf = tokenizer.hf
@@ -146,7 +147,8 @@ class ScriptedEngine(FakeEngine):
         self.tasks = [asyncio.create_task(self.generate()), asyncio.create_task(self.beat())]
 
     @classmethod
-    def start(cls, server: ServerConfig, tokenizer, model: str, lora_updates: bool = False) -> "ScriptedEngine":
+    def start(cls, server: ServerConfig, tokenizer, model: str, lora_updates: bool = False,
+              image_token_id: int | None = None) -> "ScriptedEngine":
         started: dict = {}
         ready = threading.Event()
 
@@ -155,7 +157,7 @@ class ScriptedEngine(FakeEngine):
             context = zmq.asyncio.Context()
 
             async def build():
-                started["engine"] = cls(server, tokenizer, model, context, lora_updates)
+                started["engine"] = cls(server, tokenizer, model, context, lora_updates, image_token_id)
 
             loop.run_until_complete(build())
             started["engine"].loop, started["engine"].context = loop, context
@@ -194,7 +196,8 @@ class ScriptedEngine(FakeEngine):
 
     def welcome(self, frontend_id: str) -> Welcome:
         return Welcome(self.engine_id, frontend_id, self.model, self.tokenizer, self.max_model_len, dict(self.loras),
-                       self.lora_updates, self.loras_version, **FAKE_POOLING.get(self.model, {}))
+                       self.lora_updates, self.loras_version, image_token_id=self.image_token_id,
+                       **FAKE_POOLING.get(self.model, {}))
 
     async def handle(self, message) -> None:
         await super().handle(message)

@@ -15,7 +15,7 @@ import httpx
 import msgspec
 import uvicorn
 
-from common import default_model
+from common import default_model, vision_model
 from common.config import ServerConfig
 from frontend.__main__ import DrainingServer
 from frontend.app import build_app
@@ -30,9 +30,12 @@ class Frontend:
     """One frontend app, built from the server.yml keys a test chooses, and its scripted engine."""
 
     def __init__(self, run_dir: str, tokenizer, overlay: dict, engine_first: bool = True, lora_updates: bool = False,
-                 models: tuple[str, ...] = ()):
+                 models: tuple[str, ...] = (), vision_tokenizer=None):
         """`models`: the served names of more models, each a pool of one scripted engine of its own after
-        the first pool (the embedded model's); `pool_engines` has each by name."""
+        the first pool (the embedded model's); `pool_engines` has each by name. `vision_tokenizer`: one
+        more pool, the tiny vision model's (common/vision_model.py), whose engine takes images."""
+        if vision_tokenizer is not None:
+            models = (*models, vision_model.NAME)
         self.tokenizer, self.lora_updates = tokenizer, lora_updates
         # The engines are reached as remote ones, so that no inference.yml is read for their count.
         engines = [engine_addresses(run_dir)]
@@ -44,7 +47,7 @@ class Frontend:
         self.server = msgspec.convert({"run_dir": run_dir, "local_engines": False, "engines": engines,
                                        **overlay}, ServerConfig)
         self.engine = self.start_engine() if engine_first else None
-        self.pool_engines = {model: ScriptedEngine.start(server, tokenizer, model, lora_updates)
+        self.pool_engines = {model: self.start_pool_engine(model, server, vision_tokenizer)
                              for model, server in self.model_servers.items()}
         self.app = build_app(self.server, frontend_id=f"harness-0~{id(self):x}")
         listener = socket.socket()
@@ -62,6 +65,12 @@ class Frontend:
         if engine_first:
             self.wait(lambda: self.health().status_code == 200 and self.health().json()["status"] == "ok", 30,
                       "the frontend to be welcomed by every pool and turn healthy")
+
+    def start_pool_engine(self, model: str, server: ServerConfig, vision_tokenizer) -> ScriptedEngine:
+        if model != vision_model.NAME:
+            return ScriptedEngine.start(server, self.tokenizer, model, self.lora_updates)
+        image_token_id = vision_tokenizer.hf.convert_tokens_to_ids("<image>")
+        return ScriptedEngine.start(server, vision_tokenizer, model, image_token_id=image_token_id)
 
     def start_engine(self) -> ScriptedEngine:
         self.engine = ScriptedEngine.start(self.server, self.tokenizer, default_model.NAME, self.lora_updates)
@@ -130,18 +139,24 @@ class Frontends:
         self.run_root, self.tokenizer = run_root, tokenizer
         self.started: dict[str, Frontend] = {}
 
-    def get(self, lora_updates: bool = False, models: tuple[str, ...] = (), **overlay) -> Frontend:
+    def get(self, lora_updates: bool = False, models: tuple[str, ...] = (), vision: bool = False,
+            **overlay) -> Frontend:
         """The frontend for these server.yml keys; `lora_updates`: its engine takes LoRA adapters at run time;
-        `models`: more pools (Frontend)."""
-        key = msgspec.json.encode([overlay, lora_updates, models], order="sorted").decode()
+        `models`: more pools, `vision`: the tiny vision model's pool too (Frontend)."""
+        key = msgspec.json.encode([overlay, lora_updates, models, vision], order="sorted").decode()
         if key not in self.started:
             run_dir = self.run_root / f"f{len(self.started)}"  # ipc:// paths must stay short
             run_dir.mkdir()
             self.started[key] = Frontend(str(run_dir), self.tokenizer, overlay, lora_updates=lora_updates,
-                                         models=models)
+                                         models=models, vision_tokenizer=self.vision_tokenizer() if vision else None)
         frontend = self.started[key]
         frontend.reset()
         return frontend
+
+    def vision_tokenizer(self):
+        from frontend.text.tokenizer import Tokenizer
+
+        return Tokenizer(str(vision_model.ensure(Path(self.tokenizer.source).parent)))
 
     def stop(self) -> None:
         for frontend in self.started.values():

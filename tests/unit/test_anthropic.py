@@ -60,8 +60,8 @@ def test_count_tokens_takes_no_max_tokens():
 
 
 def test_an_unsupported_block_is_named():
-    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": ""}}
-    message = decode_error({"model": "m", "max_tokens": 4, "messages": [{"role": "user", "content": [image]}]})
+    document = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": ""}}
+    message = decode_error({"model": "m", "max_tokens": 4, "messages": [{"role": "user", "content": [document]}]})
     assert "messages[0].content[0]" in message
 
 

@@ -125,6 +125,13 @@ HOSTILE = [
     ("chat: an invalid response_format schema", CHAT_ROUTE,
      {"messages": CHAT, "response_format": {"type": "json_schema", "json_schema": {"schema": {"type": 5}}}},
      "response_format.json_schema.schema"),
+    # 12: images, to the embedded model, which takes none (tests/unit/test_images.py: to a vision model)
+    ("chat: an image_url for a text-only model", CHAT_ROUTE,
+     {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://a.example/x.png"}}]}]},
+     "messages[0].content[0].image_url"),
+    ("chat: 500 images for a text-only model", CHAT_ROUTE,
+     {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}] * 500}]},
+     "messages[0].content[0].image_url"),
     # 11: a forced tool call and response_format at once
     ("chat: tool_choice required with response_format", CHAT_ROUTE,
      {"messages": CHAT, "tools": [WEATHER], "tool_choice": "required", "response_format": {"type": "json_object"}},

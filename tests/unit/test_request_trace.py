@@ -29,3 +29,13 @@ def test_each_server_gets_its_stages_with_the_engine_records_merged(tmp_path):
     assert span(serve, "engine core: prefill (scheduled to first token)") == 12.0
     assert span(serve, "total: HTTP in to first byte out") == 16.0
     assert not any("ADD: frontend" in line for line in serve)
+
+
+def test_the_report_names_the_sampling_params_fields_that_differ_between_servers(tmp_path):
+    ours = {"temperature": "1.0", "detokenize": "False", "seed": "None", "max_tokens": "128"}
+    theirs = {"temperature": "1.0", "detokenize": "True", "seed": "None", "max_tokens": "128"}
+    write(tmp_path / "ours-4fe" / "params-engine-2.jsonl", [ours, {**ours, "seed": "7"}])
+    write(tmp_path / "vllm-serve-1api" / "params-vllm-3.jsonl", [theirs, {**theirs, "seed": "8"}])
+    lines = report(str(tmp_path)).splitlines()
+    differing = lines[lines.index("== SamplingParams: fields that differ between ours-4fe, vllm-serve-1api") + 1:]
+    assert differing == ["  detokenize: ours-4fe ['False']; vllm-serve-1api ['True']"]

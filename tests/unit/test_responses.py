@@ -34,7 +34,7 @@ def refusal(**fields) -> HTTPError:
     with pytest.raises(HTTPError) as caught:
         body = request(**fields)
         check_request(body)
-        chat_messages(body)
+        chat_messages(body, [])
         chat_tools(body)
         tool_choice_of(body)
         text_format(body)
@@ -43,7 +43,7 @@ def refusal(**fields) -> HTTPError:
 
 
 def test_a_string_input_is_one_user_message_after_the_instructions():
-    messages = chat_messages(request(input="What is 2+2?", instructions="Be brief."))
+    messages = chat_messages(request(input="What is 2+2?", instructions="Be brief."), [])
     assert [(m.role, m.content) for m in messages] == [("system", "Be brief."), ("user", "What is 2+2?")]
 
 
@@ -60,7 +60,7 @@ def test_items_become_the_chat_a_template_expects():
         {"type": "function_call_output", "call_id": "call_a", "output": "18C"},
         {"type": "function_call_output", "call_id": "call_b", "output": [{"type": "input_text", "text": "noon"}]},
     ])
-    messages = chat_messages(body)
+    messages = chat_messages(body, [])
     assert [(m.role, m.content) for m in messages] == [
         ("developer", "Use tools."), ("user", "Weather in Paris?"), ("assistant", "Let me look."),
         ("tool", "18C"), ("tool", "noon")]
@@ -74,7 +74,7 @@ def test_a_call_without_an_assistant_message_gets_one():
     messages = chat_messages(request(input=[
         {"role": "user", "content": "go"},
         {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
-    ]))
+    ]), [])
     assert messages[1].role == "assistant" and messages[1].content is None and messages[1].tool_calls[0].id == "c1"
 
 
@@ -85,8 +85,10 @@ def test_a_call_without_an_assistant_message_gets_one():
     ({"n": 2}, "n", "one output"),
     ({"response_format": {"type": "json_object"}}, "response_format", "text.format"),
     ({"input": []}, "input", "empty"),
-    ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
+    ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "file_1"}]}]},
      "input[0].content[0]", "only text"),
+    ({"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "file_1"}]}]},
+     "input[0].content[0].image_url", "no files"),
     ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].type", "not supported"),
     ({"input": [{"type": "function_call", "name": "f", "arguments": "{}"}]}, "input[0].call_id", "required"),
     ({"input": [{"type": "function_call_output", "output": "x"}]}, "input[0].call_id", "required"),

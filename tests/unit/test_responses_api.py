@@ -145,7 +145,7 @@ def test_previous_response_id_is_refused_saying_to_send_the_conversation(client)
     ({"max_output_tokens": 0}, "max_output_tokens"),
     ({"input": [{"type": "function_call_output", "output": "x"}]}, "input[0].call_id"),
     ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "https://x/y.png"}]}]},
-     "input[0].content[0]"),
+     "input[0].content[0].image_url"),
     ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
     ({"tools": TOOLS, "tool_choice": {"type": "function", "name": "nowhere"}}, "tool_choice"),
     ({"text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": 12}}}}, "text.format.schema"),

@@ -68,3 +68,23 @@ def test_a_request_that_did_not_move_keeps_its_grammar_as_compiled(compiled):
     resumed_grammar.resume_grammar(request)
     assert request.structured_output_request._grammar is compilation
     assert request.sampling_params.extra_args is None
+
+
+def test_the_installed_vllm_has_what_resuming_takes():
+    assert resumed_grammar.missing() is None
+
+
+def test_an_engine_without_what_resuming_takes_runs_vllms_own_scheduler_and_says_so(monkeypatch, caplog):
+    from vllm.v1.structured_output.backend_types import StructuredOutputGrammar
+
+    from common.config import InferenceConfig
+    from engine_worker.__main__ import resumes_grammars
+
+    assert resumes_grammars(InferenceConfig())
+    assert not resumes_grammars(InferenceConfig(resume_grammars=False))
+    assert not resumes_grammars(InferenceConfig(engine_args={"scheduler_cls": "my.Scheduler"}))
+    # A vLLM whose grammars have no is_terminated (this one's, with the method taken away for the test)
+    monkeypatch.delattr(StructuredOutputGrammar, "is_terminated")
+    with caplog.at_level("WARNING", logger="engine_worker"):
+        assert not resumes_grammars(InferenceConfig())
+    assert "lacks StructuredOutputGrammar.accept_tokens and is_terminated: vLLM's own scheduler" in caplog.text

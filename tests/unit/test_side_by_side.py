@@ -1,8 +1,17 @@
-"""bench/side_by_side.py's load syntax, its summary of repeated loads, and its router specs."""
+"""bench/side_by_side.py's load syntax, its summary of repeated loads, its router and inference.yml specs,
+and its pinning of vLLM's engine core."""
+import argparse
+import os
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
 import msgspec
+import psutil
 
 from bench.services import router_config
-from bench.side_by_side import Load, median_lines, parse_load
+from bench.side_by_side import Load, make_server, median_lines, parse_cpu_list, parse_load, pin_engine_core
 from common.config import ServerConfig
 
 
@@ -39,3 +48,39 @@ def test_a_router_spec_becomes_server_yml_router_keys():
     assert router_config("prefix/requests") == {"policy": "prefix", "load_score": "requests"}
     for spec in ("prefix", "approximate/requests", "load/tokens", "round_robin", "vllm_dp"):
         msgspec.convert({"router": router_config(spec)}, ServerConfig)  # keys server.yml accepts
+
+
+def test_a_server_spec_can_set_a_key_of_inference_yml(tmp_path):
+    args = argparse.Namespace(model=str(tmp_path), engine_args={}, reuse_port=False, cpu_kv_cache_gib=2,
+                              cuda_visible_devices="")
+    plain = make_server("ours:4:bench.experiments.request_trace+bench.experiments.request_trace~resume_grammars=false",
+                        args, tmp_path, 7000)
+    assert plain.inference_config["resume_grammars"] is False
+    assert plain.name == "ours-4fe-request_trace-resume_grammars-false"
+    assert "resume_grammars" not in make_server("ours:4", args, tmp_path, 7000).inference_config
+
+
+ENGINE_CORE_LIKE = ("import setproctitle, subprocess, sys, time; "
+                    "setproctitle.setproctitle('VLLM::EngineCore'); time.sleep(30)")
+
+
+def test_pinning_puts_the_engine_core_on_its_cores_and_the_rest_elsewhere():
+    """A real parent and child process, the child named as vLLM names its engine core process."""
+    cores = sorted(os.sched_getaffinity(0))
+    assert parse_cpu_list("0-2,5") == [0, 1, 2, 5]
+    parent = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys, time; "
+                               f"subprocess.Popen([sys.executable, '-c', {ENGINE_CORE_LIKE!r}]); time.sleep(30)"])
+    try:
+        server = SimpleNamespace(name="test", processes=lambda: [psutil.Process(parent.pid),
+                                                                 *psutil.Process(parent.pid).children()])
+        deadline = time.monotonic() + 20
+        while not any(p.name().startswith("VLLM::") for p in server.processes()[1:]):
+            assert time.monotonic() < deadline, "the engine-core-like child did not start"
+            time.sleep(0.05)
+        pin_engine_core(server, str(cores[-1]))
+        core = server.processes()[1]
+        assert os.sched_getaffinity(core.pid) == {cores[-1]}
+        assert os.sched_getaffinity(parent.pid) == set(cores[:-1]) or len(cores) == 1
+    finally:
+        for process in server.processes():
+            process.kill()
