@@ -1,9 +1,9 @@
 """`python -m common.service restart-engines` (`make restart-engines`): the engine workers of a running
 service, drained and started again one at a time through its supervisord, each serving again before the
 next goes. A drained engine's streams move to the others (its Goodbye), so clients see no error while
-another engine of its pool is up. A changed inference.yml is applied where only the engines read it:
-engine_args (but data_parallel_size), cuda_visible_devices, cpu_kv_cache_gib, simulator. What the
-frontends read too needs the whole service restarted, and is refused before anything stops."""
+another engine of its pool is up. A changed inference.yml is applied where only the engines read it
+(ENGINE_ONLY; engine_args but data_parallel_size and served_model_name). What the frontends read too
+needs the whole service restarted, and is refused before anything stops."""
 import json
 import shutil
 import sys
@@ -17,7 +17,7 @@ from common.config import InferenceConfig, PoolConfig, ServerConfig, config_file
 from common.preflight import StartRefused, check_inference
 
 # Keys only the engine workers read: a rolling restart applies a change to them.
-ENGINE_ONLY = ("engine_args", "cuda_visible_devices", "cpu_kv_cache_gib", "simulator")
+ENGINE_ONLY = ("engine_args", "cuda_visible_devices", "cpu_kv_cache_gib", "simulator", "resume_grammars")
 # Engine arguments the frontends read as well.
 FRONTEND_ENGINE_ARGS = ("data_parallel_size", "served_model_name")
 POLL_S = 1.0
