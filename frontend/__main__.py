@@ -8,7 +8,7 @@ import socket
 import uvicorn
 
 from common.config import load_server
-from common.logs import setup_logging
+from common.logs import json_lines_only, setup_logging
 from frontend import metrics
 from frontend.app import build_app
 
@@ -24,7 +24,9 @@ def run_frontend_process() -> None:
     parser.add_argument("--index", type=int, default=0)
     args = parser.parse_args()
     server = load_server()
-    setup_logging(server.log_level)
+    if server.log_format == "json":
+        json_lines_only()
+    setup_logging(server.log_level, server.log_format)
     metrics.forget_dead_processes()
     app = build_app(server, frontend_id=frontend_id(args.index))
     config = uvicorn.Config(

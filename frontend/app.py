@@ -12,6 +12,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from common.config import ROOT, ServerConfig
+from common.tracing import build_provider
 from frontend.admin import ADMIN_ROUTES
 from frontend.anthropic.routes import ANTHROPIC_ROUTES
 from frontend.auth import ApiKeyMiddleware, api_keys
@@ -27,6 +28,7 @@ from frontend.pooling.routes import POOLING_ROUTES
 from frontend.router import RoutingScopeMiddleware
 from frontend.run.errors import HANDLED, RETRY, as_http_error
 from frontend.run.state import FrontendState
+from frontend.tracing import RequestTracing
 
 
 async def health(request: Request) -> Response:
@@ -111,6 +113,7 @@ def routing_error(request: Request, error: StarletteHTTPException) -> HTTPError:
 def build_app(server: ServerConfig, frontend_id: str) -> Starlette:
     state = FrontendState(server, frontend_id)
     dashboard = Dashboard(state)
+    tracing = build_provider(server.tracing, "frontend", frontend_id)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -119,6 +122,8 @@ def build_app(server: ServerConfig, frontend_id: str) -> Starlette:
         yield
         await dashboard.stop()
         await state.stop()
+        if tracing is not None:
+            tracing.shutdown()  # exports the spans still batched
 
     app = Starlette(
         routes=[
@@ -135,10 +140,13 @@ def build_app(server: ServerConfig, frontend_id: str) -> Starlette:
             *dashboard_routes(),
         ],
         exception_handlers=error_handlers(),
-        # Metrics outermost, so requests turned away are counted too; the browser guard (Host, Origin,
-        # CORS) before the API key, as a browser's preflight carries no key, and its 401 must reach
-        # the page readably.
-        middleware=[Middleware(RouteMetricsMiddleware), Middleware(BrowserGuard, server=server),
+        # Metrics outermost, so requests turned away are counted too, then each request's id and trace;
+        # the browser guard (Host, Origin, CORS) before the API key, as a browser's preflight carries no
+        # key, and its 401 must reach the page readably.
+        middleware=[Middleware(RouteMetricsMiddleware),
+                    Middleware(RequestTracing, tracing.get_tracer("llm-serving") if tracing else None,
+                               server.log_requests),
+                    Middleware(BrowserGuard, server=server),
                     Middleware(ApiKeyMiddleware, *api_keys(server)),
                     Middleware(RoutingScopeMiddleware, engines=state.engines)],
         lifespan=lifespan,

@@ -35,6 +35,7 @@ from common.messages import (
     topic_for,
 )
 from common.sockets import make_socket
+from common.tracing import log_fields
 from frontend.cache_record import CacheRecord
 from frontend.load_view import LoadView
 from frontend.media import PromptImages
@@ -474,12 +475,13 @@ class EngineClient:
         await asyncio.gather(*(link.stop() for link in self.links))
 
     def add(self, request_id: str, prompt_token_ids: list[int], sampling: dict,
-            pooling: dict | None = None, images: PromptImages | None = None) -> RequestQueue:
+            pooling: dict | None = None, images: PromptImages | None = None, trace=None) -> RequestQueue:
         """Send the request to the engine the router picks, among those serving the LoRA adapter the
         HTTP request's `model` names; its Deltas (or an EngineLost) arrive on the queue returned, from
         whichever engine it goes on on if its engine is lost (frontend/migration.py). Every generation
         of one HTTP request goes to the same engine. `pooling`: a pooling request (PoolingParams'
-        keyword arguments), whose one Delta carries its pooled vector."""
+        keyword arguments), whose one Delta carries its pooled vector. `trace`: the generation's
+        GenerationTrace (frontend/tracing.py), when it is traced."""
         scope = current_scope()
         lora = scope.lora if scope is not None else None
         if self.closed is not None:
@@ -487,11 +489,12 @@ class EngineClient:
         if len(self.requests) >= self.max_in_flight:
             raise Overloaded(f"this server is at its limit of {self.max_in_flight} requests in flight")
         add = Add(request_id, self.frontend_id, prompt_token_ids, sampling, lora, pooling=pooling,
-                  images=images.data if images is not None else [])
+                  images=images.data if images is not None else [],
+                  trace=trace.wire if trace is not None else None)
         frame = encode(add)
         flight = Flight(add, RequestQueue(time.monotonic() + self.request_timeout_s, request_id),
                         pinned=scope is not None and scope.pinned is not None,
-                        image_keys=images.keys if images is not None else None)
+                        image_keys=images.keys if images is not None else None, trace=trace)
         self.send(flight, add, frame, self.refusing(lora), scope)
         self.requests[request_id] = flight
         return flight.queue
@@ -510,6 +513,8 @@ class EngineClient:
                     raise
                 refused.add(link.rank)
         flight.link = link
+        if flight.trace is not None:
+            flight.trace.routed(link.rank, link.engine_id, route.reason)
         # In its load until acknowledged.
         link.load_view.sent_request(route.prefill_tokens, len(add.prompt_token_ids))
         ROUTED.labels(link.model, str(link.rank), route.reason).inc()
@@ -552,8 +557,10 @@ class EngineClient:
             flight.queue.put_nowait(EngineLost(f"{error}; {NOT_MOVED_BECAUSE[refusal]}"))
             return
         MIGRATIONS.labels(cause).inc()
+        if flight.trace is not None:
+            flight.trace.moved(flight.link.rank, cause, len(flight.generated))
         log.info("request %s moved to engine %d after %d tokens (%s: %s)", flight.add.request_id, flight.link.rank,
-                 len(flight.generated), cause, error)
+                 len(flight.generated), cause, error, extra=log_fields(flight.add))
 
     def shut_down(self, reason: str) -> None:
         """Take no more requests, and end the running ones with ShuttingDown: a 503, or after the

@@ -35,6 +35,7 @@ class Flight:
     link: Any = None  # the EngineLink it runs on
     moves: int = 0
     image_keys: dict[int, int] | None = None  # its images' hashes at their placeholders, for the router
+    trace: Any = None  # its GenerationTrace (frontend/tracing.py) when it is traced
 
     @property
     def engine_request_id(self) -> str:
@@ -76,4 +77,4 @@ class Flight:
         if generated:  # they came with the first output, for the first prompt
             sampling.pop("prompt_logprobs", None)
         return Add(self.engine_request_id, self.add.frontend_id, self.add.prompt_token_ids + generated, sampling,
-                   self.add.lora, len(generated), images=self.add.images)
+                   self.add.lora, len(generated), images=self.add.images, trace=self.add.trace)

@@ -15,7 +15,7 @@ class SimulatedRequests:
         self.shape = engine.shape
         self.vocabulary = engine.vocabulary
 
-    def __call__(self, message: Add, received_at: float) -> Admitted:
+    def __call__(self, message: Add, received_at: float, trace_headers: dict | None = None) -> Admitted:
         if message.lora is not None:
             raise ValueError(f"the simulated engine serves no LoRA adapters (asked for {message.lora!r})")
         try:

@@ -5,10 +5,10 @@ server does; each is counted on the generation series of its model (requests, pr
 Whatever ends the HTTP request early (an error, the client gone) aborts the inputs still running.
 """
 import asyncio
-import uuid
 
 import numpy as np
 
+from frontend import tracing
 from frontend.engine_client import EngineLost, RequestTimeout
 from frontend.metrics import GenerationMeter
 from frontend.run.generation import EngineRefused
@@ -31,7 +31,7 @@ async def pool_inputs(pool: Pool, prompts: list[list[int]], pooling: dict,
 
 
 async def pool_one(pool: Pool, prompt: list[int], pooling: dict) -> np.ndarray:
-    request_id = uuid.uuid4().hex
+    request_id = tracing.new_request_id()
     client = pool.client
     # Nothing may raise between taking the slot and the `try` that gives it back.
     queue = client.add(request_id, prompt, {}, pooling)

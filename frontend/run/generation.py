@@ -5,10 +5,10 @@ one matches), and always leaves the engine clean: a generation that ends early f
 (client gone, stop string, error) aborts its engine request.
 """
 import asyncio
-import uuid
 from dataclasses import dataclass, field
 
 from common.messages import Delta, TokenLogprob
+from frontend import tracing
 from frontend.engine_client import EngineClient, EngineLost, RequestTimeout
 from frontend.media import PromptImages
 from frontend.metrics import GenerationMeter
@@ -44,11 +44,17 @@ class GenerationSpec:
 
 async def generate(client: EngineClient, tokenizer, spec: GenerationSpec):
     """Yield Pieces until the request finishes; the last one has a finish_reason."""
-    request_id = uuid.uuid4().hex
+    request_id = tracing.new_request_id()
     detokenizer = Detokenizer(tokenizer, spec.skip_special_tokens)
     stops = StopStrings(spec.stop, spec.include_stop_str_in_output)
-    # Nothing may raise between taking the slot and the `try` that gives it back.
-    queue = client.add(request_id, spec.prompt_token_ids, spec.sampling, images=spec.images)
+    trace = tracing.generation(request_id, len(spec.prompt_token_ids))
+    try:
+        queue = client.add(request_id, spec.prompt_token_ids, spec.sampling, images=spec.images, trace=trace)
+    except Exception as error:
+        if trace is not None:
+            trace.end(None, 0, error)
+        raise
+    # The slot is taken: nothing may raise before the `try` that gives it back.
     meter = GenerationMeter(client.model, len(spec.prompt_token_ids))
     finished = False
     try:
@@ -67,6 +73,8 @@ async def generate(client: EngineClient, tokenizer, spec: GenerationSpec):
                 finished = True
                 raise EngineLost(delta.error or "the engine aborted the request")
             meter.tokens_arrived(len(delta.token_ids))
+            if trace is not None and delta.token_ids:
+                trace.tokens_arrived()
             finished = delta.finish_reason is not None
             text = detokenizer.add(shown_ids(delta, spec.include_stop_str_in_output))
             if finished:
@@ -88,6 +96,8 @@ async def generate(client: EngineClient, tokenizer, spec: GenerationSpec):
     finally:
         meter.end()
         client.release(request_id, abort=not finished)
+        if trace is not None:
+            trace.end(meter.finish_reason, meter.tokens, meter.failure)
 
 
 def shown_ids(delta: Delta, include_stop_token: bool) -> list[int]:

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import msgspec
 
 from common.config import ServerConfig
+from frontend import tracing
 from frontend.http import HTTPError
 from frontend.text.chat import Chat, ChatMessage, MessageToolCall, ContentPart
 from frontend.text.tokenizer import Tokenizer
@@ -38,7 +39,8 @@ async def chat_prompt_ids(tokenizer: Tokenizer, chat: Chat, server: ServerConfig
         raise HTTPError(400, "continue_final_message needs an assistant message last", "continue_final_message")
     limits = server.limits
     loop = asyncio.get_running_loop()
-    prompt = await loop.run_in_executor(RENDERER, render, tokenizer, chat, template, limits.chat_template_timeout_s)
+    with tracing.span("render", **{"llm.messages": len(chat.messages)}):
+        prompt = await loop.run_in_executor(RENDERER, render, tokenizer, chat, template, limits.chat_template_timeout_s)
     if len(prompt) > limits.max_chat_prompt_chars:
         raise HTTPError(400, f"the rendered chat prompt is {len(prompt)} characters long, more than the limit of "
                              f"{limits.max_chat_prompt_chars}", field)

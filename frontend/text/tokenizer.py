@@ -4,6 +4,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from transformers import AutoTokenizer
 
+from frontend import tracing
+
 
 class Tokenizer:
     def __init__(self, source: str):
@@ -18,7 +20,8 @@ class Tokenizer:
 
     async def encode_prompts(self, texts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
         """Prompt ids, encoded off the event loop together with other requests' prompts."""
-        return await self.batcher.encode(texts, add_special_tokens)
+        with tracing.span("tokenize", **{"llm.prompts": len(texts)}):
+            return await self.batcher.encode(texts, add_special_tokens)
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self.backend.decode(ids, skip_special_tokens=skip_special_tokens)

@@ -64,7 +64,7 @@ def test_admission_gives_each_request_the_prompt_tokens_the_cache_lacks():
     inbox = queue.Queue()
     index = CacheIndex("engine-1", BLOCK)
     index.apply([stored(range(0, 1), None)])  # the prompt's first 32 tokens
-    admit = admitter(inbox, lambda message, at: Admitted(message, "prompt", "params"), index)
+    admit = admitter(inbox, lambda message, at, trace_headers: Admitted(message, "prompt", "params"), index)
     admit(1.0, Add("a", "fe~1", PROMPT, {}))
     admit(2.0, Add("b", "fe~1", [5] + PROMPT[1:], {}))
     assert [inbox.get(timeout=5)[1].prefill_tokens for _ in range(2)] == [100 - 32, 100]

@@ -3,7 +3,7 @@ engine worker writes them: common.logs' format, its stages, its ready line."""
 import io
 import logging
 
-from common.logs import FORMAT, stage
+from common.logs import FORMAT, json_formatter, stage
 from tests.engine_budget import engine_starts
 
 
@@ -47,3 +47,19 @@ def test_a_vllm_engine_counts_once_ready_and_a_cut_one_as_never_ready():
 def test_a_simulated_engine_is_no_vllm_start():
     simulated = worker_log(13, stages("start 1/3: model", "start 2/3: simulated engine (profile.json)"), ready)
     assert engine_starts("simulated", simulated) == []
+
+
+def test_an_engine_logging_json_lines_counts_too():
+    text = io.StringIO()
+    handler = logging.StreamHandler(text)
+    handler.setFormatter(json_formatter())
+    log = logging.getLogger("engine_worker")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        stages("start 1/3: model", "start 2/3: vLLM load (weights, KV cache, compilation)")(log)
+        ready(log)
+    finally:
+        log.removeHandler(handler)
+    (start,) = engine_starts("json", text.getvalue())
+    assert start.ready

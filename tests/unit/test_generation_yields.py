@@ -26,7 +26,7 @@ class FakeEngineClient:
         self.queues = list(queues.values())
         self.released = 0
 
-    def add(self, request_id, prompt_token_ids, sampling, images=None):
+    def add(self, request_id, prompt_token_ids, sampling, images=None, trace=None):
         return self.queues.pop(0)
 
     def release(self, request_id, abort):

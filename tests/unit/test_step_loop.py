@@ -112,7 +112,7 @@ def test_a_refused_request_gets_an_error_and_others_go_on(loop):
 def test_admission_refuses_what_vllm_refuses_and_keeps_the_order():
     inbox = queue.Queue()
 
-    def prepare(message, received_at):
+    def prepare(message, received_at, trace_headers=None):
         if message.sampling.get("bad"):
             raise ValueError("bad sampling")
         return Admitted(message, "prompt", "params")
@@ -127,7 +127,7 @@ def test_admission_refuses_what_vllm_refuses_and_keeps_the_order():
 
 
 def test_a_refusal_from_admission_reaches_its_frontend(loop):
-    admit = admitter(loop.inbox, lambda message, at: (_ for _ in ()).throw(ValueError("schema too deep")))
+    admit = admitter(loop.inbox, lambda message, at, trace_headers: (_ for _ in ()).throw(ValueError("schema too deep")))
     loop.handle(0.0, Hello("host-0~aa"))
     admit(0.0, Add("r1", "host-0~aa", [1], {}))
     loop.take_requests(block=True)
