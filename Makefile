@@ -1,4 +1,4 @@
-.PHONY: setup serve stop status reload test test-fast
+.PHONY: setup serve stop status reload restart-engines test test-fast
 VENV ?= .venv
 
 setup:
@@ -17,6 +17,11 @@ status:
 # The frontends read their tenants again (docs/tenants.md).
 reload:
 	@$(VENV)/bin/python -m common.service reload
+
+# Drains and restarts the running service's engines one at a time, each serving again before the next
+# goes; applies a changed engine_args (docs/operations.md).
+restart-engines:
+	@$(VENV)/bin/python -m common.service restart-engines
 
 # tests/unit starts no process (the frontend's tests run on a harness without vLLM); every file
 # outside it, *_e2e.py, starts real services. The end-to-end run ends with the vLLM engines it

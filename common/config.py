@@ -436,8 +436,12 @@ def gpus_of(rank: int, tp: int, dp: int, visible: str, all_gpus: int | None) -> 
     return ",".join(wanted)
 
 
-def _load(kind: type, env: str, default: str):
-    file = Path(os.environ.get(env) or ROOT / "conf" / default)
+def config_file(env: str, default: str) -> Path:
+    return Path(os.environ.get(env) or ROOT / "conf" / default)
+
+
+def _load(kind: type, env: str, default: str, file: Path | None = None):
+    file = file or config_file(env, default)
     data = yaml.safe_load(file.read_text()) or {}
     try:
         return msgspec.convert(data, kind)
@@ -479,5 +483,6 @@ def load_server() -> ServerConfig:
     return _load(ServerConfig, "SERVER_CONFIG", "server.yml")
 
 
-def load_inference() -> InferenceConfig:
-    return _load(InferenceConfig, "INFERENCE_CONFIG", "inference.yml")
+def load_inference(file: Path | None = None) -> InferenceConfig:
+    """INFERENCE_CONFIG's file (conf/inference.yml by default), or `file`."""
+    return _load(InferenceConfig, "INFERENCE_CONFIG", "inference.yml", file)

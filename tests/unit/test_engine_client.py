@@ -26,10 +26,11 @@ async def fleet(tmp_path):
         yield client_and_engines
 
 
-async def fleet_of(engine_class, tmp_path):
-    """An EngineClient of two links, welcomed and heard from by two engines of `engine_class`."""
+async def fleet_of(engine_class, tmp_path, **overrides):
+    """An EngineClient of two links, welcomed and heard from by two engines of `engine_class`, on a
+    server.yml with `overrides`."""
     link = {"hello_interval_s": 0.05, "heartbeat_timeout_s": 30}
-    server = msgspec.convert({"run_dir": str(tmp_path), "engine": link}, ServerConfig)
+    server = msgspec.convert({"run_dir": str(tmp_path), "engine": link, **overrides}, ServerConfig)
     engines = [engine_class(server, rank, f"engine-{rank}") for rank in range(2)]
     client = EngineClient(server, FRONTEND, server.pool_addresses([("m", 2)])["m"])
     client.start()

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from common.config import ROOT, InferenceConfig, ServerConfig
+from engine_worker.__main__ import ready_file
 
 KUBERNETES_VERSION = "1.30.0"
 MANIFESTS = sorted((ROOT / "docker" / "kubernetes").glob("*.yaml"))
@@ -45,3 +46,16 @@ def test_the_configuration_is_the_services_own_and_lists_every_engine_pod():
     for workload in ("StatefulSet/llm-engine", "Deployment/llm-frontend"):
         volumes = objects[workload]["spec"]["template"]["spec"]["volumes"]
         assert {"name": "keys", "secret": {"secretName": "llm-curve-keys"}} in volumes
+
+
+def test_engine_pods_roll_one_at_a_time_ready_by_the_file_their_engine_writes():
+    objects = by_kind()
+    engines = objects["StatefulSet/llm-engine"]["spec"]
+    assert engines["updateStrategy"]["rollingUpdate"]["maxUnavailable"] == 1 and engines["minReadySeconds"] > 0
+    probe = engines["template"]["spec"]["containers"][0]["readinessProbe"]["exec"]["command"]
+    server = msgspec.convert(yaml.safe_load(objects["ConfigMap/llm-config"]["data"]["engine-server.yml"]), ServerConfig)
+    in_image = Path("/app") / server.path(server.run_dir).relative_to(ROOT)  # the images' WORKDIR
+    assert probe == ["test", "-e", str(ready_file(in_image, 0))]
+    frontends = objects["Deployment/llm-frontend"]["spec"]
+    assert frontends["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert frontends["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/health/ready"

@@ -2,41 +2,23 @@
 over real ZeroMQ sockets with two FakeEngines (tests/unit/fake_engine.py) driven message by message."""
 import asyncio
 
-import msgspec
 import pytest
 
-from common.config import ServerConfig
 from common.messages import BROADCAST_TOPIC, Delta, EngineLoad, Goodbye, Heartbeat
 from frontend.engine_client import EngineClient, EngineLost
 from frontend.metrics import MIGRATIONS, NOT_MOVED
 from frontend.router import RoutingScope, routing_scope
 from frontend.run.generation import GenerationSpec, generate
 from tests.unit.fake_engine import FRONTEND, FakeEngine
-from tests.unit.test_engine_client import until
+from tests.unit.test_engine_client import fleet_of, until
 
 PROMPT = [1, 2, 3]
 
 
-async def fleet_with(tmp_path, **server):
-    link = {"hello_interval_s": 0.05, "heartbeat_timeout_s": 30}
-    config = msgspec.convert({"run_dir": str(tmp_path), "engine": link, **server}, ServerConfig)
-    engines = [FakeEngine(config, rank, f"engine-{rank}") for rank in range(2)]
-    client = EngineClient(config, FRONTEND, config.pool_addresses([("m", 2)])["m"])
-    client.start()
-    await until(lambda: all(link.ready for link in client.links))
-    for engine in engines:
-        await engine.heartbeat()
-    await until(lambda: all(link.up for link in client.links))
-    return client, engines
-
-
 @pytest.fixture
 async def fleet(tmp_path):
-    client, engines = await fleet_with(tmp_path)
-    yield client, engines
-    await client.stop()
-    for engine in engines:
-        engine.close()
+    async for client_and_engines in fleet_of(FakeEngine, tmp_path):
+        yield client_and_engines
 
 
 def on(client: EngineClient, request_id: str) -> int:
@@ -135,8 +117,7 @@ async def test_a_pinned_request_is_not_moved(fleet):
 
 
 async def test_a_request_moves_at_most_migration_limit_times(tmp_path):
-    client, engines = await fleet_with(tmp_path, migration_limit=1)
-    try:
+    async for client, engines in fleet_of(FakeEngine, tmp_path, migration_limit=1):
         queue, rank = await generated(client, engines, "r1", [7])
         await engines[rank].heartbeat(last_seq=9)  # lost once: it moves
         add = await taken(engines[1 - rank], 1)
@@ -146,10 +127,6 @@ async def test_a_request_moves_at_most_migration_limit_times(tmp_path):
         error = await asyncio.wait_for(queue.get(), 5)
         assert isinstance(error, EngineLost) and "migration_limit" in str(error)
         client.release("r1", abort=False)
-    finally:
-        await client.stop()
-        for engine in engines:
-            engine.close()
 
 
 async def test_a_request_with_a_grammar_moves_only_to_an_engine_that_resumes_grammars(fleet):
@@ -164,8 +141,7 @@ async def test_a_request_with_a_grammar_moves_only_to_an_engine_that_resumes_gra
 
 
 async def test_a_stalled_engines_requests_are_aborted_there_and_move(tmp_path):
-    client, engines = await fleet_with(tmp_path, stall_timeout_s=1.0)
-    try:
+    async for client, engines in fleet_of(FakeEngine, tmp_path, stall_timeout_s=1.0):
         queue, rank = await generated(client, engines, "r1", [7, 8])
         stalled = engines[rank]
         await stalled.publish(BROADCAST_TOPIC, Heartbeat(stalled.engine_id, EngineLoad(running=1),
@@ -176,7 +152,3 @@ async def test_a_stalled_engines_requests_are_aborted_there_and_move(tmp_path):
         assert client.links[rank].view()["stalled"] and not client.links[rank].routable
         client.add("r2", PROMPT, {"max_tokens": 1})  # new requests avoid it
         assert on(client, "r2") == 1 - rank
-    finally:
-        await client.stop()
-        for engine in engines:
-            engine.close()
