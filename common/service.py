@@ -42,6 +42,7 @@ WATCH_INTERVAL_S = 1.0
 ENGINE_STARTSECS = 30
 # supervisord's line for a process that ended on its own: "exited: engine-0 (exit status 1; not expected)"
 EXITED = re.compile(r"exited: (\S+) \((.*?)(?:; not expected|; expected)?\)$")
+STOPPED = re.compile(r"stopped: (\S+) \(")
 
 
 def engine_programs(server: ServerConfig, values: dict) -> str:
@@ -172,6 +173,7 @@ class Supervisord:
     def __init__(self, conf: Path, lock_fd: int):
         self.tail = collections.deque(maxlen=LOG_TAIL_LINES)
         self.exits: dict[str, str] = {}  # program -> how it last ended on its own, as supervisord said
+        self.stops: collections.Counter = collections.Counter()  # program -> stops asked of supervisord
         self.process = subprocess.Popen(
             [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(conf)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=(lock_fd,), preexec_fn=own_group,
@@ -190,6 +192,8 @@ class Supervisord:
             self.tail.append(text)
             if exited := EXITED.search(text):
                 self.exits[exited.group(1)] = exited.group(2)
+            elif stopped := STOPPED.search(text):
+                self.stops[stopped.group(1)] += 1
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -231,14 +235,16 @@ class EngineCrashes:
         self.limit, self.window_s, self.startsecs = limit, window_s, startsecs
         self.runs: dict[str, tuple[int, int]] = {}  # program -> (start, stop) as last seen
         self.in_a_row: collections.Counter = collections.Counter()
+        self.stops_seen: collections.Counter = collections.Counter()
 
-    def limit_reached(self, info: dict) -> bool:
+    def limit_reached(self, info: dict, stops_asked: int = 0) -> bool:
+        """`stops_asked`: how many stops of this program supervisord has been asked for so far. The
+        table cannot say it: a program started again (make restart-engines) shows no exit status."""
         name, start, stop = info["name"], info["start"], info["stop"]
         last_start, last_stop = self.runs.get(name, (start, stop))
         self.runs[name] = (start, stop)
-        if stop == last_stop or info["statename"] in ("STOPPING", "STOPPED"):
-            return False
-        if info.get("exitstatus") == 0:  # it drained at a SIGTERM: a restart asked for (make restart-engines)
+        asked, self.stops_seen[name] = stops_asked > self.stops_seen[name], stops_asked
+        if stop == last_stop or info["statename"] in ("STOPPING", "STOPPED") or asked:
             return False
         started = last_start  # the run that ended is the one seen last (supervisord may have started the next)
         if stop - started >= self.window_s:
@@ -259,7 +265,7 @@ def failure(server: ServerConfig, supervisord: Supervisord, crashes: EngineCrash
         name = info["name"]
         if info["statename"] == "FATAL":
             return f"{name} could not start ({info['spawnerr'] or info['description']})"
-        if name.startswith("engine-") and crashes.limit_reached(info):
+        if name.startswith("engine-") and crashes.limit_reached(info, supervisord.stops[name]):
             stop_quietly(server, name)
             return (f"{name} crashed {crashes.in_a_row[name]} times in a row, each within "
                     f"{server.engine_crash_window_s:g} s of its start (last: {supervisord.exits.get(name, '?')}); "

@@ -22,10 +22,15 @@ def main() -> None:
         llm = LLM(model=model, **ENGINE_ARGS)
         answer["seconds"].append(time.monotonic() - began)
         answer.update(compute(llm, asked))
+        with open(sys.argv[3], "w") as file:  # before the teardown, which vLLM's C++ threads may abort
+            json.dump(answer, file)
         llm.llm_engine.engine_core.shutdown()
         del llm
-    with open(sys.argv[3], "w") as file:
-        json.dump(answer, file)
+    # the interpreter's own teardown may abort in vLLM's C++ threads ("terminate called without an
+    # active exception"): the answer is written and the engines are shut down, so end here
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def embed(llm, asked: dict) -> dict:
