@@ -47,6 +47,8 @@ from frontend.tenants import current_tenant
 log = logging.getLogger(__name__)
 
 READ_BATCH = 256  # output messages handled before the reader gives the event loop back
+LOOP_HELD_WARNING_S = 1.0  # the watch ran this much later than due: say so, it explains timeouts
+CATCH_UP_BATCHES = 16  # of READ_BATCH, read before an engine is declared silent
 
 
 class EngineUnavailable(Exception):
@@ -237,22 +239,27 @@ class EngineLink:
         """Hand on what waits on the SUB socket, when the event loop sees its descriptor readable.
         ZeroMQ signals that descriptor on edges, so this reads until nothing is left, and after
         READ_BATCH messages yields the loop to the rest and comes back at once."""
+        if self.read_batch():
+            asyncio.get_running_loop().call_soon(self.read_outputs)
+
+    def read_batch(self) -> bool:
+        """Handle up to READ_BATCH waiting output messages; whether more may wait."""
         for _ in range(READ_BATCH):
             try:
                 if not self.sub.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                    return
+                    return False
                 frame = self.sub.recv_multipart(zmq.NOBLOCK)[-1]
             except zmq.Again:
-                return
+                return False
             except zmq.ZMQError as error:  # the socket is closed: the link is stopping
                 log.info("engine %d: stopped reading outputs (%s)", self.rank, error)
-                return
+                return False
             try:
                 message = output_decoder.decode(frame)
                 self.handlers[type(message)](message)
             except Exception:  # one bad message must not leave the link deaf
                 log.exception("engine %d: dropped an output message that could not be handled", self.rank)
-        asyncio.get_running_loop().call_soon(self.read_outputs)
+        return True
 
     def read_connection_events(self) -> None:
         """The SUB socket's connection to the engine opened or closed (edge-triggered, as outputs)."""
@@ -271,19 +278,34 @@ class EngineLink:
                     self.engine_lost("the engine's connection closed", "crash")
 
     async def watch_engine(self) -> None:
+        due = time.monotonic()
         while True:
+            if (held := time.monotonic() - due) > LOOP_HELD_WARNING_S:
+                log.warning("engine %d: this frontend's event loop was held %.1f s past its watch", self.rank, held)
             try:
                 self.send_aborts()  # first: what frees room in the socket goes to them
                 if not self.ready:
                     self.send(Hello(self.frontend_id))
-                elif time.monotonic() - self.last_heartbeat > self.config.heartbeat_timeout_s:
+                elif self.heartbeat_overdue():
                     self.silent = True
                     self.engine_lost("no heartbeat from the engine", "heartbeat")
                 self.watch_progress()
                 self.expire_overdue()
             except Exception:
                 log.exception("engine %d: watch step failed", self.rank)
+            due = time.monotonic() + self.config.hello_interval_s
             await asyncio.sleep(self.config.hello_interval_s)
+
+    def heartbeat_overdue(self) -> bool:
+        """No heartbeat within the timeout, counting what waits unread. After this process itself was
+        held (a loaded host, the event loop busy), the event loop runs this timer before it reads the
+        socket: the heartbeats that arrived meanwhile must not pass for the engine's silence."""
+        if time.monotonic() - self.last_heartbeat <= self.config.heartbeat_timeout_s:
+            return False
+        for _ in range(CATCH_UP_BATCHES):
+            if not self.read_batch():
+                break
+        return time.monotonic() - self.last_heartbeat > self.config.heartbeat_timeout_s
 
     def watch_progress(self) -> None:
         """A stalled engine gets no new requests (`routable`), and its requests go elsewhere: aborted

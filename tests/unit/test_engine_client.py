@@ -2,6 +2,7 @@
 FakeEngine (tests/unit/fake_engine.py) standing in for each engine worker, so the links' handshake,
 gap check, heartbeat watch and routing can be driven message by message without vLLM."""
 import asyncio
+import time
 
 import msgspec
 import pytest
@@ -82,6 +83,19 @@ async def test_a_flood_of_outputs_arrives_whole_and_leaves_the_event_loop_turnin
     assert [queue.get_nowait().token_ids[0] for _ in range(2000)] == list(range(2000))
     assert client.requests["r1"].link.ready  # no gap was seen
     assert any(0 < size < 2000 for size in turns), "the other task never ran while the outputs arrived"
+
+
+async def test_a_heartbeat_that_arrived_while_this_process_was_held_keeps_the_engine(tmp_path):
+    """After the frontend itself was held past the heartbeat timeout (a loaded host), the watch, which the
+    event loop may run before its reader, reads what waits first: only a silent engine is lost."""
+    async for client, engines in fleet_of(FakeEngine, tmp_path, engine={"hello_interval_s": 0.05,
+                                                                        "heartbeat_timeout_s": 0.5}):
+        link = client.links[0]
+        await engines[0].heartbeat()  # sent at once: the reader has not run when this returns
+        time.sleep(0.8)  # this process held, the heartbeat unread in the socket
+        assert not link.heartbeat_overdue()
+        time.sleep(0.8)  # and now the engine is silent
+        assert link.heartbeat_overdue()
 
 
 async def test_a_request_that_cannot_be_encoded_leaves_nothing_behind(fleet):
