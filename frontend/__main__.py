@@ -12,6 +12,7 @@ from common.config import load_server
 from common.logs import json_lines_only, setup_logging
 from frontend import metrics
 from frontend.app import build_app
+from frontend.bounded_head import BoundedHeadProtocol
 
 log = logging.getLogger("frontend")
 
@@ -35,7 +36,7 @@ def run_frontend_process() -> None:
         host="127.0.0.1",
         port=server.frontend_base_port + args.index,
         loop="uvloop",
-        http="httptools",
+        http=BoundedHeadProtocol,
         log_level=server.log_level,
         access_log=False,
         timeout_graceful_shutdown=server.drain_timeout_s + LAST_EVENT_GRACE_S,

@@ -31,3 +31,13 @@ def test_both_frontends_serve_the_one_port_without_nginx(shared_port):
                           headers={"accept": "application/json"}, timeout=60) for _ in range(10)]
     assert [answer.status_code for answer in answers] == [200] * 10
     assert all(answer.json()["usage"]["completion_tokens"] == 4 for answer in answers)
+
+
+def test_with_no_nginx_in_front_a_frontend_bounds_the_request_head(shared_port):
+    """A 1 MB header reaches a frontend directly here: it answers 431, not after buffering it whole."""
+    answer = httpx.post(shared_port.url + "/generate", json={"prompt": "hi", "max_tokens": 2},
+                        headers={"x-big": "a" * 1_000_000}, timeout=60)
+    assert answer.status_code == 431
+    assert answer.json()["error"]["type"] == "invalid_request_error"
+    assert httpx.post(shared_port.url + "/generate", json={"prompt": "hi", "max_tokens": 2},
+                      headers={"accept": "application/json"}, timeout=60).status_code == 200

@@ -19,6 +19,7 @@ from common import default_model, vision_model
 from common.config import ServerConfig
 from frontend.__main__ import DrainingServer
 from frontend.app import build_app
+from frontend.bounded_head import BoundedHeadProtocol
 from tests.unit.fake_engine import ScriptedEngine
 
 
@@ -53,7 +54,7 @@ class Frontend:
         listener = socket.socket()
         listener.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{listener.getsockname()[1]}"
-        config = uvicorn.Config(self.app, loop="uvloop", http="httptools", log_level="warning", access_log=False,
+        config = uvicorn.Config(self.app, loop="uvloop", http=BoundedHeadProtocol, log_level="warning", access_log=False,
                                 port=listener.getsockname()[1],
                                 timeout_graceful_shutdown=self.server.drain_timeout_s + 3)
         self.uvicorn = DrainingServer(config)

@@ -45,3 +45,14 @@ def test_body_over_the_limit_is_413_at_the_frontend(frontends):
     assert answer.status_code == 413
     assert "4096" in answer.json()["error"]["message"]
     assert small.post("/generate", {"prompt": "x" * 3000, "max_tokens": 2}).status_code == 200
+
+
+def test_a_request_head_over_its_bound_is_431_and_the_frontend_serves_on(frontend):
+    """With `reuse_port: true` no nginx bounds the head: the frontend's own protocol does, before
+    httptools has buffered a header that goes on and on; the client still reads the answer."""
+    refused = frontend.post("/generate", {"prompt": "hi", "max_tokens": 2}, headers={"x-big": "a" * 1_000_000})
+    assert refused.status_code == 431
+    assert refused.json()["error"] == {"message": "the request line and headers are over 64 KiB",
+                                       "type": "invalid_request_error", "param": None, "code": 431}
+    headed = frontend.post("/generate", {"prompt": "hi", "max_tokens": 2}, headers={"x-long": "a" * 30_000})
+    assert headed.status_code == 200
