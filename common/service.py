@@ -9,6 +9,7 @@ their lives, makes a second start refuse before it touches anything."""
 import argparse
 import collections
 import ctypes
+import dataclasses
 import fcntl
 import logging
 import os
@@ -43,6 +44,9 @@ ENGINE_STARTSECS = 30
 # supervisord's line for a process that ended on its own: "exited: engine-0 (exit status 1; not expected)"
 EXITED = re.compile(r"exited: (\S+) \((.*?)(?:; not expected|; expected)?\)$")
 STOPPED = re.compile(r"stopped: (\S+) \(")
+# supervisord's own INFO lines (spawned, success, an expected exit, a stop asked): read for the crash
+# count, not shown; the processes' lines name their logger and pid ("INFO frontend[12]").
+SUPERVISORD_INFO = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ INFO (?!\S+\[\d+\] )")
 
 
 def engine_programs(server: ServerConfig, values: dict) -> str:
@@ -83,7 +87,7 @@ def render(server: ServerConfig) -> Path:
         ),
         # Operations the service runs itself; the rest of the log is the processes' own.
         "supervisord_user": "user=root" if os.geteuid() == 0 else "",
-        "supervisord_log_level": "debug" if debug else "warn",
+        "supervisord_log_level": "debug" if debug else "info",  # info: every end of a run, for EngineCrashes
         "nginx_log_level": "info" if debug else "warn",
         "supervisor_password": secrets.token_hex(16),
         "frontend_stopwaitsecs": int(server.drain_timeout_s) + 10,
@@ -170,10 +174,11 @@ class Supervisord:
     """supervisord in its own process group, so a terminal's Ctrl-C reaches only us and the stop is
     the ordered drain; its output passes through us, keeping the last lines for error messages."""
 
-    def __init__(self, conf: Path, lock_fd: int):
+    def __init__(self, conf: Path, lock_fd: int, show_info: bool = False):
+        self.show_info = show_info  # supervisord's own INFO lines, shown at log_level debug
         self.tail = collections.deque(maxlen=LOG_TAIL_LINES)
         self.exits: dict[str, str] = {}  # program -> how it last ended on its own, as supervisord said
-        self.stops: collections.Counter = collections.Counter()  # program -> stops asked of supervisord
+        self.ends: dict[str, RunEnd] = {}  # program -> its runs ended so far, and whether the last crashed
         self.process = subprocess.Popen(
             [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(conf)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=(lock_fd,), preexec_fn=own_group,
@@ -183,17 +188,28 @@ class Supervisord:
 
     def copy_output(self) -> None:
         for line in self.process.stdout:
+            text = line.decode(errors="replace").rstrip()
+            self.note_end(text)
+            if SUPERVISORD_INFO.match(text) and not self.show_info:
+                continue
             try:
                 sys.stdout.buffer.write(line)
                 sys.stdout.flush()
             except OSError:  # our terminal is gone: keep draining, or supervisord would block
                 pass
-            text = line.decode(errors="replace").rstrip()
             self.tail.append(text)
-            if exited := EXITED.search(text):
-                self.exits[exited.group(1)] = exited.group(2)
-            elif stopped := STOPPED.search(text):
-                self.stops[stopped.group(1)] += 1
+
+    def note_end(self, text: str) -> None:
+        """A run ended: on its own (a crash, or exit status 0: a drain), or at a stop asked of supervisord."""
+        if exited := EXITED.search(text):
+            name, how = exited.groups()
+            self.exits[name] = how
+            crashed = not how.startswith("exit status 0")
+        elif stopped := STOPPED.search(text):
+            name, crashed = stopped.group(1), False
+        else:
+            return
+        self.ends[name] = RunEnd(self.ends.get(name, RunEnd()).count + 1, crashed)
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -226,6 +242,12 @@ def engines_running(server: ServerConfig) -> bool:
     return bool(engines) and all(info["statename"] == "RUNNING" for info in engines)
 
 
+@dataclasses.dataclass(frozen=True)
+class RunEnd:
+    count: int = 0  # runs of the program ended so far
+    crashed: bool = True  # the last one: neither a stop asked nor a drain (exit status 0)
+
+
 class EngineCrashes:
     """Each local engine worker's crashes in a row, from supervisord's process table: a run that ended
     without a stop being asked, past startsecs and within window_s of its start, is one more; a longer
@@ -235,16 +257,20 @@ class EngineCrashes:
         self.limit, self.window_s, self.startsecs = limit, window_s, startsecs
         self.runs: dict[str, tuple[int, int]] = {}  # program -> (start, stop) as last seen
         self.in_a_row: collections.Counter = collections.Counter()
-        self.stops_seen: collections.Counter = collections.Counter()
+        self.ends_seen: collections.Counter = collections.Counter()
 
-    def limit_reached(self, info: dict, stops_asked: int = 0) -> bool:
-        """`stops_asked`: how many stops of this program supervisord has been asked for so far. The
-        table cannot say it: a program started again (make restart-engines) shows no exit status."""
+    def limit_reached(self, info: dict, end: RunEnd = RunEnd()) -> bool:
+        """`end`: the program's ends as supervisord's log lines told them. The table cannot say why a
+        run ended: once the program runs again it shows exit status 0 whatever ended the last run."""
         name, start, stop = info["name"], info["start"], info["stop"]
         last_start, last_stop = self.runs.get(name, (start, stop))
-        self.runs[name] = (start, stop)
-        asked, self.stops_seen[name] = stops_asked > self.stops_seen[name], stops_asked
-        if stop == last_stop or info["statename"] in ("STOPPING", "STOPPED") or asked:
+        if stop == last_stop:
+            self.runs[name] = (start, stop)
+            return False
+        if info["statename"] not in ("STOPPING", "STOPPED") and end.count <= self.ends_seen[name]:
+            return False  # supervisord's line for this end is not read yet: the next look decides
+        self.runs[name], self.ends_seen[name] = (start, stop), end.count
+        if info["statename"] in ("STOPPING", "STOPPED") or not end.crashed:
             return False
         started = last_start  # the run that ended is the one seen last (supervisord may have started the next)
         if stop - started >= self.window_s:
@@ -265,7 +291,7 @@ def failure(server: ServerConfig, supervisord: Supervisord, crashes: EngineCrash
         name = info["name"]
         if info["statename"] == "FATAL":
             return f"{name} could not start ({info['spawnerr'] or info['description']})"
-        if name.startswith("engine-") and crashes.limit_reached(info, supervisord.stops[name]):
+        if name.startswith("engine-") and crashes.limit_reached(info, supervisord.ends.get(name, RunEnd())):
             stop_quietly(server, name)
             return (f"{name} crashed {crashes.in_a_row[name]} times in a row, each within "
                     f"{server.engine_crash_window_s:g} s of its start (last: {supervisord.exits.get(name, '?')}); "
@@ -344,7 +370,7 @@ def serve() -> int:
     except StartRefused as refusal:
         print(f"error: {refusal}", file=sys.stderr)
         return 1
-    supervisord = Supervisord(render(server), lock_fd)
+    supervisord = Supervisord(render(server), lock_fd, show_info=server.log_level.lower() == "debug")
     describe(lock_fd, f"service pid {os.getpid()} (supervisord pid {supervisord.process.pid}), "
                       f"serving on {public_url(server)}")
     stop_requested = threading.Event()

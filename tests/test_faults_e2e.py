@@ -149,8 +149,11 @@ async def test_overload_is_503_with_retry_after_at_once(faults):
     assert len(refused) >= 6
     assert all(answer.headers["retry-after"] == "1" for answer, _ in refused)
     assert all("limit" in answer.json()["error"]["message"] for answer, _ in refused)
-    assert all(took < 3 for _, took in refused), "a refusal must come at once, not after waiting"
-    assert sum(answer.status_code == 200 for answer, _ in results) >= 6
+    served = [took for answer, took in results if answer.status_code == 200]
+    assert len(served) >= 6
+    # at once, not after waiting for room: before any of the requests served has ended (a bound in
+    # seconds would measure the host's load)
+    assert max(took for _, took in refused) < min(served), "a refusal must come at once, not after waiting"
     wait_for(lambda: engine_idle(faults.url), 20, what="the engine to be idle")
 
 
