@@ -115,7 +115,7 @@ def build_app(server: ServerConfig, frontend_id: str) -> Starlette:
     state = FrontendState(server, frontend_id)
     tenants = Tenants(server, *api_keys(server))
     open_priority_series([c.name for c in server.priority.classes])
-    dashboard = Dashboard(state)
+    dashboard = Dashboard(state, tenants)
     tracing = build_provider(server.tracing, "frontend", frontend_id)
 
     @contextlib.asynccontextmanager

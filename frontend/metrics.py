@@ -77,6 +77,8 @@ TENANT_TOKENS = Counter("llm_tenant_tokens", "Tokens of ended generations, by te
                         "cached: prompt tokens found in the prefix cache; output)", ["tenant", "kind"], registry=LOCAL)
 TENANT_TIMEOUTS = Counter("llm_tenant_request_timeouts", "Generations ended by their request timeout, by tenant and "
                           "stage", ["tenant", "stage"], registry=LOCAL)
+TENANT_IN_FLIGHT = Gauge("llm_tenant_requests_in_flight", "Generations sent to the engine and not yet ended, by "
+                         "tenant", ["tenant"], multiprocess_mode="livesum", registry=LOCAL)
 TENANT_TTFT = Histogram("llm_tenant_time_to_first_token_seconds", "From sending a generation to its first token",
                         ["tenant"], buckets=TTFT_BUCKETS, registry=LOCAL)
 TENANT_E2E = Histogram("llm_tenant_e2e_request_latency_seconds", "From sending a generation to its end, finished "
@@ -139,6 +141,7 @@ class GenerationMeter:
         QUEUED.labels(model).inc()
         PRIORITY_IN_FLIGHT.labels(priority).inc()
         PRIORITY_QUEUED.labels(priority).inc()
+        TENANT_IN_FLIGHT.labels(tenant).inc()
         PROMPT_TOKENS.labels(model).inc(prompt_tokens)
 
     def tokens_arrived(self, count: int) -> None:
@@ -159,6 +162,7 @@ class GenerationMeter:
     def end(self) -> None:
         IN_FLIGHT.labels(self.model).dec()
         PRIORITY_IN_FLIGHT.labels(self.priority).dec()
+        TENANT_IN_FLIGHT.labels(self.tenant).dec()
         if self.first_token_at is None:
             QUEUED.labels(self.model).dec()
             PRIORITY_QUEUED.labels(self.priority).dec()
@@ -196,6 +200,7 @@ def open_tenant_series(tenants: set[str]) -> None:
     """Each tenant's series exist from the start (and from the reload that brings it), at zero."""
     for tenant in tenants:
         TENANT_REQUESTS.labels(tenant)
+        TENANT_IN_FLIGHT.labels(tenant)
         for limit in ("max_concurrent", "requests_per_minute", "tokens_per_minute"):
             TENANT_LIMITED.labels(tenant, limit)
         for kind in ("prompt", "cached", "output"):
