@@ -1,7 +1,13 @@
 """Each priority class's share of the engine's slots (engine_worker/priority_hold.py), and the step loop
 holding a bounded class's requests back, on test_step_loop's fake engine (FakeEngine: one token a step,
-no vLLM) and fake publisher."""
+no vLLM) and fake publisher; and the class given to vLLM's input processor (a fake recording its
+arguments) only under scheduling_policy priority."""
+from types import SimpleNamespace
+
+import pytest
+
 from common.messages import Abort, Add, Hello
+from engine_worker.admission import VllmRequests
 from engine_worker.load import LoadTracker
 from engine_worker.priority_hold import PriorityHold
 from engine_worker.step_loop import Admitted, StepLoop
@@ -99,3 +105,27 @@ def test_an_abort_drops_a_held_request_and_hello_aborts_its_frontends_held_ones(
     aborted = {d.request_id: d.finish_reason for d in loop.publisher.deltas("host-0~aa")}
     assert aborted == {"b0": "abort", "b1": "abort", "b3": "abort"}
     assert len(loop.hold) == 0 and loop.hold.in_engine == {BATCH: 0}
+
+
+class Processor:
+    """vLLM's input processor, as VllmRequests calls it: it records the keyword arguments."""
+
+    def __init__(self):
+        self.calls: list[dict] = []
+
+    def process_inputs(self, request_id, prompt, params, arrival_time=None, lora_request=None, priority=0):
+        self.calls.append({"priority": priority})
+        return SimpleNamespace(sampling_params=params)
+
+
+def vllm_requests(policy: str) -> VllmRequests:
+    engine = SimpleNamespace(input_processor=Processor(),
+                             vllm_config=SimpleNamespace(scheduler_config=SimpleNamespace(policy=policy)))
+    return VllmRequests(engine, SimpleNamespace(request_for=lambda name: None))
+
+
+@pytest.mark.parametrize("policy, given", [("priority", BATCH), ("fcfs", 0)])
+def test_the_class_reaches_vllm_only_under_its_priority_policy(policy, given):
+    requests = vllm_requests(policy)
+    requests(Add("r1", "host-0~aa", [1, 2], {"max_tokens": 2}, priority=BATCH), 0.0)
+    assert requests.processor.calls == [{"priority": given}]
