@@ -28,6 +28,9 @@ failure table, docs/failures.md:
 |                                              |   exits 1 and supervisord restarts it                    |
 | an ADD moved here (Add.resumed_tokens)       | admission marks it so that its grammar resumes after the |
 |                                              |   tokens generated elsewhere (resumed_grammar.py)        |
+| an ADD of a priority class past its share of | holds it back, acknowledged, until one of the class's    |
+|   max_num_seqs (priority_hold.py)            |   requests ends; an ABORT or HELLO drops it unseen by    |
+|                                              |   vLLM, with the same abort Delta a running one gets     |
 """
 import logging
 import queue
@@ -99,7 +102,8 @@ class StepLoop:
         self.backlog = PrefillBacklog()  # the owned requests with no output token yet
         self.expanded: dict[str, int] = {}  # request id -> its prompt's length in vLLM, until its first Delta
         self.usage = TenantUsage()
-        self.hold = hold if hold is not None else PriorityHold(0, [])  # the bounded priority classes' requests held back
+        # Requests of a priority class past its share of the engine's slots, held back (priority_hold.py).
+        self.hold = hold if hold is not None else PriorityHold(0, [])
         self.tenant_of: dict[str, tuple[str, int]] = {}  # request id -> its tenant and prompt tokens
         self.frontends: dict[str, float] = {}  # frontend id -> when it last sent a HELLO or an ADD
         self.taken: dict[str, int] = {}  # frontend id -> ADDs taken from it since its last Welcome

@@ -113,5 +113,6 @@ def test_the_priority_crosses_the_wire_and_a_moved_request_keeps_it():
 
     moved = Flight(add, Queue(), pinned=False, moves=1).continuation()
     assert (moved.priority, moved.tenant, moved.prompt_token_ids) == (BATCH, "nightly", [1, 2, 9])
-    pooling = Flight(msgspec.structs.replace(add, sampling={}, pooling={"task": "embed"}), Queue(), False).continuation()
+    pooling_add = msgspec.structs.replace(add, sampling={}, pooling={"task": "embed"})
+    pooling = Flight(pooling_add, Queue(), False).continuation()
     assert pooling.priority == BATCH
