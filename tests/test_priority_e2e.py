@@ -71,7 +71,10 @@ class Flood:
 
 
 def first_token_seconds(client: httpx.Client, url: str, headers: dict, index: int) -> float:
-    body = {"model": MODEL, "prompt": f"question {index}", "max_tokens": 4, "ignore_eos": True, "stream": True}
+    # A chat turn's worth of prompt, its first words new each time (no prefix-cache hit): what an interactive
+    # request waits for is its own prefill beside the engine's other work, not an idle engine's first step.
+    prompt = f"question {index}: " + " ".join(f"word{index}-{j}" for j in range(150))
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": 4, "ignore_eos": True, "stream": True}
     started = time.perf_counter()
     with client.stream("POST", f"{url}/v1/completions", json=body, headers=headers) as answer:
         assert answer.status_code == 200, answer.read()
