@@ -62,6 +62,41 @@ class TenantConfig(msgspec.Struct, forbid_unknown_fields=True):
     tokens_per_minute: Annotated[int, msgspec.Meta(ge=0)] = 0
     # Its requests' timeout in place of server.yml's request_timeout_s; 0: that one.
     request_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    # Its requests' priority class (priority.classes), and the best its requests may ask for; "": the
+    # priority's default_class.
+    priority_class: str = ""
+
+
+class PriorityClass(msgspec.Struct, forbid_unknown_fields=True):
+    """One class of requests (docs/tenants.md, "Priorities")."""
+    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,32}$")]
+    # The share of an engine's max_num_seqs that requests of this class may hold at once (running, or
+    # waiting in vLLM's queue); the engine worker holds the class's further requests back until one ends,
+    # so that the better classes always find free slots. 1: no bound.
+    max_share: Annotated[float, msgspec.Meta(gt=0, le=1)] = 1.0
+
+
+class PriorityConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """Priority classes: a request's class is its vLLM priority, the class's place in `classes` (0, the
+    first, is scheduled first) under engine_args' `scheduling_policy: priority`."""
+    classes: list[PriorityClass] = msgspec.field(default_factory=lambda: [
+        PriorityClass("interactive"), PriorityClass("standard"), PriorityClass("batch", max_share=0.5)])
+    # The class of api_key's tenant, of requests while no key is needed, and of tenants that name none.
+    default_class: str = "standard"
+
+    def __post_init__(self):
+        names = [c.name for c in self.classes]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"priority.classes must name at least one class, each once; got {names}")
+        self.rank(self.default_class, "priority.default_class")
+
+    def rank(self, name: str, field: str) -> int:
+        """The place of the class `name` (its vLLM priority); ValueError naming `field` if there is none."""
+        for place, c in enumerate(self.classes):
+            if c.name == name:
+                return place
+        raise ValueError(f"{field}: {name!r} is no priority class (priority.classes: "
+                         f"{', '.join(c.name for c in self.classes)})")
 
 
 class RouterConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -229,6 +264,7 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True):
     # Engine workers on other hosts, ranked after this host's own engines.
     engines: list[RemoteEngine] = []
     router: RouterConfig = msgspec.field(default_factory=RouterConfig)
+    priority: PriorityConfig = msgspec.field(default_factory=PriorityConfig)
     tracing: TracingConfig = msgspec.field(default_factory=TracingConfig)
 
     def path(self, value: str) -> Path:
@@ -473,6 +509,8 @@ def load_tenants(server: ServerConfig) -> list[TenantConfig]:
             raise ValueError(f"tenants: the name {tenant.name!r} is given twice or reserved "
                              f"({' and '.join(RESERVED_TENANTS)} are the tenants of api_key and admin_api_key)")
         names.add(tenant.name)
+        if tenant.priority_class:
+            server.priority.rank(tenant.priority_class, f"tenants: {tenant.name!r}'s priority_class")
         if digests & set(tenant.api_key_hashes):
             raise ValueError(f"tenants: {tenant.name!r} holds a key another tenant holds too")
         digests |= set(tenant.api_key_hashes)

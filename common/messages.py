@@ -47,6 +47,9 @@ class Add(msgspec.Struct, tag="add", array_like=True):
     images: list[bytes] = []
     trace: TraceContext | None = None  # None (one byte): the request is not traced
     tenant: str = ""  # whose request it is (docs/tenants.md): the engine counts its use in LoadReport.usage
+    # Its priority class, by place in server.yml's priority.classes (0 first): vLLM's priority under
+    # `scheduling_policy: priority`, and what the engine worker bounds each class's share of its slots by.
+    priority: int = 0
 
 
 class LoadLora(msgspec.Struct, tag="load_lora", array_like=True):
@@ -231,6 +234,9 @@ class LoadReport(msgspec.Struct, tag="load", array_like=True):
     # what every frontend adds up to hold tenants to their quotas (frontend/quotas.py).
     usage_minute: int = 0
     usage: dict[str, TenantUse] = {}
+    # Requests of a bounded priority class the engine worker holds back, vLLM's slots for the class being
+    # full (engine_worker/priority_hold.py): counted in none of the figures above.
+    held: int = 0
 
 
 class Loras(msgspec.Struct, tag="loras", array_like=True):

@@ -192,6 +192,7 @@ def wire_up(server: ServerConfig, inference: PoolConfig, slot: int, started: Sta
     from engine_worker.admission import admitter
     from engine_worker.cache_events import CacheIndex, start_cache_event_reader, start_cache_event_relay
     from engine_worker.io_threads import OutputPublisher, start_request_reader
+    from engine_worker.priority_hold import PriorityHold
     from engine_worker.step_loop import StepLoop
     from engine_worker.tracing import EngineTracing
 
@@ -212,7 +213,8 @@ def wire_up(server: ServerConfig, inference: PoolConfig, slot: int, started: Sta
     loop = StepLoop(
         started.engine, engine_id, inference.served_name, started.model, publisher, started.load,
         server.engine.heartbeat_interval_s, started.adapters, started.resumes_grammars, tracing,
-        server.log_requests,
+        server.log_requests, PriorityHold(started.engine.vllm_config.scheduler_config.max_num_seqs,
+                                          [c.max_share for c in server.priority.classes]),
     )
     admit = admitter(loop.inbox, started.requests, cache, tracing)
     start_request_reader(context, server.local_request_address(slot), server.engine, admit, on_death=loop.fail)

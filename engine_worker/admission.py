@@ -46,6 +46,9 @@ class VllmRequests:
 
     def __init__(self, engine, adapters):
         self.adapters = adapters
+        # Under any other policy vLLM orders requests by arrival alone, and a vLLM may refuse a priority there.
+        config = getattr(engine, "vllm_config", None)
+        self.takes_priority = getattr(getattr(config, "scheduler_config", None), "policy", "fcfs") == "priority"
         # Named `processor` before vLLM 0.11; a vLLM with neither gets its checks in add_request.
         self.processor = getattr(engine, "input_processor", None) or getattr(engine, "processor", None)
         if self.processor is None:
@@ -66,9 +69,10 @@ class VllmRequests:
                 resumed_grammar.mark(message.request_id, params, message.resumed_tokens)
             return Admitted(message, prompt_of(message), params)
         traced = {"trace_headers": trace_headers} if trace_headers and self.takes_trace_headers else {}
+        priority = {"priority": message.priority} if self.takes_priority else {}
         request = self.processor.process_inputs(
             message.request_id, prompt_of(message), params,
-            arrival_time=received_at, lora_request=lora, **self.extra, **traced,
+            arrival_time=received_at, lora_request=lora, **self.extra, **traced, **priority,
         )
         if message.pooling is not None:
             return Admitted(message, request, request.pooling_params)

@@ -28,6 +28,9 @@ failure table, docs/failures.md:
 |                                              |   exits 1 and supervisord restarts it                    |
 | an ADD moved here (Add.resumed_tokens)       | admission marks it so that its grammar resumes after the |
 |                                              |   tokens generated elsewhere (resumed_grammar.py)        |
+| an ADD of a priority class past its share of | holds it back, acknowledged, until one of the class's    |
+|   max_num_seqs (priority_hold.py)            |   requests ends; an ABORT or HELLO drops it unseen by    |
+|                                              |   vLLM, with the same abort Delta a running one gets     |
 """
 import logging
 import queue
@@ -43,6 +46,7 @@ from common.tracing import log_fields
 from engine_worker.images import image_token_id
 from engine_worker.load import PrefillBacklog, TenantUsage
 from engine_worker.lora import Adapters, LoraRefused
+from engine_worker.priority_hold import PriorityHold
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +81,7 @@ class Refused(NamedTuple):
 class StepLoop:
     def __init__(self, engine, engine_id: str, model: str, tokenizer: str, publisher, load, idle_wait_s: float,
                  adapters: Adapters | None = None, resumes_grammars: bool = False, tracing=None,
-                 log_requests: bool = False):
+                 log_requests: bool = False, hold: PriorityHold | None = None):
         self.engine = engine
         self.adapters = adapters or Adapters(engine)
         self.engine_id = engine_id
@@ -98,6 +102,8 @@ class StepLoop:
         self.backlog = PrefillBacklog()  # the owned requests with no output token yet
         self.expanded: dict[str, int] = {}  # request id -> its prompt's length in vLLM, until its first Delta
         self.usage = TenantUsage()
+        # Requests of a priority class past its share of the engine's slots, held back (priority_hold.py).
+        self.hold = hold if hold is not None else PriorityHold(0, [])
         self.tenant_of: dict[str, tuple[str, int]] = {}  # request id -> its tenant and prompt tokens
         self.frontends: dict[str, float] = {}  # frontend id -> when it last sent a HELLO or an ADD
         self.taken: dict[str, int] = {}  # frontend id -> ADDs taken from it since its last Welcome
@@ -133,7 +139,8 @@ class StepLoop:
     def run(self) -> None:
         """Steps until `stopping`; an exception from the engine propagates."""
         while not self.stopping:
-            self.take_requests(block=not self.owners)
+            self.take_requests(block=not self.owners and not self.hold)
+            self.start_held()
             if self.owners:
                 self.step()
             else:
@@ -162,8 +169,17 @@ class StepLoop:
             self.handlers[type(message)](message)
 
     def add(self, admitted: Admitted, received_at: float) -> None:
+        self.take(admitted.add.frontend_id)
+        if self.hold.admits(received_at, admitted):
+            self.start(admitted, received_at)
+
+    def start_held(self) -> None:
+        for held in self.hold.release():
+            self.start(held.admitted, held.received_at)
+
+    def start(self, admitted: Admitted, received_at: float) -> None:
+        """Give the request to vLLM."""
         request_id, frontend_id = admitted.add.request_id, admitted.add.frontend_id
-        self.take(frontend_id)
         try:
             if request_id in self.owners:
                 raise ValueError(f"request id {request_id!r} is already running")
@@ -176,6 +192,7 @@ class StepLoop:
             self.refuse(Refused(admitted.add, str(error)))
             return
         self.owners[request_id] = frontend_id
+        self.hold.start(admitted.add)
         if self.log_requests and admitted.add.trace is not None:
             self.traces[request_id] = admitted.add.trace.trace_id.hex()
         prompt_tokens = len(admitted.add.prompt_token_ids)
@@ -203,19 +220,22 @@ class StepLoop:
         self.send(refused.add.frontend_id, [Delta(refused.add.request_id, [], "error", error=refused.error)])
 
     def abort(self, message: Abort, reason: str = "its frontend aborted it") -> list[tuple[str, str]]:
-        """Abort the requests named; returns (request id, owner) for those that were running."""
+        """Abort the requests named; returns (request id, owner) for those that were running or held
+        (priority_hold.py: those vLLM never saw)."""
         known = [(r, owner) for r in message.request_ids if (owner := self.owners.pop(r, None)) is not None]
         for request_id, _ in known:
+            self.hold.ended(request_id)
             self.backlog.done(request_id)
             self.expanded.pop(request_id, None)
             self.tenant_of.pop(request_id, None)
         if known:
             self.engine.abort_request([r for r, _ in known])
-            if self.tracing is not None:
-                self.tracing.stopped([r for r, _ in known], "abort", reason)
-            if self.log_requests:
-                for request_id, _ in known:
-                    self.log_end(request_id, "abort")
+        known += [(add.request_id, add.frontend_id) for add in self.hold.drop(message.request_ids)]
+        if known and self.tracing is not None:
+            self.tracing.stopped([r for r, _ in known], "abort", reason)
+        if self.log_requests:
+            for request_id, _ in known:
+                self.log_end(request_id, "abort")
         return known
 
     def load_lora(self, message: LoadLora) -> None:
@@ -257,6 +277,7 @@ class StepLoop:
         aborted, and each owner is told so before the Welcome."""
         slot = frontend_slot(message.frontend_id)
         owned = [r for r, frontend in self.owners.items() if frontend_slot(frontend) == slot]
+        owned += [r for r, add in self.hold.held.items() if frontend_slot(add.frontend_id) == slot]
         reason = f"frontend {message.frontend_id} said HELLO, so the engine dropped this frontend's requests"
         by_owner = defaultdict(list)
         for request_id, owner in self.abort(Abort(owned), reason):
@@ -294,7 +315,7 @@ class StepLoop:
         if now < self.next_sweep:
             return
         self.next_sweep = now + FORGET_AFTER_S / 10
-        busy = set(self.owners.values())
+        busy = set(self.owners.values()) | {add.frontend_id for add in self.hold.held.values()}
         for frontend_id, heard in list(self.frontends.items()):
             if frontend_id not in busy and now - heard > FORGET_AFTER_S:
                 del self.frontends[frontend_id]
@@ -311,6 +332,7 @@ class StepLoop:
                 continue
             if not isinstance(output.outputs, list):  # a pooling request's result: it finished in this step
                 del self.owners[output.request_id]
+                self.hold.ended(output.request_id)
                 self.count_use(output, 0)
                 self.backlog.done(output.request_id)
                 by_frontend[frontend_id].append(pooled_delta(output))
@@ -321,6 +343,7 @@ class StepLoop:
             finish_reason = completion.finish_reason if output.finished else None
             if output.finished:
                 del self.owners[output.request_id]
+                self.hold.ended(output.request_id)
                 if self.tracing is not None:
                     self.tracing.finished(output)
                 if self.log_requests:
@@ -370,12 +393,14 @@ class StepLoop:
         self.publisher.send(frontend_id, StepOutput(self.engine_id, 0, deltas))
 
     def report_load(self) -> None:
-        report = self.load.step_report(self.engine_id, self.taken, self.backlog.tokens, self.usage)
+        report = self.load.step_report(self.engine_id, self.taken, self.backlog.tokens, self.usage, len(self.hold))
         if report is not None:
             self.publisher.send(None, report)
 
     def abort_all(self, reason: str) -> None:
         by_frontend = defaultdict(list)
+        for add in self.hold.drop(list(self.hold.held)):
+            by_frontend[add.frontend_id].append(Delta(add.request_id, [], "abort", error=reason))
         for request_id, frontend_id in self.owners.items():
             by_frontend[frontend_id].append(Delta(request_id, [], "abort", error=reason))
         if self.owners:

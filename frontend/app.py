@@ -22,7 +22,7 @@ from frontend.grps.generate import generate_endpoint
 from frontend.error_shapes import error_response
 from frontend.http import HTTPError
 from frontend.engine_client import added_up
-from frontend.metrics import RouteMetricsMiddleware, metrics_endpoint
+from frontend.metrics import RouteMetricsMiddleware, metrics_endpoint, open_priority_series
 from frontend.openai.routes import OPENAI_ROUTES
 from frontend.pooling.routes import POOLING_ROUTES
 from frontend.router import RoutingScopeMiddleware
@@ -114,7 +114,8 @@ def routing_error(request: Request, error: StarletteHTTPException) -> HTTPError:
 def build_app(server: ServerConfig, frontend_id: str) -> Starlette:
     state = FrontendState(server, frontend_id)
     tenants = Tenants(server, *api_keys(server))
-    dashboard = Dashboard(state)
+    open_priority_series([c.name for c in server.priority.classes])
+    dashboard = Dashboard(state, tenants)
     tracing = build_provider(server.tracing, "frontend", frontend_id)
 
     @contextlib.asynccontextmanager
@@ -151,7 +152,7 @@ def build_app(server: ServerConfig, frontend_id: str) -> Starlette:
                     Middleware(BrowserGuard, server=server),
                     Middleware(TenantAuthMiddleware, tenants=tenants, reports=state.load_reports,
                                cached_token_weight=server.cached_token_weight,
-                               request_timeout_s=server.request_timeout_s),
+                               request_timeout_s=server.request_timeout_s, priority=server.priority),
                     Middleware(RoutingScopeMiddleware, engines=state.engines)],
         lifespan=lifespan,
     )

@@ -8,14 +8,15 @@ so every route, present or future, is held to them. Refusals are in the route's 
 import os
 from collections.abc import Callable, Iterable
 
-from common.config import ServerConfig
+from common.config import PriorityConfig, ServerConfig
 from frontend.error_shapes import error_response
 from common.messages import LoadReport
 from frontend.http import HTTPError
 from frontend.metrics import TENANT_LIMITED, TENANT_REQUESTS
 from frontend.deadlines import TIMEOUT_HEADER, request_timeout
+from frontend.priorities import PRIORITY_HEADER, header_priority
 from frontend.quotas import RateLimited, quota_refusal
-from frontend.tenants import ANONYMOUS, Tenant, Tenants, tenant_scope
+from frontend.tenants import Tenant, Tenants, tenant_scope
 
 OPEN_PATHS = {"/health", "/health/live", "/health/ready"}  # probes carry no key
 ADMIN_PATHS = {"/v1/load_lora_adapter", "/v1/unload_lora_adapter"}
@@ -31,12 +32,14 @@ def api_keys(server: ServerConfig) -> tuple[str, str]:
 
 class TenantAuthMiddleware:
     def __init__(self, app, tenants: Tenants, reports: Callable[[], Iterable[LoadReport]] = tuple,
-                 cached_token_weight: float = 0.0, request_timeout_s: float = 600.0):
+                 cached_token_weight: float = 0.0, request_timeout_s: float = 600.0,
+                 priority: PriorityConfig | None = None):
         self.app = app
         self.tenants = tenants
         self.request_timeout_s = request_timeout_s  # server.yml's, for tenants without their own
         self.reports = reports  # every engine's latest LoadReport, whose usage the quotas add up
         self.cached_token_weight = cached_token_weight
+        self.priority = priority or PriorityConfig()
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
@@ -44,7 +47,7 @@ class TenantAuthMiddleware:
             return
         tenant = self.tenants.holder(dict(scope["headers"]))
         error = self.refusal(scope["path"], dict(scope["headers"]), tenant)
-        tenant = tenant or ANONYMOUS
+        tenant = tenant or self.tenants.anonymous
         post = scope["method"] == "POST"
         counted = post and tenant.max_concurrent > 0
         if error is None and counted and self.tenants.open.get(tenant.name, 0) >= tenant.max_concurrent:
@@ -54,6 +57,8 @@ class TenantAuthMiddleware:
             error = quota_refusal(tenant, self.reports(), self.cached_token_weight)
         if error is None:
             tenant, error = request_timeout(tenant, self.request_timeout_s, dict(scope["headers"]).get(TIMEOUT_HEADER))
+        if error is None:
+            tenant, error = header_priority(tenant, self.priority, dict(scope["headers"]).get(PRIORITY_HEADER))
         if error is not None:
             if isinstance(error, RateLimited):
                 TENANT_LIMITED.labels(tenant.name, error.limit).inc()

@@ -458,6 +458,7 @@ class EngineLink:
                 "running": self.load.running, "waiting": self.load.waiting,
                 "kv_cache_usage": self.load.kv_cache_usage, "in_flight": len(self.streams),
                 "queued_prefill_tokens": report.prefill_tokens, "free_kv_blocks": report.free_blocks,
+                "held": report.held,
                 "unacknowledged": len(self.load_view.unacknowledged)}
 
 
@@ -482,6 +483,9 @@ class EngineClient:
         self.max_in_flight = server.max_in_flight
         self.request_timeout_s = server.request_timeout_s
         self.migration_limit = server.migration_limit
+        # The priority classes whose requests engines may hold back (priority.classes[].max_share below 1).
+        self.bounded = {place for place, c in enumerate(server.priority.classes) if c.max_share < 1}
+        self.classes = [c.name for c in server.priority.classes]  # each priority's name, for its metrics
         self.programs = list(programs)  # the supervisord program of each engine on this host, by rank
         self.router = Router(server.router, len(addresses), frontend_index(frontend_id), max(server.frontends, 1))
         self.links = [EngineLink(rank, request, output, server.engine, frontend_id, server.request_timeout_s,
@@ -517,7 +521,7 @@ class EngineClient:
             sampling = {**sampling, "max_tokens": tenant.max_tokens}
         add = Add(request_id, self.frontend_id, prompt_token_ids, sampling, lora, pooling=pooling,
                   images=images.data if images is not None else [],
-                  trace=trace.wire if trace is not None else None, tenant=tenant.name)
+                  trace=trace.wire if trace is not None else None, tenant=tenant.name, priority=tenant.priority)
         frame = encode(add)
         flight = Flight(add, RequestQueue(tenant.request_timeout_s or self.request_timeout_s, request_id),
                         pinned=scope is not None and scope.pinned is not None,
@@ -529,7 +533,7 @@ class EngineClient:
     def send(self, flight: Flight, add: Add, frame: bytes, refused: set[int], scope: RoutingScope | None) -> None:
         """Send an encoded ADD of the flight to the engine the router picks, but none of `refused`."""
         while True:
-            route = self.pick(add.prompt_token_ids, refused, scope, flight.image_keys)
+            route = self.pick(add.prompt_token_ids, refused, scope, flight.image_keys, add.priority in self.bounded)
             link = self.links[route.rank]
             try:
                 link.add(add.request_id, frame, flight.queue)
@@ -597,7 +601,7 @@ class EngineClient:
             link.fail_all(ShuttingDown, reason)
 
     def pick(self, prompt_token_ids: list[int], refused: set[int], scope: RoutingScope | None,
-             image_keys: dict[int, int] | None = None) -> Route:
+             image_keys: dict[int, int] | None = None, bounded: bool = False) -> Route:
         if scope is not None and scope.pinned is not None:
             # A pinned engine without the adapter refuses the request itself, with its reason.
             return Route(scope.pinned, "pinned", len(prompt_token_ids))
@@ -607,7 +611,7 @@ class EngineClient:
         engines = {link.rank: link for link in self.links if link.routable and link.rank not in refused}
         if not engines:
             raise EngineUnavailable("no engine is available")
-        route = self.router.pick(prompt_token_ids, engines, image_keys)
+        route = self.router.pick(prompt_token_ids, engines, image_keys, bounded)
         if scope is not None:
             scope.rank, scope.reason = route.rank, route.reason
         return route

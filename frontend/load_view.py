@@ -9,6 +9,8 @@ The router weighs engines by one of two scores:
   (its own uncached prefill the router adds), then decodes beside the engine's requests: each step they
   share costs it b/a per request and c/a per KV token held, over STEPS_SHARED steps.
 - `requests`: vLLM's 4 × waiting + running, this frontend's unacknowledged sends counted as waiting.
+Requests the engine holds back (a bounded priority class past its share, engine_worker/priority_hold.py)
+count as waiting only for a request of a bounded class: they never delay the others.
 """
 from collections import deque
 
@@ -72,10 +74,12 @@ class LoadView:
     def waiting(self) -> int:
         return self.report.waiting
 
-    def tokens(self) -> float:
+    def tokens(self, bounded: bool = False) -> float:
         report = self.report
-        return (report.prefill_tokens + DECODE_TOKENS * (report.waiting + report.running)
+        waiting = report.waiting + (report.held if bounded else 0)
+        return (report.prefill_tokens + DECODE_TOKENS * (waiting + report.running)
                 + KV_TOKENS * report.kv_tokens + self.unacknowledged_tokens)
 
-    def requests(self) -> int:
-        return 4 * (self.report.waiting + len(self.unacknowledged)) + self.report.running
+    def requests(self, bounded: bool = False) -> int:
+        waiting = self.report.waiting + (self.report.held if bounded else 0)
+        return 4 * (waiting + len(self.unacknowledged)) + self.report.running

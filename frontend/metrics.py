@@ -77,10 +77,19 @@ TENANT_TOKENS = Counter("llm_tenant_tokens", "Tokens of ended generations, by te
                         "cached: prompt tokens found in the prefix cache; output)", ["tenant", "kind"], registry=LOCAL)
 TENANT_TIMEOUTS = Counter("llm_tenant_request_timeouts", "Generations ended by their request timeout, by tenant and "
                           "stage", ["tenant", "stage"], registry=LOCAL)
+TENANT_IN_FLIGHT = Gauge("llm_tenant_requests_in_flight", "Generations sent to the engine and not yet ended, by "
+                         "tenant", ["tenant"], multiprocess_mode="livesum", registry=LOCAL)
 TENANT_TTFT = Histogram("llm_tenant_time_to_first_token_seconds", "From sending a generation to its first token",
                         ["tenant"], buckets=TTFT_BUCKETS, registry=LOCAL)
 TENANT_E2E = Histogram("llm_tenant_e2e_request_latency_seconds", "From sending a generation to its end, finished "
                        "ones only", ["tenant"], buckets=E2E_BUCKETS, registry=LOCAL)
+PRIORITY_IN_FLIGHT = Gauge("llm_priority_requests_in_flight", "Generations sent to the engine and not yet ended, "
+                           "by priority class", ["priority"], multiprocess_mode="livesum", registry=LOCAL)
+PRIORITY_QUEUED = Gauge("llm_priority_requests_queued", "Generations in flight that have no token yet (held back by "
+                        "the engine worker, waiting in vLLM, or in prefill), by priority class", ["priority"],
+                        multiprocess_mode="livesum", registry=LOCAL)
+PRIORITY_TTFT = Histogram("llm_priority_time_to_first_token_seconds", "From sending a generation to its first token, "
+                          "by priority class", ["priority"], buckets=TTFT_BUCKETS, registry=LOCAL)
 ROUTED = Counter("llm_engine_routed_requests", "Generations sent to each engine, by why the router chose it "
                  "(pinned, prefix, load, round_robin, vllm_dp)", ["model", "engine", "reason"], registry=LOCAL)
 CACHE_RESYNCS = Counter("llm_router_cache_resyncs", "Snapshots of an engine's prefix cache asked for because one "
@@ -118,8 +127,8 @@ def open_series(model: str) -> None:
 class GenerationMeter:
     """Times one generation of a model and counts its tokens; `end()` files it under how it ended."""
 
-    def __init__(self, model: str, prompt_tokens: int, tenant: str = ""):
-        self.model, self.tenant = model, tenant
+    def __init__(self, model: str, prompt_tokens: int, tenant: str = "", priority: str = ""):
+        self.model, self.tenant, self.priority = model, tenant, priority
         self.prompt_tokens = prompt_tokens
         self.cached_tokens = 0
         self.started = time.perf_counter()
@@ -130,6 +139,9 @@ class GenerationMeter:
         self.failure: BaseException | None = None
         IN_FLIGHT.labels(model).inc()
         QUEUED.labels(model).inc()
+        PRIORITY_IN_FLIGHT.labels(priority).inc()
+        PRIORITY_QUEUED.labels(priority).inc()
+        TENANT_IN_FLIGHT.labels(tenant).inc()
         PROMPT_TOKENS.labels(model).inc(prompt_tokens)
 
     def tokens_arrived(self, count: int) -> None:
@@ -140,15 +152,20 @@ class GenerationMeter:
             self.first_token_at = now
             TTFT.labels(self.model).observe(now - self.started)
             TENANT_TTFT.labels(self.tenant).observe(now - self.started)
+            PRIORITY_TTFT.labels(self.priority).observe(now - self.started)
             QUEUED.labels(self.model).dec()
+            PRIORITY_QUEUED.labels(self.priority).dec()
         self.last_token_at = now
         self.tokens += count
         GENERATION_TOKENS.labels(self.model).inc(count)
 
     def end(self) -> None:
         IN_FLIGHT.labels(self.model).dec()
+        PRIORITY_IN_FLIGHT.labels(self.priority).dec()
+        TENANT_IN_FLIGHT.labels(self.tenant).dec()
         if self.first_token_at is None:
             QUEUED.labels(self.model).dec()
+            PRIORITY_QUEUED.labels(self.priority).dec()
         if self.failure is not None:
             reason = failure_reason(self.failure)
             FAILED.labels(self.model, reason).inc()
@@ -172,10 +189,18 @@ class GenerationMeter:
             TPOT.labels(self.model).observe((self.last_token_at - self.first_token_at) / (self.tokens - 1))
 
 
+def open_priority_series(classes: list[str]) -> None:
+    for name in classes:
+        PRIORITY_IN_FLIGHT.labels(name)
+        PRIORITY_QUEUED.labels(name)
+        PRIORITY_TTFT.labels(name)
+
+
 def open_tenant_series(tenants: set[str]) -> None:
     """Each tenant's series exist from the start (and from the reload that brings it), at zero."""
     for tenant in tenants:
         TENANT_REQUESTS.labels(tenant)
+        TENANT_IN_FLIGHT.labels(tenant)
         for limit in ("max_concurrent", "requests_per_minute", "tokens_per_minute"):
             TENANT_LIMITED.labels(tenant, limit)
         for kind in ("prompt", "cached", "output"):
@@ -261,6 +286,8 @@ LOAD_VIEW_GAUGES = (
      "hits, as its last LoadReport gave them", lambda report: report.prefill_tokens),
     ("llm_engine_free_kv_blocks", "KV cache blocks no request holds, as the engine's last LoadReport gave them",
      lambda report: report.free_blocks),
+    ("llm_engine_held_requests", "Requests of a priority class past its max_share that the engine worker holds "
+     "back, as its last LoadReport gave them", lambda report: report.held),
 )
 
 

@@ -69,7 +69,7 @@ class Flight:
         """The ADD that goes on where the generated ids end (a pooling request: the same one again)."""
         if self.add.pooling is not None:
             return Add(self.engine_request_id, self.add.frontend_id, self.add.prompt_token_ids, {}, self.add.lora,
-                       pooling=self.add.pooling, tenant=self.add.tenant)
+                       pooling=self.add.pooling, tenant=self.add.tenant, priority=self.add.priority)
         generated = self.generated
         sampling = {**self.add.sampling, "max_tokens": self.remaining()}
         if sampling.get("min_tokens"):
@@ -78,4 +78,4 @@ class Flight:
             sampling.pop("prompt_logprobs", None)
         return Add(self.engine_request_id, self.add.frontend_id, self.add.prompt_token_ids + generated, sampling,
                    self.add.lora, len(generated), images=self.add.images, trace=self.add.trace,
-                   tenant=self.add.tenant)
+                   tenant=self.add.tenant, priority=self.add.priority)

@@ -78,9 +78,11 @@ class Router:
                          "vllm_dp": lambda: VllmDataParallel(engines, frontend_index, frontends)
                          }.get(config.policy, lambda: None)()
 
-    def pick(self, token_ids: list[int], engines: dict[int, Engine], image_keys: dict[int, int] | None = None) -> Route:
+    def pick(self, token_ids: list[int], engines: dict[int, Engine], image_keys: dict[int, int] | None = None,
+             bounded: bool = False) -> Route:
         """The engine for a prompt, among `engines` (those up that may take it); `image_keys`: its
-        images' content hashes at their placeholders, which the blocks holding them hash too."""
+        images' content hashes at their placeholders, which the blocks holding them hash too; `bounded`:
+        its priority class has a share of the engines' slots, so the requests they hold back count."""
         if self.balancer is not None:
             return Route(self.balancer.pick(engines), self.config.policy, len(token_ids))
         key = hash(tuple(token_ids))
@@ -88,7 +90,7 @@ class Router:
                   if self.config.policy == "prefix" else [])
         runs = {rank: self.run(rank, engine, blocks) for rank, engine in engines.items()}
         prefill = {rank: len(token_ids) - run * self.config.block_size for rank, run in runs.items()}
-        loads = {rank: self.load(engines[rank].load_view, prefill[rank]) for rank in engines}
+        loads = {rank: self.load(engines[rank].load_view, prefill[rank], bounded) for rank in engines}
         least = lowest(loads, key)
         if not blocks:
             return Route(least, "load", prefill[least])
@@ -102,10 +104,10 @@ class Router:
         self.remember(rank, blocks)
         return Route(rank, reason, prefill[rank])
 
-    def load(self, view: LoadView, prefill_tokens: int) -> float:
+    def load(self, view: LoadView, prefill_tokens: int, bounded: bool = False) -> float:
         if self.config.load_score == "requests":
-            return view.requests()
-        return view.tokens() + prefill_tokens
+            return view.requests(bounded)
+        return view.tokens(bounded) + prefill_tokens
 
     def keeps_prefix(self, holder: int, least: int, loads: dict[int, float]) -> bool:
         """Whether the engine holding the prompt's prefix takes it: while its load is within the window

@@ -18,7 +18,9 @@ import secrets
 import sys
 from dataclasses import dataclass
 
-from common.config import RESERVED_TENANTS, ServerConfig, TenantConfig, load_tenants
+import msgspec
+
+from common.config import RESERVED_TENANTS, PriorityConfig, ServerConfig, TenantConfig, load_tenants
 from frontend.metrics import open_tenant_series
 
 log = logging.getLogger(__name__)
@@ -38,17 +40,19 @@ class Tenant:
     requests_per_minute: int = 0
     tokens_per_minute: int = 0
     admin: bool = False
+    priority: int = 0  # its requests' priority class, by place in priority.classes (vLLM's priority)
 
     def may_use(self, model: str) -> bool:
         return not self.models or model in self.models
 
     @classmethod
-    def of(cls, config: TenantConfig) -> "Tenant":
+    def of(cls, config: TenantConfig, priority: PriorityConfig) -> "Tenant":
+        place = priority.rank(config.priority_class or priority.default_class, "priority_class")
         return cls(config.name, frozenset(config.models), config.max_tokens, config.max_concurrent,
-                   config.request_timeout_s, config.requests_per_minute, config.tokens_per_minute)
+                   config.request_timeout_s, config.requests_per_minute, config.tokens_per_minute, priority=place)
 
 
-ANONYMOUS = Tenant(DEFAULT)
+ANONYMOUS = Tenant(DEFAULT)  # its priority is the default class's: Tenants.anonymous
 
 
 def key_hash(key: str | bytes) -> str:
@@ -57,12 +61,17 @@ def key_hash(key: str | bytes) -> str:
 
 def keyring(server: ServerConfig, api_key: str, admin_api_key: str) -> dict[str, Tenant]:
     """Every key's digest and the tenant it opens (ValueError: the tenants configured are wrong)."""
-    ring = {digest: Tenant.of(config) for config in load_tenants(server) for digest in config.api_key_hashes}
+    ring = {digest: Tenant.of(config, server.priority)
+            for config in load_tenants(server) for digest in config.api_key_hashes}
     if api_key:
-        ring[key_hash(api_key)] = Tenant(DEFAULT)
+        ring[key_hash(api_key)] = default_tenant(server)
     if admin_api_key:
         ring[key_hash(admin_api_key)] = Tenant(ADMIN, admin=True)
     return ring
+
+
+def default_tenant(server: ServerConfig) -> Tenant:
+    return Tenant(DEFAULT, priority=server.priority.rank(server.priority.default_class, "priority.default_class"))
 
 
 class Tenants:
@@ -70,7 +79,9 @@ class Tenants:
 
     def __init__(self, server: ServerConfig, api_key: str = "", admin_api_key: str = ""):
         self.api_key, self.admin_api_key = api_key, admin_api_key
+        self.priority = server.priority  # the classes as at start: a reload changes tenants only
         self.ring = keyring(server, api_key, admin_api_key)
+        self.anonymous = default_tenant(server)  # every request's while no key is needed
         self.open: dict[str, int] = {}
         open_tenant_series(self.names())
 
@@ -82,8 +93,10 @@ class Tenants:
     def reload(self, server: ServerConfig) -> None:
         """Take `server`'s tenants in place of the current ones; requests already admitted go on as
         their tenant was. A configuration that does not load changes nothing."""
+        server = msgspec.structs.replace(server, priority=self.priority)
         try:
             self.ring = keyring(server, self.api_key, self.admin_api_key)
+            self.anonymous = default_tenant(server)
         except ValueError as error:
             log.error("tenants not reloaded, the ones before stay: %s", error)
             return
@@ -112,6 +125,11 @@ _tenant: contextvars.ContextVar[Tenant] = contextvars.ContextVar("tenant", defau
 
 def current_tenant() -> Tenant:
     return _tenant.get()
+
+
+def set_current_tenant(tenant: Tenant) -> None:
+    """For the rest of the request (tenant_scope ends it): what its body asked changed its tenant's terms."""
+    _tenant.set(tenant)
 
 
 @contextlib.contextmanager

@@ -29,6 +29,8 @@ from tests.engine_budget import pytest_sessionfinish, pytest_terminal_summary  #
 OUTPUT_DIR = ROOT / "test-output"
 ENGINE_ARGS = {
     "max_model_len": 8192, "max_num_seqs": 64, "enforce_eager": True,
+    # Priority classes reach vLLM's scheduler (equal priorities are served first come, first served).
+    "scheduling_policy": "priority",
     # As conf/inference.yml: grammar-made JSON without whitespace padding.
     "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
 }
@@ -216,9 +218,15 @@ def running_service(name: str, **deployment_args):
         deployment.close()
 
 
+# The batch class may hold 2 of the engine's 64 slots (tests/test_priority_e2e.py): on a 2-core CPU each
+# decoding request lengthens every step, so a larger share of batch work slows interactive steps by itself.
+BATCH_SHARE = 2 / 64
+PRIORITY = {"classes": [{"name": "interactive"}, {"name": "standard"}, {"name": "batch", "max_share": BATCH_SHARE}]}
+
+
 @pytest.fixture(scope="session")
 def service(model_dir):
-    with running_service("service") as deployment:
+    with running_service("service", server={"priority": PRIORITY}) as deployment:
         yield deployment
 
 

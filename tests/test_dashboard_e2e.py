@@ -103,6 +103,13 @@ def badges(browser, what: str = "dataset.state") -> list[str]:
     return browser.execute_script(f"return [...document.querySelectorAll('#engines .pill')].map((b) => b.{what});")
 
 
+def tenant_cells(browser) -> dict[str, list[str]]:
+    """The tenant table's cells after the tenant's name, by tenant, read in one go."""
+    rows = browser.execute_script("return [...document.querySelectorAll('#tenants tbody tr')]"
+                                  ".map((row) => [...row.cells].map((cell) => cell.textContent));")
+    return {row[0]: row[1:] for row in rows}
+
+
 def stats(url: str, **params) -> dict | None:
     try:
         response = httpx.get(url + "/stats", params=params, timeout=10)
@@ -185,6 +192,12 @@ def test_charts_fill_under_load_and_a_page_opened_later_shows_the_load_from_hist
             wait_for(lambda: (latest(browser, chart, series) or 0) > 0, 180, 0.5, f"{chart} {series} on the chart")
         time.sleep(10)  # a stretch of load on every chart, for the screenshot and the history
         assert badges(browser) == ["up"]
+        # Without keys every request is the tenant "default"'s: its row fills in under the load.
+        wait_for(lambda: tenant_cells(browser).get("default", [""])[1] not in ("", "0"), 30, 0.5,
+                 "the tenant's tokens this minute")
+        row = tenant_cells(browser)["default"]
+        assert int(row[3].replace(",", "")) > 0 and row[7].endswith(" ms")  # requests, TTFT p50
+        assert [row[4], row[5]] == ["0", "0"]  # no 429, no timeout
         browser.find_element(By.CSS_SELECTOR, '#ranges [data-range="300"]').click()  # the last 5 minutes
         OUTPUT_DIR.mkdir(exist_ok=True)
         browser.save_screenshot(str(OUTPUT_DIR / "dashboard.png"))

@@ -27,7 +27,8 @@ class SimulatedRequests:
         if not sampling.ignore_eos:  # as vLLM adds the generation config's other EOS ids to stop_token_ids
             sampling.stop_token_ids |= self.vocabulary.stop_ids - {self.vocabulary.eos_token_id}
         prompt = list(message.prompt_token_ids)  # the request's own: its generated tokens are appended to it
-        return Admitted(message, Prompt(prompt, extend_block_hashes([], prompt, self.shape.block_size)), sampling)
+        hashes = extend_block_hashes([], prompt, self.shape.block_size)
+        return Admitted(message, Prompt(prompt, hashes, message.priority), sampling)
 
     def check_sampling(self, sampling: Sampling) -> None:
         if sampling.structured_outputs is not None:

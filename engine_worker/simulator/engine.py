@@ -85,7 +85,7 @@ class SimulatedEngine:
         self.kv = KVCacheManager(shape.num_gpu_blocks, shape.block_size, shape.enable_prefix_caching,
                                  report_kv_events)
         self.scheduler = Scheduler(self.kv, shape.max_num_seqs, shape.max_num_batched_tokens,
-                                   shape.enable_chunked_prefill)
+                                   shape.enable_chunked_prefill, shape.scheduling_policy == "priority")
         self.sampler = TokenSampler(vocabulary, eos_probability)
         self.rng = random.Random(seed)
         self.model_config = SimpleNamespace(max_model_len=shape.max_model_len)
@@ -95,7 +95,8 @@ class SimulatedEngine:
                                          enable_prefix_caching=shape.enable_prefix_caching),
             scheduler_config=SimpleNamespace(max_num_seqs=shape.max_num_seqs,
                                              max_num_batched_tokens=shape.max_num_batched_tokens,
-                                             enable_chunked_prefill=shape.enable_chunked_prefill),
+                                             enable_chunked_prefill=shape.enable_chunked_prefill,
+                                             policy=shape.scheduling_policy),
         )
         self.stat_loggers = [make(self.vllm_config, 0) for make in stat_loggers]
         self.kv_events: queue.Queue = queue.Queue()  # each step's events, when reported, for the relay

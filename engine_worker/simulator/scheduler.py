@@ -1,5 +1,5 @@
 """The simulated engine's scheduler: what one step computes, decided as vLLM v1's Scheduler decides it
-under its first-come-first-served policy.
+under its first-come-first-served policy, or under `scheduling_policy: priority` (below).
 
 Each step has a budget of `max_num_batched_tokens`. Running requests come first, in the order they
 started: each gets the tokens it still needs (one to decode, or the rest of its prompt) within the
@@ -9,7 +9,12 @@ had generated), until the request fits or was itself the one preempted. Then, un
 preempted in this step, waiting requests in order, while fewer than `max_num_seqs` run: each looks up
 its prompt's cached prefix, and is admitted with as much of the rest as the budget leaves (chunked
 prefill; without it a prompt that does not fit whole waits) if its blocks can be had.
+Under the priority policy the waiting queue is ordered by (priority, arrival), a preempted request
+goes back to its place in that order, and the request preempted is the running one of the worst
+(priority, arrival) not yet given tokens in the step, as vLLM's PriorityRequestQueue and its preemption
+do (vLLM may also take back one given tokens earlier in the step).
 """
+import itertools
 import random
 from collections import deque
 from typing import NamedTuple
@@ -29,10 +34,12 @@ def extend_block_hashes(hashes: list[int], token_ids: list[int], block_size: int
 
 
 class Prompt(NamedTuple):
-    """A prompt's token ids and its full blocks' hashes (computed at admission, off the step thread)."""
+    """A prompt's token ids and its full blocks' hashes (computed at admission, off the step thread), and
+    its request's priority (vLLM's: lower first)."""
 
     token_ids: list[int]
     block_hashes: list[int]
+    priority: int = 0
 
 
 class Request:
@@ -47,6 +54,13 @@ class Request:
         self.num_computed_tokens = 0
         self.num_preemptions = 0
         self.status = WAITING
+        self.priority = prompt.priority
+        self.arrival = 0  # the order the scheduler took it in
+
+    @property
+    def rank(self) -> tuple[int, int]:
+        """Its place under the priority policy: the lowest is scheduled first and preempted last."""
+        return self.priority, self.arrival
 
     @property
     def num_tokens(self) -> int:
@@ -74,7 +88,7 @@ class Chunk(NamedTuple):
 
 class Scheduler:
     def __init__(self, kv: KVCacheManager, max_num_seqs: int, max_num_batched_tokens: int,
-                 enable_chunked_prefill: bool = True):
+                 enable_chunked_prefill: bool = True, by_priority: bool = False):
         self.kv = kv
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
@@ -82,10 +96,24 @@ class Scheduler:
         self.requests: dict[str, Request] = {}
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
+        self.by_priority = by_priority
+        self.arrivals = itertools.count()
 
     def add(self, request: Request) -> None:
         self.requests[request.request_id] = request
-        self.waiting.append(request)
+        request.arrival = next(self.arrivals)
+        self.wait(request, at_front=False)
+
+    def wait(self, request: Request, at_front: bool) -> None:
+        """Into the waiting queue: at its place by rank under the priority policy, else at the back (a new
+        request) or the front (a preempted one)."""
+        if self.by_priority:
+            self.waiting.insert(next((i for i, r in enumerate(self.waiting) if r.rank > request.rank),
+                                     len(self.waiting)), request)
+        elif at_front:
+            self.waiting.appendleft(request)
+        else:
+            self.waiting.append(request)
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.requests)
@@ -129,7 +157,10 @@ class Scheduler:
         they fit. Returns (whether it fits, whether any request was preempted)."""
         preempted = False
         while not self.kv.allocate(request, num_new):
-            victim = self.running.pop()
+            # Under the priority policy, the worst of those not yet given tokens in this step.
+            unscheduled = self.running[self.running.index(request):]
+            victim = max(unscheduled, key=lambda r: r.rank) if self.by_priority else self.running[-1]
+            self.running.remove(victim)
             self.preempt(victim)
             preempted = True
             if victim is request:
@@ -149,7 +180,7 @@ class Scheduler:
         request.status = PREEMPTED
         request.num_computed_tokens = 0
         request.num_preemptions += 1
-        self.waiting.appendleft(request)
+        self.wait(request, at_front=True)
 
     def finish(self, request_id: str) -> bool:
         """Drop a request, finished or aborted, and free its blocks; False for an unknown id."""

@@ -1,7 +1,7 @@
 """The engine arguments that shape a simulated engine, each from inference.yml's `engine_args` when it
 gives it, else from the engine arguments its step-time profile was measured under (so a simulated
 engine has the measured engine's KV cache), else a default of the simulator's own."""
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -16,6 +16,7 @@ DEFAULTS = {
     "enable_prefix_caching": True,
     "enable_chunked_prefill": True,
     "max_logprobs": 20,
+    "scheduling_policy": "fcfs",
 }
 # inference.yml names the KV cache size as vLLM's override; a profile records the size vLLM found.
 CONFIG_NAMES = {"num_gpu_blocks": "num_gpu_blocks_override"}
@@ -32,6 +33,7 @@ class EngineShape(msgspec.Struct, frozen=True):
     enable_prefix_caching: bool
     enable_chunked_prefill: bool
     max_logprobs: int
+    scheduling_policy: Literal["fcfs", "priority"] = "fcfs"
 
 
 def engine_shape(engine_args: dict[str, Any], measured_under: dict[str, Any],

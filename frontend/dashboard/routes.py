@@ -8,6 +8,8 @@ can answer a page, whichever one nginx picks:
   engine's state, and the newest chart point: a few kilobytes, polled by the page every second;
 - `GET /stats?history=1`: the same, plus the last 15 minutes of chart points (asked once, when
   the page opens).
+Its `tenants` rows: each tenant's totals from the llm_tenant_* series, and its use of the fleet in this
+minute of the wall clock beside its quotas, as the engines report it (frontend/quotas.py).
 """
 import asyncio
 import time
@@ -20,8 +22,9 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from frontend.dashboard.engine_state import EngineStateWatch, SupervisorPrograms, engine_entries, engine_views
-from frontend.dashboard.history import SAMPLE_INTERVAL_S, Buckets, History, Snapshot, every
+from frontend.dashboard.history import SAMPLE_INTERVAL_S, Buckets, History, Snapshot, every, quantile, rounded
 from frontend.metrics import ServiceMetrics
+from frontend.quotas import counted_tokens, current_minute, fleet_use
 
 PAGE_DIR = Path(__file__).resolve().parent / "page"
 HISTOGRAMS = {
@@ -41,8 +44,9 @@ COUNTERS = {
 class Dashboard:
     """One frontend's dashboard figures: its history, and each engine's state."""
 
-    def __init__(self, state):
+    def __init__(self, state, tenants=None):
         self.state = state
+        self.tenants = tenants  # frontend/tenants.py's Tenants: whose rows the tenant table has
         self.history = History()
         self.programs = SupervisorPrograms(state.server.path(state.server.run_dir))
         self.watches: dict[tuple[str, int], EngineStateWatch] = {}
@@ -89,11 +93,32 @@ class Dashboard:
             },
             "tokens": {"prompt": total["llm_prompt_tokens_total"], "generated": total["llm_generation_tokens_total"]},
             "latency": {key: buckets(samples, name)._asdict() for key, name in HISTOGRAMS.items()},
+            "tenants": self.tenant_rows(samples, time.time()),
             "point": self.history.latest,
         }
         if with_history:
             body["history"] = list(self.history.points)
         return body
+
+    def tenant_rows(self, samples: list, now: float) -> list[dict]:
+        """Per tenant: requests, 429s, timeouts, generations in flight and TTFT p50 since the frontends
+        started, and what it used in this minute over the whole fleet against its quotas (0: none)."""
+        if self.tenants is None:
+            return []
+        figures, ttft = defaultdict(lambda: defaultdict(float)), defaultdict(lambda: defaultdict(float))
+        for sample in samples:
+            if (tenant := sample.labels.get("tenant")) is None:
+                continue
+            if sample.name == "llm_tenant_time_to_first_token_seconds_bucket":
+                ttft[tenant][float(sample.labels["le"])] += sample.value
+            else:
+                figures[tenant][sample.name] += sample.value
+        limits = {tenant.name: tenant for tenant in self.tenants.ring.values()} | {
+            self.tenants.anonymous.name: self.tenants.anonymous}
+        reports, minute = self.state.load_reports(), current_minute(now)
+        weight = self.state.server.cached_token_weight
+        return [tenant_row(name, figures[name], ttft[name], limits.get(name), fleet_use(reports, name, minute),
+                           weight) for name in sorted(self.tenants.names())]
 
 
 async def dashboard_page(request: Request) -> Response:
@@ -115,6 +140,23 @@ def dashboard_routes() -> list:
         Route("/stats", stats_endpoint),
         Mount("/dashboard", StaticFiles(directory=PAGE_DIR), name="dashboard"),
     ]
+
+
+def tenant_row(name: str, figures: dict, ttft: dict, tenant, use, cached_token_weight: float) -> dict:
+    bounds = sorted(ttft)
+    p50 = quantile(0.5, bounds[:-1], [ttft[bound] for bound in bounds])
+    return {
+        "name": name,
+        "requests": figures.get("llm_tenant_requests_total", 0.0),
+        "rate_limited": figures.get("llm_tenant_rate_limited_total", 0.0),
+        "timeouts": figures.get("llm_tenant_request_timeouts_total", 0.0),
+        "in_flight": figures.get("llm_tenant_requests_in_flight", 0.0),
+        "ttft_p50_ms": None if p50 is None else rounded(p50 * 1000),
+        "minute": {"requests": use.requests, "prompt_tokens": use.prompt_tokens, "cached_tokens": use.cached_tokens,
+                   "output_tokens": use.output_tokens, "tokens": counted_tokens(use, cached_token_weight)},
+        "quota": {"requests_per_minute": tenant.requests_per_minute if tenant else 0,
+                  "tokens_per_minute": tenant.tokens_per_minute if tenant else 0},
+    }
 
 
 def collect(clients) -> list:

@@ -18,6 +18,7 @@ from frontend.openai.protocol import (
 )
 from frontend.openai.sampling import choice_specs, requested_grammar, sampling_kwargs
 from frontend.openai.sse import Chunks, event
+from frontend.priorities import ask_priority
 from frontend.request_bounds import check_content_blocks, check_count, check_generations, check_sampling
 from frontend.run.answer import Answer, respond
 from frontend.run.choices import Choice, Update, chat_choices
@@ -105,6 +106,7 @@ async def chat_completions_endpoint(request: Request) -> Response:
     pool, model = state.pool_for(body.model)
     tokenizer, limits = pool.tokenizer, state.server.limits
     check_bounds(body, limits, tokenizer.vocab_size)
+    ask_priority(body.priority, state.server.priority)
     constrained = bool(body.tools) or body.response_format is not None or body.structured_outputs is not None
     plan = await off_the_loop_if(constrained, tool_plan, body, state.server.tool_parser, limits.max_schema_depth)
     prompt_ids, images = await chat_prompt(pool, as_chat(body), state.server, body.n)

@@ -17,6 +17,7 @@ from frontend.openai.protocol import (
 )
 from frontend.openai.sampling import choice_specs, requested_grammar, sampling_kwargs
 from frontend.openai.sse import Chunks, event
+from frontend.priorities import ask_priority
 from frontend.request_bounds import check_generations, check_sampling, check_token_ids
 from frontend.run.answer import Answer, respond
 from frontend.run.choices import Choice, Update
@@ -149,6 +150,7 @@ async def completions_endpoint(request: Request) -> Response:
     tokenizer, limits = pool.tokenizer, state.server.limits
     check_generations(prompt_count(body.prompt), body.n, limits)
     check_sampling(body, limits, tokenizer.vocab_size, body.n)
+    ask_priority(body.priority, state.server.priority)
     prompts = await prompts_of(tokenizer, body)
     constrained = body.response_format is not None or body.structured_outputs is not None
     grammar = await off_the_loop_if(constrained, requested_grammar, body, limits.max_schema_depth)

@@ -78,6 +78,8 @@ class SamplingRequest(msgspec.Struct, kw_only=True):
     bad_words: list[str] | None = None
     allowed_token_ids: list[TokenId] | None = None
     structured_outputs: StructuredOutputs | None = None
+    # vLLM's: the request's priority class, by its place in priority.classes (frontend/priorities.py)
+    priority: int | None = None
 
 
 class CompletionRequest(SamplingRequest, kw_only=True):

@@ -28,6 +28,7 @@ from frontend.openai.protocol import (
     Chat, ChatMessage, FunctionCall, FunctionDefinition, MessageToolCall, SamplingRequest, Tool,
 )
 from frontend.openai.sampling import choice_specs, requested_grammar, sampling_kwargs
+from frontend.priorities import ask_priority
 from frontend.request_bounds import check_content_blocks, check_count, check_generations, check_sampling
 from frontend.run.answer import Answer, respond
 from frontend.run.choices import chat_choices
@@ -552,6 +553,7 @@ async def responses_endpoint(request: Request) -> Response:
     with responses_fields():
         check_request(body)
         check_bounds(body, limits, tokenizer.vocab_size)
+        ask_priority(body.priority, state.server.priority)
         chat = as_chat(body)
         constrained = bool(body.tools) or body.text is not None or body.structured_outputs is not None
         plan = await off_the_loop_if(constrained, tool_plan, body, state.server.tool_parser, limits.max_schema_depth)

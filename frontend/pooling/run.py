@@ -36,7 +36,8 @@ async def pool_one(pool: Pool, prompt: list[int], pooling: dict) -> np.ndarray:
     client = pool.client
     # Nothing may raise between taking the slot and the `try` that gives it back.
     queue = client.add(request_id, prompt, {}, pooling)
-    meter = GenerationMeter(client.model, len(prompt), current_tenant().name)
+    tenant = current_tenant()
+    meter = GenerationMeter(client.model, len(prompt), tenant.name, client.classes[tenant.priority])
     finished = False
     try:
         delta = await queue.get()

@@ -57,7 +57,8 @@ async def generate(client: EngineClient, tokenizer, spec: GenerationSpec):
             trace.end(None, 0, error)
         raise
     # The slot is taken: nothing may raise before the `try` that gives it back.
-    meter = GenerationMeter(client.model, len(spec.prompt_token_ids), current_tenant().name)
+    tenant = current_tenant()
+    meter = GenerationMeter(client.model, len(spec.prompt_token_ids), tenant.name, client.classes[tenant.priority])
     finished = False
     try:
         while not finished:

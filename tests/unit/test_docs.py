@@ -133,7 +133,7 @@ def stated_default(cell: str):
 def same(stated, code) -> bool:
     if isinstance(stated, bool) or isinstance(code, bool):
         return type(stated) is type(code) and stated == code
-    return stated == code
+    return stated == msgspec.to_builtins(code)  # a default list of records is stated as YAML mappings
 
 
 def key_tables(page: Path):

@@ -21,6 +21,7 @@ class FakeEngineClient:
     """Hands each request the queue the test prepared for it."""
 
     model = "m"
+    classes = ["interactive", "standard", "batch"]
 
     def __init__(self, queues: dict[str, asyncio.Queue]):
         self.queues = list(queues.values())

@@ -66,6 +66,11 @@ HOSTILE = [
     ("chat: seed below int64", CHAT_ROUTE, {"messages": CHAT, "seed": -(2**63) - 1}, "seed"),
     ("chat: logit_bias key 10**23", CHAT_ROUTE, {"messages": CHAT, "logit_bias": {str(10**23): 1}}, "logit_bias"),
     ("chat: top_k 2**64", CHAT_ROUTE, {"messages": CHAT, "top_k": 2**64}, "top_k"),
+    ("completions: priority 1e308", CMPL, {"prompt": "hi", "priority": 1e308}, "priority"),
+    ("completions: priority -1", CMPL, {"prompt": "hi", "priority": -1}, "priority"),
+    ("chat: priority 2**64", CHAT_ROUTE, {"messages": CHAT, "priority": 2**64}, "priority"),
+    ("chat: priority a 10 KB class name", CHAT_ROUTE, {"messages": CHAT, "priority": "b" * 10_000}, "priority"),
+    ("completions: priority NaN (not JSON)", CMPL, '{"prompt": "hi", "priority": NaN}', "body"),
     # 2: token ids
     ("generate: stop_token_ids 2**64", GEN, {"prompt": "hi", "stop_token_ids": [2**64]}, "stop_token_ids"),
     ("generate: allowed_token_ids 2**64", GEN, {"prompt": "hi", "allowed_token_ids": [2**64]}, "allowed_token_ids"),

@@ -235,3 +235,16 @@ def test_data_parallel_size_is_ours_not_vllms():
     assert inference.data_parallel_size == 2
     assert inference.vllm_engine_args() == {"tensor_parallel_size": 2, "max_num_seqs": 8}
     assert inference.gpus_of(1, all_gpus=4) == "2,3"
+
+
+@pytest.mark.parametrize("load_score", ["tokens", "requests"])
+def test_requests_an_engine_holds_back_count_only_for_a_request_of_a_bounded_class(load_score):
+    """Engine 0 runs 4 requests and holds back 40 of the batch class past its share; engine 1 runs 8. An
+    interactive request goes by vLLM's figures alone (the held ones never delay it): engine 0; a batch
+    request queues behind the held ones: engine 1."""
+    policy, engines = router(load_score=load_score, policy="load"), fleet()
+    seq = engines[0].load_view.report.seq + 1
+    engines[0].load_view.on_report(LoadReport("e", seq, 0, 4, 0, 0, 0, {}, held=40), FRONTEND)
+    report(engines[1], running=8)
+    assert policy.pick(prompt(1, 64), engines).rank == 0
+    assert policy.pick(prompt(1, 64), engines, bounded=True).rank == 1

@@ -317,3 +317,37 @@ def test_the_step_loop_runs_a_simulated_engine_and_its_failure_ends_every_reques
     last = loop.publisher.deltas("host-0~aa")[-1]
     assert (last.request_id, last.finish_reason) == ("r3", "abort") and "simulated fault" in last.error
     assert (None, Goodbye("engine-1", failed=True)) in loop.publisher.sent
+
+
+def test_under_the_priority_policy_the_waiting_queue_goes_by_priority_then_arrival():
+    """One slot: the batch request running first, then the interactive one that came last, then the
+    other batch requests in the order they came (vLLM's priority scheduling); first come, first served
+    without the policy."""
+    for policy, expected in (("priority", ["b0", "i0", "b1", "b2"]), ("fcfs", ["b0", "b1", "b2", "i0"])):
+        simulated = engine(max_num_seqs=1, scheduling_policy=policy)
+        for request_id, priority in (("b0", 2), ("b1", 2), ("b2", 2), ("i0", 0)):
+            admitted = SimulatedRequests(simulated)(Add(request_id, "fe~1", [5, 6, 7], {"max_tokens": 2},
+                                                        priority=priority), 0.0)
+            simulated.add_request(request_id, admitted.prompt, admitted.params)
+            if request_id == "b0":
+                simulated.step()  # b0 takes the slot
+        order = []
+        while simulated.has_unfinished_requests():
+            order += [output.request_id for output in simulated.step() if output.finished]
+        assert order == expected, policy
+
+
+def test_under_the_priority_policy_kv_exhaustion_preempts_the_worst_class():
+    """Blocks for two requests' prompts but not their growth: the batch request is preempted, whichever
+    came first."""
+    simulated = engine(num_gpu_blocks=5, block_size=4, scheduling_policy="priority")
+    for request_id, priority in (("batch", 2), ("chat", 0)):
+        admitted = SimulatedRequests(simulated)(Add(request_id, "fe~1", list(range(5, 13)),
+                                                    {"max_tokens": 8, "ignore_eos": True}, priority=priority), 0.0)
+        simulated.add_request(request_id, admitted.prompt, admitted.params)
+    while simulated.has_unfinished_requests():
+        simulated.step()
+        if any(r.num_preemptions for r in simulated.scheduler.requests.values()):
+            break
+    preempted = {r.request_id for r in simulated.scheduler.requests.values() if r.num_preemptions}
+    assert preempted == {"batch"}

@@ -126,8 +126,44 @@ function showEngines(engines) {
   }));
 }
 
+function formatCount(value) {
+  return Math.round(value).toLocaleString("en-US");
+}
+
+// "used / quota", or what was used alone when the tenant has no such quota.
+function against(used, quota) {
+  return quota ? `${formatCount(used)} / ${formatCount(quota)}` : formatCount(used);
+}
+
+// One row per tenant, its cells in the header's order.
+function showTenants(tenants) {
+  document.querySelector("#tenants tbody").replaceChildren(...tenants.map((tenant) => {
+    const row = document.createElement("tr");
+    row.dataset.tenant = tenant.name;
+    const { minute, quota } = tenant;
+    const cells = [
+      tenant.name,
+      against(minute.requests, quota.requests_per_minute),
+      against(minute.tokens, quota.tokens_per_minute),
+      `${formatCount(minute.prompt_tokens)} / ${formatCount(minute.cached_tokens)} / ${formatCount(minute.output_tokens)}`,
+      formatCount(tenant.requests),
+      formatCount(tenant.rate_limited),
+      formatCount(tenant.timeouts),
+      formatCount(tenant.in_flight),
+      tenant.ttft_p50_ms === null ? "–" : `${formatNumber(tenant.ttft_p50_ms)} ms`,
+    ];
+    row.replaceChildren(...cells.map((text) => {
+      const cell = document.createElement("td");
+      cell.textContent = text;
+      return cell;
+    }));
+    return row;
+  }));
+}
+
 function show(stats) {
   showEngines(stats.engines);
+  showTenants(stats.tenants);
   setText("model", stats.model || "");
   setText("updated", `updated ${new Date(stats.time * 1000).toLocaleTimeString()}`);
   showTiles(stats);
