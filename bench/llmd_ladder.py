@@ -6,7 +6,7 @@ a Poisson ladder of request rates up to past saturation, for each router policy 
         oracle --profile bench/profiles/h200-llama-3-8b.json --repeats 3 --out bench/results/llmd-ladder
 
 Each run starts the fleet afresh (empty caches), sends a warm-up stage and then the ladder's stages back
-to back, as llm-d's runs do, and cuts what still runs DRAIN_S after the last stage. Each stage is measured
+to back, as llm-d's runs do, and cuts what still runs --drain-s after the last stage. Each stage is measured
 by itself: output tokens the engines generated during it, TTFT of the requests that arrived in it (a
 request cut off before its first token counts with the time it had waited: its TTFT is at least that, and
 the stage's percentile then reads as a lower bound, marked >=), prefix-cache hits during it, and the time
@@ -32,7 +32,6 @@ from bench.sim_fleet import (
 )
 
 GROUPS, USERS, SYSTEM_LEN, QUESTION_LEN, OUTPUT_LEN = 150, 5, 6000, 1200, 1000
-DRAIN_S = 30.0  # simulated seconds past the last stage before what still runs is cut off
 ENGINE_ARGS = {"max_model_len": SYSTEM_LEN + QUESTION_LEN + OUTPUT_LEN + 248}  # 8,448: room for the shape
 
 
@@ -97,11 +96,12 @@ def quantile(values: list[float], q: float) -> float | None:
 
 
 def run_once(spec: FleetSpec, stages: list[Stage], prompts: SharedPrefixPrompts, seed: int, out: Path,
-             port: int) -> dict:
+             port: int, drain_s: float) -> dict:
     times, bounds = arrivals(stages, seed)
+    prompts.rng.seed(seed)  # every policy of one repeat draws the same prompts at the same times
     sessions = prompts.requests(times, OUTPUT_LEN)
     with FleetRun(spec, out, port) as run:
-        summary = run.send(sessions, cut_at_s=bounds[-1] + DRAIN_S, scrape_at_s=tuple(bounds[1:]))
+        summary = run.send(sessions, cut_at_s=bounds[-1] + drain_s, scrape_at_s=tuple(bounds[1:]))
     rows = stage_figures(summary, stages, bounds, spec)
     return {"policy": spec.policy, "engines": spec.engines, "time_scale": spec.time_scale,
             "host_kept_up": summary["host_kept_up"], "host_verdict": summary["host_verdict"],
@@ -197,6 +197,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--stage-s", type=float, default=20.0, help="simulated seconds of each stage")
     parser.add_argument("--warm-up", type=float, nargs=2, default=[1.0, 20.0], metavar=("RATE", "SECONDS"),
                         help="the warm-up stage: rate per engine, simulated seconds")
+    parser.add_argument("--drain-s", type=float, default=30.0,
+                        help="simulated seconds past the last stage before what still runs is cut off")
     parser.add_argument("--time-scale", type=float, nargs="+", default=[1.5],
                         help="time_scale per engine: one value for every fleet (x engines), or one per --engines")
     parser.add_argument("--frontends", type=int, default=2)
@@ -229,7 +231,8 @@ def main(argv=None) -> None:
                                  time_scale=time_scale(args, index), engine_args=ENGINE_ARGS)
                 started = time.monotonic()
                 try:
-                    run = run_once(spec, stages, prompts, repeat, out / f"{engines}-{policy}-r{repeat}", args.port)
+                    run = run_once(spec, stages, prompts, repeat, out / f"{engines}-{policy.replace('/', '-')}-r{repeat}",
+                                   args.port, args.drain_s)
                 except RuntimeError as error:  # a policy this build has not got refuses to start
                     run = {"policy": policy, "engines": engines, "error": str(error)}
                 run.update(repeat=repeat, wall_s=round(time.monotonic() - started))

@@ -19,7 +19,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from bench.fleet_client import Session, Turn
@@ -286,7 +286,8 @@ def timed(scenario, *args) -> Verdict:
 
 
 def report(verdicts: list[Verdict], args) -> str:
-    lines = [f"Routing suite, {args.scale} scale, router policy {args.policy}, profile {args.profile}", "",
+    scales = f", time_scale {args.time_scale[0]:g} ((g): {args.time_scale[1]:g})" if args.time_scale else ""
+    lines = [f"Routing suite, {args.scale} scale, router policy {args.policy}, profile {args.profile}{scales}", "",
              "| scenario | pass line | result | measured | host |", "|---|---|---|---|---|"]
     for verdict in verdicts:
         host = kept_up(*verdict.runs) or "kept time"
@@ -301,13 +302,17 @@ def main(argv=None) -> int:
     parser.add_argument("--policy", default="prefix", help="server.yml's router, as FleetSpec.policy")
     parser.add_argument("--profile", default=FIXTURE_PROFILE, help="the step-time profile of every engine")
     parser.add_argument("--only", default="abcdefg", help="the scenarios to run, e.g. acg")
+    parser.add_argument("--time-scale", type=float, nargs=2, metavar=("FLEET", "SCALE"),
+                        help="time_scale of (a) to (f)'s fleet and of (g)'s, over the scale's own (a busy host)")
     parser.add_argument("--out", default="bench/results/routing-suite")
     parser.add_argument("--port", type=int, default=7380, help="nginx's; the frontends take the next ports")
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    verdicts = run_suite(FULL if args.scale == "full" else SMALL, args.policy, args.profile, args.only, out,
-                         args.port)
+    size = FULL if args.scale == "full" else SMALL
+    if args.time_scale:
+        size = replace(size, time_scale=args.time_scale[0], scale_time_scale=args.time_scale[1])
+    verdicts = run_suite(size, args.policy, args.profile, args.only, out, args.port)
     (out / "suite.json").write_text(json.dumps([asdict(verdict) for verdict in verdicts], indent=1, default=str))
     (out / "suite.md").write_text(report(verdicts, args))
     print(report(verdicts, args))

@@ -89,7 +89,7 @@ def engine_arg(spec: FleetSpec, name: str, default):
 
 def make_oracle(spec: FleetSpec, service: OurService) -> Oracle:
     server = msgspec.convert(service.server_config, ServerConfig)
-    outputs = [output for _, output in server.engine_addresses(spec.engines)]
+    outputs = [server.local_output_address(rank) for rank in range(spec.engines)]
     return Oracle(outputs, server.router.block_size, engine_arg(spec, "max_num_seqs", 256))
 
 

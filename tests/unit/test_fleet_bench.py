@@ -12,7 +12,7 @@ from bench.fleet_client import CUT, Outcome
 from bench.fleet_workloads import PromptMaker, SharedPrefixPrompts, poisson_times
 from bench.oracle import Oracle
 from bench.routing_suite import ideal_hit_rate
-from bench.sim_fleet import FleetSpec, difference, engine_figures, host_verdict, spread
+from bench.sim_fleet import FleetSpec, difference, engine_figures, fleet_service, host_verdict, make_oracle, spread
 from common.blocks import block_hashes
 from common.messages import BROADCAST_TOPIC, CachedBlocks, EngineLoad, Goodbye, Heartbeat, encode
 
@@ -95,6 +95,14 @@ def test_the_oracle_counts_prefill_until_the_first_token_and_forgets_what_ended(
     assert placer.queued_prefill[first] == 0
     placer.ended(first, prompt, SimpleNamespace(first_token_at=1.0))
     assert placer.in_flight[first] == 0 and not placer.sent[first]
+
+
+def test_the_oracle_of_a_fleet_listens_where_each_of_its_engines_publishes(tmp_path):
+    spec = FleetSpec(engines=3, policy="oracle")
+    service = fleet_service(spec, tmp_path, 7380)
+    run_dir = service.server_config["run_dir"]
+    assert make_oracle(spec, service).addresses == [
+        f"ipc://{run_dir}/engine-outputs", f"ipc://{run_dir}/engine-1-outputs", f"ipc://{run_dir}/engine-2-outputs"]
 
 
 async def test_the_oracle_reads_each_engines_cache_reports_from_its_pub_socket(tmp_path):
