@@ -149,11 +149,13 @@ async def test_overload_is_503_with_retry_after_at_once(faults):
     assert len(refused) >= 6
     assert all(answer.headers["retry-after"] == "1" for answer, _ in refused)
     assert all("limit" in answer.json()["error"]["message"] for answer, _ in refused)
-    served = [took for answer, took in results if answer.status_code == 200]
-    assert len(served) >= 6
-    # at once, not after waiting for room: before any of the requests served has ended (a bound in
-    # seconds would measure the host's load)
-    assert max(took for _, took in refused) < min(served), "a refusal must come at once, not after waiting"
+    # admitted: served, or past this deployment's 20 s request timeout on a slow host (a 504)
+    admitted = [(answer.status_code, took) for answer, took in results if answer.status_code != 503]
+    assert len(admitted) >= 6 and {status for status, _ in admitted} <= {200, 504}
+    # at once, not after waiting for room: before any admitted request has ended (a bound in seconds
+    # would measure the host's load)
+    assert max(took for _, took in refused) < min(took for _, took in admitted), \
+        "a refusal must come at once, not after waiting"
     wait_for(lambda: engine_idle(faults.url), 20, what="the engine to be idle")
 
 
