@@ -280,8 +280,11 @@ class EngineLink:
     async def watch_engine(self) -> None:
         due = time.monotonic()
         while True:
-            if (held := time.monotonic() - due) > LOOP_HELD_WARNING_S:
+            held = time.monotonic() - due
+            if held > LOOP_HELD_WARNING_S:
                 log.warning("engine %d: this frontend's event loop was held %.1f s past its watch", self.rank, held)
+            if held > 0:  # silence is counted in time this frontend ran: a stalled host stalls the engine too
+                self.last_heartbeat = min(time.monotonic(), self.last_heartbeat + held)
             try:
                 self.send_aborts()  # first: what frees room in the socket goes to them
                 if not self.ready:

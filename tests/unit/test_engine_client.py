@@ -98,6 +98,21 @@ async def test_a_heartbeat_that_arrived_while_this_process_was_held_keeps_the_en
         assert link.heartbeat_overdue()
 
 
+async def test_the_time_this_frontend_was_held_is_not_counted_as_the_engines_silence(tmp_path):
+    """A stalled host stalls the engine's heartbeats and the frontend alike: silence is counted in time
+    the frontend ran, so an engine's requests stay with it unless it stays silent once the frontend runs."""
+    async for client, engines in fleet_of(FakeEngine, tmp_path, engine={"hello_interval_s": 0.05,
+                                                                        "heartbeat_timeout_s": 0.5}):
+        add_to(client, "r1")
+        link = client.requests["r1"].link
+        await engines[link.rank].heartbeat()
+        await asyncio.sleep(0.1)
+        time.sleep(1.0)  # the whole host held: no heartbeat sent, none read
+        await asyncio.sleep(0.2)
+        assert "r1" in link.streams, "moved away for a silence that was this frontend's own"
+        await until(lambda: "r1" not in link.streams, 5)  # silent while the frontend runs: lost, and it moves
+
+
 async def test_a_request_that_cannot_be_encoded_leaves_nothing_behind(fleet):
     client, _ = fleet
     with pytest.raises(TypeError):
