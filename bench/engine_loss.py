@@ -8,6 +8,12 @@ the figures cover every stream in flight at the disturbance, the moved ones amon
 
     python -m bench.engine_loss --backend cpu --repeats 3
     python -m bench.engine_loss --backend simulated --repeats 3   # the H200 profile, on this host's CPU
+    python -m bench.engine_loss --backend gpu --model /tmp/stage/model --concurrency 128 --tokens 1024 \
+        --scenarios undisturbed,sigkill --repeats 3   # two engines on GPU 0 (cuda_visible_devices "0,0")
+
+The throughput dip: stream events (about one token each) a second over the whole load in 1 s bins; the bins before the first
+disturbance (after the first half of the ramp) give the undisturbed rate, the lowest bin from the
+disturbance until the engines are all up again the dip.
 """
 import argparse
 import asyncio
@@ -142,11 +148,32 @@ async def scenario(fleet: Fleet, name: str, concurrency: int, tokens: int, model
     if name != "undisturbed":
         while not await asyncio.to_thread(fleet.engines_up):
             await asyncio.sleep(1)
+        recovered = time.monotonic()
         await asyncio.sleep(undisturbed_s / 2)
     load.stopping.set()
     await running
     return {"streams": load.streams, "disturbances": disturbances, "status": status,
-            "moved": fleet.migrations() - moved_before}
+            "moved": fleet.migrations() - moved_before, "recovered": recovered if name != "undisturbed" else None}
+
+
+def percentile(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def throughput(streams: list[Stream], disturbances: list[float], recovered: float | None) -> dict | None:
+    """Stream events (about a token each) a second in 1 s bins: the median bin before the first disturbance, the lowest from it to recovery."""
+    arrivals = sorted(at for stream in streams for at in stream.arrivals)
+    if not arrivals or not disturbances:
+        return None
+    start = arrivals[0]
+    bins: dict[int, int] = {}
+    for at in arrivals:
+        bins[int(at - start)] = bins.get(int(at - start), 0) + 1
+    first, last = int(disturbances[0] - start), int((recovered or arrivals[-1]) - start)
+    before = [bins.get(second, 0) for second in range(first // 2, first)]
+    during = [bins.get(second, 0) for second in range(first, max(first + 1, last))]
+    return {"undisturbed_median": statistics.median(before) if before else None, "lowest_after": min(during),
+            "mean_until_recovered": statistics.fmean(during)}
 
 
 def figures(run: dict, baseline_s: float) -> dict:
@@ -160,7 +187,9 @@ def figures(run: dict, baseline_s: float) -> dict:
         "streams": len(streams), "in_flight_at_disturbance": len(hit) if run["disturbances"] else None,
         "moved": run["moved"], "client_errors": sum(stream.error is not None for stream in streams),
         "restart_status": run["status"],
-        "longest_gap_s": {"p50": statistics.median(gaps), "max": gaps[-1]} if gaps else None,
+        "longest_gap_s": {"p50": statistics.median(gaps), "p99": percentile(gaps, 0.99), "max": gaps[-1]}
+        if gaps else None,
+        "events_per_s": throughput(streams, run["disturbances"], run.get("recovered")),
         "extra_time_s": {"p50": statistics.median(extra), "mean": statistics.fmean(extra), "max": extra[-1]}
         if extra else None,
         "errors": sorted({stream.error for stream in streams if stream.error})[:5],
@@ -174,6 +203,12 @@ def service_of(args, out: Path) -> tuple[OurService, str]:
         service = fleet_service(spec, out, args.port)
         service.server_config.update(server)
         return service, spec.model
+    if args.backend == "gpu":  # two engines on GPU 0, each with its KV memory fixed
+        engine_args = {"data_parallel_size": 2, "load_format": "dummy", "max_model_len": 4096, "max_num_seqs": 256,
+                       "max_num_batched_tokens": 8192, "gpu_memory_utilization": 0.3,
+                       "kv_cache_memory_bytes": 16 << 30, **json.loads(args.engine_args)}
+        return OurService(out, args.port, args.model, engine_args, frontends=4, reuse_port=True,
+                          cuda_visible_devices="0,0", server=server), args.model
     model = str(ROOT / ".data" / "tiny-llama")
     engine_args = {"data_parallel_size": 2, "max_num_seqs": 64, "max_model_len": 4096, "enforce_eager": True}
     return OurService(out, args.port, model, engine_args, frontends=2, cpu_kv_cache_gib=1, server=server), model
@@ -181,7 +216,9 @@ def service_of(args, out: Path) -> tuple[OurService, str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.engine_loss")
-    parser.add_argument("--backend", choices=["cpu", "simulated"], default="cpu")
+    parser.add_argument("--backend", choices=["cpu", "simulated", "gpu"], default="cpu")
+    parser.add_argument("--model", help="gpu: the model's directory (dummy weights)")
+    parser.add_argument("--engine-args", default="{}", help="gpu: JSON added to the engines' arguments")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=128)

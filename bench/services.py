@@ -168,7 +168,8 @@ class OurService(Server):
     def health_urls(self) -> list[str]:
         if self.reuse_port:  # the frontends share one port: ask often enough to reach each
             return [self.url + "/health"] * (4 * self.frontends)
-        return [f"http://127.0.0.1:{self.port + 1 + i}/health" for i in range(self.frontends)]
+        # nginx's port first: the frontends answer before nginx may listen
+        return [self.url + "/health", *(f"http://127.0.0.1:{self.port + 1 + i}/health" for i in range(self.frontends))]
 
 
 class VllmServe(Server):

@@ -21,8 +21,17 @@
 #                every other process of ours on the rest                                      ~140 s
 #   targets      issue 24's other loads, ours (4 frontends) against `vllm serve` (1 API): 128/1024
 #                at 64 (128 prompts) and 256 (512), 1024/128 at 1 (30) and 256 (512), 3 runs ~690 s
-# The default plan (issue 24's lease of 2026-12-03): c1 c1fork c1pin targets, about 23 minutes;
-# the steps of the 2026-12-02 lease (profile calibration c1 placement c1fork) by STEPS=.
+#   kill         issue 23: two engines of ours on GPU 0, 128/1024 at concurrency 128, one engine
+#                SIGKILLed halfway, against an undisturbed run, 3 repeats (bench/engine_loss.py) ~330 s
+#   embeddings   issue 26: a BERT-large shape (bench/gpu/bert_model.py), POST /v1/embeddings, ours
+#                (4 frontends) against `vllm serve` with 1 and 4 API processes, 3 runs each  ~240 s
+#   targets2     issue 24's loads that lease 2 left without `vllm serve`: 128/1024 @256 (512
+#                prompts), 1024/128 @1 (30) and @256 (512), ours (4 frontends) against `vllm
+#                serve` (1 API), 3 runs                                                      ~480 s
+#   placement4   placement's load with four engines of ours on GPU 0 (32 prefixes)          ~420 s
+# The default plan (the lease of 2026-12-03, second): kill embeddings targets2 placement4, about 25
+# minutes; issue 24's lease of 2026-12-03 (c1 c1fork c1pin targets) and the steps of the
+# 2026-12-02 lease (profile calibration c1 placement c1fork) by STEPS=.
 #
 # usage, from the repository root on the GPU host (bundle installed, ../shared/gpu/README.md):
 #   bash bench/gpu/lease_plan.sh start              copies what it needs to /tmp/lease-src and
@@ -30,7 +39,8 @@
 #   bash bench/gpu/lease_plan.sh collect SECONDS    waits up to SECONDS for the plan, then packs its
 #                                                   results and log into $OUT (every later call)
 # Knobs (environment): STEPS (e.g. "c1 placement"), MODEL (default /tmp/stage/model, made if missing),
-# ENGINE_ARGS (JSON), PROFILE_FLAGS, CALIBRATION_LOADS, PREFIX_LOADS, PREFIX_BLOCKS, C1_LOADS, TARGET_LOADS, PIN_CPUS,
+# ENGINE_ARGS (JSON), KILL_ARGS, KILL_CONCURRENCY, KILL_TOKENS, KILL_SECONDS, EMBED_ARGS, EMBED_SERVERS,
+# EMBED_LOAD, BERT, TARGET2_LOADS, PLACEMENT4_LOADS, PROFILE_FLAGS, CALIBRATION_LOADS, PREFIX_LOADS, PREFIX_BLOCKS, C1_LOADS, TARGET_LOADS, PIN_CPUS,
 # PLACEMENT_LOADS, PLACEMENT_ARGS (JSON added to ENGINE_ARGS), REPEATS (3), RESULTS
 # (/tmp/lease-results), LOG (/tmp/lease.log). The CPU run of bench/README.md scales them down.
 set -uo pipefail
@@ -62,7 +72,7 @@ run() {
     source bench/gpu/gpu_common.sh
     ENGINE_ARGS=${ENGINE_ARGS:-'{"load_format": "dummy", "max_model_len": 4096, "max_num_seqs": 256,
         "max_num_batched_tokens": 8192, "gpu_memory_utilization": 0.85}'}
-    STEPS=${STEPS:-c1 c1fork c1pin targets}
+    STEPS=${STEPS:-kill embeddings targets2 placement4}
     REPEATS=${REPEATS:-3}
     CALIBRATION_LOADS=${CALIBRATION_LOADS:-"128x1024@1/2 128x1024@64/64 128x1024@256/256"}
     # 16 prefixes of 128 blocks of 16 tokens (2,048 blocks) and the running requests' own blocks
@@ -72,6 +82,12 @@ run() {
     C1_LOADS=${C1_LOADS:-"128x128@1/30"}
     TARGET_LOADS=${TARGET_LOADS:-"128x1024@64/128 128x1024@256/512 1024x128@1/30 1024x128@256/512"}
     PLACEMENT_LOADS=${PLACEMENT_LOADS:-"p2048+128/16x128@128/256"}
+    PLACEMENT4_LOADS=${PLACEMENT4_LOADS:-"p2048+128/32x128@256/512"}
+    TARGET2_LOADS=${TARGET2_LOADS:-"128x1024@256/512 1024x128@1/30 1024x128@256/512"}
+    KILL_ARGS=${KILL_ARGS:-'{}'}  # added to bench/engine_loss.py's GPU engine arguments
+    EMBED_ARGS=${EMBED_ARGS:-'{"max_model_len": 512, "load_format": "dummy"}'}
+    EMBED_SERVERS=${EMBED_SERVERS:-"ours:4 vllm:1 vllm:4"}
+    EMBED_LOAD=${EMBED_LOAD:-"--inputs 8 --input-len 128 --concurrency 32 --requests 1000 --warmups 20"}
     # Each engine's KV memory fixed (vLLM's profiling assumes no other process on the GPU changes
     # its memory use); gpu_memory_utilization only has to pass vLLM's start-up check of free memory.
     PLACEMENT_ARGS=${PLACEMENT_ARGS:-'{"data_parallel_size": 2, "gpu_memory_utilization": 0.3,
@@ -116,6 +132,27 @@ step() {
             VLLM_WORKER_MULTIPROC_METHOD=fork REPEATS=$REPEATS side_by_side c1-fork "$ENGINE_ARGS" \
                 ours:4:bench.experiments.request_trace+bench.experiments.request_trace -- $C1_LOADS
             python3 -m bench.experiments.request_trace report "$RESULTS/c1-fork" > "$RESULTS/c1-fork/stages.txt" ;;
+        kill)
+            python3 -m bench.engine_loss --backend gpu --model "$MODEL" --concurrency ${KILL_CONCURRENCY:-128} \
+                --tokens ${KILL_TOKENS:-1024} --scenarios undisturbed,sigkill --repeats "$REPEATS" \
+                --undisturbed-s ${KILL_SECONDS:-20} --engine-args "$KILL_ARGS" --out "$RESULTS/kill" \
+                > "$RESULTS/kill.log" 2>&1
+            grep "^{\|ready\|Error" "$RESULTS/kill.log" ;;
+        embeddings)
+            local bert=${BERT:-/tmp/stage/bert-large}
+            [ -d "$bert" ] || python3 -m bench.gpu.bert_model "$bert"
+            python3 -m bench.embeddings_bench --model "$bert" --reuse-port \
+                --engine-args "$EMBED_ARGS" --servers $EMBED_SERVERS --repeats "$REPEATS" $EMBED_LOAD \
+                --out "$RESULTS/embeddings" > "$RESULTS/embeddings.log" 2>&1
+            grep "^|\|Error" "$RESULTS/embeddings.log" ;;
+        targets2)
+            REPEATS=$REPEATS side_by_side targets2 "$ENGINE_ARGS" ours:4 vllm:1 -- $TARGET2_LOADS ;;
+        placement4)
+            local args4
+            args4=$(with_args "$(with_args "$ENGINE_ARGS" "$PLACEMENT_ARGS")" \
+                "{\"num_gpu_blocks_override\": $PREFIX_BLOCKS, \"data_parallel_size\": 4, \"gpu_memory_utilization\": 0.2}")
+            CUDA_DEVICES=0,0,0,0 REPEATS=$REPEATS side_by_side placement4 "$args4" \
+                ours:4 ours:4@approximate ours:4@load -- $PLACEMENT4_LOADS ;;
         placement)
             local args
             args=$(with_args "$(with_args "$ENGINE_ARGS" "$PLACEMENT_ARGS")" "{\"num_gpu_blocks_override\": $PREFIX_BLOCKS}")
