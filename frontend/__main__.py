@@ -19,6 +19,12 @@ log = logging.getLogger("frontend")
 # After drain_timeout_s the requests still running are ended with an error event; this is the time
 # they get to send it before uvicorn cancels whatever is left.
 LAST_EVENT_GRACE_S = 3.0
+# How long an idle keep-alive connection stays open. Longer than what reuses one: nginx's upstream
+# keepalive_timeout (60 s, conf/nginx.conf) and clients' pools (httpx, so the openai and anthropic SDKs:
+# 5 s). uvicorn's own 5 s equals httpx's, so a client could send on a connection the frontend was
+# closing that instant and lose the request (a POST is not retried): seen as a read error now and
+# then on a steady load of streams.
+KEEP_ALIVE_S = 75.0
 
 
 def run_frontend_process() -> None:
@@ -40,6 +46,7 @@ def run_frontend_process() -> None:
         log_level=server.log_level,
         access_log=False,
         timeout_graceful_shutdown=server.drain_timeout_s + LAST_EVENT_GRACE_S,
+        timeout_keep_alive=KEEP_ALIVE_S,
     )
     frontend = DrainingServer(config)
     signal.signal(signal.SIGHUP, frontend.on_sighup)

@@ -1,6 +1,9 @@
 """reuse_port: true, for hosts without nginx: every frontend binds the public port itself with
 SO_REUSEPORT, the kernel spreads connections among them, and supervisord starts no nginx. A frontend
 setting: its frontends run on the session's engine."""
+import http.client
+import time
+
 import httpx
 import pytest
 
@@ -41,3 +44,21 @@ def test_with_no_nginx_in_front_a_frontend_bounds_the_request_head(shared_port):
     assert answer.json()["error"]["type"] == "invalid_request_error"
     assert httpx.post(shared_port.url + "/generate", json={"prompt": "hi", "max_tokens": 2},
                       headers={"accept": "application/json"}, timeout=60).status_code == 200
+
+
+def test_an_idle_keep_alive_connection_outlives_a_client_pools_expiry(shared_port):
+    """httpx (so the openai and anthropic SDKs) reuses a connection idle up to 5 s: a frontend that closed
+    it at 5 s itself could close it under a request the client had just sent there."""
+    host, port = shared_port.url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    body = '{"prompt": "kept", "max_tokens": 2}'
+    headers = {"content-type": "application/json", "accept": "application/json"}
+    try:
+        for pause in (0, 7):
+            time.sleep(pause)
+            connection.request("POST", "/generate", body=body, headers=headers)
+            answer = connection.getresponse()
+            assert answer.status == 200, answer.read()
+            answer.read()
+    finally:
+        connection.close()
