@@ -12,6 +12,7 @@ priority order is on in all.
 """
 import argparse
 import asyncio
+import concurrent.futures
 import json
 import os
 import platform
@@ -34,11 +35,13 @@ SHARES = {"off": 1.0, "half": 0.5, "2-of-64": 2 / 64}  # the batch class's max_s
 
 
 class Flood:
-    """`count` batch generations kept open until stopped; stopping closes their connections (the frontend
-    aborts them)."""
+    """`count` generations of `tokens` each, sent with `api_key` and kept open until the block ends (each
+    followed by another as it ends): then they are cancelled, their connections closed, and the frontend
+    aborts them. `answered`: the status of each that ended."""
 
-    def __init__(self, url: str, count: int, tokens: int):
-        self.url, self.count, self.tokens = url, count, tokens
+    def __init__(self, url: str, api_key: str, count: int, tokens: int):
+        self.url, self.api_key, self.count, self.tokens = url, api_key, count, tokens
+        self.answered: list[int] = []
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
@@ -50,7 +53,9 @@ class Flood:
     async def keep_one(self, client: httpx.AsyncClient, index: int) -> None:
         body = {"prompt": f"batch job {index}", "max_tokens": self.tokens, "ignore_eos": True}
         while True:
-            await client.post(f"{self.url}/v1/completions", json=body, headers={"authorization": f"Bearer {BATCH_KEY}"})
+            answer = await client.post(f"{self.url}/v1/completions", json=body,
+                                       headers={"authorization": f"Bearer {self.api_key}"})
+            self.answered.append(answer.status_code)
 
     def __enter__(self):
         self.thread.start()
@@ -58,11 +63,12 @@ class Flood:
         return self
 
     def __exit__(self, *exc):
+        # Cancelling the task itself (not the future) lets the client close its connections before it ends.
         self.loop.call_soon_threadsafe(self.running.cancel)
-        while not self.task.done():
-            time.sleep(0.1)
+        concurrent.futures.wait([self.task], 60)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(60)
+        self.loop.close()
 
 
 def first_token_s(client: httpx.Client, url: str, index: int) -> float:
@@ -113,7 +119,7 @@ def run_setting(args, setting: str, out: Path) -> list[dict]:
         ttfts(interactive, 5)  # warm up
         for repeat in range(args.repeats):
             quiet = ttfts(interactive, args.samples)
-            with Flood(batch, args.flood, args.batch_tokens):
+            with Flood(batch, BATCH_KEY, args.flood, args.batch_tokens):
                 wait(lambda: engine(batch)["running"] + engine(batch)["waiting"] + engine(batch)["held"] >= 48, 600)
                 flooded = ttfts(interactive, args.samples)
                 load = engine(batch)

@@ -362,6 +362,10 @@ class PoolConfig(msgspec.Struct, forbid_unknown_fields=True):
     cuda_visible_devices: str = ""
     # Gibibytes of memory for the KV cache when vLLM runs on the CPU.
     cpu_kv_cache_gib: int = 2
+    # The CPUs (ids, as in /proc/cpuinfo) the pool's engine workers run on, with the engine core and vLLM
+    # workers each starts; empty: every CPU. vLLM's processes wait for each other by spinning, so on a
+    # CPU-only host they take every core they may: leave the frontends one (docs/configuration.md).
+    engine_cpus: list[int] = []
     engine_args: dict[str, Any] = {}
     # LoRA adapters served beside the model, name -> path (a directory in PEFT's format, or a hub id);
     # each name is a model id of its own (docs/lora.md).

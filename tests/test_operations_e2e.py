@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 
 from common.config import ROOT
-from tests.conftest import alive_in, frontends_on, frontends_only, health, wait_for
+from tests.conftest import ENGINE_CPUS, alive_in, frontends_on, frontends_only, health, wait_for
 
 STREAM_TOKENS = 48
 
@@ -54,6 +54,23 @@ def test_a_quiet_start_a_second_start_refused_and_status(service):
     rows = dict(re.findall(r"^(\S+)\s+(\S+)", status.stdout, re.MULTILINE))
     assert rows == {"engine-0": "RUNNING", "frontend:frontend-0": "RUNNING",
                     "frontend:frontend-1": "RUNNING", "nginx": "RUNNING"}
+
+
+def descendants(pid: int) -> list[int]:
+    children = [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+                for child in (task / "children").read_text().split()]
+    return children + [grandchild for child in children for grandchild in descendants(child)]
+
+
+def test_the_engine_runs_on_its_engine_cpus_and_leaves_the_rest(service):
+    """inference.yml's engine_cpus holds the engine worker, vLLM's engine core and its worker, and every
+    thread of theirs (their OpenMP threads too), to those CPUs; the frontends may run anywhere."""
+    engine = service.pid("engine-0")
+    processes = [engine, *descendants(engine)]
+    assert len(processes) >= 3  # the engine worker, vLLM's engine core, its worker
+    threads = [int(task.name) for pid in processes for task in Path(f"/proc/{pid}/task").iterdir()]
+    assert {tuple(sorted(os.sched_getaffinity(thread))) for thread in threads} == {tuple(ENGINE_CPUS)}
+    assert os.sched_getaffinity(service.pid("frontend:frontend-0")) == os.sched_getaffinity(0)
 
 
 def test_connections_past_the_limit_per_client_get_429(service):

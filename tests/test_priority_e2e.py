@@ -5,15 +5,13 @@ here on the same machine, in alternating rounds. The engine worker holds the bat
 batch class's share of max_num_seqs (tests/conftest.py's BATCH_SHARE, engine_worker/priority_hold.py);
 without that, the flood fills every slot and an interactive request waits for a batch request to end
 (docs/tenants.md, "Priorities")."""
-import asyncio
-import concurrent.futures
 import statistics
-import threading
 import time
 
 import httpx
 import pytest
 
+from bench.priority_flood import Flood
 from common import default_model
 from frontend.tenants import key_hash
 from tests.conftest import frontends_on, wait_for
@@ -33,41 +31,6 @@ SAMPLES, ROUNDS = 200, 5
 def classes(service):
     with frontends_on(service, "priority", frontends=2, tenants=TENANTS, stall_timeout_s=60) as deployment:
         yield deployment
-
-
-class Flood:
-    """FLOOD batch generations of 400 tokens at once, each followed by another as it ends, until the block
-    ends: then they are cancelled, their connections closed, and the frontend aborts them."""
-
-    def __init__(self, url: str):
-        self.url, self.answered = url, []
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    async def run(self) -> None:
-        self.running = asyncio.current_task()
-        async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=FLOOD)) as client:
-            await asyncio.gather(*(self.keep_one(client, i) for i in range(FLOOD)))
-
-    async def keep_one(self, client: httpx.AsyncClient, index: int) -> None:
-        body = {"model": MODEL, "prompt": f"batch job {index}", "max_tokens": 400, "ignore_eos": True}
-        while True:
-            answer = await client.post(f"{self.url}/v1/completions", json=body,
-                                       headers={"authorization": f"Bearer {BATCH_KEY}"})
-            self.answered.append(answer.status_code)
-
-    def __enter__(self):
-        self.thread.start()
-        self.task = asyncio.run_coroutine_threadsafe(self.run(), self.loop)
-        return self
-
-    def __exit__(self, *exc):
-        # Cancelling the task itself (not the future) lets the client close its connections before it ends.
-        self.loop.call_soon_threadsafe(self.running.cancel)
-        concurrent.futures.wait([self.task], 60)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(60)
-        self.loop.close()
 
 
 def first_token_seconds(client: httpx.Client, url: str, headers: dict, index: int) -> float:
@@ -98,9 +61,6 @@ def engine_load(url: str) -> dict:
     return httpx.get(f"{url}/health", timeout=10).json()["engines"][0]
 
 
-@pytest.mark.xfail(strict=False, reason="open (issue 25): under this flood the frontends' event loops are held for "
-                                        "seconds (up to 33 s logged on the 2-core host) and a frontend declares the "
-                                        "engine lost, failing its requests with 503s; the cause is not found yet")
 def test_a_batch_flood_keeps_interactive_time_to_first_token_within_1_5_times_its_quiet_value(classes):
     """Quiet and flooded samples alternate in rounds, so that both see the same share of a busy host."""
     interactive_url, batch_url = classes.frontend_url(0), classes.frontend_url(1)
@@ -108,7 +68,7 @@ def test_a_batch_flood_keeps_interactive_time_to_first_token_within_1_5_times_it
     quiet, flooded, loads = [], [], []
     for _ in range(ROUNDS):
         quiet += first_tokens(interactive_url, SAMPLES // ROUNDS)
-        with Flood(batch_url) as flood:
+        with Flood(batch_url, BATCH_KEY, FLOOD, tokens=400) as flood:
             # On once the engine runs its share of batch requests and holds the rest back.
             wait_for(lambda: engine_load(batch_url)["held"] > 0, 120, 0.5, "the flood to fill the batch share")
             flooded += first_tokens(interactive_url, SAMPLES // ROUNDS)

@@ -13,7 +13,8 @@ def config(data: dict) -> InferenceConfig:
 
 
 def test_engine_arguments_and_the_engines_own_keys_are_applied():
-    changed = {"model": "/models/a", "cuda_visible_devices": "2,3", "cpu_kv_cache_gib": 4, "resume_grammars": False,
+    changed = {"model": "/models/a", "cuda_visible_devices": "2,3", "cpu_kv_cache_gib": 4, "engine_cpus": [1],
+               "resume_grammars": False,
                "engine_args": {"max_model_len": 4096, "data_parallel_size": 2, "enable_prefix_caching": False}}
     assert needs_full_restart(config(SERVED), config(changed)) == []
 
