@@ -30,7 +30,10 @@ def generate_requests_counted(url: str) -> float:
 
 def test_a_quiet_start_a_second_start_refused_and_status(service):
     process = service.processes[0][0]
-    text = (service.dir / "service.log").read_text()
+    log = service.dir / "service.log"
+    # The service answers before its start line reaches the log: wait for the line.
+    wait_for(lambda: "serving on" in log.read_text(), 60, 0.5, "the service's start line in its log")
+    text = log.read_text()
     start = text[: text.index("\n", text.index("serving on"))]  # what the start said, to its last line
     assert "CRIT" not in start
     assert not re.search(r"\[(error|emerg|crit|alert)\]", start), "nginx complained at start"
