@@ -101,7 +101,7 @@ class EngineLink:
     watch, and the requests this frontend sent it."""
 
     def __init__(self, rank: int, request_address: str, output_address: str, config: EngineLinkConfig,
-                 frontend_id: str, request_timeout_s: float, on_lost: Callable[[int], None] = lambda rank: None,
+                 frontend_id: str, on_lost: Callable[[int], None] = lambda rank: None,
                  max_reported_blocks: int = 1 << 20, pool: str = "", stall_timeout_s: float = 10.0,
                  relocate=fail_each):
         self.rank = rank
@@ -109,7 +109,6 @@ class EngineLink:
         # us for another model (a remote engine given the wrong `model`) is never used.
         self.pool = pool
         self.wrong_model: str | None = None
-        self.request_timeout_s = request_timeout_s
         self.frontend_id = frontend_id
         self.config = config
         self.on_lost = on_lost  # the engine went: what the fleet knew of it is void
@@ -491,9 +490,8 @@ class EngineClient:
         self.classes = [c.name for c in server.priority.classes]  # each priority's name, for its metrics
         self.programs = list(programs)  # the supervisord program of each engine on this host, by rank
         self.router = Router(server.router, len(addresses), frontend_index(frontend_id), max(server.frontends, 1))
-        self.links = [EngineLink(rank, request, output, server.engine, frontend_id, server.request_timeout_s,
-                                 self.router.forget, server.router.max_reported_blocks, name, server.stall_timeout_s,
-                                 self.relocate)
+        self.links = [EngineLink(rank, request, output, server.engine, frontend_id, self.router.forget,
+                                 server.router.max_reported_blocks, name, server.stall_timeout_s, self.relocate)
                       for rank, (request, output) in enumerate(addresses)]
         self.requests: dict[str, Flight] = {}
         self.closed: str | None = None  # why no request is taken any more (the frontend is stopping)

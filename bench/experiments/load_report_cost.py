@@ -85,7 +85,7 @@ def frontend(directory: str, count: int, frontend_id: str, phases: list[float], 
 
     async def run() -> dict:
         links = [EngineLink(rank, f"ipc://{directory}/in-{rank}", f"ipc://{directory}/out-{rank}", LINK,
-                            frontend_id, 600.0) for rank in range(count)]
+                            frontend_id) for rank in range(count)]
         for link in links:
             link.start()
         await asyncio.sleep(phases[1] - time.time())

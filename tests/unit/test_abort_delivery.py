@@ -18,7 +18,7 @@ async def full_link(tmp_path) -> tuple[EngineLink, zmq.Socket]:
     pull.setsockopt(zmq.RCVHWM, 1)
     pull.bind(address)
     config = EngineLinkConfig(send_hwm=1, receive_hwm=1, hello_interval_s=0.05)
-    link = EngineLink(0, address, f"ipc://{tmp_path}/outputs", config, "fe-0", 60.0)
+    link = EngineLink(0, address, f"ipc://{tmp_path}/outputs", config, "fe-0")
     deadline = time.monotonic() + 5
     while not link.send_frame(b"connected?"):
         assert time.monotonic() < deadline, "the link never connected"
