@@ -237,6 +237,9 @@ class LoadReport(msgspec.Struct, tag="load", array_like=True):
     # Requests of a bounded priority class the engine worker holds back, vLLM's slots for the class being
     # full (engine_worker/priority_hold.py): counted in none of the figures above.
     held: int = 0
+    # The frontends it hears from (HELLO or ADD in the last FORGET_AFTER_S), one for each place one runs:
+    # how many routers may be sending it the same burst within one step (frontend/router.py).
+    frontends: int = 0
 
 
 class Loras(msgspec.Struct, tag="loras", array_like=True):

@@ -36,16 +36,17 @@ class LoadTracker:
         self.usable_blocks, self.block_size = max(num_blocks - 1, 0), block_size
 
     def step_report(self, engine_id: str, taken: dict[str, int], prefill_tokens: int,
-                    usage: "TenantUsage", held: int = 0) -> LoadReport | None:
+                    usage: "TenantUsage", held: int = 0, frontends: int = 0) -> LoadReport | None:
         """The load after a step, or None when nothing in it changed since the last report."""
         free = round((1.0 - self.load.kv_cache_usage) * self.usable_blocks)
         figures = (self.load.waiting, self.load.running, prefill_tokens, (self.usable_blocks - free) * self.block_size,
                    free)
         minute, used = usage.now()
-        if (figures, taken, minute, used, held) == self.reported:
+        if (figures, taken, minute, used, held, frontends) == self.reported:
             return None
-        self.reported = (figures, dict(taken), minute, used, held)
-        return LoadReport(engine_id, 0, *figures, dict(taken), usage_minute=minute, usage=used, held=held)
+        self.reported = (figures, dict(taken), minute, used, held, frontends)
+        return LoadReport(engine_id, 0, *figures, dict(taken), usage_minute=minute, usage=used, held=held,
+                          frontends=frontends)
 
     def stat_logger_factory(self, base: type | None = None):
         """The stat logger class vLLM's engine makes and calls with its scheduler's figures, derived

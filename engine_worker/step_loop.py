@@ -393,7 +393,9 @@ class StepLoop:
         self.publisher.send(frontend_id, StepOutput(self.engine_id, 0, deltas))
 
     def report_load(self) -> None:
-        report = self.load.step_report(self.engine_id, self.taken, self.backlog.tokens, self.usage, len(self.hold))
+        frontends = len({frontend_slot(frontend_id) for frontend_id in self.frontends})
+        report = self.load.step_report(self.engine_id, self.taken, self.backlog.tokens, self.usage, len(self.hold),
+                                       frontends)
         if report is not None:
             self.publisher.send(None, report)
 

@@ -548,7 +548,7 @@ class EngineClient:
         if flight.trace is not None:
             flight.trace.routed(link.rank, link.engine_id, route.reason)
         # In its load until acknowledged.
-        link.load_view.sent_request(route.prefill_tokens, len(add.prompt_token_ids))
+        link.load_view.sent_request(route.prefill_tokens, len(add.prompt_token_ids), route.blocks)
         ROUTED.labels(link.model, str(link.rank), route.reason).inc()
 
     def refusing(self, lora: str | None, grammar: bool = False) -> set[int]:

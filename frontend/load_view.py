@@ -13,6 +13,8 @@ Requests the engine holds back (a bounded priority class past its share, engine_
 count as waiting only for a request of a bounded class: they never delay the others.
 """
 from collections import deque
+from collections.abc import Sequence
+from typing import NamedTuple
 
 from common.messages import LoadReport
 
@@ -30,17 +32,24 @@ KV_TOKENS = STEPS_SHARED / 560  # one token of KV cache it holds
 NO_REPORT = LoadReport("", 0, 0, 0, 0, 0, 0)
 
 
+class Send(NamedTuple):
+    """One of this frontend's sends the engine has not acknowledged yet."""
+    load: float  # in tokens
+    blocks: Sequence[int]  # its prompt's block hashes (common/blocks.py); empty when not routed by prefix
+
+
 class LoadView:
     def __init__(self):
         self.report = NO_REPORT
-        self.unacknowledged: deque[float] = deque()  # each own send's load in tokens, oldest first
+        self.unacknowledged: deque[Send] = deque()  # oldest first
         self.unacknowledged_tokens = 0.0
         self.sent = 0  # own ADDs since the engine's last Welcome
 
-    def sent_request(self, prefill_tokens: int, prompt_tokens: int) -> None:
-        """This frontend sent the engine a request of `prompt_tokens`, `prefill_tokens` of them not cached."""
+    def sent_request(self, prefill_tokens: int, prompt_tokens: int, blocks: Sequence[int] = ()) -> None:
+        """This frontend sent the engine a request of `prompt_tokens`, `prefill_tokens` of them not cached;
+        `blocks`: its prompt's block hashes."""
         load = prefill_tokens + DECODE_TOKENS + KV_TOKENS * prompt_tokens
-        self.unacknowledged.append(load)
+        self.unacknowledged.append(Send(load, blocks))
         self.unacknowledged_tokens += load
         self.sent += 1
 
@@ -53,7 +62,7 @@ class LoadView:
         # The engine takes one frontend's ADDs in the order sent: the oldest are the ones it took.
         pending = max(self.sent - report.taken.get(frontend_id, 0), 0)
         while len(self.unacknowledged) > pending:
-            self.unacknowledged_tokens -= self.unacknowledged.popleft()
+            self.unacknowledged_tokens -= self.unacknowledged.popleft().load
         if not self.unacknowledged:
             self.unacknowledged_tokens = 0.0  # no rounding left over from the sums
         return lost
@@ -73,6 +82,17 @@ class LoadView:
     @property
     def waiting(self) -> int:
         return self.report.waiting
+
+    @property
+    def frontends(self) -> int:
+        """The frontends the engine last said it hears from (0 before its first report)."""
+        return self.report.frontends
+
+    def unacknowledged_sharing(self, blocks: Sequence[int], run: int) -> list[Send]:
+        """This frontend's unacknowledged sends whose prompts begin with the first `run` of `blocks` (block
+        hashes chain, so their blocks at `run` - 1 are the same)."""
+        last = run - 1
+        return [send for send in self.unacknowledged if len(send.blocks) > last and send.blocks[last] == blocks[last]]
 
     def tokens(self, bounded: bool = False) -> float:
         report = self.report

@@ -12,7 +12,10 @@ Policy "prefix" (router.policy), after a pin:
    "requests", unless load is out of balance (the most and least loaded engines differ by more than
    balance_abs_threshold and by more than balance_rel_threshold times, SGLang's cache-aware rule,
    which then sends every prompt to the least loaded). Sending a held prefix elsewhere whenever its
-   engine is a little busier spreads every prefix over every engine (measured on 4×H100).
+   engine is a little busier spreads every prefix over every engine (measured on 4×H100). In that
+   rule the holder's load counts each of this frontend's unacknowledged sends of the same prefix there
+   once for every frontend: the frontends route a burst of one prefix alike within one engine step,
+   each seeing only its own sends, so each may fill only its share of the window.
 3. A prompt no engine holds goes to its home: the engine the first min_match_ratio of its blocks hash
    to (rendezvous hashing over the engines that are up). Every frontend computes the same home, so
    prompts sharing a prefix meet on one engine even when different frontends route them. But only
@@ -34,6 +37,7 @@ import hashlib
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -46,7 +50,7 @@ from frontend.http import HTTPError, header_number
 from frontend.load_view import LoadView
 
 PIN_HEADER = "X-data-parallel-rank"
-HOME_SLACK_REQUESTS = 4  # one waiting request in vLLM's load score
+WAITING_REQUEST = 4  # one waiting request in vLLM's load score
 # With an engine reporting its prefix cache, what this frontend sent there counts for this long: until
 # the engine's report of those blocks can have come (after their prefill, which a queue delays).
 SENT_MEMORY_S = 10.0
@@ -67,11 +71,13 @@ class Route(NamedTuple):
     rank: int
     reason: str  # pinned, prefix, load, round_robin or vllm_dp: the `reason` of the routed metric
     prefill_tokens: int  # of the prompt, those the engine is expected to compute (not in its cache)
+    blocks: Sequence[int] = ()  # the prompt's block hashes, when routed by prefix
 
 
 class Router:
     def __init__(self, config: RouterConfig, engines: int, frontend_index: int = 0, frontends: int = 1):
         self.config = config
+        self.frontends = frontends  # on this host; the engines' reports count those of every host
         # What this frontend sent to each engine: block hash -> when, least recently sent first.
         self.sent: list[OrderedDict[int, float]] = [OrderedDict() for _ in range(engines)]
         self.balancer = {"round_robin": lambda: RoundRobin(frontend_index),
@@ -96,18 +102,31 @@ class Router:
             return Route(least, "load", prefill[least])
         holder = self.holder(runs, loads, key, len(blocks))
         if holder is not None:
+            loads[holder] += self.others_alike(engines[holder].load_view, blocks, runs[holder])
             rank, reason = (holder, "prefix") if self.keeps_prefix(holder, least, loads) else (least, "load")
         elif self.config.load_score == "requests" and self.out_of_balance(loads):
             rank, reason = least, "load"
         else:
             rank, reason = self.unqueued(*self.home(blocks, loads, least, prefill), loads, engines, key)
         self.remember(rank, blocks)
-        return Route(rank, reason, prefill[rank])
+        return Route(rank, reason, prefill[rank], blocks)
 
     def load(self, view: LoadView, prefill_tokens: int, bounded: bool = False) -> float:
         if self.config.load_score == "requests":
             return view.requests(bounded)
         return view.tokens(bounded) + prefill_tokens
+
+    def others_alike(self, view: LoadView, blocks: list[int], run: int) -> float:
+        """What the other frontends are taken to have sent the holder of the prompt's first `run` blocks that
+        it has not yet acknowledged: as much as this frontend sent it of prompts beginning with them, each.
+        Every frontend routes a burst of one prefix to its holder alike and sees only its own sends until
+        the engine's next report; counted so, the frontends together keep the holder within one window
+        (or balance threshold) of the least loaded, however many there are."""
+        alike = view.unacknowledged_sharing(blocks, run)
+        if not alike:
+            return 0.0
+        load = WAITING_REQUEST * len(alike) if self.config.load_score == "requests" else sum(s.load for s in alike)
+        return (max(self.frontends, view.frontends) - 1) * load
 
     def keeps_prefix(self, holder: int, least: int, loads: dict[int, float]) -> bool:
         """Whether the engine holding the prompt's prefix takes it: while its load is within the window
@@ -149,7 +168,7 @@ class Router:
              prefill: dict[int, int]) -> tuple[int, str]:
         key = blocks[max(math.floor(self.config.min_match_ratio * len(blocks)), 1) - 1]
         home = max(loads, key=lambda rank: rendezvous(key, rank))
-        slack = HOME_SLACK_REQUESTS if self.config.load_score == "requests" else prefill[home]
+        slack = WAITING_REQUEST if self.config.load_score == "requests" else prefill[home]
         if loads[home] - loads[least] > slack:
             return least, "load"
         return home, "prefix"

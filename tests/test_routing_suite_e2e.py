@@ -43,9 +43,6 @@ def explained(verdict: Verdict) -> str:
     return f"{verdict.pass_line}: {verdict.line()}"
 
 
-@pytest.mark.xfail(strict=True, reason="each cached copy adds about 200 tokens to its holder's load, so the holder "
-                                       "keeps about 40 copies of a burst before it is affinity_window_tokens (8,192) "
-                                       "ahead of the least loaded engine")
 def test_a_burst_sharing_one_prefix_is_not_piled_onto_one_engine(fleet, maker):
     verdict = burst(fleet, SMALL, maker)
     assert verdict.passed, explained(verdict)

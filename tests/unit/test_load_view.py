@@ -31,7 +31,7 @@ def test_only_the_sends_the_engine_took_are_acknowledged():
     for tokens in (100, 200, 300):
         view.sent_request(tokens, tokens)
     view.on_report(reported(1, {A: 1, B: 40}), A)  # another frontend's count says nothing of ours
-    assert list(view.unacknowledged) == [tokens + DECODE_TOKENS + KV_TOKENS * tokens for tokens in (200, 300)]
+    assert [send.load for send in view.unacknowledged] == [t + DECODE_TOKENS + KV_TOKENS * t for t in (200, 300)]
     view.on_report(reported(2, {A: 3}), A)
     assert not view.unacknowledged and view.unacknowledged_tokens == 0
 

@@ -42,7 +42,7 @@ def report(engine, waiting: int = 0, running: int = 0, prefill: int = 0, kv: int
 def send(policy: Router, engines: dict, token_ids: list[int]) -> tuple[int, str]:
     """Route a prompt and send it, as the engine client does: it counts in its engine's load."""
     route = policy.pick(token_ids, engines)
-    engines[route.rank].load_view.sent_request(route.prefill_tokens, len(token_ids))
+    engines[route.rank].load_view.sent_request(route.prefill_tokens, len(token_ids), route.blocks)
     return route.rank, route.reason
 
 
@@ -136,6 +136,67 @@ def test_a_burst_of_one_prompt_does_not_collapse_onto_one_engine():
     ranks = [send(policy, engines, prompt(7, 1024))[0] for _ in range(256)]
     assert len(set(ranks)) == 4
     assert max(ranks.count(rank) for rank in range(4)) < 256 / 2
+
+
+def frontends(count: int, engines: int, on_host: int | None = None, **config) -> list[tuple[Router, dict]]:
+    """`count` frontends, each with its own router and its own view of the same `engines` engines;
+    `on_host`: the frontends each knows of from its host's configuration (all of them by default)."""
+    return [(Router(RouterConfig(block_size=BLOCK, **config), engines, index, on_host or count), fleet(engines))
+            for index in range(count)]
+
+
+@pytest.mark.parametrize("load_score", ["tokens", "requests"])
+def test_a_burst_of_one_prefix_from_several_frontends_spreads_once_past_one_window(load_score):
+    """256 prompts sharing one 2,048-token prefix from 8 frontends at once, faster than any report: each
+    frontend sees only its own sends, and all route the burst alike. Each counts its unacknowledged sends
+    of the prefix once for every frontend, so the holder takes about one copy from each, not a window's
+    worth from each, and the burst spreads over the 8 engines (the routing suite's (a))."""
+    fleets = frontends(8, 8, load_score=load_score)
+    prefix = prompt(3, 2048)
+    counts = [0] * 8
+    for copy in range(32):
+        for index, (policy, engines) in enumerate(fleets):
+            rank, _ = send(policy, engines, prefix + [900_000 + 64 * (8 * copy + index) + i for i in range(64)])
+            counts[rank] += 1
+    assert max(counts) <= 1.5 * 256 / 8, counts
+
+
+def test_the_engines_count_of_frontends_counts_those_of_other_hosts():
+    """Frontends on four hosts, 2 each: a frontend's configuration knows of its host's 2, the engines'
+    reports of all 8; with the reports the holder takes one copy of a burst from each, as with 8 on one."""
+    def first_copies(reported: int) -> list[int]:
+        fleets = frontends(8, 8, on_host=2)
+        for _, engines in fleets:
+            for engine in engines.values():
+                engine.load_view.on_report(LoadReport("e", 1, 0, 0, 0, 0, 0, {}, frontends=reported), FRONTEND)
+        prefix = prompt(3, 2048)
+        return [send(policy, engines, prefix + [900_000 + 64 * copy + i for i in range(64)])[0]
+                for copy in range(2) for policy, engines in fleets]
+
+    ranks = first_copies(reported=8)
+    home = ranks[0]
+    assert ranks[:8] == [home] * 8  # the first copy of each goes to the prefix's home: none holds it yet
+    assert home not in ranks[8:]  # the second goes elsewhere: the holder has a copy from each frontend
+    assert first_copies(reported=0)[8:].count(home) == 8  # each believing 2 sent it one, it keeps them
+
+
+def test_a_steady_load_of_one_prefix_keeps_its_engine_from_every_frontend():
+    """8 frontends each send one prompt of a shared prefix every engine step, and each step's report
+    acknowledges them: no frontend has a send of the prefix unacknowledged when it routes the next, so
+    the prefix stays on its engine, however many frontends send it."""
+    fleets = frontends(8, 4)
+    ids = [f"host-{index}~a" for index in range(8)]
+    prefix = prompt(5, 1024)
+    ranks = set()
+    for step in range(20):
+        for index, (policy, engines) in enumerate(fleets):
+            rank, _ = send(policy, engines, prefix + [900_000 + 128 * (8 * step + index) + i for i in range(128)])
+            ranks.add(rank)
+        for index, (_, engines) in enumerate(fleets):  # 8 running, the prefix cached: a steady engine
+            engines[rank].load_view.on_report(LoadReport("e", step + 1, 0, 8, 0, 8 * 1152, 0,
+                                                         {frontend: step + 1 for frontend in ids},
+                                                         frontends=8), ids[index])
+    assert len(ranks) == 1
 
 
 def test_prefill_only_load_counts_in_tokens():

@@ -248,6 +248,18 @@ def test_each_step_that_changes_the_load_is_reported_once_acknowledging_every_fr
     assert (after.running, after.prefill_tokens, after.kv_tokens, after.free_blocks) == (3, 0, 25 * 16, 75)
 
 
+def test_each_report_counts_the_frontends_it_hears_from_once_for_each_place_one_runs(loop):
+    """How many routers may send it one burst: a frontend restarted in its slot (a HELLO from a new id)
+    replaces the one before it, which counts no more."""
+    for frontend_id in ("host-0~aa", "host-1~bb"):
+        loop.handle(0.0, Hello(frontend_id))
+    loop.report_load()
+    loop.handle(0.0, Hello("host-0~cc"))
+    add(loop, "c1", "host-2~dd", max_tokens=2)
+    loop.report_load()
+    assert [report.frontends for report in loop.publisher.reports()] == [2, 3]
+
+
 def test_each_tenants_use_of_the_minute_is_reported(loop):
     """Requests when taken (not one moved here), prompt tokens with the first output, computed and
     from the prefix cache apart, and output tokens as they come."""
