@@ -11,9 +11,9 @@ the figures cover every stream in flight at the disturbance, the moved ones amon
     python -m bench.engine_loss --backend gpu --model /tmp/stage/model --concurrency 128 --tokens 1024 \
         --scenarios undisturbed,sigkill --repeats 3   # two engines on GPU 0 (cuda_visible_devices "0,0")
 
-The throughput dip: stream events (about one token each) a second over the whole load in 1 s bins; the bins before the first
-disturbance (after the first half of the ramp) give the undisturbed rate, the lowest bin from the
-disturbance until the engines are all up again the dip.
+The throughput dip: stream events (about one token each) a second over the whole load in 1 s bins;
+the bins before the first disturbance (after the first half of the ramp) give the undisturbed rate,
+the lowest bin from the disturbance until the engines are all up again the dip.
 """
 import argparse
 import asyncio
@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.services import OurService, answers
@@ -156,12 +157,9 @@ async def scenario(fleet: Fleet, name: str, concurrency: int, tokens: int, model
             "moved": fleet.migrations() - moved_before, "recovered": recovered if name != "undisturbed" else None}
 
 
-def percentile(values: list[float], q: float) -> float:
-    return values[min(len(values) - 1, int(q * len(values)))]
-
-
 def throughput(streams: list[Stream], disturbances: list[float], recovered: float | None) -> dict | None:
-    """Stream events (about a token each) a second in 1 s bins: the median bin before the first disturbance, the lowest from it to recovery."""
+    """Stream events (about a token each) a second in 1 s bins: the median bin before the first
+    disturbance, the lowest from it to recovery, and the mean until then."""
     arrivals = sorted(at for stream in streams for at in stream.arrivals)
     if not arrivals or not disturbances:
         return None
@@ -187,7 +185,7 @@ def figures(run: dict, baseline_s: float) -> dict:
         "streams": len(streams), "in_flight_at_disturbance": len(hit) if run["disturbances"] else None,
         "moved": run["moved"], "client_errors": sum(stream.error is not None for stream in streams),
         "restart_status": run["status"],
-        "longest_gap_s": {"p50": statistics.median(gaps), "p99": percentile(gaps, 0.99), "max": gaps[-1]}
+        "longest_gap_s": {"p50": statistics.median(gaps), "p99": float(np.percentile(gaps, 99)), "max": gaps[-1]}
         if gaps else None,
         "events_per_s": throughput(streams, run["disturbances"], run.get("recovered")),
         "extra_time_s": {"p50": statistics.median(extra), "mean": statistics.fmean(extra), "max": extra[-1]}
