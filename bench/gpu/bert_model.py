@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from bench.gpu.gpu_model import make
 from common.default_model import _training_text
 
 VOCAB_SIZE = 30522
@@ -45,10 +46,7 @@ def write_config(directory: Path, tokenizer) -> None:
 
 
 def main(target: str) -> None:
-    directory = Path(target)
-    directory.mkdir(parents=True, exist_ok=True)
-    write_config(directory, write_tokenizer(directory))
-    print(directory)
+    make(target, write_tokenizer, write_config)
 
 
 if __name__ == "__main__":

@@ -64,11 +64,16 @@ def write_config(directory: Path, tokenizer) -> None:
     (directory / "generation_config.json").write_text(json.dumps(generation, indent=2))
 
 
-def main(target: str) -> None:
+def make(target: str, tokenizer_writer, config_writer) -> None:
+    """A dummy-weight model's directory: its tokenizer, then the config that names the tokenizer's ids."""
     directory = Path(target)
     directory.mkdir(parents=True, exist_ok=True)
-    write_config(directory, write_tokenizer(directory))
+    config_writer(directory, tokenizer_writer(directory))
     print(directory)
+
+
+def main(target: str) -> None:
+    make(target, write_tokenizer, write_config)
 
 
 if __name__ == "__main__":
