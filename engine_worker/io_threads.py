@@ -1,10 +1,10 @@
-"""The engine's sockets, each owned by one thread, so the step loop never touches a socket.
+"""The engine's sockets.
 
-Requests: PULL socket -> decode -> `deliver(time received, message)` (admission, which fills the
-step loop's inbox).
-Outputs: outbox queue -> number per frontend -> PUB socket, plus a heartbeat on the broadcast
-topic every interval, sent even while the step loop is inside a long step (saying how long: the
-frontends' stall watch), and after each Welcome
+Requests: PULL socket, owned by its reader thread -> decode -> `deliver(time received, message)`
+(admission, which fills the step loop's inbox).
+Outputs: number per frontend -> PUB socket, under a lock, on the sender's thread; a heartbeat on
+the broadcast topic every interval from a thread of its own, sent even while the step loop is inside
+a long step (saying how long: the frontends' stall watch), and after each Welcome
 (and on each Resync) the prefix cache's snapshot when the engine reports it
 (engine_worker/cache_events.py). LoadReports are numbered here, and they and heartbeats carry the
 number of the last CachedBlocks sent, so a frontend notices the loss of the last one too.
@@ -12,7 +12,6 @@ Each thread outlives a message it cannot handle (it logs it); a socket that fail
 the process through `on_death`, so supervisord restarts it.
 """
 import logging
-import queue
 import threading
 import time
 
@@ -27,8 +26,6 @@ from common.sockets import make_socket
 
 log = logging.getLogger(__name__)
 
-STOP = object()
-FORGET = object()
 SNAPSHOT = object()
 
 
@@ -63,6 +60,10 @@ def start_request_reader(context, address: str, link: EngineLinkConfig, deliver,
 
 
 class OutputPublisher:
+    """The PUB socket, shared under a lock: `send` publishes on the caller's thread (the step loop's
+    outputs reach the socket without a hand-off to another thread, a fifth of a millisecond of each
+    token's way out), and a heartbeat thread publishes between."""
+
     def __init__(self, context, address: str, link: EngineLinkConfig, engine_id: str, load, adapters=None, cache=None):
         self.adapters = adapters  # its `version` goes in each heartbeat
         self.cache = cache  # a CacheIndex: its snapshot follows each Welcome
@@ -70,50 +71,47 @@ class OutputPublisher:
         self.engine_id = engine_id
         self.interval = link.heartbeat_interval_s
         self.load = load
-        self.outbox: queue.Queue = queue.Queue()
+        self.lock = threading.Lock()  # the socket and the numbering below
         self.seqs: dict[str, int] = {}
         self.load_seq = 0  # the number of the last LoadReport sent
         self.cache_seq = 0  # the number of the last CachedBlocks change sent
-        self.thread = threading.Thread(target=self.publish_forever, name="output-publisher", daemon=True)
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self.beat_forever, name="heartbeat", daemon=True)
         self.thread.start()
 
     def send(self, frontend_id: str | None, message) -> None:
-        """Queue a message for one frontend's topic (None: the broadcast topic)."""
-        self.outbox.put((frontend_id, message))
+        """Publish a message on one frontend's topic (None: the broadcast topic)."""
+        with self.lock:
+            self.publish_safely(frontend_id, message)
 
     def forget(self, frontend_id: str) -> None:
         """Drop a frontend's numbering; its next Welcome starts it again."""
-        self.outbox.put((frontend_id, FORGET))
+        with self.lock:
+            self.seqs.pop(frontend_id, None)
 
     def snapshot(self, frontend_id: str) -> None:
-        """Send the prefix cache's snapshot to one frontend, after what is queued before it."""
-        self.outbox.put((frontend_id, SNAPSHOT))
+        """Send the prefix cache's snapshot to one frontend."""
+        self.send(frontend_id, SNAPSHOT)
 
     def close(self, timeout: float = 2.0) -> None:
-        self.outbox.put(STOP)
+        self.stopped.set()
         self.thread.join(timeout)
 
-    def publish_forever(self):
-        next_heartbeat = 0.0
+    def beat_forever(self):
         while True:
-            try:
-                item = self.outbox.get(timeout=max(0.0, next_heartbeat - time.monotonic()))
-            except queue.Empty:
-                item = None
-            if item is STOP:
+            self.send_heartbeat()
+            if self.stopped.wait(self.interval):
                 return
-            if item is not None:
-                self.publish_safely(*item)
-            if time.monotonic() >= next_heartbeat:
-                self.send_heartbeat()
-                next_heartbeat = time.monotonic() + self.interval
 
     def send_heartbeat(self) -> None:
         try:
             version = self.adapters.version if self.adapters is not None else 0
-            heartbeat = Heartbeat(self.engine_id, self.load.snapshot(), dict(self.seqs), version, self.cache_seq,
-                                  self.load.since_progress(), self.load.offline)
-            self.publish(None, heartbeat)
+            load = self.load.snapshot()  # NVML queries: outside the lock
+            since_progress = self.load.since_progress()
+            with self.lock:
+                heartbeat = Heartbeat(self.engine_id, load, dict(self.seqs), version, self.cache_seq, since_progress,
+                                      self.load.offline)
+                self.publish(None, heartbeat)
         except Exception:
             log.exception("could not send a heartbeat")
 
@@ -124,9 +122,6 @@ class OutputPublisher:
             log.exception("could not publish a %s to %s", type(message).__name__, frontend_id or "everyone")
 
     def publish(self, frontend_id: str | None, message) -> None:
-        if message is FORGET:
-            self.seqs.pop(frontend_id, None)
-            return
         if message is SNAPSHOT:
             self.send_snapshot(frontend_id)
             return

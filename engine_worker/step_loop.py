@@ -1,6 +1,7 @@
-"""The step loop: apply what arrived, run one engine step, hand the outputs to the publisher, and
-after each step that changed the engine's load, a LoadReport for every frontend's router (at most one
-a step: it acknowledges every ADD taken since the last one, from whichever frontend).
+"""The step loop: apply what arrived, run one engine step (taking what arrives while it runs), publish
+its outputs, and after each step that changed the engine's load, a LoadReport for every frontend's
+router (at most one a step: it acknowledges every ADD taken since the last one, from whichever
+frontend).
 
 It only steps: each ADD reaches it already checked and turned into vLLM's request by admission, on
 the request reader's thread (engine_worker/admission.py), so no request's validation holds up the
@@ -43,6 +44,7 @@ from common.messages import (
     UnloadLora, Welcome, frontend_slot,
 )
 from common.tracing import log_fields
+from engine_worker.doorbell import Doorbell, RingingQueue, ring_on_outputs
 from engine_worker.images import image_token_id
 from engine_worker.load import PrefillBacklog, TenantUsage
 from engine_worker.lora import Adapters, LoraRefused
@@ -97,7 +99,9 @@ class StepLoop:
         self.tracing = tracing  # engine_worker/tracing.py's EngineTracing, when server.yml's tracing is on
         self.log_requests = log_requests
         self.traces: dict[str, str] = {}  # request id -> its trace id, for its log line (log_requests)
-        self.inbox: queue.Queue = queue.Queue()
+        self.doorbell = Doorbell()
+        self.inbox: queue.Queue = RingingQueue(self.doorbell)
+        self.outputs_waiting = ring_on_outputs(engine, self.doorbell)  # None: engine.step() computes them
         self.owners: dict[str, str] = {}  # request id -> frontend id
         self.backlog = PrefillBacklog()  # the owned requests with no output token yet
         self.expanded: dict[str, int] = {}  # request id -> its prompt's length in vLLM, until its first Delta
@@ -142,12 +146,24 @@ class StepLoop:
             self.take_requests(block=not self.owners and not self.hold)
             self.start_held()
             if self.owners:
+                self.await_outputs()
+            if self.owners:  # an ABORT taken while waiting may have ended the last
                 self.step()
             else:
                 self.load.record_idle()
             self.load.progressed()
             self.report_load()
             self.forget_idle_frontends()
+
+    def await_outputs(self) -> None:
+        """Take what arrives until the engine core's next outputs are in (engine_worker/doorbell.py)."""
+        if self.outputs_waiting is None or getattr(self.engine, "should_execute_dummy_batch", False):
+            return
+        while not self.outputs_waiting() and self.owners and not self.stopping:
+            if self.inbox.empty():
+                self.doorbell.wait(self.idle_wait_s)
+            self.take_requests(block=False)
+            self.start_held()
 
     def take_requests(self, block: bool) -> None:
         try:

@@ -7,10 +7,10 @@
 #                ~15 s), 64 (64, ~14 s), 256 (256, ~24 s), then a shared-prefix load under KV
 #                pressure (16 prefixes of 2,048 tokens, 2,560 KV blocks, ~8 s a run); 3 runs
 #                each; two server starts (~70 s each)                                         ~345 s
-#   c1           issue 24: ours (4 frontends) against `vllm serve` (1 API), then ours with vLLM's
-#                own scheduler (resume_grammars: false), 128/128 at concurrency 1, 30 requests a
-#                run (~20 s), 3 runs, every stage of every request timed and every request's
-#                SamplingParams logged in each (bench/experiments/request_trace.py)           ~400 s
+#   c1           issue 24: ours (4 frontends) against `vllm serve` (1 API), 128/128 at
+#                concurrency 1, 30 requests a run (~20 s), 3 runs, every stage of every request
+#                timed and every request's SamplingParams logged in each
+#                (bench/experiments/request_trace.py)                                        ~270 s
 #   placement    two engines of ours on GPU 0 (cuda_visible_devices "0,0", data_parallel_size 2,
 #                kv_cache_memory_bytes fixed), 16 shared prefixes under KV pressure: exact,
 #                approximate and load placement, 3 runs each (~8 s a run, ~100 s a start)      ~420 s
@@ -25,13 +25,13 @@
 #                SIGKILLed halfway, against an undisturbed run, 3 repeats (bench/engine_loss.py) ~330 s
 #   embeddings   issue 26: a BERT-large shape (bench/gpu/bert_model.py), POST /v1/embeddings, ours
 #                (4 frontends) against `vllm serve` with 1 and 4 API processes, 3 runs each  ~240 s
-#   targets2     issue 24's loads that lease 2 left without `vllm serve`: 128/1024 @256 (512
-#                prompts), 1024/128 @1 (30) and @256 (512), ours (4 frontends) against `vllm
-#                serve` (1 API), 3 runs                                                      ~480 s
+#   targets2     issue 24's loads but concurrency 1 (c1), ours (4 frontends) against `vllm serve`
+#                (1 API): 128/1024 @64 (128 prompts) and @256 (512), 1024/128 @1 (30) and @256
+#                (512), 3 runs                                                                ~570 s
 #   placement4   placement's load with four engines of ours on GPU 0 (32 prefixes)          ~420 s
-# The default plan (the lease of 2026-12-03, second): kill embeddings targets2 placement4, about 25
-# minutes; issue 24's lease of 2026-12-03 (c1 c1fork c1pin targets) and the steps of the
-# 2026-12-02 lease (profile calibration c1 placement c1fork) by STEPS=.
+# The default plan (lease 4, 2026-12-03): kill c1 targets2 placement4, about 27 minutes; the
+# earlier leases' steps by STEPS= (2026-12-03: kill embeddings targets2 placement4, and c1 c1fork
+# c1pin targets; 2026-12-02: profile calibration c1 placement c1fork).
 #
 # usage, from the repository root on the GPU host (bundle installed, ../shared/gpu/README.md):
 #   bash bench/gpu/lease_plan.sh start              copies what it needs to /tmp/lease-src and
@@ -72,7 +72,7 @@ run() {
     source bench/gpu/gpu_common.sh
     ENGINE_ARGS=${ENGINE_ARGS:-'{"load_format": "dummy", "max_model_len": 4096, "max_num_seqs": 256,
         "max_num_batched_tokens": 8192, "gpu_memory_utilization": 0.85}'}
-    STEPS=${STEPS:-kill embeddings targets2 placement4}
+    STEPS=${STEPS:-kill c1 targets2 placement4}
     REPEATS=${REPEATS:-3}
     CALIBRATION_LOADS=${CALIBRATION_LOADS:-"128x1024@1/2 128x1024@64/64 128x1024@256/256"}
     # 16 prefixes of 128 blocks of 16 tokens (2,048 blocks) and the running requests' own blocks
@@ -83,7 +83,7 @@ run() {
     TARGET_LOADS=${TARGET_LOADS:-"128x1024@64/128 128x1024@256/512 1024x128@1/30 1024x128@256/512"}
     PLACEMENT_LOADS=${PLACEMENT_LOADS:-"p2048+128/16x128@128/256"}
     PLACEMENT4_LOADS=${PLACEMENT4_LOADS:-"p2048+128/32x128@256/512"}
-    TARGET2_LOADS=${TARGET2_LOADS:-"128x1024@256/512 1024x128@1/30 1024x128@256/512"}
+    TARGET2_LOADS=${TARGET2_LOADS:-"128x1024@64/128 128x1024@256/512 1024x128@1/30 1024x128@256/512"}
     KILL_ARGS=${KILL_ARGS:-'{}'}  # added to bench/engine_loss.py's GPU engine arguments
     EMBED_ARGS=${EMBED_ARGS:-'{"max_model_len": 512, "load_format": "dummy"}'}
     EMBED_SERVERS=${EMBED_SERVERS:-"ours:4 vllm:1 vllm:4"}
@@ -118,9 +118,7 @@ step() {
         c1)
             REPEATS=$REPEATS side_by_side c1 "$ENGINE_ARGS" \
                 ours:4:bench.experiments.request_trace+bench.experiments.request_trace \
-                vllm:1:bench.experiments.request_trace \
-                ours:4:bench.experiments.request_trace+bench.experiments.request_trace~resume_grammars=false \
-                -- $C1_LOADS
+                vllm:1:bench.experiments.request_trace -- $C1_LOADS
             python3 -m bench.experiments.request_trace report "$RESULTS/c1" > "$RESULTS/c1/stages.txt" ;;
         c1pin)
             PIN=${PIN_CPUS:-0-1} REPEATS=$REPEATS side_by_side c1-pin "$ENGINE_ARGS" \

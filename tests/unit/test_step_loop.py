@@ -1,7 +1,9 @@
 """The step loop over every row of its failure table, and its load reports, on a fake engine
-(FakeEngine: requests in a dict, one token per step, no vLLM) and a fake publisher (FakePublisher:
+(FakeEngine: requests in a dict, one token per step, no vLLM; FakeSplitEngine: the same behind a queue
+of outputs, as vLLM's client of a separate engine core process) and a fake publisher (FakePublisher:
 records what it is given)."""
 import queue
+import threading
 import time
 from types import SimpleNamespace
 
@@ -53,6 +55,25 @@ class FakeEngine:
             outputs.append(SimpleNamespace(request_id=request_id, outputs=[completion], finished=finished))
         self.late_outputs = []
         return outputs
+
+
+class FakeSplitEngine(FakeEngine):
+    """FakeEngine whose step() first takes the next item the test puts in `engine_core.outputs_queue`
+    (with put_nowait, as vLLM's output thread does); `log` records adds and steps in order."""
+
+    def __init__(self):
+        super().__init__()
+        self.engine_core = SimpleNamespace(outputs_queue=queue.Queue())
+        self.log: list[str] = []
+
+    def add_request(self, request_id, prompt, params, arrival_time=None):
+        super().add_request(request_id, prompt, params, arrival_time)
+        self.log.append(f"add {request_id}")
+
+    def step(self):
+        self.engine_core.outputs_queue.get()
+        self.log.append("step")
+        return super().step()
 
 
 class FakePublisher:
@@ -350,3 +371,34 @@ def test_a_pooling_request_ends_in_one_delta_carrying_its_vector_and_the_welcome
     [welcome] = [m for _, m in loop.publisher.sent if isinstance(m, Welcome)]
     assert (welcome.tasks, welcome.embedding_size, welcome.is_matryoshka, welcome.matryoshka_dimensions) == (
         ["embed", "token_embed"], 3, True, [2, 3])
+
+
+def wait_for(condition, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def test_a_request_arriving_while_the_engine_core_steps_is_added_before_that_step_returns():
+    engine = FakeSplitEngine()
+    loop = StepLoop(engine, ENGINE_ID, "model", "/tokenizer", FakePublisher(), LoadTracker(), idle_wait_s=60)
+    add(loop, "r1", max_tokens=2)
+    runner = threading.Thread(target=loop.run, daemon=True)
+    runner.start()
+    message = Add("r2", "host-0~aa", [1, 2], {"max_tokens": 1})
+    loop.inbox.put((0.0, Admitted(message, {"prompt_token_ids": [1, 2]}, {"max_tokens": 1})))
+    # The bell, not the minute-long wait, wakes the loop: r2 reaches the engine while r1's step runs.
+    assert wait_for(lambda: engine.log == ["add r1", "add r2"])
+    engine.engine_core.outputs_queue.put_nowait("the first step's outputs")
+    assert wait_for(lambda: engine.log == ["add r1", "add r2", "step"])
+    engine.engine_core.outputs_queue.put_nowait("the second step's outputs")
+    assert wait_for(lambda: loop.owners == {})
+    assert [(d.request_id, d.finish_reason) for d in loop.publisher.deltas("host-0~aa")] == [
+        ("r1", None), ("r2", "length"), ("r1", "length")]
+    loop.stopping = True
+    loop.inbox.put((0.0, Abort([])))  # wakes the idle loop
+    runner.join(5)
+    assert not runner.is_alive()
