@@ -25,7 +25,7 @@
 #                SIGKILLed halfway, against an undisturbed run, 3 repeats (bench/engine_loss.py) ~330 s
 #   embeddings   issue 26: a BERT-large shape (bench/gpu/bert_model.py), POST /v1/embeddings, ours
 #                (4 frontends) against `vllm serve` with 1 and 4 API processes, 3 runs each  ~240 s
-#   targets2     issue 24's loads but concurrency 1 (c1), ours (4 frontends) against `vllm serve`
+#   targets2     issue 24's loads but c1's, ours (4 frontends) against `vllm serve`
 #                (1 API): 128/1024 @64 (128 prompts) and @256 (512), 1024/128 @1 (30) and @256
 #                (512), 3 runs                                                                ~570 s
 #   placement4   placement's load with four engines of ours on GPU 0 (32 prefixes)          ~420 s
