@@ -132,13 +132,13 @@ def trace_frontend() -> None:
             record["tokenized"] = time.time()
         return ids
 
-    def traced_add(self, request_id, prompt_token_ids, sampling):
+    def traced_add(self, request_id, prompt_token_ids, *args, **kwargs):
         record = current.get()
         if record is not None and "add" not in record:
             record.update(id=request_id, prompt_tokens=len(prompt_token_ids), in_flight=len(self.requests),
                           add=time.time())
             by_id[request_id] = record
-        return add(self, request_id, prompt_token_ids, sampling)
+        return add(self, request_id, prompt_token_ids, *args, **kwargs)
 
     def traced_on_step(self, message):
         now = time.time()
@@ -206,8 +206,8 @@ def trace_engine() -> None:
     prepare, add, send = admission.VllmRequests.__call__, step_loop.StepLoop.add, step_loop.StepLoop.send
     publish = io_threads.OutputPublisher.publish
 
-    def traced_prepare(self, message, received_at):
-        admitted = prepare(self, message, received_at)
+    def traced_prepare(self, message, received_at, *args, **kwargs):
+        admitted = prepare(self, message, received_at, *args, **kwargs)
         records[message.request_id] = {"id": message.request_id, "received": received_at, "admitted": time.time()}
         return admitted
 

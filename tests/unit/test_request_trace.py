@@ -39,3 +39,40 @@ def test_the_report_names_the_sampling_params_fields_that_differ_between_servers
     lines = report(str(tmp_path)).splitlines()
     differing = lines[lines.index("== SamplingParams: fields that differ between ours-4fe, vllm-serve-1api") + 1:]
     assert differing == ["  detokenize: ours-4fe ['False']; vllm-serve-1api ['True']"]
+
+
+def test_every_hook_takes_what_the_method_it_replaces_takes(tmp_path, monkeypatch):
+    """A hook that drifts from its method's signature breaks every request of a traced server."""
+    import inspect
+
+    import uvicorn
+    from vllm.v1.engine.input_processor import InputProcessor
+    from vllm.v1.engine.output_processor import OutputProcessor
+
+    from bench.experiments import request_trace
+    from engine_worker import admission, io_threads, step_loop
+    from frontend import engine_client
+    from frontend.text import tokenizer
+
+    hooked = [(uvicorn.Config, "__init__"), (OutputProcessor, "_update_stats_from_output"),
+              (InputProcessor, "process_inputs"), (tokenizer.Tokenizer, "encode_prompts"),
+              (engine_client.EngineClient, "add"), (engine_client.EngineLink, "on_step"),
+              (admission.VllmRequests, "__call__"), (step_loop.StepLoop, "add"), (step_loop.StepLoop, "send"),
+              (io_threads.OutputPublisher, "publish")]
+    originals = {}
+    for owner, name in hooked:
+        originals[owner, name] = getattr(owner, name)
+        monkeypatch.setattr(owner, name, getattr(owner, name))  # restored after the test
+    monkeypatch.setenv("TRACE_DIR", str(tmp_path))
+    request_trace.trace_frontend()
+    request_trace.trace_engine()
+    for (owner, name), original in originals.items():
+        hook = getattr(owner, name)
+        assert hook is not original, f"{owner.__name__}.{name} is not hooked"
+        parameters = inspect.signature(original).parameters.values()
+        positional = [None for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        keywords = {p.name: None for p in parameters if p.kind == p.KEYWORD_ONLY}
+        try:
+            inspect.signature(hook).bind(*positional, **keywords)
+        except TypeError as error:
+            raise AssertionError(f"the hook of {owner.__name__}.{name}: {error}") from None
