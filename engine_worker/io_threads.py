@@ -26,8 +26,6 @@ from common.sockets import make_socket
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT = object()
-
 
 def start_request_reader(context, address: str, link: EngineLinkConfig, deliver, on_death):
     socket = make_socket(context, zmq.PULL, address, bind=True, link=link)
@@ -91,7 +89,11 @@ class OutputPublisher:
 
     def snapshot(self, frontend_id: str) -> None:
         """Send the prefix cache's snapshot to one frontend."""
-        self.send(frontend_id, SNAPSHOT)
+        with self.lock:
+            try:
+                self.send_snapshot(frontend_id)
+            except Exception:
+                log.exception("could not send the prefix cache's snapshot to %s", frontend_id)
 
     def close(self, timeout: float = 2.0) -> None:
         self.stopped.set()
@@ -122,9 +124,6 @@ class OutputPublisher:
             log.exception("could not publish a %s to %s", type(message).__name__, frontend_id or "everyone")
 
     def publish(self, frontend_id: str | None, message) -> None:
-        if message is SNAPSHOT:
-            self.send_snapshot(frontend_id)
-            return
         if isinstance(message, Welcome):
             self.seqs[frontend_id] = 0
         elif isinstance(message, StepOutput):
