@@ -29,9 +29,10 @@
 #                (1 API): 128/1024 @64 (128 prompts) and @256 (512), 1024/128 @1 (30) and @256
 #                (512), 3 runs                                                                ~570 s
 #   placement4   placement's load with four engines of ours on GPU 0 (32 prefixes)          ~420 s
-# The default plan (lease 4, 2026-12-03): kill c1 targets2 placement4, about 27 minutes; the
-# earlier leases' steps by STEPS= (2026-12-03: kill embeddings targets2 placement4, and c1 c1fork
-# c1pin targets; 2026-12-02: profile calibration c1 placement c1fork).
+# The default plan (the lease after lease 4, whose `kill` alone ran): c1 targets2 placement4, about
+# 21 minutes; the earlier leases' steps by STEPS= (lease 4: kill c1 targets2 placement4; 2026-12-03:
+# kill embeddings targets2 placement4, and c1 c1fork c1pin targets; 2026-12-02: profile calibration
+# c1 placement c1fork).
 #
 # usage, from the repository root on the GPU host (bundle installed, ../shared/gpu/README.md):
 #   bash bench/gpu/lease_plan.sh start              copies what it needs to /tmp/lease-src and
@@ -72,7 +73,7 @@ run() {
     source bench/gpu/gpu_common.sh
     ENGINE_ARGS=${ENGINE_ARGS:-'{"load_format": "dummy", "max_model_len": 4096, "max_num_seqs": 256,
         "max_num_batched_tokens": 8192, "gpu_memory_utilization": 0.85}'}
-    STEPS=${STEPS:-kill c1 targets2 placement4}
+    STEPS=${STEPS:-c1 targets2 placement4}
     REPEATS=${REPEATS:-3}
     CALIBRATION_LOADS=${CALIBRATION_LOADS:-"128x1024@1/2 128x1024@64/64 128x1024@256/256"}
     # 16 prefixes of 128 blocks of 16 tokens (2,048 blocks) and the running requests' own blocks
