@@ -14,6 +14,7 @@ from engine_worker import step_loop
 from engine_worker.admission import admitter
 from engine_worker.load import LoadTracker
 from engine_worker.step_loop import Admitted, Refused, StepLoop
+from tests.conftest import wait_for
 
 ENGINE_ID = "engine-1"
 
@@ -373,15 +374,6 @@ def test_a_pooling_request_ends_in_one_delta_carrying_its_vector_and_the_welcome
         ["embed", "token_embed"], 3, True, [2, 3])
 
 
-def wait_for(condition, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
-
-
 def test_a_request_arriving_while_the_engine_core_steps_is_added_before_that_step_returns():
     engine = FakeSplitEngine()
     loop = StepLoop(engine, ENGINE_ID, "model", "/tokenizer", FakePublisher(), LoadTracker(), idle_wait_s=60)
@@ -391,11 +383,11 @@ def test_a_request_arriving_while_the_engine_core_steps_is_added_before_that_ste
     message = Add("r2", "host-0~aa", [1, 2], {"max_tokens": 1})
     loop.inbox.put((0.0, Admitted(message, {"prompt_token_ids": [1, 2]}, {"max_tokens": 1})))
     # The bell, not the minute-long wait, wakes the loop: r2 reaches the engine while r1's step runs.
-    assert wait_for(lambda: engine.log == ["add r1", "add r2"])
+    wait_for(lambda: engine.log == ["add r1", "add r2"], 5, 0.005, "r2 added while r1's step runs")
     engine.engine_core.outputs_queue.put_nowait("the first step's outputs")
-    assert wait_for(lambda: engine.log == ["add r1", "add r2", "step"])
+    wait_for(lambda: engine.log == ["add r1", "add r2", "step"], 5, 0.005, "the first step")
     engine.engine_core.outputs_queue.put_nowait("the second step's outputs")
-    assert wait_for(lambda: loop.owners == {})
+    wait_for(lambda: loop.owners == {}, 5, 0.005, "both requests to end")
     assert [(d.request_id, d.finish_reason) for d in loop.publisher.deltas("host-0~aa")] == [
         ("r1", None), ("r2", "length"), ("r1", "length")]
     loop.stopping = True
