@@ -56,17 +56,10 @@ def median_of(rows: list[dict], key: str) -> float | None:
     return statistics.median(values) if values else None
 
 
-def mean_of(values) -> float:
-    return statistics.mean(values)
-
-
 def fit_served(runs: dict[str, list[dict]], step_time: StepTime) -> Served:
     """The served terms from the runs of ours by load label (real_runs), in seconds:
     - first_token_s: at concurrency 1, the client's median TTFT less the profile's prefill step of the
       prompt (what the served path adds to a lone request), averaged over such loads;
-    - per_request_s: a burst of C requests taken one at a time waits (C - 1) / 2 x per_request_s on
-      average, so the slope through the origin of that against the mean wait beyond vLLM's own TTFT
-      (client mean TTFT less vLLM's mean TTFT) over what a lone request waits there;
     - cpu_per_decode_seq_s: of 0 and each load's median TPOT / its concurrency (where that load's steps
       would be CPU-bound exactly), the one whose steps, max(profile's decode step, CPU), fit every
       load's median TPOT best (least squares on relative errors)."""
@@ -75,16 +68,9 @@ def fit_served(runs: dict[str, list[dict]], step_time: StepTime) -> Served:
     if not alone:
         raise ValueError("the runs have no load at concurrency 1, which first_token_s is fitted on")
 
-    def wait_beyond_vllm(rows) -> float:
-        return mean_of(row["result"]["mean_ttft_ms"] - row["vllm_timings"]["ttft"]["mean_ms"] for row in rows) / 1e3
-
-    first_token_s = mean_of(median_of(rows, "median_ttft_ms") / 1e3
-                            - step_time.seconds(StepWork(load.input_len, 0, 0, load.input_len ** 2))
-                            for load, rows in alone)
-    lone_wait = mean_of(wait_beyond_vllm(rows) for _, rows in alone)
-    bursts = [((load.concurrency - 1) / 2, wait_beyond_vllm(rows) - lone_wait) for load, rows in loads
-              if load.concurrency > 1]
-    per_request_s = max(0.0, sum(x * y for x, y in bursts) / sum(x * x for x, _ in bursts)) if bursts else 0.0
+    first_token_s = statistics.mean(median_of(rows, "median_ttft_ms") / 1e3
+                                    - step_time.seconds(StepWork(load.input_len, 0, 0, load.input_len ** 2))
+                                    for load, rows in alone)
 
     decode = [(load.concurrency, median_of(rows, "median_tpot_ms") / 1e3,
                step_time.seconds(StepWork(0, load.concurrency,
@@ -95,8 +81,7 @@ def fit_served(runs: dict[str, list[dict]], step_time: StepTime) -> Served:
         return sum((max(gpu_s, cpu_per_seq * seqs) / tpot_s - 1) ** 2 for seqs, tpot_s, gpu_s in decode)
 
     cpu_per_decode_seq_s = min([0.0, *(tpot_s / seqs for seqs, tpot_s, _ in decode)], key=error)
-    return Served(first_token_s=max(0.0, first_token_s), per_request_s=per_request_s,
-                  cpu_per_decode_seq_s=cpu_per_decode_seq_s)
+    return Served(first_token_s=max(0.0, first_token_s), cpu_per_decode_seq_s=cpu_per_decode_seq_s)
 
 
 def write_served(args) -> Served:
@@ -108,8 +93,8 @@ def write_served(args) -> Served:
               "results": args.results, "server": server, "loads": sorted(runs),
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "how": "bench/calibrate_simulator.py fit_served"}
-    profile["served"] = {"first_token_s": served.first_token_s, "per_request_s": served.per_request_s,
-                         "cpu_per_decode_seq_s": served.cpu_per_decode_seq_s, "fitted": fitted}
+    profile["served"] = {"first_token_s": served.first_token_s, "cpu_per_decode_seq_s": served.cpu_per_decode_seq_s,
+                         "fitted": fitted}
     Path(args.profile).write_text(json.dumps(profile, indent=1) + "\n")
     return served
 

@@ -20,7 +20,7 @@ The profile (JSON):
      "measured": {"machine": ..., "gpu": ..., "vllm": ..., "model": ..., "date": ..., "command": ..., "fit": {...}},
      "samples": [{"prefill_tokens": ..., "decode_seqs": ..., "kv_tokens": ..., "prefill_attention": ...,
                   "step_s": ...}, ...],
-     "served": {"first_token_s": ..., "per_request_s": ..., "cpu_per_decode_seq_s": ..., "fitted": {...}}}
+     "served": {"first_token_s": ..., "cpu_per_decode_seq_s": ..., "fitted": {...}}}
 
 `served` is optional: what the served path costs beyond the engine stepped alone (the profile's steps),
 fitted from served runs by bench/calibrate_simulator.py --fit-served (class Served).
@@ -62,16 +62,14 @@ class Served(msgspec.Struct, forbid_unknown_fields=True):
     process) does not show, each term from served runs of the real engine:
     - first_token_s: every request's fixed latency from the client's send to its first token beyond the
       engine's prefill step: HTTP, tokenizing, ZeroMQ, vLLM's input processing, async scheduling handing
-      the first token back a step late, publishing, streaming it out. It shifts the whole stream.
-    - per_request_s: the part of that path that takes one request at a time (the bench client, the
-      frontends' event loops, the engine worker's intake), so the requests of a burst reach the
-      engine spread out, the n-th (n - 1) x per_request_s after the first.
+      the first token back a step late, publishing, streaming it out. It shifts the whole stream, and
+      requests added together still reach the scheduler together (vLLM's own timings of a burst show
+      them scheduled at once: queue ~0.1 ms, prefill as long as one full batch).
     - cpu_per_decode_seq_s: the engine core's CPU work per running sequence in a step (scheduling,
       output processing, publishing). Under async scheduling it runs beside the GPU's forward pass, so
       a step takes the longer of the two; the profile times the GPU's part only."""
 
     first_token_s: Seconds = 0.0
-    per_request_s: Seconds = 0.0
     cpu_per_decode_seq_s: Seconds = 0.0
     fitted: dict[str, Any] = {}  # where the terms came from: the command, the runs, the numbers fitted
 

@@ -10,8 +10,8 @@ it tells its stat loggers the scheduler's figures, as vLLM's LLMEngine does, and
 events of the step for engine_worker/cache_events.py.
 
 With the profile's `served` terms (common/step_time.py, Served), a request reaches the scheduler
-first_token_s after it was added, and a burst's requests per_request_s apart; a step takes at least
-its CPU's cpu_per_decode_seq_s per decoding sequence.
+first_token_s after it was added, and a step takes at least its CPU's cpu_per_decode_seq_s per
+decoding sequence.
 """
 import queue
 import random
@@ -111,7 +111,6 @@ class SimulatedEngine:
         self.busy_since: float | None = None  # the end of the last step, while requests remain
         self.served = served
         self.arriving: deque[tuple[float, Request]] = deque()  # (when it reaches the scheduler, request)
-        self.intake_free_at = 0.0  # when the served path's one-at-a-time part takes the next request
 
     def get_supported_tasks(self) -> tuple[str, ...]:
         return ("generate",)
@@ -124,9 +123,7 @@ class SimulatedEngine:
         if self.served is None:
             self.scheduler.add(request)
             return
-        start = max(self.clock(), self.intake_free_at)
-        self.intake_free_at = start + self.time_scale * self.served.per_request_s
-        self.arriving.append((start + self.time_scale * self.served.first_token_s, request))
+        self.arriving.append((self.clock() + self.time_scale * self.served.first_token_s, request))
 
     def abort_request(self, request_ids) -> None:
         for request_id in request_ids:
