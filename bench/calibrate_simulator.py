@@ -61,8 +61,9 @@ def fit_served(runs: dict[str, list[dict]], step_time: StepTime) -> Served:
     - first_token_s: at concurrency 1, the client's median TTFT less the profile's prefill step of the
       prompt (what the served path adds to a lone request), averaged over such loads;
     - cpu_per_decode_seq_s: of 0 and each load's median TPOT / its concurrency (where that load's steps
-      would be CPU-bound exactly), the one whose steps, max(profile's decode step, CPU), fit every
-      load's median TPOT best (least squares on relative errors)."""
+      would be CPU-bound exactly), the one whose steps, max(profile's decode step at the load's mean
+      context, prompt + half the output, CPU), fit every load's median TPOT best (least squares on
+      relative errors)."""
     loads = [(Load(**rows[0]["load"]), rows) for rows in runs.values()]
     alone = [(load, rows) for load, rows in loads if load.concurrency == 1]
     if not alone:
@@ -89,7 +90,7 @@ def write_served(args) -> Served:
     server, runs = real_runs(json.loads(Path(args.results).read_text()), args.server)
     profile = json.loads(Path(args.profile).read_text())
     served = fit_served(runs, StepTime(**profile["step_time"]))
-    fitted = {"command": "python -m bench.calibrate_simulator " + shlex.join(sys.argv[1:]),
+    fitted = {"command": args.command,
               "results": args.results, "server": server, "loads": sorted(runs),
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "how": "bench/calibrate_simulator.py fit_served"}
@@ -194,10 +195,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="output tokens a second this host streams while keeping time")
     parser.add_argument("--min-time-scale", type=float, default=1.0, help="the least time_scale: a larger one "
                         "shrinks this host's own per-request cost (HTTP, streaming) on the simulated clock")
-    parser.add_argument("--warmups", type=int, default=4)
+    parser.add_argument("--warmups", type=int, default=8, help="as the GPU runs had (bench/gpu/gpu_common.sh)")
     parser.add_argument("--port", type=int, default=7480)
     parser.add_argument("--out", default="bench/results/sim-calibration")
     args = parser.parse_args(argv)
+    args.command = "python -m bench.calibrate_simulator " + shlex.join(sys.argv[1:] if argv is None else argv)
     if not args.model and not args.fit_served:
         parser.error("--model is required unless --fit-served")
     args.engine_args = json.loads(args.engine_args)

@@ -15,8 +15,8 @@ decoding sequence.
 """
 import queue
 import random
-from collections import deque
 import time
+from collections import deque
 from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 from typing import NamedTuple
@@ -126,9 +126,9 @@ class SimulatedEngine:
         self.arriving.append((self.clock() + self.time_scale * self.served.first_token_s, request))
 
     def abort_request(self, request_ids) -> None:
-        for request_id in request_ids:
-            self.scheduler.finish(request_id)
         ids = set(request_ids)
+        for request_id in ids:
+            self.scheduler.finish(request_id)
         self.arriving = deque(item for item in self.arriving if item[1].request_id not in ids)
 
     def has_unfinished_requests(self) -> bool:

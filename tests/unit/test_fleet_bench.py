@@ -242,8 +242,10 @@ def test_fit_served_writes_the_terms_and_their_source_into_the_profile(tmp_path)
     results, profile = tmp_path / "results.json", tmp_path / "profile.json"
     results.write_text(json.dumps(SERVED_ROWS))
     profile.write_text(json.dumps({"format": 1, "step_time": msgspec.to_builtins(SERVED_STEP_TIME)}))
-    calibrate_simulator.main(["--fit-served", "--results", str(results), "--profile", str(profile)])
+    argv = ["--fit-served", "--results", str(results), "--profile", str(profile)]
+    calibrate_simulator.main(argv)
     served = load_profile(profile).served
+    assert served.fitted["command"] == "python -m bench.calibrate_simulator " + " ".join(argv)
     assert served.first_token_s == pytest.approx(0.007) and served.cpu_per_decode_seq_s == pytest.approx(0.0002)
     assert served.fitted["results"] == str(results) and served.fitted["server"] == "ours-4fe"
     assert served.fitted["loads"] == ["100x200@1", "100x200@33", "100x200@9"]
