@@ -2,7 +2,8 @@
 starts it with `engine_backend: simulated`, all through nginx: /generate, chat streamed with the openai
 package, /health, /metrics with every engine's figures and its prefix cache, exact prefix placement
 from the simulated engines' KV-cache events, the operator emptying prefix caches (every router following),
-a refusal in the protocol's shape, and one engine killed (only its requests fail; supervisord restarts it) and one drained with SIGTERM. No vLLM is started."""
+a refusal in the protocol's shape, and one engine killed (only its requests fail; supervisord restarts it)
+and one drained with SIGTERM. No vLLM is started."""
 import os
 import signal
 import subprocess
@@ -17,16 +18,15 @@ from openai import OpenAI
 from common.config import ROOT
 from tests.conftest import Deployment, health, wait_for, wait_until_whole
 from tests.test_faults_e2e import Stream
-from tests.test_fleet_e2e import PIN, listing, moved, per_engine, routed
+from tests.test_fleet_e2e import ADMIN, ADMIN_KEY, PIN, cached_tokens, listing, moved, per_engine, reported, routed
 
 ENGINES = 8
 PROFILE = ROOT / "tests/fixtures/step-time-profile-fixture.json"
-ADMIN = {"Authorization": "Bearer simulated-fleet-admin-key"}
 
 
 @pytest.fixture(scope="module")
 def fleet(model_dir):
-    deployment = Deployment("simulated", server={"admin_api_key": ADMIN["Authorization"].split()[-1]},
+    deployment = Deployment("simulated", server={"admin_api_key": ADMIN_KEY},
                             engine_args={"data_parallel_size": ENGINES})
     inference = yaml.safe_load((deployment.dir / "inference.yml").read_text())
     inference.update(engine_backend="simulated", simulator={"profile": str(PROFILE), "seed": 7})
@@ -113,19 +113,6 @@ def test_a_shared_prefix_stays_on_one_engine_whose_prefix_cache_serves_it(fleet,
     assert moved(before, routed(fleet.url)) == {("4", "prefix"): 6}
     wait_for(lambda: per_engine(fleet.url, "llm_engine_prefix_cache_hits_total", "engine")[("4",)]
              >= hits_before + 6 * 16 * shared_blocks, 5, what="engine 4's prefix-cache hits to grow by the shared blocks")
-
-
-def cached_tokens(url: str, prompt: str, rank: int) -> int:
-    body = {"model": "tiny-llama", "prompt": prompt, "max_tokens": 2}
-    answer = httpx.post(url + "/v1/completions", json=body, headers={PIN: str(rank)}, timeout=120)
-    assert answer.status_code == 200
-    return answer.json()["usage"]["prompt_tokens_details"]["cached_tokens"]
-
-
-def reported(fleet, rank: int) -> list[float]:
-    """The prefix blocks each frontend's router holds engine `rank` to have."""
-    return [per_engine(fleet.frontend_url(index), "llm_engine_reported_cache_blocks", "engine").get((str(rank),), 0)
-            for index in range(2)]
 
 
 def test_an_operator_empties_prefix_caches_and_every_router_forgets_them(fleet):
