@@ -10,8 +10,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-               404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
-               415: "invalid_request_error", 431: "invalid_request_error", 429: "rate_limit_exceeded", 503: "service_unavailable", 504: "timeout"}
+               404: "not_found_error", 405: "invalid_request_error", 409: "conflict_error",
+               413: "invalid_request_error", 415: "invalid_request_error", 431: "invalid_request_error", 429: "rate_limit_exceeded", 503: "service_unavailable", 504: "timeout"}
 
 
 class HTTPError(Exception):

@@ -1,6 +1,7 @@
 """The simulated-fleet benches' arithmetic, on made-up figures: what a run's /metrics add up to, the host's
 time-keeping verdict, the oracle's placements, the ladder's stages and targets, the calibration's ratios."""
 import asyncio
+import json
 import random
 from types import SimpleNamespace
 
@@ -208,3 +209,14 @@ def test_the_calibration_sets_the_simulated_medians_beside_the_real_ones():
     assert row["prefix_cache_hit_rate"]["points"] == pytest.approx(8.0) and not row["prefix_cache_hit_rate"]["within"]
     assert calibrate_simulator.time_scale_for(9000, 1500) == 6.0 and calibrate_simulator.time_scale_for(100, 1500) == 1
     assert calibrate_simulator.time_scale_for(100, 1500, least=4.0) == 4.0
+
+
+def test_a_ladder_started_at_a_later_repeat_keeps_the_earlier_repeats_and_refuses_one_past_the_last(tmp_path, capsys):
+    runs = [{"engines": 8, "policy": "prefix", "repeat": repeat, "stages": []} for repeat in (1, 2, 3)]
+    (tmp_path / "ladder.json").write_text(json.dumps({"args": {}, "runs": runs}))
+    assert [run["repeat"] for run in llmd_ladder.earlier_repeats(tmp_path, 3)] == [1, 2]
+    assert llmd_ladder.earlier_repeats(tmp_path, 1) == []  # a whole ladder starts afresh
+    assert llmd_ladder.parse_args(["--first-repeat", "3"]).first_repeat == 3
+    with pytest.raises(SystemExit):
+        llmd_ladder.parse_args(["--first-repeat", "4", "--repeats", "3"])
+    assert "--first-repeat must be 1 to --repeats (3), not 4" in capsys.readouterr().err
