@@ -89,7 +89,10 @@ def warm_up(engine) -> None:
 
     tasks = engine.get_supported_tasks()
     if "generate" in tasks:
-        params = SamplingParams(max_tokens=WARM_UP_TOKENS, ignore_eos=True, detokenize=False)
+        # With logprobs: vLLM compiles its logprob ranking kernel (torch.compile) on the first request
+        # that asks for them, 15 s on a 2-core host, past stall_timeout_s: that request would fail as
+        # the engine's stall, and the requests beside it would move.
+        params = SamplingParams(max_tokens=WARM_UP_TOKENS, ignore_eos=True, detokenize=False, logprobs=1)
     else:
         params = PoolingParams(task=next(task for task in ("embed", "classify", *tasks) if task in tasks))
     engine.add_request("warm-up", {"prompt_token_ids": WARM_UP_PROMPT}, params)
