@@ -13,7 +13,9 @@ the stage's percentile then reads as a lower bound, marked >=), prefix-cache hit
 the simulation kept. Rates are per simulated second, and per engine on the command line (--rates), so
 one ladder fits every fleet size. `oracle` is bench/oracle.py, an instrument: the mark for hit rates.
 Writes OUT/ladder.json (every run's stages), OUT/ladder.md (the medians over repeats and the targets) and
-OUT/ladder.png (bench/plot.py).
+OUT/ladder.png (bench/plot.py). `--first-repeat N` runs repeats N to --repeats only (each repeat draws its
+own arrivals, so repeat 3 is the same whenever it runs), keeping the earlier repeats of OUT/ladder.json in
+the medians: give the same OUT and arguments as the run it completes.
 """
 import argparse
 import json
@@ -203,9 +205,22 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="time_scale per engine: one value for every fleet (x engines), or one per --engines")
     parser.add_argument("--frontends", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--first-repeat", type=int, default=1,
+                        help="start at this repeat, keeping OUT/ladder.json's earlier ones (a run cut short)")
     parser.add_argument("--port", type=int, default=7380)
     parser.add_argument("--out", default="bench/results/llmd-ladder")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not 1 <= args.first_repeat <= args.repeats:
+        parser.error(f"--first-repeat must be 1 to --repeats ({args.repeats}), not {args.first_repeat}")
+    return args
+
+
+def earlier_repeats(out: Path, first_repeat: int) -> list[dict]:
+    """The runs of repeats before `first_repeat` that OUT/ladder.json holds from an earlier invocation."""
+    path = out / "ladder.json"
+    if first_repeat == 1 or not path.exists():
+        return []
+    return [run for run in json.loads(path.read_text())["runs"] if run["repeat"] < first_repeat]
 
 
 def time_scale(args, index: int) -> float:
@@ -222,10 +237,10 @@ def main(argv=None) -> None:
     spec = FleetSpec()
     prompts = SharedPrefixPrompts(PromptMaker(vocabulary(spec.model), seed=22), GROUPS, USERS, SYSTEM_LEN,
                                   QUESTION_LEN, draw_seed=22)
-    runs = []
+    runs = earlier_repeats(out, args.first_repeat)
     for index, engines in enumerate(args.engines):
         stages = stages_for(engines, tuple(args.warm_up), args.rates, args.stage_s)
-        for repeat in range(1, args.repeats + 1):
+        for repeat in range(args.first_repeat, args.repeats + 1):
             for policy in args.policies:
                 spec = FleetSpec(engines=engines, frontends=args.frontends, policy=policy, profile=args.profile,
                                  time_scale=time_scale(args, index), engine_args=ENGINE_ARGS)

@@ -148,13 +148,15 @@ def multi_turn(run: FleetRun, size: Size, maker: PromptMaker) -> Verdict:
 
 def frontend_counts(run: FleetRun, size: Size, maker: PromptMaker) -> Verdict:
     """(d) The same load through 1, 2, 4, 8 frontends (the client sends to each in turn, past nginx): routers
-    that each see only their own sends settle prefixes apart and lose cache hits."""
+    that each see only their own sends settle prefixes apart and lose cache hits. Each count sends the same
+    prompts at the same times to a fleet whose prefix caches were emptied before it (and every router's view
+    of them), so each count places the same prefix groups afresh."""
     summaries = []
     for count in size.frontend_counts:
-        # The same arrivals and draws each time; other tokens, so no run finds the last one's prefixes cached.
-        content = PromptMaker(maker.vocabulary, seed=100 + count)
-        prompts = SharedPrefixPrompts(content, 2 * size.engines, 4, 2048, 256, draw_seed=4)
+        prompts = SharedPrefixPrompts(PromptMaker(maker.vocabulary, seed=100), 2 * size.engines, 4, 2048, 256,
+                                      draw_seed=4)
         times = poisson_times(2.0 * size.engines, size.frontends_s, random.Random(4))
+        run.empty_prefix_caches()
         summaries.append(run.send(prompts.requests(times, 64), urls=run.frontend_urls(count)))
     hits = [summary["prefix_cache_hit_rate"] or 0.0 for summary in summaries]
     p90 = [summary["ttft_s"]["p90"] for summary in summaries]

@@ -79,6 +79,14 @@ class SetOffline(msgspec.Struct, tag="set_offline", array_like=True):
     offline: bool
 
 
+class ResetPrefixCache(msgspec.Struct, tag="reset_prefix_cache", array_like=True):
+    """Empty the engine's prefix cache (vLLM's reset_prefix_cache: only while no request holds a block of
+    it). Answered like LoadLora: "stop" once emptied, "error" with the reason if not."""
+
+    request_id: str
+    frontend_id: str
+
+
 class ListLoras(msgspec.Struct, tag="list_loras", array_like=True):
     """Ask for the engine's LoRA adapters: a heartbeat named a version of them this frontend has not
     got (the Loras message of a change was lost). Answered with Loras on the frontend's topic."""
@@ -100,7 +108,7 @@ class Resync(msgspec.Struct, tag="resync", array_like=True):
     frontend_id: str
 
 
-EngineRequest = Add | Abort | Hello | LoadLora | UnloadLora | Resync | ListLoras | SetOffline
+EngineRequest = Add | Abort | Hello | LoadLora | UnloadLora | Resync | ListLoras | SetOffline | ResetPrefixCache
 
 
 class TokenLogprob(msgspec.Struct, array_like=True):
@@ -261,14 +269,17 @@ class Goodbye(msgspec.Struct, tag="goodbye", array_like=True):
 class CachedBlocks(msgspec.Struct, tag="cached", array_like=True):
     """Prompt blocks the engine's prefix cache took in and dropped, as the router hashes them
     (common/blocks.py). `cleared`: it holds none but `stored` (a whole snapshot, after each Welcome and
-    Resync). `seq` numbers the changes, 1, 2, 3, … per engine; a snapshot carries the number of the
-    last change it includes."""
+    Resync, or after the engine emptied its prefix cache). `seq` numbers the changes, 1, 2, 3, … per
+    engine; a snapshot carries the number of the last change it includes."""
 
     engine_id: str
     seq: int
     stored: list[int]
     removed: list[int]
     cleared: bool = False
+    # The engine dropped every block (vLLM's AllBlocksCleared, on the broadcast topic): what a frontend sent
+    # there before is gone from its cache too.
+    emptied: bool = False
 
 
 EngineOutput = StepOutput | Welcome | Heartbeat | Goodbye | CachedBlocks | LoadReport | Loras

@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -88,7 +89,10 @@ def warm_up(engine) -> None:
 
     tasks = engine.get_supported_tasks()
     if "generate" in tasks:
-        params = SamplingParams(max_tokens=WARM_UP_TOKENS, ignore_eos=True, detokenize=False)
+        # With logprobs: vLLM compiles its logprob ranking kernel (torch.compile) on the first request
+        # that asks for them, 15 s on a 2-core host, past stall_timeout_s: that request would fail as
+        # the engine's stall, and the requests beside it would move.
+        params = SamplingParams(max_tokens=WARM_UP_TOKENS, ignore_eos=True, detokenize=False, logprobs=1)
     else:
         params = PoolingParams(task=next(task for task in ("embed", "classify", *tasks) if task in tasks))
     engine.add_request("warm-up", {"prompt_token_ids": WARM_UP_PROMPT}, params)
@@ -190,7 +194,7 @@ def wire_up(server: ServerConfig, inference: PoolConfig, slot: int, started: Sta
     from common.curve import start_authenticator
     from common.sockets import curve_keys_dir
     from engine_worker.admission import admitter
-    from engine_worker.cache_events import CacheIndex, start_cache_event_reader, start_cache_event_relay
+    from engine_worker.cache_events import CacheIndex, relay_emptied, start_cache_event_reader, start_cache_event_relay
     from engine_worker.io_threads import OutputPublisher, start_request_reader
     from engine_worker.priority_hold import PriorityHold
     from engine_worker.step_loop import StepLoop
@@ -205,16 +209,17 @@ def wire_up(server: ServerConfig, inference: PoolConfig, slot: int, started: Sta
     cache = CacheIndex(engine_id, server.router.block_size) if started.kv_events else None
     publisher = OutputPublisher(context, server.local_output_address(slot), server.engine, engine_id, started.load,
                                 started.adapters, cache)
+    publish = partial(publisher.send, None)  # on the broadcast topic
     if cache is not None and inference.engine_backend == "simulated":
-        start_cache_event_relay(started.engine.kv_events, cache, lambda change: publisher.send(None, change))
+        start_cache_event_relay(started.engine.kv_events, cache, publish)
     elif cache is not None:
-        start_cache_event_reader(context, started.kv_events["endpoint"], cache,
-                                 lambda change: publisher.send(None, change))
+        start_cache_event_reader(context, started.kv_events["endpoint"], cache, publish)
     loop = StepLoop(
         started.engine, engine_id, inference.served_name, started.model, publisher, started.load,
         server.engine.heartbeat_interval_s, started.adapters, started.resumes_grammars, tracing,
         server.log_requests, PriorityHold(started.engine.vllm_config.scheduler_config.max_num_seqs,
                                           [c.max_share for c in server.priority.classes]),
+        partial(relay_emptied, cache, publish) if cache is not None else None,
     )
     admit = admitter(loop.inbox, started.requests, cache, tracing)
     start_request_reader(context, server.local_request_address(slot), server.engine, admit, on_death=loop.fail)

@@ -8,7 +8,8 @@ router's own block hashes (common/blocks.py, over `router.block_size` tokens) an
 sees a loss, and a whole `snapshot` after each Welcome and each Resync. The same index estimates, for
 each request the engine takes, how much of its prompt the prefix cache already holds
 (`cached_tokens`, for the load report). What is kept is one entry per block vLLM holds: bounded by
-its KV cache.
+its KV cache. When the engine empties its prefix cache (an operator's reset), vLLM's AllBlocksCleared
+goes out only with its next step; the step loop relays one at once (`relay_emptied`).
 """
 import logging
 import queue
@@ -41,6 +42,7 @@ class CacheIndex:
         self.held: set[int] = set()  # every router hash in `blocks`
         self.seq = 0  # the number of the last change
         self.lock = threading.Lock()  # the reader thread writes; snapshots and admission read
+        self.relaying = threading.Lock()  # changes go out in the order of their numbers, from either thread
         self.warned = False
 
     def apply(self, events) -> CachedBlocks | None:
@@ -57,7 +59,8 @@ class CacheIndex:
                 elif kind == "BlockRemoved" and getattr(event, "group_idx", None) in (None, 0):
                     for block in event.block_hashes:
                         change.update(dict.fromkeys(self.blocks.pop(block, []), False))
-                elif kind == "AllBlocksCleared":
+                elif kind == "AllBlocksCleared" and (self.blocks or change):
+                    # Not when it holds nothing: vLLM's own event follows the one the step loop relayed.
                     self.blocks.clear()
                     change, cleared = {}, True
             if not (change or cleared):
@@ -69,7 +72,7 @@ class CacheIndex:
             self.held.difference_update(removed)
             self.held.update(stored)
             self.seq += 1
-            return CachedBlocks(self.engine_id, self.seq, stored, removed, cleared)
+            return CachedBlocks(self.engine_id, self.seq, stored, removed, cleared, emptied=cleared)
 
     def store(self, event) -> list[int]:
         """The router's hashes of the blocks one BlockStored caches. Skipped: blocks of a LoRA adapter,
@@ -155,6 +158,16 @@ def start_cache_event_relay(batches: queue.Queue, index: CacheIndex, publish) ->
 
 
 def relay(index: CacheIndex, events, publish) -> None:
-    change = index.apply(events)
-    if change is not None:
-        publish(change)
+    with index.relaying:
+        change = index.apply(events)
+        if change is not None:
+            publish(change)
+
+
+class AllBlocksCleared:
+    """vLLM's KV-cache event of that name (it has no fields)."""
+
+
+def relay_emptied(index: CacheIndex, publish) -> None:
+    """The engine emptied its prefix cache: every frontend's record of it empties now, not at its next step."""
+    relay(index, [AllBlocksCleared()], publish)

@@ -40,8 +40,8 @@ from collections import defaultdict
 from typing import Any, NamedTuple
 
 from common.messages import (
-    Abort, Add, Delta, Goodbye, Hello, ListLoras, LoadLora, Loras, Resync, SetOffline, StepOutput, TokenLogprob,
-    UnloadLora, Welcome, frontend_slot,
+    Abort, Add, Delta, Goodbye, Hello, ListLoras, LoadLora, Loras, ResetPrefixCache, Resync, SetOffline, StepOutput,
+    TokenLogprob, UnloadLora, Welcome, frontend_slot,
 )
 from common.tracing import log_fields
 from engine_worker.doorbell import Doorbell, RingingQueue, ring_on_outputs
@@ -83,7 +83,7 @@ class Refused(NamedTuple):
 class StepLoop:
     def __init__(self, engine, engine_id: str, model: str, tokenizer: str, publisher, load, idle_wait_s: float,
                  adapters: Adapters | None = None, resumes_grammars: bool = False, tracing=None,
-                 log_requests: bool = False, hold: PriorityHold | None = None):
+                 log_requests: bool = False, hold: PriorityHold | None = None, cache_emptied=None):
         self.engine = engine
         self.adapters = adapters or Adapters(engine)
         self.engine_id = engine_id
@@ -108,6 +108,9 @@ class StepLoop:
         self.usage = TenantUsage()
         # Requests of a priority class past its share of the engine's slots, held back (priority_hold.py).
         self.hold = hold if hold is not None else PriorityHold(0, [])
+        # Tells every frontend at once that the prefix cache is empty (cache_events.relay_emptied), when the
+        # engine reports its cache.
+        self.cache_emptied = cache_emptied
         self.tenant_of: dict[str, tuple[str, int]] = {}  # request id -> its tenant and prompt tokens
         self.frontends: dict[str, float] = {}  # frontend id -> when it last sent a HELLO or an ADD
         self.taken: dict[str, int] = {}  # frontend id -> ADDs taken from it since its last Welcome
@@ -117,7 +120,7 @@ class StepLoop:
         self.failure: str | None = None  # why the process must end with an error
         self.handlers = {Abort: self.abort, Hello: self.hello, Refused: self.refused, LoadLora: self.load_lora,
                          UnloadLora: self.unload_lora, Resync: self.resync, ListLoras: self.list_loras,
-                         SetOffline: self.set_offline}
+                         SetOffline: self.set_offline, ResetPrefixCache: self.reset_prefix_cache}
 
     def serve(self) -> int:
         """Run until stopped or failed, then say Goodbye and abort what still runs. Returns the process's
@@ -280,6 +283,19 @@ class StepLoop:
         if self.load.offline != message.offline:
             log.info("engine %s %s", self.engine_id, "taken out of routing" if message.offline else "back in routing")
         self.load.offline = message.offline
+        self.send(message.frontend_id, [Delta(message.request_id, [], "stop")])
+
+    def reset_prefix_cache(self, message: ResetPrefixCache) -> None:
+        """Empty the engine's prefix cache. vLLM refuses while a request holds blocks of it: say so, and why."""
+        self.heard_from(message.frontend_id)
+        if not self.engine.reset_prefix_cache():
+            reason = (f"the engine did not empty its prefix cache: requests hold blocks of it "
+                      f"({len(self.owners)} running here); try again once they end")
+            self.send(message.frontend_id, [Delta(message.request_id, [], "error", error=reason)])
+            return
+        log.info("engine %s emptied its prefix cache", self.engine_id)
+        if self.cache_emptied is not None:
+            self.cache_emptied()
         self.send(message.frontend_id, [Delta(message.request_id, [], "stop")])
 
     def list_loras(self, message: ListLoras) -> None:

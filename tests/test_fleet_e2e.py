@@ -1,6 +1,6 @@
 """Two engine workers (data_parallel_size 2 on the CPU) and two frontends behind nginx, as `make serve`
-runs them: requests spread over the engines, a shared prefix stays on one, the pin header, and one
-engine killed under load while the other serves on."""
+runs them: requests spread over the engines, a shared prefix stays on one, the pin header, an operator
+emptying vLLM's prefix cache, and one engine killed under load while the other serves on."""
 import asyncio
 import os
 import signal
@@ -14,12 +14,15 @@ from tests.conftest import Deployment, health, wait_for, wait_until_whole
 from tests.test_faults_e2e import Stream
 
 PIN = "X-data-parallel-rank"
+ADMIN_KEY = "fleet-admin-key"
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 @pytest.fixture(scope="module")
 def fleet(model_dir):
     # A small KV cache each; the heartbeat timeout is the default (a killed engine is noticed in 2.5 s).
-    deployment = Deployment("fleet", engine_args={"data_parallel_size": 2, "max_num_seqs": 32})
+    deployment = Deployment("fleet", server={"admin_api_key": ADMIN_KEY},
+                            engine_args={"data_parallel_size": 2, "max_num_seqs": 32})
     deployment.start("-m", "common.service", log="service")
     try:
         # Two vLLM engines share the CPU while they start: longer than one engine takes.
@@ -139,6 +142,34 @@ def test_every_frontend_follows_a_prefix_to_the_engine_that_reports_holding_it(f
         assert moved(before, routed(fleet.url)) == {(rank, "prefix"): 4}
     reported = per_engine(fleet.url, "llm_engine_reported_cache_blocks", "engine")
     assert set(reported) == {("0",), ("1",)} and min(reported.values()) > 0, reported
+
+
+def cached_tokens(url: str, prompt: str, rank: int) -> int:
+    """The prompt tokens engine `rank` found in its prefix cache for one completion of `prompt`."""
+    body = {"model": "tiny-llama", "prompt": prompt, "max_tokens": 2}
+    answer = httpx.post(url + "/v1/completions", json=body, headers={PIN: str(rank)}, timeout=120)
+    assert answer.status_code == 200
+    return answer.json()["usage"]["prompt_tokens_details"]["cached_tokens"]
+
+
+def reported(deployment: Deployment, rank: int) -> list[float]:
+    """The prefix blocks each of the two frontends' routers holds engine `rank` to have."""
+    return [per_engine(deployment.frontend_url(index), "llm_engine_reported_cache_blocks", "engine")
+            .get((str(rank),), 0) for index in range(2)]
+
+
+def test_an_operator_empties_vllms_prefix_cache_and_every_frontend_forgets_it(fleet):
+    """vLLM's reset_prefix_cache behind the admin route; vLLM sends its AllBlocksCleared only with its next
+    step, so the engine worker tells the frontends itself."""
+    wait_until_idle(fleet.url)
+    prompt = " ".join(f"line {i} of a page the operator will flush." for i in range(40)) + "\nWell?"
+    assert cached_tokens(fleet.url, prompt, 0) == 0
+    assert cached_tokens(fleet.url, prompt, 0) > 0
+    wait_for(lambda: all(reported(fleet, 0)), 10, what="both frontends to hear of engine 0's blocks")
+    reset = httpx.post(fleet.url + "/admin/engines/0/reset_prefix_cache", headers=ADMIN, timeout=60)
+    assert reset.status_code == 200 and reset.json() == {"model": "tiny-llama", "emptied": [0]}
+    wait_for(lambda: reported(fleet, 0) == [0, 0], 10, what="both frontends to hear engine 0 emptied its cache")
+    assert cached_tokens(fleet.url, prompt, 0) == 0
 
 
 def test_the_pin_header_is_honoured_and_an_unknown_rank_is_refused(fleet):

@@ -1,8 +1,9 @@
 """A fleet of 8 simulated engines and 2 frontends, started by `python -m common.service` as `make serve`
 starts it with `engine_backend: simulated`, all through nginx: /generate, chat streamed with the openai
 package, /health, /metrics with every engine's figures and its prefix cache, exact prefix placement
-from the simulated engines' KV-cache events, a refusal in the protocol's shape, and one engine killed
-(only its requests fail; supervisord restarts it) and one drained with SIGTERM. No vLLM is started."""
+from the simulated engines' KV-cache events, the operator emptying prefix caches (every router following),
+a refusal in the protocol's shape, and one engine killed (only its requests fail; supervisord restarts it)
+and one drained with SIGTERM. No vLLM is started."""
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ from openai import OpenAI
 from common.config import ROOT
 from tests.conftest import Deployment, health, wait_for, wait_until_whole
 from tests.test_faults_e2e import Stream
-from tests.test_fleet_e2e import PIN, listing, moved, per_engine, routed
+from tests.test_fleet_e2e import ADMIN, ADMIN_KEY, PIN, cached_tokens, listing, moved, per_engine, reported, routed
 
 ENGINES = 8
 PROFILE = ROOT / "tests/fixtures/step-time-profile-fixture.json"
@@ -25,7 +26,8 @@ PROFILE = ROOT / "tests/fixtures/step-time-profile-fixture.json"
 
 @pytest.fixture(scope="module")
 def fleet(model_dir):
-    deployment = Deployment("simulated", engine_args={"data_parallel_size": ENGINES})
+    deployment = Deployment("simulated", server={"admin_api_key": ADMIN_KEY},
+                            engine_args={"data_parallel_size": ENGINES})
     inference = yaml.safe_load((deployment.dir / "inference.yml").read_text())
     inference.update(engine_backend="simulated", simulator={"profile": str(PROFILE), "seed": 7})
     (deployment.dir / "inference.yml").write_text(yaml.safe_dump(inference))
@@ -111,6 +113,31 @@ def test_a_shared_prefix_stays_on_one_engine_whose_prefix_cache_serves_it(fleet,
     assert moved(before, routed(fleet.url)) == {("4", "prefix"): 6}
     wait_for(lambda: per_engine(fleet.url, "llm_engine_prefix_cache_hits_total", "engine")[("4",)]
              >= hits_before + 6 * 16 * shared_blocks, 5, what="engine 4's prefix-cache hits to grow by the shared blocks")
+
+
+def test_an_operator_empties_prefix_caches_and_every_router_forgets_them(fleet):
+    prompt = " ".join(f"paragraph {i} of a text the operator will flush." for i in range(40)) + "\nWell?"
+    assert cached_tokens(fleet.url, prompt, 2) == 0
+    assert cached_tokens(fleet.url, prompt, 2) > 0  # cached there now
+    wait_for(lambda: all(reported(fleet, 2)), 10, what="both frontends to hear of engine 2's blocks")
+    reset = httpx.post(fleet.url + "/admin/engines/2/reset_prefix_cache", headers=ADMIN, timeout=60)
+    assert reset.status_code == 200 and reset.json() == {"model": "tiny-llama", "emptied": [2]}
+    wait_for(lambda: reported(fleet, 2) == [0, 0], 10, what="both frontends to hear engine 2 emptied its cache")
+    assert cached_tokens(fleet.url, prompt, 2) == 0
+    # An engine whose requests hold blocks refuses, and says so; the other engines' caches are emptied.
+    stream = Stream(fleet.url, {"prompt": "busy", "max_tokens": 600, "ignore_eos": True}, headers={PIN: "6"})
+    stream.start()
+    wait_for(stream.started, 60, what="the stream to start")
+    everywhere = httpx.post(fleet.url + "/admin/engines/reset_prefix_cache", headers=ADMIN, timeout=60)
+    error = everywhere.json()["error"]
+    assert everywhere.status_code == 409 and error["param"] == "rank" and "engine 6:" in error["message"]
+    assert "1 running here" in error["message"] and "emptied: engines [0, 1, 2, 3, 4, 5, 7]" in error["message"]
+    assert cached_tokens(fleet.url, prompt, 2) == 0
+    stream.join(120)
+    assert stream.status == 200 and '"error"' not in "".join(stream.chunks)
+    unknown = httpx.post(fleet.url + f"/admin/engines/{ENGINES}/reset_prefix_cache", headers=ADMIN, timeout=60)
+    assert unknown.status_code == 404 and unknown.json()["error"]["param"] == "rank"
+    assert httpx.post(fleet.url + "/admin/engines/2/reset_prefix_cache", timeout=60).status_code == 401
 
 
 def test_a_killed_engine_fails_only_its_requests_and_is_restarted(fleet):

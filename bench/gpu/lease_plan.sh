@@ -29,8 +29,12 @@
 #                (1 API): 128/1024 @64 (128 prompts) and @256 (512), 1024/128 @1 (30) and @256
 #                (512), 3 runs                                                                ~570 s
 #   placement4   placement's load with four engines of ours on GPU 0 (32 prefixes)          ~420 s
-# The default plan (the lease after lease 4, whose `kill` alone ran): c1 targets2 placement4, about
-# 21 minutes; the earlier leases' steps by STEPS= (lease 4: kill c1 targets2 placement4; 2026-12-03:
+#   c1long       c1 with 1,024-token prompts: 1024/128 at concurrency 1, 30 requests a run, 3 runs,
+#                ours (4 frontends) against `vllm serve` (1 API), both traced                 ~420 s
+#   targets3     1024/128 @256 (512 prompts) and 128/1024 @256 (512): ours (4 frontends) against
+#                `vllm serve` with 1 and with 4 API processes (the issue's best at 256), 3 runs ~720 s
+# The default plan (after lease 5, whose c1 and targets2 ran): c1long placement4 targets3, about 26
+# minutes; the earlier leases' steps by STEPS= (lease 5: c1 targets2 placement4; lease 4: kill c1 targets2 placement4; 2026-12-03:
 # kill embeddings targets2 placement4, and c1 c1fork c1pin targets; 2026-12-02: profile calibration
 # c1 placement c1fork).
 #
@@ -39,7 +43,7 @@
 #                                                   starts the plan there in its own session
 #   bash bench/gpu/lease_plan.sh collect SECONDS    waits up to SECONDS for the plan, then packs its
 #                                                   results and log into $OUT (every later call)
-# Knobs (environment): STEPS (e.g. "c1 placement"), MODEL (default /tmp/stage/model, made if missing),
+# Knobs (environment): STEPS (e.g. "c1 placement"), C1LONG_LOADS, TARGET3_LOADS, MODEL (default /tmp/stage/model, made if missing),
 # ENGINE_ARGS (JSON), KILL_ARGS, KILL_CONCURRENCY, KILL_TOKENS, KILL_SECONDS, EMBED_ARGS, EMBED_SERVERS,
 # EMBED_LOAD, BERT, TARGET2_LOADS, PLACEMENT4_LOADS, PROFILE_FLAGS, CALIBRATION_LOADS, PREFIX_LOADS, PREFIX_BLOCKS, C1_LOADS, TARGET_LOADS, PIN_CPUS,
 # PLACEMENT_LOADS, PLACEMENT_ARGS (JSON added to ENGINE_ARGS), REPEATS (3), RESULTS
@@ -61,7 +65,8 @@ start() {  # a copy outside the checkout: a later call replaces the checkout, an
 
 collect() {
     LOG=$LOG bash "$(dirname "$0")/gpu_collect.sh" "${1:-0}" "$RESULTS"
-    cat "$RESULTS/c1/stages.txt" "$RESULTS/c1-fork/stages.txt" "$RESULTS/c1-pin/stages.txt" 2>/dev/null
+    cat "$RESULTS/c1/stages.txt" "$RESULTS/c1-long/stages.txt" "$RESULTS/c1-fork/stages.txt" \
+        "$RESULTS/c1-pin/stages.txt" 2>/dev/null
 }
 
 with_args() {  # JSON_A JSON_B: A with B's keys added
@@ -73,7 +78,7 @@ run() {
     source bench/gpu/gpu_common.sh
     ENGINE_ARGS=${ENGINE_ARGS:-'{"load_format": "dummy", "max_model_len": 4096, "max_num_seqs": 256,
         "max_num_batched_tokens": 8192, "gpu_memory_utilization": 0.85}'}
-    STEPS=${STEPS:-c1 targets2 placement4}
+    STEPS=${STEPS:-c1long placement4 targets3}
     REPEATS=${REPEATS:-3}
     CALIBRATION_LOADS=${CALIBRATION_LOADS:-"128x1024@1/2 128x1024@64/64 128x1024@256/256"}
     # 16 prefixes of 128 blocks of 16 tokens (2,048 blocks) and the running requests' own blocks
@@ -85,6 +90,8 @@ run() {
     PLACEMENT_LOADS=${PLACEMENT_LOADS:-"p2048+128/16x128@128/256"}
     PLACEMENT4_LOADS=${PLACEMENT4_LOADS:-"p2048+128/32x128@256/512"}
     TARGET2_LOADS=${TARGET2_LOADS:-"128x1024@64/128 128x1024@256/512 1024x128@1/30 1024x128@256/512"}
+    C1LONG_LOADS=${C1LONG_LOADS:-"1024x128@1/30"}
+    TARGET3_LOADS=${TARGET3_LOADS:-"1024x128@256/512 128x1024@256/512"}
     KILL_ARGS=${KILL_ARGS:-'{}'}  # added to bench/engine_loss.py's GPU engine arguments
     EMBED_ARGS=${EMBED_ARGS:-'{"max_model_len": 512, "load_format": "dummy"}'}
     EMBED_SERVERS=${EMBED_SERVERS:-"ours:4 vllm:1 vllm:4"}
@@ -121,6 +128,13 @@ step() {
                 ours:4:bench.experiments.request_trace+bench.experiments.request_trace \
                 vllm:1:bench.experiments.request_trace -- $C1_LOADS
             python3 -m bench.experiments.request_trace report "$RESULTS/c1" > "$RESULTS/c1/stages.txt" ;;
+        c1long)
+            REPEATS=$REPEATS side_by_side c1-long "$ENGINE_ARGS" \
+                ours:4:bench.experiments.request_trace+bench.experiments.request_trace \
+                vllm:1:bench.experiments.request_trace -- $C1LONG_LOADS
+            python3 -m bench.experiments.request_trace report "$RESULTS/c1-long" > "$RESULTS/c1-long/stages.txt" ;;
+        targets3)
+            REPEATS=$REPEATS side_by_side targets3 "$ENGINE_ARGS" ours:4 vllm:1 vllm:4 -- $TARGET3_LOADS ;;
         c1pin)
             PIN=${PIN_CPUS:-0-1} REPEATS=$REPEATS side_by_side c1-pin "$ENGINE_ARGS" \
                 ours:4:bench.experiments.request_trace+bench.experiments.request_trace -- $C1_LOADS

@@ -1,6 +1,6 @@
 """The simulated engine: a drop-in for the part of vLLM's LLMEngine that the engine worker uses
-(add_request, abort_request, step, has_unfinished_requests, model_config, vllm_config's cache and
-scheduler sizes), with vLLM's scheduler and paged prefix cache (scheduler.py, kv_cache.py), random
+(add_request, abort_request, step, has_unfinished_requests, reset_prefix_cache, model_config, vllm_config's
+cache and scheduler sizes), with vLLM's scheduler and paged prefix cache (scheduler.py, kv_cache.py), random
 tokens of the served vocabulary (sampling.py), and steps that take the time a GPU's profile gives
 (common/step_time.py) times `time_scale`.
 
@@ -44,6 +44,7 @@ class RequestOutput(NamedTuple):
     finished: bool
     prompt_token_ids: list[int] | None = None
     prompt_logprobs: list | None = None
+    num_cached_tokens: int = 0  # its prompt tokens found in the prefix cache
 
 
 @dataclass
@@ -131,6 +132,11 @@ class SimulatedEngine:
             self.scheduler.finish(request_id)
         self.arriving = deque(item for item in self.arriving if item[1].request_id not in ids)
 
+    def reset_prefix_cache(self) -> bool:
+        """Empty the prefix cache, as vLLM's does: False, changing nothing, while a request holds blocks.
+        Its AllBlocksCleared goes out with the next step's events, as vLLM's."""
+        return self.kv.reset_prefix_cache()
+
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished_requests() or bool(self.arriving)
 
@@ -172,7 +178,7 @@ class SimulatedEngine:
         top = request.sampling.logprobs
         logprobs = None if top is None else [self.sampler.logprobs(token, request.rng, top)]
         return RequestOutput(request.request_id, [CompletionOutput([token], finish_reason, stop_reason, logprobs)],
-                             finish_reason is not None)
+                             finish_reason is not None, num_cached_tokens=max(request.num_cached_tokens, 0))
 
     def report(self) -> None:
         stats = SchedulerStats(len(self.scheduler.running), len(self.scheduler.waiting), self.kv.usage(),

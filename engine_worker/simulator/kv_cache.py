@@ -6,7 +6,8 @@ request's blocks tail first, so its prefix's first blocks stay longest); freed b
 go to the front, reused first. Block 0 is vLLM's null block, never handed out.
 
 The cache reports what it takes in and evicts as events with the names and fields of vLLM's
-KV-cache events (BlockStored, BlockRemoved), which engine_worker/cache_events.py reads.
+KV-cache events (BlockStored, BlockRemoved, AllBlocksCleared), which engine_worker/cache_events.py reads.
+As vLLM's, its prefix cache can be emptied only while no request holds a block (`reset_prefix_cache`).
 """
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -30,6 +31,11 @@ class BlockRemoved:
     block_hashes: list[int]
     medium: str = "GPU"
     group_idx: int = 0
+
+
+@dataclass
+class AllBlocksCleared:
+    medium: str = "GPU"
 
 
 @dataclass
@@ -118,6 +124,17 @@ class BlockPool:
         block.block_hash = block_hash
         self.cached.setdefault(block_hash, {})[block.block_id] = block
 
+    def reset_prefix_cache(self) -> bool:
+        """Forget every cached prefix, as vLLM's BlockPool does: only when every block is free."""
+        if self.num_free != len(self.blocks) - 1:
+            return False
+        self.cached.clear()
+        for block in self.blocks:
+            block.block_hash = None
+        if self.events is not None:
+            self.events.append(AllBlocksCleared())
+        return True
+
     def evict(self, block: Block) -> None:
         if block.block_hash is None:
             return
@@ -201,6 +218,12 @@ class KVCacheManager:
         """Give back the request's blocks, tail first: its prefix's first blocks are evicted last."""
         self.pool.release(reversed(self.blocks_of.pop(request.request_id, [])))
         self.num_cached.pop(request.request_id, None)
+
+    def reset_prefix_cache(self) -> bool:
+        if not self.pool.reset_prefix_cache():
+            return False
+        self.stats.reset = True
+        return True
 
     def take_events(self) -> list:
         if not self.events:

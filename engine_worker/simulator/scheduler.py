@@ -53,6 +53,7 @@ class Request:
         self.block_size = block_size
         self.num_computed_tokens = 0
         self.num_preemptions = 0
+        self.num_cached_tokens = -1  # its prompt tokens found in the prefix cache when first scheduled (vLLM's)
         self.status = WAITING
         self.priority = prompt.priority
         self.arrival = 0  # the order the scheduler took it in
@@ -144,6 +145,8 @@ class Scheduler:
             if not self.kv.allocate(request, num_new, hit):
                 break
             self.kv.record_lookup(request, hit_tokens)
+            if request.num_cached_tokens < 0:
+                request.num_cached_tokens = hit_tokens
             self.waiting.popleft()
             self.running.append(request)
             request.status = RUNNING

@@ -10,9 +10,9 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from frontend.http import HTTPError, error_body, read_json
+from frontend.http import HTTPError, ImmediateStreamingResponse, error_body, read_json
 from frontend.openai.protocol import Seed
 from frontend.request_bounds import check_sampling
 from frontend.run.answer import Answer, respond
@@ -87,7 +87,7 @@ class GeneratedText(Answer):
         return TextChunks()
 
     def streaming_response(self, chunks: AsyncIterator[bytes]) -> Response:
-        return StreamingResponse(chunks, media_type="text/plain; charset=utf-8")
+        return ImmediateStreamingResponse(chunks, media_type="text/plain; charset=utf-8")
 
     def whole_response(self) -> Response:
         choice = self.choice

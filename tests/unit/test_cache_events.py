@@ -42,9 +42,11 @@ def test_cached_blocks_become_the_routers_hashes_of_the_same_tokens():
     # Evicting a vLLM block drops both of the router's blocks in it; one batch's net change is sent.
     assert index.apply([BlockRemoved([9002], "GPU")]) == CachedBlocks("engine-1", 3, [], ours[4:6], False)
     assert index.apply([BlockRemoved([9001], "GPU"), stored(range(1, 2), 9000)]).stored == ours[2:4]
-    assert index.apply([AllBlocksCleared()]) == CachedBlocks("engine-1", 5, [], [], True)
-    assert index.snapshot() == CachedBlocks("engine-1", 5, [], [], True)
+    assert index.apply([AllBlocksCleared()]) == CachedBlocks("engine-1", 5, [], [], True, emptied=True)
+    assert index.snapshot() == CachedBlocks("engine-1", 5, [], [], True)  # a whole state, nothing emptied
     assert index.apply([BlockRemoved([9000], "GPU")]) is None  # nothing a router knows changed
+    # vLLM's own event at its next step, after the one the engine worker relayed: nothing more is emptied.
+    assert index.apply([AllBlocksCleared(), stored(range(0, 1), None)]) == CachedBlocks("engine-1", 6, ours[:2], [], False)
 
 
 def test_the_index_estimates_how_much_of_a_prompt_the_cache_holds():

@@ -243,3 +243,18 @@ async def test_an_engine_that_serves_another_model_than_its_pools_is_never_used(
         await client.stop()
         for engine in engines:
             engine.close()
+
+
+async def test_an_emptied_cache_empties_the_record_and_what_this_frontend_sent_there(fleet):
+    client, engines = fleet
+    prompt = list(range(100, 164))  # four blocks: routed by prefix, remembered where sent
+    client.add("r1", prompt, {"max_tokens": 4})
+    link = client.requests["r1"].link
+    engine, sent = engines[link.rank], client.router.sent[link.rank]
+    assert len(sent) == 4
+    await engine.publish(topic_for(FRONTEND), CachedBlocks(engine.engine_id, 1, [11, 12], [], True))  # a snapshot
+    await until(lambda: 11 in link.cache_record)
+    assert len(sent) == 4  # a snapshot forgets no send: it may predate their prefill
+    await engine.publish(BROADCAST_TOPIC, CachedBlocks(engine.engine_id, 2, [], [], True, emptied=True))
+    await until(lambda: not sent)
+    assert len(link.cache_record) == 0

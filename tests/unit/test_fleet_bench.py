@@ -249,3 +249,14 @@ def test_fit_served_writes_the_terms_and_their_source_into_the_profile(tmp_path)
     assert served.first_token_s == pytest.approx(0.007) and served.cpu_per_decode_seq_s == pytest.approx(0.0002)
     assert served.fitted["results"] == str(results) and served.fitted["server"] == "ours-4fe"
     assert served.fitted["loads"] == ["100x200@1", "100x200@33", "100x200@9"]
+
+
+def test_a_ladder_started_at_a_later_repeat_keeps_the_earlier_repeats_and_refuses_one_past_the_last(tmp_path, capsys):
+    runs = [{"engines": 8, "policy": "prefix", "repeat": repeat, "stages": []} for repeat in (1, 2, 3)]
+    (tmp_path / "ladder.json").write_text(json.dumps({"args": {}, "runs": runs}))
+    assert [run["repeat"] for run in llmd_ladder.earlier_repeats(tmp_path, 3)] == [1, 2]
+    assert llmd_ladder.earlier_repeats(tmp_path, 1) == []  # a whole ladder starts afresh
+    assert llmd_ladder.parse_args(["--first-repeat", "3"]).first_repeat == 3
+    with pytest.raises(SystemExit):
+        llmd_ladder.parse_args(["--first-repeat", "4", "--repeats", "3"])
+    assert "--first-repeat must be 1 to --repeats (3), not 4" in capsys.readouterr().err

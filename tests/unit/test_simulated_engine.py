@@ -10,7 +10,7 @@ import pytest
 
 from common.blocks import block_hashes
 from common.config import ROOT, InferenceConfig
-from common.messages import Add, Goodbye
+from common.messages import Add, Goodbye, ResetPrefixCache
 from common.preflight import StartRefused, check_simulator
 from common.step_time import Served, StepTime, StepWork, load_profile
 from engine_worker.cache_events import CacheIndex
@@ -333,6 +333,44 @@ def test_the_vocabulary_is_read_from_the_model_directory(model_dir, tokenizer):
     assert vocabulary.size == tokenizer.vocab_size
     assert tokenizer.decode([vocabulary.eos_token_id], skip_special_tokens=False) == "<|im_end|>"
     assert vocabulary.stop_ids == {vocabulary.eos_token_id, 1} and vocabulary.max_position_embeddings == 8192
+
+
+def test_the_prefix_cache_is_emptied_only_while_no_request_holds_a_block():
+    load = LoadTracker(monitor_gpus=False)
+    simulated = engine(stat_loggers=[load.stat_logger_factory(base=object)], report_kv_events=True)
+    index = CacheIndex("engine-1", 4)
+    prompt = list(range(4, 21))  # four full blocks and a token
+    add(simulated, "a", prompt, max_tokens=3, ignore_eos=True)
+    simulated.step()
+    assert not simulated.reset_prefix_cache()  # a holds its blocks: refused, as vLLM refuses
+    run(simulated)
+    index.apply(simulated.kv_events.get_nowait())
+    assert simulated.reset_prefix_cache()
+    assert simulated.kv.usage() == 0.0
+    add(simulated, "b", prompt, max_tokens=1, ignore_eos=True)
+    assert [output.num_cached_tokens for output in simulated.step()] == [0]  # b found nothing of a's prompt
+    assert (load.load.prefix_cache_queries_total, load.load.prefix_cache_hits_total) == (34, 0)
+    # The step's events begin with vLLM's AllBlocksCleared, then b's blocks.
+    change = index.apply(simulated.kv_events.get_nowait())
+    assert change.cleared and change.emptied and change.stored == block_hashes(prompt, 4) and change.removed == []
+    add(simulated, "c", prompt, max_tokens=1, ignore_eos=True)
+    assert [output.num_cached_tokens for output in simulated.step()] == [16]  # b's four blocks
+
+
+def test_the_step_loop_empties_the_prefix_cache_when_no_request_runs_and_says_why_not_otherwise():
+    simulated, emptied = engine(), []
+    loop = StepLoop(simulated, "engine-1", "model", "/tokenizer", FakePublisher(), LoadTracker(False), 0.01,
+                    cache_emptied=lambda: emptied.append(True))
+    loop.handle(0.0, SimulatedRequests(simulated)(Add("r1", "host-0~aa", [5, 6, 7, 8, 9], {"max_tokens": 2}), 0.0))
+    loop.step()
+    loop.handle(0.0, ResetPrefixCache("reset-1", "host-0~aa"))
+    refusal = loop.publisher.deltas("host-0~aa")[-1]
+    assert (refusal.request_id, refusal.finish_reason) == ("reset-1", "error") and "1 running here" in refusal.error
+    assert emptied == []
+    loop.step()  # r1 ends
+    loop.handle(0.0, ResetPrefixCache("reset-2", "host-0~aa"))
+    done = loop.publisher.deltas("host-0~aa")[-1]
+    assert (done.request_id, done.finish_reason, emptied) == ("reset-2", "stop", [True])
 
 
 def test_the_step_loop_runs_a_simulated_engine_and_its_failure_ends_every_request():
