@@ -14,17 +14,27 @@ compare a fleet's placement. Each load runs on a simulated engine of its own, at
 its modelled token rate (the real run's, as a first guess) under --host-tokens-per-s on this host; its
 figures are then read on the simulated clock (throughput x time_scale, latencies / time_scale), and the
 simulation's time kept decides whether they count. Writes OUT/calibration.json and OUT/table.md.
+
+--fit-served fits the profile's `served` terms (common/step_time.py, Served) to the served runs of
+--results instead, and writes them into --profile with where they came from (fit_served):
+
+    .venv/bin/python -m bench.calibrate_simulator --fit-served \
+        --results bench/results/gpu-h200-lease/calibration/results.json --profile bench/profiles/h200-llama-3-8b.json
 """
 import argparse
+import datetime
 import json
+import shlex
 import statistics
 import subprocess
+import sys
 from pathlib import Path
 
 from bench.services import OurService
 from bench.side_by_side import Load, bench_command
 from bench.sim_fleet import MIN_TIME_KEPT, difference, engine_figures, scrape, stop_on_sigterm
 from common.config import ROOT
+from common.step_time import Served, StepTime, StepWork
 
 TARGET_RATIO, TARGET_HITS_POINTS = 0.15, 5.0
 KEYS = ("output_throughput", "median_ttft_ms", "median_tpot_ms")
@@ -44,6 +54,50 @@ def real_runs(results: list[dict], server: str | None) -> tuple[str, dict[str, l
 def median_of(rows: list[dict], key: str) -> float | None:
     values = [row["result"].get(key) for row in rows if row["result"].get(key) is not None]
     return statistics.median(values) if values else None
+
+
+def fit_served(runs: dict[str, list[dict]], step_time: StepTime) -> Served:
+    """The served terms from the runs of ours by load label (real_runs), in seconds:
+    - first_token_s: at concurrency 1, the client's median TTFT less the profile's prefill step of the
+      prompt (what the served path adds to a lone request), averaged over such loads;
+    - cpu_per_decode_seq_s: of 0 and each load's median TPOT / its concurrency (where that load's steps
+      would be CPU-bound exactly), the one whose steps, max(profile's decode step at the load's mean
+      context, prompt + half the output, CPU), fit every load's median TPOT best (least squares on
+      relative errors)."""
+    loads = [(Load(**rows[0]["load"]), rows) for rows in runs.values()]
+    alone = [(load, rows) for load, rows in loads if load.concurrency == 1]
+    if not alone:
+        raise ValueError("the runs have no load at concurrency 1, which first_token_s is fitted on")
+
+    first_token_s = statistics.mean(median_of(rows, "median_ttft_ms") / 1e3
+                                    - step_time.seconds(StepWork(load.input_len, 0, 0, load.input_len ** 2))
+                                    for load, rows in alone)
+
+    decode = [(load.concurrency, median_of(rows, "median_tpot_ms") / 1e3,
+               step_time.seconds(StepWork(0, load.concurrency,
+                                          load.concurrency * (load.input_len + load.output_len // 2), 0)))
+              for load, rows in loads]
+
+    def error(cpu_per_seq: float) -> float:
+        return sum((max(gpu_s, cpu_per_seq * seqs) / tpot_s - 1) ** 2 for seqs, tpot_s, gpu_s in decode)
+
+    cpu_per_decode_seq_s = min([0.0, *(tpot_s / seqs for seqs, tpot_s, _ in decode)], key=error)
+    return Served(first_token_s=max(0.0, first_token_s), cpu_per_decode_seq_s=cpu_per_decode_seq_s)
+
+
+def write_served(args) -> Served:
+    """fit_served on --results, written into --profile as its `served` block with where it came from."""
+    server, runs = real_runs(json.loads(Path(args.results).read_text()), args.server)
+    profile = json.loads(Path(args.profile).read_text())
+    served = fit_served(runs, StepTime(**profile["step_time"]))
+    fitted = {"command": args.command,
+              "results": args.results, "server": server, "loads": sorted(runs),
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "how": "bench/calibrate_simulator.py fit_served"}
+    profile["served"] = {"first_token_s": served.first_token_s, "cpu_per_decode_seq_s": served.cpu_per_decode_seq_s,
+                         "fitted": fitted}
+    Path(args.profile).write_text(json.dumps(profile, indent=1) + "\n")
+    return served
 
 
 def time_scale_for(real_tokens_per_s: float, host_tokens_per_s: float, least: float = 1.0) -> float:
@@ -128,8 +182,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", required=True, help="bench/side_by_side.py's results.json of the GPU run")
     parser.add_argument("--server", help="the server of that file to compare with (default: the first ours-*)")
-    parser.add_argument("--model", required=True, help="the model directory the GPU run served (its config and "
-                        "tokenizer; no weights are read)")
+    parser.add_argument("--model", help="the model directory the GPU run served (its config and tokenizer; no "
+                        "weights are read); required unless --fit-served")
+    parser.add_argument("--fit-served", action="store_true", help="fit the profile's served terms to --results "
+                        "and write them into --profile; no simulation")
     parser.add_argument("--profile", required=True)
     parser.add_argument("--engine-args", default="{}", help="JSON: the GPU run's --engine-args")
     parser.add_argument("--router", default="prefix", help="router.policy as bench/side_by_side.py's "
@@ -139,16 +195,22 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="output tokens a second this host streams while keeping time")
     parser.add_argument("--min-time-scale", type=float, default=1.0, help="the least time_scale: a larger one "
                         "shrinks this host's own per-request cost (HTTP, streaming) on the simulated clock")
-    parser.add_argument("--warmups", type=int, default=4)
+    parser.add_argument("--warmups", type=int, default=8, help="as the GPU runs had (bench/gpu/gpu_common.sh)")
     parser.add_argument("--port", type=int, default=7480)
     parser.add_argument("--out", default="bench/results/sim-calibration")
     args = parser.parse_args(argv)
+    args.command = "python -m bench.calibrate_simulator " + shlex.join(sys.argv[1:] if argv is None else argv)
+    if not args.model and not args.fit_served:
+        parser.error("--model is required unless --fit-served")
     args.engine_args = json.loads(args.engine_args)
     return args
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.fit_served:
+        print(write_served(args))
+        return
     stop_on_sigterm()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)

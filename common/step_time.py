@@ -19,7 +19,11 @@ The profile (JSON):
                      block_size, num_gpu_blocks, max_model_len, ...},
      "measured": {"machine": ..., "gpu": ..., "vllm": ..., "model": ..., "date": ..., "command": ..., "fit": {...}},
      "samples": [{"prefill_tokens": ..., "decode_seqs": ..., "kv_tokens": ..., "prefill_attention": ...,
-                  "step_s": ...}, ...]}
+                  "step_s": ...}, ...],
+     "served": {"first_token_s": ..., "cpu_per_decode_seq_s": ..., "fitted": {...}}}
+
+`served` is optional: what the served path costs beyond the engine stepped alone (the profile's steps),
+fitted from served runs by bench/calibrate_simulator.py --fit-served (class Served).
 """
 from pathlib import Path
 from typing import Annotated, Any, NamedTuple
@@ -53,6 +57,26 @@ class StepTime(msgspec.Struct, forbid_unknown_fields=True):
                 + self.per_prefill_attention_s * work.prefill_attention)
 
 
+class Served(msgspec.Struct, forbid_unknown_fields=True):
+    """What a served engine costs that the step-time profile (vLLM's engine core stepped alone, in
+    process) does not show, each term from served runs of the real engine:
+    - first_token_s: every request's fixed latency from the client's send to its first token beyond the
+      engine's prefill step: HTTP, tokenizing, ZeroMQ, vLLM's input processing, async scheduling handing
+      the first token back a step late, publishing, streaming it out. It shifts the whole stream, and
+      requests added together still reach the scheduler together (vLLM's own timings of a burst show
+      them scheduled at once: queue ~0.1 ms, prefill as long as one full batch).
+    - cpu_per_decode_seq_s: the engine core's CPU work per running sequence in a step (scheduling,
+      output processing, publishing). Under async scheduling it runs beside the GPU's forward pass, so
+      a step takes the longer of the two; the profile times the GPU's part only."""
+
+    first_token_s: Seconds = 0.0
+    cpu_per_decode_seq_s: Seconds = 0.0
+    fitted: dict[str, Any] = {}  # where the terms came from: the command, the runs, the numbers fitted
+
+    def step_seconds(self, gpu_s: float, work: StepWork) -> float:
+        return max(gpu_s, self.cpu_per_decode_seq_s * work.decode_seqs)
+
+
 class Sample(msgspec.Struct):
     """One measured point: its counts are the mean over the steps measured there (a profile that pools
     several passes over its grid writes fractions)."""
@@ -70,6 +94,7 @@ class Profile(msgspec.Struct):
     engine_args: dict[str, Any] = {}
     measured: dict[str, Any] = {}
     samples: list[Sample] = []
+    served: Served | None = None
 
 
 def load_profile(path: Path) -> Profile:

@@ -8,15 +8,20 @@ A step sleeps for its modelled time after scheduling, so requests and aborts tha
 wait in the step loop's inbox for the next step, as they do while vLLM computes one. After each step
 it tells its stat loggers the scheduler's figures, as vLLM's LLMEngine does, and queues the KV-cache
 events of the step for engine_worker/cache_events.py.
+
+With the profile's `served` terms (common/step_time.py, Served), a request reaches the scheduler
+first_token_s after it was added, and a step takes at least its CPU's cpu_per_decode_seq_s per
+decoding sequence.
 """
 import queue
 import random
 import time
+from collections import deque
 from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 from typing import NamedTuple
 
-from common.step_time import StepTime, StepWork
+from common.step_time import Served, StepTime, StepWork
 from engine_worker.simulator.kv_cache import KVCacheManager, PrefixCacheStats
 from engine_worker.simulator.sampling import Sampling, TokenSampler, finish_of
 from engine_worker.simulator.scheduler import Chunk, Prompt, Request, Scheduler
@@ -78,7 +83,8 @@ def work_of(chunks: list[Chunk]) -> StepWork:
 
 class SimulatedEngine:
     def __init__(self, shape: EngineShape, vocabulary: Vocabulary, step_time: StepTime, time_scale: float = 1.0,
-                 seed: int = 0, eos_probability: float = 0.0, stat_loggers=(), report_kv_events: bool = False):
+                 seed: int = 0, eos_probability: float = 0.0, stat_loggers=(), report_kv_events: bool = False,
+                 served: Served | None = None):
         self.shape = shape
         self.vocabulary = vocabulary
         self.step_time = step_time
@@ -104,19 +110,27 @@ class SimulatedEngine:
         self.sleep, self.clock = time.sleep, time.monotonic
         self.time_kept = TimeKept()
         self.busy_since: float | None = None  # the end of the last step, while requests remain
+        self.served = served
+        self.arriving: deque[tuple[float, Request]] = deque()  # (when it reaches the scheduler, request)
 
     def get_supported_tasks(self) -> tuple[str, ...]:
         return ("generate",)
 
     def add_request(self, request_id: str, prompt: Prompt, sampling: Sampling, arrival_time: float | None = None):
-        if request_id in self.scheduler.requests:
+        if request_id in self.scheduler.requests or any(r.request_id == request_id for _, r in self.arriving):
             raise ValueError(f"request id {request_id!r} is already running")
         seed = sampling.seed if sampling.seed is not None else self.rng.getrandbits(64)
-        self.scheduler.add(Request(request_id, prompt, sampling, random.Random(seed), self.shape.block_size))
+        request = Request(request_id, prompt, sampling, random.Random(seed), self.shape.block_size)
+        if self.served is None:
+            self.scheduler.add(request)
+            return
+        self.arriving.append((self.clock() + self.time_scale * self.served.first_token_s, request))
 
     def abort_request(self, request_ids) -> None:
-        for request_id in request_ids:
+        ids = set(request_ids)
+        for request_id in ids:
             self.scheduler.finish(request_id)
+        self.arriving = deque(item for item in self.arriving if item[1].request_id not in ids)
 
     def reset_prefix_cache(self) -> bool:
         """Empty the prefix cache, as vLLM's does: False, changing nothing, while a request holds blocks.
@@ -124,13 +138,18 @@ class SimulatedEngine:
         return self.kv.reset_prefix_cache()
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished_requests()
+        return self.scheduler.has_unfinished_requests() or bool(self.arriving)
 
     def step(self) -> list[RequestOutput]:
         started = self.clock()
+        while self.arriving and self.arriving[0][0] <= started:
+            self.scheduler.add(self.arriving.popleft()[1])
         chunks = self.scheduler.schedule()
         outputs = [output for chunk in chunks if (output := self.advance(chunk.request)) is not None]
-        modelled = self.time_scale * self.step_time.seconds(work_of(chunks))
+        if chunks or not self.arriving:
+            modelled = self.time_scale * self.seconds(work_of(chunks))
+        else:  # nothing to compute until the next request arrives
+            modelled = self.arriving[0][0] - started
         self.sleep(max(0.0, started + modelled - self.clock()))
         self.keep_time(started, modelled)
         self.report()
@@ -140,7 +159,11 @@ class SimulatedEngine:
         ended = self.clock()
         self.time_kept.modelled_s += modelled
         self.time_kept.busy_s += ended - (started if self.busy_since is None else self.busy_since)
-        self.busy_since = ended if self.scheduler.has_unfinished_requests() else None
+        self.busy_since = ended if self.has_unfinished_requests() else None
+
+    def seconds(self, work: StepWork) -> float:
+        gpu_s = self.step_time.seconds(work)
+        return gpu_s if self.served is None else self.served.step_seconds(gpu_s, work)
 
     def advance(self, request: Request) -> RequestOutput | None:
         """The request's token from this step, if its whole sequence is now computed (a prompt chunk

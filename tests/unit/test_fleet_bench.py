@@ -1,10 +1,12 @@
 """The simulated-fleet benches' arithmetic, on made-up figures: what a run's /metrics add up to, the host's
-time-keeping verdict, the oracle's placements, the ladder's stages and targets, the calibration's ratios."""
+time-keeping verdict, the oracle's placements, the ladder's stages and targets, the calibration's ratios and
+the served terms it fits."""
 import asyncio
 import json
 import random
 from types import SimpleNamespace
 
+import msgspec
 import pytest
 import zmq
 
@@ -16,6 +18,7 @@ from bench.routing_suite import ideal_hit_rate
 from bench.sim_fleet import FleetSpec, difference, engine_figures, fleet_service, host_verdict, make_oracle, spread
 from common.blocks import block_hashes
 from common.messages import BROADCAST_TOPIC, CachedBlocks, EngineLoad, Goodbye, Heartbeat, encode
+from common.step_time import StepTime, load_profile
 
 
 def test_a_runs_engine_figures_are_what_its_counters_moved():
@@ -209,6 +212,43 @@ def test_the_calibration_sets_the_simulated_medians_beside_the_real_ones():
     assert row["prefix_cache_hit_rate"]["points"] == pytest.approx(8.0) and not row["prefix_cache_hit_rate"]["within"]
     assert calibrate_simulator.time_scale_for(9000, 1500) == 6.0 and calibrate_simulator.time_scale_for(100, 1500) == 1
     assert calibrate_simulator.time_scale_for(100, 1500, least=4.0) == 4.0
+
+
+def served_row(concurrency: int, ttft: float, tpot: float) -> dict:
+    load = {"input_len": 100, "output_len": 200, "concurrency": concurrency, "prompts": concurrency, "repeats": 1}
+    return {"server": "ours-4fe", "load": load, "repeat": 1, "result": {"median_ttft_ms": ttft, "median_tpot_ms": tpot}}
+
+
+# A profile whose prefill of 100 tokens takes 2 + 1 = 3 ms and a decode step 2 ms + 0.1 ms a sequence.
+SERVED_STEP_TIME = StepTime(constant_s=0.002, per_prefill_token_s=1e-5, per_decode_seq_s=1e-4, per_kv_token_s=0.0,
+                            per_prefill_attention_s=0.0)
+# A lone request: 10 ms to its first token, decode as the profile's 2.1 ms. At 33 requests the steps take
+# 6.6 ms where the GPU's take 5.3: 0.2 ms of CPU a sequence; at 9 they take the GPU's 2.9 ms (9 x 0.2 =
+# 1.8 ms of CPU).
+SERVED_ROWS = [served_row(1, 10.0, 2.1), served_row(9, 50.0, 2.9), served_row(33, 150.0, 6.6)]
+
+
+def test_the_served_terms_are_fitted_to_what_served_runs_took_beyond_the_profile():
+    _, runs = calibrate_simulator.real_runs(SERVED_ROWS, None)
+    served = calibrate_simulator.fit_served(runs, SERVED_STEP_TIME)
+    assert served.first_token_s == pytest.approx(0.010 - 0.003)
+    assert served.cpu_per_decode_seq_s == pytest.approx(0.0002)
+    _, bursts_only = calibrate_simulator.real_runs(SERVED_ROWS[1:], None)
+    with pytest.raises(ValueError, match="no load at concurrency 1"):
+        calibrate_simulator.fit_served(bursts_only, SERVED_STEP_TIME)
+
+
+def test_fit_served_writes_the_terms_and_their_source_into_the_profile(tmp_path):
+    results, profile = tmp_path / "results.json", tmp_path / "profile.json"
+    results.write_text(json.dumps(SERVED_ROWS))
+    profile.write_text(json.dumps({"format": 1, "step_time": msgspec.to_builtins(SERVED_STEP_TIME)}))
+    argv = ["--fit-served", "--results", str(results), "--profile", str(profile)]
+    calibrate_simulator.main(argv)
+    served = load_profile(profile).served
+    assert served.fitted["command"] == "python -m bench.calibrate_simulator " + " ".join(argv)
+    assert served.first_token_s == pytest.approx(0.007) and served.cpu_per_decode_seq_s == pytest.approx(0.0002)
+    assert served.fitted["results"] == str(results) and served.fitted["server"] == "ours-4fe"
+    assert served.fitted["loads"] == ["100x200@1", "100x200@33", "100x200@9"]
 
 
 def test_a_ladder_started_at_a_later_repeat_keeps_the_earlier_repeats_and_refuses_one_past_the_last(tmp_path, capsys):

@@ -12,7 +12,7 @@ from common.blocks import block_hashes
 from common.config import ROOT, InferenceConfig
 from common.messages import Add, Goodbye, ResetPrefixCache
 from common.preflight import StartRefused, check_simulator
-from common.step_time import StepTime, StepWork, load_profile
+from common.step_time import Served, StepTime, StepWork, load_profile
 from engine_worker.cache_events import CacheIndex
 from engine_worker.load import LoadTracker
 from engine_worker.simulator.admission import SimulatedRequests
@@ -93,7 +93,7 @@ class SlowHost:
         self.now += seconds + self.overrun_s
 
     def step(self, simulated: SimulatedEngine) -> None:
-        simulated.step()
+        self.outputs = simulated.step()
         self.now += self.between_s
 
 
@@ -115,6 +115,45 @@ def test_the_time_kept_counts_overrun_sleeps_and_the_loop_between_busy_steps_but
     host.step(simulated)
     modelled += 2.0 * STEP_TIME.seconds(StepWork(4, 0, 0, 16))
     assert load.load.simulated_busy_s_total == pytest.approx(modelled + 4 * 0.001 + 2 * 0.004)
+
+
+def first_token_times(simulated: SimulatedEngine, host: SlowHost) -> dict[str, float]:
+    """Step until every request ended: when each one's first token came out, on the host's clock."""
+    firsts = {}
+    while simulated.has_unfinished_requests():
+        host.step(simulated)
+        for output in host.outputs:
+            firsts.setdefault(output.request_id, host.now)
+    return firsts
+
+
+def test_a_served_request_reaches_the_scheduler_after_the_first_token_latency_and_a_burst_together():
+    simulated = engine()
+    simulated.time_scale = 2.0
+    simulated.served = Served(first_token_s=0.010)
+    host = SlowHost(simulated, overrun_s=0.0, between_s=0.0)
+    for request_id, first in (("a", 10), ("b", 20), ("c", 30)):
+        add(simulated, request_id, list(range(first, first + 10)), max_tokens=2, ignore_eos=True)
+    simulated.abort_request(["c"])  # aborted before it reached the scheduler: it never runs
+    assert simulated.has_unfinished_requests()
+    # a and b reach the scheduler at 100.020 (2 x 10 ms) and are prefilled in one step.
+    both = 100.020 + 2.0 * STEP_TIME.seconds(StepWork(20, 0, 0, 200))
+    assert first_token_times(simulated, host) == pytest.approx({"a": both, "b": both})
+
+
+def test_a_served_step_takes_at_least_its_cpu_time_for_the_sequences_decoding():
+    simulated = engine()
+    simulated.served = Served(cpu_per_decode_seq_s=0.01)
+    simulated.time_scale = 1.0
+    slept = []
+    simulated.sleep = slept.append
+    add(simulated, "a", list(range(10, 14)), max_tokens=3, ignore_eos=True)
+    add(simulated, "b", list(range(20, 24)), max_tokens=3, ignore_eos=True)
+    simulated.step()  # both prompts: no sequence decoding, the GPU's time
+    assert slept[-1] == pytest.approx(STEP_TIME.seconds(StepWork(8, 0, 0, 32)), abs=1e-3)
+    simulated.step()  # two sequences decoding: 20 ms of CPU against the GPU's 3.1 ms
+    assert STEP_TIME.seconds(StepWork(0, 2, 10, 0)) < 0.02
+    assert slept[-1] == pytest.approx(0.02, abs=1e-3)
 
 
 def test_a_profile_is_read_and_a_bad_one_refused_with_the_reason(tmp_path):
