@@ -142,15 +142,17 @@ class ImmediateStreamingResponse(StreamingResponse):
         first = await anext(self.body_iterator, None)
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         if first is not None:
-            body = first if isinstance(first, bytes | memoryview) else first.encode(self.charset)
-            await send({"type": "http.response.body", "body": body, "more_body": True})
+            await self.send_chunk(send, first)
         await super().__call__(scope, receive, send)
 
     async def stream_response(self, send) -> None:  # the status line went out above
         async for chunk in self.body_iterator:
-            body = chunk if isinstance(chunk, bytes | memoryview) else chunk.encode(self.charset)
-            await send({"type": "http.response.body", "body": body, "more_body": True})
+            await self.send_chunk(send, chunk)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def send_chunk(self, send, chunk: str | bytes | memoryview) -> None:
+        body = chunk if isinstance(chunk, bytes | memoryview) else chunk.encode(self.charset)
+        await send({"type": "http.response.body", "body": body, "more_body": True})
 
 
 def event_stream(events: AsyncIterator[bytes]) -> StreamingResponse:
