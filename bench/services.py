@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import psutil
 import yaml
 
 from common.config import ROOT
+
+BENCH_ADMIN_KEY = "bench-admin"  # ours' operator key in a bench's server.yml: the prefix-cache reset takes it
 
 
 def engine_flags(engine_args: dict) -> list[str]:
@@ -57,6 +60,22 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def reset_prefix_cache(self, tries: int = 20) -> None:
+        """Empty every engine's prefix cache, so that a run's hits are its own, not what earlier runs left.
+        An engine still finishing a run's last requests refuses (409): asked again a moment later."""
+        url, headers = self.reset_request()
+        for attempt in range(tries):
+            try:
+                with urllib.request.urlopen(urllib.request.Request(url, b"", headers, method="POST"), timeout=30):
+                    return
+            except urllib.error.HTTPError as error:
+                if error.code != 409 or attempt == tries - 1:
+                    raise RuntimeError(f"{self.name}: POST {url} answered {error.code}: {error.read()[:300]!r}")
+            time.sleep(0.5)
+
+    def reset_request(self) -> tuple[str, dict]:
         raise NotImplementedError
 
     def environment(self) -> dict:
@@ -135,7 +154,7 @@ class OurService(Server):
         self.server_config = {
             "port": port, "frontends": frontends, "frontend_base_port": port + 1, "reuse_port": reuse_port,
             "run_dir": str(self.run_dir / "run"), "data_dir": str(ROOT / ".data"), "log_level": "warning",
-            "router": router_config(router),
+            "router": router_config(router), "admin_api_key": BENCH_ADMIN_KEY,
         }
         self.server_config.update(server or {})
         # cuda_visible_devices "0,0" with data_parallel_size 2: both engines on GPU 0
@@ -157,6 +176,9 @@ class OurService(Server):
         return {**os.environ, "SERVER_CONFIG": str(self.run_dir / "server.yml"),
                 "INFERENCE_CONFIG": str(self.run_dir / "inference.yml"),
                 "PROBE_OUT": str(self.run_dir / "engine-probe.json"), "TRACE_DIR": str(self.run_dir)}
+
+    def reset_request(self) -> tuple[str, dict]:
+        return self.url + "/admin/engines/reset_prefix_cache", {"authorization": f"Bearer {BENCH_ADMIN_KEY}"}
 
     def pid(self, program: str) -> int:
         """The pid of one of supervisord's programs (engine-3, frontend-0, ...)."""
@@ -191,4 +213,9 @@ class VllmServe(Server):
                 "--api-server-count", str(self.api_servers), *engine_flags(self.engine_args)]
 
     def environment(self) -> dict:
-        return {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(self.cpu_kv_cache_gib), "TRACE_DIR": str(self.run_dir)}
+        # VLLM_SERVER_DEV_MODE: vLLM's own POST /reset_prefix_cache (with its other development routes)
+        return {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(self.cpu_kv_cache_gib), "TRACE_DIR": str(self.run_dir),
+                "VLLM_SERVER_DEV_MODE": "1"}
+
+    def reset_request(self) -> tuple[str, dict]:
+        return self.url + "/reset_prefix_cache", {}

