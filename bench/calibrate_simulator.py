@@ -118,7 +118,7 @@ def simulate(load: Load, rows: list[dict], args, out: Path, port: int) -> dict:
         service.wait_ready(600)
         for repeat in range(1, load.repeats + 1):
             result_file = service.run_dir / f"sim-{load.label.replace('/', 'of')}-r{repeat}.json"
-            service.reset_prefix_cache()  # as bench/side_by_side.py before each GPU run since 2026-12-04
+            service.reset_prefix_cache()  # as bench/side_by_side.py does before each GPU run
             before = scrape(service.url)
             with (service.run_dir / f"bench-r{repeat}.log").open("wb") as log:
                 subprocess.run(bench_command(service, load, args, result_file, repeat), stdout=log,

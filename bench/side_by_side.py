@@ -21,8 +21,8 @@ p1024+128/16x128@256/2048. Every load runs against every server, its repeats in 
 starts once. Each row also has the load's prefix-cache hit rate from vLLM's own counters. Before each
 run every engine's prefix cache is emptied (ours: POST /admin/engines/reset_prefix_cache; vllm serve:
 its POST /reset_prefix_cache, under VLLM_SERVER_DEV_MODE=1), so that a run's hits are its own and not
-what earlier loads left (--keep-prefix-cache: as before 2026-12-04, each run on the caches the runs
-before it left).
+what earlier loads left (--keep-prefix-cache: each run on the caches the runs before it left, as every
+run recorded before this option did).
 --pin-engine-core CPUS puts each server's vLLM engine core process (and its workers, where it has any) on
 those cores (taskset's list, e.g. 0-1) and the server's other processes on the rest, once it is ready.
 --cuda-visible-devices pins our engine workers (inference.yml's cuda_visible_devices: "0,0" with
