@@ -64,16 +64,21 @@ class Server:
 
     def reset_prefix_cache(self, tries: int = 20) -> None:
         """Empty every engine's prefix cache, so that a run's hits are its own, not what earlier runs left.
-        An engine still finishing a run's last requests refuses (409): asked again a moment later."""
+        An engine still finishing a run's last requests refuses (ours: 409; vLLM: 200 with
+        {"success": false}): asked again a moment later."""
         url, headers = self.reset_request()
-        for attempt in range(tries):
+        for _ in range(tries):
             try:
-                with urllib.request.urlopen(urllib.request.Request(url, b"", headers, method="POST"), timeout=30):
-                    return
+                with urllib.request.urlopen(urllib.request.Request(url, b"", headers, method="POST"), timeout=30) as answer:
+                    status, body = answer.status, answer.read()
             except urllib.error.HTTPError as error:
-                if error.code != 409 or attempt == tries - 1:
-                    raise RuntimeError(f"{self.name}: POST {url} answered {error.code}: {error.read()[:300]!r}")
+                status, body = error.code, error.read()
+            if status == 200 and json.loads(body or b"{}").get("success", True):
+                return
+            if status not in (200, 409):
+                break
             time.sleep(0.5)
+        raise RuntimeError(f"{self.name}: POST {url} answered {status}: {body[:300]!r}")
 
     def reset_request(self) -> tuple[str, dict]:
         raise NotImplementedError

@@ -2,6 +2,7 @@
 and its pinning of vLLM's engine core."""
 import argparse
 import http.server
+import json
 import os
 import subprocess
 import sys
@@ -100,13 +101,17 @@ class ResettingServer(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self):
         type(self).calls.append((self.path, self.headers.get("authorization")))
-        if type(self).busy > 0:
-            type(self).busy -= 1
-            self.send_response(409)
+        busy, type(self).busy = type(self).busy > 0, max(type(self).busy - 1, 0)
+        if self.path == "/reset_prefix_cache":  # vLLM's: 200 either way, saying whether it emptied
+            self.answer(200, json.dumps({"success": not busy}).encode())
         else:
-            self.send_response(200)
-        self.send_header("content-length", "0")
+            self.answer(409 if busy else 200, b'{"emptied": [0]}')
+
+    def answer(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("content-length", str(len(body)))
         self.end_headers()
+        self.wfile.write(body)
 
     def log_message(self, *args):
         pass
@@ -122,13 +127,16 @@ def test_each_server_empties_its_prefix_caches_on_its_own_route_asking_again_whi
         assert ResettingServer.calls == [("/admin/engines/reset_prefix_cache", f"Bearer {BENCH_ADMIN_KEY}")] * 3
         assert ours.server_config["admin_api_key"] == BENCH_ADMIN_KEY
         ResettingServer.calls.clear()
+        ResettingServer.busy = 1
         vllm = VllmServe(tmp_path, port, "m", {}, api_servers=1)
         vllm.reset_prefix_cache()
-        assert ResettingServer.calls == [("/reset_prefix_cache", None)]
+        assert ResettingServer.calls == [("/reset_prefix_cache", None)] * 2
         assert vllm.environment()["VLLM_SERVER_DEV_MODE"] == "1"
         ResettingServer.busy = 5
         with pytest.raises(RuntimeError, match="answered 409"):
-            vllm.reset_prefix_cache(tries=3)
+            ours.reset_prefix_cache(tries=3)
+        with pytest.raises(RuntimeError, match="success.: false"):
+            vllm.reset_prefix_cache(tries=2)
         fake.shutdown()
 
 
