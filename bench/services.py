@@ -183,7 +183,8 @@ class OurService(Server):
                 "PROBE_OUT": str(self.run_dir / "engine-probe.json"), "TRACE_DIR": str(self.run_dir)}
 
     def reset_request(self) -> tuple[str, dict]:
-        return self.url + "/admin/engines/reset_prefix_cache", {"authorization": f"Bearer {BENCH_ADMIN_KEY}"}
+        return self.url + "/admin/engines/reset_prefix_cache", {
+            "authorization": f"Bearer {self.server_config['admin_api_key']}"}
 
     def pid(self, program: str) -> int:
         """The pid of one of supervisord's programs (engine-3, frontend-0, ...)."""
