@@ -9,8 +9,9 @@ Each run starts the fleet afresh (empty caches), sends a warm-up stage and then 
 to back, as llm-d's runs do, and cuts what still runs --drain-s after the last stage. Each stage is measured
 by itself: output tokens the engines generated during it, TTFT of the requests that arrived in it (a
 request cut off before its first token counts with the time it had waited: its TTFT is at least that, and
-the stage's percentile then reads as a lower bound, marked >=), prefix-cache hits during it, and the time
-the simulation kept. Rates are per simulated second, and per engine on the command line (--rates), so
+the stage's percentile then reads as a lower bound, marked >=), prefix-cache hits during it, the time
+the simulation kept, and the requests the engines ran and held waiting at its end (the queue a later
+arrival waits behind). Rates are per simulated second, and per engine on the command line (--rates), so
 one ladder fits every fleet size. `oracle` is bench/oracle.py, an instrument: the mark for hit rates.
 Writes OUT/ladder.json (every run's stages), OUT/ladder.md (the medians over repeats and the targets) and
 OUT/ladder.png (bench/plot.py). `--first-repeat N` runs repeats N to --repeats only (each repeat draws its
@@ -73,6 +74,7 @@ def stage_figures(summary: dict, stages: list[Stage], bounds: list[float], spec:
         ends = reads[index:index + 2]
         delta = difference(*ends) if len(ends) == 2 and None not in ends else {}  # {}: a read was missed
         figures = engine_figures(delta, engines)
+        at_end = ends[1] if len(ends) == 2 and ends[1] is not None else {}
         generated = sum(delta.get("generation_tokens", {}).values())
         rows.append({
             "rate": stage.rate, "rate_per_engine": stage.rate / engines, "warm_up": stage.warm_up,
@@ -82,6 +84,8 @@ def stage_figures(summary: dict, stages: list[Stage], bounds: list[float], spec:
             "ttft_p50_s": quantile(waits, 50), "ttft_p90_s": quantile(waits, 90), "ttft_p99_s": quantile(waits, 99),
             "ttft_censored": censored, "tpot_p50_s": quantile(tpots, 50),
             "prefix_cache_hit_rate": figures["prefix_cache_hit_rate"], "time_kept": figures["time_kept"],
+            "running_at_end": sum(at_end["running"].values()) if "running" in at_end else None,
+            "waiting_at_end": sum(at_end["waiting"].values()) if "waiting" in at_end else None,
             "work_spread": max(figures["work_by_engine"]) / statistics.fmean(figures["work_by_engine"])
             if delta and sum(figures["work_by_engine"]) else None,
         })
@@ -122,8 +126,8 @@ def medians(runs: list[dict]) -> list[dict]:
         row = {"engines": engines, "policy": policy, "rate": rows[0]["rate"], "runs": len(rows),
                "censored": any(r["ttft_censored"] for r in rows)}
         for key in ("output_throughput", "ttft_p90_s", "ttft_p50_s", "tpot_p50_s", "prefix_cache_hit_rate",
-                    "time_kept"):
-            values = sorted(r[key] for r in rows if r[key] is not None)
+                    "time_kept", "running_at_end", "waiting_at_end"):
+            values = sorted(r[key] for r in rows if r.get(key) is not None)  # runs before a figure lack it
             row[key] = statistics.median(values) if values else None
             row[key + "_range"] = (values[0], values[-1]) if values else None
         table.append(row)
@@ -173,13 +177,15 @@ def report(table: list[dict], runs: list[dict], args) -> str:
     lines = [f"llm-d-shaped ladder, profile {args.profile}; medians of the repeats (lowest–highest); every time "
              "in simulated seconds", "",
              "| engines | policy | rate (req/s) | runs | output tok/s | TTFT p90 s | TTFT p50 s | TPOT p50 ms | "
-             "prefix-cache hits % | time kept % |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "prefix-cache hits % | time kept % | running / waiting at its end |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in table:
         lines.append(f"| {row['engines']} | {row['policy']} | {row['rate']:g} | {row['runs']} | "
                      f"{cell(row, 'output_throughput', spec=',.0f')} | {'>=' if row['censored'] else ''}"
                      f"{cell(row, 'ttft_p90_s')} | {cell(row, 'ttft_p50_s')} | "
                      f"{cell(row, 'tpot_p50_s', 1000, '.1f')} | "
-                     f"{cell(row, 'prefix_cache_hit_rate', 100, '.1f')} | {cell(row, 'time_kept', 100, '.1f')} |")
+                     f"{cell(row, 'prefix_cache_hit_rate', 100, '.1f')} | {cell(row, 'time_kept', 100, '.1f')} | "
+                     f"{cell(row, 'running_at_end', spec='.0f')} / {cell(row, 'waiting_at_end', spec='.0f')} |")
     lines += ["", *(f"- {line}" for engines in args.engines for line in targets(table, engines))]
     failed = [run for run in runs if "error" in run]
     slow = [run for run in runs if not run.get("host_kept_up", True)]

@@ -150,7 +150,8 @@ def test_each_ladder_stage_is_measured_by_itself_and_a_request_cut_off_waits_at_
     bounds = [0.0, 10.0, 20.0]
     reads = [{"generation_tokens": {0: 0, 1: 0}, "queries": {0: 0}, "hits": {0: 0}},
              {"generation_tokens": {0: 100, 1: 100}, "queries": {0: 100}, "hits": {0: 50}},
-             {"generation_tokens": {0: 300, 1: 500}, "queries": {0: 300}, "hits": {0: 250}}]
+             {"generation_tokens": {0: 300, 1: 500}, "queries": {0: 300}, "hits": {0: 250},
+              "running": {0: 3, 1: 4}, "waiting": {0: 0, 1: 6}}]
     started = 1000.0
     outcomes = [outcome(1002, 1002, 1004, 1010),  # warm-up: TTFT 1 s simulated
                 outcome(1030, 1030, 1031, 1049),  # stage 1: TTFT 0.5 s, TPOT (18 / 2) / 9 = 1 s
@@ -159,11 +160,13 @@ def test_each_ladder_stage_is_measured_by_itself_and_a_request_cut_off_waits_at_
     warm, stage = llmd_ladder.stage_figures(summary, stages, bounds, spec)
     assert warm["warm_up"] and warm["requests"] == 1 and warm["ttft_p50_s"] == 1.0
     assert warm["output_throughput"] == 20.0 and warm["prefix_cache_hit_rate"] == 0.5
+    assert warm["running_at_end"] is None and warm["waiting_at_end"] is None  # its read had no gauges
     assert stage["requests"] == 2 and stage["completed"] == 1 and stage["failed"] == 0
     assert stage["ttft_censored"] == 1 and stage["ttft_p50_s"] == pytest.approx((0.5 + 5.5) / 2)
     assert stage["tpot_p50_s"] == pytest.approx(1.0)
     assert stage["output_throughput"] == 60.0 and stage["prefix_cache_hit_rate"] == 1.0
     assert stage["rate_per_engine"] == 2.0
+    assert stage["running_at_end"] == 7 and stage["waiting_at_end"] == 6  # the fleet's, at the stage's end
 
 
 def ladder_run(policy: str, throughputs: list[float], ttft_p90: list[float], hits: float) -> dict:
