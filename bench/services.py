@@ -62,23 +62,23 @@ class Server:
     def command(self) -> list[str]:
         raise NotImplementedError
 
-    def reset_prefix_cache(self, tries: int = 20) -> None:
+    def reset_prefix_cache(self, timeout_s: float = 120.0) -> None:
         """Empty every engine's prefix cache, so that a run's hits are its own, not what earlier runs left.
         An engine still finishing a run's last requests refuses (ours: 409; vLLM: 200 with
-        {"success": false}): asked again a moment later."""
+        {"success": false}) and one not up answers 503: asked again until timeout_s."""
         url, headers = self.reset_request()
-        for _ in range(tries):
+        deadline = time.monotonic() + timeout_s
+        while True:
             try:
-                with urllib.request.urlopen(urllib.request.Request(url, b"", headers, method="POST"), timeout=30) as answer:
+                with urllib.request.urlopen(urllib.request.Request(url, b"", headers, method="POST"), timeout=60) as answer:
                     status, body = answer.status, answer.read()
             except urllib.error.HTTPError as error:
                 status, body = error.code, error.read()
             if status == 200 and json.loads(body or b"{}").get("success", True):
                 return
-            if status not in (200, 409):
-                break
+            if status not in (200, 409, 503) or time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name}: POST {url} answered {status}: {body[:300]!r}")
             time.sleep(0.5)
-        raise RuntimeError(f"{self.name}: POST {url} answered {status}: {body[:300]!r}")
 
     def reset_request(self) -> tuple[str, dict]:
         raise NotImplementedError

@@ -17,7 +17,6 @@ import socket
 import statistics
 import threading
 import time
-import urllib.error
 import urllib.request
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -50,7 +49,6 @@ ENGINE_SERIES = {
 ROUTED = "llm_engine_routed_requests_total"
 SAMPLE_S = 1.0  # wall seconds between reads of each engine's load, where a run samples it
 SETTLE_S = 1.2  # wall seconds after a run for the engines' last figures to reach /metrics (2 heartbeats)
-ADMIN_KEY = "sim-fleet-admin"  # the fleet's admin_api_key: its operator's routes (frontend/admin.py)
 
 
 @dataclass
@@ -78,8 +76,7 @@ def fleet_service(spec: FleetSpec, out: Path, port: int) -> OurService:
     exact placement."""
     engine_args = {**spec.engine_args, "data_parallel_size": spec.engines}
     simulator = {"profile": str((ROOT / spec.profile).resolve()), "time_scale": spec.time_scale, "seed": spec.seed}
-    server = {"request_timeout_s": 36_000.0, "max_in_flight": 100_000, "max_connections_per_client": 0,
-              "admin_api_key": ADMIN_KEY}
+    server = {"request_timeout_s": 36_000.0, "max_in_flight": 100_000, "max_connections_per_client": 0}
     router = "prefix" if spec.policy == ORACLE else spec.policy
     return OurService(out, port, spec.model, engine_args, spec.frontends, router=router, simulator=simulator,
                       server=server)
@@ -318,16 +315,7 @@ class FleetRun:
         """Empty every engine's prefix cache (asking again while an engine still holds requests), then wait
         until no frontend's router holds any engine to have a cached block."""
         deadline = time.monotonic() + timeout_s
-        request = urllib.request.Request(self.url + "/admin/engines/reset_prefix_cache", method="POST",
-                                         headers={"Authorization": f"Bearer {ADMIN_KEY}"})
-        while True:
-            try:
-                urllib.request.urlopen(request, timeout=60).close()
-                break
-            except urllib.error.HTTPError as error:  # 409: an engine still runs requests; 503: one is not up
-                if error.code not in (409, 503) or time.monotonic() > deadline:
-                    raise RuntimeError(f"the prefix caches were not emptied: {error.read().decode()}") from error
-            time.sleep(0.5)
+        self.service.reset_prefix_cache(timeout_s)
         for url in self.frontend_urls(self.spec.frontends):
             while any(scrape(url).get("reported_blocks", {}).values()):
                 if time.monotonic() > deadline:

@@ -134,9 +134,9 @@ def test_each_server_empties_its_prefix_caches_on_its_own_route_asking_again_whi
         assert vllm.environment()["VLLM_SERVER_DEV_MODE"] == "1"
         ResettingServer.busy = 5
         with pytest.raises(RuntimeError, match="answered 409"):
-            ours.reset_prefix_cache(tries=3)
+            ours.reset_prefix_cache(timeout_s=1)
         with pytest.raises(RuntimeError, match="success.: false"):
-            vllm.reset_prefix_cache(tries=2)
+            vllm.reset_prefix_cache(timeout_s=0.5)
         fake.shutdown()
 
 
