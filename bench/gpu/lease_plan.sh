@@ -45,7 +45,7 @@
 #                                                   results and log into $OUT (every later call)
 # Knobs (environment): STEPS (e.g. "c1 placement"), C1LONG_LOADS, TARGET3_LOADS, MODEL (default /tmp/stage/model, made if missing),
 # ENGINE_ARGS (JSON), KILL_ARGS, KILL_CONCURRENCY, KILL_TOKENS, KILL_SECONDS, EMBED_ARGS, EMBED_SERVERS,
-# EMBED_LOAD, BERT, TARGET2_LOADS, PLACEMENT4_LOADS, PROFILE_FLAGS, CALIBRATION_LOADS, PREFIX_LOADS, PREFIX_BLOCKS, C1_LOADS, TARGET_LOADS, PIN_CPUS,
+# EMBED_LOAD, BERT, TARGET2_LOADS, PLACEMENT4_LOADS, PLACEMENT4_SERVERS, PROFILE_FLAGS, CALIBRATION_LOADS, PREFIX_LOADS, PREFIX_BLOCKS, C1_LOADS, TARGET_LOADS, PIN_CPUS,
 # PLACEMENT_LOADS, PLACEMENT_ARGS (JSON added to ENGINE_ARGS), REPEATS (3), RESULTS
 # (/tmp/lease-results), LOG (/tmp/lease.log). The CPU run of bench/README.md scales them down.
 set -uo pipefail
@@ -165,7 +165,7 @@ step() {
             args4=$(with_args "$(with_args "$ENGINE_ARGS" "$PLACEMENT_ARGS")" \
                 "{\"num_gpu_blocks_override\": $PREFIX_BLOCKS, \"data_parallel_size\": 4, \"gpu_memory_utilization\": 0.2}")
             CUDA_DEVICES=0,0,0,0 REPEATS=$REPEATS side_by_side placement4 "$args4" \
-                ours:4 ours:4@approximate ours:4@load -- $PLACEMENT4_LOADS ;;
+                ${PLACEMENT4_SERVERS:-ours:4 ours:4@approximate ours:4@load} -- $PLACEMENT4_LOADS ;;
         placement)
             local args
             args=$(with_args "$(with_args "$ENGINE_ARGS" "$PLACEMENT_ARGS")" "{\"num_gpu_blocks_override\": $PREFIX_BLOCKS}")
