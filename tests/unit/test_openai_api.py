@@ -147,10 +147,13 @@ def test_n_2_streams_both_choices(client):
 
 def test_client_that_leaves_a_streamed_n_2_chat_aborts_both_engine_requests(frontend):
     body = {"model": MODEL, "messages": MESSAGES, "n": 2, "max_tokens": 4000, "stream": True, "ignore_eos": True}
+    before = len(frontend.engine.added)
     with frontend.http.stream("POST", "/v1/chat/completions", json=body) as response:
         assert response.status_code == 200
         next(line for line in response.iter_lines() if line)
-    both = [add.request_id for add in frontend.engine.added[-2:]]
+    # choice 0's first token can come out before the engine has read choice 1's ADD
+    frontend.wait(lambda: len(frontend.engine.added) >= before + 2, 10, "both choices to reach the engine")
+    both = [add.request_id for add in frontend.engine.added[before:before + 2]]
     frontend.wait(lambda: set(both) <= set(frontend.engine.aborted), 10, "both choices to be aborted")
 
 
