@@ -43,7 +43,7 @@
 #                                                   starts the plan there in its own session
 #   bash bench/gpu/lease_plan.sh collect SECONDS    waits up to SECONDS for the plan, then packs its
 #                                                   results and log into $OUT (every later call)
-# Knobs (environment): STEPS (e.g. "c1 placement"), C1LONG_LOADS, TARGET3_LOADS, MODEL (default /tmp/stage/model, made if missing),
+# Knobs (environment): STEPS (e.g. "c1 placement"), C1LONG_LOADS, TARGET3_LOADS, TARGET3_SERVERS, MODEL (default /tmp/stage/model, made if missing),
 # ENGINE_ARGS (JSON), KILL_ARGS, KILL_CONCURRENCY, KILL_TOKENS, KILL_SECONDS, EMBED_ARGS, EMBED_SERVERS,
 # EMBED_LOAD, BERT, TARGET2_LOADS, PLACEMENT4_LOADS, PLACEMENT4_SERVERS, PROFILE_FLAGS, CALIBRATION_LOADS, PREFIX_LOADS, PREFIX_BLOCKS, C1_LOADS, TARGET_LOADS, PIN_CPUS,
 # PLACEMENT_LOADS, PLACEMENT_ARGS (JSON added to ENGINE_ARGS), REPEATS (3), RESULTS
@@ -134,7 +134,7 @@ step() {
                 vllm:1:bench.experiments.request_trace -- $C1LONG_LOADS
             python3 -m bench.experiments.request_trace report "$RESULTS/c1-long" > "$RESULTS/c1-long/stages.txt" ;;
         targets3)
-            REPEATS=$REPEATS side_by_side targets3 "$ENGINE_ARGS" ours:4 vllm:1 vllm:4 -- $TARGET3_LOADS ;;
+            REPEATS=$REPEATS side_by_side targets3 "$ENGINE_ARGS" ${TARGET3_SERVERS:-ours:4 vllm:1 vllm:4} -- $TARGET3_LOADS ;;
         c1pin)
             PIN=${PIN_CPUS:-0-1} REPEATS=$REPEATS side_by_side c1-pin "$ENGINE_ARGS" \
                 ours:4:bench.experiments.request_trace+bench.experiments.request_trace -- $C1_LOADS
