@@ -130,7 +130,7 @@ def simulate(load: Load, rows: list[dict], args, out: Path, port: int) -> dict:
                          "median_ttft_ms": result["median_ttft_ms"] / ts,
                          "median_tpot_ms": result["median_tpot_ms"] / ts,
                          "prefix_cache_hit_rate": figures["prefix_cache_hit_rate"], "time_kept": figures["time_kept"],
-                         "completed": result["completed"]})
+                         "routing": figures["routing"], "completed": result["completed"]})
     finally:
         service.stop()
     return {"load": load.label, "time_scale": ts, "runs": runs}
@@ -152,6 +152,7 @@ def compare(real: list[dict], simulated: dict) -> dict:
     row["prefix_cache_hit_rate"] = {"real": theirs, "simulated": mine, "points": points,
                                     "within": points is None or abs(points) <= TARGET_HITS_POINTS}
     row["time_kept"] = min(run["time_kept"] or 0.0 for run in simulated["runs"])
+    row["simulated_runs"] = simulated["runs"]  # each run's figures, the routers' reasons among them
     return row
 
 

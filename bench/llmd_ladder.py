@@ -30,6 +30,7 @@ import numpy as np
 
 from bench.fleet_client import CUT
 from bench.fleet_workloads import PromptMaker, SharedPrefixPrompts, poisson_times
+from bench.services import router_label
 from bench.sim_fleet import (
     FIXTURE_PROFILE, ORACLE, FleetRun, FleetSpec, difference, engine_figures, stop_on_sigterm, vocabulary,
 )
@@ -252,7 +253,7 @@ def main(argv=None) -> None:
                                  time_scale=time_scale(args, index), engine_args=ENGINE_ARGS)
                 started = time.monotonic()
                 try:
-                    run = run_once(spec, stages, prompts, repeat, out / f"{engines}-{policy.replace('/', '-')}-r{repeat}",
+                    run = run_once(spec, stages, prompts, repeat, out / f"{engines}-{router_label(policy)}-r{repeat}",
                                    args.port, args.drain_s)
                 except RuntimeError as error:  # a policy this build has not got refuses to start
                     run = {"policy": policy, "engines": engines, "error": str(error)}

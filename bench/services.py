@@ -129,12 +129,24 @@ class Server:
 
 
 def router_config(spec: str) -> dict:
-    """server.yml's `router` for POLICY[/SCORE]: POLICY prefix (exact placement), approximate (prefix,
-    placed by what each frontend sent where), load, round_robin or vllm_dp; SCORE tokens or requests
-    (router.load_score)."""
-    policy, _, score = spec.partition("/")
+    """server.yml's `router` for POLICY[/SCORE][/KEY=VALUE...]: POLICY prefix (exact placement), approximate
+    (prefix, placed by what each frontend sent where), load, round_robin or vllm_dp; SCORE tokens or
+    requests (router.load_score); KEY=VALUE any other router key, a number (affinity_window_ratio=1.5)."""
+    policy, *parts = spec.split("/")
     config = {"placement": "approximate"} if policy == "approximate" else {"policy": policy}
-    return config | ({"load_score": score} if score else {})
+    for part in parts:
+        key, equals, value = part.partition("=")
+        config |= {key: json.loads(value)} if equals else {"load_score": part}
+    return config
+
+
+def router_label(spec: str) -> str:
+    """The router spec for a file name, a key's initials for each KEY=VALUE (supervisord's socket path
+    under it must fit 108 bytes): prefix/affinity_window_ratio=1.5 -> prefix-awr1.5."""
+    def short(part: str) -> str:
+        key, equals, value = part.partition("=")
+        return "".join(word[0] for word in key.split("_")) + value if equals else part
+    return "-".join(short(part) for part in spec.split("/"))
 
 
 class OurService(Server):
@@ -148,7 +160,7 @@ class OurService(Server):
                  server: dict | None = None, inference: dict | None = None):
         variant = "" if engine_module == "engine_worker" else "-" + engine_module.split("+")[0].rpartition(".")[2]
         dp = engine_args.get("data_parallel_size", 1)
-        variant += (f"-dp{dp}" if dp > 1 else "") + ("" if router == "prefix" else "-" + router.replace("/", "-"))
+        variant += (f"-dp{dp}" if dp > 1 else "") + ("" if router == "prefix" else "-" + router_label(router))
         variant += "-simulated" if simulator is not None else ""
         variant += "".join(f"-{key}-{value}".lower() for key, value in (inference or {}).items())
         self.name = f"ours-{frontends}fe{variant}"

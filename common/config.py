@@ -111,6 +111,10 @@ class RouterConfig(msgspec.Struct, forbid_unknown_fields=True):
     # Tokens of load by which an engine holding a prompt's prefix may exceed the least loaded one and
     # still get the prompt (load_score "tokens"): one prefill step of vLLM's default on an H100 or H200.
     affinity_window_tokens: int = 8192
+    # ... or while its load is at most this many times the least loaded one's (0: off). Under saturation
+    # every engine queues far more than one window, and by tokens alone a held prefix leaves whenever the
+    # queues differ by a few prompts.
+    affinity_window_ratio: float = 1.5
     # Tokens per hashed block of a prompt; vLLM's default KV block size on GPU.
     block_size: int = 16
     # A prompt goes to the engine holding its prefix when the prefix covers at least this share of it.

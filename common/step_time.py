@@ -26,7 +26,7 @@ The profile (JSON):
 fitted from served runs by bench/calibrate_simulator.py --fit-served (class Served).
 """
 from pathlib import Path
-from typing import Annotated, Any, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
 
@@ -95,6 +95,10 @@ class Profile(msgspec.Struct):
     measured: dict[str, Any] = {}
     samples: list[Sample] = []
     served: Served | None = None
+    # Which prefix-cache lookups the measured vLLM counts in its hit rate: "admitted", each request's
+    # lookup when the scheduler admits it (vLLM 0.32), or "every", also each lookup of a waiting request
+    # that found too few free blocks and stayed waiting, once a step (vLLM 0.26.0).
+    prefix_cache_lookups: Literal["admitted", "every"] = "admitted"
 
 
 def load_profile(path: Path) -> Profile:

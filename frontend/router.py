@@ -7,8 +7,9 @@ Policy "prefix" (router.policy), after a pin:
    (placement "exact", vLLM's KV-cache events via engine_worker/cache_events.py) or this frontend
    sent them there (within SENT_MEMORY_S for a reporting engine; with placement "approximate", until
    forgotten: bounded, least recently sent first). It keeps the prompt while its load is within
-   affinity_window_tokens of the least loaded engine's (load_score "tokens": both loads counting the
-   prompt's own prefill there, so what the holder caches counts for it), or, with load_score
+   affinity_window_tokens of the least loaded engine's or affinity_window_ratio times it (load_score
+   "tokens": both loads counting the prompt's own prefill there, so what the holder caches counts for
+   it; the ratio keeps prefixes in place when every queue is many windows long), or, with load_score
    "requests", unless load is out of balance (the most and least loaded engines differ by more than
    balance_abs_threshold and by more than balance_rel_threshold times, SGLang's cache-aware rule,
    which then sends every prompt to the least loaded). Sending a held prefix elsewhere whenever its
@@ -133,7 +134,8 @@ class Router:
         of the least loaded's (tokens), or while load is in balance (requests, SGLang's rule)."""
         if self.config.load_score == "requests":
             return not self.out_of_balance(loads)
-        return loads[holder] - loads[least] <= self.config.affinity_window_tokens
+        return (loads[holder] - loads[least] <= self.config.affinity_window_tokens
+                or loads[holder] <= self.config.affinity_window_ratio * loads[least])
 
     def out_of_balance(self, loads: dict[int, float]) -> bool:
         most, least = max(loads.values()), min(loads.values())

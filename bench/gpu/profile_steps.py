@@ -382,10 +382,19 @@ def write_profile(path: Path, engine, args, steps: list[Step], started: float) -
         },
         "samples": [{key: round(value, 9) if isinstance(value, float) else value for key, value in s.items()}
                     for s in samples],
+        "prefix_cache_lookups": prefix_cache_lookups(),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(profile, indent=1) + "\n")
     return profile
+
+
+def prefix_cache_lookups() -> str:
+    """Which lookups this vLLM counts in its prefix-cache hit rate (common/step_time.py, Profile): "admitted"
+    where the scheduler records them at admission (vLLM pull request 48860), "every" before that."""
+    from vllm.v1.core.kv_cache_manager import KVCacheManager
+
+    return "admitted" if hasattr(KVCacheManager, "record_prefix_cache_stats") else "every"
 
 
 def model_summary(model: str) -> dict:

@@ -18,7 +18,8 @@ def build_simulated_engine(model: str, inference: InferenceConfig, rank: int, st
     vocabulary = read_vocabulary(model_files(model))
     shape = engine_shape(inference.engine_args, profile.engine_args, vocabulary.max_position_embeddings)
     return SimulatedEngine(shape, vocabulary, profile.step_time, settings.time_scale, settings.seed + rank,
-                           settings.eos_probability, [stat_logger], report_kv_events, profile.served)
+                           settings.eos_probability, [stat_logger], report_kv_events, profile.served,
+                           profile.prefix_cache_lookups == "every")
 
 
 def model_files(model: str) -> Path:

@@ -84,7 +84,7 @@ def work_of(chunks: list[Chunk]) -> StepWork:
 class SimulatedEngine:
     def __init__(self, shape: EngineShape, vocabulary: Vocabulary, step_time: StepTime, time_scale: float = 1.0,
                  seed: int = 0, eos_probability: float = 0.0, stat_loggers=(), report_kv_events: bool = False,
-                 served: Served | None = None):
+                 served: Served | None = None, count_every_lookup: bool = False):
         self.shape = shape
         self.vocabulary = vocabulary
         self.step_time = step_time
@@ -92,7 +92,8 @@ class SimulatedEngine:
         self.kv = KVCacheManager(shape.num_gpu_blocks, shape.block_size, shape.enable_prefix_caching,
                                  report_kv_events)
         self.scheduler = Scheduler(self.kv, shape.max_num_seqs, shape.max_num_batched_tokens,
-                                   shape.enable_chunked_prefill, shape.scheduling_policy == "priority")
+                                   shape.enable_chunked_prefill, shape.scheduling_policy == "priority",
+                                   count_every_lookup)
         self.sampler = TokenSampler(vocabulary, eos_probability)
         self.rng = random.Random(seed)
         self.model_config = SimpleNamespace(max_model_len=shape.max_model_len)

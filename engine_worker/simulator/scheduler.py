@@ -89,7 +89,7 @@ class Chunk(NamedTuple):
 
 class Scheduler:
     def __init__(self, kv: KVCacheManager, max_num_seqs: int, max_num_batched_tokens: int,
-                 enable_chunked_prefill: bool = True, by_priority: bool = False):
+                 enable_chunked_prefill: bool = True, by_priority: bool = False, count_every_lookup: bool = False):
         self.kv = kv
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
@@ -98,6 +98,8 @@ class Scheduler:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.by_priority = by_priority
+        # vLLM 0.26.0 counts a waiting request's lookup each step it is looked up, admitted or not
+        self.count_every_lookup = count_every_lookup
         self.arrivals = itertools.count()
 
     def add(self, request: Request) -> None:
@@ -138,13 +140,16 @@ class Scheduler:
             request = self.waiting[0]
             hit = self.kv.computed_blocks(request)
             hit_tokens = len(hit) * self.kv.block_size
+            if self.count_every_lookup:
+                self.kv.record_lookup(request, hit_tokens)
             num_new = request.num_tokens - hit_tokens
             if num_new > budget and not self.enable_chunked_prefill:
                 break
             num_new = min(num_new, budget)
             if not self.kv.allocate(request, num_new, hit):
                 break
-            self.kv.record_lookup(request, hit_tokens)
+            if not self.count_every_lookup:
+                self.kv.record_lookup(request, hit_tokens)
             if request.num_cached_tokens < 0:
                 request.num_cached_tokens = hit_tokens
             self.waiting.popleft()

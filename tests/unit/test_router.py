@@ -86,6 +86,21 @@ def test_cache_affinity_holds_while_load_is_uneven_within_the_window():
     assert policy.pick(prompt(1, 200, suffix=3), engines)[:2] == (other, "load")
 
 
+@pytest.mark.parametrize("ratio", [0.0, 1.5])
+def test_under_saturation_the_holder_keeps_its_prefix_within_the_ratio(ratio):
+    """With affinity_window_ratio, a holder queueing far more than one window above the least loaded still
+    keeps the prefix while its load is within that many times the least loaded's; past it the prompt moves.
+    Without it (0), the window alone decides."""
+    policy, engines = router(affinity_window_tokens=1000, affinity_window_ratio=ratio), fleet()
+    first, _ = send(policy, engines, prompt(1, 200))
+    other = 1 - first
+    report(engines[other], waiting=40, prefill=80_000)
+    report(engines[first], waiting=50, prefill=100_000, taken={FRONTEND: 1})  # 20,000 above: 1.25x
+    assert policy.pick(prompt(1, 200, suffix=2), engines)[:2] == ((first, "prefix") if ratio else (other, "load"))
+    report(engines[first], waiting=60, prefill=125_000)  # 1.56x
+    assert policy.pick(prompt(1, 200, suffix=3), engines).rank == other
+
+
 def test_load_out_of_balance_overrides_the_prefix_under_the_requests_score():
     policy, engines = router(load_score="requests", balance_abs_threshold=32, balance_rel_threshold=1.5), fleet()
     first, _ = send(policy, engines, prompt(1, 200))

@@ -14,7 +14,7 @@ import msgspec
 import psutil
 import pytest
 
-from bench.services import BENCH_ADMIN_KEY, OurService, VllmServe, router_config
+from bench.services import BENCH_ADMIN_KEY, OurService, VllmServe, router_config, router_label
 from bench.side_by_side import (
     Load, make_server, median_lines, parse_args, parse_cpu_list, parse_load, pin_engine_core,
 )
@@ -52,8 +52,13 @@ def test_a_router_spec_becomes_server_yml_router_keys():
     assert router_config("approximate") == {"placement": "approximate"}
     assert router_config("vllm_dp") == {"policy": "vllm_dp"}
     assert router_config("prefix/requests") == {"policy": "prefix", "load_score": "requests"}
-    for spec in ("prefix", "approximate/requests", "load/tokens", "round_robin", "vllm_dp"):
+    assert router_config("prefix/affinity_window_ratio=1.5/affinity_window_tokens=4096") == {
+        "policy": "prefix", "affinity_window_ratio": 1.5, "affinity_window_tokens": 4096}
+    for spec in ("prefix", "approximate/requests", "load/tokens", "round_robin", "vllm_dp",
+                 "prefix/affinity_window_ratio=0"):
         msgspec.convert({"router": router_config(spec)}, ServerConfig)  # keys server.yml accepts
+    # in a file name, a key by its initials: supervisord's socket path under it must fit 108 bytes
+    assert router_label("prefix/affinity_window_ratio=1.5") == "prefix-awr1.5"
 
 
 def test_a_server_spec_can_set_a_key_of_inference_yml(tmp_path):

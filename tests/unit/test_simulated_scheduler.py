@@ -174,3 +174,19 @@ def test_the_newest_request_that_cannot_grow_preempts_itself_and_waits():
     assert step(sched) == [("a", 1, 4, True)]  # a takes the free block, evicting b's
     sched.finish("a")
     assert step(sched) == [("b", 5, 0, False)]  # nothing of b was left in the cache
+
+
+def test_a_waiting_request_without_blocks_counts_one_lookup_or_one_a_step_as_the_profiled_vllm_did():
+    """vLLM 0.32 counts a prompt's prefix-cache lookup when the scheduler admits it; vLLM 0.26.0 counted each
+    step's lookup of a waiting request that found too few free blocks too, which lowers its hit rate under
+    KV pressure (a profile's `prefix_cache_lookups`)."""
+    for every, (requests, queries) in ((False, (2, 20)), (True, (4, 36))):
+        sched = Scheduler(KVCacheManager(5, BLOCK), 8, 64, count_every_lookup=every)  # 4 usable blocks
+        sched.add(request("a", list(range(1, 13))))  # 3 blocks
+        sched.add(request("c", list(range(21, 29))))  # 2 blocks: 1 is free
+        assert step(sched) == [("a", 12, 0, False)]
+        assert step(sched) == [("a", 1, 12, True)]  # a's 13th token takes the last block; c waits again
+        sched.finish("a")
+        assert step(sched) == [("c", 8, 0, False)]
+        stats = sched.kv.take_stats()
+        assert (stats.requests, stats.queries, stats.hits) == (requests, queries, 0)
