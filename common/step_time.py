@@ -20,10 +20,13 @@ The profile (JSON):
      "measured": {"machine": ..., "gpu": ..., "vllm": ..., "model": ..., "date": ..., "command": ..., "fit": {...}},
      "samples": [{"prefill_tokens": ..., "decode_seqs": ..., "kv_tokens": ..., "prefill_attention": ...,
                   "step_s": ...}, ...],
-     "served": {"first_token_s": ..., "cpu_per_decode_seq_s": ..., "fitted": {...}}}
+     "served": {"first_token_s": ..., "cpu_per_decode_seq_s": ..., "fitted": {...}},
+     "prefix_cache_lookups": "admitted" or "every"}
 
 `served` is optional: what the served path costs beyond the engine stepped alone (the profile's steps),
 fitted from served runs by bench/calibrate_simulator.py --fit-served (class Served).
+`prefix_cache_lookups` is optional ("admitted"): which lookups the measured vLLM counts in its
+prefix-cache hit rate (class Profile), so that a simulated engine reports the same figure.
 """
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
