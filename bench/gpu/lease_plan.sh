@@ -28,11 +28,12 @@
 #   targets2     issue 24's loads but c1's, ours (4 frontends) against `vllm serve`
 #                (1 API): 128/1024 @64 (128 prompts) and @256 (512), 1024/128 @1 (30) and @256
 #                (512), 3 runs                                                                ~570 s
-#   placement4   placement's load with four engines of ours on GPU 0 (32 prefixes)          ~420 s
+#   placement4   placement's load with four engines of ours on GPU 0 (32 prefixes); lease 9: 545 s
 #   c1long       c1 with 1,024-token prompts: 1024/128 at concurrency 1, 30 requests a run, 3 runs,
 #                ours (4 frontends) against `vllm serve` (1 API), both traced                 ~420 s
 #   targets3     1024/128 @256 (512 prompts) and 128/1024 @256 (512): ours (4 frontends) against
-#                `vllm serve` with 1 and with 4 API processes (the issue's best at 256), 3 runs ~720 s
+#                `vllm serve` with 1 and with 4 API processes (the issue's best at 256), 3 runs;
+#                lease 9: 852 s (starts 63, 42 and 33 s)
 # The default plan (after lease 5, whose c1 and targets2 ran): c1long placement4 targets3, about 26
 # minutes; the earlier leases' steps by STEPS= (lease 5: c1 targets2 placement4; lease 4: kill c1 targets2 placement4; 2026-12-03:
 # kill embeddings targets2 placement4, and c1 c1fork c1pin targets; 2026-12-02: profile calibration
