@@ -30,6 +30,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench import vllm_timings
 from bench.services import OurService
 from bench.side_by_side import Load, bench_command
 from bench.sim_fleet import MIN_TIME_KEPT, difference, engine_figures, scrape, stop_on_sigterm
@@ -54,6 +55,13 @@ def real_runs(results: list[dict], server: str | None) -> tuple[str, dict[str, l
 def median_of(rows: list[dict], key: str) -> float | None:
     values = [row["result"].get(key) for row in rows if row["result"].get(key) is not None]
     return statistics.median(values) if values else None
+
+
+def frontend_ttft_ms(row: dict) -> float | None:
+    """The mean TTFT ours' frontends measured in a GPU run (from sending a generation to its first token back):
+    the served TTFT without the client's and HTTP's share, which the simulation's host divides by its
+    time_scale."""
+    return ((row.get("vllm_timings") or {}).get("frontend_ttft") or {}).get("mean_ms")
 
 
 def fit_served(runs: dict[str, list[dict]], step_time: StepTime) -> Served:
@@ -119,16 +127,19 @@ def simulate(load: Load, rows: list[dict], args, out: Path, port: int) -> dict:
         for repeat in range(1, load.repeats + 1):
             result_file = service.run_dir / f"sim-{load.label.replace('/', 'of')}-r{repeat}.json"
             service.reset_prefix_cache()  # as bench/side_by_side.py does before each GPU run
-            before = scrape(service.url)
+            before, timings = scrape(service.url), vllm_timings.scrape(service.url)
             with (service.run_dir / f"bench-r{repeat}.log").open("wb") as log:
                 subprocess.run(bench_command(service, load, args, result_file, repeat), stdout=log,
                                stderr=subprocess.STDOUT, check=True)
             engines = args.engine_args.get("data_parallel_size", 1)
             figures = engine_figures(difference(before, scrape(service.url)), engines)
+            frontend = vllm_timings.summarize(vllm_timings.difference(timings, vllm_timings.scrape(service.url)))
+            frontend = frontend.get("frontend_ttft")
             result = json.loads(result_file.read_text())
             runs.append({"output_throughput": result["output_throughput"] * ts,
                          "median_ttft_ms": result["median_ttft_ms"] / ts,
                          "median_tpot_ms": result["median_tpot_ms"] / ts,
+                         "frontend_ttft_ms": frontend["mean_ms"] / ts if frontend else None,
                          "prefix_cache_hit_rate": figures["prefix_cache_hit_rate"], "time_kept": figures["time_kept"],
                          "routing": figures["routing"], "completed": result["completed"]})
     finally:
@@ -140,11 +151,11 @@ def compare(real: list[dict], simulated: dict) -> dict:
     """Medians of both, the ratios (simulated / real) and whether each is within its target."""
     row = {"load": simulated["load"], "time_scale": simulated["time_scale"], "runs": len(simulated["runs"])}
     for key in KEYS:
-        mine = statistics.median(run[key] for run in simulated["runs"])
-        theirs = median_of(real, key)
-        ratio = mine / theirs if theirs else None
-        row[key] = {"real": theirs, "simulated": mine, "ratio": ratio,
-                    "within": ratio is not None and abs(ratio - 1) <= TARGET_RATIO}
+        row[key] = ratio_of(median_of(real, key), statistics.median(run[key] for run in simulated["runs"]))
+    theirs = [value for value in map(frontend_ttft_ms, real) if value is not None]
+    mine = [run["frontend_ttft_ms"] for run in simulated["runs"] if run.get("frontend_ttft_ms") is not None]
+    row["frontend_ttft_ms"] = ratio_of(statistics.median(theirs) if theirs else None,
+                                       statistics.median(mine) if mine else None)
     hits = [run["prefix_cache_hit_rate"] for run in simulated["runs"] if run["prefix_cache_hit_rate"] is not None]
     theirs = median_of(real, "prefix_cache_hit_rate")
     mine = statistics.median(hits) if hits else None
@@ -156,17 +167,23 @@ def compare(real: list[dict], simulated: dict) -> dict:
     return row
 
 
+def ratio_of(real: float | None, simulated: float | None) -> dict:
+    ratio = simulated / real if real and simulated is not None else None
+    return {"real": real, "simulated": simulated, "ratio": ratio,
+            "within": ratio is not None and abs(ratio - 1) <= TARGET_RATIO}
+
+
 def table(rows: list[dict], server: str, args) -> str:
     def ratio_cell(cell, spec):
-        if cell["real"] is None:
+        if cell["ratio"] is None:
             return "-"
         mark = "" if cell["within"] else " **out**"
         return f"{cell['real']:{spec}} / {cell['simulated']:{spec}} = {cell['ratio']:.2f}{mark}"
 
     lines = [f"Simulated engine ({args.profile}) against {server} in {args.results}; real / simulated = ratio "
              f"(target within {TARGET_RATIO:.0%}; hits within {TARGET_HITS_POINTS:g} points)", "",
-             "| load | runs | output tok/s | TTFT p50 ms | TPOT p50 ms | prefix-cache hits % (real / simulated) | "
-             "time_scale | time kept |", "|---|---|---|---|---|---|---|---|"]
+             "| load | runs | output tok/s | TTFT p50 ms | frontends' mean TTFT ms | TPOT p50 ms | "
+             "prefix-cache hits % (real / simulated) | time_scale | time kept |", "|---" * 9 + "|"]
     for row in rows:
         hits = row["prefix_cache_hit_rate"]
         hit_cell = "-" if hits["real"] is None or hits["simulated"] is None else (
@@ -174,7 +191,8 @@ def table(rows: list[dict], server: str, args) -> str:
             + ("" if hits["within"] else " **out**"))
         kept = row["time_kept"]
         lines.append(f"| {row['load']} | {row['runs']} | {ratio_cell(row['output_throughput'], ',.0f')} | "
-                     f"{ratio_cell(row['median_ttft_ms'], '.1f')} | {ratio_cell(row['median_tpot_ms'], '.2f')} | "
+                     f"{ratio_cell(row['median_ttft_ms'], '.1f')} | {ratio_cell(row['frontend_ttft_ms'], '.1f')} | "
+                     f"{ratio_cell(row['median_tpot_ms'], '.2f')} | "
                      f"{hit_cell} | {row['time_scale']:g} | {100 * kept:.1f}%"
                      f"{'' if kept >= MIN_TIME_KEPT else ' (host did not keep up: not a calibration)'} |")
     return "\n".join(lines) + "\n"

@@ -213,6 +213,21 @@ def test_the_calibration_sets_the_simulated_medians_beside_the_real_ones():
     assert row["output_throughput"]["ratio"] == pytest.approx(1.2) and not row["output_throughput"]["within"]
     assert row["median_ttft_ms"]["ratio"] == 1.0 and row["median_ttft_ms"]["within"]
     assert row["prefix_cache_hit_rate"]["points"] == pytest.approx(8.0) and not row["prefix_cache_hit_rate"]["within"]
+    assert row["frontend_ttft_ms"]["ratio"] is None  # neither side timed at the frontends: no cell
+    table = calibrate_simulator.table([row], server, SimpleNamespace(profile="p.json", results="r.json"))
+    assert "| 128x1024@64 | 3 | 1,000 / 1,200 = 1.20 **out** | 100.0 / 100.0 = 1.00 | - |" in table
+
+
+def test_the_calibration_compares_the_frontends_mean_ttft_where_both_sides_timed_it():
+    real = [{**real_row(repeat, 1000, 100, 10, 0.5), "vllm_timings": {"frontend_ttft": {"count": 128, "mean_ms": ms}}}
+            for repeat, ms in ((1, 80.0), (2, 90.0), (3, 120.0))]
+    simulated = {"load": "128x1024@64", "time_scale": 2.0, "runs": [
+        {"output_throughput": 1000, "median_ttft_ms": 70, "median_tpot_ms": 10, "prefix_cache_hit_rate": 0.5,
+         "time_kept": 0.99, "frontend_ttft_ms": ms} for ms in (70.0, 85.0, 200.0)]}
+    row = calibrate_simulator.compare(real, simulated)
+    assert row["frontend_ttft_ms"] == {"real": 90.0, "simulated": 85.0, "ratio": pytest.approx(85 / 90),
+                                       "within": True}
+    assert not row["median_ttft_ms"]["within"]
     assert calibrate_simulator.time_scale_for(9000, 1500) == 6.0 and calibrate_simulator.time_scale_for(100, 1500) == 1
     assert calibrate_simulator.time_scale_for(100, 1500, least=4.0) == 4.0
 
