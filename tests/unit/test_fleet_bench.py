@@ -1,9 +1,10 @@
 """The simulated-fleet benches' arithmetic, on made-up figures: what a run's /metrics add up to, the host's
-time-keeping verdict, the oracle's placements, the ladder's stages and targets, the calibration's ratios and
-the served terms it fits."""
+time-keeping verdict, the oracle's placements, the ladder's stages and targets, the suite's (d) verdict over
+repeats, the calibration's ratios and the served terms it fits."""
 import asyncio
 import json
 import random
+from dataclasses import replace
 from types import SimpleNamespace
 
 import msgspec
@@ -14,7 +15,7 @@ from bench import calibrate_simulator, llmd_ladder
 from bench.fleet_client import CUT, Outcome
 from bench.fleet_workloads import PromptMaker, SharedPrefixPrompts, poisson_times
 from bench.oracle import Oracle
-from bench.routing_suite import ideal_hit_rate
+from bench.routing_suite import SMALL, frontend_counts, ideal_hit_rate
 from bench.sim_fleet import FleetSpec, difference, engine_figures, fleet_service, host_verdict, make_oracle, spread
 from common.blocks import block_hashes
 from common.messages import BROADCAST_TOPIC, CachedBlocks, EngineLoad, Goodbye, Heartbeat, encode
@@ -71,6 +72,37 @@ def test_the_ideal_hit_rate_keeps_each_group_on_one_engine_that_never_evicts():
 
 def oracle(engines: int = 2, max_num_seqs: int = 4) -> Oracle:
     return Oracle([f"ipc:///nowhere-{rank}" for rank in range(engines)], block_size=4, max_num_seqs=max_num_seqs)
+
+
+class FakeFleetRun:
+    """A fake fleet for (d): each send answers the next of the given TTFT p90s, every hit rate 90%."""
+
+    def __init__(self, p90s: list[float]):
+        self.p90s, self.sent_through = list(p90s), []
+
+    def empty_prefix_caches(self):
+        pass
+
+    def frontend_urls(self, count: int) -> list[str]:
+        return [f"http://frontend-{index}" for index in range(count)]
+
+    def send(self, sessions, urls):
+        self.sent_through.append(len(urls))
+        return {"prefix_cache_hit_rate": 0.9, "ttft_s": {"p90": self.p90s.pop(0)}, "failed": 0,
+                "host_kept_up": True, "host_verdict": "kept"}
+
+
+def test_d_takes_turns_over_the_frontend_counts_and_judges_each_on_its_median():
+    size = replace(SMALL, frontend_counts=(1, 2), frontends_repeats=3, frontends_s=1.0)
+    maker = PromptMaker(list(range(1000)), seed=0)
+    # One slow run of 2 frontends (the host's noise) is outvoted by its other two.
+    run = FakeFleetRun([0.100, 0.104, 0.100, 0.200, 0.100, 0.103])
+    verdict = frontend_counts(run, size, maker)
+    assert run.sent_through == [1, 2, 1, 2, 1, 2]
+    assert verdict.passed and "2 frontends: hits 90.0%, TTFT p90 0.104 s (0.103–0.200)" in verdict.measured
+    assert len(verdict.runs) == 6
+    # Two slow runs of 2 frontends are the count's median: (d) fails.
+    assert not frontend_counts(FakeFleetRun([0.100, 0.110, 0.100, 0.200, 0.100, 0.103]), size, maker).passed
 
 
 def test_the_oracle_keeps_a_prefix_on_its_engine_while_its_queue_is_within_the_window():
