@@ -7,6 +7,7 @@
 #                ~15 s), 64 (64, ~14 s), 256 (256, ~24 s), then a shared-prefix load under KV
 #                pressure (16 prefixes of 2,048 tokens, 2,560 KV blocks, ~8 s a run); 3 runs
 #                each; two server starts (~70 s each)                                         ~345 s
+#   prefix       calibration's shared-prefix load alone (lease 10: REPEATS=9)
 #   c1           issue 24: ours (4 frontends) against `vllm serve` (1 API), 128/128 at
 #                concurrency 1, 30 requests a run (~20 s), 3 runs, every stage of every request
 #                timed and every request's SamplingParams logged in each
@@ -122,6 +123,8 @@ step() {
             grep "^engine ready\|: [0-9]* steps in\|Error" "$RESULTS/profile/profile.log" ;;
         calibration)
             REPEATS=$REPEATS side_by_side calibration "$ENGINE_ARGS" ours:4 -- $CALIBRATION_LOADS
+            step prefix ;;
+        prefix)
             REPEATS=$REPEATS side_by_side calibration-prefix \
                 "$(with_args "$ENGINE_ARGS" "{\"num_gpu_blocks_override\": $PREFIX_BLOCKS}")" ours:4 -- $PREFIX_LOADS ;;
         c1)
