@@ -33,7 +33,7 @@ from pathlib import Path
 from bench import vllm_timings
 from bench.services import OurService
 from bench.side_by_side import Load, bench_command
-from bench.sim_fleet import MIN_TIME_KEPT, difference, engine_figures, scrape, stop_on_sigterm
+from bench.sim_fleet import MIN_TIME_KEPT, difference, engine_figures, engine_series, stop_on_sigterm
 from common.config import ROOT
 from common.step_time import Served, StepTime, StepWork
 
@@ -52,9 +52,20 @@ def real_runs(results: list[dict], server: str | None) -> tuple[str, dict[str, l
     return server, runs
 
 
+def median_or_none(values) -> float | None:
+    """The median of the values that are not None, or None when there are none."""
+    present = [value for value in values if value is not None]
+    return statistics.median(present) if present else None
+
+
 def median_of(rows: list[dict], key: str) -> float | None:
-    values = [row["result"].get(key) for row in rows if row["result"].get(key) is not None]
-    return statistics.median(values) if values else None
+    return median_or_none(row["result"].get(key) for row in rows)
+
+
+def scrape_both(url: str) -> tuple[dict, dict]:
+    """One /metrics page read both ways: the engines' series and vLLM's histograms."""
+    text = vllm_timings.metrics_text(url, timeout=30)
+    return engine_series(text), vllm_timings.histograms(text)
 
 
 def frontend_ttft_ms(row: dict) -> float | None:
@@ -127,13 +138,14 @@ def simulate(load: Load, rows: list[dict], args, out: Path, port: int) -> dict:
         for repeat in range(1, load.repeats + 1):
             result_file = service.run_dir / f"sim-{load.label.replace('/', 'of')}-r{repeat}.json"
             service.reset_prefix_cache()  # as bench/side_by_side.py does before each GPU run
-            before, timings = scrape(service.url), vllm_timings.scrape(service.url)
+            before, timings = scrape_both(service.url)
             with (service.run_dir / f"bench-r{repeat}.log").open("wb") as log:
                 subprocess.run(bench_command(service, load, args, result_file, repeat), stdout=log,
                                stderr=subprocess.STDOUT, check=True)
             engines = args.engine_args.get("data_parallel_size", 1)
-            figures = engine_figures(difference(before, scrape(service.url)), engines)
-            frontend = vllm_timings.summarize(vllm_timings.difference(timings, vllm_timings.scrape(service.url)))
+            after, timings_after = scrape_both(service.url)
+            figures = engine_figures(difference(before, after), engines)
+            frontend = vllm_timings.summarize(vllm_timings.difference(timings, timings_after))
             frontend = frontend.get("frontend_ttft")
             result = json.loads(result_file.read_text())
             runs.append({"output_throughput": result["output_throughput"] * ts,
@@ -152,13 +164,10 @@ def compare(real: list[dict], simulated: dict) -> dict:
     row = {"load": simulated["load"], "time_scale": simulated["time_scale"], "runs": len(simulated["runs"])}
     for key in KEYS:
         row[key] = ratio_of(median_of(real, key), statistics.median(run[key] for run in simulated["runs"]))
-    theirs = [value for value in map(frontend_ttft_ms, real) if value is not None]
-    mine = [run["frontend_ttft_ms"] for run in simulated["runs"] if run.get("frontend_ttft_ms") is not None]
-    row["frontend_ttft_ms"] = ratio_of(statistics.median(theirs) if theirs else None,
-                                       statistics.median(mine) if mine else None)
-    hits = [run["prefix_cache_hit_rate"] for run in simulated["runs"] if run["prefix_cache_hit_rate"] is not None]
+    row["frontend_ttft_ms"] = ratio_of(median_or_none(map(frontend_ttft_ms, real)),
+                                       median_or_none(run.get("frontend_ttft_ms") for run in simulated["runs"]))
     theirs = median_of(real, "prefix_cache_hit_rate")
-    mine = statistics.median(hits) if hits else None
+    mine = median_or_none(run["prefix_cache_hit_rate"] for run in simulated["runs"])
     points = None if mine is None or theirs is None else 100 * (mine - theirs)
     row["prefix_cache_hit_rate"] = {"real": theirs, "simulated": mine, "points": points,
                                     "within": points is None or abs(points) <= TARGET_HITS_POINTS}

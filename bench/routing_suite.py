@@ -157,11 +157,12 @@ def frontend_counts(run: FleetRun, size: Size, maker: PromptMaker) -> Verdict:
     milliseconds moves by about 5% with the host's noise alone, so each count runs `frontends_repeats`
     times, the counts taking turns, and the verdict is on each count's medians."""
     by_count = {count: [] for count in size.frontend_counts}
+    times = poisson_times(2.0 * size.engines, size.frontends_s, random.Random(4))
     for _ in range(size.frontends_repeats):
         for count in size.frontend_counts:
+            # Made afresh each time: requests() draws the prompts from the generator it holds.
             prompts = SharedPrefixPrompts(PromptMaker(maker.vocabulary, seed=100), 2 * size.engines, 4, 2048, 256,
                                           draw_seed=4)
-            times = poisson_times(2.0 * size.engines, size.frontends_s, random.Random(4))
             run.empty_prefix_caches()
             by_count[count].append(run.send(prompts.requests(times, 64), urls=run.frontend_urls(count)))
     summaries = [summary for count in size.frontend_counts for summary in by_count[count]]

@@ -17,7 +17,6 @@ import socket
 import statistics
 import threading
 import time
-import urllib.request
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from bench import fleet_client, process_cpu
 from bench.oracle import Oracle
 from bench.request_timings import RequestResult, summarize
 from bench.services import OurService, answers
+from bench.vllm_timings import metrics_text
 from bench.workload import Workload
 from common.config import ROOT, ServerConfig
 from common.step_time import load_profile
@@ -114,9 +114,12 @@ def vocabulary(model: str) -> list[int]:
 
 
 def scrape(url: str) -> dict:
-    """{short name: {rank: value}} of every engine series, and "routed": {(rank, reason): value}."""
-    with urllib.request.urlopen(url + "/metrics", timeout=30) as response:
-        text = response.read().decode()
+    return engine_series(metrics_text(url, timeout=30))
+
+
+def engine_series(text: str) -> dict:
+    """{short name: {rank: value}} of every engine series in a /metrics page, and "routed":
+    {(rank, reason): value}."""
     figures: dict = defaultdict(dict)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

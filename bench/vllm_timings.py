@@ -25,11 +25,19 @@ HISTOGRAMS = {
 }
 
 
+def metrics_text(url: str, timeout: float = 10) -> str:
+    """A server's /metrics page."""
+    with urllib.request.urlopen(url + "/metrics", timeout=timeout) as response:
+        return response.read().decode()
+
+
 def scrape(url: str) -> dict:
-    """{histogram name: {"sum": s, "count": n}},
+    return histograms(metrics_text(url))
+
+
+def histograms(text: str) -> dict:
+    """{histogram name: {"sum": s, "count": n}} of a /metrics page,
     summed over label sets (vllm serve with several API servers, engine index)."""
-    with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
-        text = response.read().decode()
     wanted = set(HISTOGRAMS.values())
     found: dict = {}
     for family in text_string_to_metric_families(text):
@@ -66,8 +74,7 @@ def summarize(delta: dict) -> dict:
 
 def scrape_counters(url: str, names: tuple[str, ...]) -> dict[str, float]:
     """{counter family name: value}, summed over label sets, for the counters named."""
-    with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
-        text = response.read().decode()
+    text = metrics_text(url)
     found: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         if family.name in names:

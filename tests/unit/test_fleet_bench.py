@@ -11,7 +11,7 @@ import msgspec
 import pytest
 import zmq
 
-from bench import calibrate_simulator, llmd_ladder
+from bench import calibrate_simulator, llmd_ladder, sim_fleet, vllm_timings
 from bench.fleet_client import CUT, Outcome
 from bench.fleet_workloads import PromptMaker, SharedPrefixPrompts, poisson_times
 from bench.oracle import Oracle
@@ -262,6 +262,32 @@ def test_the_calibration_compares_the_frontends_mean_ttft_where_both_sides_timed
     assert not row["median_ttft_ms"]["within"]
     assert calibrate_simulator.time_scale_for(9000, 1500) == 6.0 and calibrate_simulator.time_scale_for(100, 1500) == 1
     assert calibrate_simulator.time_scale_for(100, 1500, least=4.0) == 4.0
+
+
+METRICS_PAGE = """\
+# TYPE llm_engine_prefix_cache_hits counter
+llm_engine_prefix_cache_hits_total{engine="0"} 30.0
+llm_engine_prefix_cache_hits_total{engine="1"} 12.0
+# TYPE llm_engine_routed_requests counter
+llm_engine_routed_requests_total{engine="1",reason="prefix"} 4.0
+# TYPE llm_time_to_first_token_seconds histogram
+llm_time_to_first_token_seconds_bucket{engine="0",le="+Inf"} 2.0
+llm_time_to_first_token_seconds_count{engine="0"} 2.0
+llm_time_to_first_token_seconds_sum{engine="0"} 0.5
+llm_time_to_first_token_seconds_bucket{engine="1",le="+Inf"} 3.0
+llm_time_to_first_token_seconds_count{engine="1"} 3.0
+llm_time_to_first_token_seconds_sum{engine="1"} 1.0
+"""
+
+
+def test_one_metrics_page_gives_the_engines_series_and_the_frontends_ttft():
+    series = sim_fleet.engine_series(METRICS_PAGE)
+    assert series["hits"] == {0: 30.0, 1: 12.0} and series["routed"] == {(1, "prefix"): 4.0}
+    histograms = vllm_timings.histograms(METRICS_PAGE)
+    assert histograms == {"llm_time_to_first_token_seconds": {"sum": 1.5, "count": 5.0}}
+    assert vllm_timings.summarize(histograms)["frontend_ttft"] == {"count": 5, "mean_ms": 300.0}
+    assert calibrate_simulator.median_or_none([None, 3.0, 1.0, None, 2.0]) == 2.0
+    assert calibrate_simulator.median_or_none([None]) is None
 
 
 def served_row(concurrency: int, ttft: float, tpot: float) -> dict:
