@@ -52,6 +52,11 @@ def real_runs(results: list[dict], server: str | None) -> tuple[str, dict[str, l
     return server, runs
 
 
+def read_results(paths: list[str]) -> list[dict]:
+    """The rows of one or more results.json files, as one run of bench/side_by_side.py."""
+    return [row for path in paths for row in json.loads(Path(path).read_text())]
+
+
 def median_or_none(values) -> float | None:
     """The median of the values that are not None, or None when there are none."""
     present = [value for value in values if value is not None]
@@ -106,11 +111,11 @@ def fit_served(runs: dict[str, list[dict]], step_time: StepTime) -> Served:
 
 def write_served(args) -> Served:
     """fit_served on --results, written into --profile as its `served` block with where it came from."""
-    server, runs = real_runs(json.loads(Path(args.results).read_text()), args.server)
+    server, runs = real_runs(read_results(args.results), args.server)
     profile = json.loads(Path(args.profile).read_text())
     served = fit_served(runs, StepTime(**profile["step_time"]))
     fitted = {"command": args.command,
-              "results": args.results, "server": server, "loads": sorted(runs),
+              "results": " ".join(args.results), "server": server, "loads": sorted(runs),
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "how": "bench/calibrate_simulator.py fit_served"}
     profile["served"] = {"first_token_s": served.first_token_s, "cpu_per_decode_seq_s": served.cpu_per_decode_seq_s,
@@ -189,7 +194,8 @@ def table(rows: list[dict], server: str, args) -> str:
         mark = "" if cell["within"] else " **out**"
         return f"{cell['real']:{spec}} / {cell['simulated']:{spec}} = {cell['ratio']:.2f}{mark}"
 
-    lines = [f"Simulated engine ({args.profile}) against {server} in {args.results}; real / simulated = ratio "
+    sources = ", ".join(args.results)
+    lines = [f"Simulated engine ({args.profile}) against {server} in {sources}; real / simulated = ratio "
              f"(target within {TARGET_RATIO:.0%}; hits within {TARGET_HITS_POINTS:g} points)", "",
              "| load | runs | output tok/s | TTFT p50 ms | frontends' mean TTFT ms | TPOT p50 ms | "
              "prefix-cache hits % (real / simulated) | time_scale | time kept |", "|---" * 9 + "|"]
@@ -209,7 +215,8 @@ def table(rows: list[dict], server: str, args) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--results", required=True, help="bench/side_by_side.py's results.json of the GPU run")
+    parser.add_argument("--results", required=True, nargs="+", help="bench/side_by_side.py's results.json of "
+                        "the GPU run (several: their runs of each load taken together)")
     parser.add_argument("--server", help="the server of that file to compare with (default: the first ours-*)")
     parser.add_argument("--model", help="the model directory the GPU run served (its config and tokenizer; no "
                         "weights are read); required unless --fit-served")
@@ -243,7 +250,7 @@ def main(argv=None) -> None:
     stop_on_sigterm()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    server, runs = real_runs(json.loads(Path(args.results).read_text()), args.server)
+    server, runs = real_runs(read_results(args.results), args.server)
     rows = []
     for index, (label, real) in enumerate(runs.items()):
         load = Load(**{**real[0]["load"], "repeats": len(real)})

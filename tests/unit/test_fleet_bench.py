@@ -246,8 +246,18 @@ def test_the_calibration_sets_the_simulated_medians_beside_the_real_ones():
     assert row["median_ttft_ms"]["ratio"] == 1.0 and row["median_ttft_ms"]["within"]
     assert row["prefix_cache_hit_rate"]["points"] == pytest.approx(8.0) and not row["prefix_cache_hit_rate"]["within"]
     assert row["frontend_ttft_ms"]["ratio"] is None  # neither side timed at the frontends: no cell
-    table = calibrate_simulator.table([row], server, SimpleNamespace(profile="p.json", results="r.json"))
+    table = calibrate_simulator.table([row], server, SimpleNamespace(profile="p.json", results=["r.json"]))
     assert "| 128x1024@64 | 3 | 1,000 / 1,200 = 1.20 **out** | 100.0 / 100.0 = 1.00 | - |" in table
+
+
+def test_the_calibration_takes_the_runs_of_several_gpu_plans_as_one_set(tmp_path):
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    first.write_text(json.dumps([real_row(1, 1000, 100, 10, 0.5), real_row(2, 1000, 300, 10, 0.5)]))
+    second.write_text(json.dumps([{**real_row(1, 1000, 200, 10, 0.5), "load": {**real_row(1, 0, 0, 0, None)["load"],
+                                                                                "repeats": 1}}]))
+    server, runs = calibrate_simulator.real_runs(calibrate_simulator.read_results([str(first), str(second)]), None)
+    assert list(runs) == ["128x1024@64"] and len(runs["128x1024@64"]) == 3
+    assert calibrate_simulator.median_of(runs["128x1024@64"], "median_ttft_ms") == 200
 
 
 def test_the_calibration_compares_the_frontends_mean_ttft_where_both_sides_timed_it():
