@@ -135,7 +135,7 @@ def simulate(load: Load, rows: list[dict], args, out: Path, port: int) -> dict:
     server = {"request_timeout_s": 36_000.0, "max_connections_per_client": 0}
     service = OurService(out / load.label.replace("/", "of"), port, str(Path(args.model).resolve()),
                          {"data_parallel_size": 1, **args.engine_args}, args.frontends, router=args.router,
-                         simulator=simulator, server=server)
+                         simulator=simulator, server=server, cuda_visible_devices=args.cuda_visible_devices)
     service.start()
     runs = []
     try:
@@ -226,6 +226,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--engine-args", default="{}", help="JSON: the GPU run's --engine-args")
     parser.add_argument("--router", default="prefix", help="router.policy as bench/side_by_side.py's "
                         "ours:N@POLICY names it (the GPU run's server, e.g. approximate or load)")
+    parser.add_argument("--cuda-visible-devices", default="", help="inference.yml's cuda_visible_devices for the "
+                        "simulated engines, as the GPU run had it: \"0,0,0,0\" puts four on one GPU, taking turns")
     parser.add_argument("--frontends", type=int, default=2)
     parser.add_argument("--host-tokens-per-s", type=float, default=1500.0,
                         help="output tokens a second this host streams while keeping time")

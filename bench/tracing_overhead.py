@@ -62,7 +62,7 @@ def step_times(mode: str, args, endpoint: str, run_dir: Path) -> list[float]:
     inference = msgspec.convert({"engine_backend": "simulated", "simulator": {"time_scale": 1e-9}}, InferenceConfig)
     model = str(default_model.ensure(Path(__file__).resolve().parent.parent / ".data"))
     load = LoadTracker(monitor_gpus=False)
-    engine, adapters, requests = start_simulated(model, inference, 0, load, False)
+    engine, adapters, requests = start_simulated(model, inference, 0, load, False, run_dir)
     provider = build_provider(TracingConfig(otlp_endpoint=endpoint), "engine_worker", mode) if mode != MODES[0] else None
     tracing = EngineTracing(provider, "bench") if provider is not None else None
     context = zmq.Context()

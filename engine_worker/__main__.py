@@ -118,7 +118,7 @@ def start_vllm(model: str, inference: PoolConfig, load, kv_events: dict | None, 
     return engine, adapters, VllmRequests(engine, adapters)
 
 
-def start_simulated(model: str, inference: PoolConfig, rank: int, load, report_kv_events: bool):
+def start_simulated(model: str, inference: PoolConfig, rank: int, load, report_kv_events: bool, run_dir: Path):
     """The simulated engine (no vLLM, no LoRA adapters) and its admission."""
     from engine_worker.simulator import build_simulated_engine
     from engine_worker.simulator.admission import SimulatedRequests
@@ -126,7 +126,7 @@ def start_simulated(model: str, inference: PoolConfig, rank: int, load, report_k
     with stage(log, f"start 2/3: simulated engine ({inference.simulator.profile})"):
         try:  # the stat logger derives from vLLM's StatLoggerBase only when vLLM calls it
             engine = build_simulated_engine(model, inference, rank, load.stat_logger_factory(base=object),
-                                            report_kv_events)
+                                            report_kv_events, run_dir)
         except ValueError as error:  # a shape vLLM would refuse, a profile or a model it cannot read
             raise SystemExit(f"the simulated engine cannot start: {error}") from None
     log.info("start 3/3: no warm-up for a simulated engine")
@@ -177,7 +177,7 @@ def start_engine(server: ServerConfig, inference: PoolConfig, run_dir: Path, ran
     kv_events = kv_events_config(run_dir, slot) if reports_prefix_cache(server, inference) else None
     resume = not simulated and resumes_grammars(inference)  # a simulated engine takes no grammars
     if simulated:
-        engine, adapters, requests = start_simulated(model, inference, rank, load, kv_events is not None)
+        engine, adapters, requests = start_simulated(model, inference, rank, load, kv_events is not None, run_dir)
     else:
         lora_root = server.path(inference.lora_root) if inference.lora_root else None
         engine, adapters, requests = start_vllm(model, inference, load, kv_events, lora_root, resume)

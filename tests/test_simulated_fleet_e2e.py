@@ -189,7 +189,7 @@ from engine_worker.__main__ import model_path, start_simulated
 from engine_worker.io_threads import OutputPublisher
 from engine_worker.load import LoadTracker
 inference = load_inference()
-engine, adapters, prepare = start_simulated(model_path(load_server(), inference), inference, 0, LoadTracker(False), True)
+engine, adapters, prepare = start_simulated(model_path(load_server(), inference), inference, 0, LoadTracker(False), True, None)
 print(sorted({name.split('.')[0] for name in sys.modules} & {'vllm', 'torch', 'transformers'}))
 """
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120,

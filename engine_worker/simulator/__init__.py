@@ -7,19 +7,21 @@ from common.config import InferenceConfig
 from common.step_time import load_profile
 from engine_worker.simulator.engine import SimulatedEngine
 from engine_worker.simulator.shape import engine_shape
+from engine_worker.simulator.shared_gpu import shared_gpu
 from engine_worker.simulator.vocabulary import read_vocabulary
 
 
 def build_simulated_engine(model: str, inference: InferenceConfig, rank: int, stat_logger,
-                           report_kv_events: bool) -> SimulatedEngine:
-    """Engine `rank` of this host, shaped by inference.yml and its profile, emitting `model`'s tokens."""
+                           report_kv_events: bool, run_dir: Path) -> SimulatedEngine:
+    """Engine `rank` of this host, shaped by inference.yml and its profile, emitting `model`'s tokens, taking
+    turns (a lock file in `run_dir`) at a GPU that cuda_visible_devices gives it with others."""
     settings = inference.simulator
     profile = load_profile(settings.profile_path)
     vocabulary = read_vocabulary(model_files(model))
     shape = engine_shape(inference.engine_args, profile.engine_args, vocabulary.max_position_embeddings)
     return SimulatedEngine(shape, vocabulary, profile.step_time, settings.time_scale, settings.seed + rank,
                            settings.eos_probability, [stat_logger], report_kv_events, profile.served,
-                           profile.prefix_cache_lookups == "every")
+                           profile.prefix_cache_lookups == "every", shared_gpu(inference, rank, run_dir))
 
 
 def model_files(model: str) -> Path:

@@ -9,6 +9,8 @@ wait in the step loop's inbox for the next step, as they do while vLLM computes 
 it tells its stat loggers the scheduler's figures, as vLLM's LLMEngine does, and queues the KV-cache
 events of the step for engine_worker/cache_events.py.
 
+Engines that share a GPU (shared_gpu.py) hold it for each step's GPU time, in turns.
+
 With the profile's `served` terms (common/step_time.py, Served), a request reaches the scheduler
 first_token_s after it was added, and a step takes at least its CPU's cpu_per_decode_seq_s per
 decoding sequence.
@@ -26,6 +28,7 @@ from engine_worker.simulator.kv_cache import KVCacheManager, PrefixCacheStats
 from engine_worker.simulator.sampling import Sampling, TokenSampler, finish_of
 from engine_worker.simulator.scheduler import Chunk, Prompt, Request, Scheduler
 from engine_worker.simulator.shape import EngineShape
+from engine_worker.simulator.shared_gpu import SharedGpu
 from engine_worker.simulator.vocabulary import Vocabulary
 
 
@@ -84,7 +87,7 @@ def work_of(chunks: list[Chunk]) -> StepWork:
 class SimulatedEngine:
     def __init__(self, shape: EngineShape, vocabulary: Vocabulary, step_time: StepTime, time_scale: float = 1.0,
                  seed: int = 0, eos_probability: float = 0.0, stat_loggers=(), report_kv_events: bool = False,
-                 served: Served | None = None, count_every_lookup: bool = False):
+                 served: Served | None = None, count_every_lookup: bool = False, gpu: SharedGpu | None = None):
         self.shape = shape
         self.vocabulary = vocabulary
         self.step_time = step_time
@@ -112,6 +115,7 @@ class SimulatedEngine:
         self.time_kept = TimeKept()
         self.busy_since: float | None = None  # the end of the last step, while requests remain
         self.served = served
+        self.gpu = gpu  # shared with other engines of this host (shared_gpu.py), or None: its own
         self.arriving: deque[tuple[float, Request]] = deque()  # (when it reaches the scheduler, request)
 
     def get_supported_tasks(self) -> tuple[str, ...]:
@@ -147,7 +151,9 @@ class SimulatedEngine:
             self.scheduler.add(self.arriving.popleft()[1])
         chunks = self.scheduler.schedule()
         outputs = [output for chunk in chunks if (output := self.advance(chunk.request)) is not None]
-        if chunks or not self.arriving:
+        if chunks and self.gpu is not None:
+            modelled = self.take_turn(work_of(chunks), started)
+        elif chunks or not self.arriving:
             modelled = self.time_scale * self.seconds(work_of(chunks))
         else:  # nothing to compute until the next request arrives
             modelled = self.arriving[0][0] - started
@@ -161,6 +167,15 @@ class SimulatedEngine:
         self.time_kept.modelled_s += modelled
         self.time_kept.busy_s += ended - (started if self.busy_since is None else self.busy_since)
         self.busy_since = ended if self.has_unfinished_requests() else None
+
+    def take_turn(self, work: StepWork, started: float) -> float:
+        """A step on a shared GPU: its GPU time spent holding the GPU, after waiting for its turn. The wait
+        is part of the step's modelled time; the step takes at least its own time (its CPU floor)."""
+        gpu_s = self.time_scale * self.step_time.seconds(work)
+        with self.gpu:
+            turn = self.clock()
+            self.sleep(max(0.0, turn + gpu_s - self.clock()))
+        return max(self.time_scale * self.seconds(work), turn - started + gpu_s)
 
     def seconds(self, work: StepWork) -> float:
         gpu_s = self.step_time.seconds(work)

@@ -2,6 +2,7 @@
 stop conditions, the scheduler's figures for the load tracker, KV-cache events through the same
 CacheIndex as vLLM's, the step loop on top, and an engine worker that never imports vLLM."""
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from engine_worker.load import LoadTracker
 from engine_worker.simulator.admission import SimulatedRequests
 from engine_worker.simulator.engine import SimulatedEngine
 from engine_worker.simulator.shape import EngineShape, engine_shape
+from engine_worker.simulator.shared_gpu import SharedGpu, shared_gpu
 from engine_worker.simulator.vocabulary import Vocabulary, read_vocabulary
 from engine_worker.step_loop import StepLoop
 from tests.unit.test_step_loop import FakePublisher
@@ -35,10 +37,11 @@ def shape(**changes) -> EngineShape:
     return EngineShape(**{**values, **changes})
 
 
-def engine(eos_probability=0.0, seed=0, stat_loggers=(), report_kv_events=False, **shape_changes) -> SimulatedEngine:
+def engine(eos_probability=0.0, seed=0, stat_loggers=(), report_kv_events=False, gpu=None,
+           **shape_changes) -> SimulatedEngine:
     return SimulatedEngine(shape(**shape_changes), VOCABULARY, STEP_TIME, time_scale=0.0, seed=seed,
                            eos_probability=eos_probability, stat_loggers=stat_loggers,
-                           report_kv_events=report_kv_events)
+                           report_kv_events=report_kv_events, gpu=gpu)
 
 
 def add(simulated: SimulatedEngine, request_id: str, prompt: list[int], **sampling) -> None:
@@ -78,6 +81,40 @@ def test_the_step_time_is_the_profiles_model_of_what_the_step_computed():
     add(simulated, "b", [*range(10, 18), 30, 31, 32, 33], max_tokens=5, ignore_eos=True)
     # a decodes with 11 tokens in KV; b computes 4 tokens after its 8-token prefix hit.
     step_within_its_modelled_time(work)
+
+
+def test_engines_that_cuda_visible_devices_puts_on_one_gpu_share_its_lock_file(tmp_path):
+    four = msgspec.convert({"engine_args": {"data_parallel_size": 4}, "cuda_visible_devices": "0,0,1,1"},
+                           InferenceConfig)
+    gpus = [shared_gpu(four, rank, tmp_path) for rank in range(4)]
+    assert gpus[0].lock_file == gpus[1].lock_file == tmp_path / "simulated-gpu-0.lock"
+    assert gpus[2].lock_file == gpus[3].lock_file == tmp_path / "simulated-gpu-1.lock"
+    own = msgspec.convert({"engine_args": {"data_parallel_size": 2}, "cuda_visible_devices": "0,1"}, InferenceConfig)
+    assert shared_gpu(own, 0, tmp_path) is None and shared_gpu(InferenceConfig(), 0, tmp_path) is None
+
+
+def test_a_step_on_a_shared_gpu_waits_for_its_turn_and_counts_the_wait_as_modelled_time(tmp_path):
+    lock_file = tmp_path / "simulated-gpu-0.lock"
+    simulated = engine(gpu=SharedGpu(lock_file))
+    simulated.time_scale = 2.0
+    now, calls, slept = [100.0], [], []
+    simulated.clock = lambda: calls.append(now[0]) or now[0]
+    simulated.sleep = lambda seconds: slept.append(seconds) or now.__setitem__(0, now[0] + seconds)
+    add(simulated, "a", list(range(10, 20)), max_tokens=3, ignore_eos=True)
+    gpu_s = 2.0 * STEP_TIME.seconds(StepWork(10, 0, 0, 100))
+    with SharedGpu(lock_file):  # another engine's step holds the GPU
+        stepping = threading.Thread(target=simulated.step)
+        stepping.start()
+        while not calls:  # the step started at 100.0
+            time.sleep(0.001)
+        now[0] = 105.0  # the other engine's step takes 5 s
+        stepping.join(0.2)
+        assert stepping.is_alive()  # its turn has not come
+    stepping.join(10)
+    assert slept == [pytest.approx(gpu_s), 0.0]  # its own GPU time, from its turn
+    assert simulated.time_kept.modelled_s == pytest.approx(5.0 + gpu_s)  # the wait, then its own
+    simulated.step()  # nobody else holds the GPU: its own time only
+    assert simulated.time_kept.modelled_s == pytest.approx(5.0 + gpu_s + 2.0 * STEP_TIME.seconds(StepWork(0, 1, 11, 0)))
 
 
 class SlowHost:
@@ -311,7 +348,7 @@ def test_an_engine_vllm_would_refuse_does_not_start_and_says_why(model_dir):
                                  "engine_args": {"num_gpu_blocks_override": 100}}, InferenceConfig)
     with pytest.raises(SystemExit, match="cannot start: a KV cache of 100 blocks of 16 tokens holds fewer than "
                                          "max_model_len \\(8192\\)"):
-        start_simulated(str(model_dir), inference, 0, LoadTracker(False), False)
+        start_simulated(str(model_dir), inference, 0, LoadTracker(False), False, model_dir)
 
 
 def test_the_engines_shape_comes_from_inference_yml_then_its_profile_then_defaults():
