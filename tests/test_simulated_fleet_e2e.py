@@ -2,7 +2,7 @@
 starts it with `engine_backend: simulated`, all through nginx: /generate, chat streamed with the openai
 package, /health, /metrics with every engine's figures and its prefix cache, exact prefix placement
 from the simulated engines' KV-cache events, the operator emptying prefix caches (every router following),
-a refusal in the protocol's shape, and one engine killed (only its requests fail; supervisord restarts it)
+a refusal in the protocol's shape, engines that share a GPU taking turns at it, and one engine killed (only its requests fail; supervisord restarts it)
 and one drained with SIGTERM. No vLLM is started."""
 import os
 import signal
@@ -22,6 +22,7 @@ from tests.test_fleet_e2e import ADMIN, ADMIN_KEY, PIN, cached_tokens, listing, 
 
 ENGINES = 8
 PROFILE = ROOT / "tests/fixtures/step-time-profile-fixture.json"
+GPUS = "0,0,1,1,2,2,3,3"  # two engines a GPU: they take turns at it
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,8 @@ def fleet(model_dir):
     deployment = Deployment("simulated", server={"admin_api_key": ADMIN_KEY},
                             engine_args={"data_parallel_size": ENGINES})
     inference = yaml.safe_load((deployment.dir / "inference.yml").read_text())
-    inference.update(engine_backend="simulated", simulator={"profile": str(PROFILE), "seed": 7})
+    inference.update(engine_backend="simulated", simulator={"profile": str(PROFILE), "seed": 7},
+                     cuda_visible_devices=GPUS)
     (deployment.dir / "inference.yml").write_text(yaml.safe_dump(inference))
     deployment.start("-m", "common.service", log="service")
     try:
@@ -51,6 +53,9 @@ def test_health_and_metrics_list_every_simulated_engine(fleet):
     assert len({engine["engine_id"] for engine in engines}) == ENGINES
     assert per_engine(fleet.url, "llm_engine_up", "engine") == {(str(rank),): 1 for rank in range(ENGINES)}
     assert len(per_engine(fleet.url, "llm_engine_kv_cache_usage_ratio", "engine")) == ENGINES
+    # engines on one GPU share its turns through one lock file each
+    assert sorted(path.name for path in (fleet.dir / "run").glob("simulated-gpu-*.lock")) == \
+        [f"simulated-gpu-{gpu}.lock" for gpu in range(4)]
 
 
 def test_generate_gives_tokens_of_the_served_vocabulary_and_a_seed_repeats_them(fleet, tokenizer):
