@@ -7,7 +7,7 @@
 #                ~15 s), 64 (64, ~14 s), 256 (256, ~24 s), then a shared-prefix load under KV
 #                pressure (16 prefixes of 2,048 tokens, 2,560 KV blocks, ~8 s a run); 3 runs
 #                each; two server starts (~70 s each)                                         ~345 s
-#   prefix       calibration's shared-prefix load alone (lease 10: REPEATS=9)
+#   prefix       calibration's shared-prefix load alone; lease 10: about 36 s a run after a 56 to 135 s start
 #   c1           issue 24: ours (4 frontends) against `vllm serve` (1 API), 128/128 at
 #                concurrency 1, 30 requests a run (~20 s), 3 runs, every stage of every request
 #                timed and every request's SamplingParams logged in each
@@ -31,7 +31,8 @@
 #                (512), 3 runs                                                                ~570 s
 #   placement4   placement's load with four engines of ours on GPU 0 (32 prefixes); lease 9: 545 s
 #   c1long       c1 with 1,024-token prompts: 1024/128 at concurrency 1, 30 requests a run, 3 runs,
-#                ours (4 frontends) against `vllm serve` (1 API), both traced                 ~420 s
+#                ours (4 frontends) against `vllm serve` (1 API), both traced                 ~420 s;
+#                lease 10 with REPEATS=6: 702 s (starts 74 and 71 s, about 47 s a run)
 #   targets3     1024/128 @256 (512 prompts) and 128/1024 @256 (512): ours (4 frontends) against
 #                `vllm serve` with 1 and with 4 API processes (the issue's best at 256), 3 runs;
 #                lease 9: 852 s (starts 63, 42 and 33 s)
