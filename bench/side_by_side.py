@@ -179,7 +179,8 @@ def parse_cpu_list(text: str) -> list[int]:
 def bench_command(server: Server, load: Load, args, result_file: Path, repeat: int) -> list[str]:
     """Warm-ups run at the load's concurrency, so more than that many only add time (at concurrency 1
     each is a whole request). Repeat r draws its prompts with seed r - 1: the same prompts again
-    would be served from vLLM's prefix cache. Every server gets the same prompts in its repeat r."""
+    would be served from vLLM's prefix cache. Every server gets the same prompts in its repeat r. Six
+    percentiles, not the median alone: two TTFT distributions with one median can differ in shape."""
     model = str(Path(args.model).resolve())
     return [
         sys.executable, str(ROOT / "bench" / "vllm_cli.py"), "bench", "serve",
@@ -188,7 +189,7 @@ def bench_command(server: Server, load: Load, args, result_file: Path, repeat: i
         *load.dataset_flags(), "--ignore-eos",
         "--max-concurrency", str(load.concurrency), "--num-prompts", str(load.prompts),
         "--num-warmups", str(min(args.warmups, load.concurrency)), "--seed", str(repeat - 1),
-        "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99",
+        "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "10,25,50,75,90,99",
         "--save-result", "--result-dir", str(result_file.parent), "--result-filename", result_file.name,
     ]
 
