@@ -22,6 +22,7 @@ import zmq
 import zmq.asyncio
 
 from common.config import ServerConfig
+from common.sockets import make_socket
 from common.messages import (
     BROADCAST_TOPIC, Abort, Add, Delta, EngineLoad, Heartbeat, Hello, ListLoras, LoadLora, LoadReport, Loras, Resync,
     StepOutput, TokenLogprob, UnloadLora, Welcome, encode, request_decoder, topic_for,
@@ -55,10 +56,9 @@ class FakeEngine:
     def __init__(self, server: ServerConfig, rank: int, engine_id: str, context: zmq.asyncio.Context | None = None):
         context = context or zmq.asyncio.Context.instance()
         self.engine_id = engine_id
-        self.pull = context.socket(zmq.PULL)
-        self.pull.bind(server.local_request_address(rank))
-        self.pub = context.socket(zmq.PUB)
-        self.pub.bind(server.local_output_address(rank))
+        # The engine worker's water marks: a burst a test publishes is not dropped at ZeroMQ's default of 1,000.
+        self.pull = make_socket(context, zmq.PULL, server.local_request_address(rank), bind=True, link=server.engine)
+        self.pub = make_socket(context, zmq.PUB, server.local_output_address(rank), bind=True, link=server.engine)
         self.frontend_id = FRONTEND  # the last one that said HELLO
         self.added: list[Add] = []
         self.aborted: list[str] = []
