@@ -464,9 +464,14 @@ class InferenceConfig(PoolConfig, forbid_unknown_fields=True):
         return f"engine-{re.sub(r'[^A-Za-z0-9_.-]+', '-', self.pools[pool].served_name)}-{rank}"
 
 
+def listed_gpus(visible: str) -> list[str]:
+    """The GPUs a cuda_visible_devices value lists, in order, one entry per mention ("0,0" is GPU 0 twice)."""
+    return [gpu.strip() for gpu in visible.split(",") if gpu.strip()]
+
+
 def gpus_of(rank: int, tp: int, dp: int, visible: str, all_gpus: int | None) -> str:
     if visible:
-        pool = [gpu.strip() for gpu in visible.split(",") if gpu.strip()]
+        pool = listed_gpus(visible)
     elif dp > 1 and all_gpus:
         pool = [str(index) for index in range(all_gpus)]
     else:

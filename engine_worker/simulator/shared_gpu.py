@@ -6,7 +6,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from common.config import PoolConfig
+from common.config import PoolConfig, listed_gpus
 
 
 class SharedGpu:
@@ -27,7 +27,7 @@ class SharedGpu:
 def shared_gpu(inference: PoolConfig, rank: int, run_dir: Path) -> SharedGpu | None:
     """The GPU engine `rank` shares with other engines of this host, if cuda_visible_devices names one GPU
     for several of them."""
-    listed = [gpu.strip() for gpu in inference.cuda_visible_devices.split(",") if gpu.strip()]
+    listed = listed_gpus(inference.cuda_visible_devices)
     if len(set(listed)) == len(listed):
         return None
     return SharedGpu(run_dir / f"simulated-gpu-{inference.gpus_of(rank)}.lock")
