@@ -39,6 +39,7 @@ from common.step_time import Served, StepTime, StepWork
 
 TARGET_RATIO, TARGET_HITS_POINTS = 0.15, 5.0
 KEYS = ("output_throughput", "median_ttft_ms", "median_tpot_ms")
+SHAPE = ("p10_ttft_ms", "p25_ttft_ms", "p75_ttft_ms", "p90_ttft_ms")  # no target: where two TTFTs differ
 
 
 def real_runs(results: list[dict], server: str | None) -> tuple[str, dict[str, list[dict]]]:
@@ -157,6 +158,8 @@ def simulate(load: Load, rows: list[dict], args, out: Path, port: int) -> dict:
                          "median_ttft_ms": result["median_ttft_ms"] / ts,
                          "median_tpot_ms": result["median_tpot_ms"] / ts,
                          "frontend_ttft_ms": frontend["mean_ms"] / ts if frontend else None,
+                         **{key: result[key] / ts for key in SHAPE if key in result},
+                         "preemptions": figures["preemptions"],
                          "prefix_cache_hit_rate": figures["prefix_cache_hit_rate"], "time_kept": figures["time_kept"],
                          "routing": figures["routing"], "completed": result["completed"]})
     finally:
@@ -171,6 +174,8 @@ def compare(real: list[dict], simulated: dict) -> dict:
         row[key] = ratio_of(median_of(real, key), statistics.median(run[key] for run in simulated["runs"]))
     row["frontend_ttft_ms"] = ratio_of(median_or_none(map(frontend_ttft_ms, real)),
                                        median_or_none(run.get("frontend_ttft_ms") for run in simulated["runs"]))
+    for key in (*SHAPE, "preemptions"):
+        row[key] = ratio_of(median_of(real, key), median_or_none(run.get(key) for run in simulated["runs"]))
     theirs = median_of(real, "prefix_cache_hit_rate")
     mine = median_or_none(run["prefix_cache_hit_rate"] for run in simulated["runs"])
     points = None if mine is None or theirs is None else 100 * (mine - theirs)
@@ -185,6 +190,13 @@ def ratio_of(real: float | None, simulated: float | None) -> dict:
     ratio = simulated / real if real and simulated is not None else None
     return {"real": real, "simulated": simulated, "ratio": ratio,
             "within": ratio is not None and abs(ratio - 1) <= TARGET_RATIO}
+
+
+def shape_cell(cell: dict | None, spec: str) -> str:
+    if not cell or cell["real"] is None or cell["simulated"] is None:
+        return "-"
+    ratio = "" if cell["ratio"] is None else f" = {cell['ratio']:.2f}"
+    return f"{cell['real']:{spec}} / {cell['simulated']:{spec}}{ratio}"
 
 
 def table(rows: list[dict], server: str, args) -> str:
@@ -210,6 +222,11 @@ def table(rows: list[dict], server: str, args) -> str:
                      f"{ratio_cell(row['median_tpot_ms'], '.2f')} | "
                      f"{hit_cell} | {row['time_scale']:g} | {100 * kept:.1f}%"
                      f"{'' if kept >= MIN_TIME_KEPT else ' (host did not keep up: not a calibration)'} |")
+    lines += ["", "The TTFT's spread and the scheduler's preemptions (a run's, all engines), real / simulated = "
+              "ratio, no target:", "", "| load | TTFT p10 ms | p25 | p75 | p90 | preemptions |", "|---" * 6 + "|"]
+    for row in rows:
+        cells = [shape_cell(row.get(key), spec) for key, spec in zip((*SHAPE, "preemptions"), (".1f",) * 4 + (",.0f",))]
+        lines.append(f"| {row['load']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

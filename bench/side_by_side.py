@@ -246,18 +246,21 @@ def run_load(server: Server, load: Load, args, out: Path, profile: bool, repeat:
         cpu_before, process_cpu.snapshot(server.processes()), result.get("total_output_tokens", 0))
     cache_after = scrape_prefix_cache(server)
     if cache_before and cache_after:
-        queries, hits = (after - before for before, after in zip(cache_before, cache_after))
+        queries, hits, preemptions = (after - before for before, after in zip(cache_before, cache_after))
         result["prefix_cache_hit_rate"] = hits / queries if queries else None
+        result["preemptions"] = preemptions
     return result, timings
 
 
-def scrape_prefix_cache(server: Server) -> tuple[float, float] | None:
-    """vLLM's prefix-cache counters (tokens queried, tokens hit), added up over every engine."""
+def scrape_prefix_cache(server: Server) -> tuple[float, float, float] | None:
+    """vLLM's prefix-cache counters (tokens queried, tokens hit) and its preemptions (requests), added up over
+    every engine."""
+    names = ("vllm:prefix_cache_queries", "vllm:prefix_cache_hits", "vllm:num_preemptions")
     try:
-        found = vllm_timings.scrape_counters(server.url, ("vllm:prefix_cache_queries", "vllm:prefix_cache_hits"))
+        found = vllm_timings.scrape_counters(server.url, names)
     except OSError:
         return None
-    return found.get("vllm:prefix_cache_queries", 0.0), found.get("vllm:prefix_cache_hits", 0.0)
+    return tuple(found.get(name, 0.0) for name in names)
 
 
 def scrape_timings(server: Server) -> dict | None:

@@ -44,7 +44,7 @@ ENGINE_SERIES = {
     "llm_engine_prompt_tokens_total": "prompt_tokens", "llm_engine_generation_tokens_total": "generation_tokens",
     "llm_engine_simulated_modelled_seconds_total": "modelled_s", "llm_engine_simulated_busy_seconds_total": "busy_s",
     "llm_engine_running_requests": "running", "llm_engine_waiting_requests": "waiting", "llm_engine_up": "up",
-    "llm_engine_reported_cache_blocks": "reported_blocks",
+    "llm_engine_reported_cache_blocks": "reported_blocks", "llm_engine_preemptions_total": "preemptions",
 }
 ROUTED = "llm_engine_routed_requests_total"
 SAMPLE_S = 1.0  # wall seconds between reads of each engine's load, where a run samples it
@@ -189,6 +189,7 @@ def engine_figures(delta: dict, engines: int) -> dict:
     kept = {rank: modelled[rank] / busy[rank] for rank in range(engines) if busy[rank] > 0}
     return {
         "prefix_cache_hit_rate": sum(hits) / sum(queries) if sum(queries) else None,
+        "preemptions": sum(per("preemptions")),
         "requests_by_engine": requests,
         "work_by_engine": work,  # prompt tokens computed (not found in the prefix cache) + tokens generated
         "routing": dict(sorted(reasons.items())),

@@ -194,6 +194,9 @@ class EngineLoad(msgspec.Struct, array_like=True):
     # seconds since it started (engine_worker/simulator/engine.py's TimeKept); 0 for vLLM.
     simulated_modelled_s_total: float = 0.0
     simulated_busy_s_total: float = 0.0
+    # Requests the scheduler preempted since the engine started (its KV cache ran out of blocks): each
+    # gives its blocks back and computes its tokens again later.
+    preemptions_total: int = 0
 
 
 class Heartbeat(msgspec.Struct, tag="heartbeat", array_like=True):

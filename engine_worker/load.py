@@ -67,6 +67,8 @@ class LoadTracker:
                     tracker.load.kv_cache_usage = scheduler_stats.kv_cache_usage
                     tracker.record_prefix_cache(getattr(scheduler_stats, "prefix_cache_stats", None))
                     tracker.record_time_kept(getattr(scheduler_stats, "time_kept", None))
+                if iteration_stats is not None:
+                    tracker.load.preemptions_total += getattr(iteration_stats, "num_preempted_reqs", 0)
 
             def log_engine_initialized(self):
                 pass

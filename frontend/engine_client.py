@@ -751,6 +751,7 @@ def added_up(loads: list[EngineLoad]) -> EngineLoad:
                       kv_cache_usage=sum(load.kv_cache_usage for load in loads) / len(loads),
                       prompt_tokens_total=sum(load.prompt_tokens_total for load in loads),
                       generation_tokens_total=sum(load.generation_tokens_total for load in loads),
+                      preemptions_total=sum(load.preemptions_total for load in loads),
                       gpus=[gpu for load in loads for gpu in load.gpus])
 
 

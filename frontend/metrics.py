@@ -269,6 +269,8 @@ ENGINE_COUNTERS = (
      lambda load: load.prefix_cache_queries_total),
     ("llm_engine_prefix_cache_hits", "Prompt tokens found in the prefix cache since the engine started",
      lambda load: load.prefix_cache_hits_total),
+    ("llm_engine_preemptions", "Requests the engine preempted for want of KV blocks since it started",
+     lambda load: load.preemptions_total),
 )
 
 # A simulated engine's time keeping: where busy runs ahead of modelled, the host did not keep up.

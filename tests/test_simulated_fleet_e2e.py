@@ -53,6 +53,7 @@ def test_health_and_metrics_list_every_simulated_engine(fleet):
     assert len({engine["engine_id"] for engine in engines}) == ENGINES
     assert per_engine(fleet.url, "llm_engine_up", "engine") == {(str(rank),): 1 for rank in range(ENGINES)}
     assert len(per_engine(fleet.url, "llm_engine_kv_cache_usage_ratio", "engine")) == ENGINES
+    assert per_engine(fleet.url, "llm_engine_preemptions_total", "engine") == {(str(rank),): 0 for rank in range(ENGINES)}
     # engines on one GPU share its turns through one lock file each
     assert sorted(path.name for path in (fleet.dir / "run").glob("simulated-gpu-*.lock")) == \
         [f"simulated-gpu-{gpu}.lock" for gpu in range(4)]

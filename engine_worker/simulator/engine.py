@@ -11,6 +11,10 @@ events of the step for engine_worker/cache_events.py.
 
 Engines that share a GPU (shared_gpu.py) hold it for each step's GPU time, in turns.
 
+Under `async_scheduling` (as the H200 profile's vLLM ran), a step is scheduled as vLLM's async scheduler
+schedules it, while the step before computes: a request that arrives during a busy step is scheduled a
+step later than it would be otherwise, and a finished request's blocks come back a step later.
+
 With the profile's `served` terms (common/step_time.py, Served), a request reaches the scheduler
 first_token_s after it was added, and a step takes at least its CPU's cpu_per_decode_seq_s per
 decoding sequence.
@@ -73,6 +77,13 @@ class SchedulerStats:
     time_kept: TimeKept = field(default_factory=TimeKept)
 
 
+@dataclass
+class IterationStats:
+    """vLLM's IterationStats, the field the engine worker reads: requests preempted since the last report."""
+
+    num_preempted_reqs: int = 0
+
+
 def work_of(chunks: list[Chunk]) -> StepWork:
     prefill = [chunk for chunk in chunks if not chunk.is_decode]
     decode = [chunk for chunk in chunks if chunk.is_decode]
@@ -117,6 +128,7 @@ class SimulatedEngine:
         self.served = served
         self.gpu = gpu  # shared with other engines of this host (shared_gpu.py), or None: its own
         self.arriving: deque[tuple[float, Request]] = deque()  # (when it reaches the scheduler, request)
+        self.computing_since: float | None = None  # async scheduling: when the step in flight began
 
     def get_supported_tasks(self) -> tuple[str, ...]:
         return ("generate",)
@@ -126,10 +138,11 @@ class SimulatedEngine:
             raise ValueError(f"request id {request_id!r} is already running")
         seed = sampling.seed if sampling.seed is not None else self.rng.getrandbits(64)
         request = Request(request_id, prompt, sampling, random.Random(seed), self.shape.block_size)
-        if self.served is None:
+        if self.served is None and not self.shape.async_scheduling:
             self.scheduler.add(request)
             return
-        self.arriving.append((self.clock() + self.time_scale * self.served.first_token_s, request))
+        delay = 0.0 if self.served is None else self.time_scale * self.served.first_token_s
+        self.arriving.append((self.clock() + delay, request))
 
     def abort_request(self, request_ids) -> None:
         ids = set(request_ids)
@@ -147,10 +160,19 @@ class SimulatedEngine:
 
     def step(self) -> list[RequestOutput]:
         started = self.clock()
-        while self.arriving and self.arriving[0][0] <= started:
-            self.scheduler.add(self.arriving.popleft()[1])
-        chunks = self.scheduler.schedule()
+        # Under async scheduling vLLM schedules a step while the one before it computes: that schedule sees
+        # the requests that had arrived when the step in flight began, and not yet the blocks of the
+        # requests that end in it.
+        chunks = self.schedule(started if self.computing_since is None else self.computing_since)
+        if not chunks and self.computing_since is not None:
+            # Nothing to queue behind the step in flight: vLLM waits for it, then schedules with its news.
+            self.scheduler.free_finished()
+            chunks = self.schedule(started)
+        self.scheduler.free_finished()  # those that ended in the step before: back after this schedule
         outputs = [output for chunk in chunks if (output := self.advance(chunk.request)) is not None]
+        if not self.scheduler.requests:  # no step follows to give back what ended in this one
+            self.scheduler.free_finished()
+        self.computing_since = started if chunks and self.shape.async_scheduling else None
         if chunks and self.gpu is not None:
             modelled = self.take_turn(work_of(chunks), started)
         elif chunks or not self.arriving:
@@ -161,6 +183,12 @@ class SimulatedEngine:
         self.keep_time(started, modelled)
         self.report()
         return outputs
+
+    def schedule(self, visible: float) -> list[Chunk]:
+        """The scheduler's step, with the requests that reached it by `visible`."""
+        while self.arriving and self.arriving[0][0] <= visible:
+            self.scheduler.add(self.arriving.popleft()[1])
+        return self.scheduler.schedule()
 
     def keep_time(self, started: float, modelled: float) -> None:
         ended = self.clock()
@@ -190,7 +218,7 @@ class SimulatedEngine:
         request.append(token)
         finish_reason, stop_reason = finish_of(request, self.vocabulary.eos_token_id, self.shape.max_model_len)
         if finish_reason is not None:
-            self.scheduler.finish(request.request_id)
+            self.scheduler.finish(request.request_id, keep_blocks=self.shape.async_scheduling)
         top = request.sampling.logprobs
         logprobs = None if top is None else [self.sampler.logprobs(token, request.rng, top)]
         return RequestOutput(request.request_id, [CompletionOutput([token], finish_reason, stop_reason, logprobs)],
@@ -199,7 +227,8 @@ class SimulatedEngine:
     def report(self) -> None:
         stats = SchedulerStats(len(self.scheduler.running), len(self.scheduler.waiting), self.kv.usage(),
                                self.kv.take_stats(), replace(self.time_kept))
+        iteration = IterationStats(self.scheduler.take_preempted())
         for logger in self.stat_loggers:
-            logger.record(stats, None)
+            logger.record(stats, iteration)
         if events := self.kv.take_events():
             self.kv_events.put(events)

@@ -101,6 +101,12 @@ class Scheduler:
         # vLLM 0.26.0 counts a waiting request's lookup each step it is looked up, admitted or not
         self.count_every_lookup = count_every_lookup
         self.arrivals = itertools.count()
+        self.preempted = 0  # requests preempted since take_preempted last read it
+        self.finished: list[Request] = []  # ended, their blocks not yet given back (finish's keep_blocks)
+
+    def take_preempted(self) -> int:
+        preempted, self.preempted = self.preempted, 0
+        return preempted
 
     def add(self, request: Request) -> None:
         self.requests[request.request_id] = request
@@ -188,10 +194,12 @@ class Scheduler:
         request.status = PREEMPTED
         request.num_computed_tokens = 0
         request.num_preemptions += 1
+        self.preempted += 1
         self.wait(request, at_front=True)
 
-    def finish(self, request_id: str) -> bool:
-        """Drop a request, finished or aborted, and free its blocks; False for an unknown id."""
+    def finish(self, request_id: str, keep_blocks: bool = False) -> bool:
+        """Drop a request, finished or aborted, and free its blocks, or with `keep_blocks` hold them until
+        free_finished (async scheduling); False for an unknown id."""
         request = self.requests.pop(request_id, None)
         if request is None:
             return False
@@ -199,5 +207,13 @@ class Scheduler:
             self.running.remove(request)
         else:
             self.waiting.remove(request)
-        self.kv.free(request)
+        if keep_blocks:
+            self.finished.append(request)
+        else:
+            self.kv.free(request)
         return True
+
+    def free_finished(self) -> None:
+        for request in self.finished:
+            self.kv.free(request)
+        self.finished.clear()

@@ -17,6 +17,7 @@ DEFAULTS = {
     "enable_chunked_prefill": True,
     "max_logprobs": 20,
     "scheduling_policy": "fcfs",
+    "async_scheduling": False,
 }
 # inference.yml names the KV cache size as vLLM's override; a profile records the size vLLM found.
 CONFIG_NAMES = {"num_gpu_blocks": "num_gpu_blocks_override"}
@@ -34,6 +35,7 @@ class EngineShape(msgspec.Struct, frozen=True):
     enable_chunked_prefill: bool
     max_logprobs: int
     scheduling_policy: Literal["fcfs", "priority"] = "fcfs"
+    async_scheduling: bool = False
 
 
 def engine_shape(engine_args: dict[str, Any], measured_under: dict[str, Any],

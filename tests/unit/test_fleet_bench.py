@@ -250,6 +250,21 @@ def test_the_calibration_sets_the_simulated_medians_beside_the_real_ones():
     assert "| 128x1024@64 | 3 | 1,000 / 1,200 = 1.20 **out** | 100.0 / 100.0 = 1.00 | - |" in table
 
 
+def test_the_calibration_sets_the_ttfts_spread_and_the_preemptions_beside_the_real_ones():
+    real = [{**real_row(repeat, 1000, 100, 10, 0.5), "result": {**real_row(repeat, 1000, 100, 10, 0.5)["result"],
+                                                                "p10_ttft_ms": p10, "p90_ttft_ms": 400.0,
+                                                                "preemptions": preemptions}}
+            for repeat, p10, preemptions in ((1, 20.0, 10), (2, 30.0, 12), (3, 40.0, 14))]
+    simulated = {"load": "128x1024@64", "time_scale": 2.0, "runs": [
+        {"output_throughput": 1000, "median_ttft_ms": 100, "median_tpot_ms": 10, "prefix_cache_hit_rate": 0.5,
+         "time_kept": 0.99, "p10_ttft_ms": 15.0, "p90_ttft_ms": 400.0, "preemptions": 6}] * 3}
+    row = calibrate_simulator.compare(real, simulated)
+    assert row["p10_ttft_ms"]["ratio"] == 0.5 and row["preemptions"]["ratio"] == 0.5
+    assert row["p25_ttft_ms"]["real"] is None  # results from before the percentiles were kept: no cell
+    table = calibrate_simulator.table([row], "ours-2fe", SimpleNamespace(profile="p.json", results=["r.json"]))
+    assert "| 128x1024@64 | 30.0 / 15.0 = 0.50 | - | - | 400.0 / 400.0 = 1.00 | 12 / 6 = 0.50 |" in table
+
+
 def test_the_calibration_takes_the_runs_of_several_gpu_plans_as_one_set(tmp_path):
     first, second = tmp_path / "first.json", tmp_path / "second.json"
     first.write_text(json.dumps([real_row(1, 1000, 100, 10, 0.5), real_row(2, 1000, 300, 10, 0.5)]))

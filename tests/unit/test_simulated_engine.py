@@ -178,6 +178,58 @@ def test_a_served_request_reaches_the_scheduler_after_the_first_token_latency_an
     assert first_token_times(simulated, host) == pytest.approx({"a": both, "b": both})
 
 
+def first_token_steps(simulated: SimulatedEngine, added_after_step: dict[int, tuple]) -> dict[str, int]:
+    """Step until every request ended, adding each of `added_after_step` (step number: add's arguments) after
+    that step: the step that gave each request's first token."""
+    firsts, number = {}, 0
+    while simulated.has_unfinished_requests() or number in added_after_step:
+        if number in added_after_step:
+            add(simulated, *added_after_step[number][:2], max_tokens=added_after_step[number][2], ignore_eos=True)
+        number += 1
+        for output in simulated.step():
+            firsts.setdefault(output.request_id, number)
+    return firsts
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_under_async_scheduling_a_request_that_arrives_while_a_step_computes_waits_one_more_step(async_scheduling):
+    """vLLM's async scheduler schedules a step while the one before it computes: b, sent during a's first
+    decoding step, misses the schedule made then. An idle engine schedules what comes at once."""
+    simulated = engine(async_scheduling=async_scheduling)
+    host = SlowHost(simulated, overrun_s=0.0, between_s=0.0)
+    simulated.time_scale = 1.0
+    firsts = first_token_steps(simulated, {0: ("a", list(range(10, 20)), 4), 1: ("b", list(range(30, 40)), 1)})
+    assert firsts == {"a": 1, "b": 3 if async_scheduling else 2}
+    assert host.now > 100.0 and simulated.kv.usage() == 0.0  # every block given back at the end
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_under_async_scheduling_the_blocks_of_a_finished_request_come_back_a_step_later(async_scheduling):
+    """6 blocks of 4 tokens: d (1 block, decoding) and a (2 blocks, one token) run; c's 4 blocks wait for
+    a's. vLLM frees a's blocks when it reads a's step's output, after it has scheduled the next step."""
+    simulated = engine(async_scheduling=async_scheduling, num_gpu_blocks=7, max_model_len=24)
+    SlowHost(simulated, overrun_s=0.0, between_s=0.0)
+    simulated.time_scale = 1.0
+    for request_id, prompt, max_tokens in (("d", [5, 6, 7, 8], 8), ("a", list(range(10, 18)), 1),
+                                           ("c", list(range(20, 36)), 1)):
+        add(simulated, request_id, prompt, max_tokens=max_tokens, ignore_eos=True)
+    assert first_token_steps(simulated, {}) == {"d": 1, "a": 1, "c": 3 if async_scheduling else 2}
+
+
+def test_under_async_scheduling_with_nothing_else_to_run_a_waiting_request_takes_freed_blocks_at_once():
+    """a alone holds the blocks c needs: with no step to queue behind a's, vLLM waits for a's output and
+    schedules c at once with a's blocks back."""
+    firsts = {}
+    for async_scheduling in (False, True):
+        simulated = engine(async_scheduling=async_scheduling, num_gpu_blocks=5, max_model_len=16)
+        SlowHost(simulated, overrun_s=0.0, between_s=0.0)
+        simulated.time_scale = 1.0
+        add(simulated, "a", list(range(10, 18)), max_tokens=1, ignore_eos=True)
+        add(simulated, "c", list(range(20, 32)), max_tokens=1, ignore_eos=True)
+        firsts[async_scheduling] = first_token_steps(simulated, {})
+    assert firsts[True] == firsts[False] == {"a": 1, "c": 2}
+
+
 def test_a_served_step_takes_at_least_its_cpu_time_for_the_sequences_decoding():
     simulated = engine()
     simulated.served = Served(cpu_per_decode_seq_s=0.01)
@@ -453,8 +505,10 @@ def test_under_the_priority_policy_the_waiting_queue_goes_by_priority_then_arriv
 
 def test_under_the_priority_policy_kv_exhaustion_preempts_the_worst_class():
     """Blocks for two requests' prompts but not their growth: the batch request is preempted, whichever
-    came first."""
-    simulated = engine(num_gpu_blocks=5, block_size=4, scheduling_policy="priority")
+    came first, and the engine's load counts one preemption."""
+    load = LoadTracker(monitor_gpus=False)
+    simulated = engine(num_gpu_blocks=5, block_size=4, scheduling_policy="priority",
+                       stat_loggers=[load.stat_logger_factory(base=object)])
     for request_id, priority in (("batch", 2), ("chat", 0)):
         admitted = SimulatedRequests(simulated)(Add(request_id, "fe~1", list(range(5, 13)),
                                                     {"max_tokens": 8, "ignore_eos": True}, priority=priority), 0.0)
@@ -465,3 +519,4 @@ def test_under_the_priority_policy_kv_exhaustion_preempts_the_worst_class():
             break
     preempted = {r.request_id for r in simulated.scheduler.requests.values() if r.num_preemptions}
     assert preempted == {"batch"}
+    assert load.load.preemptions_total == 1

@@ -151,6 +151,7 @@ def test_when_blocks_run_out_the_newest_running_request_is_preempted_to_the_fron
     assert step(sched) == [("a", 1, 8, True)]
     assert b.status == PREEMPTED and b.num_computed_tokens == 0 and b.num_preemptions == 1
     assert list(sched.waiting) == [b, c] and sched.running == [a]
+    assert (sched.take_preempted(), sched.take_preempted()) == (1, 0)  # what the next report counts, once
     # b's 6 tokens need two blocks; one is free (its own cached first block) while a holds three.
     assert step(sched) == [("a", 1, 9, True)]
     sched.finish("a")
