@@ -33,6 +33,8 @@
 #   c1long       c1 with 1,024-token prompts: 1024/128 at concurrency 1, 30 requests a run, 3 runs,
 #                ours (4 frontends) against `vllm serve` (1 API), both traced                 ~420 s;
 #                lease 10 with REPEATS=6: 702 s (starts 74 and 71 s, about 47 s a run)
+#   vllm_sources the installed vLLM's scheduler, KV cache manager, block pool and engine core loop, copied
+#                into the results (what the simulated engine models, checked against it)       ~1 s
 #   targets3     1024/128 @256 (512 prompts) and 128/1024 @256 (512): ours (4 frontends) against
 #                `vllm serve` with 1 and with 4 API processes (the issue's best at 256), 3 runs;
 #                lease 9: 852 s (starts 63, 42 and 33 s)
@@ -176,6 +178,20 @@ step() {
             args=$(with_args "$(with_args "$ENGINE_ARGS" "$PLACEMENT_ARGS")" "{\"num_gpu_blocks_override\": $PREFIX_BLOCKS}")
             CUDA_DEVICES=0,0 REPEATS=$REPEATS side_by_side placement "$args" \
                 ours:4 ours:4@approximate ours:4@load -- $PLACEMENT_LOADS ;;
+        vllm_sources)
+            # The installed vLLM's scheduler, KV cache and engine core loop, kept beside the runs: what the
+            # simulated engine models is checked against the vLLM that ran (docs/fleet.md)
+            python3 - "$RESULTS/vllm-sources" <<'PY'
+import pathlib, shutil, sys, vllm
+root, out = pathlib.Path(vllm.__file__).parent, pathlib.Path(sys.argv[1])
+for name in ("v1/core/sched/scheduler.py", "v1/core/sched/async_scheduler.py", "v1/core/kv_cache_manager.py",
+             "v1/core/block_pool.py", "v1/engine/core.py", "config/scheduler.py"):
+    if (root / name).exists():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(root / name, out / name)
+print("vLLM", vllm.__version__, "sources in", out)
+PY
+            ;;
         *) echo "unknown step $1" ;;
     esac
 }

@@ -347,6 +347,7 @@ def engine_settings(engine, given: dict) -> dict:
         "enable_chunked_prefill": getattr(scheduler, "enable_chunked_prefill", None),
         "enable_prefix_caching": cache.enable_prefix_caching,
         "async_scheduling": getattr(scheduler, "async_scheduling", None),
+        "scheduler_reserve_full_isl": getattr(scheduler, "scheduler_reserve_full_isl", None),
         "dtype": str(config.model_config.dtype), "enforce_eager": config.model_config.enforce_eager,
         "cudagraph_mode": str(getattr(compilation, "cudagraph_mode", None)),
         "cudagraph_capture_sizes": getattr(compilation, "cudagraph_capture_sizes", None),

@@ -107,7 +107,7 @@ class SimulatedEngine:
                                  report_kv_events)
         self.scheduler = Scheduler(self.kv, shape.max_num_seqs, shape.max_num_batched_tokens,
                                    shape.enable_chunked_prefill, shape.scheduling_policy == "priority",
-                                   count_every_lookup)
+                                   count_every_lookup, shape.scheduler_reserve_full_isl)
         self.sampler = TokenSampler(vocabulary, eos_probability)
         self.rng = random.Random(seed)
         self.model_config = SimpleNamespace(max_model_len=shape.max_model_len)

@@ -183,15 +183,17 @@ class KVCacheManager:
         if self.enable_caching:
             self.stats.record(request.num_tokens, hit_tokens, request.num_preemptions > 0)
 
-    def allocate(self, request, num_new_tokens: int, hit: list[Block] = ()) -> bool:
+    def allocate(self, request, num_new_tokens: int, hit: list[Block] = (), whole: bool = False) -> bool:
         """Slots for the request's next `num_new_tokens` (after `hit`, a new request's cached prefix);
-        False, changing nothing, when too few blocks are free. Caches the blocks those tokens fill."""
+        False, changing nothing, when too few blocks are free, or with `whole` when its whole sequence
+        would not fit (vLLM's scheduler_reserve_full_isl). Caches the blocks those tokens fill."""
         held = self.blocks_of.setdefault(request.request_id, [])
         computed = request.num_computed_tokens + len(hit) * self.block_size
-        needed = cdiv(computed + num_new_tokens, self.block_size) - len(held) - len(hit)
         reclaimed = sum(1 for block in hit if block.ref_count == 0)  # leaving the free queue
-        if max(needed, 0) + reclaimed > self.pool.num_free:
-            return False
+        for tokens in ((request.num_tokens, computed + num_new_tokens) if whole else (computed + num_new_tokens,)):
+            needed = cdiv(tokens, self.block_size) - len(held) - len(hit)
+            if max(needed, 0) + reclaimed > self.pool.num_free:
+                return False
         if hit:
             self.pool.touch(hit)
             held.extend(hit)

@@ -8,7 +8,8 @@ freed, back to the front of the waiting queue, to be computed again from its pro
 had generated), until the request fits or was itself the one preempted. Then, unless a request was
 preempted in this step, waiting requests in order, while fewer than `max_num_seqs` run: each looks up
 its prompt's cached prefix, and is admitted with as much of the rest as the budget leaves (chunked
-prefill; without it a prompt that does not fit whole waits) if its blocks can be had.
+prefill; without it a prompt that does not fit whole waits) if the blocks of its whole sequence can be had
+(vLLM's scheduler_reserve_full_isl; else those of the chunk).
 Under the priority policy the waiting queue is ordered by (priority, arrival), a preempted request
 goes back to its place in that order, and the request preempted is the running one of the worst
 (priority, arrival) not yet given tokens in the step, as vLLM's PriorityRequestQueue and its preemption
@@ -89,7 +90,8 @@ class Chunk(NamedTuple):
 
 class Scheduler:
     def __init__(self, kv: KVCacheManager, max_num_seqs: int, max_num_batched_tokens: int,
-                 enable_chunked_prefill: bool = True, by_priority: bool = False, count_every_lookup: bool = False):
+                 enable_chunked_prefill: bool = True, by_priority: bool = False, count_every_lookup: bool = False,
+                 reserve_full_prompt: bool = True):
         self.kv = kv
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
@@ -100,6 +102,8 @@ class Scheduler:
         self.by_priority = by_priority
         # vLLM 0.26.0 counts a waiting request's lookup each step it is looked up, admitted or not
         self.count_every_lookup = count_every_lookup
+        # vLLM's scheduler_reserve_full_isl: a waiting request is admitted only if its whole sequence fits
+        self.reserve_full_prompt = reserve_full_prompt
         self.arrivals = itertools.count()
         self.preempted = 0  # requests preempted since take_preempted last read it
         self.finished: list[Request] = []  # ended, their blocks not yet given back (finish's keep_blocks)
@@ -152,7 +156,7 @@ class Scheduler:
             if num_new > budget and not self.enable_chunked_prefill:
                 break
             num_new = min(num_new, budget)
-            if not self.kv.allocate(request, num_new, hit):
+            if not self.kv.allocate(request, num_new, hit, whole=self.reserve_full_prompt):
                 break
             if not self.count_every_lookup:
                 self.kv.record_lookup(request, hit_tokens)

@@ -18,6 +18,7 @@ DEFAULTS = {
     "max_logprobs": 20,
     "scheduling_policy": "fcfs",
     "async_scheduling": False,
+    "scheduler_reserve_full_isl": True,  # vLLM's default
 }
 # inference.yml names the KV cache size as vLLM's override; a profile records the size vLLM found.
 CONFIG_NAMES = {"num_gpu_blocks": "num_gpu_blocks_override"}
@@ -36,6 +37,7 @@ class EngineShape(msgspec.Struct, frozen=True):
     max_logprobs: int
     scheduling_policy: Literal["fcfs", "priority"] = "fcfs"
     async_scheduling: bool = False
+    scheduler_reserve_full_isl: bool = True
 
 
 def engine_shape(engine_args: dict[str, Any], measured_under: dict[str, Any],

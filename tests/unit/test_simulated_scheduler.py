@@ -2,6 +2,8 @@
 rules: blocks of 4 tokens, a few blocks, a small token budget."""
 import random
 
+import pytest
+
 from engine_worker.simulator.kv_cache import BlockRemoved, BlockStored, KVCacheManager
 from engine_worker.simulator.sampling import Sampling
 from engine_worker.simulator.scheduler import PREEMPTED, RUNNING, WAITING, Prompt, Request, Scheduler, \
@@ -97,8 +99,9 @@ def test_the_cache_reports_what_it_stores_with_the_parent_of_the_first_new_block
     assert second == BlockStored(a.block_hashes[1:2], a.block_hashes[0], [5, 6, 7, 8], BLOCK)
 
 
-def scheduler(num_blocks=64, max_num_seqs=8, budget=8, chunked=True) -> Scheduler:
-    return Scheduler(KVCacheManager(num_blocks, BLOCK), max_num_seqs, budget, chunked)
+def scheduler(num_blocks=64, max_num_seqs=8, budget=8, chunked=True, reserve_full_prompt=True) -> Scheduler:
+    return Scheduler(KVCacheManager(num_blocks, BLOCK), max_num_seqs, budget, chunked,
+                     reserve_full_prompt=reserve_full_prompt)
 
 
 def step(sched: Scheduler) -> list[tuple[str, int, int, bool]]:
@@ -127,6 +130,22 @@ def test_without_chunked_prefill_a_prompt_over_the_budget_left_waits_whole():
     sched.add(request("b", list(range(11, 18))))
     assert step(sched) == [("a", 5, 0, False)]  # b's 7 tokens do not fit in the 3 left
     assert step(sched) == [("a", 1, 5, True), ("b", 7, 0, False)]
+
+
+@pytest.mark.parametrize("reserve_full_prompt", [True, False])
+def test_a_prompt_is_admitted_only_when_all_its_blocks_are_free_as_vllms_reserve_full_isl(reserve_full_prompt):
+    """6 usable blocks, a holding 3 (a decoding): b's 16-token prompt needs 4. Its first 8-token chunk would
+    fit in 2, and vLLM admits that chunk only with scheduler_reserve_full_isl off (its default is on)."""
+    sched = scheduler(num_blocks=7, budget=8, reserve_full_prompt=reserve_full_prompt)
+    sched.add(request("a", list(range(1, 13))))
+    assert step(sched) == [("a", 8, 0, False)]
+    assert step(sched) == [("a", 4, 8, False)]  # a holds 3 blocks, with its first token
+    sched.add(request("b", list(range(21, 37))))
+    if reserve_full_prompt:
+        assert step(sched) == [("a", 1, 12, True)]  # a takes a 4th block for its 13th token: 2 left
+        assert list(sched.waiting) == [sched.requests["b"]]
+    else:
+        assert step(sched) == [("a", 1, 12, True), ("b", 7, 0, False)]
 
 
 def test_no_more_than_max_num_seqs_run_and_the_rest_wait_their_turn():
