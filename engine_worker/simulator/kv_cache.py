@@ -190,15 +190,15 @@ class KVCacheManager:
         held = self.blocks_of.setdefault(request.request_id, [])
         computed = request.num_computed_tokens + len(hit) * self.block_size
         reclaimed = sum(1 for block in hit if block.ref_count == 0)  # leaving the free queue
-        for tokens in ((request.num_tokens, computed + num_new_tokens) if whole else (computed + num_new_tokens,)):
-            needed = cdiv(tokens, self.block_size) - len(held) - len(hit)
-            if max(needed, 0) + reclaimed > self.pool.num_free:
-                return False
+        needed = max(cdiv(computed + num_new_tokens, self.block_size) - len(held) - len(hit), 0)
+        reserved = max(cdiv(request.num_tokens, self.block_size) - len(held) - len(hit), 0) if whole else 0
+        if max(needed, reserved) + reclaimed > self.pool.num_free:
+            return False
         if hit:
             self.pool.touch(hit)
             held.extend(hit)
             self.num_cached.setdefault(request.request_id, len(hit))
-        held.extend(self.pool.take(max(needed, 0)))
+        held.extend(self.pool.take(needed))
         self.cache_full_blocks(request, min(computed + num_new_tokens, request.num_tokens))
         return True
 
