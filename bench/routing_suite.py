@@ -56,6 +56,12 @@ class Size:
     groups: int
     scale_time_scale: float
     scale_s: float
+    seed: int = 0  # a repeat's draws: 0 gives the arrivals and prompts of every run before `--seed`
+
+
+def seeded(size: Size, base: int) -> int:
+    """A scenario's draw seed for the size's repeat: another repeat draws other arrivals and prompts."""
+    return base + 1000 * size.seed
 
 
 FULL = Size(engines=8, frontends=8, time_scale=6.0, burst=256, chat_rate=12.0, long_rate=0.4, mixed_s=40.0,
@@ -93,7 +99,7 @@ def kept_up(*summaries: dict) -> str:
 def burst(run: FleetRun, size: Size, maker: PromptMaker) -> Verdict:
     """(a) Many requests with one identical prefix arriving together: the routers must not pile them all
     onto the engine that looks least loaded or holds the prefix (identical scores, heartbeats too slow)."""
-    prefix, rng = maker.ids(2048), random.Random(1)
+    prefix, rng = maker.ids(2048), random.Random(seeded(size, 1))
     sessions = [single(prefix + maker.ids(64), 64, at) for at in sorted(rng.uniform(0, 0.010)
                                                                         for _ in range(size.burst))]
     summary = run.send(sessions)
@@ -110,7 +116,7 @@ def burst(run: FleetRun, size: Size, maker: PromptMaker) -> Verdict:
 def long_prompts(run: FleetRun, size: Size, maker: PromptMaker) -> Verdict:
     """(b) Prefill-only load: 32,000-token prompts with one output token. A score that counts requests sees
     one cheap request; the engine spends seconds prefilling it, and chat sent there waits."""
-    rng = random.Random(2)
+    rng = random.Random(seeded(size, 2))
     chat_times = poisson_times(size.chat_rate, size.mixed_s, rng)
     long_times = poisson_times(size.long_rate, size.mixed_s, rng)
     alone = run.send(random_requests(maker, chat_times, 1024, 128, "chat"))
@@ -129,7 +135,7 @@ def long_prompts(run: FleetRun, size: Size, maker: PromptMaker) -> Verdict:
 def multi_turn(run: FleetRun, size: Size, maker: PromptMaker) -> Verdict:
     """(c) Conversations at low load: each turn's prompt is the last one, an answer and a new message; the
     turn must go where the last one is cached, through whichever frontend nginx gives it."""
-    rng = random.Random(3)
+    rng = random.Random(seeded(size, 3))
     sessions, ideal_hits, queries = [], 0, 0
     starts = [rng.uniform(0, size.sessions / 4.0) for _ in range(size.sessions)]  # four a simulated second
     for start in sorted(starts):
@@ -157,12 +163,12 @@ def frontend_counts(run: FleetRun, size: Size, maker: PromptMaker) -> Verdict:
     milliseconds moves by about 5% with the host's noise alone, so each count runs `frontends_repeats`
     times, the counts taking turns, and the verdict is on each count's medians."""
     by_count = {count: [] for count in size.frontend_counts}
-    times = poisson_times(2.0 * size.engines, size.frontends_s, random.Random(4))
+    times = poisson_times(2.0 * size.engines, size.frontends_s, random.Random(seeded(size, 4)))
     for _ in range(size.frontends_repeats):
         for count in size.frontend_counts:
             # Made afresh each time: requests() draws the prompts from the generator it holds.
-            prompts = SharedPrefixPrompts(PromptMaker(maker.vocabulary, seed=100), 2 * size.engines, 4, 2048, 256,
-                                          draw_seed=4)
+            prompts = SharedPrefixPrompts(PromptMaker(maker.vocabulary, seed=seeded(size, 100)), 2 * size.engines,
+                                          4, 2048, 256, draw_seed=seeded(size, 4))
             run.empty_prefix_caches()
             by_count[count].append(run.send(prompts.requests(times, 64), urls=run.frontend_urls(count)))
     summaries = [summary for count in size.frontend_counts for summary in by_count[count]]
@@ -186,7 +192,7 @@ def saturation(run: FleetRun, size: Size, maker: PromptMaker) -> Verdict:
     queues; none may queue much more than the others."""
     prefill_s = load_profile(ROOT / run.spec.profile).step_time.seconds(StepWork(4096, 0, 0, 4096 * 4096))
     rate = 1.25 * size.engines / prefill_s
-    times = poisson_times(rate, size.saturation_s, random.Random(5))
+    times = poisson_times(rate, size.saturation_s, random.Random(seeded(size, 5)))
     summary = run.send(random_requests(maker, times, 4096, 16), sample_load=True)
     loads = summary["mean_load_by_engine"]
     spread = summary["load_spread"] or float("inf")
@@ -204,7 +210,7 @@ def stall(run: FleetRun, size: Size, maker: PromptMaker) -> Verdict:
     stop_after_s = 3.0  # wall seconds into the run
     duration_s = (stop_after_s + 2.0 + size.stall_wall_s) / run.spec.time_scale
     # Twenty requests a wall second: the stall is on the wall clock, and so is what it must show.
-    times = poisson_times(20 * run.spec.time_scale, duration_s, random.Random(6))
+    times = poisson_times(20 * run.spec.time_scale, duration_s, random.Random(seeded(size, 6)))
     marks: dict[str, dict] = {}
 
     def stop_one():
@@ -239,11 +245,11 @@ def scale(size: Size, profile: str, policy: str, out: Path, port: int) -> Verdic
     fleet even, with a routing cost each frontend can bear."""
     spec = FleetSpec(engines=size.scale_engines, frontends=size.scale_frontends, policy=policy, profile=profile,
                      time_scale=size.scale_time_scale, engine_args=ENGINE_ARGS)
-    maker = PromptMaker(vocabulary(spec.model), seed=7)
+    maker = PromptMaker(vocabulary(spec.model), seed=seeded(size, 7))
     users, system_len, question_len = 2, 1024, 128
-    prompts = SharedPrefixPrompts(maker, size.groups, users, system_len, question_len, draw_seed=7)
+    prompts = SharedPrefixPrompts(maker, size.groups, users, system_len, question_len, draw_seed=seeded(size, 7))
     rate = 4 * size.groups / size.scale_s  # each group's prompts about four times over the run
-    sessions = prompts.requests(poisson_times(rate, size.scale_s, random.Random(7)), 32)
+    sessions = prompts.requests(poisson_times(rate, size.scale_s, random.Random(seeded(size, 7))), 32)
     ideal = ideal_hit_rate([session.turns[0].prompt for session in sessions], users, system_len)
     with FleetRun(spec, out / "scale", port) as run:
         summary = run.send(sessions, sample_load=True)
@@ -282,7 +288,7 @@ def run_suite(size: Size, policy: str, profile: str, only: str, out: Path, port:
     if shared:
         spec = FleetSpec(engines=size.engines, frontends=size.frontends, policy=policy, profile=profile,
                          time_scale=size.time_scale, engine_args=ENGINE_ARGS)
-        maker = PromptMaker(vocabulary(spec.model), seed=0)
+        maker = PromptMaker(vocabulary(spec.model), seed=seeded(size, 0))
         with FleetRun(spec, out / "fleet", port) as run:
             for name in shared:  # (f) last: it stops an engine
                 verdicts.append(timed(SCENARIOS[name], run, size, maker))
@@ -318,6 +324,8 @@ def main(argv=None) -> int:
     parser.add_argument("--only", default="abcdefg", help="the scenarios to run, e.g. acg")
     parser.add_argument("--time-scale", type=float, nargs=2, metavar=("FLEET", "SCALE"),
                         help="time_scale of (a) to (f)'s fleet and of (g)'s, over the scale's own (a busy host)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="a repeat with other arrivals and prompts (0: those of the runs before the option)")
     parser.add_argument("--out", default="bench/results/routing-suite")
     parser.add_argument("--port", type=int, default=7380, help="nginx's; the frontends take the next ports")
     args = parser.parse_args(argv)
@@ -326,6 +334,7 @@ def main(argv=None) -> int:
     size = FULL if args.scale == "full" else SMALL
     if args.time_scale:
         size = replace(size, time_scale=args.time_scale[0], scale_time_scale=args.time_scale[1])
+    size = replace(size, seed=args.seed)
     verdicts = run_suite(size, args.policy, args.profile, args.only, out, args.port)
     (out / "suite.json").write_text(json.dumps([asdict(verdict) for verdict in verdicts], indent=1, default=str))
     (out / "suite.md").write_text(report(verdicts, args))

@@ -78,7 +78,7 @@ class FakeFleetRun:
     """A fake fleet for (d): each send answers the next of the given TTFT p90s, every hit rate 90%."""
 
     def __init__(self, p90s: list[float]):
-        self.p90s, self.sent_through = list(p90s), []
+        self.p90s, self.sent_through, self.sent = list(p90s), [], []
 
     def empty_prefix_caches(self):
         pass
@@ -88,6 +88,7 @@ class FakeFleetRun:
 
     def send(self, sessions, urls):
         self.sent_through.append(len(urls))
+        self.sent.append([(turn.delay_s, turn.prompt) for session in sessions for turn in session.turns])
         return {"prefix_cache_hit_rate": 0.9, "ttft_s": {"p90": self.p90s.pop(0)}, "failed": 0,
                 "host_kept_up": True, "host_verdict": "kept"}
 
@@ -103,6 +104,20 @@ def test_d_takes_turns_over_the_frontend_counts_and_judges_each_on_its_median():
     assert len(verdict.runs) == 6
     # Two slow runs of 2 frontends are the count's median: (d) fails.
     assert not frontend_counts(FakeFleetRun([0.100, 0.110, 0.100, 0.200, 0.100, 0.103]), size, maker).passed
+
+
+def test_a_suite_repeat_draws_other_arrivals_and_prompts_and_seed_0_those_of_before():
+    def sent(seed: int) -> list:
+        run = FakeFleetRun([0.1, 0.1])
+        frontend_counts(run, replace(SMALL, seed=seed), PromptMaker(list(range(1000)), seed=0))
+        return run.sent[0]
+
+    first = sent(0)
+    assert sent(0) == first
+    assert first[0][0] == poisson_times(2.0 * SMALL.engines, SMALL.frontends_s, random.Random(4))[0]
+    other = sent(1)
+    assert [delay for delay, _ in other] != [delay for delay, _ in first]
+    assert [prompt for _, prompt in other] != [prompt for _, prompt in first]
 
 
 def test_the_oracle_keeps_a_prefix_on_its_engine_while_its_queue_is_within_the_window():
