@@ -21,7 +21,7 @@ async function attempt(url, init) {
 // no-cors), which no preflight precedes, and as JSON, which one does.
 window.tryAll = async (service) => {
   const prompt = JSON.stringify({prompt: "from a page", max_tokens: 4});
-  const chat = JSON.stringify({messages: [{role: "user", content: "hi"}], max_tokens: 4});
+  const chat = JSON.stringify({messages: [{role: "user", content: "hi"}], max_tokens: 4, ignore_eos: true});
   return {
     no_type: await attempt(service + "/generate", {method: "POST", body: prompt}),
     text_plain: await attempt(service + "/v1/completions", {method: "POST", body: prompt,

@@ -139,8 +139,10 @@ def test_usage_counts_the_placeholder_tokens_the_model_ran(images, client):
 def test_an_image_through_the_anthropic_package_and_the_responses_api(images, client):
     claude = anthropic.Anthropic(base_url=images.url, api_key="unused", max_retries=0, timeout=120)
     source = {"type": "base64", "media_type": "image/png", "data": base64.b64encode(RED).decode()}
+    # The Messages API takes no ignore_eos: greedy, so the count cannot end early on an EOS drawn at random.
     message = claude.messages.create(model=VISION, max_tokens=6, messages=[{"role": "user", "content": [
-        {"type": "image", "source": source}, {"type": "text", "text": "Describe it."}]}])
+        {"type": "image", "source": source}, {"type": "text", "text": "Describe it."}]}],
+        extra_body={"temperature": 0.0})
     assert message.usage.output_tokens == 6 and message.content[0].text
     expanded = vision_model.IMAGE_TOKENS + 2
     # Anthropic's input_tokens leave out what the prefix cache served (cache_read_input_tokens).
@@ -148,12 +150,14 @@ def test_an_image_through_the_anthropic_package_and_the_responses_api(images, cl
         model=VISION, messages=[{"role": "user", "content": [{"type": "image", "source": source},
                                                              {"type": "text", "text": "Describe it."}]}]).input_tokens + expanded
     response = client.responses.create(model=VISION, max_output_tokens=6, input=[{"role": "user", "content": [
-        {"type": "input_image", "image_url": data_url(RED)}, {"type": "input_text", "text": "Describe it."}]}])
+        {"type": "input_image", "image_url": data_url(RED)}, {"type": "input_text", "text": "Describe it."}]}],
+        extra_body={"ignore_eos": True})
     assert response.status == "incomplete" and response.output_text
 
 
 def test_an_image_url_on_an_allowed_host_is_fetched_and_one_elsewhere_refused(images, client, image_host):
-    answer = client.chat.completions.create(model=VISION, messages=ask(f"{image_host}/red.png"), max_tokens=4)
+    answer = client.chat.completions.create(model=VISION, messages=ask(f"{image_host}/red.png"), max_tokens=4,
+                                            extra_body={"ignore_eos": True})
     assert answer.usage.completion_tokens == 4
     elsewhere = image_host.replace("127.0.0.1", "localhost")
     for url in (f"{elsewhere}/red.png", f"{image_host}/away"):
@@ -182,7 +186,9 @@ def test_an_image_for_the_text_only_pool_is_a_400_and_the_service_is_whole_after
     assert error["param"] == "messages[0].content[0].image_url" and "takes no images" in error["message"]
     assert health(images.url).json()["models"] == [{"model": model, "ready": True} for model in (VISION, CHAT)]
     for model, messages in ((VISION, ask(data_url(NOISE))), (CHAT, [{"role": "user", "content": "Hello"}])):
-        assert client.chat.completions.create(model=model, messages=messages, max_tokens=3).usage.completion_tokens == 3
+        answer = client.chat.completions.create(model=model, messages=messages, max_tokens=3,
+                                                extra_body={"ignore_eos": True})
+        assert answer.usage.completion_tokens == 3
     assert per_engine(images.url, "llm_request_images_total", "model", "source")[(VISION, "inline")] >= 1
     with httpx.Client(timeout=10) as http:
         assert http.get(images.url + "/metrics").status_code == 200

@@ -36,7 +36,8 @@ def client(pools) -> OpenAI:
 def test_models_lists_every_pool_and_each_request_goes_to_its_models_pool(client):
     assert [card.id for card in client.models.list().data] == [*SIMULATED, MODEL]
     for model in (*SIMULATED, MODEL):
-        answer = client.chat.completions.create(model=model, messages=ASK, max_tokens=4)
+        answer = client.chat.completions.create(model=model, messages=ASK, max_tokens=4,
+                                                extra_body={"ignore_eos": True})
         assert answer.model == model and answer.usage.completion_tokens == 4
     with pytest.raises(openai.NotFoundError) as refused:
         client.chat.completions.create(model="no-such-model", messages=ASK, max_tokens=4)

@@ -49,10 +49,11 @@ def anthropic_client(url: str, key: str) -> anthropic.Anthropic:
 
 def test_each_tenant_is_served_with_its_own_key_and_an_unknown_key_is_a_401_in_each_shape(tenanted):
     chat = openai_client(tenanted.url, ALPHA_KEY).chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=3, extra_body={"ignore_eos": True})
     assert chat.usage.completion_tokens == 3
+    # The Messages API takes no ignore_eos: greedy, so the count cannot end early on an EOS drawn at random.
     message = anthropic_client(tenanted.url, ALPHA_KEY).messages.create(
-        model=MODEL, max_tokens=3, messages=[{"role": "user", "content": "hi"}])
+        model=MODEL, max_tokens=3, messages=[{"role": "user", "content": "hi"}], extra_body={"temperature": 0.0})
     assert message.usage.output_tokens == 3
     with pytest.raises(openai.AuthenticationError, match="not one this server knows"):
         openai_client(tenanted.url, "sk-unknown").completions.create(model=MODEL, prompt="hi", max_tokens=3)

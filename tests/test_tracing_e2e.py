@@ -36,7 +36,7 @@ def completion(url: str, traceparent: str | None = None):
     client = OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
     headers = {"traceparent": traceparent} if traceparent else {}
     return client.completions.with_raw_response.create(model=default_model.NAME, prompt="Hello", max_tokens=4,
-                                                       extra_headers=headers)
+                                                       extra_body={"ignore_eos": True}, extra_headers=headers)
 
 
 def engine_spans_of(receiver: OtlpReceiver, trace_id: str) -> dict:
