@@ -130,6 +130,16 @@ def engine_pid(deployment: Deployment) -> int:
         return 0
 
 
+def stop_group(pid: int) -> bool:
+    """SIGSTOP the process group `pid` leads; False while supervisord's child has not yet made it (its
+    pid is known from the fork, its group only once the child calls setpgrp)."""
+    try:
+        os.killpg(pid, signal.SIGSTOP)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def assert_clean_console(browser) -> None:
     errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert errors == []
@@ -140,7 +150,7 @@ def test_the_engine_shows_as_starting_while_it_loads_then_up(fresh_service, brow
     # Hold the engine worker (and anything it started) still, so that the page is surely opened
     # while the engine loads, however fast this machine is; supervisord sees it STARTING.
     pid = wait_for(lambda: engine_pid(fresh_service), 60, 0.05, "supervisord to start the engine")
-    os.killpg(pid, signal.SIGSTOP)
+    wait_for(lambda: stop_group(pid), 10, 0.01, "the engine worker's process group")
     try:
         # Each frontend directly: asking nginx before they listen only fills its error log.
         for i in range(fresh_service.server["frontends"]):
