@@ -20,6 +20,13 @@ simulation's time kept decides whether they count. Writes OUT/calibration.json a
 
     .venv/bin/python -m bench.calibrate_simulator --fit-served \
         --results bench/results/gpu-h200-lease/calibration/results.json --profile bench/profiles/h200-llama-3-8b.json
+
+--fit-gpu-switch fits the `served` block's gpu_switch_s, the cost of handing a shared GPU from one engine to
+another, to this script's own calibration.json files of engines sharing a GPU, simulated without it
+(fit_gpu_switch), and writes it into --profile:
+
+    .venv/bin/python -m bench.calibrate_simulator --profile bench/profiles/h200-llama-3-8b.json --fit-gpu-switch \
+        bench/results/sim-placement4-h200/lease11-exact/calibration.json bench/results/sim-placement4-h200/lease11-load/calibration.json
 """
 import argparse
 import datetime
@@ -34,7 +41,7 @@ from bench import vllm_timings
 from bench.services import OurService
 from bench.side_by_side import Load, bench_command
 from bench.sim_fleet import MIN_TIME_KEPT, difference, engine_figures, engine_series, stop_on_sigterm
-from common.config import ROOT
+from common.config import ROOT, listed_gpus
 from common.step_time import Served, StepTime, StepWork
 
 TARGET_RATIO, TARGET_HITS_POINTS = 0.15, 5.0
@@ -119,10 +126,39 @@ def write_served(args) -> Served:
               "results": " ".join(args.results), "server": server, "loads": sorted(runs),
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "how": "bench/calibrate_simulator.py fit_served"}
-    profile["served"] = {"first_token_s": served.first_token_s, "cpu_per_decode_seq_s": served.cpu_per_decode_seq_s,
-                         "fitted": fitted}
+    profile.setdefault("served", {}).update(first_token_s=served.first_token_s,  # gpu_switch_s stays
+                                            cpu_per_decode_seq_s=served.cpu_per_decode_seq_s, fitted=fitted)
     Path(args.profile).write_text(json.dumps(profile, indent=1) + "\n")
     return served
+
+
+def fit_gpu_switch(calibrations: list[dict]) -> float:
+    """gpu_switch_s from calibration.json files of engines sharing a GPU, simulated without a switch cost,
+    in seconds. With every engine busy, a token of one engine waits for one step of each engine sharing
+    its GPU, each after a switch: the real TPOT p50 less the simulated one, over those engines, is one
+    switch. The mean over every row of every file."""
+    switches = []
+    for calibration in calibrations:
+        listed = listed_gpus(calibration["args"]["cuda_visible_devices"])
+        sharing = max((listed.count(gpu) for gpu in listed), default=1)
+        if sharing < 2:
+            raise ValueError(f"{calibration['args']['out']}: its engines did not share a GPU")
+        switches += [(row["median_tpot_ms"]["real"] - row["median_tpot_ms"]["simulated"]) / 1e3 / sharing
+                     for row in calibration["rows"]]
+    return max(0.0, statistics.mean(switches))
+
+
+def write_gpu_switch(args) -> float:
+    """fit_gpu_switch on the --fit-gpu-switch files, written into --profile's `served` block with where it came from."""
+    switch_s = fit_gpu_switch([json.loads(Path(path).read_text()) for path in args.fit_gpu_switch])
+    profile = json.loads(Path(args.profile).read_text())
+    profile.setdefault("served", {}).update(
+        gpu_switch_s=switch_s,
+        gpu_switch_fitted={"command": args.command, "calibrations": args.fit_gpu_switch,
+                           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                           "how": "bench/calibrate_simulator.py fit_gpu_switch"})
+    Path(args.profile).write_text(json.dumps(profile, indent=1) + "\n")
+    return switch_s
 
 
 def time_scale_for(real_tokens_per_s: float, host_tokens_per_s: float, least: float = 1.0) -> float:
@@ -232,13 +268,16 @@ def table(rows: list[dict], server: str, args) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--results", required=True, nargs="+", help="bench/side_by_side.py's results.json of "
-                        "the GPU run (several: their runs of each load taken together)")
+    parser.add_argument("--results", nargs="+", help="bench/side_by_side.py's results.json of "
+                        "the GPU run (several: their runs of each load taken together); required unless --fit-gpu-switch")
     parser.add_argument("--server", help="the server of that file to compare with (default: the first ours-*)")
     parser.add_argument("--model", help="the model directory the GPU run served (its config and tokenizer; no "
-                        "weights are read); required unless --fit-served")
+                        "weights are read); required unless --fit-served or --fit-gpu-switch")
     parser.add_argument("--fit-served", action="store_true", help="fit the profile's served terms to --results "
                         "and write them into --profile; no simulation")
+    parser.add_argument("--fit-gpu-switch", nargs="+", metavar="CALIBRATION_JSON", help="fit the profile's "
+                        "gpu_switch_s to these calibration.json files of engines sharing a GPU, simulated without "
+                        "one, and write it into --profile; no simulation")
     parser.add_argument("--profile", required=True)
     parser.add_argument("--engine-args", default="{}", help="JSON: the GPU run's --engine-args")
     parser.add_argument("--router", default="prefix", help="router.policy as bench/side_by_side.py's "
@@ -255,8 +294,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", default="bench/results/sim-calibration")
     args = parser.parse_args(argv)
     args.command = "python -m bench.calibrate_simulator " + shlex.join(sys.argv[1:] if argv is None else argv)
-    if not args.model and not args.fit_served:
-        parser.error("--model is required unless --fit-served")
+    if not args.results and not args.fit_gpu_switch:
+        parser.error("--results is required unless --fit-gpu-switch")
+    if not args.model and not args.fit_served and not args.fit_gpu_switch:
+        parser.error("--model is required unless --fit-served or --fit-gpu-switch")
     args.engine_args = json.loads(args.engine_args)
     return args
 
@@ -265,6 +306,9 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.fit_served:
         print(write_served(args))
+        return
+    if args.fit_gpu_switch:
+        print(f"gpu_switch_s {write_gpu_switch(args)}")
         return
     stop_on_sigterm()
     out = Path(args.out).resolve()

@@ -20,11 +20,12 @@ The profile (JSON):
      "measured": {"machine": ..., "gpu": ..., "vllm": ..., "model": ..., "date": ..., "command": ..., "fit": {...}},
      "samples": [{"prefill_tokens": ..., "decode_seqs": ..., "kv_tokens": ..., "prefill_attention": ...,
                   "step_s": ...}, ...],
-     "served": {"first_token_s": ..., "cpu_per_decode_seq_s": ..., "fitted": {...}},
+     "served": {"first_token_s": ..., "cpu_per_decode_seq_s": ..., "gpu_switch_s": ...,
+                "fitted": {...}, "gpu_switch_fitted": {...}},
      "prefix_cache_lookups": "admitted" or "every"}
 
 `served` is optional: what the served path costs beyond the engine stepped alone (the profile's steps),
-fitted from served runs by bench/calibrate_simulator.py --fit-served (class Served).
+fitted from served runs by bench/calibrate_simulator.py --fit-served and --fit-gpu-switch (class Served).
 `prefix_cache_lookups` is optional ("admitted"): which lookups the measured vLLM counts in its
 prefix-cache hit rate (class Profile), so that a simulated engine reports the same figure.
 """
@@ -70,11 +71,16 @@ class Served(msgspec.Struct, forbid_unknown_fields=True):
       them scheduled at once: queue ~0.1 ms, prefill as long as one full batch).
     - cpu_per_decode_seq_s: the engine core's CPU work per running sequence in a step (scheduling,
       output processing, publishing). Under async scheduling it runs beside the GPU's forward pass, so
-      a step takes the longer of the two; the profile times the GPU's part only."""
+      a step takes the longer of the two; the profile times the GPU's part only.
+    - gpu_switch_s: the GPU time lost each time engines sharing one GPU hand it from one to another while
+      both have work (the GPU switching between their processes), fitted from served runs of engines
+      sharing a GPU against the simulation without it."""
 
     first_token_s: Seconds = 0.0
     cpu_per_decode_seq_s: Seconds = 0.0
+    gpu_switch_s: Seconds = 0.0
     fitted: dict[str, Any] = {}  # where the terms came from: the command, the runs, the numbers fitted
+    gpu_switch_fitted: dict[str, Any] = {}  # where gpu_switch_s came from
 
     def step_seconds(self, gpu_s: float, work: StepWork) -> float:
         return max(gpu_s, self.cpu_per_decode_seq_s * work.decode_seqs)

@@ -9,7 +9,8 @@ wait in the step loop's inbox for the next step, as they do while vLLM computes 
 it tells its stat loggers the scheduler's figures, as vLLM's LLMEngine does, and queues the KV-cache
 events of the step for engine_worker/cache_events.py.
 
-Engines that share a GPU (shared_gpu.py) hold it for each step's GPU time, in turns.
+Engines that share a GPU (shared_gpu.py) hold it for each step's GPU time, in turns; a step that waited
+for another engine's also holds it for the profile's `served` gpu_switch_s.
 
 Under `async_scheduling` (as the H200 profile's vLLM ran), a step is scheduled as vLLM's async scheduler
 schedules it, while the step before computes: a request that arrives during a busy step is scheduled a
@@ -197,11 +198,13 @@ class SimulatedEngine:
         self.busy_since = ended if self.has_unfinished_requests() else None
 
     def take_turn(self, work: StepWork, started: float) -> float:
-        """A step on a shared GPU: its GPU time spent holding the GPU, after waiting for its turn. The wait
-        is part of the step's modelled time; the step takes at least its own time (its CPU floor)."""
-        gpu_s = self.time_scale * self.step_time.seconds(work)
+        """A step on a shared GPU: its GPU time spent holding the GPU, after waiting for its turn (and, when
+        another engine held it, the switch from that engine). The wait is part of the step's modelled time;
+        the step takes at least its own time (its CPU floor)."""
         with self.gpu:
             turn = self.clock()
+            switch_s = self.served.gpu_switch_s if self.served is not None and self.gpu.contended else 0.0
+            gpu_s = self.time_scale * (self.step_time.seconds(work) + switch_s)
             self.sleep(max(0.0, turn + gpu_s - self.clock()))
         return max(self.time_scale * self.seconds(work), turn - started + gpu_s)
 

@@ -1,7 +1,9 @@
 """Simulated engines that `cuda_visible_devices` places on one GPU (`"0,0"` for two engines) take turns at
 it. Each step spends its GPU time holding the GPU's lock file, so busy engines wait for one another, as
 processes time-sharing a real GPU do (here at a step's grain), and an idle engine slows no one. A fixed
-factor on the profile's step times would instead slow every engine as if all were busy all the time."""
+factor on the profile's step times would instead slow every engine as if all were busy all the time.
+A step that found the GPU held by another engine's step also pays the profile's switch between them
+(common/step_time.py, Served.gpu_switch_s)."""
 import fcntl
 import os
 from pathlib import Path
@@ -10,14 +12,21 @@ from common.config import PoolConfig, listed_gpus
 
 
 class SharedGpu:
-    """A GPU shared by this host's simulated engines: `with gpu:` holds it."""
+    """A GPU shared by this host's simulated engines: `with gpu:` holds it; `contended` then says whether
+    another engine held it when this one asked."""
 
     def __init__(self, lock_file: Path):
         self.lock_file = lock_file
         self.fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+        self.contended = False
 
     def __enter__(self) -> "SharedGpu":
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.contended = False
+        except BlockingIOError:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            self.contended = True
         return self
 
     def __exit__(self, *exc) -> None:

@@ -367,6 +367,36 @@ def test_fit_served_writes_the_terms_and_their_source_into_the_profile(tmp_path)
     assert served.fitted["loads"] == ["100x200@1", "100x200@33", "100x200@9"]
 
 
+def sharing_calibration(cuda_visible_devices: str, tpots: list[tuple[float, float]]) -> dict:
+    """A calibration.json of simulated engines on `cuda_visible_devices`: (real, simulated) TPOT p50 a row."""
+    return {"args": {"cuda_visible_devices": cuda_visible_devices, "out": "/tmp/sim"},
+            "rows": [{"median_tpot_ms": {"real": real, "simulated": simulated}} for real, simulated in tpots]}
+
+
+def test_the_gpu_switch_is_the_tpot_the_turns_missed_over_the_engines_sharing_the_gpu(tmp_path):
+    # Four engines on GPU 0: 4 ms and 3.2 ms missed a token, 1 ms and 0.8 ms a switch; two on GPU 0 (and
+    # one alone on GPU 1): 1.8 ms, 0.9 ms a switch. The mean: 0.9 ms.
+    four = sharing_calibration("0,0,0,0", [(40.0, 36.0), (41.2, 38.0)])
+    two = sharing_calibration("0,0,1", [(20.0, 18.2)])
+    assert calibrate_simulator.fit_gpu_switch([four, two]) == pytest.approx(0.0009)
+    with pytest.raises(ValueError, match="did not share a GPU"):
+        calibrate_simulator.fit_gpu_switch([sharing_calibration("0,1", [(20.0, 18.0)])])
+
+    calibration, profile = tmp_path / "calibration.json", tmp_path / "profile.json"
+    calibration.write_text(json.dumps(four))
+    profile.write_text(json.dumps({"format": 1, "step_time": msgspec.to_builtins(SERVED_STEP_TIME)}))
+    calibrate_simulator.main(["--profile", str(profile), "--fit-gpu-switch", str(calibration)])
+    served = load_profile(profile).served
+    assert served.gpu_switch_s == pytest.approx(0.0009)
+    assert served.gpu_switch_fitted["calibrations"] == [str(calibration)]
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(SERVED_ROWS))
+    calibrate_simulator.main(["--fit-served", "--results", str(results), "--profile", str(profile)])
+    served = load_profile(profile).served  # fitting the other terms again keeps the switch
+    assert served.gpu_switch_s == pytest.approx(0.0009) and served.first_token_s == pytest.approx(0.007)
+    assert served.gpu_switch_fitted["calibrations"] == [str(calibration)]
+
+
 def test_a_ladder_started_at_a_later_repeat_keeps_the_earlier_repeats_and_refuses_one_past_the_last(tmp_path, capsys):
     runs = [{"engines": 8, "policy": "prefix", "repeat": repeat, "stages": []} for repeat in (1, 2, 3)]
     (tmp_path / "ladder.json").write_text(json.dumps({"args": {}, "runs": runs}))

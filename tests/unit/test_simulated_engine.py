@@ -37,11 +37,11 @@ def shape(**changes) -> EngineShape:
     return EngineShape(**{**values, **changes})
 
 
-def engine(eos_probability=0.0, seed=0, stat_loggers=(), report_kv_events=False, gpu=None,
+def engine(eos_probability=0.0, seed=0, stat_loggers=(), report_kv_events=False, gpu=None, served=None,
            **shape_changes) -> SimulatedEngine:
     return SimulatedEngine(shape(**shape_changes), VOCABULARY, STEP_TIME, time_scale=0.0, seed=seed,
                            eos_probability=eos_probability, stat_loggers=stat_loggers,
-                           report_kv_events=report_kv_events, gpu=gpu)
+                           report_kv_events=report_kv_events, served=served, gpu=gpu)
 
 
 def add(simulated: SimulatedEngine, request_id: str, prompt: list[int], **sampling) -> None:
@@ -93,9 +93,9 @@ def test_engines_that_cuda_visible_devices_puts_on_one_gpu_share_its_lock_file(t
     assert shared_gpu(own, 0, tmp_path) is None and shared_gpu(InferenceConfig(), 0, tmp_path) is None
 
 
-def test_a_step_on_a_shared_gpu_waits_for_its_turn_and_counts_the_wait_as_modelled_time(tmp_path):
+def test_a_step_on_a_shared_gpu_waits_for_its_turn_and_pays_the_switch_only_after_another_engine(tmp_path):
     lock_file = tmp_path / "simulated-gpu-0.lock"
-    simulated = engine(gpu=SharedGpu(lock_file))
+    simulated = engine(gpu=SharedGpu(lock_file), served=Served(gpu_switch_s=0.25))
     simulated.time_scale = 2.0
     now, calls, slept = [100.0], [], []
     simulated.clock = lambda: calls.append(now[0]) or now[0]
@@ -111,10 +111,12 @@ def test_a_step_on_a_shared_gpu_waits_for_its_turn_and_counts_the_wait_as_modell
         stepping.join(0.2)
         assert stepping.is_alive()  # its turn has not come
     stepping.join(10)
-    assert slept == [pytest.approx(gpu_s), 0.0]  # its own GPU time, from its turn
-    assert simulated.time_kept.modelled_s == pytest.approx(5.0 + gpu_s)  # the wait, then its own
-    simulated.step()  # nobody else holds the GPU: its own time only
-    assert simulated.time_kept.modelled_s == pytest.approx(5.0 + gpu_s + 2.0 * STEP_TIME.seconds(StepWork(0, 1, 11, 0)))
+    switch_s = 2.0 * 0.25
+    assert slept == [pytest.approx(gpu_s + switch_s), 0.0]  # the switch and its own GPU time, from its turn
+    assert simulated.time_kept.modelled_s == pytest.approx(5.0 + switch_s + gpu_s)  # the wait, then its own
+    simulated.step()  # nobody else holds the GPU: its own time only, no switch
+    assert simulated.time_kept.modelled_s == pytest.approx(5.0 + switch_s + gpu_s
+                                                           + 2.0 * STEP_TIME.seconds(StepWork(0, 1, 11, 0)))
 
 
 class SlowHost:
