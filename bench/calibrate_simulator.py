@@ -27,6 +27,14 @@ another, to this script's own calibration.json files of engines sharing a GPU, s
 
     .venv/bin/python -m bench.calibrate_simulator --profile bench/profiles/h200-llama-3-8b.json --fit-gpu-switch \
         bench/results/sim-placement4-h200/lease11-exact/calibration.json bench/results/sim-placement4-h200/lease11-load/calibration.json
+
+--simulated compares the simulated runs kept in earlier calibration.json files with --results instead of
+simulating again: a GPU run made after the simulation (another machine, a later lease) is a held-out check
+of it. The files' runs of one load are taken together, as --results takes the real ones:
+
+    .venv/bin/python -m bench.calibrate_simulator --profile bench/profiles/h200-llama-3-8b.json \
+        --results bench/results/gpu-h200-lease-12/placement4/results.json --server ours-4fe-dp4 \
+        --simulated bench/results/sim-placement4-h200/lease11-exact-switch/calibration.json --out /tmp/held-out
 """
 import argparse
 import datetime
@@ -161,6 +169,16 @@ def write_gpu_switch(args) -> float:
     return switch_s
 
 
+def saved_runs(paths: list[str]) -> dict[str, dict]:
+    """The simulated runs of earlier calibration.json files by load, each load's runs of every file together."""
+    pooled: dict[str, dict] = {}
+    for path in paths:
+        for row in json.loads(Path(path).read_text())["rows"]:
+            entry = pooled.setdefault(row["load"], {"load": row["load"], "time_scale": row["time_scale"], "runs": []})
+            entry["runs"] += row["simulated_runs"]
+    return pooled
+
+
 def time_scale_for(real_tokens_per_s: float, host_tokens_per_s: float, least: float = 1.0) -> float:
     """Slow the simulated engine until its token rate, if it matches the real one, is one this host streams."""
     return max(least, round(real_tokens_per_s / host_tokens_per_s, 1))
@@ -278,6 +296,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--fit-gpu-switch", nargs="+", metavar="CALIBRATION_JSON", help="fit the profile's "
                         "gpu_switch_s to these calibration.json files of engines sharing a GPU, simulated without "
                         "one, and write it into --profile; no simulation")
+    parser.add_argument("--simulated", nargs="+", metavar="CALIBRATION_JSON", help="compare the simulated runs "
+                        "kept in these calibration.json files with --results; no simulation")
     parser.add_argument("--profile", required=True)
     parser.add_argument("--engine-args", default="{}", help="JSON: the GPU run's --engine-args")
     parser.add_argument("--router", default="prefix", help="router.policy as bench/side_by_side.py's "
@@ -296,8 +316,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.command = "python -m bench.calibrate_simulator " + shlex.join(sys.argv[1:] if argv is None else argv)
     if not args.results and not args.fit_gpu_switch:
         parser.error("--results is required unless --fit-gpu-switch")
-    if not args.model and not args.fit_served and not args.fit_gpu_switch:
-        parser.error("--model is required unless --fit-served or --fit-gpu-switch")
+    if not args.model and not args.fit_served and not args.fit_gpu_switch and not args.simulated:
+        parser.error("--model is required unless --fit-served, --fit-gpu-switch or --simulated")
     args.engine_args = json.loads(args.engine_args)
     return args
 
@@ -315,9 +335,13 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     server, runs = real_runs(read_results(args.results), args.server)
     rows = []
+    saved = saved_runs(args.simulated) if args.simulated else {}
     for index, (label, real) in enumerate(runs.items()):
+        if args.simulated and label not in saved:
+            continue
         load = Load(**{**real[0]["load"], "repeats": len(real)})
-        rows.append(compare(real, simulate(load, real, args, out, args.port + 10 * index)))
+        simulated = saved[label] if args.simulated else simulate(load, real, args, out, args.port + 10 * index)
+        rows.append(compare(real, simulated))
         (out / "calibration.json").write_text(json.dumps({"args": vars(args), "server": server, "rows": rows},
                                                          indent=1))
         print(table(rows[-1:], server, args).splitlines()[-1], flush=True)

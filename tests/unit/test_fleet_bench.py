@@ -290,6 +290,30 @@ def test_the_calibration_takes_the_runs_of_several_gpu_plans_as_one_set(tmp_path
     assert calibrate_simulator.median_of(runs["128x1024@64"], "median_ttft_ms") == 200
 
 
+def test_kept_simulated_runs_are_compared_with_a_later_gpu_run_without_simulating_again(tmp_path, capsys):
+    def simulated_run(tok_s: float, hits: float) -> dict:
+        return {"output_throughput": tok_s, "median_ttft_ms": 100, "median_tpot_ms": 10,
+                "prefix_cache_hit_rate": hits, "time_kept": 0.99}
+
+    earlier, later = tmp_path / "earlier.json", tmp_path / "later.json"
+    earlier.write_text(json.dumps({"rows": [{"load": "128x1024@64", "time_scale": 8.0,
+                                             "simulated_runs": [simulated_run(1100, 0.5), simulated_run(1300, 0.5)]},
+                                            {"load": "64x64@1", "time_scale": 8.0,
+                                             "simulated_runs": [simulated_run(50, 0.0)]}]}))
+    later.write_text(json.dumps({"rows": [{"load": "128x1024@64", "time_scale": 8.0,
+                                           "simulated_runs": [simulated_run(1200, 0.6)]}]}))
+    results = tmp_path / "results.json"  # the GPU run has one of the two loads
+    results.write_text(json.dumps([real_row(1, 1000, 100, 10, 0.5), real_row(2, 1000, 100, 10, 0.5)]))
+    out = tmp_path / "out"
+    calibrate_simulator.main(["--profile", "p.json", "--results", str(results), "--simulated", str(earlier),
+                              str(later), "--out", str(out)])
+    row, = json.loads((out / "calibration.json").read_text())["rows"]
+    assert row["load"] == "128x1024@64" and row["runs"] == 3  # both files' runs of the load, together
+    assert row["output_throughput"]["ratio"] == pytest.approx(1.2) and not row["output_throughput"]["within"]
+    assert row["prefix_cache_hit_rate"]["points"] == pytest.approx(0.0)
+    assert "| 128x1024@64 | 3 | 1,000 / 1,200 = 1.20 **out** |" in capsys.readouterr().out
+
+
 def test_the_calibration_compares_the_frontends_mean_ttft_where_both_sides_timed_it():
     real = [{**real_row(repeat, 1000, 100, 10, 0.5), "vllm_timings": {"frontend_ttft": {"count": 128, "mean_ms": ms}}}
             for repeat, ms in ((1, 80.0), (2, 90.0), (3, 120.0))]
