@@ -184,7 +184,9 @@ def time_scale_for(real_tokens_per_s: float, host_tokens_per_s: float, least: fl
     return max(least, round(real_tokens_per_s / host_tokens_per_s, 1))
 
 
-def simulate(load: Load, rows: list[dict], args, out: Path, port: int) -> dict:
+def simulate(rows: list[dict], args, out: Path, port: int) -> dict:
+    """The GPU run's load of `rows` (its runs) again on simulated engines, as many runs as it had."""
+    load = Load(**{**rows[0]["load"], "repeats": len(rows)})
     ts = time_scale_for(median_of(rows, "output_throughput"), args.host_tokens_per_s, args.min_time_scale)
     simulator = {"profile": str((ROOT / args.profile).resolve()), "time_scale": ts}
     server = {"request_timeout_s": 36_000.0, "max_connections_per_client": 0}
@@ -339,8 +341,7 @@ def main(argv=None) -> None:
     for index, (label, real) in enumerate(runs.items()):
         if args.simulated and label not in saved:
             continue
-        load = Load(**{**real[0]["load"], "repeats": len(real)})
-        simulated = saved[label] if args.simulated else simulate(load, real, args, out, args.port + 10 * index)
+        simulated = saved[label] if args.simulated else simulate(real, args, out, args.port + 10 * index)
         rows.append(compare(real, simulated))
         (out / "calibration.json").write_text(json.dumps({"args": vars(args), "server": server, "rows": rows},
                                                          indent=1))
